@@ -1,0 +1,39 @@
+# Seekframe: `make run` sets everything up and starts the app; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOME_DIR ?= $(or $(KB_HOME),data/kb)
+PORT ?= 8501
+export HF_HUB_OFFLINE ?= 0
+export ANONYMIZED_TELEMETRY := False
+
+.PHONY: run test venv samples ingest-samples app lint clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+samples: venv
+	$(PY) -m data.make_samples data/samples
+
+ingest-samples: samples
+	$(PY) -m ingest data/samples --home $(HOME_DIR) || echo "some samples failed to ingest: see above"
+
+app: venv
+	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true \
+		--browser.gatherUsageStats false
+
+run: ingest-samples app
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv lint
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache data/samples

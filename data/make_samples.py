@@ -1,0 +1,538 @@
+"""Generate the demo library that `make run` ingests: a text PDF, a scanned PDF, a photo, a video, a Chinese notice.
+
+Every file is drawn by code here (never copied from anywhere), with fixed seeds, so a fresh checkout gets the same
+small library in a few seconds:
+
+    python -m data.make_samples [OUT_DIR] [--force]
+
+The constants below (SLIDES, MANUAL_PHRASES, INVOICE_NUMBER, ...) are the ground truth tests and demos check against.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+if __package__ in (None, ""):  # run as `python data/make_samples.py`: make `kb` importable like `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kb.errors import SeekframeError
+
+log = logging.getLogger("seekframe.samples")
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "samples"
+
+MANUAL_NAME = "linnsequencer_manual.pdf"
+INVOICE_NAME = "scanned_invoice.pdf"
+PHOTO_NAME = "whiteboard_photo.jpg"
+VIDEO_NAME = "lecture_clip.mp4"
+NOTICE_NAME = "notice_zh.png"
+
+# One phrase that occurs on exactly one page of the manual, keyed by 1-based page number.
+MANUAL_PHRASES = {
+    2: "tempo can be set from 30 to 250 beats per minute",
+    3: "song mode chains up to 99 sequences",
+}
+INVOICE_NUMBER = "INV-2024-0117"
+# (description, quantity, unit price); the total is derived so the drawn figures always add up.
+INVOICE_ITEMS = [
+    ("LinnDrum voice chip replacement", 1, 85.00),
+    ("MIDI interface service", 2, 40.00),
+    ("Floppy drive belt kit", 3, 12.50),
+    ("Bench labour (hours)", 1.5, 60.00),
+]
+INVOICE_VAT = 0.20
+INVOICE_TOTAL = round(sum(q * p for _, q, p in INVOICE_ITEMS) * (1 + INVOICE_VAT), 2)
+WHITEBOARD_LINES = ["Sprint 14 retro", "Ship OCR fallback", "Deadline: 12 March"]
+# (start s, end s, burned-in text): the slide on screen during [start, end).
+SLIDES = [
+    (0.0, 4.0, "Slide 1: Introduction to vector search"),
+    (4.0, 8.0, "Slide 2: Chunking PDFs by page"),
+    (8.0, 12.0, "Slide 3: Citing video timestamps"),
+]
+VIDEO_FPS = 10
+VIDEO_SIZE = (640, 360)
+NOTICE_LINES = ["通知", "会议时间：周三下午三点", "地点：三楼会议室"]
+
+SEED = 20240117
+A4_PT = (595.28, 841.89)
+
+
+# ---------------------------------------------------------------- fonts
+
+
+@functools.cache
+def _system_font(filename: str) -> Path | None:
+    """Find a font file by name in the usual system folders (Debian ships DejaVu under /usr/share/fonts)."""
+    for root in (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.home() / ".fonts"):
+        if root.is_dir():
+            for hit in root.rglob(filename):
+                return hit
+    return None
+
+
+_FONT_FILES = {
+    "regular": "DejaVuSans.ttf",
+    "bold": "DejaVuSans-Bold.ttf",
+    "marker": "DejaVuSans-BoldOblique.ttf",
+    "mono": "DejaVuSansMono.ttf",
+}
+
+
+@functools.cache
+def font(size: int, style: str = "regular") -> ImageFont.FreeTypeFont:
+    """A real TrueType font: DejaVu when installed, else Pillow's bundled scalable font (so generation never fails)."""
+    path = _system_font(_FONT_FILES[style])
+    if path is not None:
+        return ImageFont.truetype(str(path), size)
+    return ImageFont.load_default(size)
+
+
+@functools.cache
+def cjk_font(size: int) -> ImageFont.FreeTypeFont | None:
+    """A font with Chinese glyphs, or None when this machine has none.
+
+    PyMuPDF's bundled Droid Sans Fallback comes first because it is the same everywhere (deterministic output);
+    fontconfig's `:lang=zh` fonts are the fallback for PyMuPDF builds without it.
+    """
+    import pymupdf
+
+    try:
+        bundled = pymupdf.Font("cjk")
+        if bundled.has_glyph(ord(NOTICE_LINES[1][0])):
+            return ImageFont.truetype(io.BytesIO(bundled.buffer), size)
+    except (pymupdf.mupdf.FzErrorBase, OSError) as err:  # a "small" PyMuPDF build lacks it: try the system's fonts
+        log.debug("PyMuPDF has no CJK font (%s)", err)
+    try:
+        command = ["fc-list", ":lang=zh", "file"]
+        listing = subprocess.run(command, check=False, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):  # no fontconfig at all
+        return None
+    paths = sorted(line.split(":")[0].strip() for line in listing.splitlines() if line.strip())
+    return ImageFont.truetype(paths[0], size) if paths else None
+
+
+# ---------------------------------------------------------------- 1. born-digital manual
+
+
+def _manual_pages() -> list[list[tuple[str, object]]]:
+    """The manual's content as blocks per page: ("h1"|"h2"|"p"|"note", text) or ("table", [row, ...])."""
+    page1 = [
+        ("h1", "LinnSequencer Operator's Guide"),
+        ("note", ("Excerpt, chapters 1 to 3. Linn Electronics, Inc., 1985. Illustrative sample generated by "
+                 "Seekframe's data/make_samples.py; the wording is invented, not the original manual.")),
+        ("h2", "1. Overview"),
+        ("p", ("The LinnSequencer is a 32-track MIDI sequencer in a two-unit rack case. It records what you play on "
+              "any MIDI keyboard or drum machine, corrects the timing, and plays it back to up to sixteen MIDI "
+              "channels at once. Sequences are stored in battery-backed memory and can be saved to the built-in "
+              "disk drive.")),
+        ("p", ("Each track remembers its own MIDI channel, so a single sequence can drive a drum machine, a bass "
+              "synthesizer and a polyphonic keyboard together. Tracks may be muted, erased or merged without "
+              "stopping playback.")),
+        ("h2", "1.1 Front-panel controls"),
+        ("p", ("Table 1 lists the keys used most often. Keys marked with an asterisk have a second function when "
+              "pressed together with SHIFT.")),
+        ("table", [
+            "Table 1. Front-panel keys",
+            "Key           Function",
+            "------------  ----------------------------------------",
+            "RECORD        Arms the selected track for recording",
+            "PLAY          Starts playback from the current bar",
+            "STOP/CONT*    Stops; with SHIFT, continues from the stop",
+            "TEMPO         Shows and edits the tempo",
+            "TRACK MUTE    Silences the selected track",
+            "ERASE*        Erases notes while held during playback",
+            "SONG          Switches between sequence and song mode",
+        ]),
+    ]
+    page2 = [
+        ("h2", "2. Recording a sequence"),
+        ("p", ("Select an empty sequence with the number keys and press RECORD, then PLAY. The metronome counts one "
+              "bar in before recording starts. Play along; when the last bar ends, the sequence loops and you can "
+              "keep adding notes to the same track.")),
+        ("h2", "2.1 Tempo"),
+        ("p", ("Press TEMPO and turn the data wheel to change the speed. The tempo can be set from 30 to 250 beats "
+              "per minute in steps of one tenth of a beat, and it may be changed while the sequence is running. "
+              "Each sequence stores its own tempo.")),
+        ("h2", "2.2 Timing correction"),
+        ("p", ("Timing correction moves each recorded note to the nearest grid position. Choose 1/8, 1/16, 1/32 or "
+              "triplet values before you record; notes already recorded keep their original timing until you "
+              "apply correction from the EDIT menu.")),
+        ("p", ("Swing delays every second grid position by a percentage between 50 (straight) and 75 (hard shuffle)."
+              " Swing is applied on playback, so it can be changed at any time without re-recording.")),
+        ("h2", "2.3 Punch-in"),
+        ("p", ("To replace a few bars without touching the rest of a track, set the punch-in and punch-out bars with "
+              "the EDIT keys. Recording starts and stops at those bars by itself while the sequence plays.")),
+    ]
+    page3 = [
+        ("h2", "3. Songs"),
+        ("p", ("On the LinnSequencer, song mode chains up to 99 sequences into a single arrangement. Each step of a "
+              "song names a sequence and how many times it repeats; a repeat count of zero means the step loops "
+              "until you press STOP.")),
+        ("h2", "3.1 Saving to disk"),
+        ("p", ("Insert a formatted disk and press SAVE. All sequences, songs and tempo settings are written as one "
+              "file. Loading a file replaces the contents of memory, so save your current work first.")),
+        ("h2", "3.2 Synchronising other machines"),
+        ("p", ("The LinnSequencer sends MIDI clock and song position pointer on its MIDI OUT port. Set the drum "
+              "machine to external clock and it will follow tempo changes and start from the same bar.")),
+        ("h2", "3.3 If something goes wrong"),
+        ("p", ("If the display shows DISK ERROR, check that the disk is not write-protected and try another disk. "
+              "If notes hang after STOP, press STOP twice: the second press sends all-notes-off on every channel.")),
+    ]
+    return [page1, page2, page3]
+
+
+_BLOCK_STYLE = {  # fontname, fontsize, gap after (points)
+    "h1": ("hebo", 20, 10),
+    "h2": ("hebo", 13, 4),
+    "p": ("helv", 10.5, 8),
+    "note": ("heit", 9, 14),
+}
+
+
+def _draw_block(page, kind: str, content, y: float, margin: float) -> float:
+    """Write one block at height y and return where the next one starts."""
+    import pymupdf
+
+    if kind == "table":
+        y += 4
+        for i, row in enumerate(content):
+            page.insert_text((margin, y + 10), row, fontname="cour" if i else "cobo", fontsize=9.5)
+            y += 13
+        return y + 10
+    fontname, size, gap = _BLOCK_STYLE[kind]
+    rect = pymupdf.Rect(margin, y, page.rect.width - margin, page.rect.height - 60)
+    spare = page.insert_textbox(rect, content, fontname=fontname, fontsize=size, lineheight=1.3)
+    if spare < 0:  # overflow would silently drop text: the layout below must be fixed, not the sample shipped
+        raise RuntimeError(f"manual block does not fit on page {page.number + 1}: {content[:40]!r}")
+    return y + rect.height - spare + gap
+
+
+def make_manual(path: Path) -> None:
+    """A 3-page born-digital PDF with a real text layer, headings, paragraphs and a text table."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    margin = 64
+    for number, blocks in enumerate(_manual_pages(), start=1):
+        page = doc.new_page(width=A4_PT[0], height=A4_PT[1])
+        y = 70.0
+        for kind, content in blocks:
+            y = _draw_block(page, kind, content, y, margin)
+        footer = f"LinnSequencer Operator's Guide  -  page {number} of 3"
+        page.insert_text((margin, page.rect.height - 40), footer, fontname="helv", fontsize=8, color=(0.4, 0.4, 0.4))
+    fixed_date = "D:19850601120000Z"  # fixed dates (and no fresh /ID) keep the file byte-identical between runs
+    doc.set_metadata({"title": "LinnSequencer Operator's Guide (excerpt)", "author": "Seekframe sample generator",
+                      "creationDate": fixed_date, "modDate": fixed_date})
+    doc.save(str(path), garbage=3, deflate=True, no_new_id=True)
+    doc.close()
+
+
+# ---------------------------------------------------------------- 2. scanned invoice
+
+
+def _invoice_lines() -> list[tuple[str, int, str]]:
+    """(text, font size in px at 200 dpi, style) for each line of the invoice, top to bottom."""
+    lines = [
+        ("Northwind Audio Repairs", 56, "bold"),
+        ("14 Harbour Lane, Bristol BS1 4QA  -  VAT GB 204 5511 73", 26, "regular"),
+        ("", 30, "regular"),
+        ("INVOICE", 64, "bold"),
+        (f"Invoice no: {INVOICE_NUMBER}", 34, "regular"),
+        ("Date: 17 January 2024        Due: 16 February 2024", 30, "regular"),
+        ("Bill to: Studio Meridian, 3 Quay Street, Bristol", 30, "regular"),
+        ("", 30, "regular"),
+        (f"{'Description':<34}{'Qty':>5}{'Unit':>10}{'Amount':>11}", 30, "mono"),
+        ("-" * 60, 30, "mono"),
+    ]
+    subtotal = 0.0
+    for desc, qty, price in INVOICE_ITEMS:
+        amount = qty * price
+        subtotal += amount
+        lines.append((f"{desc:<34}{qty:>5g}{price:>10.2f}{amount:>11.2f}", 30, "mono"))
+    vat = subtotal * INVOICE_VAT
+    lines += [
+        ("-" * 60, 30, "mono"),
+        (f"{'Subtotal':<49}{subtotal:>11.2f}", 30, "mono"),
+        (f"{f'VAT {INVOICE_VAT:.0%}':<49}{vat:>11.2f}", 30, "mono"),
+        (f"{'TOTAL (GBP)':<49}{INVOICE_TOTAL:>11.2f}", 30, "mono"),
+        ("", 30, "regular"),
+        ("Payment by bank transfer within 30 days. Thank you for your business.", 26, "regular"),
+    ]
+    return lines
+
+
+def _scan_effects(page: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Make a clean render look scanned: ~1 degree skew, uneven grey paper, sensor noise, a little blur."""
+    page = page.rotate(1.1, resample=Image.BICUBIC, fillcolor=255)
+    ink = np.asarray(page, dtype=np.float32) / 255.0
+    h, w = ink.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    paper = 228 + 14 * (xx / w) - 10 * (yy / h)  # lighting falls off across the scanner bed
+    pixels = paper * ink + 30 * (1 - ink) + rng.normal(0, 7, ink.shape)
+    out = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    return out.filter(ImageFilter.GaussianBlur(0.6))
+
+
+def make_invoice(path: Path, rng: np.random.Generator) -> None:
+    """A 1-page PDF whose only content is a JPEG 'scan' at 200 dpi: no text layer, so only OCR can read it."""
+    import pymupdf
+
+    dpi = 200
+    size = (round(A4_PT[0] / 72 * dpi), round(A4_PT[1] / 72 * dpi))
+    page_img = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(page_img)
+    y = 180
+    for text, px, style in _invoice_lines():
+        draw.text((150, y), text, font=font(px, style), fill=0)
+        y += int(px * 1.55)
+    jpeg = io.BytesIO()
+    _scan_effects(page_img, rng).save(jpeg, format="JPEG", quality=55, optimize=True)
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4_PT[0], height=A4_PT[1])
+    page.insert_image(page.rect, stream=jpeg.getvalue())
+    if page.get_text().strip():  # the whole point of this sample is an empty text layer
+        raise RuntimeError("scanned invoice unexpectedly has a text layer")
+    fixed_date = "D:20240117090000Z"
+    doc.set_metadata({"title": "", "creationDate": fixed_date, "modDate": fixed_date, "producer": "Scanner"})
+    doc.save(str(path), garbage=3, deflate=True, no_new_id=True)
+    doc.close()
+
+
+# ---------------------------------------------------------------- 3. whiteboard photo
+
+
+def _whiteboard(size: tuple[int, int]) -> Image.Image:
+    """The board seen straight on: aluminium frame, off-white surface, marker writing."""
+    w, h = size
+    board = Image.new("RGB", size, (168, 170, 172))
+    draw = ImageDraw.Draw(board)
+    draw.rectangle((14, 14, w - 15, h - 15), fill=(246, 246, 242))
+    colours = [(20, 40, 140), (25, 25, 30), (170, 25, 25)]  # blue, black, red marker
+    y = 70
+    for i, (text, colour) in enumerate(zip(WHITEBOARD_LINES, colours, strict=True)):
+        size_px = 78 if i == 0 else 62
+        draw.text((70 + 18 * i, y), text, font=font(size_px, "marker"), fill=colour)
+        if i == 0:
+            draw.line((70, y + size_px + 14, 70 + 620, y + size_px + 8), fill=colour, width=6)
+        y += size_px + 70
+    return board
+
+
+def make_photo(path: Path, rng: np.random.Generator) -> None:
+    """A phone-photo-like JPEG: a wall gradient, a perspective-skewed whiteboard, glare, noise and soft focus."""
+    import cv2
+
+    w, h = 1024, 768
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    wall = np.stack([150 + 40 * yy / h, 140 + 35 * yy / h, 120 + 25 * xx / w], axis=-1)
+
+    board = np.asarray(_whiteboard((900, 540)), dtype=np.float32)
+    src = np.float32([[0, 0], [900, 0], [900, 540], [0, 540]])
+    dst = np.float32([[120, 120], [930, 170], [905, 650], [95, 610]])  # taken slightly from the left and below
+    matrix = cv2.getPerspectiveTransform(src, dst)
+    warped = cv2.warpPerspective(board, matrix, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpPerspective(np.ones((540, 900), np.float32), matrix, (w, h))[..., None]
+    scene = wall * (1 - mask) + warped * mask
+
+    glare = np.exp(-(((xx - 700) / 260) ** 2 + ((yy - 260) / 180) ** 2))[..., None] * 22
+    scene = scene * (0.92 + 0.08 * (yy / h))[..., None] + glare + rng.normal(0, 6, scene.shape)
+    photo = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8), mode="RGB").filter(ImageFilter.GaussianBlur(0.9))
+    photo.save(path, format="JPEG", quality=82, optimize=True)
+
+
+# ---------------------------------------------------------------- 4. lecture video
+
+
+_SLIDE_NOTES = [
+    ["Embed chunks, store vectors", "Nearest neighbours = relevant"],
+    ["One chunk per page keeps citations", "Scanned pages go through OCR"],
+    ["Every frame has a time", "Answers link to mm:ss"],
+]
+_SLIDE_COLOURS = [(28, 52, 92), (24, 84, 64), (96, 40, 56)]
+
+
+def _fit_font(text: str, max_width: int, start: int, style: str = "bold") -> ImageFont.FreeTypeFont:
+    """The largest font size (from `start` down) at which `text` fits in max_width pixels."""
+    size = start
+    while size > 10 and font(size, style).getlength(text) > max_width:
+        size -= 1
+    return font(size, style)
+
+
+def _slide_base(index: int) -> Image.Image:
+    """The static part of one slide: background, title (the exact SLIDES text), two bullet lines."""
+    w = VIDEO_SIZE[0]
+    img = Image.new("RGB", VIDEO_SIZE, _SLIDE_COLOURS[index])
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, w, 8), fill=(240, 190, 60))
+    draw.text((32, 60), SLIDES[index][2], font=_fit_font(SLIDES[index][2], w - 64, 34), fill=(255, 255, 255))
+    for i, note in enumerate(_SLIDE_NOTES[index]):
+        draw.text((48, 150 + 44 * i), f"- {note}", font=font(24), fill=(225, 230, 235))
+    return img
+
+
+def _video_frames() -> list[np.ndarray]:
+    """All frames as RGB arrays; each shows its slide plus a 't = 5.3 s' timecode and a progress bar."""
+    w, h = VIDEO_SIZE
+    bases = [_slide_base(i) for i in range(len(SLIDES))]
+    total = int(SLIDES[-1][1] * VIDEO_FPS)
+    frames = []
+    for n in range(total):
+        t = n / VIDEO_FPS
+        index = next(i for i, (start, end, _) in enumerate(SLIDES) if start <= t < end)
+        img = bases[index].copy()
+        draw = ImageDraw.Draw(img)
+        draw.rectangle((0, h - 6, int(w * (n + 1) / total), h), fill=(240, 190, 60))
+        draw.text((w - 150, h - 44), f"t = {t:.1f} s", font=font(22, "mono"), fill=(255, 255, 255))
+        frames.append(np.asarray(img))
+    return frames
+
+
+def _write_h264(path: Path, frames: list[np.ndarray]) -> bool:
+    """Encode with PyAV's libx264 (plays in browsers); False when PyAV or the encoder is missing."""
+    try:
+        import av
+    except ImportError:
+        return False
+    try:
+        # faststart puts the index first, so a browser can play the clip while it is still loading.
+        with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=Fraction(VIDEO_FPS))
+            stream.width, stream.height = VIDEO_SIZE
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "26", "preset": "medium", "threads": "1"}  # one thread: byte-identical output
+            for n, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts = n
+                frame.time_base = Fraction(1, VIDEO_FPS)
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    except (av.FFmpegError, ValueError) as err:
+        log.info("PyAV could not encode H.264 (%s); falling back to OpenCV mp4v", err)
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _write_mp4v(path: Path, frames: list[np.ndarray]) -> None:
+    """OpenCV's MPEG-4 Part 2 writer: always in the wheels, but browsers may not play it."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, VIDEO_SIZE)
+    if not writer.isOpened():
+        raise SeekframeError(f"OpenCV cannot write {path}", fix="pip install 'av>=14' (PyAV bundles an H.264 encoder)")
+    for rgb in frames:
+        writer.write(np.ascontiguousarray(rgb[..., ::-1]))
+    writer.release()
+
+
+def _check_video(path: Path, frame_count: int) -> None:
+    """Decode the file back with OpenCV: the schedule in SLIDES is only true if every frame made it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        got_fps, got_frames = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        ok, _ = cap.read()
+    finally:
+        cap.release()
+    if not ok or abs(got_fps - VIDEO_FPS) > 0.01 or got_frames != frame_count:
+        raise SeekframeError(f"{path} decodes as {got_frames} frames at {got_fps} fps, expected {frame_count} at "
+                             f"{VIDEO_FPS}", fix="rerun with --force; if it persists, reinstall av and opencv")
+
+
+def make_video(path: Path) -> None:
+    """A 12 s, 10 fps, 640x360 clip of three slides shown at the times in SLIDES."""
+    frames = _video_frames()
+    if not _write_h264(path, frames):
+        _write_mp4v(path, frames)
+    _check_video(path, len(frames))
+
+
+# ---------------------------------------------------------------- 5. Chinese notice
+
+
+def make_notice(path: Path) -> bool:
+    """A short Chinese meeting notice as PNG; False (nothing written) when no CJK font exists here."""
+    title_font, body_font = cjk_font(60), cjk_font(42)
+    if title_font is None or body_font is None:
+        return False
+    img = Image.new("RGB", (800, 420), (252, 248, 236))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((10, 10, 789, 409), outline=(180, 40, 40), width=4)
+    draw.text((400, 50), NOTICE_LINES[0], font=title_font, fill=(170, 30, 30), anchor="mt")
+    for i, line in enumerate(NOTICE_LINES[1:]):
+        draw.text((80, 170 + 90 * i), line, font=body_font, fill=(30, 30, 30))
+    img.save(path, format="PNG", optimize=True)
+    return True
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _makers(rng: np.random.Generator) -> list[tuple[str, Callable[[Path], object]]]:
+    """(file name, function writing it); each image maker gets its own seeded stream so order does not matter."""
+    seeds = rng.spawn(2)
+    return [
+        (MANUAL_NAME, make_manual),
+        (INVOICE_NAME, lambda p: make_invoice(p, seeds[0])),
+        (PHOTO_NAME, lambda p: make_photo(p, seeds[1])),
+        (VIDEO_NAME, make_video),
+        (NOTICE_NAME, make_notice),
+    ]
+
+
+def generate(out_dir: Path = DEFAULT_OUT, force: bool = False) -> dict[str, str]:
+    """Write every sample into out_dir; returns {file name: "written" | "skipped (exists)" | "skipped (...)"}."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SeekframeError(f"cannot create {out_dir}: {err}", fix="pass a writable OUT_DIR") from err
+    results = {}
+    for name, make in _makers(np.random.default_rng(SEED)):
+        path = out_dir / name
+        if path.exists() and not force:
+            results[name] = "skipped (exists)"
+            continue
+        # Write to a temporary name first so an interrupted run never leaves a half file that later runs would skip.
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        if make(tmp) is False:
+            results[name] = "skipped (no CJK font on this machine)"
+            log.warning("%s not generated: no CJK font found (PyMuPDF 'cjk' font or fc-list :lang=zh)", name)
+            continue
+        tmp.replace(path)
+        results[name] = "written"
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate Seekframe's sample library (all files drawn by code).")
+    parser.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
+    parser.add_argument("--force", action="store_true", help="regenerate files that already exist")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        results = generate(args.out_dir, force=args.force)
+    except SeekframeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    for name, status in results.items():
+        size = (args.out_dir / name).stat().st_size if (args.out_dir / name).exists() else 0
+        log.info("%-26s %-40s %8.1f KB", name, status, size / 1024)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

