@@ -6,10 +6,17 @@ with vLLM's CPU server (text head_dim 32: vLLM's CPU attention has no kernel for
 usage: python tiny_qwen3vl.py OUT_DIR
 """
 import sys
+
 import torch
 from tokenizers import pre_tokenizers
-from transformers import (Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                          Qwen3VLProcessor, Qwen3VLVideoProcessor)
+from transformers import (
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>"]
