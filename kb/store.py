@@ -1,7 +1,8 @@
-"""The vector store: Chroma (embedded under the home, or a server), the source manifest, the owner lock.
+"""The vector store: Chroma (embedded under the home, or a server), the lexical index, the source manifest, the lock.
 
-Visibility is atomic per source: new chunks are written first, the manifest row is the commit point, old
-chunks are deleted last, and queries only return chunks whose content hash matches the manifest.
+Visibility is atomic per source: new chunks are written first (Chroma, then the lexical index), the manifest
+row is the commit point, old chunks are deleted last (both indexes), and queries of either index only return
+chunks whose content hash matches the manifest. So the two indexes never disagree about what is visible.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 from kb.config import Settings
 from kb.embed import Embedder, load_embedder
 from kb.errors import EmbedderMismatch, StoreError, StoreLocked
+from kb.lexical import LexicalIndex
 from kb.manifest import Manifest, SourceRecord
 from kb.types import Chunk, Hit
 
@@ -102,6 +104,20 @@ class Store:
                       "schema_version": SCHEMA_VERSION})
         self._check_embedder()
         self._batch = max(1, min(5000, client.get_max_batch_size()))
+        self.lexical = LexicalIndex(settings.home / "lexical.sqlite", settings.manifest_path)
+        if self.lexical.is_new:
+            self._backfill_lexical()
+
+    def _backfill_lexical(self) -> None:
+        """A knowledge base from before the lexical index (or whose lexical.sqlite was deleted): fill it once."""
+        total = self.count()
+        if not total:
+            return
+        log.info("building the lexical index from %d stored chunks (once)", total)
+        for offset in range(0, total, self._batch):
+            got = self._collection.get(include=["documents", "metadatas"], limit=self._batch, offset=offset)
+            chunks = [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
+            self.lexical.upsert(chunks, got["metadatas"])
 
     def _check_embedder(self) -> None:
         meta = self._collection.metadata or {}
@@ -121,10 +137,12 @@ class Store:
         for part in _batched(list(zip(chunks, embeddings)), self._batch):
             self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
                                     documents=[c.text for c, _ in part], metadatas=[c.metadata() for c, _ in part])
+        self.lexical.upsert(chunks)
         record.chunks = len(chunks)
         self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
         keep = {c.id for c in chunks}
         self._delete_where({"source_abs": record.path}, keep=keep)
+        self.lexical.delete_source(record.path, keep=keep)
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
         include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
@@ -137,6 +155,7 @@ class Store:
     def delete_source(self, path: str) -> int:
         """Remove a source and all its chunks; returns the number of chunks removed."""
         self.manifest.remove(path)
+        self.lexical.delete_source(path)
         return self._delete_where({"source_abs": path})
 
     def _delete_where(self, where: dict, keep: set[str] | None = None) -> int:
@@ -163,7 +182,18 @@ class Store:
             hits.append(_hit(cid, doc, meta, score=1.0 - float(dist)))
         return hits[:k]
 
+    def lexical_query(self, text: str, k: int, where: dict | None = None) -> list[Hit]:
+        """Best BM25 matches for `text`, best first; same filters and current-version rule as `query`."""
+        return [_hit(cid, doc, meta, score) for cid, doc, meta, score in self.lexical.query(text, k, where)]
+
+    def neighbours(self, hit: Hit, radius: int = 1) -> list[Hit]:
+        """The chunks within `radius` positions of `hit` in the same version of its source (itself included)."""
+        positions = range(max(0, hit.position - radius), hit.position + radius + 1)
+        rows = self.lexical.neighbours(hit.source_abs, hit.sha256, list(positions))
+        return [_hit(cid, doc, meta, hit.score) for cid, doc, meta in rows]
+
     def close(self) -> None:
+        self.lexical.close()
         self.manifest.close()
         if self._lock:
             self._lock.release()

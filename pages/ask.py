@@ -1,52 +1,95 @@
-"""Ask: a chat over the knowledge base with numbered citations."""
+"""Ask: a chat over the knowledge base; answers stream, citations [n] open the page, image or video second."""
 from __future__ import annotations
 
+import math
 import time
-from pathlib import Path
 
 import streamlit as st
 
 from kb.answer import prepare, stream_answer
-from kb.types import Hit
-from pages import resources
+from kb.errors import SeekframeError
+from pages import resources, widgets
+from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown, safe_stream
 
 st.title("Ask your knowledge base")
-store = resources.store()
+store = resources.open_or_stop()
+settings = resources.settings()
+resources.start_engine()  # loads while the user reads and types
 if store.embedder.fallback_reason:
-    st.warning(f"Offline profile: the bundled English embedding model is in use ({store.embedder.fallback_reason}).")
-if store.count() == 0:
-    st.info("The knowledge base is empty. Add files with `python -m ingest PATH...` (or `make run` for the samples).")
+    st.warning(md_escape("Offline profile: the bundled English embedding model is in use "
+                         f"({store.embedder.fallback_reason})."))
+records = store.manifest.all()
+if not records:
+    widgets.empty_library()
     st.stop()
-engine = resources.engine()
-st.caption(f"Engine: {engine.name} · model {engine.model} · {engine.device}. {resources.engine_explanation()}")
+
+# filters ------------------------------------------------------------------------------------------------
+with st.sidebar:
+    st.header("Filters")
+    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources",
+                            placeholder="all sources")
+    groups = st.multiselect("Modality", GROUPS, key="filter_groups", placeholder="documents, images and video")
+    durations = [r.duration for r in records if r.kind == "video" and r.duration]
+    seconds = full = None
+    if durations:
+        full = (0.0, float(math.ceil(max(durations))))
+        seconds = st.slider("Video time range (seconds)", full[0], full[1], full, step=1.0, key="filter_seconds")
+    filters = build_filters(chosen, groups, seconds, full)
+    if st.button("New conversation", key="new_conversation"):
+        st.session_state["history"] = []
+
+if resources.engine_ready():
+    try:
+        engine = resources.engine()
+        st.caption(md_escape(f"Engine: {engine.name} · model {engine.model} · {engine.device}. "
+                             f"{resources.engine_explanation()}"))
+    except SeekframeError as err:
+        resources.show_error(err)
+else:
+    st.caption("Loading the model engine in the background… you can type a question meanwhile.")
 
 
-def show_citation(n: int, hit: Hit) -> None:
-    with st.expander(f"[{n}] {hit.where}", expanded=n == 1):
-        st.text(hit.text)  # document text is shown as text, never as HTML or Markdown
-        if hit.page and hit.source_abs.lower().endswith(".pdf") and Path(hit.source_abs).exists():
-            st.image(resources.page_image(hit.source_abs, hit.page), caption=f"page {hit.page}")
-        elif hit.modality.startswith("image") and Path(hit.source_abs).exists():
-            st.image(hit.source_abs)
+def show_turn(turn: dict) -> None:
+    with st.chat_message(turn["role"]):
+        st.markdown(safe_markdown(turn["text"]))
+        if turn["role"] == "assistant":
+            st.caption(turn["timing"])
+            for n, hit in enumerate(turn.get("hits", []), 1):
+                widgets.citation(n, hit, turn["question"], expanded=n == 1)
+
+
+def answer(question: str, history: list[dict]) -> dict | None:
+    """Retrieve, stream the answer into the page, and return the turn to keep."""
+    pairs = [(t["role"], t["text"]) for t in history]
+    with st.chat_message("assistant"):
+        try:
+            prepared = prepare(question, store, k=settings.top_k, filters=filters, history=pairs,
+                               max_tokens=settings.max_answer_tokens)
+            engine = resources.engine()
+            started = time.monotonic()
+            raw: list[str] = []
+            st.write_stream(safe_stream(raw.append(p) or p for p in stream_answer(prepared, engine)))
+            generation = time.monotonic() - started
+        except SeekframeError as err:
+            resources.show_error(err)
+            return None
+        timing = (f"{engine.name} · {engine.model} · retrieval {prepared.retrieval_seconds:.2f} s · "
+                  f"generation {generation:.2f} s · {len(prepared.hits)} sources")
+        st.caption(md_escape(timing))
+        for n, hit in enumerate(prepared.hits, 1):
+            widgets.citation(n, hit, question, expanded=n == 1)
+    return {"role": "assistant", "text": "".join(raw), "hits": prepared.hits, "question": question,
+            "timing": md_escape(timing)}
 
 
 history = st.session_state.setdefault("history", [])
 for turn in history:
-    with st.chat_message(turn["role"]):
-        st.markdown(turn["text"])
-        for n, hit in enumerate(turn.get("hits", []), 1):
-            show_citation(n, hit)
+    show_turn(turn)
 
-question = st.chat_input("Ask a question", key="question")
+question = st.chat_input("Ask a question about your documents, images and videos", key="question")
 if question:
     with st.chat_message("user"):
-        st.markdown(question)
-    pairs = [(t["role"], t["text"]) for t in history]
-    prepared = prepare(question, store, k=resources.settings().top_k, history=pairs)
-    with st.chat_message("assistant"):
-        started = time.monotonic()
-        text = st.write_stream(stream_answer(prepared, engine))
-        st.caption(f"retrieval {prepared.retrieval_seconds:.2f} s · generation {time.monotonic() - started:.2f} s")
-        for n, hit in enumerate(prepared.hits, 1):
-            show_citation(n, hit)
-    history += [{"role": "user", "text": question}, {"role": "assistant", "text": text, "hits": prepared.hits}]
+        st.markdown(safe_markdown(question))
+    reply = answer(question, history)
+    if reply:
+        history += [{"role": "user", "text": question}, reply]

@@ -1,35 +1,100 @@
-"""Process-wide resources for the pages: settings, the store and the engine are loaded once (st.cache_resource)."""
+"""Process-wide resources for the pages, created once per process (st.cache_resource): settings, the store,
+the engine (loaded on a background thread so pages stay usable meanwhile) and the ingest job queue."""
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import streamlit as st
 
 from kb.config import Settings, load_settings
 from kb.engines import Engine, load_engine, resolve_engine_name
+from kb.errors import SeekframeError
+from kb.jobs import JobQueue
 from kb.store import Store, open_store
+from pages.helpers import md_escape
 
 
-@st.cache_resource(show_spinner="Opening the knowledge base…")
+@st.cache_resource(show_spinner=False)
 def settings() -> Settings:
     return load_settings()
 
 
-@st.cache_resource(show_spinner="Loading the embedding model and the store…")
+@st.cache_resource(show_spinner="Opening the knowledge base…", on_release=lambda store: store.close())
 def store() -> Store:
-    # The app process owns the embedded store for its lifetime (see kb.store.OwnerLock).
+    # The app process owns the embedded store for its lifetime (see kb.store.OwnerLock); the ingest
+    # jobs write through this same object.
     return open_store(settings())
 
 
-@st.cache_resource(show_spinner="Loading the model engine…")
+@st.cache_resource(show_spinner=False)
+def _engine_loader() -> Future:
+    pool = ThreadPoolExecutor(1, thread_name_prefix="seekframe-engine")
+    future = pool.submit(load_engine, settings())
+    pool.shutdown(wait=False)
+    return future
+
+
+def start_engine() -> None:
+    """Begin loading the engine in the background (no wait)."""
+    _engine_loader()
+
+
+def engine_ready() -> bool:
+    return _engine_loader().done()
+
+
 def engine() -> Engine:
-    return load_engine(settings())
+    """The engine, waiting for it to finish loading; a failed load is forgotten so the next call retries."""
+    future = _engine_loader()
+    if not future.done():
+        with st.spinner("Loading the model engine…"):
+            future.exception()
+    if future.exception() is not None:
+        _engine_loader.clear()
+    return future.result()
 
 
 def engine_explanation() -> str:
     return resolve_engine_name(settings())[1]
 
 
+@st.cache_resource(show_spinner=False, on_release=lambda queue: queue.shutdown())
+def jobs() -> JobQueue:
+    # The worker thread has no Streamlit context: it waits on the loader's future directly.
+    return JobQueue(store(), _engine_loader().result)
+
+
+def open_or_stop() -> Store:
+    """The store, or a readable error with its fix (config problem, store locked by a CLI ingest) and stop."""
+    try:
+        return store()
+    except SeekframeError as err:
+        show_error(err)
+        st.stop()
+
+
+def show_error(err: BaseException) -> None:
+    fix = getattr(err, "fix", "")
+    message = str(err).split("\n  fix:")[0]
+    st.error(md_escape(message) + (f"\n\n**How to fix:** {md_escape(fix)}" if fix else ""))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
-def page_image(path: str, page: int):
+def page_image(path: str, page: int, dpi: int = 110, mtime: float = 0.0):
+    """A rendered PDF page (mtime in the key: a replaced file renders again)."""
     from ingest.pdf import render_page
 
-    return render_page(path, page, dpi=110)
+    return render_page(path, page, dpi=dpi)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def highlighted_page(path: str, page: int, quote: str, mtime: float = 0.0):
+    """The page with the cited text boxed, where the page has a text layer."""
+    from pages.helpers import draw_boxes, highlight_boxes
+
+    image = page_image(path, page, 110, mtime)
+    try:
+        boxes = highlight_boxes(path, page, quote)
+    except Exception:  # highlighting is a nicety; a page that cannot be searched is still shown
+        boxes = []
+    return draw_boxes(image, boxes), bool(boxes)

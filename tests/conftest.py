@@ -13,6 +13,8 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from kb.config import BUNDLED_EMBED_MODEL, load_settings  # noqa: E402
 
+pytest_plugins = ["tests.vllm_server"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,6 +35,40 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-qwen3vl")
     build_tiny(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_writer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, with a generation config that makes its noise visible: printable ASCII only and at
+    least a few tokens, so ingest tests can see text flow into chunks (its words still mean nothing)."""
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out = tmp_path_factory.mktemp("tiny-qwen3vl-writer")
+    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    byte_of = {ch: b for b, ch in enumerate(_byte_alphabet())}
+    hidden = [tokenizer.convert_tokens_to_ids(ch) for ch, b in byte_of.items() if not 0x21 <= b <= 0x7E]
+    config = GenerationConfig.from_pretrained(out)
+    config.suppress_tokens = hidden
+    config.min_new_tokens = 4
+    config.save_pretrained(out)
+    return out
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2 byte-level alphabet in byte order: the character that stands for byte b is at index b."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
 
 
 @pytest.fixture

@@ -30,6 +30,9 @@ MAX_SIDE = 2000
 PROBE_SIDE = 1024
 PROBE_LINES = 6
 PROBE_MAX_ASPECT = 8  # read only the first ~8 line-heights of each probe line: enough to tell, cheap
+# Layout thresholds, in median text-box heights.
+GUTTER = 0.5  # empty x-range between boxes that separates columns
+PARAGRAPH_GAP = 0.5  # empty y-range between lines that separates paragraphs
 ROTATIONS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 NO_MODEL_FIX = ("use KB_ENGINE=transformers (Qwen3-VL, a GPU is best) or KB_ENGINE=openai with "
                 "KB_OPENAI_BASE_URL for captions, video descriptions and written answers")
@@ -275,41 +278,57 @@ def _bands(boxes: list[Box]) -> list[list[Box]]:
     return bands
 
 
-def _gutters(band: list[Box], unit: float) -> list[tuple[float, float]]:
-    """Empty x-ranges between the boxes of a band, wide enough to separate text columns."""
+def _free(band: list[Box]) -> list[tuple[float, float]]:
+    """The x-ranges of a band no box covers, including the open space left and right of its text."""
     spans = sorted((b.x0, b.x1) for b in band)
-    gaps, right = [], spans[0][1]
+    free, right = [(float("-inf"), spans[0][0])], spans[0][1]
     for x0, x1 in spans[1:]:
-        if x0 - right >= 1.5 * unit:
-            gaps.append((right, x0))
+        if x0 > right:
+            free.append((right, x0))
         right = max(right, x1)
-    return gaps
+    return free + [(right, float("inf"))]
 
 
-def _fits(band: list[Box], gutters: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The gutters no box of the band crosses."""
-    return [(g0, g1) for g0, g1 in gutters if all(b.x1 <= g0 or b.x0 >= g1 for b in band)]
+def _gutters(band: list[Box], unit: float) -> list[tuple[float, float]]:
+    """Empty x-ranges between the boxes of a band, wide enough to separate text columns.
+
+    Detected boxes reach ~0.3 line heights past the ink on each side, so a half line height between boxes is
+    already a clear gap in the print.
+    """
+    return [(g0, g1) for g0, g1 in _free(band)[1:-1] if g1 - g0 >= GUTTER * unit]
+
+
+def _narrow(band: list[Box], gutters: list[tuple[float, float]], unit: float) -> list[tuple[float, float]]:
+    """The parts of the region's gutters that stay empty in this band (columns drift a little line by line)."""
+    kept = []
+    for g0, g1 in gutters:
+        parts = [(max(g0, f0), min(g1, f1)) for f0, f1 in _free(band)]
+        parts = [(p0, p1) for p0, p1 in parts if p1 - p0 >= GUTTER * unit]
+        if parts:
+            kept.append(max(parts, key=lambda p: p[1] - p[0]))
+    return kept
 
 
 def _regions(bands: list[list[Box]], unit: float) -> list[list[list[Box]]]:
     """Group bands into regions; a region is a list of columns (one column when the text runs full width).
 
-    A band joins the open column region when none of its boxes crosses the region's gutters and it has text
-    on both sides, or it is a short tail of one column that follows closely (uneven column ends). A region is
-    only read column by column when every column is wide (>= 12 line heights) and it has 3+ bands: narrow
-    columns are table cells, which read better row by row.
+    A band joins the open column region when it leaves part of the region's gutter empty and has text on
+    both sides of it, or when it continues one column at normal line spacing (uneven column ends); a
+    heading after a blank line starts a new region. A region is read column by column only when every
+    column is wide (>= 12 line heights) and it has 3+ bands: narrow columns are table cells, which read
+    better row by row.
     """
     regions: list[tuple[list[tuple[float, float]], list[list[Box]]]] = []
     for band in bands:
         if regions and regions[-1][0]:
             gutters, members = regions[-1]
-            fitting = _fits(band, gutters)
+            kept = _narrow(band, gutters, unit)
             gap = min(b.top for b in band) - max(b.bottom for b in members[-1])
-            if fitting and (_two_sided(band, fitting) or gap <= 1.5 * unit):
-                regions[-1] = (fitting, members + [band])
+            if kept and (_two_sided(band, kept) or gap <= PARAGRAPH_GAP * unit):
+                regions[-1] = (kept, members + [band])
                 continue
         regions.append((_gutters(band, unit), [band]))
-    out = []
+    out: list[list[list[Box]]] = []
     for gutters, members in regions:
         boxes = [b for band in members for b in band]
         columns = _split(boxes, gutters)
@@ -351,12 +370,16 @@ def _lines(boxes: list[Box]) -> list[list[Box]]:
 
 
 def _paragraphs(lines: list[list[Box]], unit: float) -> list[list[str]]:
-    """Join lines into blocks, starting a new block where the vertical gap is larger than a line height."""
+    """Join lines into blocks, starting a new block at a blank line.
+
+    Detected boxes of consecutive lines touch (they reach past the ink); a gap of half a line height is a
+    blank line in the print.
+    """
     blocks: list[list[str]] = []
     last_bottom = None
     for line in lines:
         top = min(b.top for b in line)
-        if last_bottom is None or top - last_bottom > 0.9 * unit:
+        if last_bottom is None or top - last_bottom > PARAGRAPH_GAP * unit:
             blocks.append([])
         blocks[-1].append(" ".join(b.text for b in line))
         last_bottom = max(b.bottom for b in line)

@@ -131,7 +131,8 @@ class OpenAIEngine:
 
     def _params(self, request: Request) -> dict[str, Any]:
         extra: dict[str, Any] = {}
-        if self.repetition_penalty is not None:
+        # Not for transcription: a penalty on repeated tokens garbles tables ("| | |") and repeated numbers.
+        if self.repetition_penalty is not None and request.task != "ocr":
             extra["repetition_penalty"] = self.repetition_penalty
         if request.video is not None:
             extra["media_io_kwargs"] = {"video": video_kwargs(request.video)}

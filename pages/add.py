@@ -1,0 +1,89 @@
+"""Add content: upload files or name a server folder; ingestion runs in the background, per-file status."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ingest.read import supported_extensions
+from kb.errors import InputError, SeekframeError
+from kb.jobs import FAILED, Job
+from pages import resources
+from pages.helpers import md_escape, save_upload
+
+st.title("Add content")
+store = resources.open_or_stop()
+settings = resources.settings()
+queue = resources.jobs()
+extensions = sorted(supported_extensions())
+limit_mb = st.get_option("server.maxUploadSize")
+st.markdown(
+    f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by this app "
+    "process: you can leave this page and come back. Uploads are saved under "
+    f"`{md_escape(str(settings.home / 'uploads'))}`.")
+st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
+           "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
+           "`[server]` in `.streamlit/config.toml`. For very large files, give a folder on the server instead.")
+
+upload_tab, folder_tab = st.tabs(["Upload files", "Folder on the server"])
+with upload_tab:
+    files = st.file_uploader("Files to add", accept_multiple_files=True, key="uploads")
+    if st.button("Ingest uploaded files", key="ingest_uploads", disabled=not files, type="primary"):
+        saved, problems = [], []
+        for upload in files or []:
+            try:
+                saved.append(save_upload(upload.name, upload.getvalue(), settings.home / "uploads", extensions))
+            except InputError as err:
+                problems.append(str(err))
+        st.session_state["upload_problems"] = problems
+        if saved:
+            queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+    for problem in st.session_state.get("upload_problems", []):
+        st.error(md_escape(problem))
+
+with folder_tab:
+    folder = st.text_input("Folder or file path on the server", key="folder_path",
+                           placeholder="/data/manuals  (walked recursively; hidden files are skipped)")
+    if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
+        try:
+            queue.submit([folder.strip()])
+        except SeekframeError as err:
+            resources.show_error(err)
+
+
+def show_job(job: Job) -> None:
+    done = job.finished_files
+    total = len(job.files) or 1
+    st.markdown(f"**{md_escape(job.label)}** · {job.state} · {done}/{len(job.files)} files · "
+                f"{job.seconds:.1f} s" + (f" · {job.pages_read} pages read by the engine" if job.pages_read else ""))
+    if job.error:
+        st.caption(md_escape(job.error))
+    st.progress(done / total)
+    if job.active:
+        st.button("Cancel", key=f"cancel_{job.id}", on_click=queue.cancel, args=(job.id,),
+                  help="Stops before the next file or page batch; files already stored stay.")
+    if job.files:
+        st.dataframe([{"file": f.rel, "status": f.state, "chunks": f.chunks, "result": f.result, "reason": f.reason}
+                      for f in job.files], hide_index=True, width="stretch")
+    for item in job.files:
+        if item.state == FAILED:
+            st.error(md_escape(f"{item.rel}: {item.reason}"))
+
+
+def jobs_panel() -> None:
+    jobs = queue.jobs()
+    if not jobs:
+        st.caption("No ingest jobs in this app session yet.")
+        return
+    for job in jobs[:10]:
+        with st.container(border=True):
+            show_job(job)
+    if st.session_state.get("jobs_were_busy") and not queue.busy:
+        st.session_state["jobs_were_busy"] = False
+        st.rerun(scope="app")  # stop the timer below and refresh the rest of the page
+    st.session_state["jobs_were_busy"] = queue.busy
+
+
+st.subheader("Ingest jobs")
+if queue.busy:
+    st.fragment(run_every=1.0)(jobs_panel)()  # redraw the statuses every second while something runs
+else:
+    jobs_panel()

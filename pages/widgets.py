@@ -1,0 +1,79 @@
+"""Streamlit pieces shared by the pages: citations, media players, the empty-library message.
+
+Document text is always shown with st.text (never Markdown or HTML); names go through md_escape.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from kb.answer import best_sentence
+from kb.types import Hit
+from pages import resources
+from pages.helpers import keyframe_paths, md_escape, time_label
+
+ADD_HINT = ("Add files on the **Add content** page (upload, or a folder on the server), or from a shell: "
+            "`python -m ingest PATH...` while the app is stopped. `make run` ingests the sample library.")
+
+
+def empty_library() -> None:
+    st.info("The knowledge base is empty. " + ADD_HINT)
+    st.page_link("pages/add.py", label="Add content", icon="➕")
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def pdf_page(path: str, page: int, quote: str = "", width: int | None = None) -> None:
+    """A rendered page, the quoted text boxed when the page has a text layer."""
+    if not Path(path).is_file():
+        st.caption("The PDF is no longer at its ingest path, so the page cannot be shown.")
+        return
+    if quote:
+        image, found = resources.highlighted_page(path, page, quote, _mtime(path))
+    else:
+        image, found = resources.page_image(path, page, 110, _mtime(path)), False
+    st.image(image, caption=f"page {page}" + (" · cited text highlighted" if found else ""),
+             width=width if width else "stretch")
+
+
+def video_player(path: str, start: float | None, end: float | None = None) -> None:
+    if not Path(path).is_file():
+        st.caption("The video is no longer at its ingest path, so it cannot be played.")
+        return
+    # Streamlit's player takes whole seconds; end one second late so the cited segment plays to its end.
+    st.video(path, start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
+
+
+def keyframes(hit_or_chunk, width: int = 220) -> None:
+    frames = keyframe_paths(getattr(hit_or_chunk, "keyframe", None), resources.settings().home)
+    if frames:
+        st.image([str(p) for p in frames[:4]], width=width)
+
+
+def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> None:
+    """One numbered source: what it is, the cited text, and the page, image or video segment."""
+    with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
+        quote = best_sentence(question, hit.text) if question else ""
+        if hit.t_start is not None:
+            st.caption(f"{md_escape(hit.source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")
+            left, right = st.columns([1, 2])
+            with left:
+                keyframes(hit)
+            with right:
+                video_player(hit.source_abs, hit.t_start, hit.t_end)
+        elif hit.page is not None and hit.source_abs.lower().endswith(".pdf"):
+            st.caption(f"{md_escape(hit.source)} · page {hit.page} · {hit.modality}")
+            pdf_page(hit.source_abs, hit.page, quote)
+        elif hit.modality.startswith("image") and Path(hit.source_abs).is_file():
+            st.caption(f"{md_escape(hit.source)} · {hit.modality}")
+            st.image(hit.source_abs, width=480)
+        else:
+            st.caption(f"{md_escape(hit.source)} · {hit.modality}")
+        st.text(hit.text)  # document text: shown as text, never as Markdown or HTML
