@@ -8,12 +8,13 @@ from typing import Sequence
 
 from kb.config import BUNDLED_EMBED_MODEL, DEFAULT_EMBED_MODEL, Settings
 from kb.errors import ConfigError
+from kb.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 OFFLINE_WARNING = (
     "OFFLINE PROFILE: the embedding model {model!r} could not be loaded ({reason}); using the bundled "
     "English model all-MiniLM-L6-v2 instead. Download the default once with network access "
-    "(huggingface-cli download {model}) or set KB_EMBED_MODEL to a local folder for multilingual search."
+    "(hf download {model}) or set KB_EMBED_MODEL to a local folder for multilingual search."
 )
 
 
@@ -35,8 +36,17 @@ class Embedder:
     def model(self):
         from sentence_transformers import SentenceTransformer
 
-        path = str(bundled_model_path()) if self.name == BUNDLED_EMBED_MODEL else self.name
-        return SentenceTransformer(path, device=self._device)
+        if self.name == BUNDLED_EMBED_MODEL:
+            return SentenceTransformer(str(bundled_model_path()), device=self._device)
+        if Path(self.name).exists():
+            return SentenceTransformer(self.name, device=self._device)
+        try:  # already in the local cache: no network needed
+            return SentenceTransformer(self.name, device=self._device, local_files_only=True)
+        except OSError:
+            if not hub_reachable():
+                raise OSError(f"{self.name} is not in the local model cache and the model hub cannot be "
+                              "reached") from None
+        return SentenceTransformer(self.name, device=self._device)
 
     @property
     def dimension(self) -> int:

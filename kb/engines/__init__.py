@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from kb.config import Settings
-from kb.errors import ConfigError
+from kb.errors import ConfigError, EngineError
 from kb.types import Request
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,18 @@ def resolve_engine_name(settings: Settings) -> tuple[str, str]:
 def load_engine(settings: Settings) -> Engine:
     name, why = resolve_engine_name(settings)
     log.info(why)
+    try:
+        return _build(name, settings)
+    except EngineError as err:
+        if settings.engine != "auto" or name == "ocr":
+            raise
+        # The offline profile: `auto` picked the GPU model, but its weights cannot be had here.
+        log.warning("OFFLINE PROFILE: the %s engine could not load (%s); falling back to the ocr engine "
+                    "(RapidOCR, no captions, extractive answers). Fix: %s", name, str(err).splitlines()[0], err.fix)
+        return _build("ocr", settings)
+
+
+def _build(name: str, settings: Settings) -> Engine:
     _load_plugins()
     factory = _FACTORIES.get(name)
     if factory is None:

@@ -16,6 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.engines.guard import repeating_tail, trim_repetition
 from kb.errors import ConfigError, EngineError
+from kb.hub import hub_reachable
 from kb.types import Request, VideoClip
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -169,9 +170,12 @@ class TransformersEngine:
             kwargs["quantization_config"] = quant
         if self._device != "cpu":
             kwargs["device_map"] = self._device
+        # Cached or local weights load without the network; a download is tried only when the hub answers,
+        # so an offline machine fails in seconds instead of after minutes of retries.
+        local_only = Path(self.model).exists() or not hub_reachable()
         try:
-            model = Qwen3VLForConditionalGeneration.from_pretrained(self.model, **kwargs)
-            processor = AutoProcessor.from_pretrained(self.model)
+            model = Qwen3VLForConditionalGeneration.from_pretrained(self.model, local_files_only=local_only, **kwargs)
+            processor = AutoProcessor.from_pretrained(self.model, local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise load_error(self.model, err) from err
         return model.eval(), processor
