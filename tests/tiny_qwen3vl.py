@@ -34,7 +34,8 @@ CHAT_TEMPLATE = (  # Qwen3-VL-Instruct style, without tools; no default system p
     "{{- '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 
 
-def build_tiny(out_dir: str) -> None:
+def build_processor(longest_edge: int = 16 * 32 * 32) -> tuple[Qwen3VLProcessor, dict[str, int]]:
+    """The processor (byte-level tokenizer, real image/video processors) and the special token ids."""
     # Byte-level vocabulary, no merges: every string tokenizes; the Qwen special tokens on top.
     vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     for t in SPECIALS:
@@ -44,10 +45,15 @@ def build_tiny(out_dir: str) -> None:
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
     # The real patch / merge / temporal sizes; small pixel budgets (class defaults are old Qwen2-VL values: set them).
     img = Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
-                                image_std=[0.5] * 3, size={"shortest_edge": 4 * 32 * 32, "longest_edge": 16 * 32 * 32})
+                                image_std=[0.5] * 3, size={"shortest_edge": 4 * 32 * 32, "longest_edge": longest_edge})
     vid = Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
                                 image_std=[0.5] * 3, size={"shortest_edge": 4 * 32 * 32, "longest_edge": 64 * 32 * 32 * 2})
-    proc = Qwen3VLProcessor(image_processor=img, tokenizer=tok, video_processor=vid, chat_template=CHAT_TEMPLATE)
+    return Qwen3VLProcessor(image_processor=img, tokenizer=tok, video_processor=vid, chat_template=CHAT_TEMPLATE), ids
+
+
+def build_tiny(out_dir: str) -> None:
+    proc, ids = build_processor()
+    tok = proc.tokenizer
     # Constraints: vision out_hidden_size == text hidden_size; num_position_embeddings a perfect square;
     # deepstack indexes < vision depth and no more of them than text layers; sum(mrope_section) == head_dim / 2.
     cfg = Qwen3VLConfig(

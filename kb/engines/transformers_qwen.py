@@ -126,11 +126,13 @@ class RowStop(StoppingCriteria):
             return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         generated = input_ids.shape[1] - self.prompt_len
         span = self.ngram * self.repeats
+        # Only the generated part may loop-check: the prompt itself can repeat (table headers, frames).
+        # One device-to-host copy per step for the whole batch, not one per row.
+        tails = input_ids[:, -min(span, generated):].tolist() if generated > 0 else []
         for row, limit in enumerate(self.limits):
             if self.stopped_at[row] is not None or generated <= 0:
                 continue
-            # Only the generated part may loop-check: the prompt itself can repeat (table headers, frames).
-            tail = input_ids[row, -min(span, generated):].tolist()
+            tail = tails[row]
             if generated >= limit or tail[-1] in self.eos_ids or repeating_tail(tail, self.ngram, self.repeats):
                 self.stopped_at[row] = generated
         done = [stop is not None for stop in self.stopped_at]
@@ -221,6 +223,8 @@ class TransformersEngine:
         kwargs = dict(**inputs, max_new_tokens=max(limits), do_sample=False, temperature=None, top_p=None,
                       top_k=None, stopping_criteria=StoppingCriteriaList([stop]),
                       pad_token_id=self.tokenizer.pad_token_id)
+        if self.settings.generation_cache == "static" and self._device != "cpu":
+            kwargs["cache_implementation"] = "static"
         return kwargs, stop
 
     def generate_ids(self, requests: Sequence[Request]) -> list[list[int]]:
