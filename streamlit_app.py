@@ -3,9 +3,9 @@ import streamlit as st
 
 st.set_page_config(page_title="Seekframe", page_icon="🔎", layout="wide")
 navigation = st.navigation([
-    st.Page("pages/ask.py", title="Ask", icon="💬", default=True),
-    st.Page("pages/library.py", title="Library", icon="📚"),
-    st.Page("pages/add.py", title="Add content", icon="➕"),
-    st.Page("pages/system.py", title="System", icon="⚙️"),
+    st.Page("pages/ask.py", title="Ask", icon=":material/chat:", default=True),
+    st.Page("pages/library.py", title="Library", icon=":material/library_books:"),
+    st.Page("pages/add.py", title="Add content", icon=":material/add_circle:"),
+    st.Page("pages/system.py", title="System", icon=":material/monitor_heart:"),
 ])
 navigation.run()

@@ -25,7 +25,8 @@ from kb.types import Progress, ProgressFn, Request, Source, Unit, no_progress
 
 log = logging.getLogger(__name__)
 PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.OCR_IMAGE,
-           ("caption", "image_caption"): prompts.CAPTION, ("caption", "pdf_figure"): prompts.CAPTION}
+           ("caption", "image_caption"): prompts.CAPTION, ("caption", "pdf_figure"): prompts.CAPTION,
+           ("video", "video_segment"): prompts.VIDEO_WINDOW}
 
 
 @dataclass
@@ -211,6 +212,9 @@ class Ingestor:
         self.progress(Progress("model", report.pages_read, 0, "pages", self.engine.name))
 
     def _request(self, unit: Unit) -> Request:
+        if unit.task == "video":  # frames decoded only now: a batch holds just its own windows
+            return Request(task="video", prompt=PROMPTS[("video", unit.modality)], video=unit.video(),
+                           max_new_tokens=self.settings.max_video_tokens)
         limit = self.settings.max_caption_tokens if unit.task == "caption" else self.settings.max_page_tokens
         return Request(task=unit.task or "ocr", prompt=PROMPTS[(unit.task, unit.modality)],
                        images=[unit.load_image()], max_new_tokens=limit)

@@ -31,10 +31,12 @@ def _readers() -> dict[str, Reader]:
     from ingest.image import read_image
     from ingest.pdf import read_pdf
     from ingest.text import read_text
+    from ingest.video import VIDEO_EXTENSIONS, read_video
 
     table: dict[str, Reader] = {ext: read_pdf for ext in PDF_EXTENSIONS}
     table.update({ext: read_image for ext in IMAGE_EXTENSIONS})
     table.update({ext: read_text for ext in TEXT_EXTENSIONS})
+    table.update({ext: read_video for ext in VIDEO_EXTENSIONS})
     return table
 
 

@@ -4,9 +4,9 @@ Decoding streams: frames are read by index in small batches, never the whole fil
 file's own timestamps (variable frame rate safe), and the rotation flag of phone videos is applied.
 
 Sampling looks at candidate frames at a target rate (default 1/s) and keeps a candidate when it differs from
-the last kept frame: a scene cut, a visible change, or a change of on-screen text (measured on edge maps, block
-by block, so one new line on a slide counts even though few pixels move). A still scene keeps one frame every
-`max_gap` seconds.
+the last kept frame: a scene cut, a visible change, or a change of on-screen text (measured block by block as a
+strong local difference, so one new line on a slide counts even though few pixels move). A still scene keeps one
+frame every `max_gap` seconds.
 """
 from __future__ import annotations
 
@@ -36,15 +36,16 @@ class SamplingParams:
     max_gap: float = 10.0  # a still scene still keeps one frame this often (seconds)
     window_min: float = 10.0  # a window that reached `window_max_frames` closes once it is this long
     window_max: float = 30.0  # no window is longer than this (seconds)
-    window_max_frames: int = 20  # bounds the frames (and visual tokens) one engine request carries
+    window_max_frames: int = 10  # bounds the frames (and visual tokens) one engine request carries
     cut_min_window: float = 3.0  # a scene cut starts a new window unless the current one is shorter than this
     thumb_side: int = 320  # longest side of analysis frames and of the key-frame JPEGs
-    # Thresholds, all on a 0..1 scale; tuned on slides, test cards and film clips (see tests/test_video.py).
+    # Thresholds, all on a 0..1 scale; tuned on slides, test cards, noisy still
+    # shots and film clips (see tests/test_video.py and bench/video_decode.py).
     cut_hist: float = 0.35  # colour-histogram distance between neighbouring candidates that means a cut
     cut_edges: float = 0.6  # share of edges that moved between neighbours that means a new layout (a new slide)
     same_pixels: float = 0.02  # mean grey difference below which frames look the same
     same_hist: float = 0.06
-    text_block: float = 0.02  # share of a grid block whose edges changed: new/removed text in that block
+    local_block: float = 0.03  # share of one grid block that changed strongly: new/removed text in that block
 
 
 MAX_FPS = 2.0
@@ -72,10 +73,19 @@ class VideoInfo:
             return False
         return bool(np.max(np.abs(self.times - np.arange(self.total_frames) / self.fps)) > 0.5 / self.fps)
 
+    @property
+    def clip_fps(self) -> float:
+        """The rate that `VideoClip` indices count at. For constant-rate files the file's rate (indices are
+        source indices); for variable-rate ones the fastest instantaneous rate, so `index / clip_fps` is each
+        frame's true time to within half of its shortest frame interval."""
+        if not self.variable_rate:
+            return self.fps
+        steps = np.diff(self.times)
+        shortest = float(steps[steps > 1e-4].min()) if np.any(steps > 1e-4) else 1.0 / self.fps
+        return min(1000.0, round(1.0 / shortest, 3))
+
     def clip_index(self, time: float) -> int:
-        """The index at `fps` whose `index / fps` is this time: the source index for constant-rate files, and
-        for variable-rate ones the index that gives the model the frame's true time."""
-        return int(round(time * self.fps))
+        return int(round(time * self.clip_fps))
 
 
 @dataclass
@@ -83,7 +93,7 @@ class KeptFrame:
     index: int  # decode index into the source (presentation order)
     time: float  # seconds from the start, from the frame's timestamp
     cut: bool  # first kept frame of a new scene (the very first frame counts as one)
-    reason: str  # first, cut, change, text, still
+    reason: str  # first, cut, local (e.g. new text), change, still
 
 
 @dataclass
@@ -313,7 +323,8 @@ class _Probe:
 def open_video(path: Path, prefer: str = "decord") -> Decoder:
     """A decoder for the file: decord when installed and able to open it, PyAV otherwise."""
     probe = _Probe(path)
-    if prefer == "decord":
+    # decord 0.6 turns rotated videos upright at full size but mirrors them when asked to scale: PyAV for those.
+    if prefer == "decord" and not probe.rotation:
         try:
             decoder = DecordDecoder(path, probe)
             if probe.width == 0:  # no PyAV: take the size from a decoded frame
@@ -336,57 +347,89 @@ def open_video(path: Path, prefer: str = "decord") -> Decoder:
 # -- frame features ---------------------------------------------------------------------------------------------
 @dataclass
 class Features:
-    grey: np.ndarray  # small grey thumbnail, 0..1
+    thumb: np.ndarray  # small grey thumbnail, 0..1
     hist: np.ndarray  # per-channel colour histograms, each summing to 1
-    edges: np.ndarray  # Canny edges of the analysis frame (bool)
-    near: np.ndarray  # edges dilated by one pixel: "an edge is still there" tolerates a one-pixel shift
+    grey: np.ndarray  # the analysis frame, grey, lightly blurred (int16 so differences do not wrap)
+    edges: np.ndarray  # its Canny edges (bool)
+    near: np.ndarray  # the edges dilated by one pixel: "an edge is still there" tolerates a one-pixel shift
 
 
-GRID = (6, 8)  # rows, columns of blocks for the text-change test
+GRID = (9, 16)  # rows, columns of blocks for the local-change test (20 x 20 px blocks at 320 x 180)
+STRONG = 40  # grey-level difference (of 255) that noise and compression never reach but new text does
 DILATE = np.ones((3, 3), np.uint8)
 
 
 def features(frame: np.ndarray) -> Features:
     small = cv2.resize(frame, fit(frame.shape[1], frame.shape[0], max_side=64), interpolation=cv2.INTER_AREA)
-    grey_small = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    thumb = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     hist = np.stack([np.bincount(small[..., c].ravel() >> 4, minlength=16) for c in range(3)]).astype(np.float32)
     hist /= hist.sum(axis=1, keepdims=True)
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    # A light blur first: compression noise must not look like text; letters at 320 px survive it.
-    edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 60, 150) > 0
+    # The blur keeps sensor noise and compression ringing below STRONG; letters at 320 px survive it.
+    grey = cv2.GaussianBlur(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (3, 3), 0)
+    edges = cv2.Canny(grey, 100, 200) > 0
     near = cv2.dilate(edges.astype(np.uint8), DILATE) > 0
-    return Features(grey_small, hist, edges, near)
+    return Features(thumb, hist, grey.astype(np.int16), edges, near)
 
 
 @dataclass
 class Change:
-    pixels: float  # mean absolute grey difference
+    pixels: float  # mean absolute grey difference of the thumbnails
     hist: float  # colour-histogram distance (half the L1 distance, averaged over channels)
-    edges: float  # share of all edges that appeared or vanished
-    text: float  # the largest share of one grid block whose edges appeared or vanished
+    edges: float  # share of edges that appeared or vanished, camera motion followed (a new layout moves most)
+    local: float  # the largest share of one grid block that changed strongly (new text, a subtitle, a label)
+
+
+def _blocks(mask: np.ndarray) -> np.ndarray:
+    rows, cols = GRID
+    h, w = mask.shape
+    rows, cols = min(rows, h), min(cols, w)
+    return mask[:h // rows * rows, :w // cols * cols].reshape(rows, h // rows, cols, w // cols).mean(axis=(1, 3))
+
+
+def _moved_edges(a: Features, b: Features, dx: int = 0, dy: int = 0) -> float:
+    """Share of edges that appeared or vanished on the overlap, where a's pixel (x + dx, y + dy) is b's (x, y)."""
+    h, w = a.edges.shape
+    ya, yb = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xa, xb = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    ea, na, eb, nb = a.edges[ya, xa], a.near[ya, xa], b.edges[yb, xb], b.near[yb, xb]
+    total = int(ea.sum()) + int(eb.sum())
+    return float(((eb & ~na) | (ea & ~nb)).sum() / total) if total else 0.0
+
+
+def _pan(a: Features, b: Features) -> tuple[int, int]:
+    """The whole-picture shift from `a` to `b` (a camera pan or a scrolling page), (0, 0) when there is none."""
+    (dx, dy), response = cv2.phaseCorrelate(a.grey.astype(np.float32), b.grey.astype(np.float32))
+    h, w = a.grey.shape
+    if response < 0.1 or abs(dx) > w / 4 or abs(dy) > h / 4:
+        return 0, 0
+    return int(round(dx)), int(round(dy))
 
 
 def compare(a: Features, b: Features) -> Change:
-    moved = (b.edges & ~a.near) | (a.edges & ~b.near)
-    total = int(a.edges.sum()) + int(b.edges.sum())
-    rows, cols = GRID
-    h, w = moved.shape
-    blocks = moved[:h // rows * rows, :w // cols * cols].reshape(rows, h // rows, cols, w // cols)
-    return Change(pixels=float(np.abs(a.grey - b.grey).mean()),
+    edges = _moved_edges(a, b)
+    if edges >= 0.3:  # maybe the camera moved: measure the layout change after following the motion
+        dx, dy = _pan(a, b)
+        if dx or dy:
+            edges = min(edges, _moved_edges(a, b, -dx, -dy))
+    strong = np.abs(a.grey - b.grey) >= STRONG
+    return Change(pixels=float(np.abs(a.thumb - b.thumb).mean()),
                   hist=float(np.abs(a.hist - b.hist).sum(axis=1).mean() / 2),
-                  edges=float(moved.sum() / total) if total else 0.0,
-                  text=float(blocks.mean(axis=(1, 3)).max()))
+                  edges=edges, local=float(_blocks(strong).max()))
 
 
 def is_cut(change: Change, p: SamplingParams) -> bool:
-    """A new shot or a new slide: the colours changed wholesale, or most edges moved while pixels changed too."""
-    return change.hist >= p.cut_hist or (change.edges >= p.cut_edges and change.pixels >= p.same_pixels)
+    """A new shot or a new slide: the colours changed wholesale, or most edges moved and the picture changed."""
+    return change.hist >= p.cut_hist or (change.edges >= p.cut_edges and change.local >= p.local_block)
 
 
 def why_keep(change: Change, p: SamplingParams) -> str:
-    """The reason this frame differs from the last kept one, or '' for a near-duplicate."""
-    if change.text >= p.text_block:
-        return "text"
+    """Why this frame is worth keeping next to the last kept one, or '' for a near-duplicate.
+
+    A small area that changed strongly ("local") is how new on-screen text looks: a line added to a slide or
+    a subtitle moves few pixels overall but changes its block almost completely.
+    """
+    if change.local >= p.local_block:
+        return "local"
     if change.pixels >= p.same_pixels or change.hist >= p.same_hist:
         return "change"
     return ""

@@ -48,6 +48,14 @@ class Settings:
     max_page_tokens: int = 2048
     max_caption_tokens: int = 256
     max_answer_tokens: int = 1024
+    max_video_tokens: int = 768  # output per video window: summary, on-screen text, entities
+    # Video sampling: candidates per second (at most 2), a still scene keeps a frame every video_max_gap
+    # seconds, windows last video_window_min..video_window_max seconds and carry at most video_window_frames.
+    video_fps: float = 1.0
+    video_max_gap: float = 10.0
+    video_window_min: float = 10.0
+    video_window_max: float = 30.0
+    video_window_frames: int = 10
     pdf_min_text_chars: int = 40
     figure_min_side: int = 160
     chunk_chars: int = 1200
@@ -89,6 +97,8 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if kind == "int":
             return int(raw)
+        if kind == "float":
+            return float(raw)
         return str(raw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"setting {name} = {raw!r} is not a valid {kind}",
@@ -107,6 +117,12 @@ def _validate(s: Settings) -> None:
     if s.image_min_pixels > s.image_max_pixels:
         raise ConfigError("image_min_pixels is larger than image_max_pixels",
                           "lower KB_IMAGE_MIN_PIXELS or raise KB_IMAGE_MAX_PIXELS")
+    if not 0 < s.video_fps <= 2:
+        raise ConfigError(f"video_fps = {s.video_fps} is out of range", "set KB_VIDEO_FPS between 0 and 2 "
+                          "(Qwen3-VL is trained on at most 2 frames per second)")
+    if s.video_window_min > s.video_window_max:
+        raise ConfigError("video_window_min is larger than video_window_max",
+                          "lower KB_VIDEO_WINDOW_MIN or raise KB_VIDEO_WINDOW_MAX")
     if s.batch_size < 1 or s.concurrency < 1:
         raise ConfigError("batch_size and concurrency must be at least 1", "set KB_BATCH_SIZE / KB_CONCURRENCY >= 1")
 

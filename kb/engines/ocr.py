@@ -30,6 +30,14 @@ MAX_SIDE = 2000
 PROBE_SIDE = 1024
 PROBE_LINES = 6
 PROBE_MAX_ASPECT = 8  # read only the first ~8 line-heights of each probe line: enough to tell, cheap
+RAPID_PARAMS = {
+    "Global.log_level": "error",
+    "Global.max_side_len": MAX_SIDE,
+    # Detect at the image's own size (pages arrive at MAX_SIDE or less). The default ("min" 736) blows a
+    # 256 x 32 text strip up to 5888 x 736: slow, and the oversized letters are then not found at all.
+    "Det.limit_type": "max",
+    "Det.limit_side_len": MAX_SIDE,
+}
 # Layout thresholds, in median text-box heights.
 GUTTER = 0.5  # empty x-range between boxes that separates columns
 PARAGRAPH_GAP = 0.5  # empty y-range between lines that separates paragraphs
@@ -83,7 +91,7 @@ class OCREngine:
                     from rapidocr import RapidOCR
 
                     # Constructing only parses the config; the ONNX sessions load on the first call.
-                    self._rapid = RapidOCR(params={"Global.log_level": "error", "Global.max_side_len": MAX_SIDE})
+                    self._rapid = RapidOCR(params=RAPID_PARAMS)
         return self._rapid
 
     @property
@@ -134,7 +142,9 @@ class OCREngine:
             angle = self.page_orientation(img)
             if angle:
                 img = img.transpose(ROTATIONS[angle])
-        result = self._run(np.asarray(img))
+        # No per-line 0/180 classifier: the page is upright now, and the classifier turns some upright lines
+        # over (white-on-black text especially), which then read as garbage.
+        result = self._run(np.asarray(img), cls=False)
         if not result.txts or result.boxes is None or not len(result.boxes):
             return []
         boxes = [_box(quad, text) for quad, text in zip(result.boxes, result.txts) if text.strip()]
@@ -207,7 +217,12 @@ def _enum(value: Any) -> str:
 
 
 def _prepare(image: Image.Image) -> Image.Image:
-    """RGB, transparency on white, longest side at most MAX_SIDE (bilevel and palette scans included)."""
+    """RGB, transparency on white, longest side at most MAX_SIDE (bilevel, palette and 16-bit scans included)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # Converting 16-bit or float pixels straight to 8 bits clips nearly everything to white: rescale.
+        pixels = np.asarray(image, dtype=np.float32)
+        top = float(pixels.max()) or 1.0
+        image = Image.fromarray((pixels * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
     if max(image.size) > MAX_SIDE:
         scale = MAX_SIDE / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -235,15 +250,23 @@ def _box(quad: Any, text: str) -> Box:
                yc=float(q[:, 1].mean()), h=height)
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 def _key(line: str) -> str:
     return "".join(_WORD.findall(line.lower()))
 
 
 def _seen(key: str, previous: list[str]) -> bool:
-    """In the previous frame, exactly or nearly (OCR of the same line differs by a character or two)."""
+    """In the previous frame, exactly or nearly (OCR of the same line differs by a character or two).
+
+    Numbers must match exactly: "Frame = 11" after "Frame = 1" is new text (counters, timecodes, prices).
+    """
     for old in previous:
         if key == old:
             return True
+        if _DIGITS.findall(key) != _DIGITS.findall(old):
+            continue
         matcher = difflib.SequenceMatcher(None, key, old, autojunk=False)
         if matcher.real_quick_ratio() >= 0.9 and matcher.ratio() >= 0.9:
             return True

@@ -1,0 +1,377 @@
+"""The Streamlit app through streamlit.testing (AppTest), on a real knowledge base ingested with the Ingestor.
+
+The library: a born-digital PDF, a Markdown note carrying `<script>` and an image link, a photo of text (read
+by RapidOCR), and the sample lecture clip whose segments are written through the store's public API (so the
+video views are tested even where ingest/video.py is not in the tree).
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from PIL import Image, ImageDraw
+from streamlit.testing.v1 import AppTest
+
+from ingest.chunk import chunk_id
+from ingest.pipeline import Ingestor, sha256_of
+from kb.config import BUNDLED_EMBED_MODEL, load_settings
+from kb.jobs import CANCELLED, DONE, FAILED, JobQueue
+from kb.manifest import SourceRecord
+from kb.store import open_store
+from kb.types import Chunk
+from pages.helpers import build_filters, safe_markdown, safe_stream, save_upload
+from tests.conftest import ROOT, write_pdf
+
+PDF_PAGES = ["Seekframe keeps provenance for every answer it gives. " * 3,
+             "The purple elephant parade happens on page two, every spring. " * 3]
+EVIL = ("# Crossing notes\n\nThe zebra crossing report says <script>alert('pwned')</script> and "
+        "![x](http://evil.example/x.png) is the crossing picture.\n")
+SLIDES = [(0.0, 4.0, "Slide 1: Introduction to vector search"), (4.0, 8.0, "Slide 2: Chunking PDFs by page"),
+          (8.0, 12.0, "Slide 3: Citing video timestamps")]
+ENV = {"KB_ENGINE": "ocr", "KB_EMBED_MODEL": BUNDLED_EMBED_MODEL}
+
+
+def make_library(folder: Path) -> Path:
+    from data.make_samples import font, make_video
+
+    folder.mkdir(parents=True)
+    write_pdf(folder / "guide.pdf", PDF_PAGES)
+    (folder / "crossing.md").write_text(EVIL)
+    image = Image.new("RGB", (900, 260), "white")
+    ImageDraw.Draw(image).text((40, 80), "Invoice INV-2024-0117", fill="black", font=font(64, "bold"))
+    image.save(folder / "whiteboard.png")
+    make_video(folder / "lecture_clip.mp4")
+    return folder
+
+
+def video_frame(video: Path, second: float) -> Image.Image:
+    """The frame shown at `second`: key frames cut from the clip itself."""
+    import av
+
+    with av.open(str(video)) as container:
+        for frame in container.decode(video=0):
+            if frame.time is not None and frame.time >= second:
+                return frame.to_image()
+    raise AssertionError(f"{video} has no frame at {second} s")
+
+
+def add_video_source(store, video: Path) -> None:
+    """The clip as three segments with key frames, written the way the video ingest writes them."""
+    frames = store.settings.home / "keyframes"
+    frames.mkdir(parents=True, exist_ok=True)
+    sha = sha256_of(video)
+    chunks = []
+    for n, (start, end, text) in enumerate(SLIDES):
+        frame = frames / f"lecture_{n}.jpg"
+        video_frame(video, start + 1).resize((320, 180)).save(frame)
+        chunks.append(Chunk(id=chunk_id(str(video), sha, n), text=text, source=video.name, source_abs=str(video),
+                            sha256=sha, modality="video_segment", t_start=start, t_end=end, keyframe=str(frame),
+                            engine="ocr", model="rapidocr", position=n))
+    record = SourceRecord(path=str(video), rel=video.name, sha256=sha, size=video.stat().st_size, kind="video",
+                          status="ok", chunks=0, engine="ocr", model="rapidocr", duration=12.0)
+    store.replace_source(record, chunks)
+
+
+def build_kb(home: Path, library: Path, embedder) -> None:
+    settings = load_settings({"home": home, "embed_model": BUNDLED_EMBED_MODEL, "engine": "ocr"}, env={})
+    store = open_store(settings, embedder)
+    try:
+        report = Ingestor(settings, store).run([library / n for n in ("guide.pdf", "crossing.md", "whiteboard.png")])
+        assert report.exit_code == 0, report.results
+        add_video_source(store, (library / "lecture_clip.mp4").resolve())
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def base_kb(tmp_path_factory, embedder) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("app-kb")
+    library = make_library(root / "library")
+    build_kb(root / "kb", library, embedder)
+    return root / "kb", library
+
+
+def clear_caches() -> None:
+    from pages import resources
+
+    resources.jobs.clear()  # stops the ingest worker before the store it writes to is closed
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def kb_env(base_kb, tmp_path, monkeypatch):
+    """A private copy of the knowledge base (tests delete and re-index), and the app's settings in the env."""
+    home = tmp_path / "kb"
+    shutil.copytree(base_kb[0], home)
+    for name, value in {**ENV, "KB_HOME": str(home), "KB_CONFIG": str(tmp_path / "none.toml")}.items():
+        monkeypatch.setenv(name, value)
+    clear_caches()
+    yield home
+    clear_caches()
+
+
+def app(page: str = "") -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.chat_input(key="question").set_value(question).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def labels(at: AppTest) -> list[str]:
+    """Citation labels as the user reads them (the app escapes Markdown in them with backslashes)."""
+    return [e.label.replace("\\", "") for e in at.expander]
+
+
+def texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def wait_for_jobs(at: AppTest) -> AppTest:
+    from pages import resources
+
+    assert resources.jobs().wait(timeout=120), "the ingest jobs did not finish"
+    return at.run()
+
+
+# ask ------------------------------------------------------------------------------------------------------
+def test_ask_with_ocr_engine_cites_the_pdf_page(kb_env):
+    at = ask(app(), "Where does the purple elephant parade happen?")
+    answer = at.chat_message[-1]
+    assert "[1]" in answer.markdown[0].value
+    assert labels(at)[0] == "[1] guide.pdf p. 2"
+    assert any("purple elephant parade" in t for t in texts(at))
+    assert any("page 2" in c for i in at.get("image") for c in i.captions), "the cited page is shown"
+    timing = " ".join(c.value for c in at.caption)
+    assert "ocr" in timing and "retrieval" in timing and "generation" in timing
+
+
+def test_follow_up_uses_the_previous_question(kb_env):
+    at = ask(app(), "Where does the purple elephant parade happen?")
+    ask(at, "and in which season?")  # names no subject: only the first question does
+    assert len(at.session_state["history"]) == 4
+    assert len(at.chat_message) == 4
+    assert at.session_state["history"][-1]["hits"][0].source == "guide.pdf"
+
+
+def test_video_citation_has_key_frame_player_and_clock_labels(kb_env):
+    at = app()
+    at.multiselect(key="filter_groups").set_value(["video"]).run()
+    ask(at, "When are PDFs chunked by page?")
+    assert labels(at) and all("lecture_clip.mp4" in label for label in labels(at))
+    assert labels(at)[0] == "[1] lecture_clip.mp4 00:04–00:08"
+    videos = at.get("video")
+    assert videos and videos[0].proto.start_time == 4 and videos[0].proto.end_time == 9
+
+
+def test_filters_restrict_sources_and_time(kb_env):
+    at = app()
+    at.multiselect(key="filter_sources").set_value(["crossing.md"]).run()
+    ask(at, "Where does the purple elephant parade happen?")
+    assert labels(at) and all("crossing" in label for label in labels(at))
+
+    at = app()
+    at.slider(key="filter_seconds").set_value((0.0, 3.0)).run()
+    at.multiselect(key="filter_groups").set_value(["video"]).run()
+    ask(at, "Citing video timestamps")
+    assert labels(at) == ["[1] lecture_clip.mp4 00:00–00:04"]
+
+
+def test_document_with_script_is_shown_as_text(kb_env):
+    at = ask(app(), "What does the zebra crossing report say?")
+    assert any("<script>alert('pwned')</script>" in t for t in texts(at)), "the document text is shown verbatim"
+    for md in at.markdown:
+        assert "<script" not in md.value and "![x](http" not in md.value
+
+    at = app("pages/library.py")
+    at.selectbox(key="library_open").set_value(_path(at, "crossing.md")).run()
+    assert any("<script>alert('pwned')</script>" in t for t in texts(at))
+    for md in at.markdown:
+        assert "<script" not in md.value
+
+
+def _path(at: AppTest, rel: str) -> str:
+    from pages import resources
+
+    return next(r.path for r in resources.store().manifest.all() if r.rel == rel)
+
+
+def test_ask_with_tiny_transformers_model(kb_env, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("KB_ENGINE", "transformers")
+    monkeypatch.setenv("KB_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("KB_DEVICE", "cpu")
+    monkeypatch.setenv("KB_MAX_ANSWER_TOKENS", "6")
+    clear_caches()
+    at = ask(app(), "Where does the purple elephant parade happen?")
+    timing = " ".join(c.value for c in at.chat_message[-1].caption)
+    assert "transformers" in timing and "generation" in timing
+    turn = at.session_state["history"][-1]
+    assert turn["text"], "the model streamed text (random weights: noise, maybe only whitespace)"
+    assert labels(at)[0].startswith("[1] guide.pdf")
+
+
+def test_empty_knowledge_base_says_how_to_add_content(tmp_path, monkeypatch):
+    for name, value in {**ENV, "KB_HOME": str(tmp_path / "empty"), "KB_CONFIG": str(tmp_path / "x.toml")}.items():
+        monkeypatch.setenv(name, value)
+    clear_caches()
+    try:
+        for page in ("", "pages/library.py"):
+            at = app(page)
+            assert "knowledge base is empty" in at.info[0].value and "Add content" in at.info[0].value
+            assert not at.chat_input
+    finally:
+        clear_caches()
+
+
+# library --------------------------------------------------------------------------------------------------
+def test_library_lists_every_source_with_details(kb_env):
+    at = app("pages/library.py")
+    table = at.dataframe[0].value
+    assert sorted(table["source"]) == ["crossing.md", "guide.pdf", "lecture_clip.mp4", "whiteboard.png"]
+    assert dict(zip(table["source"], table["pages / duration"]))["lecture_clip.mp4"] == "00:12"
+    at.text_input(key="library_query").set_value("video").run()
+    assert list(at.dataframe[0].value["source"]) == ["lecture_clip.mp4"]
+    # The only match is open: its timeline, with a button that moves the player's start.
+    assert at.get("video")[0].proto.start_time == 0
+    at.button(key="play_2").click().run()
+    assert at.get("video")[0].proto.start_time == 8
+    assert "Slide 3: Citing video timestamps" in texts(at)
+
+
+def test_library_image_shows_its_ocr_text(kb_env):
+    at = app("pages/library.py")
+    at.selectbox(key="library_open").set_value(_path(at, "whiteboard.png")).run()
+    assert any("INV-2024-0117" in t for t in texts(at))
+
+
+def test_library_delete_and_reindex(kb_env):
+    at = app("pages/library.py")
+    guide = _path(at, "guide.pdf")
+    at.selectbox(key="library_open").set_value(guide).run()
+    assert any("purple elephant" in t for t in texts(at))
+    at.button(key="library_reindex").click().run()
+    assert "Re-indexing guide.pdf" in at.success[0].value.replace("\\", "")
+    wait_for_jobs(at)
+    from pages import resources
+
+    job = resources.jobs().jobs()[0]
+    assert [(f.rel, f.state, f.result) for f in job.files] == [("guide.pdf", DONE, "added")]
+
+    at = app("pages/library.py")
+    at.selectbox(key="library_open").set_value(guide).run()
+    at.button(key="library_delete").click().run()
+    assert "Deleted guide.pdf" in at.success[0].value.replace("\\", "")
+    assert "guide.pdf" not in list(at.dataframe[0].value["source"])
+    at = ask(app(), "Where does the purple elephant parade happen?")
+    assert not any("guide" in label for label in labels(at))
+
+
+# add content ----------------------------------------------------------------------------------------------
+def test_upload_shows_a_per_file_error_for_bad_files(kb_env):
+    at = app("pages/add.py")
+    at.file_uploader(key="uploads").set_value([("broken.pdf", b"this is not a PDF at all", "application/pdf"),
+                                               ("tool.exe", b"MZ\x90", "application/octet-stream"),
+                                               ("walrus.md", b"# Walrus\n\nThe walrus choir sings at dawn.\n",
+                                                "text/markdown")]).run()
+    at.button(key="ingest_uploads").click().run()
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert any("tool.exe" in e and "unsupported file type" in e for e in errors)
+    wait_for_jobs(at)
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert any("broken.pdf" in e and "not a readable PDF" in e for e in errors), errors
+    statuses = dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["status"]))
+    assert statuses == {"broken.pdf": FAILED, "walrus.md": DONE}
+    assert (kb_env / "uploads" / "walrus.md").is_file()
+    at = ask(app(), "What does the walrus choir do?")
+    assert labels(at)[0] == "[1] walrus.md"
+
+
+def test_add_a_server_folder_and_a_missing_one(kb_env, tmp_path):
+    folder = tmp_path / "more"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "otter.md").write_text("# Otters\n\nThe otter holds hands while sleeping.\n")
+    at = app("pages/add.py")
+    at.text_input(key="folder_path").set_value(str(tmp_path / "nowhere")).run()
+    at.button(key="ingest_folder").click().run()
+    assert "no such file or folder" in at.error[0].value
+    at.text_input(key="folder_path").set_value(str(folder)).run()
+    at.button(key="ingest_folder").click().run()
+    wait_for_jobs(at)
+    assert dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["status"])) == {"sub/otter.md": DONE}
+
+
+# system ---------------------------------------------------------------------------------------------------
+def test_system_page_shows_engine_size_and_settings(kb_env):
+    at = app("pages/system.py")
+    from pages import resources
+
+    resources.engine()  # finish loading, so the page shows the engine rather than "loading"
+    at.run()
+    engine = at.dataframe[0].value
+    assert engine["engine"][0] == "ocr"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Sources"] == "4" and int(metrics["Chunks"]) >= 5 and metrics["On disk"][0] != "0"
+    config = at.dataframe[-1].value
+    origin = dict(zip(config["setting"], config["from"]))
+    assert origin["home"] == "KB_HOME" and origin["engine"] == "KB_ENGINE"
+    assert any("GPU" in t for t in texts(at))
+
+
+# jobs and helpers (no Streamlit) -----------------------------------------------------------------------------
+def test_cancel_stops_queued_and_running_jobs(tmp_path, embedder, base_kb):
+    library = base_kb[1]
+    settings = load_settings({"home": tmp_path / "kb", "embed_model": BUNDLED_EMBED_MODEL, "engine": "ocr"}, env={})
+    store = open_store(settings, embedder)
+    release = threading.Event()
+
+    def slow_engine():  # the engine is still loading when the user cancels
+        from kb.engines import load_engine
+
+        release.wait(60)
+        return load_engine(settings)
+
+    queue = JobQueue(store, slow_engine)
+    try:
+        first = queue.submit([library / "whiteboard.png"])
+        second = queue.submit([library / "guide.pdf"])
+        while first.files[0].state == "queued":  # the worker has started reading the image
+            threading.Event().wait(0.02)
+        queue.cancel(second.id)
+        queue.cancel(first.id)
+        release.set()
+        assert queue.wait(60)
+        assert (first.state, [f.state for f in first.files]) == (CANCELLED, [CANCELLED])
+        assert (second.state, [f.state for f in second.files]) == (CANCELLED, [CANCELLED])
+        assert store.manifest.all() == []
+    finally:
+        queue.shutdown()
+        store.close()
+
+
+def test_safe_markdown_keeps_images_and_html_out_even_when_streamed():
+    pieces = ["See ", "!", "[x](http://evil.example/a.png) and <img src=x> [1]"]
+    streamed = "".join(safe_stream(pieces))
+    assert streamed == safe_markdown("".join(pieces))
+    assert "![" not in streamed and "<img" not in streamed and "[1]" in streamed
+    assert "".join(safe_stream(["wow!"])) == "wow!"
+
+
+def test_filters_and_uploads_helpers(tmp_path):
+    assert build_filters([], ["video"], (0.0, 12.0), (0.0, 12.0)).seconds is None
+    assert build_filters(["a.pdf"], [], (2.0, 5.0), (0.0, 12.0)).seconds == (2.0, 5.0)
+    saved = save_upload("../../etc/notes.md", b"hi", tmp_path, [".md"])
+    assert saved == tmp_path / "notes.md" and saved.read_bytes() == b"hi"
+    with pytest.raises(Exception, match="empty"):
+        save_upload("a.md", b"", tmp_path, [".md"])
