@@ -16,7 +16,7 @@ from ingest.chunk import chunk_id, make_chunks
 from ingest.read import ReadResult, read_file, supported_extensions
 from kb import prompts
 from kb.config import Settings
-from kb.engines import Engine, load_engine
+from kb.engines import Engine, batch_size_for, load_engine
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
@@ -110,6 +110,10 @@ class Ingestor:
             self._engine = load_engine(self.settings)
         return self._engine
 
+    @property
+    def batch_size(self) -> int:
+        return batch_size_for(self.settings, self.engine)
+
     # the run ---------------------------------------------------------------------------------------------
     def run(self, paths: Sequence[Path], prune: bool = False) -> IngestReport:
         started = time.monotonic()
@@ -179,12 +183,12 @@ class Ingestor:
             job.waiting = len(visual)
             pending += [(job, u) for u in visual]
             open_jobs.append(job)
-            while len(pending) >= self.settings.batch_size:
-                self._enrich(pending[:self.settings.batch_size], report)
-                pending = pending[self.settings.batch_size:]
+            while pending and len(pending) >= self.batch_size:
+                self._enrich(pending[:self.batch_size], report)
+                pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
-        for start in range(0, len(pending), self.settings.batch_size):
-            self._enrich(pending[start:start + self.settings.batch_size], report)
+        for start in range(0, len(pending), self.batch_size):
+            self._enrich(pending[start:start + self.batch_size], report)
         self._finish_ready(open_jobs, report)
 
     def _visual_units(self, job: _Job) -> list[Unit]:

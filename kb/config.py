@@ -43,7 +43,7 @@ class Settings:
     image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
     image_max_pixels: int = 1280 * VISUAL_TOKEN_PIXELS
     video_max_pixels: int = 256 * VISUAL_TOKEN_PIXELS
-    batch_size: int = 8
+    batch_size: int = 0  # units per engine call; 0 = the engine's own choice (see kb.engines.batch_size_for)
     concurrency: int = 8
     max_page_tokens: int = 2048
     max_caption_tokens: int = 256
@@ -123,8 +123,9 @@ def _validate(s: Settings) -> None:
     if s.video_window_min > s.video_window_max:
         raise ConfigError("video_window_min is larger than video_window_max",
                           "lower KB_VIDEO_WINDOW_MIN or raise KB_VIDEO_WINDOW_MAX")
-    if s.batch_size < 1 or s.concurrency < 1:
-        raise ConfigError("batch_size and concurrency must be at least 1", "set KB_BATCH_SIZE / KB_CONCURRENCY >= 1")
+    if s.batch_size < 0 or s.concurrency < 1:
+        raise ConfigError("batch_size must be 0 (auto) or more, concurrency at least 1",
+                          "set KB_BATCH_SIZE >= 0 and KB_CONCURRENCY >= 1")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

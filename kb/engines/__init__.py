@@ -70,6 +70,23 @@ def resolve_engine_name(settings: Settings) -> tuple[str, str]:
                    "with KB_OPENAI_BASE_URL for a vLLM/SGLang server")
 
 
+# Measured in bench/engine_gpu.py (docs/benchmarks.md): on an H100/H200 a 4B model reads 11 pages/min at
+# batch 8 and 90 at batch 64 in about 35 GB; 32 (22 GB) suits a 40 GB card. Elsewhere, small batches.
+GPU_BATCH = 32
+DEFAULT_BATCH = 8
+
+
+def batch_size_for(settings: Settings, engine: Engine) -> int:
+    """Units per engine call: KB_BATCH_SIZE when set, else what suits the engine and its device."""
+    if settings.batch_size:
+        return settings.batch_size
+    if engine.name == "transformers" and engine.device.startswith("cuda"):
+        return GPU_BATCH
+    if engine.name == "openai":
+        return max(DEFAULT_BATCH, settings.concurrency * 2)
+    return DEFAULT_BATCH
+
+
 def load_engine(settings: Settings) -> Engine:
     name, why = resolve_engine_name(settings)
     log.info(why)

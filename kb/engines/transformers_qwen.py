@@ -14,6 +14,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
+from kb.engines import batch_size_for
 from kb.engines.guard import repeating_tail, trim_repetition
 from kb.errors import ConfigError, EngineError
 from kb.hub import hub_reachable
@@ -230,7 +231,7 @@ class TransformersEngine:
     def generate_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         """Generated token ids per request, in order; batches of at most `batch_size` requests each."""
         out: list[list[int]] = []
-        size = self.settings.batch_size
+        size = batch_size_for(self.settings, self)
         for start in range(0, len(requests), size):
             out.extend(self._generate_batch(requests[start:start + size]))
         return out
