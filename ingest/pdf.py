@@ -120,3 +120,12 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
                 result.units.append(Unit(source, "pdf_ocr", page=number, task="ocr",
                                          load_image=partial(render_page, str(path), number, OCR_DPI)))
     return result
+
+
+def pdf_toc(path: str | Path) -> list[tuple[int, str, int]]:
+    """The PDF's own bookmarks as (level, title, page); empty when it has none or cannot be opened."""
+    try:
+        with pymupdf.open(path) as doc:
+            return [(level, title.strip(), page) for level, title, page in doc.get_toc(simple=True) if title.strip()]
+    except Exception:  # the outline falls back to headings in the stored text
+        return []

@@ -66,7 +66,7 @@ def group_windows(frames: list[KeptFrame], duration: float, params: SamplingPara
 
 
 def keyframe_dir(settings: Settings, sha256: str) -> Path:
-    return settings.home / "keyframes" / sha256[:16]
+    return settings.home.resolve() / "keyframes" / sha256[:16]
 
 
 def keyframe_path(settings: Settings, sha256: str, index: int) -> Path:

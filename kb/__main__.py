@@ -1,4 +1,4 @@
-"""`python -m kb`: config, search, ask, sources, delete. Thin: parsing and printing only."""
+"""`python -m kb`: config, search, ask, sources, outline, delete. Thin: parsing and printing only."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_loggin
 from kb.config import Settings
 from kb.engines import load_engine, resolve_engine_name
 from kb.errors import NotFound
+from kb.outline import outline
 from kb.search import MODALITY_GROUPS, Filters, search
 from kb.store import Store, open_store
 from kb.types import Hit
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--pages", type=_range, help="page range, e.g. 2-4")
         cmd.add_argument("--seconds", type=_range, help="video time range in seconds, e.g. 60-90")
     cmd = sub.add_parser("sources", help="list ingested files")
+    cmd.add_argument("--json", action="store_true")
+    cmd = sub.add_parser("outline", help="chapters of a video with timestamps, or sections of a document")
+    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("delete", help="remove a source and its chunks")
     cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
@@ -100,6 +104,13 @@ def main() -> int:
                 raise NotFound(f"no source matches {args.source!r}", "list them with `python -m kb sources`")
             for record in records:
                 print(f"deleted {record.rel} ({store.delete_source(record.path)} chunks)")
+            return 0
+        if args.command == "outline":
+            entries = outline(store, load_engine(settings), args.source)
+            if args.json:
+                print(json.dumps([vars(e) for e in entries], ensure_ascii=False, indent=2))
+            else:
+                print("\n".join(e.line() for e in entries) or "no outline: the source has no text")
             return 0
         k = args.k or settings.top_k
         if args.command == "search":

@@ -4,7 +4,10 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
+
+from PIL import Image
 
 from kb import prompts
 from kb.engines import Engine
@@ -12,6 +15,7 @@ from kb.search import Filters, search
 from kb.store import Store
 from kb.types import Hit, Request
 
+MAX_KEY_FRAMES = 4  # small JPEGs (320 px): a few hundred visual tokens in all
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s*|\n+")
@@ -50,9 +54,21 @@ def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = N
     # A follow-up ("and in 2023?") is searched together with the previous question, which names the subject.
     last_user = next((text for role, text in reversed(history) if role == "user"), "")
     hits = search(store, f"{last_user}\n{question}".strip(), k, filters)
-    request = Request(task="answer", prompt=prompts.answer_prompt(question, hits), system=prompts.ANSWER_SYSTEM,
-                      history=list(history), max_new_tokens=max_tokens)
+    pictured, images = key_frames(hits)
+    request = Request(task="answer", prompt=prompts.answer_prompt(question, hits, pictured), images=images,
+                      system=prompts.ANSWER_SYSTEM, history=list(history), max_new_tokens=max_tokens)
     return Prepared(question, hits, request, time.monotonic() - started)
+
+
+def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[int], list[Image.Image]]:
+    """Key frames of the cited video segments (source numbers, images): the model sees what was on screen."""
+    numbers, images = [], []
+    for n, hit in enumerate(hits, 1):
+        if hit.keyframe and len(images) < limit and Path(hit.keyframe).is_file():
+            with Image.open(hit.keyframe) as frame:
+                images.append(frame.convert("RGB"))
+            numbers.append(n)
+    return numbers, images
 
 
 def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:

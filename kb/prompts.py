@@ -38,10 +38,34 @@ ANSWER_SYSTEM = (
 )
 
 
-def answer_prompt(question: str, hits: Sequence[Hit]) -> str:
-    """The user turn of an answer: numbered sources with where each came from, then the question."""
-    blocks = [f"[{n}] ({hit.where})\n{hit.text.strip()}" for n, hit in enumerate(hits, 1)]
-    return "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+def answer_prompt(question: str, hits: Sequence[Hit], pictured: Sequence[int] = ()) -> str:
+    """The user turn of an answer: numbered sources with where each came from, then the question.
 
+    `pictured` are the source numbers whose key frame is attached, in the order of the attached images.
+    """
+    blocks = [f"[{n}] ({hit.where})\n{hit.text.strip()}" for n, hit in enumerate(hits, 1)]
+    note = ""
+    if pictured:
+        note = ("\n\nThe attached pictures are key frames of sources " + ", ".join(f"[{n}]" for n in pictured)
+                + ", in that order.")
+    return "Sources:\n\n" + "\n\n".join(blocks) + note + f"\n\nQuestion: {question}"
+
+
+OUTLINE_VIDEO = (
+    "Below are timestamped descriptions of consecutive segments of one video. Write its chapters: one line "
+    "per topic, in order, exactly in the form `[hh:mm:ss] Short title` using the timestamps given (the start "
+    "of the first segment of the topic). Write the titles in the language of the video. No other text.\n\n"
+)
+
+OUTLINE_MERGE = (
+    "Below are chapter lists of consecutive parts of one video. Merge them into one table of contents of at "
+    "most {limit} chapters, keeping the form `[hh:mm:ss] Short title` and the earliest timestamp of each "
+    "merged chapter. No other text.\n\n"
+)
+
+OUTLINE_PDF = (
+    "Below is the text of a document, page by page. Write its outline: one line per section, in order, "
+    "exactly in the form `p. N  Section title` with the page where the section starts. No other text.\n\n"
+)
 
 NO_SOURCES = "Nothing in the knowledge base matches this question."
