@@ -20,6 +20,7 @@ class ProgressBars:
     def __init__(self) -> None:
         self.files: tqdm | None = None
         self.pages: tqdm | None = None
+        self.video: tqdm | None = None
 
     def __call__(self, event: Progress) -> None:
         if event.stage in ("read", "plan"):
@@ -32,12 +33,17 @@ class ProgressBars:
             if self.pages is None:
                 self.pages = tqdm(desc=f"pages ({event.detail})", unit="page", file=sys.stderr, leave=False)
             self.pages.update(event.done - self.pages.n)
+        elif event.stage == "video":  # minutes of video read by the engine, with tqdm's ETA
+            if self.video is None:
+                self.video = tqdm(desc="video", unit="s", file=sys.stderr, leave=False)
+            self.video.total = event.total
+            self.video.update(event.done - self.video.n)
 
     def close(self) -> None:
-        for bar in (self.files, self.pages):
+        for bar in (self.files, self.pages, self.video):
             if bar is not None:
                 bar.close()
-        self.files = self.pages = None
+        self.files = self.pages = self.video = None
 
 
 def print_report(report: IngestReport) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ingest.checkpoint import Checkpoint, unit_key
 from ingest.chunk import chunk_id, make_chunks
 from ingest.read import ReadResult, read_file, supported_extensions
 from kb import prompts
@@ -69,6 +70,8 @@ class _Job:
     read: ReadResult
     status: str
     waiting: int = 0
+    checkpoint: Checkpoint | None = None
+    keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
 
 
 def sha256_of(path: Path) -> str:
@@ -103,6 +106,7 @@ class Ingestor:
         self._engine = engine
         self.progress = progress
         self._engine_down: str = ""
+        self._video_seconds = [0.0, 0.0]  # read by the engine so far, known in all
 
     @property
     def engine(self) -> Engine:
@@ -179,7 +183,7 @@ class Ingestor:
                 log.exception("reading %s failed", job.source.rel)
                 report.results.append(FileResult(job.source.rel, "failed", errors=[f"cannot read: {err!r}"]))
                 continue
-            visual = self._visual_units(job)
+            visual = self._resume(job, self._visual_units(job))
             job.waiting = len(visual)
             pending += [(job, u) for u in visual]
             open_jobs.append(job)
@@ -199,6 +203,26 @@ class Ingestor:
             units = [u for u in units if u.task != "caption"]
         return units
 
+    def _resume(self, job: _Job, visual: list[Unit]) -> list[Unit]:
+        """Fill in units an interrupted run already read; return those still to read."""
+        if not visual or self._engine_down:
+            return visual
+        job.checkpoint = Checkpoint(self.settings.home, job.source.sha256, self.engine.name, self.engine.model)
+        index = {id(u): n for n, u in enumerate(job.read.units)}
+        job.keys = {id(u): unit_key(index[id(u)], u) for u in visual}
+        done = job.checkpoint.load()
+        for unit in visual:
+            unit.text = done.get(job.keys[id(unit)])
+            self._count_video(unit, finished=unit.text is not None)
+        return [u for u in visual if u.text is None]
+
+    def _count_video(self, unit: Unit, finished: bool) -> None:
+        """Minutes of video known and already read, for progress with an ETA on long recordings."""
+        if unit.t_start is not None:
+            length = (unit.t_end or unit.t_start) - unit.t_start
+            self._video_seconds[1] += length
+            self._video_seconds[0] += length if finished else 0.0
+
     # enrich: one engine call for a batch of units from any number of files ------------------------------
     def _enrich(self, batch: list[tuple[_Job, Unit]], report: IngestReport) -> None:
         ready: list[tuple[_Job, Unit, Request]] = []
@@ -212,8 +236,14 @@ class Ingestor:
             if text is not None:
                 unit.text = trim_repetition(text.strip())
                 job.waiting -= 1
+                job.checkpoint.add(job.keys[id(unit)], unit.text)
+            if unit.t_start is not None:
+                self._video_seconds[0] += (unit.t_end or unit.t_start) - unit.t_start
         report.pages_read += len(ready)
         self.progress(Progress("model", report.pages_read, 0, "pages", self.engine.name))
+        if self._video_seconds[1]:
+            done, total = self._video_seconds
+            self.progress(Progress("video", int(done), int(total), "s", "video read by the engine"))
 
     def _request(self, unit: Unit) -> Request:
         if unit.task == "video":  # frames decoded only now: a batch holds just its own windows
@@ -274,6 +304,8 @@ class Ingestor:
         except Exception as err:
             log.exception("storing %s failed", job.source.rel)
             return FileResult(job.source.rel, "failed", errors=errors + [f"cannot store: {err}"])
+        if job.checkpoint:
+            job.checkpoint.clear()
         return FileResult(job.source.rel, "partial" if errors else job.status, len(chunks), errors)
 
     def _prune(self, paths: Iterable[Path], report: IngestReport) -> None:

@@ -101,3 +101,48 @@ def test_bad_inputs_fail_alone_with_a_reason_and_a_fix(open_kb, library):
         assert name in failed[name] and words in failed[name] and "fix:" in failed[name]
     assert report.counts()["added"] == 2 and report.exit_code == 1
     assert {r.rel for r in store.manifest.all()} == {"guide.pdf", "notes.md"}
+
+
+class InterruptingEngine:
+    """The real engine, with the power cut after `allowed` batches (as Ctrl-C or a crash would)."""
+
+    def __init__(self, engine, allowed: int) -> None:
+        self.engine, self.allowed, self.requests = engine, allowed, 0
+        self.name, self.model, self.device = engine.name, engine.model, engine.device
+        self.can_caption, self.generative = engine.can_caption, engine.generative
+
+    def generate(self, requests):
+        if self.allowed == 0:
+            raise KeyboardInterrupt
+        self.allowed -= 1
+        self.requests += len(requests)
+        return self.engine.generate(requests)
+
+    def stream(self, request):
+        return self.engine.stream(request)
+
+
+def test_an_interrupted_video_ingest_resumes_without_redoing_or_duplicating(open_kb, tmp_path):
+    from data.make_samples import make_video
+    from kb.engines import load_engine
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_video(folder / "lecture.mp4")
+    store = open_kb(batch_size=1, video_window_min=2.0, video_window_max=3.0, video_window_frames=3)
+    ocr = load_engine(store.settings)
+    first = InterruptingEngine(ocr, allowed=2)
+    with pytest.raises(KeyboardInterrupt):
+        Ingestor(store.settings, store, engine=first).run([folder])
+    assert store.manifest.all() == []  # nothing half-written is visible
+    second = InterruptingEngine(ocr, allowed=100)
+    report = Ingestor(store.settings, store, engine=second).run([folder])
+    assert report.counts() == {"added": 1}
+    chunks = store.chunks_of(str((folder / "lecture.mp4").resolve()))[0]
+    windows = {(c.t_start, c.t_end) for c in chunks}
+    assert second.requests == len(windows) - 2  # the two windows read before the cut were not read again
+    assert len({c.id for c in chunks}) == len(chunks) and store.count() == len(chunks)
+    starts = sorted(t for t, _ in windows)
+    assert starts[0] == 0.0 and all(a < b for a, b in zip(starts, starts[1:]))
+    checkpoints = store.settings.home / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # cleared once the file is stored
