@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 
 from kb.answer import ask
 from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
@@ -24,6 +25,13 @@ def _range(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a range like 3-5") from None
 
 
+def _date(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-01 or 2026-11-01T14:30") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kb", description="Seekframe: search and ask your knowledge base.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"only these kinds: {', '.join(MODALITY_GROUPS)} or a modality name")
         cmd.add_argument("--pages", type=_range, help="page range, e.g. 2-4")
         cmd.add_argument("--seconds", type=_range, help="video time range in seconds, e.g. 60-90")
+        cmd.add_argument("--after", type=_date, help="only sources ingested on or after this date (2026-11-01)")
     cmd = sub.add_parser("sources", help="list ingested files")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("outline", help="chapters of a video with timestamps, or sections of a document")
@@ -66,7 +75,8 @@ def _print_hits(hits: list[Hit]) -> None:
 
 def _filters(args: argparse.Namespace) -> Filters:
     pages = (int(args.pages[0]), int(args.pages[1])) if args.pages else None
-    return Filters(sources=args.source, modalities=args.modality, pages=pages, seconds=args.seconds)
+    return Filters(sources=args.source, modalities=args.modality, pages=pages, seconds=args.seconds,
+                   ingested_after=args.after)
 
 
 def _open(settings: Settings) -> Store:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kb import prompts
 from kb.engines import Engine
-from kb.search import Filters, search
+from kb.search import Filters, expand_context, search
 from kb.store import Store
 from kb.types import Hit, Request
 
@@ -28,9 +28,10 @@ class Prepared:
     """A question ready to answer: its retrieved hits and the request for the engine."""
 
     question: str
-    hits: list[Hit]
+    hits: list[Hit]  # the numbered sources, [1] first, in document order (neighbouring chunks included)
     request: Request
     retrieval_seconds: float
+    ranked: list[Hit] = field(default_factory=list)  # what search returned, best first
 
 
 @dataclass
@@ -53,11 +54,12 @@ def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = N
     started = time.monotonic()
     # A follow-up ("and in 2023?") is searched together with the previous question, which names the subject.
     last_user = next((text for role, text in reversed(history) if role == "user"), "")
-    hits = search(store, f"{last_user}\n{question}".strip(), k, filters)
+    ranked = search(store, f"{last_user}\n{question}".strip(), k, filters)
+    hits = expand_context(store, ranked, store.settings.context_chars, admit=(filters or Filters()).admits)
     pictured, images = key_frames(hits)
     request = Request(task="answer", prompt=prompts.answer_prompt(question, hits, pictured), images=images,
                       system=prompts.ANSWER_SYSTEM, history=list(history), max_new_tokens=max_tokens)
-    return Prepared(question, hits, request, time.monotonic() - started)
+    return Prepared(question, hits, request, time.monotonic() - started, ranked)
 
 
 def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[int], list[Image.Image]]:
@@ -76,7 +78,7 @@ def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
     if not prepared.hits:
         yield prompts.NO_SOURCES
     elif not engine.generative:
-        yield extractive_answer(prepared.question, prepared.hits)
+        yield extractive_answer(prepared.question, prepared.hits, prepared.ranked or prepared.hits)
     else:
         yield from engine.stream(prepared.request)
 
@@ -105,9 +107,11 @@ def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
     return best if len(best) <= max_chars else best[:max_chars].rsplit(" ", 1)[0] + " …"
 
 
-def extractive_answer(question: str, hits: Sequence[Hit], quotes: int = 3) -> str:
+def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hit], quotes: int = 3) -> str:
+    """The best sentence of each of the `quotes` best hits, cited by its number among `sources`."""
+    number = {hit.id: n for n, hit in enumerate(sources, 1)}
     lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
-    for n, hit in enumerate(hits[:quotes], 1):
-        lines.append(f"> {best_sentence(question, hit.text)} [{n}]")
+    for hit in [h for h in ranked if h.id in number][:quotes]:
+        lines.append(f"> {best_sentence(question, hit.text)} [{number[hit.id]}]")
         lines.append("")
     return "\n".join(lines).rstrip()

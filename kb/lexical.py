@@ -5,10 +5,10 @@ codes, names). FTS5 was picked over bm25s because it updates in place per source
 matrix) and persists by itself; numbers in docs/benchmarks.md.
 
 Tokenisation happens here, not in SQLite, so it can handle scripts without spaces: Han runs go through
-jieba (search mode: words and their sub-words) plus character bigrams, kana and Hangul become bigrams, everything else is
-words. FTS5 then only sees space-separated atomic tokens. The `Store` keeps this index in step with Chroma:
-new rows before the manifest commit, old rows after it, and queries join the manifest so only chunks of the
-current version of a source are returned.
+jieba (search mode: words and their sub-words) plus character bigrams, kana and Hangul become bigrams,
+everything else is words. FTS5 then only sees space-separated atomic tokens. The `Store` keeps this index
+in step with Chroma: new rows before the manifest commit, old rows after it, and queries join the manifest so
+only chunks of the current version of a source are returned.
 """
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ STOPWORDS = frozenset(
     "whom whose why will with would you your".split())
 
 
+# Chinese function characters: in nearly every passage, so a match on them is noise (and bigrams across them too).
+CJK_STOP = frozenset("的了在是和与及或也都就而之其这那有我你他她它们个吗呢吧啊把被对从到为以于将能会可要不着过所")
+_CJK_STOP_SPLIT = regex.compile("[" + "".join(sorted(CJK_STOP)) + "]+")
+
+
 def _jieba():
     import jieba
 
@@ -79,8 +84,8 @@ def _stem(word: str) -> str:
         return word
     if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
-    if word.endswith("sses"):
-        return word[:-2]
+    if word.endswith(("sses", "xes", "zes", "ches", "shes")) or (word.endswith("oes") and len(word) > 5):
+        return word[:-2]  # boxes, churches, volcanoes (but shoes, toes keep their e)
     if word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
@@ -104,8 +109,9 @@ def tokenize(text: str) -> list[str]:
     for han, kana, hangul, word in _RUNS.findall(text):
         if han:
             # jieba's words for Chinese; character bigrams too, for Japanese kanji and words jieba does not know.
-            words = [t for t in _jieba().cut_for_search(han) if t.strip()]
-            tokens += words + [b for b in _bigrams(han) if b not in words]
+            words = [t for t in _jieba().cut_for_search(han) if t.strip() and t not in CJK_STOP]
+            pieces = [p for p in _CJK_STOP_SPLIT.split(han) if len(p) > 1]
+            tokens += words + [b for p in pieces for b in _bigrams(p) if b not in words]
         elif kana or hangul:
             tokens += _bigrams(kana or hangul)
         elif word not in STOPWORDS:
@@ -114,6 +120,18 @@ def tokenize(text: str) -> list[str]:
             if len(parts) > 1:  # INV-2024-0117 also answers a search for 0117
                 tokens += [_stem(p) for p in parts if p not in STOPWORDS]
     return [_safe(t) for t in tokens]
+
+
+def identifiers(text: str) -> set[str]:
+    """The code-like tokens of `text` (INV-2024-0117, E_ACCESS_4711, ISO9001): a digit with letters or joiners.
+
+    Someone who types one wants the passages that contain it, whatever else they say around it.
+    """
+    out = set()
+    for token in tokenize(text):
+        if any(ch.isdigit() for ch in token) and any(ch.isalpha() or ch in "-_." for ch in token):
+            out.add(token)
+    return out
 
 
 def match_expression(text: str) -> str:

@@ -60,9 +60,10 @@ def reranker_for(settings: Settings, force: bool = False) -> Reranker | None:
     "auto" means on with a CUDA GPU; if the model then cannot load (offline, not downloaded) search goes on
     without it and says so once. "on" (or force) makes a failure to load an error with a fix.
     """
-    mode = "on" if force else str(getattr(settings, "rerank", "auto"))
+    mode = "on" if force else settings.rerank
     if mode not in RERANK_MODES:
-        raise ConfigError(f"rerank = {mode!r} is not one of {', '.join(RERANK_MODES)}", "set KB_RERANK to auto, on or off")
+        raise ConfigError(f"rerank = {mode!r} is not one of {', '.join(RERANK_MODES)}",
+                          "set KB_RERANK to auto, on or off")
     if mode == "off":
         return None
     if mode == "auto":
@@ -70,7 +71,7 @@ def reranker_for(settings: Settings, force: bool = False) -> Reranker | None:
 
         if not cuda_available():
             return None
-    name = str(getattr(settings, "rerank_model", DEFAULT_RERANK_MODEL))
+    name = settings.rerank_model
     key = (name, str(settings.device))
     with _GUARD:
         if key in _CACHE:
@@ -83,7 +84,7 @@ def reranker_for(settings: Settings, force: bool = False) -> Reranker | None:
         except Exception as err:  # sentence-transformers raises OSError, ValueError, hub errors...
             if mode == "on":
                 raise ConfigError(f"reranker {name!r} could not be loaded: {err}",
-                                  f"download it once with network access (huggingface-cli download {name}), point "
+                                  f"download it once with network access (hf download {name}), point "
                                   "KB_RERANK_MODEL at a local folder, or set KB_RERANK=off") from err
             _FAILED.add(name)
             log.warning("reranker %s could not be loaded (%s); searching without it (set KB_RERANK=off to "

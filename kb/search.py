@@ -1,18 +1,21 @@
 """Retrieval: a question and filters -> hits, best first.
 
-Hybrid by default: dense (Chroma) and lexical (BM25 over FTS5) candidates fused by reciprocal-rank fusion,
-optionally re-ordered by a cross-encoder. Dense finds paraphrase and other languages; lexical finds the exact
-strings users type (invoice numbers, error codes, names). docs/benchmarks.md has the measurements.
+Three modes: dense (Chroma), lexical (BM25 over FTS5) and hybrid (both, fused by reciprocal-rank fusion),
+optionally re-ordered by a cross-encoder. The default is whichever won the evaluation (Settings.search_mode).
+Dense finds paraphrase and other languages; lexical finds the exact strings users type (invoice numbers, error
+codes, names). docs/benchmarks.md has the measurements.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from kb.config import SEARCH_MODES
 from kb.errors import ConfigError
+from kb.lexical import identifiers, tokenize
 from kb.store import Store
-from kb.timeexpr import time_window
+from kb.timeexpr import moments, time_window
 from kb.types import Hit
 
 log = logging.getLogger(__name__)
@@ -20,12 +23,11 @@ DOCUMENT_MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "text")
 IMAGE_MODALITIES = ("image_ocr", "image_caption")
 VIDEO_MODALITIES = ("video_segment",)
 MODALITY_GROUPS = {"documents": DOCUMENT_MODALITIES, "images": IMAGE_MODALITIES, "video": VIDEO_MODALITIES}
-SEARCH_MODES = ("hybrid", "dense", "lexical")
-# Defaults for the settings search reads (Settings fields search_mode, rrf_k, dense_weight, lexical_weight,
-# rerank, rerank_model, rerank_candidates once they exist; these apply until then).
-DEFAULT_MODE = "hybrid"
-DEFAULT_RRF_K = 60
-DEFAULT_CANDIDATES = 50
+# The defaults (Settings.search_mode, dense_weight, ...) were measured with bench/retrieval.py
+# (docs/benchmarks.md): with the bundled English embedder, BM25 alone beat dense and 1:1 fusion on both
+# datasets, and fusion only came close when dense counted 0.3. Hybrid (leaning lexical) is the default all the
+# same: it keeps finding paraphrases and other languages, which BM25 cannot (the reasons are in the benchmark
+# doc); re-run the benchmark when the embedder changes (Qwen3-Embedding is stronger).
 
 
 @dataclass
@@ -55,10 +57,25 @@ class Filters:
         if self.video_window:
             start, end = map(float, self.video_window)
             clauses.append({"$or": [{"modality": {"$nin": list(VIDEO_MODALITIES)}},
-                                    {"$and": [{"t_end": {"$gte": start}}, {"t_start": {"$lte": end}}]}]})
+                                    {"$and": [{"t_end": {"$gt": start}}, {"t_start": {"$lt": end}}]}]})
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+    def admits(self, hit: Hit) -> bool:
+        """The chunk-level restrictions, checked in Python (for neighbours pulled in as context)."""
+        names = {m for g in self.modalities for m in MODALITY_GROUPS.get(g, (g,))}
+        if names and hit.modality not in names:
+            return False
+        if self.pages and not (hit.page is not None and self.pages[0] <= hit.page <= self.pages[1]):
+            return False
+        start, end = hit.t_start, hit.t_end if hit.t_end is not None else hit.t_start
+        if self.seconds and not (start is not None and end >= self.seconds[0] and start <= self.seconds[1]):
+            return False  # as in where(): a time range keeps only segments that overlap it
+        if self.video_window and hit.modality in VIDEO_MODALITIES and not (
+                start is not None and end > self.video_window[0] and start < self.video_window[1]):
+            return False
+        return True
 
     def _paths(self, store: Store) -> list[str] | None:
         """Source paths allowed by `sources` and `ingested_after` (None: no restriction by source)."""
@@ -71,11 +88,7 @@ class Filters:
         return None if allowed is None else sorted(allowed)
 
 
-def _setting(store: Store, name: str, default: Any) -> Any:
-    return getattr(store.settings, name, default)
-
-
-def rrf(rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = DEFAULT_RRF_K) -> list[Hit]:
+def rrf(rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60) -> list[Hit]:
     """Reciprocal-rank fusion: score = sum of weight / (k + rank); a hit's fields come from its first list."""
     fused: dict[str, tuple[float, int, Hit]] = {}
     for hits, weight in zip(rankings, weights):
@@ -91,7 +104,8 @@ def rrf(rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = DE
 
 def search(store: Store, question: str, k: int = 5, filters: Filters | None = None, *, mode: str | None = None,
            rrf_k: int | None = None, dense_weight: float | None = None, lexical_weight: float | None = None,
-           rerank: Any = None, candidates: int | None = None, parse_times: bool = True) -> list[Hit]:
+           rerank: Any = None, candidates: int | None = None, parse_times: bool = True,
+           exact_boost: bool = True) -> list[Hit]:
     """The best `k` chunks for `question`.
 
     Keyword arguments override the settings (search_mode, rrf_k, dense_weight, lexical_weight, rerank). `rerank`
@@ -101,22 +115,25 @@ def search(store: Store, question: str, k: int = 5, filters: Filters | None = No
     if not question.strip():
         return []
     filters = filters or Filters()
-    if parse_times and filters.seconds is None and filters.video_window is None:
-        window = time_window(question)
-        if window:
-            filters = Filters(**{**filters.__dict__, "video_window": window})
-    mode = mode or _setting(store, "search_mode", DEFAULT_MODE)
+    named = moments(question) if parse_times else []
+    if named and filters.seconds is None and filters.video_window is None:
+        filters = Filters(**{**filters.__dict__, "video_window": time_window(question)})
+    mode = mode or store.settings.search_mode
     if mode not in SEARCH_MODES:
         raise ConfigError(f"search mode {mode!r} is not one of {', '.join(SEARCH_MODES)}",
                           "set KB_SEARCH_MODE to hybrid, dense or lexical")
     reranker = _reranker(store, rerank)
     if candidates is None:  # each retriever's list: deep enough for fusion, or for the cross-encoder to re-order
-        candidates = _setting(store, "rerank_candidates", DEFAULT_CANDIDATES) if reranker else k * 4
+        candidates = store.settings.rerank_candidates if reranker else k * 4
     pool = max(k, candidates, 20)
     where = filters.where(store)
     hits = _retrieve(store, question, mode, pool, where, rrf_k, dense_weight, lexical_weight)
+    if mode == "hybrid" and exact_boost:
+        hits = exact_first(question, hits)
+    if named:
+        hits = moment_first(hits, named[0])
     if reranker:
-        return reranker.rerank(question, hits, k)
+        return reranker.rerank(question, hits[:pool], k)
     return hits[:k]
 
 
@@ -128,9 +145,33 @@ def _retrieve(store: Store, question: str, mode: str, pool: int, where: dict | N
     if mode == "dense":
         return dense
     lexical = store.lexical_query(question, pool, where)
-    weights = (float(dense_weight if dense_weight is not None else _setting(store, "dense_weight", 1.0)),
-               float(lexical_weight if lexical_weight is not None else _setting(store, "lexical_weight", 1.0)))
-    return rrf([dense, lexical], weights, int(rrf_k or _setting(store, "rrf_k", DEFAULT_RRF_K)))
+    s = store.settings
+    weights = (s.dense_weight if dense_weight is None else dense_weight,
+               s.lexical_weight if lexical_weight is None else lexical_weight)
+    return rrf([dense, lexical], weights, rrf_k or s.rrf_k)
+
+
+def exact_first(question: str, hits: list[Hit]) -> list[Hit]:
+    """Hits containing more of the question's codes (INV-2024-0117, E_ACCESS_4711) first; otherwise fused order.
+
+    Rank fusion alone lets a passage that both retrievers find loosely beat the one passage that holds the
+    exact code the user typed; for codes that is never what they want.
+    """
+    wanted = identifiers(question)
+    if not wanted:
+        return hits
+    matched = [len(wanted & set(tokenize(h.text))) for h in hits]
+    order = sorted(range(len(hits)), key=lambda n: (-matched[n], n))
+    return [hits[n] for n in order]
+
+
+def moment_first(hits: list[Hit], moment: float) -> list[Hit]:
+    """Video segments that contain the moment the question names come first, nearest start first among them."""
+    def contains(hit: Hit) -> bool:
+        return hit.t_start is not None and hit.t_start <= moment <= (hit.t_end or hit.t_start)
+
+    inside = sorted((h for h in hits if contains(h)), key=lambda h: moment - h.t_start)
+    return inside + [h for h in hits if not contains(h)]
 
 
 def _reranker(store: Store, rerank: Any):
@@ -145,23 +186,35 @@ def _reranker(store: Store, rerank: Any):
 
 
 # context assembly ---------------------------------------------------------------------------------------------
-def expand_context(store: Store, hits: Sequence[Hit], budget_chars: int, radius: int = 1) -> list[Hit]:
+def expand_context(store: Store, hits: Sequence[Hit], budget_chars: int, radius: int = 1,
+                   admit: Callable[[Hit], bool] = lambda hit: True) -> list[Hit]:
     """Hits plus their neighbouring chunks (previous/next page or segment), within a character budget.
 
-    Best hits claim the budget first, each followed by its neighbours; a chunk reached twice is kept once; the
-    result is ordered by source and position so numbered citations read in document order.
+    The hits claim the budget first (best first), then their neighbours (in the same order); a chunk reached
+    twice is kept once. Sources keep the order of their best hit (the most relevant source is cited first), and
+    within a source chunks follow their position, so citations read in document order.
     """
     chosen: dict[str, Hit] = {}
     used = 0
+
+    def take(chunk: Hit) -> None:
+        nonlocal used
+        if chunk.id in chosen:
+            return
+        if used + len(chunk.text) > budget_chars:
+            if chosen:
+                return  # does not fit; a smaller later chunk still may
+            chunk = Hit(**{**chunk.__dict__, "text": chunk.text[:budget_chars]})  # the best hit alone, cut to fit
+        chosen[chunk.id] = chunk
+        used += len(chunk.text)
+
     for hit in hits:
-        group = [hit] + [n for n in store.neighbours(hit, radius) if n.id != hit.id]
-        for chunk in group:
-            if chunk.id in chosen:
-                continue
-            if used + len(chunk.text) > budget_chars:
-                if chosen or chunk is not hit:
-                    continue  # does not fit; a smaller later chunk still may
-                chunk = Hit(**{**chunk.__dict__, "text": chunk.text[:budget_chars]})  # the best hit, cut to fit
-            chosen[chunk.id] = chunk
-            used += len(chunk.text)
-    return sorted(chosen.values(), key=lambda h: (h.source, h.source_abs, h.position))
+        take(hit)
+    for hit in hits:
+        for neighbour in store.neighbours(hit, radius):
+            if admit(neighbour):  # context never brings in what the filters keep out
+                take(neighbour)
+    source_rank: dict[str, int] = {}
+    for hit in hits:
+        source_rank.setdefault(hit.source_abs, len(source_rank))
+    return sorted(chosen.values(), key=lambda h: (source_rank.get(h.source_abs, len(source_rank)), h.position))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 
 WINDOW_SECONDS = 30.0
-_CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8,
+              "九": 9}
 _NUM = r"(\d{1,3}|[零〇一二两三四五六七八九十]{1,4})"
 
 # 1:02:03 or 12:30 standing alone (not part of 12:30:45:10 or a ratio like 3:2).
