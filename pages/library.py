@@ -8,6 +8,7 @@ import streamlit as st
 
 from kb.errors import SeekframeError
 from kb.manifest import SourceRecord
+from kb.outline import outline
 from pages import resources, widgets
 from pages.helpers import SORTS, chunks_by_page, extent, md_escape, segments, source_rows, time_label
 
@@ -62,11 +63,15 @@ st.caption(md_escape(f"{record.kind} · {extent(record) or 'single image'} · {r
                      f"status {record.status} · engine {record.engine} {record.model} · {record.path}"))
 for problem in record.errors:
     st.warning(md_escape(problem))
-one, two, _ = st.columns([1, 1, 4])
+one, two, three, _ = st.columns([1, 1, 1, 3])
 one.button("Re-index", key="library_reindex", on_click=reindex, args=(record,),
            help="Read the file again with the current engine and settings, even if it is unchanged.")
 two.button("Delete", key="library_delete", on_click=delete, args=(record,), type="primary",
            help="Remove the source and its chunks from the knowledge base (the file stays on disk).")
+if three.button("Outline", key="library_outline", help="Chapters with timestamps (video) or sections with pages"):
+    with st.spinner("Writing the outline…"):
+        entries = outline(store, resources.engine(), record.path)
+    st.text("\n".join(e.line() for e in entries) or "No outline: the source has no text.")
 
 chunks, _ = store.chunks_of(record.path)
 if record.kind == "video":

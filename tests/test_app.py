@@ -252,6 +252,10 @@ def test_library_lists_every_source_with_details(kb_env):
     at.button(key="play_2").click().run()
     assert at.get("video")[0].proto.start_time == 8
     assert "Slide 3: Citing video timestamps" in texts(at)
+    # The outline: a chapter per slide, at the second it starts.
+    at.button(key="library_outline").click().run()
+    outline = next(t for t in texts(at) if t.startswith("[00:00:00]"))
+    assert outline.splitlines() == [f"[00:00:{int(s):02d}] {title}" for s, _, title in SLIDES]
 
 
 def test_library_image_shows_its_ocr_text(kb_env):
