@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 from pathlib import Path
@@ -20,17 +21,22 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def machine() -> str:
+    """CPU model and cores, the GPU if there is one, Python: enough to compare two runs."""
     cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = "no GPU"
     try:
         import torch
 
         if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {cpu}"
+            gpu = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     except ImportError:
         pass
-    import os
-
-    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}"
 
 
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD, where: str | None = None) -> None:

@@ -11,20 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Callable
 
+from bench.report import BENCHMARKS_MD, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SEEKFRAME_TEST_DATA", ROOT.parent / "shared" / "data"))
-DOC = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- bench.retrieval:start -->", "<!-- bench.retrieval:end -->"
 KS = (1, 5, 10)
 
 
@@ -199,29 +197,7 @@ def verdict(results: dict[str, Scores]) -> str:
     return f"Hybrid is below the best single method ({best}) on {', '.join(worse)}."
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                     if x.startswith("model name"))
-        cpu = model
-    except (OSError, StopIteration):
-        pass
-    from kb.engines import cuda_available
-
-    gpu = "CUDA GPU" if cuda_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}"
-
-
-def write_section(lines: list[str]) -> None:
-    body = "\n".join([START, *lines, END])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+TITLE = "Retrieval quality (`python -m bench.retrieval`)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default="", help="extra hybrid variants, e.g. '0.5:1,1:0.5' (dense:lexical "
                         "weights) and 'noexact' (without putting hits that hold the question's codes first)")
     parser.add_argument("--lexical-compare", action="store_true", help="also time FTS5 against bm25s on SQuAD")
-    parser.add_argument("--write", action="store_true", help=f"write the tables into {DOC.relative_to(ROOT)}")
+    parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
     modes: dict[str, dict] = {m: {"mode": m, "rerank": False} for m in ("dense", "lexical", "hybrid")}
     for variant in filter(None, args.sweep.split(",")):
@@ -252,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     reranker = _reranker(args.rerank_model)
     if reranker:
         modes["hybrid+rerank"] = {"mode": "hybrid", "rerank": reranker}
-    lines = ["## Retrieval quality (`python -m bench.retrieval`)", "",
-             f"{date.today().isoformat()} on {machine()}. Hybrid = dense + BM25 (SQLite FTS5) fused by "
+    lines = ["Hybrid = dense + BM25 (SQLite FTS5) fused by "
              f"reciprocal-rank fusion (k={defaults.rrf_k}, dense:lexical weights "
              f"{defaults.dense_weight:g}:{defaults.lexical_weight:g} unless the row says otherwise), hits holding a "
              "code the question names (INV-2024-0117) first. Latency is per query, end to end (embedding the "
@@ -279,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["### Lexical back-end", ""] + compare + [""]
         print("\n".join(compare))
     if args.write:
-        write_section(lines)
-        print(f"written to {DOC}")
+        write_section(TITLE, "\n".join(lines))
+        print(f"written to {BENCHMARKS_MD}")
     return 0
 
 
