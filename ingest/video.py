@@ -65,12 +65,8 @@ def group_windows(frames: list[KeptFrame], duration: float, params: SamplingPara
     return [Window(g, start, end) for g, start, end in zip(groups, starts, ends)]
 
 
-def keyframe_dir(settings: Settings, sha256: str) -> Path:
-    return settings.home.resolve() / "keyframes" / sha256[:16]
-
-
 def keyframe_path(settings: Settings, sha256: str, index: int) -> Path:
-    return keyframe_dir(settings, sha256) / f"{index}.jpg"
+    return settings.keyframe_dir(sha256) / f"{index}.jpg"
 
 
 def params_from(settings: Settings) -> SamplingParams:
@@ -82,7 +78,7 @@ def params_from(settings: Settings) -> SamplingParams:
 def read_video(path: Path, source: Source, settings: Settings, params: SamplingParams | None = None) -> ReadResult:
     """Sample the video, save every kept frame as a small JPEG, and make one `video` unit per window."""
     params = params or params_from(settings)
-    folder = keyframe_dir(settings, source.sha256)
+    folder = settings.keyframe_dir(source.sha256)
     folder.mkdir(parents=True, exist_ok=True)
 
     def save(frame: KeptFrame, rgb) -> None:

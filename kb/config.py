@@ -82,6 +82,10 @@ class Settings:
     def manifest_path(self) -> Path:
         return self.home / "manifest.sqlite"
 
+    def keyframe_dir(self, sha256: str) -> Path:
+        """Key-frame JPEGs of one version of a video (absolute: chunks store these paths)."""
+        return self.home.resolve() / "keyframes" / sha256[:16]
+
     def masked(self) -> dict[str, Any]:
         """Effective settings for display, secrets hidden."""
         out = {}

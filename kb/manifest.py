@@ -72,6 +72,9 @@ class Manifest:
         rows = self._db.execute("SELECT * FROM sources WHERE sha256 = ? AND status = 'ok'", (sha256,))
         return [self._record(r) for r in rows]
 
+    def has_sha(self, sha256: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sources WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None
+
     def all(self) -> list[SourceRecord]:
         return [self._record(r) for r in self._db.execute("SELECT * FROM sources ORDER BY rel")]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -139,10 +140,13 @@ class Store:
                                     documents=[c.text for c, _ in part], metadatas=[c.metadata() for c, _ in part])
         self.lexical.upsert(chunks)
         record.chunks = len(chunks)
+        old = self.manifest.get(record.path)
         self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
         keep = {c.id for c in chunks}
         self._delete_where({"source_abs": record.path}, keep=keep)
         self.lexical.delete_source(record.path, keep=keep)
+        if old and old.sha256 != record.sha256:
+            self._drop_media(old.sha256)
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
         include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
@@ -154,9 +158,18 @@ class Store:
 
     def delete_source(self, path: str) -> int:
         """Remove a source and all its chunks; returns the number of chunks removed."""
+        old = self.manifest.get(path)
         self.manifest.remove(path)
         self.lexical.delete_source(path)
-        return self._delete_where({"source_abs": path})
+        removed = self._delete_where({"source_abs": path})
+        if old:
+            self._drop_media(old.sha256)
+        return removed
+
+    def _drop_media(self, sha256: str) -> None:
+        """Key frames of a version no source has any more (a copy of the same file keeps them)."""
+        if not self.manifest.has_sha(sha256):
+            shutil.rmtree(self.settings.keyframe_dir(sha256), ignore_errors=True)
 
     def _delete_where(self, where: dict, keep: set[str] | None = None) -> int:
         ids = [i for i in self._collection.get(where=where, include=[])["ids"] if not keep or i not in keep]

@@ -146,3 +146,8 @@ def test_an_interrupted_video_ingest_resumes_without_redoing_or_duplicating(open
     assert starts[0] == 0.0 and all(a < b for a, b in zip(starts, starts[1:]))
     checkpoints = store.settings.home / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # cleared once the file is stored
+    # Deleting the source takes its key frames along.
+    frames = {Path(c.keyframe).parent for c in chunks}
+    assert len(frames) == 1 and next(iter(frames)).is_dir()
+    store.delete_source(str((folder / "lecture.mp4").resolve()))
+    assert not next(iter(frames)).exists() and store.count() == 0
