@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import datetime
 
-from kb.answer import ask
+from kb.answer import ask, prepare, stream_answer
 from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
 from kb.config import Settings
 from kb.engines import load_engine, resolve_engine_name
@@ -132,12 +132,15 @@ def main() -> int:
             return 0
         engine = load_engine(settings)
         print(resolve_engine_name(settings)[1], file=sys.stderr)
-        answer = ask(args.question, store, engine, k, _filters(args), max_tokens=settings.max_answer_tokens)
         if args.json:
+            answer = ask(args.question, store, engine, k, _filters(args), max_tokens=settings.max_answer_tokens)
             print(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
-        else:
-            print(answer.text + "\n")
-            _print_hits(answer.citations)
+            return 0
+        prepared = prepare(args.question, store, k, _filters(args), max_tokens=settings.max_answer_tokens)
+        for piece in stream_answer(prepared, engine):  # the answer appears as it is written
+            print(piece, end="", flush=True)
+        print("\n")
+        _print_hits(prepared.hits)
         return 0
     finally:
         store.close()

@@ -18,7 +18,8 @@ from kb.types import Hit, Request
 MAX_KEY_FRAMES = 4  # small JPEGs (320 px): a few hundred visual tokens in all
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
-_SENTENCE = re.compile(r"(?<=[.!?。！？])\s*|\n+")
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])|\n\s*[-•*]\s+")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 _STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
             "does did do this that these those it its from as about into than then there their".split())
 
@@ -100,10 +101,13 @@ def _terms(text: str) -> set[str]:
 def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
     """The sentence of `text` that shares most terms with the question (ties: the earliest)."""
     wanted = _terms(question)
-    sentences = [s.strip() for s in _SENTENCE.split(text) if s and s.strip()]
+    # OCR and PDF text break lines inside sentences: join each paragraph's lines before splitting sentences.
+    paragraphs = (" ".join(p.split()) for p in _PARAGRAPH.split(text))
+    sentences = [s.strip() for p in paragraphs for s in _SENTENCE.split(p) if s and s.strip()]
     if not sentences:
         return ""
-    best = max(sentences, key=lambda s: (len(wanted & _terms(s)), -sentences.index(s)))
+    # Most shared terms; among equals the fuller sentence (a heading says little), then the earliest.
+    best = max(sentences, key=lambda s: (len(wanted & _terms(s)), min(len(s.split()), 20), -sentences.index(s)))
     return best if len(best) <= max_chars else best[:max_chars].rsplit(" ", 1)[0] + " …"
 
 

@@ -1,0 +1,20 @@
+"""Extractive answers (the ocr engine): the quoted sentence is the informative one, cited by its number."""
+from kb.answer import best_sentence, extractive_answer
+from kb.types import Hit
+
+OCR_TEXT = ("The LinnSequencer\n32 Track MIDI Sequence Recorder\n\nThe LinnSequencer is a state-of-the-art\n"
+            "composition and performance tool for the professional musician. It is extremely powerful.")
+
+
+def test_the_quote_is_a_whole_sentence_not_a_heading_or_a_broken_line():
+    assert best_sentence("What is the LinnSequencer?", OCR_TEXT) == (
+        "The LinnSequencer is a state-of-the-art composition and performance tool for the professional musician.")
+
+
+def test_quotes_follow_relevance_but_cite_the_source_numbers():
+    first = Hit(id="a", text="Returns are free within 30 days.", score=0.2, source="a.md", position=0)
+    second = Hit(id="b", text="The warranty lasts 24 months from purchase.", score=0.9, source="a.md", position=1)
+    text = extractive_answer("How long is the warranty?", sources=[first, second], ranked=[second, first])
+    quotes = [line for line in text.splitlines() if line.startswith(">")]
+    assert quotes[0] == "> The warranty lasts 24 months from purchase. [2]"
+    assert quotes[1] == "> Returns are free within 30 days. [1]"
