@@ -30,26 +30,42 @@ def _scanned_pdf(path: Path) -> Path:
     return path
 
 
+def _pdf_with_figure(path: Path) -> Path:
+    """A born-digital page: a text layer and an embedded photo large enough to be worth a caption."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    page.insert_textbox(pymupdf.Rect(72, 72, 540, 200), "Figure 1 shows the test rig used for the trials. " * 3)
+    photo = path.with_suffix(".jpg")
+    Image.new("RGB", (400, 300), (90, 140, 200)).save(photo)
+    page.insert_image(pymupdf.Rect(72, 260, 472, 560), filename=str(photo))
+    photo.unlink()
+    doc.save(path)
+    return path
+
+
 def test_tiny_qwen3vl_reads_an_image_and_a_scanned_page_into_chroma(tmp_path, tiny_model_writer, open_kb):
     folder = tmp_path / "in"
     folder.mkdir()
     Image.new("RGB", (320, 200), "white").save(folder / "photo.png")
     _scanned_pdf(folder / "scan.pdf")
+    _pdf_with_figure(folder / "report.pdf")
     store = open_kb(engine="transformers", model=str(tiny_model_writer), device="cpu", batch_size=4,
                     image_min_pixels=4 * 1024, image_max_pixels=64 * 1024, max_page_tokens=24, max_caption_tokens=12)
     report = Ingestor(store.settings, store).run([folder])
-    assert report.counts() == {"added": 2}, report.results
-    assert report.pages_read == 3  # the page, the photo's OCR and the photo's caption, in one engine batch
+    assert report.counts() == {"added": 3}, report.results
+    # The scanned page, the photo's OCR and caption, the report's figure: one engine batch across files.
+    assert report.pages_read == 4
     by_source = {r.rel: r for r in store.manifest.all()}
     assert by_source["scan.pdf"].engine == "transformers" and by_source["scan.pdf"].model == str(tiny_model_writer)
-    chunks = store.chunks_of(by_source["scan.pdf"].path)[0] + store.chunks_of(by_source["photo.png"].path)[0]
+    chunks = [c for r in by_source.values() for c in store.chunks_of(r.path)[0] if c.engine != "none"]
     assert chunks, "the engine returned no text for any unit"
     # The tiny model's words are noise; what must hold is where each chunk came from and who read it.
     for chunk in chunks:
         assert (chunk.engine, chunk.model) == ("transformers", str(tiny_model_writer))
     assert {(c.source, c.modality, c.page) for c in chunks} == {("scan.pdf", "pdf_ocr", 1),
                                                                 ("photo.png", "image_ocr", None),
-                                                                ("photo.png", "image_caption", None)}
+                                                                ("photo.png", "image_caption", None),
+                                                                ("report.pdf", "pdf_figure", 1)}
 
 
 def test_ocr_engine_answers_extractively_with_citations(tmp_path, open_kb):
