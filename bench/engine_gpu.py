@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--video-batch", type=int, default=16)
     parser.add_argument("--out", type=Path, help="write the markdown section to this file, not docs/benchmarks.md")
     parser.add_argument("--cache", default="dynamic", choices=["dynamic", "static"], help="KB_GENERATION_CACHE")
+    parser.add_argument("--quant", default="none", choices=["none", "nf4"], help="KB_QUANT")
     parser.add_argument("--model-dir", type=Path, help="where the random checkpoint is built (reused if present)")
     args = parser.parse_args()
     # Random weights loop easily; the loop guard would then stop rows early and flatter the numbers.
@@ -104,8 +105,12 @@ def main() -> None:
         build_s = time.perf_counter() - started
         started = time.perf_counter()
         engine = tq.TransformersEngine(load_settings({"engine": "transformers", "model": str(model_dir),
-                                                      "device": "cuda", "generation_cache": args.cache}, env={}))
+                                                      "device": "cuda", "generation_cache": args.cache,
+                                                      "quant": args.quant}, env={}))
         load_s = time.perf_counter() - started
+        weights_gib = torch.cuda.memory_allocated() / 2**30
+        print(f"model loaded: {weights_gib:.2f} GiB on the GPU", flush=True)
+        variant = f"{args.cache} cache" + (", nf4" if args.quant == "nf4" else "")
         for batch in [int(b) for b in args.batches.split(",")]:
             engine.settings = engine.settings.replace(batch_size=batch)
             pages = [Request("ocr", prompts.OCR_PAGE, [scanned_page(n)], max_new_tokens=PAGE_TOKENS)
@@ -116,7 +121,7 @@ def main() -> None:
             else:
                 warm, _ = timed(engine, [Request("ocr", prompts.OCR_PAGE, [scanned_page(0)], max_new_tokens=8)], 8)
             seconds, peak = timed(engine, pages, PAGE_TOKENS)
-            rows.append([f"scanned pages ({args.cache} cache)", batch, batch, warm, seconds, batch * 60 / seconds,
+            rows.append([f"scanned pages ({variant})", batch, batch, warm, seconds, batch * 60 / seconds,
                          batch * PAGE_TOKENS / seconds, peak])
             print(rows[-1], flush=True)
         windows = args.video_minutes * 60 // WINDOW_SECONDS
@@ -129,7 +134,7 @@ def main() -> None:
         if args.cache == "static":  # compile for the window batch shape first, on one batch of windows
             warm, _ = timed(engine, requests[:args.video_batch], WINDOW_TOKENS)
         seconds, peak = timed(engine, requests, WINDOW_TOKENS)
-        rows.append([f"video windows, {args.video_minutes} min video ({args.cache} cache)", args.video_batch, windows,
+        rows.append([f"video windows, {args.video_minutes} min video ({variant})", args.video_batch, windows,
                      warm, seconds, windows * 60 / seconds, windows * WINDOW_TOKENS / seconds, peak])
         print(rows[-1], flush=True)
     finish(rows, args, build_s, load_s, engine)
