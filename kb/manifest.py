@@ -96,8 +96,11 @@ class Manifest:
         with self._db:
             self._db.execute("DELETE FROM sources WHERE path = ?", (path,))
 
-    def current_shas(self) -> dict[str, str]:
-        return {r["path"]: r["sha256"] for r in self._db.execute("SELECT path, sha256 FROM sources")}
+    def current_shas(self, paths: list[str]) -> dict[str, str]:
+        """The current content hash of each of `paths` that is in the manifest."""
+        rows = self._db.execute("SELECT path, sha256 FROM sources WHERE path IN (SELECT value FROM json_each(?))",
+                                (json.dumps(sorted(set(paths))),))
+        return {r["path"]: r["sha256"] for r in rows}
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,532 @@
+"""Scale: `python -m bench.scale --sizes 100000,1000000` -> build time, disk, memory and query latency at N chunks.
+
+A throwaway knowledge base (its own KB_HOME, embedded Chroma) is filled with synthetic chunks through the real
+write path (`Store.replace_source` with precomputed vectors, `--per-source` chunks per synthetic source, so the
+manifest has a realistic number of rows). The sizes are reached by growing one knowledge base: it is measured at
+each size, then filled further. Vectors have the real embedding dimension and are clustered (random centroids
+plus noise, each source leaning on a few centroids) so HNSW sees structure like real data, not uniform noise.
+Text is ~150 Zipf-distributed pseudo-words per chunk with some numbers and codes (INV-2024-0117).
+
+Queries: dense = `Store.query` with a vector near a random centroid; lexical = `Store.lexical_query` with 3-5
+words of a stored chunk; hybrid = `kb.search.search(mode="hybrid")` end to end. Dense recall@10 is checked
+against exact (brute-force) neighbours, and `--ef` sweeps HNSW ef_search at the largest size built.
+Everything is generated from `--seed`, so `--workdir` can keep a knowledge base and a later run continues it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.report import BENCHMARKS_MD, markdown_table, write_section
+
+TITLE = "Scale (`python -m bench.scale`)"
+VOCAB_SIZE = 20_000
+WORDS_PER_CHUNK = 150
+CODE_RATE = 0.02  # share of tokens that are numbers or codes (INV-2024-0117, E_ACCESS_4711, 4711)
+ZIPF_S = 1.07  # the exponent of word frequencies in English text
+MIN_FREE_BYTES = 2 << 30  # stop filling when the machine has less memory than this left
+TARGET_P95_MS = 100.0
+
+
+# synthetic data -----------------------------------------------------------------------------------------------
+@dataclass
+class Corpus:
+    """Deterministic synthetic sources: source number -> chunk texts and their vectors."""
+
+    dim: int
+    per_source: int
+    seed: int
+    centroids: np.ndarray = field(init=False)
+    vocab: np.ndarray = field(init=False)
+    cumulative: np.ndarray = field(init=False)
+    noise: float = 1.0  # noise norm relative to the centroid: cosine to own centroid ~0.7, like topical text
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng([self.seed, 0])
+        self.centroids = _unit(rng.standard_normal((1000, self.dim), dtype=np.float32))
+        self.vocab = np.array(_pseudo_words(rng, VOCAB_SIZE))
+        ranks = np.arange(1, VOCAB_SIZE + 1, dtype=np.float64)
+        self.cumulative = np.cumsum(ranks ** -ZIPF_S)
+        self.cumulative /= self.cumulative[-1]
+
+    def vectors(self, source: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 1, source])
+        topics = rng.choice(len(self.centroids), size=3, replace=False)  # a document keeps to a few topics
+        picks = topics[rng.integers(0, 3, self.per_source)]
+        noise = rng.standard_normal((self.per_source, self.dim), dtype=np.float32) * (self.noise / math.sqrt(self.dim))
+        return _unit(self.centroids[picks] + noise)
+
+    def texts(self, source: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, 2, source])
+        words = self.vocab[np.searchsorted(self.cumulative, rng.random((self.per_source, WORDS_PER_CHUNK)))]
+        codes = rng.random(words.shape) < CODE_RATE
+        for r, c in zip(*np.nonzero(codes)):
+            words[r, c] = _code(rng)
+        return [" ".join(row) + "." for row in words.tolist()]
+
+    def near_centroid(self, rng: np.random.Generator) -> np.ndarray:
+        """A query vector: a random topic plus as much noise as a chunk has."""
+        c = self.centroids[rng.integers(len(self.centroids))]
+        return _unit(c + rng.standard_normal(self.dim).astype(np.float32) * (self.noise / math.sqrt(self.dim)))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _pseudo_words(rng: np.random.Generator, n: int) -> list[str]:
+    """n distinct pronounceable non-words (2-4 syllables), so nothing collides with a stopword list."""
+    from kb.lexical import STOPWORDS
+
+    onsets = list("bcdfghjklmnprstvwz") + ["br", "ch", "dr", "gr", "kl", "pl", "sh", "st", "th", "tr"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
+    codas = ["", "", "", "n", "r", "l", "m", "k", "t"]
+    out: dict[str, None] = {}
+    while len(out) < n:
+        word = "".join(onsets[rng.integers(len(onsets))] + vowels[rng.integers(len(vowels))]
+                       + codas[rng.integers(len(codas))] for _ in range(int(rng.integers(2, 5))))
+        if word not in STOPWORDS:
+            out[word] = None
+    return list(out)
+
+
+def _code(rng: np.random.Generator) -> str:
+    kind = rng.integers(4)
+    if kind == 0:
+        return f"INV-{rng.integers(2015, 2027)}-{rng.integers(10000):04d}"
+    if kind == 1:
+        return f"E_{['ACCESS', 'TIMEOUT', 'DISK', 'AUTH', 'PARSE'][rng.integers(5)]}_{rng.integers(10000)}"
+    if kind == 2:
+        return f"{rng.integers(1, 1000)}.{rng.integers(100):02d}"
+    return str(rng.integers(1, 100000))
+
+
+class CentroidEmbedder:
+    """Benchmark harness only: stands in for the embedding model, which cannot embed 1M chunks here.
+
+    It has the real model's name and dimension (so the store treats it like that model) and answers a question
+    with a vector near a random topic centroid, like a real question lands near its topic. The latency of a real
+    query embedding (a forward pass of the model) is not part of these numbers; bench.retrieval measures it.
+    """
+
+    def __init__(self, name: str, corpus: Corpus) -> None:
+        self.name = name
+        self.dimension = corpus.dim
+        self._corpus = corpus
+
+    def embed_query(self, text: str) -> list[float]:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        return self._corpus.near_centroid(np.random.default_rng(seed)).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        raise RuntimeError("bench.scale passes precomputed vectors; nothing should embed documents")
+
+
+# measuring ------------------------------------------------------------------------------------------------------
+class Timed:
+    """A pass-through around an object that adds up the seconds spent in some of its methods (build timing)."""
+
+    def __init__(self, inner: Any, methods: tuple[str, ...]) -> None:
+        self._inner = inner
+        self._methods = methods
+        self.seconds = dict.fromkeys(methods, 0.0)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if name not in self._methods:
+            return value
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - started
+        return timed
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def free_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def disk_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / (1 << 20)
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    ordered = sorted(seconds)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency(fn: Callable[[Any], Any], inputs: list[Any], max_s: float = 1e9) -> tuple[float, float, int]:
+    """p50 and p95 in ms over `inputs` (stopping after `max_s` seconds, at least 20 queries), and how many ran."""
+    fn(inputs[0])  # warm-up: the first query loads the HNSW index and SQLite pages
+    seconds: list[float] = []
+    for item in inputs:
+        if len(seconds) >= 20 and sum(seconds) > max_s:
+            break
+        started = time.perf_counter()
+        fn(item)
+        seconds.append(time.perf_counter() - started)
+    return percentile_ms(seconds, 0.5), percentile_ms(seconds, 0.95), len(seconds)
+
+
+# the knowledge base ----------------------------------------------------------------------------------------------
+@dataclass
+class Build:
+    chunks: int = 0
+    sources: int = 0
+    total_s: float = 0.0
+    generate_s: float = 0.0
+    chroma_s: float = 0.0  # Collection.upsert (metadata, document FTS and HNSW insert included)
+    lexical_s: float = 0.0  # LexicalIndex.upsert (tokenising and FTS5)
+    other_s: float = 0.0  # the rest of replace_source: manifest commit, looking for old chunks to delete
+    stopped: str = ""  # why filling stopped early, if it did
+
+
+def open_kb(home: Path, corpus: Corpus, embed_name: str):
+    from kb.config import load_settings
+    from kb.store import open_store
+
+    settings = load_settings({"home": home, "embed_model": embed_name}, env={})
+    return open_store(settings, embedder=CentroidEmbedder(embed_name, corpus))
+
+
+def fill(store, corpus: Corpus, build: Build, target: int, deadline: float) -> None:
+    """Add synthetic sources until the store holds `target` chunks (or time or memory runs out)."""
+    from kb.manifest import SourceRecord
+    from kb.types import Chunk
+
+    collection = Timed(store._collection, ("upsert",))
+    lexical = Timed(store.lexical, ("upsert",))
+    store._collection, store.lexical = collection, lexical
+    last_report, last_chunks, last_total = time.perf_counter(), build.chunks, build.total_s
+    try:
+        while build.chunks < target:
+            if time.perf_counter() > deadline:
+                build.stopped = "time budget"
+                return
+            if free_bytes() < MIN_FREE_BYTES:
+                build.stopped = "memory"
+                return
+            started = time.perf_counter()
+            n = build.sources
+            path = f"/synthetic/doc-{n:07d}.pdf"
+            sha = hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()
+            texts, vectors = corpus.texts(n), corpus.vectors(n).tolist()
+            chunks = [Chunk(id=f"{sha[:16]}:{i}", text=t, source=Path(path).name, source_abs=path, sha256=sha,
+                            modality="pdf_text", page=i // 3 + 1, engine="ocr", position=i)
+                      for i, t in enumerate(texts)]
+            generated = time.perf_counter()
+            record = SourceRecord(path=path, rel=Path(path).name, sha256=sha, size=len(texts) * 1000, kind="pdf",
+                                  status="ok", chunks=len(chunks), engine="ocr", model="")
+            before = collection.seconds["upsert"] + lexical.seconds["upsert"]
+            store.replace_source(record, chunks, vectors)
+            done = time.perf_counter()
+            inner = collection.seconds["upsert"] + lexical.seconds["upsert"] - before
+            build.generate_s += generated - started
+            build.other_s += (done - generated) - inner
+            build.total_s += done - generated
+            build.chunks += len(chunks)
+            build.sources += 1
+            if done - last_report > 30:
+                recent = (build.chunks - last_chunks) / max(build.total_s - last_total, 1e-9)
+                last_report, last_chunks, last_total = done, build.chunks, build.total_s
+                print(f"  {build.chunks:>9,} chunks  {recent:,.0f} chunks/s lately  peak RSS {peak_rss_mib():,.0f} MiB"
+                      f"  Chroma {collection.seconds['upsert']:.0f} s  lexical {lexical.seconds['upsert']:.0f} s",
+                      flush=True)
+    finally:
+        build.chroma_s += collection.seconds["upsert"]
+        build.lexical_s += lexical.seconds["upsert"]
+        store._collection, store.lexical = collection._inner, lexical._inner
+
+
+def query_sets(corpus: Corpus, build: Build, n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """`n` query vectors near centroids, and `n` texts of 3-5 words taken from random stored chunks."""
+    rng = np.random.default_rng([seed, 3])
+    vectors = [corpus.near_centroid(rng) for _ in range(n)]
+    texts = []
+    for _ in range(n):
+        chunk = corpus.texts(int(rng.integers(build.sources)))[int(rng.integers(corpus.per_source))]
+        words = [w for w in chunk.rstrip(".").split() if w.isalpha()]
+        texts.append(" ".join(rng.choice(words, size=int(rng.integers(3, 6)), replace=False)))
+    return vectors, texts
+
+
+def exact_neighbours(corpus: Corpus, sources: int, queries: np.ndarray, k: int) -> list[set[int]]:
+    """Brute-force top-k (cosine) chunk numbers for each query, regenerating the vectors source by source."""
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    step = max(1, 20_000 // corpus.per_source)
+    for first in range(0, sources, step):
+        block = np.concatenate([corpus.vectors(s) for s in range(first, min(sources, first + step))])
+        scores = np.concatenate([best_s, queries @ block.T], axis=1)
+        ids = np.concatenate([best_i, np.broadcast_to(np.arange(len(block)) + first * corpus.per_source,
+                                                      (len(queries), len(block)))], axis=1)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    return [set(row) for row in best_i.tolist()]
+
+
+def chunk_number(hit_id: str, per_source: int, sha_to_source: dict[str, int]) -> int:
+    prefix, position = hit_id.split(":")
+    return sha_to_source[prefix] * per_source + int(position)
+
+
+def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, Any]:
+    """Latency of each mode, the suspected per-query overheads, dense recall@10, disk and memory at this size."""
+    from kb.search import search
+
+    vectors, texts = query_sets(corpus, build, args.queries, args.seed)
+    cap = args.mode_seconds
+    row: dict[str, Any] = {"chunks": store.count(), "sources": build.sources, "dim": args.dim}
+    row["dense"] = latency(lambda v: store.query(v.tolist(), 10), vectors, cap)
+    row["lexical"] = latency(lambda t: store.lexical_query(t, 10), texts, cap)
+    row["hybrid"] = latency(lambda t: search(store, t, k=10, mode="hybrid", rerank=False), texts, cap)
+    # The pieces, to find what grows with N (count() is what Store.query called per query before it was removed).
+    row["chroma_only"] = latency(lambda v: store._collection.query(
+        query_embeddings=[v.tolist()], n_results=30, include=["documents", "metadatas", "distances"]), vectors, cap)
+    row["count"] = latency(lambda _: store.count(), texts[:50])
+    some_paths = [r.path for r in store.manifest.all()[:30]]
+    row["current_shas"] = latency(lambda _: store.manifest.current_shas(some_paths), texts[:50])
+    row.update(lexical_pieces(store, texts, row["chunks"], cap))
+    row["disk_mib"] = disk_mib(home)
+    row["peak_rss_mib"] = peak_rss_mib()
+    row["build"] = Build(**build.__dict__)
+    if args.recall:
+        row["recall"] = dense_recall(store, corpus, build, vectors[:args.recall])
+    return row
+
+
+def lexical_pieces(store, texts: list[str], chunks: int, cap: float) -> dict[str, Any]:
+    """Where lexical time goes: FTS5 ranking alone (no joins), matching rows, and the query without common words.
+
+    Read-only SQL on the index's own connection; it shows what a change in kb/lexical.py would gain.
+    """
+    from kb.lexical import match_expression
+
+    db = store.lexical._db
+    db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_terms USING fts5vocab(main, 'fts', 'row')")
+
+    def df(token: str) -> int:
+        found = db.execute("SELECT doc FROM temp.fts_terms WHERE term = ?", (token,)).fetchone()
+        return found[0] if found else 0
+
+    def without_common(text: str) -> str:
+        terms = match_expression(text).split(" OR ")
+        counts = {t: df(t[1:-1].replace('""', '"')) for t in terms}
+        rare = [t for t in terms if counts[t] <= 0.05 * chunks]
+        return " OR ".join(rare or [min(terms, key=counts.get)])  # all common: keep the rarest
+
+    full = ("SELECT c.id, c.text, c.meta, -bm25(fts) FROM fts JOIN chunks c ON c.rowid = fts.rowid "
+            "JOIN m.sources s ON s.path = c.source_abs AND s.sha256 = c.sha256 WHERE fts MATCH ? "
+            "ORDER BY bm25(fts) LIMIT 10")
+    alone = "SELECT rowid, bm25(fts) FROM fts WHERE fts MATCH ? ORDER BY bm25(fts) LIMIT 10"
+    matched = [db.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (match_expression(t),)).fetchone()[0]
+               for t in texts[:20]]
+    return {"fts_alone": latency(lambda t: db.execute(alone, (match_expression(t),)).fetchall(), texts, cap),
+            "fts_pruned": latency(lambda t: db.execute(full, (without_common(t),)).fetchall(), texts, cap),
+            "matched_share": statistics.mean(matched) / chunks}
+
+
+def dense_recall(store, corpus: Corpus, build: Build, vectors: list[np.ndarray]) -> float:
+    """Share of the exact 10 nearest chunks that `Store.query` returns."""
+    truth = exact_neighbours(corpus, build.sources, np.stack(vectors), 10)
+    shas = {hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()[:16]: n for n in range(build.sources)}
+    found = 0
+    for vector, exact in zip(vectors, truth):
+        hits = store.query(vector.tolist(), 10)
+        found += len(exact & {chunk_number(h.id, corpus.per_source, shas) for h in hits})
+    return found / (10 * len(vectors))
+
+
+def reopen_with_ef(home: Path, corpus: Corpus, embed_name: str, ef: int):
+    """Set ef_search and reopen: Chroma stores the change at once but a loaded HNSW index keeps its old ef
+    until the client is rebuilt (measured: recall did not move until then)."""
+    from chromadb.api.client import SharedSystemClient
+
+    store = open_kb(home, corpus, embed_name)
+    store._collection.modify(configuration={"hnsw": {"ef_search": ef}})
+    store.close()
+    SharedSystemClient.clear_system_cache()
+    return open_kb(home, corpus, embed_name)
+
+
+def ef_sweep(home: Path, corpus: Corpus, embed_name: str, build: Build, args) -> list[tuple]:
+    """Dense p50/p95 and recall@10 for each ef_search (Chroma's default is 100), at the current size."""
+    from chromadb.api.client import SharedSystemClient
+
+    vectors, _ = query_sets(corpus, build, args.queries, args.seed + 1)
+    out = []
+    for ef in args.ef + [100]:  # back to Chroma's default at the end, for a kept --workdir
+        store = reopen_with_ef(home, corpus, embed_name, ef)
+        try:
+            if len(out) < len(args.ef):
+                for v in vectors[:20]:  # a reopened index is paged in by the first queries: not query latency
+                    store.query(v.tolist(), 10)
+                p50, p95, _ = latency(lambda v, store=store: store.query(v.tolist(), 10), vectors)
+                alone = latency(lambda v, store=store: store._collection.query(
+                    query_embeddings=[v.tolist()], n_results=30, include=["documents", "metadatas", "distances"]),
+                    vectors)
+                recall = dense_recall(store, corpus, build, vectors[:args.recall]) if args.recall else None
+                out.append((ef, p50, p95, alone[0], alone[1], recall))
+                print(f"  ef_search={ef}: Store.query p50 {p50:.1f} ms, p95 {p95:.1f} ms, Chroma alone "
+                      f"{alone[0]:.1f} / {alone[1]:.1f} ms, recall@10 {recall}", flush=True)
+        finally:
+            store.close()
+            SharedSystemClient.clear_system_cache()
+    return out
+
+
+# reporting -------------------------------------------------------------------------------------------------------
+def _pair(p: tuple) -> str:
+    return f"{p[0]:.1f} / {p[1]:.1f}" + (f" (n={p[2]})" if len(p) > 2 and p[2] < 200 else "")
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    header = ["chunks", "sources", "build s", "Chroma upsert s", "lexical upsert s", "rest of replace_source s",
+              "chunks/s", "disk MiB", "peak RSS MiB", "dense p50 / p95 ms", "lexical p50 / p95 ms",
+              "hybrid p50 / p95 ms", "dense recall@10"]
+    body = []
+    for r in rows:
+        b: Build = r["build"]
+        body.append([f"{r['chunks']:,}", f"{r['sources']:,}", f"{b.total_s:.0f}", f"{b.chroma_s:.0f}",
+                     f"{b.lexical_s:.0f}", f"{b.other_s:.0f}", f"{b.chunks / b.total_s:,.0f}" if b.total_s else "-",
+                     f"{r['disk_mib']:,.0f}", f"{r['peak_rss_mib']:,.0f}", _pair(r["dense"]), _pair(r["lexical"]),
+                     _pair(r["hybrid"]), f"{r['recall']:.3f}" if "recall" in r else "-"])
+    return markdown_table(header, body)
+
+
+def pieces_table(rows: list[dict[str, Any]]) -> str:
+    header = ["chunks", "Chroma query alone, 30 results (p50 / p95 ms)", "Store.count() p50 ms",
+              "Manifest.current_shas() p50 ms", "share of chunks a lexical query matches",
+              "FTS5 ranking alone, no joins (p50 / p95 ms)", "lexical without words in >5% of chunks (p50 / p95 ms)"]
+    return markdown_table(header, [[f"{r['chunks']:,}", _pair(r["chroma_only"]), f"{r['count'][0]:.2f}",
+                                    f"{r['current_shas'][0]:.2f}", f"{r['matched_share']:.0%}",
+                                    _pair(r["fts_alone"]), _pair(r["fts_pruned"])] for r in rows])
+
+
+def extrapolate(rows: list[dict[str, Any]], sizes: list[int]) -> list[str]:
+    """Sizes that were not built: scaled from the largest size built, and labelled as such."""
+    last = rows[-1]
+    lines = []
+    for size in sizes:
+        if size <= last["chunks"]:
+            continue
+        factor = size / last["chunks"]
+        b: Build = last["build"]
+        lines.append(f"- **{size:,} chunks: extrapolated, not measured.** Linear in N from {last['chunks']:,}: "
+                     f"build ≥ {b.total_s * factor / 60:.0f} min (inserts slow down as the indexes grow, so this is "
+                     f"a lower bound), disk ≈ {last['disk_mib'] * factor / 1024:.0f} GiB, HNSW vectors alone "
+                     f"{size * last['dim'] * 4 / (1 << 30):.1f} GiB of RAM; lexical latency ≈ "
+                     f"{last['lexical'][0] * factor:.0f} / {last['lexical'][1] * factor:.0f} ms p50 / p95 (it grows "
+                     "linearly: see the matched share).")
+    return lines
+
+
+def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> str:
+    lines = [f"Synthetic chunks through `Store.replace_source` into an embedded Chroma + SQLite FTS5 knowledge base: "
+             f"{args.dim}-d clustered unit vectors (1000 centroids), ~{WORDS_PER_CHUNK} Zipf-distributed pseudo-words "
+             f"per chunk ({VOCAB_SIZE:,}-word vocabulary, {CODE_RATE:.0%} numbers and codes), {args.per_source} "
+             f"chunks per source. Up to {args.queries} queries per mode (fewer, n=..., where a mode took over "
+             f"{args.mode_seconds:g} s), k=10: dense = `Store.query` with a vector near a random centroid, lexical = "
+             "`Store.lexical_query` with 3-5 words of a stored chunk, hybrid = `kb.search.search(mode=\"hybrid\")` end "
+             "to end with a stand-in embedder (no model forward pass: add the embedder's query latency). Build time "
+             "is `replace_source` only (generating text and vectors excluded); peak RSS is the whole process "
+             "(Chroma runs in it). Dense recall@10 is against exact neighbours.", "",
+             results_table(rows), "", "Pieces of a query:", "", pieces_table(rows), ""]
+    lines += extrapolate(rows, sizes)
+    if sweep:
+        lines += ["", f"HNSW ef_search at {rows[-1]['chunks']:,} chunks (`collection.modify(configuration="
+                  "{\"hnsw\": {\"ef_search\": ef}})`, then the client reopened; Chroma's default is 100):", "",
+                  markdown_table(["ef_search", "Store.query p50 / p95 ms", "Chroma query alone p50 / p95 ms",
+                                  "recall@10"],
+                                 [[ef, f"{p50:.1f} / {p95:.1f}", f"{a50:.1f} / {a95:.1f}",
+                                   "-" if r is None else f"{r:.3f}"] for ef, p50, p95, a50, a95, r in sweep])]
+    if args.notes and Path(args.notes).is_file():
+        lines += ["", Path(args.notes).read_text().strip()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kb.config import DEFAULT_EMBED_MODEL
+
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated chunk counts to measure at")
+    parser.add_argument("--dim", type=int, default=1024, help="embedding dimension (1024: Qwen3-Embedding-0.6B)")
+    parser.add_argument("--per-source", type=int, default=200, help="chunks per synthetic source")
+    parser.add_argument("--queries", type=int, default=200, help="queries per mode")
+    parser.add_argument("--mode-seconds", type=float, default=60, help="stop a mode's queries after this long")
+    parser.add_argument("--recall", type=int, default=50, help="dense queries checked against exact neighbours "
+                        "(0: skip)")
+    parser.add_argument("--ef", default="", help="ef_search values to sweep at the largest size, e.g. 50,100,400")
+    parser.add_argument("--budget-min", type=float, default=30.0, help="stop filling after this many minutes")
+    parser.add_argument("--workdir", default="", help="keep the knowledge base here; a later run continues it")
+    parser.add_argument("--notes", default="", help="a markdown file appended to the section (conclusions)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    args.ef = [int(x) for x in args.ef.split(",") if x]
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    corpus = Corpus(args.dim, args.per_source, args.seed)
+    embed_name = DEFAULT_EMBED_MODEL if args.dim == 1024 else f"synthetic-{args.dim}d"
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    home = work / "kb"
+    rows: list[dict[str, Any]] = []
+    sweep: list[tuple] = []
+    try:
+        store = open_kb(home, corpus, embed_name)
+        build = Build(sources=len(store.manifest.all()), chunks=store.count())
+        if build.chunks:
+            print(f"continuing {home}: {build.chunks:,} chunks already there (their build time is not counted)")
+        deadline = time.perf_counter() + 60 * args.budget_min
+        try:
+            for size in sizes:
+                print(f"filling to {size:,} chunks ({args.dim}-d, {args.per_source} chunks per source)", flush=True)
+                fill(store, corpus, build, size, deadline)
+                if rows and rows[-1]["chunks"] == build.chunks:
+                    break
+                rows.append(measure(store, corpus, build, home, args))
+                print(results_table(rows[-1:]), "\n\n", pieces_table(rows[-1:]), flush=True)
+                if build.stopped:
+                    print(f"stopped filling at {build.chunks:,} chunks: {build.stopped}", flush=True)
+                    break
+        finally:
+            store.close()
+        if args.ef:
+            sweep = ef_sweep(home, corpus, embed_name, build, args)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    report = render(rows, sizes, sweep, args)
+    print(report)
+    if args.write:
+        write_section(TITLE, report)
+        print(f"written to {BENCHMARKS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    sys.exit(main())
