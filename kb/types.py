@@ -70,7 +70,6 @@ class Unit:
     t_start: float | None = None
     t_end: float | None = None
     keyframe: str | None = None
-    position: int = 0
 
     @property
     def needs_model(self) -> bool:
