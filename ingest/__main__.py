@@ -64,6 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest", description="Add files and folders to Seekframe.")
     parser.add_argument("paths", nargs="+", type=Path, help="files or folders (walked recursively)")
     parser.add_argument("--prune", action="store_true", help="remove sources under these folders that vanished")
+    parser.add_argument("--force", action="store_true", help="read unchanged files again (after changing the engine)")
     add_settings_flags(parser)
     args = parser.parse_args()
     setup_logging(args.verbose)
@@ -77,7 +78,7 @@ def main() -> int:
         print(f"OFFLINE PROFILE: bundled embedding model in use ({store.embedder.fallback_reason})", file=sys.stderr)
     bars = ProgressBars()
     try:
-        report = Ingestor(settings, store, progress=bars).run(args.paths, prune=args.prune)
+        report = Ingestor(settings, store, progress=bars).run(args.paths, prune=args.prune, force=args.force)
     finally:
         bars.close()
         store.close()

@@ -119,14 +119,15 @@ class Ingestor:
         return batch_size_for(self.settings, self.engine)
 
     # the run ---------------------------------------------------------------------------------------------
-    def run(self, paths: Sequence[Path], prune: bool = False) -> IngestReport:
+    def run(self, paths: Sequence[Path], prune: bool = False, force: bool = False) -> IngestReport:
+        """Ingest `paths`; `force` reads unchanged files again (a new engine or model, a fixed reader)."""
         started = time.monotonic()
         report = IngestReport()
         files = walk(paths)
         jobs: list[_Job] = []
         for n, (path, root) in enumerate(files, 1):
             self.progress(Progress("plan", n, len(files), "files", path.name))
-            job = self._plan(path, root, report)
+            job = self._plan(path, root, report, force)
             if job:
                 jobs.append(job)
         self._process(jobs, report)
@@ -136,7 +137,7 @@ class Ingestor:
         report.engine = f"{self._engine.name} ({self._engine.model})" if self._engine else "none needed"
         return report
 
-    def _plan(self, path: Path, root: Path, report: IngestReport) -> _Job | None:
+    def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _Job | None:
         rel = path.relative_to(root).as_posix() if path != root else path.name
         try:
             sha = sha256_of(path)
@@ -145,11 +146,11 @@ class Ingestor:
             return None
         source = Source(rel=rel, abs=str(path), sha256=sha)
         known = self.store.manifest.get(source.abs)
-        if known and known.sha256 == sha and known.status == "ok":
+        if known and known.sha256 == sha and known.status == "ok" and not force:
             report.results.append(FileResult(rel, "skipped", known.chunks))
             return None
         twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.abs), None)
-        if twin:
+        if twin and not force:
             report.results.append(self._copy(twin, source, path))
             return None
         record = SourceRecord(path=source.abs, rel=rel, sha256=sha, size=path.stat().st_size, kind="", status="ok",

@@ -20,7 +20,6 @@ from typing import Callable, Iterator, Sequence
 from ingest.pipeline import FileResult, Ingestor, walk
 from kb.engines import Engine
 from kb.errors import InputError, NotFound
-from kb.manifest import SourceRecord
 from kb.store import Store
 from kb.types import Progress, Request
 
@@ -287,20 +286,18 @@ class JobQueue:
             self._mark_cancelled(job)
             return
         job.state, job.started = "running", time.time()
-        previous = self._forget(job) if job.force else {}
         tracker = _Tracker(job)
         ingestor = _TrackedIngestor(self.store, self._engine_factory, tracker)
         try:
-            report = ingestor.run(job.paths)
+            # The old version stays searchable until the new one replaces it (or stays, if the read fails).
+            report = ingestor.run(job.paths, force=job.force)
         except JobCancelled:
             self._mark_cancelled(job)
-            self._restore(previous)
             return
         job.pages_read, job.chunks, job.engine = report.pages_read, report.chunks, report.engine
         results = {r.path: r for r in report.results}
         for item in job.files:
             self._apply(item, results.get(item.rel))
-        self._restore(previous)
         job.state = FAILED if all(f.state == FAILED for f in job.files) else DONE
         job.finished = time.time()
 
@@ -314,23 +311,6 @@ class JobQueue:
         item.reason = "; ".join(result.errors)
         if result.status == "skipped":
             item.reason = "unchanged since the last ingest"
-
-    def _forget(self, job: Job) -> dict[str, SourceRecord]:
-        """Re-index: drop the manifest rows so the pipeline reads the files again (their chunks stay until
-        the new version replaces them); the old rows are put back if the new read fails."""
-        previous = {}
-        for item in job.files:
-            record = self.store.manifest.get(item.path)
-            if record:
-                previous[item.path] = record
-                self.store.manifest.remove(item.path)
-        return previous
-
-    def _restore(self, previous: dict[str, SourceRecord]) -> None:
-        """Put back the old row of a re-indexed file that did not get a new one (failed or cancelled)."""
-        for path, record in previous.items():
-            if self.store.manifest.get(path) is None:
-                self.store.manifest.put(record)
 
     def _mark_cancelled(self, job: Job) -> None:
         for item in job.files:

@@ -275,7 +275,7 @@ def test_library_delete_and_reindex(kb_env):
     from pages import resources
 
     job = resources.jobs().jobs()[0]
-    assert [(f.rel, f.state, f.result) for f in job.files] == [("guide.pdf", DONE, "added")]
+    assert [(f.rel, f.state, f.result) for f in job.files] == [("guide.pdf", DONE, "updated")]
 
     at = app("pages/library.py")
     at.selectbox(key="library_open").set_value(guide).run()

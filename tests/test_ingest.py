@@ -151,3 +151,14 @@ def test_an_interrupted_video_ingest_resumes_without_redoing_or_duplicating(open
     assert len(frames) == 1 and next(iter(frames)).is_dir()
     store.delete_source(str((folder / "lecture.mp4").resolve()))
     assert not next(iter(frames)).exists() and store.count() == 0
+
+
+def test_force_reads_unchanged_files_again_without_duplicates(open_kb, library):
+    store = open_kb()
+    ingest(store, None, library)
+    ids_before = sorted(store._collection.get(include=[])["ids"])
+    (library / "copy.md").write_text((library / "notes.md").read_text())  # a twin would normally be copied
+    report = Ingestor(store.settings, store).run([library], force=True)
+    assert report.counts() == {"updated": 2, "added": 1}
+    ids_after = sorted(store._collection.get(include=[])["ids"])
+    assert set(ids_before) < set(ids_after) and len(ids_after) == len(set(ids_after))
