@@ -359,8 +359,9 @@ class Ingestor:
                 self._enrich(pending[:self.batch_size], report)
                 pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
-        for start in range(0, len(pending), self.batch_size):
-            self._enrich(pending[start:start + self.batch_size], report)
+        size = self.batch_size if pending else 1  # asking the batch size loads the engine: only when needed
+        for start in range(0, len(pending), size):
+            self._enrich(pending[start:start + size], report)
         self._finish_ready(open_jobs, report)
 
     def _visual_units(self, job: _Job) -> list[Unit]:

@@ -162,3 +162,18 @@ def test_force_reads_unchanged_files_again_without_duplicates(open_kb, library):
     assert report.counts() == {"updated": 2, "added": 1}
     ids_after = sorted(store._collection.get(include=[])["ids"])
     assert set(ids_before) < set(ids_after) and len(ids_after) == len(set(ids_after))
+
+
+def test_links_named_directly_become_results_not_an_abort(open_kb, library, tmp_path):
+    import os
+
+    os.symlink(tmp_path / "gone.pdf", tmp_path / "dangling.pdf")
+    os.symlink("loop-b.md", tmp_path / "loop-a.md")
+    os.symlink("loop-a.md", tmp_path / "loop-b.md")
+    store = open_kb()
+    report = ingest(store, None, tmp_path / "dangling.pdf", tmp_path / "loop-a.md", library / "notes.md")
+    outcome = {r.path: (r.status, " ".join(r.errors), r.fix) for r in report.results}
+    assert outcome["dangling.pdf"][:2] == ("failed", f"dangling.pdf: a broken link: it points to {tmp_path}/gone.pdf,"
+                                                     " which does not exist")
+    assert outcome["loop-a.md"][0] == "failed" and "loops" in outcome["loop-a.md"][1] and outcome["loop-a.md"][2]
+    assert outcome["notes.md"][0] == "added" and report.exit_code == 1
