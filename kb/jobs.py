@@ -384,7 +384,7 @@ class JobQueue:
             return
         item.result, item.chunks = result.status, result.chunks
         item.state = DONE if result.status in STORED else FAILED
-        item.reason = "; ".join(result.errors)
+        item.reason = "; ".join(result.errors or getattr(result, "notes", []))  # a link not followed has a note
         if result.status == "skipped":
             item.reason = "unchanged since the last ingest"
 

@@ -7,7 +7,7 @@ from ingest.read import supported_extensions
 from kb.errors import InputError, SeekframeError
 from kb.jobs import FAILED, Job
 from pages import resources
-from pages.helpers import md_escape, save_upload
+from pages.helpers import md_code, md_escape, save_upload
 
 st.title("Add content")
 store = resources.open_or_stop()
@@ -18,7 +18,7 @@ limit_mb = st.get_option("server.maxUploadSize")
 st.markdown(
     f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by this app "
     "process: you can leave this page and come back. Each upload is saved under "
-    f"`{md_escape(str(settings.home / 'uploads'))}`, in a folder named after its content, so files with the "
+    f"{md_code(str(settings.home / 'uploads'))}, in a folder named after its content, so files with the "
     "same name never replace each other.")
 st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
@@ -48,7 +48,7 @@ with folder_tab:
                 "the app. Only files under those folders are read; hidden files and links that lead out of them "
                 "are not.")
     else:
-        st.caption("Allowed folders: " + ", ".join(f"`{md_escape(str(r))}`" for r in settings.allowed_folders)
+        st.caption("Allowed folders: " + ", ".join(md_code(str(r)) for r in settings.allowed_folders)
                    + " (`KB_ALLOWED_FOLDERS`). Hidden files and links that lead out of them are not read.")
         folder = st.text_input("Folder or file path on the server", key="folder_path",
                                placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")
