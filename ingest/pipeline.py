@@ -104,6 +104,7 @@ class _Job:
     status: str
     waiting: int = 0
     failed_units: set[int] = field(default_factory=set)  # id(unit) of units the engine could not read
+    fix: str = ""  # the way out of the first unit failure that has one
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
 
@@ -398,6 +399,9 @@ class Ingestor:
         for job, unit in batch:
             try:
                 ready.append((job, unit, self._request(unit)))
+            except SeekframeError as err:  # a decoder limit met only now, when the page or frame is loaded
+                job.fix = job.fix or err.fix
+                self._fail_unit(job, unit, err.args[0])
             except Exception as err:
                 self._fail_unit(job, unit, f"cannot render: {err}")
         texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready])
@@ -462,7 +466,7 @@ class Ingestor:
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
         errors, notes = job.read.errors, job.read.notes + self._blank_pages(job)
         if errors and not chunks:
-            return FileResult(job.name, "failed", errors=errors, notes=notes)
+            return FileResult(job.name, "failed", errors=errors, notes=notes, fix=job.fix)
         # Read without errors and nothing readable on it: stored (so it is not read again), but said so.
         status = "partial" if errors else "empty" if not chunks else "ok"
         if status == "empty":
@@ -480,7 +484,7 @@ class Ingestor:
         if job.checkpoint:
             job.checkpoint.clear()
         shown = status if status != "ok" else job.status
-        return FileResult(job.name, shown, len(chunks), errors, notes, NO_TEXT_FIX if status == "empty" else "")
+        return FileResult(job.name, shown, len(chunks), errors, notes, NO_TEXT_FIX if status == "empty" else job.fix)
 
     @staticmethod
     def _blank_pages(job: _Job) -> list[str]:
