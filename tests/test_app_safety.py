@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from ingest.pipeline import Ingestor, IngestReport
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from kb.engines import load_engine
-from kb.errors import InputError
+from kb.errors import ConfigError, InputError
 from kb.jobs import DONE, Job, _TrackedIngestor, _Tracker, check_server_path
 from kb.store import open_store
 from tests.conftest import ROOT
@@ -281,3 +281,15 @@ def test_app_takes_the_lock_at_start_and_listens_locally(tmp_path):
         app.terminate()
         app.wait(30)
         log.close()
+
+
+def test_allowed_folders_setting(tmp_path):
+    toml = tmp_path / "seekframe.toml"
+    toml.write_text('[seekframe]\nallowed_folders = ["/srv/docs", "/mnt/share"]\n')
+    assert load_settings(env={}, toml_path=toml).allowed_folders == (Path("/srv/docs"), Path("/mnt/share"))
+    settings = load_settings(env={"KB_ALLOWED_FOLDERS": "/srv/docs:/mnt/share"}, toml_path=tmp_path / "none.toml")
+    assert settings.allowed_folders == (Path("/srv/docs"), Path("/mnt/share"))
+    assert settings.masked()["allowed_folders"] == "/srv/docs:/mnt/share"  # as `python -m kb config` prints it
+    assert load_settings(env={}, toml_path=tmp_path / "none.toml").allowed_folders == ()
+    with pytest.raises(ConfigError, match="KB_ALLOWED_FOLDERS"):
+        load_settings(env={"KB_ALLOWED_FOLDERS": "docs"}, toml_path=tmp_path / "none.toml")
