@@ -28,8 +28,8 @@ from kb.types import Progress, Request
 log = logging.getLogger(__name__)
 
 QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-FINAL = (DONE, FAILED, CANCELLED)
+DONE, FAILED, CANCELLED, SKIPPED = "done", "failed", "cancelled", "skipped"
+FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
 # Statuses of a pipeline FileResult that mean the file is in the knowledge base now.
 STORED = ("added", "updated", "copied", "renamed", "skipped", "partial")
@@ -375,6 +375,14 @@ class JobQueue:
         for item in job.files:
             self._apply(item, results.get(item.rel))
         job.state = FAILED if all(f.state == FAILED for f in job.files) else DONE
+        # What the walk left out (hidden, links not followed, other types) gets a row too: the user sees why.
+        planned = {item.rel for item in job.files}
+        for result in report.results:
+            if result.path not in planned:
+                item = FileStatus(path="", rel=getattr(result, "shown", result.path), state=SKIPPED)
+                self._apply(item, result)
+                item.state = FAILED if result.status == "failed" else SKIPPED
+                job.files.append(item)
         job.finished = time.time()
 
     @staticmethod

@@ -132,9 +132,13 @@ def test_server_paths_outside_the_allowed_folders_are_refused(app_env, server, m
     at.text_input(key="folder_path").set_value(str(server["allowed"])).run()
     at.button(key="ingest_folder").click().run()
     wait_for_jobs(at)
+    from pages import resources
+
     stored = {r.rel: r.path for r in sources(app_env)}
     assert "notes/otter.md" in stored
     assert not any("password" in rel or "key" in rel for rel in stored), stored
+    rows = {f.rel: f for f in resources.jobs().jobs()[0].files}
+    assert "outside" in rows["notes/password.txt"].reason, "the link has its own line saying why it was not read"
     assert at.text_input(key="folder_path")  # still offered, with the roots named
     assert any(str(server["allowed"]) in c.value.replace("\\", "") for c in at.caption)
 
