@@ -226,3 +226,23 @@ def test_many_distinct_frames_are_sampled_over_the_whole_animation_and_the_limit
     assert "30 distinct" in result.notes[0] and "KB_IMAGE_MAX_FRAMES=5" in result.notes[0]
     last = next(u for u in result.units if u.task == "ocr" and u.page == 30)
     assert "SLIDE 29" in engine.generate([Request(task="ocr", prompt="", images=[last.load_image()])])[0]
+
+
+# -- videos too small or too plain to hold text --------------------------------------------------------------------
+@pytest.mark.parametrize(("size", "count"), [((33, 17), 10), ((64, 48), 1), ((3, 3), 5)],
+                         ids=["33x17", "one-frame", "3x3"])
+def test_tiny_and_textless_videos_give_units_the_pipeline_can_judge(engine, tmp_path, size, count):
+    """No crash and at least one window the engine reads (to empty text: the pipeline then says "no text")."""
+    import cv2
+
+    from ingest.video import read_video
+
+    path = tmp_path / "tiny.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, size)
+    for _ in range(count):
+        writer.write(np.full((size[1], size[0], 3), 90, np.uint8))
+    writer.release()
+    result = read_video(path, Source("tiny.mp4", str(path), "1" * 64), settings(home=tmp_path / "kb"))
+    assert result.units and not result.errors
+    texts = engine.generate([Request(task="video", prompt="", video=u.video()) for u in result.units])
+    assert texts == [""] * len(result.units)
