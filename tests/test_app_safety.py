@@ -297,3 +297,11 @@ def test_allowed_folders_setting(tmp_path):
     assert load_settings(env={}, toml_path=tmp_path / "none.toml").allowed_folders == ()
     with pytest.raises(ConfigError, match="KB_ALLOWED_FOLDERS"):
         load_settings(env={"KB_ALLOWED_FOLDERS": "docs"}, toml_path=tmp_path / "none.toml")
+
+
+def test_only_real_citation_markers_are_kept():
+    from kb.answer import keep_real_citations
+
+    text = "Pilots board at dawn [1][9]. Tugs wait [2, 7] and [12] of them [3]."
+    assert keep_real_citations(text, 2) == "Pilots board at dawn [1]. Tugs wait [2] and of them."
+    assert keep_real_citations("see [1] and [2]", 0) == "see and"
