@@ -28,6 +28,7 @@ import kb.engines.transformers_qwen as tq
 from bench.report import machine, markdown_table, write_section
 from kb import prompts
 from kb.config import load_settings
+from kb.engines import UNITS_PER_ROW
 from kb.types import Request, VideoClip
 
 # Output tokens of a real page: 5 % quantiles (0 %, 5 %, ..., 100 %) of the text layers of the 1116 pages with
@@ -78,10 +79,15 @@ def build_random_4b(out: Path) -> None:
     torch.cuda.empty_cache()
 
 
+# Page sizes at 150 dpi, cycled: A4, US letter, a 16:9 slide, a landscape half page. Different sizes give different
+# visual token counts, so prompts in a batch differ in length, as in a real ingest.
+PAGE_SIZES = [(1240, 1754), (1275, 1650), (1500, 844), (1240, 877)]
+
+
 def scanned_page(n: int) -> Image.Image:
-    page = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi
+    page = Image.new("RGB", PAGE_SIZES[n % len(PAGE_SIZES)], "white")
     draw = ImageDraw.Draw(page)
-    for line in range(60):
+    for line in range((page.height - 180) // 26):
         draw.text((90, 90 + line * 26), f"Page {n} line {line}: invoice INV-{n:04d}-{line:02d} total {line * 7.5:.2f}",
                   fill="black")
     return page
@@ -179,6 +185,7 @@ def stream_answers(engine: tq.TransformersEngine, concurrent: int, tokens: int) 
         for _ in engine.stream(request):
             first = first or time.perf_counter()
         end = time.perf_counter()
+        first = first or end  # nothing printable came out: count the whole answer as waiting
         results.append((first - started, (tokens - 1) / max(end - first, 1e-9)))
 
     threads = [threading.Thread(target=one, args=(k,)) for k in range(concurrent)]
@@ -233,7 +240,8 @@ def main() -> None:
         stats = {}
         for slots in rows_list:
             engine.settings = engine.settings.replace(batch_size=slots)
-            requests = pages(page_lengths(max(args.pages, 2 * slots), args.length_scale))
+            # As ingest calls it: four times as many pages as rows per engine call.
+            requests = pages(page_lengths(max(args.pages, UNITS_PER_ROW * slots), args.length_scale))
 
             def refill(requests=requests, slots=slots) -> tuple[int, int]:
                 engine.generate_ids(requests)
@@ -243,7 +251,10 @@ def main() -> None:
             rows.append(measure(f"real lengths, continuous batching, {slots} rows", refill, busy, len(requests)))
             print(stats[slots], flush=True)
         streams = []
-        if args.stream_tokens:
+        if args.stream_tokens:  # printable tokens only, so the stream yields text as a real answer does
+            vocab = engine._net.config.text_config.vocab_size
+            keep = {engine.tokenizer.convert_tokens_to_ids(chr(c)) for c in range(0x21, 0x7F)}
+            engine._net.generation_config.suppress_tokens = [t for t in range(vocab) if t not in keep]
             for concurrent in (1, 4):
                 started = time.perf_counter()
                 got = stream_answers(engine, concurrent, args.stream_tokens)
@@ -273,8 +284,9 @@ def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int]
                         f"waited for the processor {s.wait_s:.1f} s" for k, s in stats.items())
     body = (f"`python -m bench.engine_gpu --pages {args.pages} --rows {args.rows} --length-scale {args.length_scale}`"
             f": Qwen3-VL-4B architecture, random bf16 weights (built in {build_s:.0f} s, loaded in {load_s:.0f} s), "
-            f"dynamic KV cache, scanned A4 pages at 150 dpi (up to {engine.settings.image_max_pixels // 1024} visual "
-            f"tokens). Output lengths drawn from real pages (bench/engine_gpu.py: PAGE_TOKEN_QUANTILES) at "
+            f"dynamic KV cache, scanned pages at 150 dpi (A4, letter, slide and half-page sizes; up to "
+            f"{engine.settings.image_max_pixels // 1024} visual tokens). Output lengths drawn from real pages "
+            f"(bench/engine_gpu.py: PAGE_TOKEN_QUANTILES) at "
             f"{args.length_scale} x scale: p10 {q[0]}, median {q[1]}, p90 {q[2]}, max {q[3]} tokens. Useful tok/s "
             f"counts kept tokens only; padding share = computed row-steps that produced nothing kept (finished rows "
             f"waiting in the batch); GPU busy = NVML utilization (share of time a kernel ran). {refills}.\n\n{table}")
