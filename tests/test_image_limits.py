@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import ingest.image as image_reader
 from data.make_samples import font
 from ingest.image import read_image
 from ingest.pipeline import Ingestor
+from ingest.png_strips import decode_reduced
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from kb.errors import InputError
-from kb.imaging import OCR_MAX_SIDE, keep_size
+from kb.imaging import OCR_MAX_SIDE, keep_size, shrink, to_rgb
 from kb.search import search
 from kb.types import Request, Source
 
@@ -120,6 +122,25 @@ def test_pictures_are_kept_at_engine_size_so_a_batch_holds_small_images(tmp_path
         assert max(image.size) == OCR_MAX_SIDE
     small = save(Image.new("RGB", (300, 200), "white"), tmp_path / "small.png")
     assert read(small).units[0].load_image().size == (300, 200)  # never enlarged
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_a_big_png_decoded_strip_by_strip_matches_a_whole_decode_and_is_read(engine, tmp_path, monkeypatch, mode):
+    """9000 x 6000: decoded in strips and reduced on the way (never 54 Mpx at once), same picture as Pillow's."""
+    page = Image.new("RGB", (9000, 6000), (250, 248, 240))
+    ImageDraw.Draw(page).text((600, 2500), "OSPREY", font=font(700, "bold"), fill=(20, 30, 120))
+    picture = page.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if mode == "P" else page.convert(mode)
+    path = save(picture, tmp_path / "poster.png", compress_level=1)
+    size = keep_size(9000, 6000, settings().image_max_pixels)
+    factors = []
+    monkeypatch.setattr(image_reader, "decode_reduced",
+                        lambda path, header, factor: factors.append(factor) or decode_reduced(path, header, factor))
+    strips = read(path).units[0].load_image()
+    assert factors == [2]
+    whole = to_rgb(shrink(Image.open(path), size))
+    assert strips.size == whole.size == size
+    assert np.abs(np.asarray(strips, dtype=int) - np.asarray(whole, dtype=int)).mean() < 1.0
+    assert "OSPREY" in engine.generate([Request(task="ocr", prompt="", images=[strips])])[0]
 
 
 def test_exif_orientation_is_applied(tmp_path):
