@@ -5,7 +5,7 @@ import streamlit as st
 
 from ingest.read import supported_extensions
 from kb.errors import InputError, SeekframeError
-from kb.jobs import FAILED, Job
+from kb.jobs import FAILED, Job, uploads_folder
 from pages import resources
 from pages.helpers import md_code, md_escape, save_upload
 
@@ -18,7 +18,7 @@ limit_mb = st.get_option("server.maxUploadSize")
 st.markdown(
     f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by this app "
     "process: you can leave this page and come back. Each upload is saved under "
-    f"{md_code(str(settings.home / 'uploads'))}, in a folder named after its content, so files with the "
+    f"{md_code(str(uploads_folder(settings)))}, in a folder named after its content, so files with the "
     "same name never replace each other.")
 st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
@@ -31,12 +31,15 @@ with upload_tab:
         saved, problems = [], []
         for upload in files or []:
             try:
-                saved.append(save_upload(upload.name, upload.getvalue(), settings.home / "uploads", extensions))
+                saved.append(save_upload(upload.name, upload.getvalue(), uploads_folder(settings), extensions))
             except InputError as err:
                 problems.append(str(err))
         st.session_state["upload_problems"] = problems
         if saved:
-            queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+            try:
+                queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+            except SeekframeError as err:
+                problems.append(str(err))
     for problem in st.session_state.get("upload_problems", []):
         st.error(md_escape(problem))
 

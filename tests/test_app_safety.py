@@ -171,7 +171,10 @@ def test_each_file_is_checked_again_when_the_job_runs(tmp_path, server, embedder
 
 
 # uploads --------------------------------------------------------------------------------------------------
-def test_same_named_uploads_both_stay_searchable(app_env):
+def test_same_named_uploads_both_stay_searchable(app_env, monkeypatch):
+    monkeypatch.chdir(app_env.parent)
+    monkeypatch.setenv("KB_HOME", app_env.name)  # relative, as the default `data/kb` is
+    clear_caches()
     at = run_page("pages/add.py")
     first = b"# Report\n\nThe walrus choir rehearses on Tuesdays in the boathouse.\n"
     second = b"# Report\n\nThe flamingo budget was approved by the lagoon council.\n"
