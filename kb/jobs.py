@@ -265,7 +265,12 @@ class JobQueue:
 
         This is the boundary for paths a visitor typed: raises InputError naming the path and the setting.
         """
-        roots = self.roots
+        roots, settings = self.roots, self.store.settings
+        if not settings.allowed_folders:  # uploads only: say that server folders are off, not just "outside"
+            for path in paths:
+                if _under(Path(os.path.normpath(path)), [uploads_folder(settings)]) is None:
+                    raise InputError(str(path), "reading folders on the server is off in this app "
+                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
         return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots)
 
     def reindex(self, path: str) -> Job:

@@ -107,7 +107,7 @@ def test_server_folder_option_is_off_without_allowed_folders(app_env, server):
     # The library refuses it too (the page is not the only way in).
     from pages import resources
 
-    with pytest.raises(InputError, match="KB_ALLOWED_FOLDERS") as err:
+    with pytest.raises(InputError, match="off in this app .KB_ALLOWED_FOLDERS is not set") as err:
         resources.jobs().submit([server["secret"] / "password.txt"])
     assert str(server["secret"] / "password.txt") in str(err.value)
 
