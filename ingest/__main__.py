@@ -24,6 +24,7 @@ class ProgressBars:
         self.files: tqdm | None = None
         self.pages: tqdm | None = None
         self.video: tqdm | None = None
+        self.speech: tqdm | None = None
 
     def __call__(self, event: Progress) -> None:
         if event.stage in ("read", "plan"):
@@ -36,6 +37,14 @@ class ProgressBars:
             if self.pages is None:
                 self.pages = tqdm(desc=f"pages ({event.detail})", unit="page", file=sys.stderr, leave=False)
             self.pages.update(event.done - self.pages.n)
+        elif event.stage == "speech":  # seconds of sound transcribed in the current file, with tqdm's ETA
+            if self.speech is None or self.speech.desc != f"speech {display(event.detail)[-30:]}":
+                if self.speech is not None:
+                    self.speech.close()
+                self.speech = tqdm(desc=f"speech {display(event.detail)[-30:]}", unit="s", file=sys.stderr,
+                                   leave=False)
+            self.speech.total = event.total
+            self.speech.update(event.done - self.speech.n)
         elif event.stage == "video":  # minutes of video read by the engine, with tqdm's ETA
             if self.video is None:
                 self.video = tqdm(desc="video", unit="s", file=sys.stderr, leave=False)
@@ -43,10 +52,10 @@ class ProgressBars:
             self.video.update(event.done - self.video.n)
 
     def close(self) -> None:
-        for bar in (self.files, self.pages, self.video):
+        for bar in (self.files, self.pages, self.video, self.speech):
             if bar is not None:
                 bar.close()
-        self.files = self.pages = self.video = None
+        self.files = self.pages = self.video = self.speech = None
 
 
 STATUSES = ("added", "updated", "renamed", "copied", "skipped", "partial", "empty", "failed", "pruned",
@@ -102,6 +111,8 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="read unchanged files again (after changing the engine)")
     parser.add_argument("--json", action="store_true", help="print every file's outcome as JSON on stdout "
                         "(the summary goes to stderr)")
+    parser.add_argument("--ocr-first", action="store_true", help="text only: no captions of figures and photos "
+                        "(faster; KB_OCR_FIRST)")
     add_settings_flags(parser)
     args = parser.parse_args()
     setup_logging(args.verbose)
@@ -110,6 +121,8 @@ def main() -> int:
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")  # exits with 2
     settings = settings_from_args(args)
+    if args.ocr_first:
+        settings = settings.replace(ocr_first=True)
     print(resolve_engine_name(settings)[1], file=sys.stderr)
     store = open_store(settings)
     if store.embedder.fallback_reason:

@@ -28,6 +28,7 @@ from kb.types import Progress, Request
 log = logging.getLogger(__name__)
 
 QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
+SPEECH = "transcribing"
 DONE, FAILED, CANCELLED, SKIPPED = "done", "failed", "cancelled", "skipped"
 FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
@@ -72,6 +73,7 @@ class Job:
     # is refused); None for a re-index, whose path comes from the manifest rather than from a visitor.
     roots: tuple[Path, ...] | None = None
     force: bool = False  # re-index: ingest again even when the file is unchanged
+    ocr_first: bool = False  # the visitor's choice: text only, no captions (faster)
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -174,6 +176,8 @@ class _Tracker:
         item = self.by_rel.get(event.detail)
         if event.stage == "read" and item:
             item.state = READING
+        elif event.stage == "speech" and item:
+            item.state = SPEECH
         elif event.stage == "store" and item:
             item.state = EMBEDDING  # the store event comes just before the chunks are embedded and written
         elif event.stage == "model":
@@ -189,7 +193,7 @@ class _Tracker:
         tasks = {r.task for r in requests}
         state = next((TASK_STATE[t] for t in ("ocr", "video", "caption") if t in tasks), OCR)
         for item in self.job.files:
-            if item.state in (READING, OCR, CAPTIONING, VIDEO):
+            if item.state in (READING, SPEECH, OCR, CAPTIONING, VIDEO):
                 item.state = state
 
 
@@ -260,7 +264,7 @@ class JobQueue:
         """What the app may read: the allowed server folders (KB_ALLOWED_FOLDERS) and its own uploads."""
         return (*self.store.settings.allowed_folders, uploads_folder(self.store.settings))
 
-    def submit(self, paths: Sequence[Path | str], label: str = "") -> Job:
+    def submit(self, paths: Sequence[Path | str], label: str = "", ocr_first: bool = False) -> Job:
         """Queue the supported files under `paths`, each under one of `roots` (an upload or an allowed folder).
 
         This is the boundary for paths a visitor typed: raises InputError naming the path and the setting.
@@ -271,7 +275,8 @@ class JobQueue:
                 if _under(Path(os.path.normpath(path)), [uploads_folder(settings)]) is None:
                     raise InputError(str(path), "reading folders on the server is off in this app "
                                      "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
-        return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots)
+        return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots,
+                             ocr_first=ocr_first)
 
     def reindex(self, path: str) -> Job:
         """Ingest one source again, even if unchanged (a new engine or model, a fixed reader)."""
@@ -282,10 +287,11 @@ class JobQueue:
                            "put the file back at that path, or delete the source from the library")
         return self._enqueue([Path(path)], f"re-index {Path(path).name}", force=True, roots=None)
 
-    def _enqueue(self, paths: list[Path], label: str, force: bool, roots: tuple[Path, ...] | None) -> Job:
+    def _enqueue(self, paths: list[Path], label: str, force: bool, roots: tuple[Path, ...] | None,
+                 ocr_first: bool = False) -> Job:
         files = plan_files(paths)
         job = Job(id=next(self._ids), label=label or ", ".join(p.name for p in paths), files=files, paths=paths,
-                  force=force, roots=roots)
+                  force=force, roots=roots, ocr_first=ocr_first)
         if not files:
             job.state, job.error, job.finished = DONE, "no supported files found", time.time()
         with self._lock:
@@ -369,6 +375,8 @@ class JobQueue:
         job.state, job.started = "running", time.time()
         tracker = _Tracker(job)
         ingestor = _TrackedIngestor(self.store, self._engine_factory, tracker, job.roots)
+        if job.ocr_first:
+            ingestor.settings = self.store.settings.replace(ocr_first=True)
         try:
             # The old version stays searchable until the new one replaces it (or stays, if the read fails).
             report = ingestor.run(job.paths, force=job.force)

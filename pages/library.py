@@ -90,10 +90,11 @@ if st.session_state.get("library_confirm_delete") == record.path:
                   args=("library_confirm_delete", None))
 
 chunks, _ = store.chunks_of(record.path)
-if record.kind == "video":
+if record.kind in ("video", "audio"):
     timeline = segments(chunks)
     start = st.session_state.get(f"play_from:{record.path}", 0.0)
-    widgets.video_player(record.path, start)
+    player = widgets.video_player if record.kind == "video" else widgets.audio_player
+    player(record.path, start)
     st.caption(f"{len(timeline)} segments; ▶ plays from the start of a segment.")
     for n, chunk in enumerate(timeline[:SEGMENTS_PER_VIEW]):
         frame, words, action = st.columns([1, 3, 1])
