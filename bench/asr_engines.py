@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -93,8 +92,10 @@ def run_one(engine: str, folder: str, tokens: int, repeat: int) -> dict:
         t = time.perf_counter()
         window()
         times.append(time.perf_counter() - t)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec.
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
     return {"engine": engine, "load_s": load, "window_s": statistics.median(times),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": int(hwm.split()[1]) / 1024}
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:

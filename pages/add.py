@@ -24,6 +24,12 @@ st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the ap
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
            "`[server]` in `.streamlit/config.toml`. For very large files, give a folder on the server instead.")
 
+# Kept in this visitor's session (st.session_state): each user chooses for their own uploads.
+ocr_first = st.checkbox("OCR-first: text only, no captions of figures and photos (faster)", key="ocr_first",
+                        value=settings.ocr_first,
+                        help="Pages, photos and video frames are still read for their text; what a figure or photo "
+                             "shows is not described. Re-index a source later to add its captions.")
+
 upload_tab, folder_tab = st.tabs(["Upload files", "Folder on the server"])
 with upload_tab:
     files = st.file_uploader("Files to add", accept_multiple_files=True, key="uploads")
@@ -37,7 +43,8 @@ with upload_tab:
         st.session_state["upload_problems"] = problems
         if saved:
             try:
-                queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+                queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""),
+                             ocr_first=ocr_first)
             except SeekframeError as err:
                 problems.append(str(err))
     for problem in st.session_state.get("upload_problems", []):
@@ -57,7 +64,7 @@ with folder_tab:
                                placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")
         if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
             try:
-                queue.submit([folder.strip()])
+                queue.submit([folder.strip()], ocr_first=ocr_first)
             except SeekframeError as err:
                 resources.show_error(err)
 

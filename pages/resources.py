@@ -6,6 +6,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import streamlit as st
 
+from kb.answer_cache import AnswerCache
 from kb.config import Settings, load_settings
 from kb.engines import Engine, load_engine, resolve_engine_name
 from kb.errors import SeekframeError
@@ -24,6 +25,11 @@ def store() -> Store:
     # The app process owns the embedded store for its lifetime (see kb.store.OwnerLock); the ingest
     # jobs write through this same object.
     return open_store(settings())
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda cache: cache.close())
+def answer_cache() -> AnswerCache:
+    return AnswerCache.of(settings())
 
 
 @st.cache_resource(show_spinner=False)

@@ -44,6 +44,15 @@ d.metric("Uploads", human_bytes(dir_size(settings.home / "uploads")))
 st.text(f"Home: {settings.home.resolve()}" + (f" · Chroma server {settings.chroma_url}" if settings.chroma_url
                                                 else " · embedded Chroma store, owned by this app process"))
 
+st.subheader("Answer cache")
+cache = resources.answer_cache().stats()
+a, b, c = st.columns(3)
+a.metric("Hit rate", f"{100 * cache.hit_rate:.0f} %", help="questions answered from the cache, of all asked")
+b.metric("Served / asked", f"{cache.hits} / {cache.hits + cache.misses}")
+c.metric("Stored answers", f"{cache.entries} / {settings.answer_cache_size}")
+st.caption("An identical question with the same filters and generation settings, on unchanged sources, is "
+           "answered at once; any ingest, delete or re-index of a source in its scope makes it answer anew.")
+
 st.subheader("Last ingests")
 rows = resources.jobs().throughput()
 if rows:
