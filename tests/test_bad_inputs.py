@@ -32,7 +32,9 @@ from kb.paths import display, from_stored, to_stored
 ROOT = Path(__file__).resolve().parent.parent
 NON_UTF8 = os.fsdecode(b"caf\xe9 menu.md")  # a Latin-1 name: byte 0xE9 is not UTF-8 on its own
 LONG_NAME = "a-very-long-file-name-" + "x" * 200 + ".md"
+# Limits lowered for the run so a small file meets them (a real 16000 x 16000 PNG takes long to write).
 TEXT_MAX_BYTES = 1_000_000
+DECODE_MAX_PIXELS = 1_000_000
 
 
 @dataclass
@@ -167,7 +169,9 @@ def make_corpus(folder: Path, outside: Path) -> dict[str, Expect]:
         Expect("added", ("a PNG image, not a video", "read as an image"), find="QUOKKA"))
     jpeg = image_bytes(text_image("JAGUAR", (720, 360)), "JPEG", quality=95)
     put("img/truncated.jpg", jpeg[: len(jpeg) // 3], Expect("failed", ("truncated", "fix:")))
-    put("img/huge-header.png", png_claiming(16000, 16000), Expect("failed", ("fix:",)))
+    put("img/huge-header.png", png_claiming(16000, 16000), Expect("failed", ("16000", "fix:")))
+    put("img/poster.png", image_bytes(text_image("CONDOR", (1400, 900)), "PNG"),
+        Expect("failed", ("1400 x 900", "above the decode limit", "KB_IMAGE_DECODE_MAX_PIXELS=")))
     put("img/gray16.png", gray16_png("PELICAN"), Expect("added", find="PELICAN"))
     palette = text_image("MARMOT", ink=(20, 40, 160)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     put("img/palette.png", image_bytes(palette, "PNG"), Expect("added", find="MARMOT"))
@@ -196,7 +200,7 @@ def make_corpus(folder: Path, outside: Path) -> dict[str, Expect]:
     put("text/latin1.txt", "Caf\xe9 cr\xe8me: the MOOSE menu.\n".encode("latin-1"),
         Expect("added", ("not UTF-8", "Latin-1"), find="MOOSE"))
     put("text/utf16.txt", "The OTTER pages, saved by Notepad.\r\n".encode("utf-16"), Expect("added", find="OTTER"))
-    # 5 MB on one line: chunked in linear time; refused here by a lowered KB_TEXT_MAX_BYTES (see `run`), as
+    # 5 MB on one line: chunked in linear time; refused here by a lowered KB_TEXT_MAX_BYTES (see TEXT_MAX_BYTES), as
     # embedding its ~4 300 chunks on a shared 2-core CPU would take minutes; the message names the setting.
     put("text/one-line.md", "lorem ipsum dolor sit amet " * 190_000, Expect("failed", ("KB_TEXT_MAX_BYTES",)))
     put("text/page.md", "<html><body><p>The IGUANA page, kept as Markdown.</p></body></html>\n",
@@ -260,7 +264,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     outside.mkdir()
     expect = make_corpus(folder, outside)
     env = {**os.environ, "KB_HOME": str(home), "KB_ENGINE": "ocr", "KB_EMBED_MODEL": BUNDLED_EMBED_MODEL,
-           "HF_HUB_OFFLINE": "1", "KB_TEXT_MAX_BYTES": str(TEXT_MAX_BYTES)}
+           "HF_HUB_OFFLINE": "1", "KB_TEXT_MAX_BYTES": str(TEXT_MAX_BYTES),
+           "KB_IMAGE_DECODE_MAX_PIXELS": str(DECODE_MAX_PIXELS)}
     done = subprocess.run([sys.executable, "-m", "ingest", "--json", str(folder)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.stdout.strip(), done.stderr
