@@ -385,3 +385,14 @@ def test_sniff_names_what_a_file_really_is(head: bytes, kind: str, name: str):
     found = sniff_bytes(head)
     assert (found.kind, name.lower() in found.name.lower()) == (kind, True), found
     assert found.kind in ("pdf", "image", "video", "text") or found.fix, "a kind Seekframe cannot read says how"
+
+
+def test_every_byte_that_is_not_utf8_round_trips_through_the_stored_form():
+    from kb.paths import storable
+
+    raw = bytes(range(0x80, 0x100)) + b" ok \xc3\xa9"  # each lone high byte, then a real UTF-8 "é"
+    name = os.fsdecode(raw)
+    stored = to_stored(name)
+    assert stored.encode("utf-8") and os.fsencode(from_stored(stored)) == raw
+    assert display(name) == display(stored) == "\ufffd" * 128 + " ok é"
+    assert to_stored("plain é.pdf") == "plain é.pdf" and storable("plain é.pdf") and not storable(stored)
