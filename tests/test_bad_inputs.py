@@ -396,3 +396,28 @@ def test_every_byte_that_is_not_utf8_round_trips_through_the_stored_form():
     assert stored.encode("utf-8") and os.fsencode(from_stored(stored)) == raw
     assert display(name) == display(stored) == "\ufffd" * 128 + " ok é"
     assert to_stored("plain é.pdf") == "plain é.pdf" and storable("plain é.pdf") and not storable(stored)
+
+
+@pytest.mark.parametrize("claimed, head, suffix, read_as, words", [
+    (None, b"\x47" + bytes(187) + b"\x47" + bytes(187) + b"\x47" + bytes(200), ".ts", "video", "read as a video"),
+    (None, b"just some notes\n", ".csv", None, "unsupported file type .csv"),
+    (None, b"ID3\x03\x00\x00" + bytes(64), ".mp3", None, "an MP3 audio file"),
+    ("text", b"<html><body>notes</body></html>", ".md", "text", ""),
+    ("video", b"\x89PNG\r\n\x1a\n" + bytes(32), ".mp4", "image", "a PNG image, not a video"),
+    ("image", b"%PDF-1.7\n", ".jpg", "pdf", "a PDF, not an image"),
+    ("pdf", b"\x00\x01\x02junk", ".pdf", "pdf", ""),  # unknown content: the PDF reader says what is wrong
+    ("pdf", b"Error 404: not found", ".pdf", None, "plain-text file, not a PDF"),
+    ("pdf", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(32), ".pdf", None, "old Microsoft Office file"),
+])
+def test_the_content_chooses_the_reader(claimed, head, suffix, read_as, words):
+    from ingest.read import choose_reader
+    from ingest.sniff import sniff_bytes
+    from kb.errors import InputError
+
+    if read_as is None:
+        with pytest.raises(InputError) as refused:
+            choose_reader(claimed, sniff_bytes(head), f"x{suffix}", suffix)
+        assert words in str(refused.value) and refused.value.fix
+    else:
+        kind, note = choose_reader(claimed, sniff_bytes(head), f"x{suffix}", suffix)
+        assert kind == read_as and words in note and (note == "") == (words == "")
