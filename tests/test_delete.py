@@ -69,6 +69,7 @@ def test_names_are_exact_no_wildcards_no_case_folding(library):
     assert find("%") == [] and find("_xb.pdf") == [] and find("sub/%") == [] and find("%.pdf") == []
     assert find("INNER.PDF") == [] and find("Inner.pdf") == []
     assert [r.rel for r in find("sub/report.pdf")] == ["sub/report.pdf"]  # relative to the ingest root
+    assert [r.rel for r in find("./sub/report.pdf")] == ["sub/report.pdf"]
     assert [r.rel for r in find(str(root / "sub/deeper/report.pdf"))] == ["sub/deeper/report.pdf"]
     assert find("deeper/report.pdf") == []  # a path suffix is not a name
     assert {r.rel for r in find("report.pdf")} == {"sub/report.pdf", "sub/deeper/report.pdf"}  # ambiguous
