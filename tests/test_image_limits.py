@@ -124,12 +124,13 @@ def test_pictures_are_kept_at_engine_size_so_a_batch_holds_small_images(tmp_path
     assert read(small).units[0].load_image().size == (300, 200)  # never enlarged
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "P", "1"])
 def test_a_big_png_decoded_strip_by_strip_matches_a_whole_decode_and_is_read(engine, tmp_path, monkeypatch, mode):
     """9000 x 6000: decoded in strips and reduced on the way (never 54 Mpx at once), same picture as Pillow's."""
     page = Image.new("RGB", (9000, 6000), (250, 248, 240))
     ImageDraw.Draw(page).text((600, 2500), "OSPREY", font=font(700, "bold"), fill=(20, 30, 120))
-    picture = page.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if mode == "P" else page.convert(mode)
+    picture = (page.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if mode == "P"
+               else page.convert(mode, dither=Image.Dither.NONE))
     path = save(picture, tmp_path / "poster.png", compress_level=1)
     size = keep_size(9000, 6000, settings().image_max_pixels)
     factors = []
