@@ -205,13 +205,26 @@ class Store:
         return self._clean(self.manifest.cleanups_of(path) or Cleanup(path, "", [], _owner(), 0.0))
 
     def unfinished_deletes(self, name: str) -> list[Cleanup]:
-        """Interrupted deletes of sources `name` names: still journalled, or finished when this store opened."""
+        """Interrupted deletes of sources `name` names: still journalled, finished when this store opened, or
+        chunks without a manifest row left by a version before the journal."""
         query = NameQuery.of(name)
-        candidates = self.manifest.cleanups() + self.recovered
-        return [c for c in candidates if query.matches(c.path, c.rel) and self.manifest.get(c.path) is None]
+        journal = self.manifest.cleanups()
+        busy = {c.path for c in journal if not self._abandoned(c)}  # a live process is writing or deleting it
+        candidates = journal + self.recovered + self._orphans(query)
+        found = {c.path: c for c in candidates
+                 if c.path not in busy and query.matches(c.path, c.rel) and self.manifest.get(c.path) is None}
+        return list(found.values())
+
+    def _orphans(self, query: NameQuery) -> list[Cleanup]:
+        where = {"$or": [{"source_abs": {"$in": list(query.paths)}}, {"source": query.name}]}
+        metas = self._collection.get(where=where, include=["metadatas"])["metadatas"]
+        named = {(m.get("source_abs", ""), m.get("source", "")) for m in metas} | set(self.lexical.orphans())
+        return [Cleanup(path, rel, [], _owner(), 0.0) for path, rel in sorted(named)]
 
     def finish_delete(self, cleanup: Cleanup) -> int:
-        return self._clean(cleanup)
+        """Finish an interrupted delete; returns the chunks it removed (this open's recovery included)."""
+        cleanup.removed += self._clean(cleanup)
+        return cleanup.removed
 
     def _clean(self, cleanup: Cleanup | None) -> int:
         """Remove every chunk of `cleanup.path` that is not its manifest version, then its journal entry."""
@@ -244,7 +257,7 @@ class Store:
             if not self._abandoned(cleanup):
                 continue
             try:
-                removed = self._clean(cleanup)
+                removed = cleanup.removed = self._clean(cleanup)
             except Exception:
                 log.exception("could not finish the interrupted cleanup of %s; it stays journalled", cleanup.rel)
                 continue
