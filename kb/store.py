@@ -162,7 +162,7 @@ class Store:
         if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
                 sorted(c.position for c in chunks) != list(range(len(chunks))):
             # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
-            raise ValueError(f"chunks of {record.path} must carry its path and hash, at positions 0..n-1")
+            raise ValueError(f"chunks of {display(record.path)} must carry its path and hash, at positions 0..n-1")
         if embeddings is None:
             embeddings = self.embedder.embed_documents([c.text for c in chunks])
         old = self.manifest.get(record.path)
@@ -273,9 +273,9 @@ class Store:
             return False  # in flight in this process (another Store of the app, another thread)
         if self._lock:
             return True  # embedded: the lock says no other process has this store open
-        host, pid, _ = cleanup.owner.rsplit(":", 2)
+        host, pid, _token = (cleanup.owner.rsplit(":", 2) + ["", ""])[:3]
         # A server shared by machines: only a dead process of this host is surely not still writing.
-        return host == socket.gethostname() and not _pid_alive(int(pid))
+        return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
     def _drop_media(self, sha256: str) -> None:
         """Key frames of a version no source has any more (a copy of the same file keeps them)."""
