@@ -6,8 +6,8 @@ unfiltered row (PNG row filters refer to the row above), goes through Pillow's o
 unfiltering stays in C), is reduced by a whole factor (box average: strips whose height is a multiple of the
 factor give exactly the picture a whole-image reduction would) and pasted into the reduced picture.
 
-Handles the common kind: 8 bits per channel, not interlaced (grey, RGB, grey+alpha, RGBA, palette). Others are
-decoded whole by Pillow, within the decode limit.
+Handles the common kinds, not interlaced: 8 bits per channel (grey, RGB, grey+alpha, RGBA), palettes of 1-8
+bits, 1-bit grey. Others are decoded whole by Pillow, within the decode limit.
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from PIL import Image
 from kb.imaging import resizable
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # PNG colour type -> Pillow mode (and raw mode)
+# (PNG colour type, bit depth) -> Pillow mode and raw mode: 8-bit grey/RGB/grey+alpha/RGBA, palettes of any
+# depth, and 1-bit grey (big bilevel scans and drawings).
+RAW = {(0, 8): ("L", "L"), (0, 1): ("1", "1"), (2, 8): ("RGB", "RGB"), (4, 8): ("LA", "LA"), (6, 8): ("RGBA", "RGBA"),
+       (3, 8): ("P", "P"), (3, 4): ("P", "P;4"), (3, 2): ("P", "P;2"), (3, 1): ("P", "P;1")}
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 STRIP_BYTES = 16 << 20  # inflated bytes per strip: the transient memory is a few times this
 MIN_PIXELS = 16_000_000  # below this a whole decode is small anyway (64 MB at 4 bytes per pixel)
@@ -34,17 +37,22 @@ class PngHeader:
     width: int
     height: int
     colour: int
+    depth: int
     palette: bytes = b""
     transparency: bytes = b""
     data_at: int = 0  # file offset of the first IDAT chunk
 
     @property
     def mode(self) -> str:
-        return MODES[self.colour]
+        return RAW[self.colour, self.depth][0]
+
+    @property
+    def rawmode(self) -> str:
+        return RAW[self.colour, self.depth][1]
 
     @property
     def row_bytes(self) -> int:
-        return 1 + self.width * CHANNELS[self.colour]  # a filter-type byte, then the pixels
+        return 1 + math.ceil(self.width * CHANNELS[self.colour] * self.depth / 8)  # a filter byte, then pixels
 
 
 def streamable(path: str | Path) -> PngHeader | None:
@@ -56,9 +64,9 @@ def streamable(path: str | Path) -> PngHeader | None:
         for kind, data, offset in _chunks(fh, payload={b"IHDR", b"PLTE", b"tRNS"}):
             if kind == b"IHDR":
                 width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[:13])
-                if depth != 8 or interlace or colour not in MODES or width * height < MIN_PIXELS:
+                if interlace or (colour, depth) not in RAW or width * height < MIN_PIXELS:
                     return None
-                header = PngHeader(width, height, colour)
+                header = PngHeader(width, height, colour, depth)
             elif header is None or kind == b"acTL":  # an animated PNG: its frames are read by Pillow
                 return None
             elif kind == b"PLTE":
@@ -88,7 +96,7 @@ def decode_reduced(path: str | Path, header: PngHeader, factor: int) -> Image.Im
             strip = _decode_rows(header, (b"\x00" + previous if previous else b"") + raw, rows + bool(previous))
             if previous:
                 strip = strip.crop((0, 1, header.width, strip.height))
-            previous = _raw_row(strip, strip.height - 1)
+            previous = _raw_row(strip, strip.height - 1, header.rawmode)
             reduced = resizable(_with_palette(strip, header)).reduce(factor)
             if out is None:
                 out = Image.new(reduced.mode, (math.ceil(header.width / factor), math.ceil(header.height / factor)))
@@ -99,11 +107,11 @@ def decode_reduced(path: str | Path, header: PngHeader, factor: int) -> Image.Im
 
 def _decode_rows(header: PngHeader, filtered: bytes, rows: int) -> Image.Image:
     """Pillow's PNG row decoder ("zip": inflate + unfilter) on rows wrapped in an uncompressed zlib stream."""
-    return Image.frombytes(header.mode, (header.width, rows), zlib.compress(filtered, 0), "zip", header.mode)
+    return Image.frombytes(header.mode, (header.width, rows), zlib.compress(filtered, 0), "zip", header.rawmode)
 
 
-def _raw_row(strip: Image.Image, y: int) -> bytes:
-    return strip.crop((0, y, strip.width, y + 1)).tobytes("raw", strip.mode)
+def _raw_row(strip: Image.Image, y: int, rawmode: str) -> bytes:
+    return strip.crop((0, y, strip.width, y + 1)).tobytes("raw", rawmode)
 
 
 def _with_palette(strip: Image.Image, header: PngHeader) -> Image.Image:

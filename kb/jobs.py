@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ingest.pipeline import FileResult, Ingestor, IngestReport, walk
+from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport, walk  # STORED: statuses now in the KB
 from kb.config import Settings
 from kb.engines import Engine
 from kb.errors import InputError, NotFound
@@ -32,8 +32,6 @@ SPEECH = "transcribing"
 DONE, FAILED, CANCELLED, SKIPPED = "done", "failed", "cancelled", "skipped"
 FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
-# Statuses of a pipeline FileResult that mean the file is in the knowledge base now.
-STORED = ("added", "updated", "copied", "renamed", "skipped", "partial")
 
 
 FOLDERS_FIX = ("to let the app read it, add its folder to KB_ALLOWED_FOLDERS (folders separated by ':'; or "

@@ -32,7 +32,9 @@ from kb.paths import display, from_stored, to_stored
 ROOT = Path(__file__).resolve().parent.parent
 NON_UTF8 = os.fsdecode(b"caf\xe9 menu.md")  # a Latin-1 name: byte 0xE9 is not UTF-8 on its own
 LONG_NAME = "a-very-long-file-name-" + "x" * 200 + ".md"
+# Limits lowered for the run so a small file meets them (a real 16000 x 16000 PNG takes long to write).
 TEXT_MAX_BYTES = 1_000_000
+DECODE_MAX_PIXELS = 1_000_000
 
 
 @dataclass
@@ -167,7 +169,9 @@ def make_corpus(folder: Path, outside: Path) -> dict[str, Expect]:
         Expect("added", ("a PNG image, not a video", "read as an image"), find="QUOKKA"))
     jpeg = image_bytes(text_image("JAGUAR", (720, 360)), "JPEG", quality=95)
     put("img/truncated.jpg", jpeg[: len(jpeg) // 3], Expect("failed", ("truncated", "fix:")))
-    put("img/huge-header.png", png_claiming(16000, 16000), Expect("failed", ("fix:",)))
+    put("img/huge-header.png", png_claiming(16000, 16000), Expect("failed", ("16000", "fix:")))
+    put("img/poster.png", image_bytes(text_image("CONDOR", (1400, 900)), "PNG"),
+        Expect("failed", ("1400 x 900", "above the decode limit", "KB_IMAGE_DECODE_MAX_PIXELS=")))
     put("img/gray16.png", gray16_png("PELICAN"), Expect("added", find="PELICAN"))
     palette = text_image("MARMOT", ink=(20, 40, 160)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     put("img/palette.png", image_bytes(palette, "PNG"), Expect("added", find="MARMOT"))
@@ -198,7 +202,7 @@ def make_corpus(folder: Path, outside: Path) -> dict[str, Expect]:
     put("text/latin1.txt", "Caf\xe9 cr\xe8me: the MOOSE menu.\n".encode("latin-1"),
         Expect("added", ("not UTF-8", "Latin-1"), find="MOOSE"))
     put("text/utf16.txt", "The OTTER pages, saved by Notepad.\r\n".encode("utf-16"), Expect("added", find="OTTER"))
-    # 5 MB on one line: chunked in linear time; refused here by a lowered KB_TEXT_MAX_BYTES (see `run`), as
+    # 5 MB on one line: chunked in linear time; refused here by a lowered KB_TEXT_MAX_BYTES (see TEXT_MAX_BYTES), as
     # embedding its ~4 300 chunks on a shared 2-core CPU would take minutes; the message names the setting.
     put("text/one-line.md", "lorem ipsum dolor sit amet " * 190_000, Expect("failed", ("KB_TEXT_MAX_BYTES",)))
     put("text/page.md", "<html><body><p>The IGUANA page, kept as Markdown.</p></body></html>\n",
@@ -263,7 +267,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     expect = make_corpus(folder, outside)
     env = {**os.environ, "KB_HOME": str(home), "KB_ENGINE": "ocr", "KB_EMBED_MODEL": BUNDLED_EMBED_MODEL,
            "HF_HUB_OFFLINE": "1", "KB_TEXT_MAX_BYTES": str(TEXT_MAX_BYTES),
-           "KB_ASR": "auto", "KB_ASR_MODEL": str(home.parent / "no-speech-model")}
+           "KB_ASR": "auto", "KB_ASR_MODEL": str(home.parent / "no-speech-model"),
+           "KB_IMAGE_DECODE_MAX_PIXELS": str(DECODE_MAX_PIXELS)}
     done = subprocess.run([sys.executable, "-m", "ingest", "--json", str(folder)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.stdout.strip(), done.stderr
@@ -383,3 +388,39 @@ def test_sniff_names_what_a_file_really_is(head: bytes, kind: str, name: str):
     found = sniff_bytes(head)
     assert (found.kind, name.lower() in found.name.lower()) == (kind, True), found
     assert found.kind in READABLE or found.fix, "a kind Seekframe cannot read says how"
+
+
+def test_every_byte_that_is_not_utf8_round_trips_through_the_stored_form():
+    from kb.paths import storable
+
+    raw = bytes(range(0x80, 0x100)) + b" ok \xc3\xa9"  # each lone high byte, then a real UTF-8 "é"
+    name = os.fsdecode(raw)
+    stored = to_stored(name)
+    assert stored.encode("utf-8") and os.fsencode(from_stored(stored)) == raw
+    assert display(name) == display(stored) == "\ufffd" * 128 + " ok é"
+    assert to_stored("plain é.pdf") == "plain é.pdf" and storable("plain é.pdf") and not storable(stored)
+
+
+@pytest.mark.parametrize("claimed, head, suffix, read_as, words", [
+    (None, b"\x47" + bytes(187) + b"\x47" + bytes(187) + b"\x47" + bytes(200), ".ts", "video", "read as a video"),
+    (None, b"just some notes\n", ".csv", None, "unsupported file type .csv"),
+    (None, b"ID3\x03\x00\x00" + bytes(64), ".mp3", "audio", "an MP3 audio file"),
+    ("text", b"<html><body>notes</body></html>", ".md", "text", ""),
+    ("video", b"\x89PNG\r\n\x1a\n" + bytes(32), ".mp4", "image", "a PNG image, not a video"),
+    ("image", b"%PDF-1.7\n", ".jpg", "pdf", "a PDF, not an image"),
+    ("pdf", b"\x00\x01\x02junk", ".pdf", "pdf", ""),  # unknown content: the PDF reader says what is wrong
+    ("pdf", b"Error 404: not found", ".pdf", None, "plain-text file, not a PDF"),
+    ("pdf", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(32), ".pdf", None, "old Microsoft Office file"),
+])
+def test_the_content_chooses_the_reader(claimed, head, suffix, read_as, words):
+    from ingest.read import choose_reader
+    from ingest.sniff import sniff_bytes
+    from kb.errors import InputError
+
+    if read_as is None:
+        with pytest.raises(InputError) as refused:
+            choose_reader(claimed, sniff_bytes(head), f"x{suffix}", suffix)
+        assert words in str(refused.value) and refused.value.fix
+    else:
+        kind, note = choose_reader(claimed, sniff_bytes(head), f"x{suffix}", suffix)
+        assert kind == read_as and words in note and (note == "") == (words == "")

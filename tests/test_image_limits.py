@@ -124,14 +124,15 @@ def test_pictures_are_kept_at_engine_size_so_a_batch_holds_small_images(tmp_path
     assert read(small).units[0].load_image().size == (300, 200)  # never enlarged
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "P", "1"])
 def test_a_big_png_decoded_strip_by_strip_matches_a_whole_decode_and_is_read(engine, tmp_path, monkeypatch, mode):
-    """9000 x 6000: decoded in strips and reduced on the way (never 54 Mpx at once), same picture as Pillow's."""
-    page = Image.new("RGB", (9000, 6000), (250, 248, 240))
-    ImageDraw.Draw(page).text((600, 2500), "OSPREY", font=font(700, "bold"), fill=(20, 30, 120))
-    picture = page.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if mode == "P" else page.convert(mode)
+    """8000 x 5000: decoded in strips and reduced on the way (never 40 Mpx at once), same picture as Pillow's."""
+    page = Image.new("RGB", (8000, 5000), (250, 248, 240))
+    ImageDraw.Draw(page).text((600, 2000), "OSPREY", font=font(700, "bold"), fill=(20, 30, 120))
+    picture = (page.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if mode == "P"
+               else page.convert(mode, dither=Image.Dither.NONE))
     path = save(picture, tmp_path / "poster.png", compress_level=1)
-    size = keep_size(9000, 6000, settings().image_max_pixels)
+    size = keep_size(8000, 5000, settings().image_max_pixels)
     factors = []
     monkeypatch.setattr(image_reader, "decode_reduced",
                         lambda path, header, factor: factors.append(factor) or decode_reduced(path, header, factor))
@@ -140,7 +141,8 @@ def test_a_big_png_decoded_strip_by_strip_matches_a_whole_decode_and_is_read(eng
     whole = to_rgb(shrink(Image.open(path), size))
     assert strips.size == whole.size == size
     assert np.abs(np.asarray(strips, dtype=int) - np.asarray(whole, dtype=int)).mean() < 1.0
-    assert "OSPREY" in engine.generate([Request(task="ocr", prompt="", images=[strips])])[0]
+    if mode in ("RGB", "1"):  # reading it once per kind of source is enough
+        assert "OSPREY" in engine.generate([Request(task="ocr", prompt="", images=[strips])])[0]
 
 
 def test_exif_orientation_is_applied(tmp_path):

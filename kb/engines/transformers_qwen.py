@@ -204,6 +204,9 @@ class TransformersEngine:
         eos = self._net.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
         self._lock = threading.Lock()  # one generate() at a time on the shared model (Streamlit runs threads)
+        # Every streamed answer is generated on this one thread: a static cache's compiled decode step (CUDA graphs)
+        # belongs to the thread that recorded it, so a stream from any other thread would fail.
+        self._stream_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-stream")
         # Measured once: free memory later depends on what the caching allocator keeps.
         self._free_after_load = torch.cuda.mem_get_info(self._device)[0] if self._device.startswith("cuda") else 0
         self.last_stats: DecodeStats | None = None
@@ -328,6 +331,14 @@ class TransformersEngine:
     def generate(self, requests: Sequence[Request]) -> list[str]:
         return [self.decode(ids) for ids in self.generate_ids(requests)]
 
+    def warm_up(self) -> float:
+        """Generate a short answer once, so the first user does not wait for it: with KB_GENERATION_CACHE=static this
+        compiles the decode step (1-2.5 min on a GPU). Seconds it took."""
+        started = time.perf_counter()
+        for _ in self.stream(Request(task="answer", prompt="Say hello.", max_new_tokens=8)):
+            pass
+        return time.perf_counter() - started
+
     def stream(self, request: Request) -> Iterator[str]:
         kwargs, stop = self._generate_kwargs([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -341,13 +352,12 @@ class TransformersEngine:
                 errors.append(err)
                 streamer.end()
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        worker = self._stream_thread.submit(run)
         try:
             yield from (piece for piece in streamer if piece)
         finally:  # also when the reader stops early: end generation instead of running to the token limit
             stop.cancelled = True
-            worker.join()
+            worker.result()
         if errors:
             raise EngineError(f"generation failed: {errors[0]}",
                               "see the log; lower KB_IMAGE_MAX_PIXELS if the GPU ran out of memory") from errors[0]
