@@ -178,7 +178,9 @@ def main() -> None:
     body = (f"Whisper-{args.size} shape, random weights, one 30 s window decoding {args.tokens} tokens (greedy), "
             f"2 threads, median of {args.repeat}; each engine in its own process. `python -m bench.asr_engines`. "
             "The CPU is shared with other jobs, so times are indicative; the ratio is what decided the engine "
-            "(docs/architecture.md, Speech). No GPU was available to this measurement.\n\n" + table)
+            "(docs/architecture.md, Speech). Peak RSS includes torch and transformers in both processes (the mel "
+            "features are computed with transformers' extractor). No GPU was available to this measurement.\n\n"
+            + table)
     write_section(f"Speech engines on CPU (`python -m bench.asr_engines --size {args.size}`)", body)
 
 
