@@ -307,6 +307,8 @@ class Ingestor:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
         report.engine = f"{self._engine.name} ({self._engine.model})" if self._engine else "none needed"
+        if self._speech:
+            report.engine += f"; speech: {self._speech.name} ({self._speech.model})"
         return report
 
     def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _Job | None:
@@ -550,6 +552,8 @@ class Ingestor:
     def _store(self, job: _Job) -> FileResult:
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
+        if job.read.kind == "audio" and self._speech:  # an audio file is read by the speech engine alone
+            engine, model = self._speech.name, self._speech.model
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
         for chunk in chunks:
             if chunk.modality == "speech" and self._speech:  # an audio file's passages: written by the speech engine
