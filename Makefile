@@ -6,7 +6,7 @@ HOME_DIR ?= $(or $(KB_HOME),data/kb)
 PORT ?= 8501
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: run test venv samples ingest-samples app lint browser clean
+.PHONY: run test venv samples ingest-samples app lint browser clean image image-test lock
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ browser:
 
 test: venv lint browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# The container image (not part of `test`: it downloads GBs). FLAVOUR=cpu for CPU-only torch wheels.
+FLAVOUR ?= gpu
+IMAGE ?= seekframe:latest
+image: venv
+	$(PY) -m deploy.image build --tag $(IMAGE) --flavour $(FLAVOUR)
+
+# Builds, ingests the samples and serves the app from the image, asks a question through the app in a browser.
+image-test: venv browser
+	$(PY) -m deploy.image test --tag $(IMAGE) --flavour $(FLAVOUR)
+
+# requirements.lock: the exact versions the image installs (pip constraints), resolved from requirements.txt.
+lock: venv
+	$(PY) -m deploy.lock
 
 clean:
 	rm -rf $(VENV) .cache data/samples
