@@ -41,6 +41,10 @@ class Settings:
     # transformers engine: "static" pre-allocates the KV cache and compiles the decode step (GPU only).
     generation_cache: str = "dynamic"
     chroma_url: str = ""
+    # Teams: a folder whose files the ingest workers add by themselves (empty: none), and how long a worker's
+    # claim on a job lasts without a heartbeat before another worker resumes the job (ingest/jobs.py).
+    inbox: str = ""
+    job_lease: float = 60.0
     # Pixel budgets per image (page scans, photos, figures): bounds the visual tokens the model sees.
     image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
     image_max_pixels: int = 1280 * VISUAL_TOKEN_PIXELS
@@ -140,6 +144,8 @@ def _validate(s: Settings) -> None:
     if s.video_window_min > s.video_window_max:
         raise ConfigError("video_window_min is larger than video_window_max",
                           "lower KB_VIDEO_WINDOW_MIN or raise KB_VIDEO_WINDOW_MAX")
+    if s.job_lease < 1:
+        raise ConfigError(f"job_lease = {s.job_lease} is too short", "set KB_JOB_LEASE to 1 second or more")
     if s.batch_size < 0 or s.concurrency < 1:
         raise ConfigError("batch_size must be 0 (auto) or more, concurrency at least 1",
                           "set KB_BATCH_SIZE >= 0 and KB_CONCURRENCY >= 1")

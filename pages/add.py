@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ingest.jobs import FAILED, Job
 from ingest.read import supported_extensions
 from kb.errors import InputError, SeekframeError
-from kb.jobs import FAILED, Job
 from pages import resources
 from pages.helpers import md_escape, save_upload
 
@@ -16,8 +16,8 @@ queue = resources.jobs()
 extensions = sorted(supported_extensions())
 limit_mb = st.get_option("server.maxUploadSize")
 st.markdown(
-    f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by this app "
-    "process: you can leave this page and come back. Uploads are saved under "
+    f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by the ingest "
+    "worker: you can leave this page, or close the browser, and come back. Uploads are saved under "
     f"`{md_escape(str(settings.home / 'uploads'))}`.")
 st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
@@ -52,7 +52,8 @@ with folder_tab:
 def show_job(job: Job) -> None:
     done = job.finished_files
     total = len(job.files) or 1
-    st.markdown(f"**{md_escape(job.label)}** · {job.state} · {done}/{len(job.files)} files · "
+    by = f" · by {job.owner}" if job.owner else ""
+    st.markdown(f"**{md_escape(job.label + by)}** · {job.state} · {done}/{len(job.files)} files · "
                 f"{job.seconds:.1f} s" + (f" · {job.pages_read} pages read by the engine" if job.pages_read else ""))
     if job.error:
         st.caption(md_escape(job.error))
@@ -71,8 +72,11 @@ def show_job(job: Job) -> None:
 def jobs_panel() -> None:
     jobs = queue.jobs()
     if not jobs:
-        st.caption("No ingest jobs in this app session yet.")
+        st.caption("No ingest jobs yet.")
         return
+    if queue.busy and not queue.live_workers():
+        st.warning("Jobs are waiting, but no ingest worker has reported in the last minute: start one with "
+                   "`python -m ingest --worker` (same KB_HOME and KB_CHROMA_URL as this app).")
     for job in jobs[:10]:
         with st.container(border=True):
             show_job(job)
