@@ -2,8 +2,10 @@
 
 `build` builds the Dockerfile with docker where a Docker daemon answers, else with buildah (chroot isolation,
 as on machines without a container runtime: see docs/deploy.md), and records the build time and image size.
-`test` builds, then runs the image's own processes on the host network (buildah run / docker run):
-  1. an ingest of the image's sample library into a knowledge-base folder mounted at /data,
+`test` builds, then runs compose.yaml's topology from the image as processes on the host network (buildah run /
+docker run), all sharing one /data folder:
+  1. a Chroma server (`chroma run`, from the image's chromadb) and an ingest worker (`python -m ingest --worker`);
+     the image's sample library is copied into the worker's inbox and the job table is watched until it is in,
   2. the web app, until `/_stcore/health` answers; then the image's HEALTHCHECK command, run inside it,
   3. a question asked through the app over HTTP: headless Chromium opens the Ask page, types the question and
      waits for the cited answer (the same path a user takes; Streamlit has no REST API to call instead).
@@ -15,9 +17,9 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,8 +58,9 @@ def build(tag: str, flavour: str) -> dict:
     if runner == "docker":
         command = ["docker", "build", "--build-arg", f"FLAVOUR={flavour}", "-t", tag, "."]
     else:
-        command = ["buildah", "bud", "--isolation", "chroot", "--layers", "--build-arg", f"FLAVOUR={flavour}",
-                   "-t", tag, "."]
+        # --format docker: the OCI format has no HEALTHCHECK, and buildah would drop it.
+        command = ["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "docker", "--build-arg",
+                   f"FLAVOUR={flavour}", "-t", tag, "."]
     log(" ".join(command))
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)
@@ -72,8 +75,10 @@ def image_size(runner: str, tag: str) -> int:
         out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag], capture_output=True,
                              text=True, check=True).stdout
         return int(out.strip())
-    out = subprocess.run(["buildah", "images", "--json", tag], capture_output=True, text=True, check=True).stdout
-    return int(json.loads(out)[0]["size"])
+    # buildah shares podman's image store; podman reports the size in bytes (buildah only in words)
+    out = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", tag], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.strip())
 
 
 class Container:
@@ -150,41 +155,92 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(30)
 
 
+def job_table(data: Path) -> list[dict]:
+    """The jobs the image's worker recorded (read-only: the worker, another user, owns the file)."""
+    path = data / "kb" / "jobs.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        jobs = [dict(r) for r in db.execute("SELECT id, label, state, chunks FROM jobs")]
+        for job in jobs:
+            job["files"] = [dict(r) for r in db.execute("SELECT rel, state, result, chunks FROM job_files "
+                                                       "WHERE job_id = ?", (job["id"],))]
+        return jobs
+    finally:
+        db.close()
+
+
 def test(built: dict, port: int) -> dict:
+    """The compose topology from the image, as processes: Chroma server, ingest worker, app."""
     runner, tag = built["builder"], built["tag"]
     workdir = Path(tempfile.mkdtemp(prefix="seekframe-image-"))
     data, cache = workdir / "data", workdir / "cache"
-    for folder in (data / "kb", data / "inbox", cache):
+    for folder in (data / "kb", data / "inbox", data / "chroma", cache):
         folder.mkdir(parents=True)
-    for folder in (data, data / "kb", data / "inbox", cache):
+    for folder in (data, data / "kb", data / "inbox", data / "chroma", cache):
         os.chown(folder, UID, UID) if os.geteuid() == 0 else None
-    env = {"KB_ENGINE": "ocr", "KB_EMBED_MODEL": "bundled:all-MiniLM-L6-v2", "HF_HUB_OFFLINE": "1"}
-    container = Container(runner, tag, data, cache)
-    app = None
+    chroma_port = port + 1
+    env = {"KB_ENGINE": "ocr", "KB_EMBED_MODEL": "bundled:all-MiniLM-L6-v2", "HF_HUB_OFFLINE": "1",
+           "KB_CHROMA_URL": f"http://127.0.0.1:{chroma_port}", "KB_INBOX": "/data/inbox"}
+    containers: list[Container] = []
+    processes: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str], extra: dict[str, str] | None = None) -> subprocess.Popen:
+        container = Container(runner, tag, data, cache)
+        containers.append(container)
+        log_file = (workdir / f"{name}.log").open("w")
+        process = subprocess.Popen(container.command(argv, {**env, **(extra or {})}), stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        return process
+
+    def once(argv: list[str], extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        container = Container(runner, tag, data, cache)
+        containers.append(container)
+        return subprocess.run(container.command(argv, {**env, **(extra or {})}), capture_output=True, text=True)
+
     try:
-        log("ingest of the image's sample library, from the image")
+        log(f"Chroma server from the image on 127.0.0.1:{chroma_port}")
+        start("chroma", ["chroma", "run", "--path", "/data/chroma", "--host", "127.0.0.1", "--port", str(chroma_port)])
+        wait_for(lambda: urllib.request.urlopen(f"{env['KB_CHROMA_URL']}/api/v2/heartbeat", timeout=5).status == 200,
+                 f"the Chroma server (log: {workdir / 'chroma.log'})", timeout=120)
+
+        log("ingest worker from the image; the image's sample library dropped into its inbox")
         started = time.monotonic()
-        ingest = subprocess.run(container.command(["python", "-m", "ingest", "/app/data/samples"], env),
-                                capture_output=True, text=True)
+        start("worker", ["python", "-m", "ingest", "--worker"])
+        copied = once(["sh", "-c", "cp -r /app/data/samples/. /data/inbox/"])
+        if copied.returncode != 0:
+            raise SystemExit(f"FAILED: copying the samples into the inbox: {copied.stderr}")
+        samples = sorted(p.name for p in (data / "inbox").iterdir())
+
+        def inbox_done() -> bool:
+            files = [f for job in job_table(data) if job["label"].startswith("inbox") for f in job["files"]]
+            return len(files) >= len(samples) and all(f["state"] in ("done", "failed") for f in files)
+
+        wait_for(inbox_done, f"the worker to ingest the inbox (log: {workdir / 'worker.log'})", timeout=900)
         ingest_seconds = time.monotonic() - started
-        print(ingest.stdout[-2000:], ingest.stderr[-2000:], sep="\n")
-        if ingest.returncode not in (0, 1) or "added" not in ingest.stdout:
-            raise SystemExit(f"FAILED: the ingest exited {ingest.returncode}")
-        added = int(re.search(r"^added\s+(\d+)", ingest.stdout, re.M).group(1))
-        chunks = int(re.search(r"^chunks\s+(\d+)", ingest.stdout, re.M).group(1))
+        files = [f for job in job_table(data) for f in job["files"]]
+        for f in files:
+            log(f"  {f['rel']}: {f['state']} ({f['result']}, {f['chunks']} chunks)")
+        added = sum(f["state"] == "done" for f in files)
+        chunks = sum(f["chunks"] for f in files)
+        if not added:
+            raise SystemExit("FAILED: the worker added no sample")
+        health = once(["python", "-m", "ingest", "--worker-health"])
+        if health.returncode != 0:
+            raise SystemExit(f"FAILED: the worker's health check: {health.stdout} {health.stderr}")
 
         log(f"app from the image on 127.0.0.1:{port}")
-        app_log = (workdir / "app.log").open("w")
-        app_env = {**env, "STREAMLIT_SERVER_ADDRESS": "127.0.0.1", "STREAMLIT_SERVER_PORT": str(port)}
+        app_env = {"STREAMLIT_SERVER_ADDRESS": "127.0.0.1", "STREAMLIT_SERVER_PORT": str(port)}
         started = time.monotonic()
-        app = subprocess.Popen(container.command(["streamlit", "run", "streamlit_app.py"], app_env),
-                               stdout=app_log, stderr=subprocess.STDOUT, start_new_session=True)
+        start("app", ["streamlit", "run", "streamlit_app.py"], app_env)
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: urllib.request.urlopen(f"{url}/_stcore/health", timeout=5).status == 200,
                  f"{url}/_stcore/health (log: {workdir / 'app.log'})", timeout=300)
         startup_seconds = time.monotonic() - started
-        healthcheck = inspect_healthcheck(runner, tag)
-        probe = subprocess.run(container.command(healthcheck, app_env), capture_output=True, text=True)
+        probe = once(inspect_healthcheck(runner, tag), app_env)
         if probe.returncode != 0:
             raise SystemExit(f"FAILED: the image's HEALTHCHECK command failed: {probe.stderr[-1000:]}")
         log("health check passed; asking through the Ask page")
@@ -193,13 +249,17 @@ def test(built: dict, port: int) -> dict:
         answer_seconds = time.monotonic() - started
         answer = shown[shown.find(QUESTION):][:600]
         log(f"cited answer:\n{answer}")
-        return {"added": added, "chunks": chunks, "ingest_seconds": ingest_seconds, "startup_seconds": startup_seconds,
-                "answer_seconds": answer_seconds, "answer": answer}
+        return {"added": added, "files": len(samples), "chunks": chunks, "ingest_seconds": ingest_seconds,
+                "startup_seconds": startup_seconds, "answer_seconds": answer_seconds, "answer": answer}
     finally:
-        if app is not None:
-            stop(app)
-        container.remove()
-        shutil.rmtree(workdir, ignore_errors=True)
+        for process in reversed(processes):
+            stop(process)
+        for container in containers:
+            container.remove()
+        if os.environ.get("KEEP_IMAGE_TEST"):
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def inspect_healthcheck(runner: str, tag: str) -> list[str]:
@@ -225,12 +285,14 @@ def record(built: dict, tested: dict | None) -> None:
     rows = [["image", f"{built['tag']} ({built['flavour']} flavour)"], ["builder", built["builder"]],
             ["build time", f"{built['seconds']:.0f} s"], ["image size", f"{built['bytes'] / 1e9:.2f} GB"]]
     if tested:
-        rows += [["sample ingest from the image (ocr engine)",
-                  f"{tested['added']} files, {tested['chunks']} chunks, {tested['ingest_seconds']:.0f} s"],
+        rows += [["sample library through the worker's inbox (ocr engine, Chroma server)",
+                  f"{tested['added']} of {tested['files']} files, {tested['chunks']} chunks, "
+                  f"{tested['ingest_seconds']:.0f} s"],
                  ["app start to healthy", f"{tested['startup_seconds']:.0f} s"],
                  ["question over HTTP to a cited answer (browser)", f"{tested['answer_seconds']:.0f} s"]]
-    body = (f"`make image-test`, {datetime.datetime.now():%Y-%m-%d %H:%M}: builds the image, ingests the sample "
-            "library from it, starts the app from it, runs its HEALTHCHECK command and asks "
+    body = (f"`make image-test`, {datetime.datetime.now():%Y-%m-%d %H:%M}: builds the image and runs the team "
+            "topology from it as processes: a Chroma server, an ingest worker (the sample library is dropped "
+            "into its inbox), the app; runs the image's HEALTHCHECK command and the worker's, and asks "
             f"\"{QUESTION}\" in a browser until the answer cites `{CITATION}…`. A build with cached layers is "
             "faster; the first one downloads the wheels.\n\n" + markdown_table(["what", "measured"], rows))
     write_section("Image, measured", body, path=DEPLOY_MD, where=machine())

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ingest.pipeline import walk
+from kb.config import Settings
 from kb.errors import InputError, NotFound
+from kb.manifest import Manifest
 
 QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -143,12 +146,58 @@ def pipeline_rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path != root else path.name
 
 
+# server paths ------------------------------------------------------------------------------------------------
+FOLDERS_FIX = ("to let the app read it, add its folder to KB_ALLOWED_FOLDERS (folders separated by ':'; or "
+               "allowed_folders = [...] in seekframe.toml) and restart the app; or ingest it from a shell with "
+               "`python -m ingest PATH` while the app is stopped")
+
+
+def uploads_folder(home: Path) -> Path:
+    """Where the app saves uploads (one folder per content hash, see pages.helpers.save_upload)."""
+    return home.resolve() / "uploads"
+
+
+def _under(path: Path, roots: Sequence[Path]) -> tuple[Path, tuple[str, ...]] | None:
+    """The first root that holds `path` and the parts below it; None when no root holds it."""
+    for root in roots:
+        if path == root or root in path.parents:
+            return root, path.relative_to(root).parts
+    return None
+
+
+def check_server_path(path: Path | str, roots: Sequence[Path]) -> Path:
+    """`path`, resolved, if the app may read it: under one of `roots`, nothing hidden below the root, and no
+    link leading out of the roots. Raises InputError naming the path and the setting to change.
+
+    Checked twice: as typed (so `..` and hidden names are judged as the user wrote them) and resolved (a
+    symlink is judged by where it leads).
+    """
+    if not roots:
+        raise InputError(str(path), "the app may not read folders on the server (no allowed folders are set)",
+                         FOLDERS_FIX)
+    typed = Path(os.path.normpath(Path(path).expanduser()))
+    if not typed.is_absolute():
+        raise InputError(str(path), "not an absolute path", "give the full path, starting with /")
+    lexical_roots = [Path(os.path.normpath(r)) for r in roots]
+    real_roots = [r.resolve() for r in lexical_roots]
+    resolved = typed.resolve()
+    allowed = ", ".join(str(r) for r in lexical_roots)
+    for found in (_under(typed, lexical_roots), _under(resolved, real_roots)):
+        hidden = next((part for part in found[1] if part.startswith(".")), None) if found else None
+        if hidden:
+            raise InputError(str(path), f"'{hidden}' is hidden: hidden files and folders are not read from the app",
+                             "rename it, or ingest it from a shell with `python -m ingest PATH`")
+    if _under(resolved, real_roots) is None:
+        where = f"it leads to {resolved}, " if _under(typed, lexical_roots) else ""
+        raise InputError(str(path), f"{where}outside the folders the app may read ({allowed})", FOLDERS_FIX)
+    if not resolved.exists():
+        raise InputError(str(path), "no such file or folder on the server",
+                         "give an absolute path that the app process can read")
+    return resolved
+
+
 def plan_files(paths: Sequence[Path]) -> list[FileStatus]:
-    """The supported files under `paths`, queued; raises InputError for a path that does not exist."""
-    for path in paths:
-        if not Path(path).exists():
-            raise InputError(str(path), "no such file or folder on the server",
-                             "give an absolute path that the app process can read")
+    """The supported files under `paths` (checked by the caller), queued."""
     return [FileStatus(path=str(p), rel=pipeline_rel(p, root)) for p, root in walk([Path(p) for p in paths])]
 
 
@@ -159,32 +208,58 @@ def default_worker_name() -> str:
 class JobBoard:
     """The job table: submit, list, cancel (any process); claim, renew, report, finish (workers)."""
 
-    def __init__(self, home: Path, lease: float = LEASE_SECONDS) -> None:
+    def __init__(self, home: Path, lease: float = LEASE_SECONDS, allowed_folders: Sequence[Path] = ()) -> None:
         home.mkdir(parents=True, exist_ok=True)
+        self.home = home
         self.path = home / "jobs.sqlite"
         self.lease = lease
+        self.allowed_folders = tuple(allowed_folders)
         self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+        # One connection, several threads (a worker and its heartbeat, the pages of a session): one at a time,
+        # or one thread's BEGIN would land inside another's transaction.
+        self._lock = threading.RLock()
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
 
+    @classmethod
+    def open(cls, settings: Settings) -> JobBoard:
+        return cls(settings.home, lease=settings.job_lease, allowed_folders=settings.allowed_folders)
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken before reading (BEGIN IMMEDIATE): no two writers interleave."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     # submitting and reading (app replicas) -----------------------------------------------------------------
-    def submit(self, paths: Sequence[Path | str], label: str = "", force: bool = False,
-               roots: Sequence[Path] | None = None, owner: str = "") -> Job:
-        """Queue the supported files under `paths` (resolved). Raises InputError for a path that does not exist."""
-        resolved = [Path(p).resolve() for p in paths]
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """What the app may read: the allowed server folders (KB_ALLOWED_FOLDERS) and its own uploads."""
+        return (*self.allowed_folders, uploads_folder(self.home))
+
+    def submit(self, paths: Sequence[Path | str], label: str = "", owner: str = "") -> Job:
+        """Queue the supported files under `paths`, each under one of `roots` (an upload or an allowed folder).
+
+        This is the boundary for paths a visitor typed: raises InputError naming the path and the setting.
+        """
+        roots = self.roots
+        return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots,
+                             owner=owner)
+
+    def _enqueue(self, resolved: list[Path], label: str, force: bool, roots: Sequence[Path] | None,
+                 owner: str) -> Job:
         files = plan_files(resolved)
         label = label or ", ".join(p.name for p in resolved)
         now = time.time()
@@ -200,12 +275,14 @@ class JobBoard:
                            [(job_id, n, f.path, f.rel) for n, f in enumerate(files)])
         return self.job(job_id)
 
-    def reindex(self, path: str, owner: str = "") -> Job:
+    def reindex(self, path: str, manifest: Manifest, owner: str = "") -> Job:
         """Ingest one source again, even if unchanged (a new engine or model, a fixed reader)."""
+        if manifest.get(path) is None:
+            raise NotFound(f"{path} is not a source in the knowledge base", "pick a source from the library")
         if not Path(path).is_file():
             raise NotFound(f"{path} is no longer on disk, so it cannot be re-indexed",
                            "put the file back at that path, or delete the source from the library")
-        return self.submit([path], label=f"re-index {Path(path).name}", force=True, owner=owner)
+        return self._enqueue([Path(path)], f"re-index {Path(path).name}", force=True, roots=None, owner=owner)
 
     def cancel(self, job_id: int) -> None:
         """A queued job never starts; a running one stops before its next file or page batch."""
@@ -217,19 +294,20 @@ class JobBoard:
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = ?", (job_id, RUNNING))
 
     def job(self, job_id: int) -> Job:
-        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise NotFound(f"there is no ingest job {job_id}", "pick a job from the list")
         return self._job(row)
 
     def jobs(self, limit: int = 50) -> list[Job]:
         """The latest jobs, newest first."""
-        return [self._job(r) for r in self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+        return [self._job(r) for r in self._read("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
 
     def _job(self, row: sqlite3.Row) -> Job:
         files = [FileStatus(path=f["path"], rel=f["rel"], state=f["state"], reason=f["reason"], chunks=f["chunks"],
                             result=f["result"])
-                 for f in self._db.execute("SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (row["id"],))]
+                 for f in self._read("SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (row["id"],))]
         roots = None if row["roots"] is None else tuple(Path(r) for r in json.loads(row["roots"]))
         return Job(id=row["id"], label=row["label"], files=files, paths=[Path(p) for p in json.loads(row["paths"])],
                    roots=roots, force=bool(row["force"]), owner=row["owner"], created=row["created"],
@@ -239,8 +317,7 @@ class JobBoard:
 
     @property
     def busy(self) -> bool:
-        return self._db.execute("SELECT 1 FROM jobs WHERE state IN (?, ?) LIMIT 1", (QUEUED, RUNNING)).fetchone() \
-            is not None
+        return bool(self._read("SELECT 1 FROM jobs WHERE state IN (?, ?) LIMIT 1", (QUEUED, RUNNING)))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no job is queued or running; False if `timeout` ran out first."""
@@ -265,8 +342,7 @@ class JobBoard:
     def live_workers(self, within: float | None = None) -> list[str]:
         """Workers that wrote a heartbeat lately (default: within one lease)."""
         since = time.time() - (within if within is not None else self.lease)
-        return [r["name"] for r in self._db.execute("SELECT name FROM workers WHERE beat >= ? ORDER BY name",
-                                                    (since,))]
+        return [r["name"] for r in self._read("SELECT name FROM workers WHERE beat >= ? ORDER BY name", (since,))]
 
     # working (workers) ------------------------------------------------------------------------------------
     def beat(self, worker: str, job_id: int | None = None) -> None:
@@ -299,8 +375,8 @@ class JobBoard:
         return changed == 1
 
     def cancel_requested(self, job_id: int) -> bool:
-        row = self._db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row[0])
+        rows = self._read("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0][0])
 
     def set_files(self, job_id: int, states: dict[str, str]) -> None:
         """New states for files of a job (by absolute path), as the pipeline reaches them."""
@@ -350,8 +426,9 @@ class JobBoard:
             db.executemany("INSERT OR REPLACE INTO inbox_seen (path, size, mtime) VALUES (?, ?, ?)", changed)
         if not changed:
             return None
-        return self.submit([p for p, _, _ in changed], label=f"inbox: {len(changed)} file"
-                           + ("s" if len(changed) != 1 else ""), roots=[inbox.resolve()], owner="inbox")
+        return self._enqueue([Path(p) for p, _, _ in changed], f"inbox: {len(changed)} file"
+                             + ("s" if len(changed) != 1 else ""), force=False, roots=[inbox.resolve()],
+                             owner="inbox")
 
     def close(self) -> None:
         self._db.close()

@@ -25,10 +25,13 @@ from ingest.jobs import (
     FileStatus,
     Job,
     JobBoard,
+    check_server_path,
     default_worker_name,
+    pipeline_rel,
 )
-from ingest.pipeline import FileResult, Ingestor
+from ingest.pipeline import FileResult, Ingestor, IngestReport
 from kb.engines import Engine
+from kb.errors import InputError
 from kb.store import Store
 from kb.types import Progress, Request
 
@@ -59,13 +62,15 @@ class _Tracker:
         self._stopping, self._lost = stopping, lost
         self._checked = 0.0
 
-    def check(self) -> None:
+    def check(self, always: bool = False) -> None:
+        """Stop here if the job was cancelled: asked before every engine batch, and at most every half second
+        on progress events (one small read, not one per event)."""
         if self._lost.is_set():
             raise JobStopped("lost")
         if self._stopping.is_set():
             raise JobStopped("stopping")
         now = time.monotonic()
-        if now - self._checked > 0.5:  # one small read per half second, not per event
+        if always or now - self._checked > 0.5:
             self._checked = now
             if self.board.cancel_requested(self.job.id):
                 raise JobStopped("cancelled")
@@ -93,7 +98,7 @@ class _Tracker:
         A batch can hold units of several files and does not say whose they are, so every file between
         `reading` and `embedding` gets the batch's task (OCR wins over captioning: it is the longer one).
         """
-        self.check()
+        self.check(always=True)
         tasks = {r.task for r in requests}
         state = next((TASK_STATE[t] for t in ("ocr", "video", "caption") if t in tasks), OCR)
         self._set([f for f in self.job.files if f.state in (READING, OCR, CAPTIONING, VIDEO)], state)
@@ -123,10 +128,22 @@ class _TrackedIngestor(Ingestor):
     record engine 'none').
     """
 
-    def __init__(self, store: Store, engine_factory: Callable[[], Engine], tracker: _Tracker) -> None:
+    def __init__(self, store: Store, engine_factory: Callable[[], Engine], tracker: _Tracker,
+                 roots: tuple[Path, ...] | None) -> None:
         super().__init__(store.settings, store, progress=tracker.progress)
         self._factory = engine_factory
         self._tracker = tracker
+        self._roots = roots
+
+    def _plan(self, path: Path, root: Path, report: IngestReport, *args, **kwargs):
+        """Each file again, as the run meets it: a file swapped for a link since the submit is refused too."""
+        if self._roots is not None:
+            try:
+                check_server_path(path, self._roots)
+            except InputError as err:
+                report.results.append(FileResult(pipeline_rel(path, root), "failed", errors=[str(err)]))
+                return None
+        return super()._plan(path, root, report, *args, **kwargs)
 
     @property
     def engine(self) -> Engine:
@@ -156,7 +173,12 @@ class Worker:
         log.info("worker %s started (jobs in %s%s)", self.name, self.board.path,
                  f", inbox {self.inbox}" if self.inbox else "")
         while not self.stopping.is_set():
-            if not self.run_one():
+            try:
+                worked = self.run_one()
+            except Exception:  # the job table was busy or unreadable: try again, never die silently
+                log.exception("worker %s could not take a job", self.name)
+                worked = False
+            if not worked:
                 self.stopping.wait(self.poll)
         log.info("worker %s stopped", self.name)
 
@@ -203,7 +225,7 @@ class Worker:
         if job.attempts > 1:
             log.info("resuming job %s (attempt %d) from its checkpoints", job.id, job.attempts)
         tracker = _Tracker(self.board, job, self.stopping, self._lost)
-        ingestor = _TrackedIngestor(self.store, self._engine_factory, tracker)
+        ingestor = _TrackedIngestor(self.store, self._engine_factory, tracker, job.roots)
         try:
             tracker.check()
             # The old version stays searchable until the new one replaces it (or stays, if the read fails).

@@ -11,7 +11,9 @@ from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_loggin
 from kb.config import Settings
 from kb.engines import load_engine, resolve_engine_name
 from kb.errors import NotFound
+from kb.manifest import describe
 from kb.outline import outline
+from kb.paths import display
 from kb.search import MODALITY_GROUPS, Filters, search
 from kb.store import Store, open_store
 from kb.types import Hit
@@ -50,10 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("sources", help="list ingested files")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("outline", help="chapters of a video with timestamps, or sections of a document")
-    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
+    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name (exact)")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("delete", help="remove a source and its chunks")
-    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
+    cmd.add_argument("source", nargs="?", help="absolute path, path relative to its ingest root, or file name; "
+                                               "matched exactly (no wildcards, case counts)")
+    cmd.add_argument("--glob", metavar="PATTERN",
+                     help="every source whose relative path matches this shell pattern (* ? [..]); the matches "
+                          "are listed and deleted only after you confirm")
+    cmd.add_argument("--yes", action="store_true", help="with --glob: delete the matches without asking")
     for cmd in sub.choices.values():
         add_settings_flags(cmd)
     return parser
@@ -94,12 +101,58 @@ def _sources(store: Store, as_json: bool) -> int:
         print("The knowledge base is empty. Add files with: python -m ingest PATH...")
     for r in records if not as_json else []:
         extent = f"{r.pages} pages" if r.pages else (f"{r.duration:.0f} s" if r.duration else "")
-        print(f"{r.rel:50} {r.kind:6} {extent:10} {r.chunks:5} chunks  {r.status:8} {r.engine}")
+        print(f"{display(r.rel):50} {r.kind:6} {extent:10} {r.chunks:5} chunks  {r.status:8} {r.engine}")
     return 0
 
 
+def _delete(store: Store, name: str | None, pattern: str | None, yes: bool) -> int:
+    """Delete the one source `name` names exactly, or, after confirmation, every source `pattern` matches."""
+    if pattern is not None:
+        return _delete_matching(store, pattern, yes)
+    if not store.manifest.find(name):
+        finished = store.unfinished_deletes(name)  # a delete killed half-way: finish it, and say so
+        for cleanup in finished:
+            removed = store.finish_delete(cleanup)
+            print(f"deleted {display(cleanup.rel)} (finished an interrupted delete; {removed} more chunks removed)")
+        if finished:
+            return 0
+    record = store.manifest.find_one(name)  # none, or an ambiguous name: an error listing the candidates
+    print(f"deleted {display(record.rel)} ({store.delete_source(record.path)} chunks)")
+    return 0
+
+
+def _delete_matching(store: Store, pattern: str, yes: bool) -> int:
+    records = store.manifest.glob(pattern)
+    if not records:
+        raise NotFound(f"no source matches the pattern {display(pattern)!r}", "list them with `python -m kb sources`")
+    print(f"{len(records)} source{'s' * (len(records) > 1)} match {display(pattern)!r}:\n{describe(records)}")
+    if not yes and not _confirmed(f"delete {'these' if len(records) > 1 else 'it'}? [y/N] "):
+        return 1
+    for record in records:
+        print(f"deleted {display(record.rel)} ({store.delete_source(record.path)} chunks)")
+    return 0
+
+
+def _confirmed(question: str) -> bool:
+    print(question, end="", flush=True)
+    answer = sys.stdin.readline() if sys.stdin else ""
+    if not answer:
+        print("\nnothing deleted: no answer on standard input; add --yes to delete the listed sources without "
+              "asking", file=sys.stderr)
+        return False
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing deleted", file=sys.stderr)
+    return False
+
+
 def main() -> int:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    if args.command == "delete" and (args.source is None) == (args.glob is None):
+        parser.error("delete: name one source, or give --glob PATTERN (not both)")
+    if args.command == "delete" and args.yes and args.glob is None:
+        parser.error("delete: --yes goes with --glob (a single named source is deleted without asking)")
     setup_logging(args.verbose)
     settings = settings_from_args(args)
     if args.command == "config":
@@ -109,12 +162,7 @@ def main() -> int:
         if args.command == "sources":
             return _sources(store, args.json)
         if args.command == "delete":
-            records = store.manifest.find(args.source)
-            if not records:
-                raise NotFound(f"no source matches {args.source!r}", "list them with `python -m kb sources`")
-            for record in records:
-                print(f"deleted {record.rel} ({store.delete_source(record.path)} chunks)")
-            return 0
+            return _delete(store, args.source, args.glob, args.yes)
         if args.command == "outline":
             entries = outline(store, load_engine(settings), args.source)
             if args.json:

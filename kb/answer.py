@@ -20,6 +20,8 @@ _WORD = re.compile(r"[\w']+", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])|\n\s*[-•*]\s+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+# A citation marker as the prompt asks for it ([3], several as [1][3]) or as models also write it ([1, 3]).
+_MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 _STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
             "does did do this that these those it its from as about into than then there their".split())
 
@@ -74,6 +76,16 @@ def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[i
     return numbers, images
 
 
+def keep_real_citations(text: str, sources: int) -> str:
+    """`text` with only the markers of real sources (1..sources): a document (or a model repeating one) can
+    print [9], which must not read as a citation. A marker with no real number goes, with the space before it."""
+    def keep(match: re.Match) -> str:
+        real = [n for n in map(int, re.findall(r"\d+", match.group(2))) if 1 <= n <= sources]
+        return match.group(1) + "".join(f"[{n}]" for n in real) if real else ""
+
+    return _MARKER.sub(keep, text)
+
+
 def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
     """The answer text, piece by piece; extractive quotes when the engine has no language model."""
     if not prepared.hits:
@@ -88,7 +100,7 @@ def ask(question: str, store: Store, engine: Engine, k: int = 5, filters: Filter
         history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024) -> Answer:
     prepared = prepare(question, store, k, filters, history, max_tokens)
     started = time.monotonic()
-    text = "".join(stream_answer(prepared, engine))
+    text = keep_real_citations("".join(stream_answer(prepared, engine)), len(prepared.hits))
     return Answer(question, text, prepared.hits, engine.name, engine.model, prepared.retrieval_seconds,
                   time.monotonic() - started)
 
@@ -116,6 +128,7 @@ def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hi
     number = {hit.id: n for n, hit in enumerate(sources, 1)}
     lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
     for hit in [h for h in ranked if h.id in number][:quotes]:
-        lines.append(f"> {best_sentence(question, hit.text)} [{number[hit.id]}]")
+        quote = keep_real_citations(best_sentence(question, hit.text), 0)  # the document's own [n] are not ours
+        lines.append(f"> {quote} [{number[hit.id]}]")
         lines.append("")
     return "\n".join(lines).rstrip()

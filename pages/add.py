@@ -17,8 +17,9 @@ extensions = sorted(supported_extensions())
 limit_mb = st.get_option("server.maxUploadSize")
 st.markdown(
     f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by the ingest "
-    "worker: you can leave this page, or close the browser, and come back. Uploads are saved under "
-    f"`{md_escape(str(settings.home / 'uploads'))}`.")
+    "worker: you can leave this page, or close the browser, and come back. Each upload is saved under "
+    f"`{md_escape(str(settings.home / 'uploads'))}`, in a folder named after its content, so files with the "
+    "same name never replace each other.")
 st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
            "`[server]` in `.streamlit/config.toml`. For very large files, give a folder on the server instead.")
@@ -40,13 +41,22 @@ with upload_tab:
         st.error(md_escape(problem))
 
 with folder_tab:
-    folder = st.text_input("Folder or file path on the server", key="folder_path",
-                           placeholder="/data/manuals  (walked recursively; hidden files are skipped)")
-    if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
-        try:
-            queue.submit([folder.strip()])
-        except SeekframeError as err:
-            resources.show_error(err)
+    if not settings.allowed_folders:
+        st.info("Reading folders on the server is off: anyone who can open this app could read the server's "
+                "files through it. To allow it, set `KB_ALLOWED_FOLDERS` to the folders the app may read "
+                "(absolute paths separated by `:`, or `allowed_folders = [...]` in `seekframe.toml`) and restart "
+                "the app. Only files under those folders are read; hidden files and links that lead out of them "
+                "are not.")
+    else:
+        st.caption("Allowed folders: " + ", ".join(f"`{md_escape(str(r))}`" for r in settings.allowed_folders)
+                   + " (`KB_ALLOWED_FOLDERS`). Hidden files and links that lead out of them are not read.")
+        folder = st.text_input("Folder or file path on the server", key="folder_path",
+                               placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")
+        if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
+            try:
+                queue.submit([folder.strip()])
+            except SeekframeError as err:
+                resources.show_error(err)
 
 
 def show_job(job: Job) -> None:

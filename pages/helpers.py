@@ -4,52 +4,68 @@ Kept apart from the page scripts so the tests can call them directly.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw
 
+from kb.answer import keep_real_citations
 from kb.errors import InputError
 from kb.manifest import SourceRecord
 from kb.search import Filters
 from kb.types import Chunk, format_clock
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=&])")
 GROUPS = ("documents", "images", "video")
 SORTS = {"name": lambda r: r.rel.lower(), "newest first": lambda r: -r.ingested_at,
          "most chunks": lambda r: -r.chunks, "type": lambda r: (r.kind, r.rel.lower())}
 
 
 # escaping -------------------------------------------------------------------------------------------------
+# Streamlit's Markdown (GFM) turns bare `https://…`, `www.…` and e-mail addresses into links after parsing, so
+# backslash escapes do not stop it: a zero-width space inside the pattern does (invisible, the text reads the same).
+_ZWSP = "\u200b"
+_AUTOLINKS = re.compile(r"(?i)(?<=https)(?=://)|(?<=http)(?=://)|(?<=www)(?=\.)|(?<=@)(?=[\w-])")
+# What could turn text into a link, an image, HTML or an entity: every other Markdown mark is left alone.
+_LINK_MARKS = {"\\": "\\\\", "[": "\\[", "]": "\\]", "&": "&amp;", "<": "&lt;"}
+_LINK_MARK = re.compile(r"[\\\[\]&<]")
+_OPEN_MARKER = re.compile(r"\[[\d,; ]*$")  # a citation marker still being streamed
+
+
+def inert_autolinks(text: str) -> str:
+    return _AUTOLINKS.sub(_ZWSP, text)
+
+
 def md_escape(text: str) -> str:
     """Text for a Markdown context (labels, captions, headings) that shows literally: no links, images, HTML."""
-    return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
+    return _MD_SPECIAL.sub(r"\\\1", inert_autolinks(text.replace("\n", " ")))
 
 
-def safe_markdown(text: str) -> str:
-    """A model answer for st.markdown: Markdown formatting stays, but no HTML and no images.
+def md_code(text: str) -> str:
+    """`text` as an inline code span (a path, a command): shown literally, whatever backticks it holds."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text.replace(chr(10), ' ')} {fence}"
 
-    Documents can carry prompt injections; an image link in an answer would make the browser fetch an
-    attacker's URL (leaking whatever the model put in it), so `![` is shown as text and `<` never opens a tag.
+
+def safe_markdown(text: str, citations: int | None = None, streaming: bool = False) -> str:
+    """An answer for st.markdown: its formatting (bold, lists, quotes) stays; nothing in it is live.
+
+    Answers quote documents and models repeat what documents say, so any of it may be an attacker's: a link
+    or image would make the browser show or fetch their URL, HTML would run. Brackets, `<`, `&` and `\\` are
+    escaped (no link, image, reference or HTML syntax survives) and bare URLs are made inert. With
+    `citations` (the number of sources), markers [n] that match no source are dropped (kb.answer); `streaming`
+    holds back a marker that is not complete yet.
     """
-    return text.replace("<", "&lt;").replace("![", "!\\[")
-
-
-def safe_stream(pieces: Iterable[str]) -> Iterator[str]:
-    """`safe_markdown` over a stream whose pieces may split `![` between them."""
-    held = ""
-    for piece in pieces:
-        text = held + piece
-        held = "!" if text.endswith("!") else ""
-        text = text[:-1] if held else text
-        if text:
-            yield safe_markdown(text)
-    if held:
-        yield held
+    if streaming:
+        text = _OPEN_MARKER.sub("", text)
+    if citations is not None:
+        text = keep_real_citations(text, citations)
+    return _LINK_MARK.sub(lambda m: _LINK_MARKS[m.group()], inert_autolinks(text))
 
 
 # filters --------------------------------------------------------------------------------------------------
@@ -137,7 +153,12 @@ def segments(chunks: Sequence[Chunk]) -> list[Chunk]:
 
 # add content ----------------------------------------------------------------------------------------------
 def save_upload(name: str, data: bytes, folder: Path, extensions: Iterable[str]) -> Path:
-    """Write one uploaded file under `folder`; raises InputError for a type the ingest cannot read or no bytes."""
+    """Write one uploaded file as `folder/<content hash>/<its name>`; raises InputError for a type the ingest
+    cannot read or no bytes.
+
+    The hash folder keeps two different files of the same name apart (both stay searchable), while the same
+    file uploaded again lands on the same path, which the ingest skips as unchanged.
+    """
     clean = Path(name.replace("\\", "/")).name.strip()
     if not clean or clean.startswith("."):
         raise InputError(name or "(no name)", "the file has no usable name", "rename it and upload it again")
@@ -147,8 +168,10 @@ def save_upload(name: str, data: bytes, folder: Path, extensions: Iterable[str])
                          f"Seekframe reads {', '.join(allowed)}")
     if not data:
         raise InputError(clean, "the file is empty (0 bytes)", "upload the complete file")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / clean
+    target = folder / hashlib.sha256(data).hexdigest()[:16] / clean
+    if target.is_file() and target.stat().st_size == len(data):
+        return target  # this very file was uploaded before
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{clean}.part")
     partial.write_bytes(data)
     os.replace(partial, target)  # a half-written upload is never seen by an ingest

@@ -42,7 +42,13 @@ path = st.selectbox("Open a source", list(by_path), format_func=lambda p: by_pat
 record: SourceRecord = by_path[path]
 
 
+def ask_to_delete(record: SourceRecord) -> None:
+    st.session_state["library_confirm_delete"] = record.path  # the first click only asks
+
+
 def delete(record: SourceRecord) -> None:
+    """The confirmed delete: exactly the record's absolute path, never a name that could match others."""
+    st.session_state.pop("library_confirm_delete", None)
     removed = store.delete_source(record.path)
     st.session_state["library_flash"] = (f"Deleted {record.rel} from the knowledge base ({removed} chunks); "
                                          "the file itself stays on disk.")
@@ -50,7 +56,7 @@ def delete(record: SourceRecord) -> None:
 
 def reindex(record: SourceRecord) -> None:
     try:
-        resources.jobs().reindex(record.path)
+        resources.jobs().reindex(record.path, store.manifest)
     except SeekframeError as err:
         st.session_state["library_flash"] = str(err)
         return
@@ -66,12 +72,22 @@ for problem in record.errors:
 one, two, three, _ = st.columns([1, 1, 1, 3])
 one.button("Re-index", key="library_reindex", on_click=reindex, args=(record,),
            help="Read the file again with the current engine and settings, even if it is unchanged.")
-two.button("Delete", key="library_delete", on_click=delete, args=(record,), type="primary",
-           help="Remove the source and its chunks from the knowledge base (the file stays on disk).")
+two.button("Delete", key="library_delete", on_click=ask_to_delete, args=(record,), type="primary",
+           help="Remove the source and its chunks from the knowledge base (the file stays on disk); asks first.")
 if three.button("Outline", key="library_outline", help="Chapters with timestamps (video) or sections with pages"):
     with st.spinner("Writing the outline…"):
         entries = outline(store, resources.engine(), record.path)
     st.text("\n".join(e.line() for e in entries) or "No outline: the source has no text.")
+
+if st.session_state.get("library_confirm_delete") == record.path:
+    with st.container(border=True):
+        st.warning(md_escape(f"Delete {record.rel} ({record.chunks} chunks) from the knowledge base? Its text can "
+                             f"no longer be found or cited. The file stays on disk at {record.path}."))
+        yes, no, _ = st.columns([1, 1, 3])
+        yes.button(f"Yes, delete {md_escape(record.rel)}", key="library_delete_confirm", on_click=delete,
+                   args=(record,), type="primary")
+        no.button("Keep it", key="library_delete_cancel", on_click=st.session_state.pop,
+                  args=("library_confirm_delete", None))
 
 chunks, _ = store.chunks_of(record.path)
 if record.kind == "video":

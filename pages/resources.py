@@ -70,7 +70,7 @@ def _stop_worker(running: tuple[Worker, object]) -> None:
 def in_app_worker() -> tuple[Worker, object]:
     """The embedded store belongs to this process, so this process ingests too: a worker on a thread. With a
     Chroma server (KB_CHROMA_URL) no app replica does: `python -m ingest --worker` processes take the jobs."""
-    board = JobBoard(settings().home, lease=settings().job_lease)
+    board = JobBoard.open(settings())
     inbox = Path(settings().inbox).resolve() if settings().inbox else None
     # The worker thread has no Streamlit context: it waits on the loader's future directly.
     worker = Worker(store(), _engine_loader().result, board, inbox=inbox)
@@ -82,7 +82,7 @@ def jobs() -> JobBoard:
     """The job table in KB_HOME: submit, list, cancel. Jobs outlive this process and are shared by replicas."""
     if not settings().chroma_url:
         in_app_worker()
-    return JobBoard(settings().home, lease=settings().job_lease)
+    return JobBoard.open(settings())
 
 
 def open_or_stop() -> Store:

@@ -88,7 +88,7 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "letter.pdf").write_text("Dear Sir, this is a plain text letter, not a PDF.")
     (folder / "photo.jpg").write_text("this is a text file renamed to .jpg")
     return {"empty.pdf": "empty", "truncated.pdf": "truncated", "encrypted.pdf": "encrypted",
-            "letter.pdf": "not a readable PDF", "photo.jpg": "not an image"}
+            "letter.pdf": "a plain-text file, not a PDF", "photo.jpg": "a plain-text file, not an image"}
 
 
 def test_bad_inputs_fail_alone_with_a_reason_and_a_fix(open_kb, library):

@@ -20,6 +20,7 @@ from ingest.jobs import CANCELLED, DONE, QUEUED, RUNNING, JobBoard
 from ingest.worker import Worker, start_thread
 from kb.config import BUNDLED_EMBED_MODEL
 from kb.engines import load_engine
+from kb.errors import InputError
 from tests.conftest import ROOT, write_pdf
 
 
@@ -29,10 +30,10 @@ def test_a_job_is_claimed_by_one_worker_and_a_shared_file_waits(tmp_path):
     docs.mkdir()
     write_pdf(docs / "a.pdf", ["Alpha."])
     write_pdf(docs / "b.pdf", ["Beta."])
-    app, worker_a, worker_b = JobBoard(home), JobBoard(home), JobBoard(home)
+    app, worker_a, worker_b = JobBoard(home, allowed_folders=[docs]), JobBoard(home), JobBoard(home)
     first = app.submit([docs], label="the folder")
     second = app.submit([docs / "b.pdf"])  # b.pdf is in both jobs
-    third = app.submit([docs / "a.pdf"], force=True)
+    third = app.submit([docs / "a.pdf"])
     assert [f.rel for f in first.files] == ["a.pdf", "b.pdf"] and first.state == QUEUED
 
     assert worker_a.claim("a").id == first.id
@@ -45,10 +46,31 @@ def test_a_job_is_claimed_by_one_worker_and_a_shared_file_waits(tmp_path):
     assert worker_a.claim("a") is None
 
 
+def test_only_uploads_and_allowed_folders_are_queued_and_checked_again_per_file(tmp_path, open_kb):
+    store = open_kb()
+    allowed, secret = tmp_path / "allowed", tmp_path / "secret"
+    allowed.mkdir()
+    secret.mkdir()
+    (secret / "passwords.md").write_text("# Passwords\n\nhunter2\n")
+    (allowed / "notes.md").write_text("# Notes\n\nThe kestrel hovers.\n")
+    board = JobBoard(store.settings.home, allowed_folders=[allowed])
+    with pytest.raises(InputError, match="outside the folders the app may read"):
+        board.submit([secret])
+    job = board.submit([allowed])
+    (allowed / "notes.md").unlink()
+    (allowed / "notes.md").symlink_to(secret / "passwords.md")  # swapped for a link after the submit
+    worker = Worker(store, lambda: load_engine(store.settings), board)
+    assert worker.run_one()
+    done = board.job(job.id)
+    # Refused by the walk (a link out of the folder) or by the per-file check: never read.
+    assert done.files[0].state == "failed" and done.files[0].result in ("link", "failed")
+    assert store.manifest.all() == []
+
+
 def test_a_job_whose_worker_stopped_beating_is_taken_over(tmp_path):
     home = tmp_path / "kb"
     (tmp_path / "n.md").write_text("# N\n")
-    app = JobBoard(home, lease=1.0)
+    app = JobBoard(home, lease=1.0, allowed_folders=[tmp_path])
     job = app.submit([tmp_path / "n.md"])
     assert JobBoard(home, lease=1.0).claim("dead").id == job.id
     survivor = JobBoard(home, lease=1.0)
@@ -65,7 +87,7 @@ def test_cancel_stops_queued_and_running_jobs(tmp_path, open_kb):
     pictures.mkdir()
     Image.new("RGB", (300, 120), "white").save(pictures / "one.png")
     write_pdf(tmp_path / "guide.pdf", ["Guide."])
-    board = JobBoard(store.settings.home)
+    board = JobBoard(store.settings.home, allowed_folders=[tmp_path])
     release = threading.Event()
 
     def slow_engine():  # the engine is still loading when the user cancels
@@ -140,7 +162,7 @@ def test_killing_the_worker_mid_job_loses_and_duplicates_nothing(tmp_path, make_
     settings = make_settings()
     pages = 6
     scan = scanned_pdf(tmp_path / "report.pdf", pages)
-    board = JobBoard(settings.home)
+    board = JobBoard(settings.home, allowed_folders=[tmp_path])
     job = board.submit([scan])
     first = start_worker(settings.home, "first", tmp_path / "first.log")
     checkpoints = settings.home / "checkpoints"
