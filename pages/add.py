@@ -5,11 +5,13 @@ import streamlit as st
 
 from ingest.jobs import FAILED, Job
 from ingest.read import supported_extensions
+from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
-from pages import resources
+from pages import access, resources
 from pages.helpers import md_escape, save_upload
 
 st.title("Add content")
+access.require_role(EDITOR, "adding content")  # also when the page is opened by its address
 store = resources.open_or_stop()
 settings = resources.settings()
 queue = resources.jobs()
@@ -36,12 +38,15 @@ with upload_tab:
                 problems.append(str(err))
         st.session_state["upload_problems"] = problems
         if saved:
-            queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+            queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""),
+                         owner=access.user())
     for problem in st.session_state.get("upload_problems", []):
         st.error(md_escape(problem))
 
 with folder_tab:
-    if not settings.allowed_folders:
+    if not access.can(ADMIN):
+        st.info("Reading folders on the server is for admins only.")
+    elif not settings.allowed_folders:
         st.info("Reading folders on the server is off: anyone who can open this app could read the server's "
                 "files through it. To allow it, set `KB_ALLOWED_FOLDERS` to the folders the app may read "
                 "(absolute paths separated by `:`, or `allowed_folders = [...]` in `seekframe.toml`) and restart "
@@ -54,7 +59,8 @@ with folder_tab:
                                placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")
         if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
             try:
-                queue.submit([folder.strip()])
+                access.require_role(ADMIN, "reading server folders")
+                queue.submit([folder.strip()], owner=access.user())
             except SeekframeError as err:
                 resources.show_error(err)
 

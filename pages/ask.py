@@ -8,7 +8,7 @@ import streamlit as st
 
 from kb.answer import prepare, stream_answer
 from kb.errors import SeekframeError
-from pages import resources, widgets
+from pages import access, resources, widgets
 from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
 
 st.title("Ask your knowledge base")
@@ -35,8 +35,22 @@ with st.sidebar:
         full = (0.0, float(math.ceil(max(durations))))
         seconds = st.slider("Video time range (seconds)", full[0], full[1], full, step=1.0, key="filter_seconds")
     filters = build_filters(chosen, groups, seconds, full)
-    if st.button("New conversation", key="new_conversation"):
-        st.session_state["history"] = []
+    def new_conversation() -> None:
+        st.session_state.update(history=[], conversation_id=None, open_conversation=None)
+
+    st.button("New conversation", key="new_conversation", on_click=new_conversation)
+    # Earlier conversations of this user (kept in KB_HOME, visible to their owner only).
+    mine = resources.conversations().of(access.user())
+    if mine:
+        titles = {c["id"]: c["title"] for c in mine}
+        chosen_id = st.selectbox("Your conversations", [None, *titles], key="open_conversation",
+                                 format_func=lambda i: "—" if i is None else titles[i])
+        if chosen_id is not None and chosen_id != st.session_state.get("conversation_id"):
+            try:
+                st.session_state["history"] = resources.conversations().turns(chosen_id, access.user())
+                st.session_state["conversation_id"] = chosen_id
+            except SeekframeError as err:
+                resources.show_error(err)
 
 if resources.engine_ready():
     try:
@@ -96,4 +110,9 @@ if question:
         st.markdown(safe_markdown(question))
     reply = answer(question, history)
     if reply:
-        history += [{"role": "user", "text": question}, reply]
+        turns = [{"role": "user", "text": question}, reply]
+        history += turns
+        saved = resources.conversations()
+        if not st.session_state.get("conversation_id"):
+            st.session_state["conversation_id"] = saved.start(access.user(), question)
+        saved.add(st.session_state["conversation_id"], access.user(), turns)

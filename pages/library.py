@@ -6,10 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from kb.auth import EDITOR
 from kb.errors import SeekframeError
 from kb.manifest import SourceRecord
 from kb.outline import outline
-from pages import resources, widgets
+from pages import access, resources, widgets
 from pages.helpers import SORTS, chunks_by_page, extent, md_escape, segments, source_rows, time_label
 
 PAGES_PER_VIEW = 4
@@ -42,21 +43,34 @@ path = st.selectbox("Open a source", list(by_path), format_func=lambda p: by_pat
 record: SourceRecord = by_path[path]
 
 
+def refused(action: str) -> bool:
+    """Checked in each callback, not only by disabling buttons: a viewer's request is refused here."""
+    if access.can(EDITOR):
+        return False
+    st.session_state["library_flash"] = f"Refused: {action} needs the editor role; you are {access.role()}."
+    return True
+
+
 def ask_to_delete(record: SourceRecord) -> None:
-    st.session_state["library_confirm_delete"] = record.path  # the first click only asks
+    if not refused("delete"):
+        st.session_state["library_confirm_delete"] = record.path  # the first click only asks
 
 
 def delete(record: SourceRecord) -> None:
     """The confirmed delete: exactly the record's absolute path, never a name that could match others."""
     st.session_state.pop("library_confirm_delete", None)
+    if refused("delete"):
+        return
     removed = store.delete_source(record.path)
     st.session_state["library_flash"] = (f"Deleted {record.rel} from the knowledge base ({removed} chunks); "
                                          "the file itself stays on disk.")
 
 
 def reindex(record: SourceRecord) -> None:
+    if refused("re-index"):
+        return
     try:
-        resources.jobs().reindex(record.path, store.manifest)
+        resources.jobs().reindex(record.path, store.manifest, owner=access.user())
     except SeekframeError as err:
         st.session_state["library_flash"] = str(err)
         return
@@ -70,10 +84,13 @@ st.caption(md_escape(f"{record.kind} · {extent(record) or 'single image'} · {r
 for problem in record.errors:
     st.warning(md_escape(problem))
 one, two, three, _ = st.columns([1, 1, 1, 3])
+editor = access.can(EDITOR)
 one.button("Re-index", key="library_reindex", on_click=reindex, args=(record,),
-           help="Read the file again with the current engine and settings, even if it is unchanged.")
+           help="Read the file again with the current engine and settings, even if it is unchanged."
+           + ("" if editor else " (editors only)"))
 two.button("Delete", key="library_delete", on_click=ask_to_delete, args=(record,), type="primary",
-           help="Remove the source and its chunks from the knowledge base (the file stays on disk); asks first.")
+           help="Remove the source and its chunks from the knowledge base (the file stays on disk); asks first."
+           + ("" if editor else " Editors only: as a viewer you are refused."))
 if three.button("Outline", key="library_outline", help="Chapters with timestamps (video) or sections with pages"):
     with st.spinner("Writing the outline…"):
         entries = outline(store, resources.engine(), record.path)
@@ -84,8 +101,8 @@ if st.session_state.get("library_confirm_delete") == record.path:
         st.warning(md_escape(f"Delete {record.rel} ({record.chunks} chunks) from the knowledge base? Its text can "
                              f"no longer be found or cited. The file stays on disk at {record.path}."))
         yes, no, _ = st.columns([1, 1, 3])
-        yes.button(f"Yes, delete {md_escape(record.rel)}", key="library_delete_confirm", on_click=delete,
-                   args=(record,), type="primary")
+        yes.button(f"Yes, delete {record.rel}", key="library_delete_confirm", on_click=delete, args=(record,),
+                   type="primary")
         no.button("Keep it", key="library_delete_cancel", on_click=st.session_state.pop,
                   args=("library_confirm_delete", None))
 

@@ -10,6 +10,7 @@ import streamlit as st
 from ingest.jobs import JobBoard
 from ingest.worker import Worker, start_thread
 from kb.config import Settings, load_settings
+from kb.conversations import Conversations
 from kb.engines import Engine, load_engine, resolve_engine_name
 from kb.errors import SeekframeError
 from kb.store import Store, open_store
@@ -83,6 +84,11 @@ def jobs() -> JobBoard:
     if not settings().chroma_url:
         in_app_worker()
     return JobBoard.open(settings())
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda kept: kept.close())
+def conversations() -> Conversations:
+    return Conversations(settings().home)
 
 
 def open_or_stop() -> Store:
