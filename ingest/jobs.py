@@ -30,8 +30,8 @@ from kb.errors import InputError, NotFound
 from kb.manifest import Manifest
 
 QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
-RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
-FINAL = (DONE, FAILED, CANCELLED)
+RUNNING, DONE, FAILED, CANCELLED, SKIPPED = "running", "done", "failed", "cancelled", "skipped"
+FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 LEASE_SECONDS = 60.0  # a worker renews its claim every third of this; a dead worker's job waits this long
 
 SCHEMA = """
@@ -255,6 +255,11 @@ class JobBoard:
         This is the boundary for paths a visitor typed: raises InputError naming the path and the setting.
         """
         roots = self.roots
+        if not self.allowed_folders:  # uploads only: say that server folders are off, not just "outside"
+            for path in paths:
+                if _under(Path(os.path.normpath(path)), [uploads_folder(self.home)]) is None:
+                    raise InputError(str(path), "reading folders on the server is off in this app "
+                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
         return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots,
                              owner=owner)
 
@@ -392,9 +397,11 @@ class JobBoard:
     def finish(self, job: Job, state: str, error: str = "") -> None:
         """Record a job's outcome and its files' results (from `job`, as the worker filled them in)."""
         with self._write() as db:
-            db.executemany("UPDATE job_files SET state = ?, reason = ?, chunks = ?, result = ? "
-                           "WHERE job_id = ? AND path = ?",
-                           [(f.state, f.reason, f.chunks, f.result, job.id, f.path) for f in job.files])
+            # INSERT OR REPLACE: the run may add rows (files the walk left out, with the reason).
+            db.executemany("INSERT OR REPLACE INTO job_files (job_id, position, path, rel, state, reason, chunks, "
+                           "result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(job.id, n, f.path, f.rel, f.state, f.reason, f.chunks, f.result)
+                            for n, f in enumerate(job.files)])
             db.execute("UPDATE jobs SET state = ?, error = ?, finished = ?, pages_read = ?, chunks = ?, engine = ?, "
                        "lease_until = 0 WHERE id = ?",
                        (state, error, time.time(), job.pages_read, job.chunks, job.engine, job.id))

@@ -21,6 +21,7 @@ from ingest.jobs import (
     FAILED,
     OCR,
     READING,
+    SKIPPED,
     VIDEO,
     FileStatus,
     Job,
@@ -29,7 +30,7 @@ from ingest.jobs import (
     default_worker_name,
     pipeline_rel,
 )
-from ingest.pipeline import FileResult, Ingestor, IngestReport
+from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport  # STORED: statuses now in the KB
 from kb.engines import Engine
 from kb.errors import InputError
 from kb.store import Store
@@ -37,8 +38,6 @@ from kb.types import Progress, Request
 
 log = logging.getLogger(__name__)
 TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
-# Statuses of a pipeline FileResult that mean the file is in the knowledge base now.
-STORED = ("added", "updated", "copied", "renamed", "skipped", "partial")
 
 
 class JobStopped(BaseException):
@@ -240,7 +239,17 @@ class Worker:
         results = {r.path: r for r in report.results}
         for item in job.files:
             _apply(item, results.get(item.rel))
-        self.board.finish(job, FAILED if all(f.state == FAILED for f in job.files) else DONE)
+        state = FAILED if all(f.state == FAILED for f in job.files) else DONE
+        # What the walk left out (hidden, links not followed, other types) gets a row too: the user sees why.
+        planned = {item.rel for item in job.files}
+        for result in report.results:
+            if result.path not in planned:
+                rel = getattr(result, "shown", result.path)
+                item = FileStatus(path=f"(not read) {rel}", rel=rel, state=SKIPPED)
+                _apply(item, result)
+                item.state = FAILED if result.status == "failed" else SKIPPED
+                job.files.append(item)
+        self.board.finish(job, state)
 
     def _mark_cancelled(self, job: Job) -> None:
         for item in job.files:
@@ -258,7 +267,7 @@ def _apply(item: FileStatus, result: FileResult | None) -> None:
         return
     item.result, item.chunks = result.status, result.chunks
     item.state = DONE if result.status in STORED else FAILED
-    item.reason = "; ".join(result.errors)
+    item.reason = "; ".join(result.errors or getattr(result, "notes", []))  # a link not followed has a note
     if result.status == "skipped":
         item.reason = "unchanged since the last ingest"
 

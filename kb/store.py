@@ -182,8 +182,13 @@ class Store:
         self._clean(self.manifest.cleanups_of(record.path))
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
+        """The chunks of `path`'s manifest version in order (all its chunks if it has no manifest row)."""
         include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
-        got = self._collection.get(where={"source_abs": path}, include=include)
+        current = self.manifest.get(path)
+        where: dict = {"source_abs": path}
+        if current:  # not a version being written or cleaned up beside it
+            where = {"$and": [where, {"sha256": current.sha256}, {"position": {"$lt": current.chunks}}]}
+        got = self._collection.get(where=where, include=include)
         chunks = [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
         vectors = [list(map(float, e)) for e in got["embeddings"]] if with_embeddings else []
         order = sorted(range(len(chunks)), key=lambda n: chunks[n].position)

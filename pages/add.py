@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ingest.jobs import FAILED, Job
+from ingest.jobs import FAILED, Job, uploads_folder
 from ingest.read import supported_extensions
 from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
 from pages import access, resources
-from pages.helpers import md_escape, save_upload
+from pages.helpers import md_code, md_escape, save_upload
 
 st.title("Add content")
 access.require_role(EDITOR, "adding content")  # also when the page is opened by its address
@@ -20,7 +20,7 @@ limit_mb = st.get_option("server.maxUploadSize")
 st.markdown(
     f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by the ingest "
     "worker: you can leave this page, or close the browser, and come back. Each upload is saved under "
-    f"`{md_escape(str(settings.home / 'uploads'))}`, in a folder named after its content, so files with the "
+    f"{md_code(str(uploads_folder(settings.home)))}, in a folder named after its content, so files with the "
     "same name never replace each other.")
 st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
@@ -33,13 +33,16 @@ with upload_tab:
         saved, problems = [], []
         for upload in files or []:
             try:
-                saved.append(save_upload(upload.name, upload.getvalue(), settings.home / "uploads", extensions))
+                saved.append(save_upload(upload.name, upload.getvalue(), uploads_folder(settings.home), extensions))
             except InputError as err:
                 problems.append(str(err))
         st.session_state["upload_problems"] = problems
         if saved:
-            queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""),
-                         owner=access.user())
+            try:
+                queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""),
+                             owner=access.user())
+            except SeekframeError as err:
+                problems.append(str(err))
     for problem in st.session_state.get("upload_problems", []):
         st.error(md_escape(problem))
 
@@ -53,7 +56,7 @@ with folder_tab:
                 "the app. Only files under those folders are read; hidden files and links that lead out of them "
                 "are not.")
     else:
-        st.caption("Allowed folders: " + ", ".join(f"`{md_escape(str(r))}`" for r in settings.allowed_folders)
+        st.caption("Allowed folders: " + ", ".join(md_code(str(r)) for r in settings.allowed_folders)
                    + " (`KB_ALLOWED_FOLDERS`). Hidden files and links that lead out of them are not read.")
         folder = st.text_input("Folder or file path on the server", key="folder_path",
                                placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")

@@ -101,8 +101,8 @@ if st.session_state.get("library_confirm_delete") == record.path:
         st.warning(md_escape(f"Delete {record.rel} ({record.chunks} chunks) from the knowledge base? Its text can "
                              f"no longer be found or cited. The file stays on disk at {record.path}."))
         yes, no, _ = st.columns([1, 1, 3])
-        yes.button(f"Yes, delete {record.rel}", key="library_delete_confirm", on_click=delete, args=(record,),
-                   type="primary")
+        yes.button(f"Yes, delete {md_escape(record.rel)}", key="library_delete_confirm", on_click=delete,
+                   args=(record,), type="primary")
         no.button("Keep it", key="library_delete_cancel", on_click=st.session_state.pop,
                   args=("library_confirm_delete", None))
 

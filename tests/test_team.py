@@ -71,7 +71,9 @@ def test_a_file_added_through_one_app_is_found_from_the_other(chroma_url, vllm_s
         assert wait_until(lambda: board.jobs() and not board.busy, "the worker to finish the upload", timeout=240)
         job = board.jobs()[0]
         assert job.worker == "team-worker"  # no app process ingested it: neither owns a store
-        assert sorted((f.rel, f.state) for f in job.files) == [("osprey.pdf", "done"), ("sign.png", "done")]
+        states = sorted((f.rel, f.state, f.result) for f in job.files)
+        assert [(rel, state) for rel, state, _ in states] == [("osprey.pdf", "done"), ("sign.png", "done")], \
+            [(f.rel, f.state, f.result, f.reason) for f in job.files]
         assert job.engine.startswith("openai") and job.pages_read >= 1  # the photo went through vLLM
 
         browser.send("Page.navigate", url=url_b)
