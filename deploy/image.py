@@ -86,7 +86,9 @@ class Container:
 
     def __init__(self, runner: str, tag: str, data: Path, cache: Path) -> None:
         self.runner, self.tag = runner, tag
-        self.mounts = ["-v", f"{data}:/data", "-v", f"{cache}:/cache"]
+        # Only /data: with a second -v for another VOLUME of the image, buildah (chroot isolation) silently gave
+        # the container fresh folders instead of the host's. /cache (model downloads) is not needed offline.
+        self.mounts = ["-v", f"{data}:/data"]
         self.name = ""
         if runner == "buildah":
             self.name = subprocess.run(["buildah", "from", tag], capture_output=True, text=True,
@@ -176,6 +178,9 @@ def test(built: dict, port: int) -> dict:
     """The compose topology from the image, as processes: Chroma server, ingest worker, app."""
     runner, tag = built["builder"], built["tag"]
     workdir = Path(tempfile.mkdtemp(prefix="seekframe-image-"))
+    # buildah's chroot isolation cannot reach a mount source below a folder only root may enter (mkdtemp's 0700):
+    # the container would get an empty folder instead, silently.
+    workdir.chmod(0o755)
     data, cache = workdir / "data", workdir / "cache"
     for folder in (data / "kb", data / "inbox", data / "chroma", cache):
         folder.mkdir(parents=True)
@@ -210,10 +215,11 @@ def test(built: dict, port: int) -> dict:
         log("ingest worker from the image; the image's sample library dropped into its inbox")
         started = time.monotonic()
         start("worker", ["python", "-m", "ingest", "--worker"])
-        copied = once(["sh", "-c", "cp -r /app/data/samples/. /data/inbox/"])
-        if copied.returncode != 0:
-            raise SystemExit(f"FAILED: copying the samples into the inbox: {copied.stderr}")
-        samples = sorted(p.name for p in (data / "inbox").iterdir())
+        copied = once(["sh", "-c", "cp -r /app/data/samples/. /data/inbox/ && ls /data/inbox"])
+        samples = copied.stdout.split()
+        if copied.returncode != 0 or not samples:
+            raise SystemExit(f"FAILED: copying the samples into the inbox: {copied.stdout} {copied.stderr}")
+        log(f"inbox: {', '.join(samples)}")
 
         def inbox_done() -> bool:
             files = [f for job in job_table(data) if job["label"].startswith("inbox") for f in job["files"]]
