@@ -204,6 +204,12 @@ class LexicalIndex:
         return self._db.execute(f"DELETE FROM chunks WHERE {condition}", args).rowcount
 
     # reading -----------------------------------------------------------------------------------------
+    def orphans(self) -> list[tuple[str, str]]:
+        """(path, rel) of sources that have rows here but no manifest row (a scan: for repairs only)."""
+        with self._lock:
+            return self._db.execute("SELECT DISTINCT source_abs, source FROM chunks WHERE source_abs NOT IN "
+                                    "(SELECT path FROM m.sources)").fetchall()
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]

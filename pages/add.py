@@ -7,6 +7,7 @@ from ingest.jobs import FAILED, Job, uploads_folder
 from ingest.read import supported_extensions
 from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
+from kb.paths import display
 from pages import access, resources
 from pages.helpers import md_code, md_escape, save_upload
 
@@ -75,17 +76,17 @@ def show_job(job: Job) -> None:
     st.markdown(f"**{md_escape(job.label + by)}** · {job.state} · {done}/{len(job.files)} files · "
                 f"{job.seconds:.1f} s" + (f" · {job.pages_read} pages read by the engine" if job.pages_read else ""))
     if job.error:
-        st.caption(md_escape(job.error))
+        st.caption(md_escape(display(job.error)))
     st.progress(done / total)
     if job.active:
         st.button("Cancel", key=f"cancel_{job.id}", on_click=queue.cancel, args=(job.id,),
                   help="Stops before the next file or page batch; files already stored stay.")
     if job.files:
-        st.dataframe([{"file": f.rel, "status": f.state, "chunks": f.chunks, "result": f.result, "reason": f.reason}
-                      for f in job.files], hide_index=True, width="stretch")
+        st.dataframe([{"file": display(f.rel), "status": f.state, "chunks": f.chunks, "result": f.result,
+                       "reason": display(f.reason)} for f in job.files], hide_index=True, width="stretch")
     for item in job.files:
         if item.state == FAILED:
-            st.error(md_escape(f"{item.rel}: {item.reason}"))
+            st.error(md_escape(display(f"{item.rel}: {item.reason}")))
 
 
 def jobs_panel() -> None:
