@@ -3,6 +3,7 @@ their role. The rules live in kb/auth.py; this only reads Streamlit's user, head
 from __future__ import annotations
 
 import logging
+import sys
 
 import streamlit as st
 
@@ -58,6 +59,15 @@ def _sign_in_page() -> None:
     _stop()
 
 
+@st.cache_resource(show_spinner=False)
+def _say_no_sign_in(address: str) -> bool:
+    """Once per process, on the console: this app has no sign-in (everyone who reaches it is admin)."""
+    print(f"\n*** SEEKFRAME: NO SIGN-IN. Everyone who reaches this app is admin; it listens on {address} only. "
+          "For a team set KB_AUTH=oidc (a provider in .streamlit/secrets.toml) or KB_AUTH=header. ***\n",
+          file=sys.stderr, flush=True)
+    return True
+
+
 def current() -> tuple[Identity, str]:
     """The visitor and their role, or a sign-in page / refusal and stop. Run at the top of every page run."""
     settings = resources.settings()
@@ -68,6 +78,7 @@ def current() -> tuple[Identity, str]:
             check_no_sign_in(address)
         except AccessDenied as err:
             _stop_with(err)
+        _say_no_sign_in(address)
         st.sidebar.warning("No sign-in: single-user mode, reachable from this machine only (KB_AUTH).")
         return Identity(email=LOCAL_USER, name="local user"), ADMIN
     if how == "oidc":
