@@ -207,5 +207,6 @@ def test_a_sign_in_header_from_an_address_that_is_no_proxy_is_refused(team_kb, b
         browser.send("Page.navigate", url=url)
         browser.wait_text("· viewer", timeout=90)
         assert "Signed in as eddie@" in sidebar(browser)  # (the app breaks autolinks after the @)
+        browser.send("Page.navigate", url="about:blank")  # no open session: the app stops at once
     finally:
         stop(app)
