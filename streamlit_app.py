@@ -41,6 +41,9 @@ from pages import access  # noqa: E402
 
 # Every page needs the store; opening it here (once per process) also takes the lock if the launcher did not.
 resources.open_or_stop()
+# Queued jobs resume with the process, not with the first visit to the Add page (a single-user app's worker
+# thread starts here; with a Chroma server the worker processes do it).
+resources.jobs()
 # Who is here, before any page: a sign-in page (and stop) until they are; each page offered only to its role.
 identity, role = access.current()
 st.session_state["seekframe_user"], st.session_state["seekframe_role"] = identity.user, role
