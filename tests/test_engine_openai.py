@@ -205,9 +205,10 @@ def test_requests_overlap_on_the_server_up_to_the_concurrency(vllm_server: VLLMS
                                           openai_base_url=vllm_server.base_url), retries=1, backoff=0.1)
 
     requests = [ask(48, task="answer", prompt=f"Write about item {n} at length.") for n in range(4)]
-    spans, most = in_flight(engine_with(4), requests)
+    spans, _ = in_flight(engine_with(4), requests)
     assert max(sent for sent, _ in spans) < min(done for _, done in spans)  # all four sent before any came back
-    assert most >= 2  # and the server decoded several of them at the same time
+    # The server's running-requests gauge is not asserted on: vLLM updates it after engine steps, and on a loaded
+    # 2-core machine a burst of four short requests was seen to finish before it ever read above 0 (CI flake).
     serial, most = in_flight(engine_with(1), requests)
     serial.sort()
     assert all(done <= sent for (_, done), (sent, _) in zip(serial, serial[1:]))  # one at a time
