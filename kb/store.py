@@ -176,28 +176,42 @@ class Store:
     def replace_source(self, record: SourceRecord, chunks: Sequence[Chunk],
                        embeddings: Sequence[Sequence[float]] | None = None) -> None:
         """Make `chunks` the whole content of `record.path`, atomically as seen by searches."""
-        if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
-                sorted(c.position for c in chunks) != list(range(len(chunks))):
-            # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
-            raise ValueError(f"chunks of {record.path} must carry its path and hash, at positions 0..n-1")
-        if embeddings is None:
-            embeddings = self.embedder.embed_documents([c.text for c in chunks])
-        old = self.manifest.get(record.path)
-        self.manifest.begin_cleanup(record.path, record.rel, {record.sha256} | ({old.sha256} if old else set()),
-                                    _owner())
+        self.replace_sources([(record, chunks, embeddings)])
+
+    def replace_sources(self, items: Sequence[tuple[SourceRecord, Sequence[Chunk], Sequence[Sequence[float]] | None]]
+                        ) -> None:
+        """`replace_source` for several sources at once: one Chroma upsert per batch and one lexical commit for
+        all of them (a commit costs as much as indexing ~200 chunks), then each source's manifest row (its own
+        commit point, so each source is still replaced atomically) and each one's old chunks removed."""
+        for record, chunks, _ in items:
+            if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
+                    sorted(c.position for c in chunks) != list(range(len(chunks))):
+                # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
+                raise ValueError(f"chunks of {record.path} must carry its path and hash, at positions 0..n-1")
+        pairs = []
+        for _, chunks, embeddings in items:
+            vectors = self.embedder.embed_documents([c.text for c in chunks]) if embeddings is None else embeddings
+            pairs += zip(chunks, vectors)
+        for record, _, _ in items:
+            old = self.manifest.get(record.path)
+            self.manifest.begin_cleanup(record.path, record.rel,
+                                        {record.sha256} | ({old.sha256} if old else set()), _owner())
         try:
-            for part in _batched(list(zip(chunks, embeddings)), self._batch):
+            for part in _batched(pairs, self._batch):
                 # No documents: the text is kept once, in the lexical index (Chroma would store it and index
                 # every trigram of it, which nothing here queries; that was 70 % of fill time).
                 self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
                                         metadatas=[c.metadata() for c, _ in part])
-            self.lexical.upsert(chunks)
-            record.chunks = len(chunks)
-            self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
+            self.lexical.upsert([c for c, _ in pairs])
+            for record, chunks, _ in items:
+                record.chunks = len(chunks)
+                self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
         except Exception:
-            self._clean_quietly(record.path)  # the half-written version goes; the old one stays as it was
+            for record, _, _ in items:
+                self._clean_quietly(record.path)  # the half-written version goes; the old one stays as it was
             raise
-        self._clean(self.manifest.cleanups_of(record.path))
+        for record, _, _ in items:
+            self._clean(self.manifest.cleanups_of(record.path))
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
         """The chunks of the current version of `path` in position order (and their vectors, if asked)."""
