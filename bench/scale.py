@@ -324,6 +324,14 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     return row
 
 
+def query_embedding_ms(model: str, texts: list[str]) -> tuple[float, float, int]:
+    """p50/p95 of embedding one question with a real model (what hybrid and dense add to the numbers above)."""
+    from kb.embed import Embedder
+
+    embedder = Embedder(model)
+    return latency(embedder.embed_query, texts, 30)
+
+
 def lexical_pieces(store, texts: list[str], chunks: int, cap: float) -> dict[str, Any]:
     """Tantivy alone (ranking only, no stored rows, no manifest check), and the share of chunks a query's words
     occur in: what an engine without pruning (FTS5) would have to score."""
@@ -489,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", default="", help="a markdown file appended to the section (conclusions)")
     parser.add_argument("--agreement-max", type=int, default=300_000, help="compare lexical with exact BM25 up "
                         "to this many chunks (bm25s holds them all in memory)")
+    parser.add_argument("--query-embedder", default="", help="also time question embedding with this model, "
+                        "e.g. bundled:all-MiniLM-L6-v2 (reported beside the table, not added to it)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -525,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     report = render(rows, sizes, sweep, args)
+    if args.query_embedder and rows:
+        _, texts = query_sets(corpus, Build(sources=max(1, build.sources)), 100, args.seed)
+        p50, p95, n = query_embedding_ms(args.query_embedder, texts)
+        report += (f"\n\nQuestion embedding with `{args.query_embedder}` (add it to dense and hybrid): "
+                   f"p50 {p50:.1f} ms, p95 {p95:.1f} ms over {n} questions.")
     print(report)
     if args.write:
         write_section(TITLE, report)

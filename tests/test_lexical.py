@@ -2,6 +2,7 @@
 text kept once, and a writer killed before its commit."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -199,3 +200,28 @@ def test_ids_are_replaced_not_duplicated(tmp_path: Path):
         assert index.count() == 1 and [row[1] for row in index.rows(["x"]).values()] == ["new words"]
     finally:
         index.close()
+
+
+def test_several_sources_written_at_once_are_each_replaced_whole(open_kb):
+    from kb.manifest import SourceRecord
+
+    store = open_kb()
+
+    def version(name: str, texts: list[str]):
+        path = f"/library/{name}"
+        sha = hashlib.sha256("".join(texts).encode()).hexdigest()
+        chunks = [Chunk(id=f"{sha[:16]}:{n}", text=t, source=name, source_abs=path, sha256=sha, modality="text",
+                        position=n) for n, t in enumerate(texts)]
+        return SourceRecord(path=path, rel=name, sha256=sha, size=1, kind="text", status="ok", chunks=0,
+                            engine="test", model=""), chunks, None
+
+    store.replace_sources([version("a.md", ["Alpha report on turbines.", "Alpha appendix."]),
+                           version("b.md", ["Beta report on turbines."])])
+    assert {h.source for h in store.lexical_query("turbines report", 10)} == {"a.md", "b.md"}
+    store.replace_sources([version("a.md", ["Alpha, second edition: wind farms."])])
+    assert [h.text for h in search(store, "alpha", k=10, mode="lexical")] == ["Alpha, second edition: wind farms."]
+    assert store.lexical.ids() == set(store._collection.get(include=[])["ids"]) and store.count() == 2
+    with pytest.raises(ValueError, match="positions 0..n-1"):
+        record, chunks, _ = version("c.md", ["Gamma."])
+        store.replace_sources([(record, [Chunk(**{**chunks[0].__dict__, "position": 3})], None)])
+    assert store.manifest.get("/library/c.md") is None
