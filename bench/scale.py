@@ -313,7 +313,7 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     row["current_shas"] = latency(lambda _: store.manifest.current_shas(some_paths), texts[:50])
     row.update(lexical_pieces(store, texts, row["chunks"], cap))
     if row["chunks"] <= args.agreement_max:
-        row["agreement"] = bm25_agreement(store, corpus, build, texts[:100])
+        row["agreement"] = store_agreement(store, corpus, build, texts[:100])
     row["disk_mib"] = disk_mib(home)
     row["lexical_mib"] = disk_mib(home / "lexical")
     row["load"] = os.getloadavg()
@@ -349,12 +349,36 @@ def lexical_pieces(store, texts: list[str], chunks: int, cap: float) -> dict[str
             "matched_share": statistics.mean(matched) / chunks}
 
 
-def bm25_agreement(store, corpus: Corpus, build: Build, texts: list[str]) -> float:
-    """Mean overlap of the lexical top 10 with exact BM25 (bm25s, same tokens, k1 1.2, b 0.75: Tantivy's) over
-    every stored chunk. Only where the exact index fits in memory (bm25s keeps a sparse matrix of all chunks)."""
+def bm25_agreement(search_top10: Callable[[str], list[str]], ids: list[str], tokens: list[list[str]],
+                   texts: list[str]) -> tuple[float, float]:
+    """How much of the lexical top 10 exact BM25 (bm25s over the same tokens, k1 1.2, b 0.75, Lucene idf: Tantivy's
+    formula) also puts in its top 10: (overlap of the two lists, share of our hits that score at least the exact
+    10th best). The second counts ties as agreement: with short queries many chunks tie exactly, and which of the
+    tied ones fill the last places is arbitrary in both engines."""
     import bm25s
 
-    from kb.lexical import query_terms, tokenize
+    from kb.lexical import query_terms
+
+    exact = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+    exact.index(tokens, show_progress=False)
+    position = {cid: n for n, cid in enumerate(ids)}
+    overlap, tied = [], []
+    for text in texts:
+        terms = [t for t in query_terms(text) if t in exact.vocab_dict]
+        if not terms:
+            continue
+        scores = exact.get_scores(terms)
+        best = np.argpartition(-scores, 9)[:10]
+        tenth = scores[best].min()
+        ours = search_top10(text)
+        overlap.append(len(set(ours) & {ids[i] for i in best}) / 10)
+        tied.append(sum(scores[position[cid]] >= tenth * (1 - 1e-6) for cid in ours) / 10)
+    return statistics.mean(overlap), statistics.mean(tied)
+
+
+def store_agreement(store, corpus: Corpus, build: Build, texts: list[str]) -> tuple[float, float]:
+    """bm25_agreement over every chunk of the knowledge base (exact BM25 holds them all in memory)."""
+    from kb.lexical import tokenize
 
     ids, tokens = [], []
     for n in range(build.sources):
@@ -362,17 +386,29 @@ def bm25_agreement(store, corpus: Corpus, build: Build, texts: list[str]) -> flo
         for i, text in enumerate(corpus.texts(n)):
             ids.append(f"{sha[:16]}:{i}")
             tokens.append(tokenize(text))
-    exact = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
-    exact.index(tokens, show_progress=False)
-    overlap = []
-    for text in texts:
-        terms = [t for t in query_terms(text) if t in exact.vocab_dict]
-        if not terms:
-            continue
-        docs, _ = exact.retrieve([terms], k=10, show_progress=False)
-        ours = {h.id for h in store.lexical_query(text, 10)}
-        overlap.append(len(ours & {ids[i] for i in docs[0]}) / 10)
-    return statistics.mean(overlap)
+    return bm25_agreement(lambda t: [h.id for h in store.lexical_query(t, 10)], ids, tokens, texts)
+
+
+def lexical_only_agreement(corpus: Corpus, chunks: int, queries: int, seed: int) -> tuple[float, float]:
+    """The same comparison on a lexical index alone (no Chroma), to measure agreement without a full build."""
+    from kb.lexical import LexicalIndex, tokenize
+    from kb.types import Chunk
+
+    work = Path(tempfile.mkdtemp(prefix="bench-agreement-"))
+    index = LexicalIndex(work / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
+    try:
+        ids, tokens = [], []
+        for n in range(chunks // corpus.per_source):
+            batch = [Chunk(id=f"{n}:{i}", text=t, source="s", source_abs=f"/s{n}", sha256="v", modality="text",
+                           position=i) for i, t in enumerate(corpus.texts(n))]
+            index.upsert(batch)
+            ids += [c.id for c in batch]
+            tokens += [tokenize(c.text) for c in batch]
+        _, texts = query_sets(corpus, Build(sources=chunks // corpus.per_source), queries, seed)
+        return bm25_agreement(lambda t: [cid for cid, *_ in index.query(t, 10)], ids, tokens, texts)
+    finally:
+        index.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def dense_recall(store, corpus: Corpus, build: Build, vectors: list[np.ndarray]) -> float:
@@ -447,11 +483,13 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 def pieces_table(rows: list[dict[str, Any]]) -> str:
     header = ["chunks", "Chroma query alone, 30 results (p50 / p95 ms)", "Manifest.current_shas() p50 ms",
               "Tantivy ranking alone, top 10 (p50 / p95 ms)", "share of chunks a lexical query's words occur in",
-              "lexical index MiB (bytes/chunk)", "lexical top 10 agreement with exact BM25"]
+              "lexical index MiB (bytes/chunk)",
+              "top 10 shared with exact BM25 / our hits in exact top 10 (ties count)"]
     return markdown_table(header, [[f"{r['chunks']:,}", _pair(r["chroma_only"]), f"{r['current_shas'][0]:.2f}",
                                     _pair(r["tantivy_alone"]), f"{r['matched_share']:.0%}",
                                     f"{r['lexical_mib']:,.0f} ({r['lexical_mib'] * (1 << 20) / r['chunks']:,.0f})",
-                                    f"{r['agreement']:.3f}" if "agreement" in r else "-"] for r in rows])
+                                    "{:.3f} / {:.3f}".format(*r["agreement"]) if "agreement" in r else "-"]
+                                   for r in rows])
 
 
 def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> str:
@@ -499,12 +537,19 @@ def main(argv: list[str] | None = None) -> int:
                         "to this many chunks (bm25s holds them all in memory)")
     parser.add_argument("--query-embedder", default="", help="also time question embedding with this model, "
                         "e.g. bundled:all-MiniLM-L6-v2 (reported beside the table, not added to it)")
+    parser.add_argument("--agreement-only", type=int, default=0, help="only compare a lexical index of this many "
+                        "synthetic chunks (no Chroma) with exact BM25, and print it")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
     args.ef = [int(x) for x in args.ef.split(",") if x]
     sizes = sorted(int(s) for s in args.sizes.split(","))
     corpus = Corpus(args.dim, args.per_source, args.seed)
+    if args.agreement_only:
+        shared, tied = lexical_only_agreement(corpus, args.agreement_only, args.queries, args.seed)
+        print(f"{args.agreement_only:,} chunks, {args.queries} queries: top 10 shared with exact BM25 {shared:.3f}, "
+              f"our hits within the exact top 10 (ties count) {tied:.3f}")
+        return 0
     embed_name = DEFAULT_EMBED_MODEL if args.dim == 1024 else f"synthetic-{args.dim}d"
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     home = work / "kb"

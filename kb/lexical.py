@@ -43,6 +43,7 @@ STRING_FIELDS = ("id", "source_abs", "sha256", "source", "modality")
 INT_FIELDS = ("page", "position")
 FLOAT_FIELDS = ("t_start", "t_end")
 WRITER_HEAP = 64_000_000  # bytes buffered before Tantivy writes a segment on its own
+TIE_DEPTH = 200  # how far a query follows a run of equal scores at the k-th place
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
 
@@ -56,7 +57,7 @@ def _schema() -> tantivy.Schema:
         builder.add_integer_field(name, indexed=True, fast=True)
     for name in FLOAT_FIELDS:
         builder.add_float_field(name, indexed=True, fast=True)
-    builder.add_bytes_field("row", stored=True)  # {"id", "text", "meta"} as JSON: what a hit needs
+    builder.add_bytes_field("row", stored=True)  # {"id", "text", "meta", "length"} as JSON: what a hit needs
     return builder.build()
 
 
@@ -174,6 +175,11 @@ def filter_query(where: dict[str, Any]) -> tantivy.Query:
     return tantivy.Query.range_query(SCHEMA, key, kind, upper_bound=bound, include_upper=op == "$lte")
 
 
+def _tied(score: float) -> float:
+    """A score rounded so that ties show: Tantivy's sums differ in the 7th digit for the same terms and length."""
+    return round(score, 4)
+
+
 def _typed(key: str, value: Any) -> Any:
     if key in INT_FIELDS:
         if float(value) != int(value):
@@ -184,7 +190,8 @@ def _typed(key: str, value: Any) -> Any:
 
 def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
     doc = tantivy.Document()
-    doc.add_text("tokens", " ".join(tokenize(chunk.text)))
+    tokens = tokenize(chunk.text)
+    doc.add_text("tokens", " ".join(tokens))
     for name in STRING_FIELDS:
         value = chunk.id if name == "id" else getattr(chunk, name)
         if value is not None:
@@ -193,7 +200,8 @@ def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
         value = getattr(chunk, name)
         if value is not None:
             doc.add_integer(name, int(value)) if name in INT_FIELDS else doc.add_float(name, float(value))
-    doc.add_bytes("row", json.dumps({"id": chunk.id, "text": chunk.text, "meta": meta}).encode())
+    row = {"id": chunk.id, "text": chunk.text, "meta": meta, "length": len(tokens)}
+    doc.add_bytes("row", json.dumps(row).encode())
     return doc
 
 
@@ -357,12 +365,19 @@ class LexicalIndex:
         searcher = self._searcher()
         depth = k + 10
         while True:
-            hits = searcher.search(query, depth, count=False).hits
-            rows = [(self._row(searcher, address), float(score)) for score, address in hits]
-            current = self._current_shas([meta.get("source_abs", "") for (_, _, meta), _ in rows])
-            fresh = [(cid, doc, meta, score) for (cid, doc, meta), score in rows
-                     if current.get(meta.get("source_abs")) == meta.get("sha256")]
-            if len(fresh) >= k or len(hits) < depth:
+            hits = [(_tied(score), address) for score, address in searcher.search(query, depth, count=False).hits]
+            more = len(hits) == depth
+            if more and depth < TIE_DEPTH and hits[-1][0] == hits[min(k, len(hits)) - 1][0]:
+                depth = min(TIE_DEPTH, depth * 4)  # chunks tied with the k-th go on past the depth: take them all
+                continue
+            stored = [json.loads(bytes(searcher.doc(address).get_first("row"))) for _, address in hits]
+            # Tantivy keeps a chunk's length in one byte (lengths 150-160 share a value), so chunks that differ
+            # only in length tie; exact BM25 ranks the shorter first, and so do we.
+            order = sorted(range(len(hits)), key=lambda n: (-hits[n][0], stored[n].get("length", 0)))
+            current = self._current_shas([stored[n]["meta"].get("source_abs", "") for n in order])
+            fresh = [(stored[n]["id"], stored[n]["text"], stored[n]["meta"], float(hits[n][0])) for n in order
+                     if current.get(stored[n]["meta"].get("source_abs")) == stored[n]["meta"].get("sha256")]
+            if len(fresh) >= k or not more:
                 return fresh[:k]
             depth *= 4  # stale versions (a write in flight, a crash being cleaned up) took places: look deeper
 
