@@ -88,10 +88,11 @@ def _print_result(result: FileResult) -> None:
 
 def print_json(report: IngestReport) -> None:
     """Every file's outcome, for scripts: one JSON object on stdout."""
-    json.dump({"files": [r.to_json() for r in report.results], "counts": dict(report.counts()),
-               "chunks": report.chunks, "seconds": round(report.seconds, 3), "engine": report.engine,
-               "pages_read": report.pages_read, "exit_code": report.exit_code}, sys.stdout, ensure_ascii=False,
-              indent=1)
+    files = [r.to_json() for r in sorted(report.results, key=lambda r: r.path)]
+    summary = {"files": files, "counts": dict(report.counts()), "chunks": report.chunks,
+               "seconds": round(report.seconds, 3), "engine": report.engine, "pages_read": report.pages_read,
+               "exit_code": report.exit_code}
+    json.dump(summary, sys.stdout, ensure_ascii=False, indent=1)
     print()
 
 

@@ -41,10 +41,13 @@ PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.O
 STORED = ("added", "updated", "copied", "renamed", "skipped", "partial", "empty")
 NOT_READ = ("unsupported", "hidden", "link")
 FAILED = ("failed", "partial")
-NO_TEXT = "no text found on it: it was read without errors but holds nothing readable (blank, or a picture " \
-          "without writing)"
-NO_TEXT_FIX = "nothing to do if it is blank; if it does show text, scan it again at a higher resolution or " \
-              "contrast, or read it with a Qwen3-VL engine (--engine transformers or openai)"
+NO_TEXT = {"video": "no text found in it: it was read without errors but shows no text the engine could read",
+           "": "no text found on it: it was read without errors but holds nothing readable (blank, or a picture "
+               "without writing)"}
+NO_TEXT_FIX = {"video": "nothing to do if it shows no writing; a Qwen3-VL engine (--engine transformers or openai) "
+                        "also describes what is shown",
+               "": "nothing to do if it is blank; if it does show text, scan it again at a higher resolution or "
+                   "contrast, or read it with a Qwen3-VL engine (--engine transformers or openai)"}
 
 
 @dataclass
@@ -104,6 +107,7 @@ class _Job:
     status: str
     waiting: int = 0
     failed_units: set[int] = field(default_factory=set)  # id(unit) of units the engine could not read
+    fix: str = ""  # the way out of the first unit failure that has one
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
 
@@ -150,17 +154,17 @@ def scan(paths: Sequence[Path]) -> Walk:
     return found
 
 
-def _follow(given: Path) -> tuple[Path, FileResult | None]:
-    """A given path resolved, or the result that says why it cannot be."""
+def _follow(given: Path, label: str = "") -> tuple[Path, FileResult | None]:
+    """A path resolved, or the result (named `label`, else its file name) that says why it cannot be."""
+    name = label or given.name or str(given)
     try:
         return given.resolve(strict=True), None
     except (RuntimeError, OSError) as err:
-        name = given.name or str(given)
         if isinstance(err, RuntimeError) or err.errno == errno.ELOOP:
             return given, _link_loop(name)
         if os.path.islink(given) or isinstance(err, FileNotFoundError) and os.path.lexists(given):
             return given, _dangling(name, given)
-        return given, FileResult(name, "failed", errors=[f"{name}: cannot open: {err.strerror or err}"],
+        return given, FileResult(name, "failed", errors=[f"{display(name)}: cannot open: {err.strerror or err}"],
                                  fix="check that it exists and that you may read it")
 
 
@@ -196,9 +200,8 @@ def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], e
     """A link met in a folder: a file inside the root is read (under the link's name); the rest is reported.
     Links to folders are never followed: a folder inside the root is walked at its own place anyway, and
     following them is how a walk loops forever (`d/up -> ..`)."""
-    target, problem = _follow(path)
+    target, problem = _follow(path, rel)
     if problem:
-        problem.path = rel
         found.results.append(problem)
     elif not target.is_relative_to(root):
         found.results.append(FileResult(rel, "link", notes=[
@@ -236,14 +239,16 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _link_loop(rel: str) -> FileResult:
-    return FileResult(rel, "failed", errors=[f"{rel}: the link loops (it leads back to itself through other links)"],
-                      fix="remove the link, or point it at the real file")
+    return FileResult(rel, "failed", errors=[
+        f"{display(rel)}: the link loops (it leads back to itself through other links)"],
+        fix="remove the link, or point it at the real file")
 
 
 def _dangling(rel: str, path: Path) -> FileResult:
     pointee = display(os.readlink(path)) if os.path.islink(path) else "a file that is gone"
-    return FileResult(rel, "failed", errors=[f"{rel}: a broken link: it points to {pointee}, which does not exist"],
-                      fix="restore the file it points to, or remove the link")
+    return FileResult(rel, "failed", errors=[
+        f"{display(rel)}: a broken link: it points to {pointee}, which does not exist"],
+        fix="restore the file it points to, or remove the link")
 
 
 def _special(rel: str) -> FileResult:
@@ -346,6 +351,11 @@ class Ingestor:
             except SeekframeError as err:
                 report.results.append(FileResult(job.name, "failed", errors=[str(err)], fix=err.fix))
                 continue
+            except OSError as err:  # gone or locked since the walk
+                report.results.append(FileResult(job.name, "failed", errors=[
+                    f"{display(job.name)}: cannot open the file: {err.strerror or err}"],
+                    fix="check that it still exists and that you may read it, then run the ingest again"))
+                continue
             except Exception as err:  # a reader bug or library crash on one odd file must not stop the run
                 log.exception("reading %s failed", job.source.rel)
                 report.results.append(FileResult(job.name, "failed", errors=[f"{display(job.name)}: cannot read: "
@@ -359,8 +369,9 @@ class Ingestor:
                 self._enrich(pending[:self.batch_size], report)
                 pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
-        for start in range(0, len(pending), self.batch_size):
-            self._enrich(pending[start:start + self.batch_size], report)
+        size = self.batch_size if pending else 1  # asking the batch size loads the engine: only when needed
+        for start in range(0, len(pending), size):
+            self._enrich(pending[start:start + size], report)
         self._finish_ready(open_jobs, report)
 
     def _visual_units(self, job: _Job) -> list[Unit]:
@@ -397,6 +408,9 @@ class Ingestor:
         for job, unit in batch:
             try:
                 ready.append((job, unit, self._request(unit)))
+            except SeekframeError as err:  # a decoder limit met only now, when the page or frame is loaded
+                job.fix = job.fix or err.fix
+                self._fail_unit(job, unit, err.args[0], named=True)
             except Exception as err:
                 self._fail_unit(job, unit, f"cannot render: {err}")
         texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready])
@@ -438,9 +452,10 @@ class Ingestor:
             return [None]
         return self._generate(requests, owners)
 
-    def _fail_unit(self, job: _Job, unit: Unit, reason: str) -> None:
+    def _fail_unit(self, job: _Job, unit: Unit, reason: str, named: bool = False) -> None:
+        """Record a unit the engine could not read; `named`: the reason already names the file (InputError)."""
         where = f"page {unit.page}: " if unit.page else ""
-        job.read.errors.append(f"{where}{unit.task}: {reason}")
+        job.read.errors.append(f"{where}{reason}" if named else f"{where}{unit.task}: {reason}")
         job.failed_units.add(id(unit))
         unit.text = ""
         job.waiting -= 1
@@ -459,13 +474,15 @@ class Ingestor:
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
-        errors, notes = job.read.errors, job.read.notes + self._blank_pages(job)
+        errors = list(dict.fromkeys(job.read.errors))  # OCR and caption of one bad image fail alike
+        notes = job.read.notes + self._blank_pages(job)
         if errors and not chunks:
-            return FileResult(job.name, "failed", errors=errors, notes=notes)
+            return FileResult(job.name, "failed", errors=errors, notes=notes, fix=job.fix)
         # Read without errors and nothing readable on it: stored (so it is not read again), but said so.
         status = "partial" if errors else "empty" if not chunks else "ok"
+        kind = "video" if job.read.kind == "video" else ""
         if status == "empty":
-            notes = [n for n in notes if "no text found" not in n] + [NO_TEXT]
+            notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
         record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
         record.engine, record.model, record.errors = engine, model, errors
@@ -479,7 +496,8 @@ class Ingestor:
         if job.checkpoint:
             job.checkpoint.clear()
         shown = status if status != "ok" else job.status
-        return FileResult(job.name, shown, len(chunks), errors, notes, NO_TEXT_FIX if status == "empty" else "")
+        fix = NO_TEXT_FIX[kind] if status == "empty" else job.fix
+        return FileResult(job.name, shown, len(chunks), errors, notes, fix)
 
     @staticmethod
     def _blank_pages(job: _Job) -> list[str]:

@@ -11,7 +11,7 @@ from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_loggin
 from kb.config import Settings
 from kb.engines import load_engine, resolve_engine_name
 from kb.errors import NotFound
-from kb.manifest import describe
+from kb.manifest import SourceRecord, describe
 from kb.outline import outline
 from kb.paths import display
 from kb.search import MODALITY_GROUPS, Filters, search
@@ -77,7 +77,19 @@ def _print_config(settings: Settings) -> int:
 def _print_hits(hits: list[Hit]) -> None:
     for n, hit in enumerate(hits, 1):
         snippet = " ".join(hit.text.split())[:240]
-        print(f"[{n}] {hit.score:.3f}  {hit.where}  ({hit.modality})\n    {snippet}")
+        print(f"[{n}] {hit.score:.3f}  {display(hit.where)}  ({hit.modality})\n    {snippet}")
+
+
+# --json output is for people and scripts alike: names are shown as people see them (an undecodable byte as
+# U+FFFD, which loses the byte), and `source_path` keeps the exact stored absolute path, which --source,
+# `kb outline` and `kb delete` take back (kb/paths.py, README "Command line").
+def _hit_json(hit: Hit) -> dict:
+    return {**hit.to_json(), "source": display(hit.source), "source_path": hit.source_abs}
+
+
+def _source_json(record: SourceRecord) -> dict:
+    return {**record.to_json(), "path": display(record.path), "rel": display(record.rel),
+            "errors": [display(e) for e in record.errors], "source_path": record.path}
 
 
 def _filters(args: argparse.Namespace) -> Filters:
@@ -96,7 +108,7 @@ def _open(settings: Settings) -> Store:
 def _sources(store: Store, as_json: bool) -> int:
     records = store.manifest.all()
     if as_json:
-        print(json.dumps([r.to_json() for r in records], indent=2, ensure_ascii=False))
+        print(json.dumps([_source_json(r) for r in records], indent=2, ensure_ascii=False))
     elif not records:
         print("The knowledge base is empty. Add files with: python -m ingest PATH...")
     for r in records if not as_json else []:
@@ -113,7 +125,7 @@ def _delete(store: Store, name: str | None, pattern: str | None, yes: bool) -> i
         finished = store.unfinished_deletes(name)  # a delete killed half-way: finish it, and say so
         for cleanup in finished:
             removed = store.finish_delete(cleanup)
-            print(f"deleted {display(cleanup.rel)} (finished an interrupted delete; {removed} more chunks removed)")
+            print(f"deleted {display(cleanup.rel)} (finished an interrupted delete: {removed} leftover chunks)")
         if finished:
             return 0
     record = store.manifest.find_one(name)  # none, or an ambiguous name: an error listing the candidates
@@ -174,7 +186,7 @@ def main() -> int:
         if args.command == "search":
             hits = search(store, args.question, k, _filters(args))
             if args.json:
-                print(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
+                print(json.dumps([_hit_json(h) for h in hits], ensure_ascii=False, indent=2))
             else:
                 _print_hits(hits)
             return 0
@@ -182,7 +194,8 @@ def main() -> int:
         print(resolve_engine_name(settings)[1], file=sys.stderr)
         if args.json:
             answer = ask(args.question, store, engine, k, _filters(args), max_tokens=settings.max_answer_tokens)
-            print(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
+            shown = {**answer.to_json(), "citations": [_hit_json(h) for h in answer.citations]}
+            print(json.dumps(shown, ensure_ascii=False, indent=2))
             return 0
         prepared = prepare(args.question, store, k, _filters(args), max_tokens=settings.max_answer_tokens)
         for piece in stream_answer(prepared, engine):  # the answer appears as it is written

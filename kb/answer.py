@@ -4,13 +4,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from PIL import Image
 
 from kb import prompts
 from kb.engines import Engine
+from kb.paths import fs_path
 from kb.search import Filters, expand_context, search
 from kb.store import Store
 from kb.types import Hit, Request
@@ -69,8 +69,9 @@ def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[i
     """Key frames of the cited video segments (source numbers, images): the model sees what was on screen."""
     numbers, images = [], []
     for n, hit in enumerate(hits, 1):
-        if hit.keyframe and len(images) < limit and Path(hit.keyframe).is_file():
-            with Image.open(hit.keyframe) as frame:
+        frame_path = fs_path(hit.keyframe) if hit.keyframe else None  # stored form -> the name that opens
+        if frame_path and len(images) < limit and frame_path.is_file():
+            with Image.open(frame_path) as frame:
                 images.append(frame.convert("RGB"))
             numbers.append(n)
     return numbers, images

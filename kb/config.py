@@ -51,8 +51,8 @@ class Settings:
     image_decode_max_pixels: int = 100_000_000
     image_max_frames: int = 50
     text_max_bytes: int = 50_000_000
-    batch_size: int = 0  # units per engine call; 0 = the engine's own choice (see kb.engines.batch_size_for)
-    concurrency: int = 8
+    batch_size: int = 0  # rows decoded at once (transformers) or units per engine call; 0 = the engine decides
+    concurrency: int = 64  # requests in flight to an openai server: vLLM batches what is in flight
     max_page_tokens: int = 2048
     max_caption_tokens: int = 256
     max_answer_tokens: int = 1024

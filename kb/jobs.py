@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ingest.pipeline import FileResult, Ingestor, IngestReport, walk
+from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport, walk  # STORED: statuses now in the KB
 from kb.config import Settings
 from kb.engines import Engine
 from kb.errors import InputError, NotFound
@@ -28,11 +28,9 @@ from kb.types import Progress, Request
 log = logging.getLogger(__name__)
 
 QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-FINAL = (DONE, FAILED, CANCELLED)
+DONE, FAILED, CANCELLED, SKIPPED = "done", "failed", "cancelled", "skipped"
+FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
-# Statuses of a pipeline FileResult that mean the file is in the knowledge base now.
-STORED = ("added", "updated", "copied", "renamed", "skipped", "partial")
 
 
 FOLDERS_FIX = ("to let the app read it, add its folder to KB_ALLOWED_FOLDERS (folders separated by ':'; or "
@@ -265,7 +263,12 @@ class JobQueue:
 
         This is the boundary for paths a visitor typed: raises InputError naming the path and the setting.
         """
-        roots = self.roots
+        roots, settings = self.roots, self.store.settings
+        if not settings.allowed_folders:  # uploads only: say that server folders are off, not just "outside"
+            for path in paths:
+                if _under(Path(os.path.normpath(path)), [uploads_folder(settings)]) is None:
+                    raise InputError(str(path), "reading folders on the server is off in this app "
+                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
         return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots)
 
     def reindex(self, path: str) -> Job:
@@ -375,6 +378,14 @@ class JobQueue:
         for item in job.files:
             self._apply(item, results.get(item.rel))
         job.state = FAILED if all(f.state == FAILED for f in job.files) else DONE
+        # What the walk left out (hidden, links not followed, other types) gets a row too: the user sees why.
+        planned = {item.rel for item in job.files}
+        for result in report.results:
+            if result.path not in planned:
+                item = FileStatus(path="", rel=getattr(result, "shown", result.path), state=SKIPPED)
+                self._apply(item, result)
+                item.state = FAILED if result.status == "failed" else SKIPPED
+                job.files.append(item)
         job.finished = time.time()
 
     @staticmethod
@@ -384,7 +395,7 @@ class JobQueue:
             return
         item.result, item.chunks = result.status, result.chunks
         item.state = DONE if result.status in STORED else FAILED
-        item.reason = "; ".join(result.errors)
+        item.reason = "; ".join(result.errors or getattr(result, "notes", []))  # a link not followed has a note
         if result.status == "skipped":
             item.reason = "unchanged since the last ingest"
 

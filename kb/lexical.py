@@ -345,13 +345,14 @@ class LexicalIndex:
     def count(self) -> int:
         return self._searcher().num_docs
 
-    def ids(self) -> set[str]:
+    def ids(self) -> list[str]:
+        """Every chunk id in the index, sorted (one twice would show twice)."""
         searcher = self._searcher()
         total = searcher.num_docs
         if not total:
-            return set()
+            return []
         hits = searcher.search(tantivy.Query.all_query(), total).hits
-        return {self._row(searcher, address)[0] for _, address in hits}
+        return sorted(self._row(searcher, address)[0] for _, address in hits)
 
     def query(self, text: str, k: int, where: dict | None = None) -> list[tuple[str, str, dict, float]]:
         """(id, text, metadata, BM25 score) of the best `k` current chunks for `text`, best first."""

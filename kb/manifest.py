@@ -98,7 +98,8 @@ class NameQuery:
         if internal.is_absolute():
             paths.add(str(internal))
         base = stored if stored and "/" not in stored and stored not in (".", "..") else None
-        return cls(stored, tuple(sorted(to_stored(p) for p in paths)), base)
+        rel = stored.removeprefix("./")  # "./sub/a.pdf" as a shell completes it; nothing else is folded
+        return cls(rel, tuple(sorted(to_stored(p) for p in paths)), base)
 
     def sql(self) -> tuple[str, list]:
         marks = ", ".join("?" for _ in self.paths)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from kb import prompts
 from kb.engines import Engine
 from kb.manifest import SourceRecord
+from kb.paths import fs_path
 from kb.store import Store
 from kb.types import Chunk, Request
 
@@ -119,7 +120,7 @@ def text_change_chapters(segments: list[Chunk]) -> list[OutlineEntry]:
 def document_outline(record: SourceRecord, chunks: list[Chunk], engine: Engine) -> list[OutlineEntry]:
     from ingest.pdf import pdf_toc  # the one place the PDF itself is opened again
 
-    toc = pdf_toc(record.path) if record.kind == "pdf" else []
+    toc = pdf_toc(fs_path(record.path)) if record.kind == "pdf" else []
     if toc:
         return [OutlineEntry(title, page=page, level=level) for level, title, page in toc]
     headings = markdown_headings(chunks)

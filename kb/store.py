@@ -214,10 +214,13 @@ class Store:
             self._clean(self.manifest.cleanups_of(record.path))
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
-        """The chunks of the current version of `path` in position order (and their vectors, if asked)."""
-        record = self.manifest.get(path)
-        rows = self.lexical.rows_of(path, record.sha256 if record else None)
+        """The chunks of `path`'s manifest version in order (all its chunks if it has no manifest row), and their
+        vectors if asked."""
+        current = self.manifest.get(path)
+        rows = self.lexical.rows_of(path, current.sha256 if current else None)
         chunks = [_chunk(*row) for row in rows]
+        if current:  # not a version being written or cleaned up beside it
+            chunks = [c for c in chunks if c.position < current.chunks]
         if not with_embeddings or not chunks:
             return chunks, []
         got = self._collection.get(ids=[c.id for c in chunks], include=["embeddings"])

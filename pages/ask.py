@@ -8,6 +8,7 @@ import streamlit as st
 
 from kb.answer import prepare, stream_answer
 from kb.errors import SeekframeError
+from kb.paths import display
 from pages import resources, widgets
 from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
 
@@ -26,7 +27,7 @@ if not records:
 # filters ------------------------------------------------------------------------------------------------
 with st.sidebar:
     st.header("Filters")
-    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources",
+    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources", format_func=display,
                             placeholder="all sources")
     groups = st.multiselect("Modality", GROUPS, key="filter_groups", placeholder="documents, images and video")
     durations = [r.duration for r in records if r.kind == "video" and r.duration]

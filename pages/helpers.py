@@ -17,13 +17,14 @@ from PIL import Image, ImageDraw
 from kb.answer import keep_real_citations
 from kb.errors import InputError
 from kb.manifest import SourceRecord
+from kb.paths import display, fs_path
 from kb.search import Filters
 from kb.types import Chunk, format_clock
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=&])")
 GROUPS = ("documents", "images", "video")
-SORTS = {"name": lambda r: r.rel.lower(), "newest first": lambda r: -r.ingested_at,
-         "most chunks": lambda r: -r.chunks, "type": lambda r: (r.kind, r.rel.lower())}
+SORTS = {"name": lambda r: display(r.rel).lower(), "newest first": lambda r: -r.ingested_at,
+         "most chunks": lambda r: -r.chunks, "type": lambda r: (r.kind, display(r.rel).lower())}
 
 
 # escaping -------------------------------------------------------------------------------------------------
@@ -87,21 +88,23 @@ def time_label(t_start: float | None, t_end: float | None) -> str:
 
 # media ----------------------------------------------------------------------------------------------------
 def keyframe_paths(keyframe: str | None, home: Path) -> list[Path]:
-    """Existing key-frame files of a video segment (one path, or several joined by ';'), relative to home."""
+    """Existing key-frame files of a video segment (one path, or several joined by ';'), relative to home; the
+    paths come stored (kb/paths.py) and are returned as names that open."""
     if not keyframe:
         return []
-    paths = [Path(p.strip()) for p in re.split(r"[;\n]", keyframe) if p.strip()]
+    paths = [fs_path(p.strip()) for p in re.split(r"[;\n]", keyframe) if p.strip()]
     return [p if p.is_absolute() else home / p for p in paths if (p if p.is_absolute() else home / p).is_file()]
 
 
-def highlight_boxes(pdf_path: str, page: int, quote: str) -> list[tuple[float, float, float, float]]:
-    """Where `quote` is on the page, as fractions of the page size; [] when the page has no text layer."""
-    import pymupdf
+def highlight_boxes(pdf_path: str | Path, page: int, quote: str) -> list[tuple[float, float, float, float]]:
+    """Where `quote` is on the page, as fractions of the page size; [] when the page has no text layer.
+    `pdf_path` is the name that opens (internal form), not the stored one."""
+    from ingest.pdf import open_document
 
     quote = quote.replace("…", "").strip()
     if len(quote) < 4:
         return []
-    with pymupdf.open(pdf_path) as doc:
+    with open_document(pdf_path) as doc:
         pdf_page = doc[page - 1]
         width, height = pdf_page.rect.width, pdf_page.rect.height
         rects = pdf_page.search_for(quote[:80]) or pdf_page.search_for(quote[:40])
@@ -124,9 +127,10 @@ def draw_boxes(image: Image.Image, boxes: Sequence[tuple[float, float, float, fl
 
 # library --------------------------------------------------------------------------------------------------
 def source_rows(records: Sequence[SourceRecord], query: str = "", sort: str = "name") -> list[SourceRecord]:
-    """Records whose path, type, status or model contain `query` (any case), in the chosen order."""
+    """Records whose path (as shown), type, status or model contain `query` (any case), in the chosen order."""
     words = query.lower().split()
-    kept = [r for r in records if all(w in f"{r.rel} {r.kind} {r.status} {r.engine} {r.model}".lower() for w in words)]
+    shown = {id(r): f"{display(r.rel)} {r.kind} {r.status} {r.engine} {r.model}".lower() for r in records}
+    kept = [r for r in records if all(w in shown[id(r)] for w in words)]
     return sorted(kept, key=SORTS.get(sort, SORTS["name"]))
 
 

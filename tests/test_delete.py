@@ -30,7 +30,7 @@ def add(store, root: Path, rel: str, texts: list[str]) -> str:
 def index_ids(store) -> tuple[set[str], set[str], set[str]]:
     """Chunk ids as Chroma holds them, as the lexical index holds them, and as the manifest says they should be."""
     chroma = set(store._collection.get(include=[])["ids"])
-    lexical = store.lexical.ids()
+    lexical = set(store.lexical.ids())
     expected = {chunk_id(r.path, r.sha256, n) for r in store.manifest.all() for n in range(r.chunks)}
     return chroma, lexical, expected
 
@@ -69,6 +69,7 @@ def test_names_are_exact_no_wildcards_no_case_folding(library):
     assert find("%") == [] and find("_xb.pdf") == [] and find("sub/%") == [] and find("%.pdf") == []
     assert find("INNER.PDF") == [] and find("Inner.pdf") == []
     assert [r.rel for r in find("sub/report.pdf")] == ["sub/report.pdf"]  # relative to the ingest root
+    assert [r.rel for r in find("./sub/report.pdf")] == ["sub/report.pdf"]
     assert [r.rel for r in find(str(root / "sub/deeper/report.pdf"))] == ["sub/deeper/report.pdf"]
     assert find("deeper/report.pdf") == []  # a path suffix is not a name
     assert {r.rel for r in find("report.pdf")} == {"sub/report.pdf", "sub/deeper/report.pdf"}  # ambiguous
@@ -175,3 +176,17 @@ def test_a_replace_that_fails_before_its_commit_keeps_the_old_version(library, m
         add(store, root, "inner.pdf", ["a new version", "that never commits", "three chunks"])
     monkeypatch.undo()
     assert index_ids(store) == before and store.manifest.cleanups() == []
+
+
+def test_chunks_of_a_source_are_its_manifest_version_only(library, monkeypatch):
+    """A half-written new version (a crash before its commit) never shows in a source's pages or a copy."""
+    store, root, paths = library
+
+    def crash(self, record):
+        raise Crash
+
+    monkeypatch.setattr(type(store.manifest), "put", crash)
+    with pytest.raises(Crash):
+        add(store, root, "inner.pdf", ["a new version", "that never commits", "three chunks"])
+    monkeypatch.undo()
+    assert [c.text for c in store.chunks_of(paths["inner.pdf"])[0]] == ["text of inner.pdf", "more of inner.pdf"]

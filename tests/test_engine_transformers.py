@@ -193,3 +193,28 @@ def test_ingest_hands_the_engine_more_units_than_it_decodes_at_once(make_setting
     small = TransformersEngine(settings)
     assert small.slots == 3
     assert batch_size_for(settings, small) == 3 * UNITS_PER_ROW
+
+
+def test_streams_from_any_thread_generate_on_one_thread(engine):
+    # A static cache's compiled decode step belongs to the thread that recorded it: the app streams from many
+    # threads, so every stream (and the warm-up at start) must generate on the engine's one stream thread.
+    import threading
+
+    used = set()
+    generate = engine._net.generate
+
+    def recording(*args, **kwargs):
+        used.add(threading.get_ident())
+        return generate(*args, **kwargs)
+
+    engine._net.generate = recording
+    assert engine.warm_up() > 0
+    request = Request(task="answer", prompt="Question?", max_new_tokens=6)
+    texts = []
+    readers = [threading.Thread(target=lambda: texts.append("".join(engine.stream(request)))) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert len(used) == 1 and threading.get_ident() not in used
+    assert texts == [engine.generate([request])[0]] * 2

@@ -79,8 +79,6 @@ UNITS_PER_ROW = 4
 KV_MEMORY_SHARE = 0.6
 MAX_GPU_ROWS = 128
 PROMPT_TOKENS = 256  # chat template and instructions around the picture
-# An openai-compatible server batches what is in flight: vLLM wants tens to hundreds of requests at once.
-SERVER_CONCURRENCY = 64
 
 
 def gpu_rows(settings: Settings, free_bytes: int, kv_bytes_per_token: int) -> int:
@@ -97,8 +95,8 @@ def batch_size_for(settings: Settings, engine: Engine) -> int:
     rows = getattr(engine, "slots", 0)  # an engine that refills its own running batch
     if rows:
         return rows * UNITS_PER_ROW
-    if engine.name == "openai":
-        return max(DEFAULT_BATCH, settings.concurrency * 2)
+    if engine.name == "openai":  # the server batches what is in flight (KB_CONCURRENCY); keep it fed
+        return max(DEFAULT_BATCH, settings.concurrency * UNITS_PER_ROW)
     return settings.batch_size or DEFAULT_BATCH
 
 

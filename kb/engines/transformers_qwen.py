@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import AttentionInterface, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.engines import DEFAULT_BATCH, gpu_rows
@@ -39,6 +41,31 @@ DECODE_CHUNK = 16
 # New rows join in groups of slots // REFILL_GROUPS: big enough for an efficient prefill, small enough that few
 # rows sit finished while they wait for company.
 REFILL_GROUPS = 8
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                             **kwargs):
+    """sdpa, except for one-token decoding with a padding mask: there transformers' sdpa copies every key/value head
+    once per query head sharing it (4x the KV cache per layer per step for Qwen3-VL-4B), because torch's fused
+    kernels take either a mask or grouped heads. Rows of a refilled batch always carry padding, so decoding reads
+    the cache once here, with the query heads grouped per key/value head."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1 or attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else dim ** -0.5
+    scores = torch.matmul(query.view(batch, kv_heads, groups, dim), key.transpose(-1, -2)).float() * scale
+    mask = attention_mask.reshape(batch, 1, 1, length)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(scores.softmax(-1).to(value.dtype), value)  # (batch, kv_heads, groups, dim)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+GROUPED_ATTENTION = "kb_grouped_sdpa"
+AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
+AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
 
 
 def resolve_device(setting: str) -> str:
@@ -177,6 +204,9 @@ class TransformersEngine:
         eos = self._net.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
         self._lock = threading.Lock()  # one generate() at a time on the shared model (Streamlit runs threads)
+        # Every streamed answer is generated on this one thread: a static cache's compiled decode step (CUDA graphs)
+        # belongs to the thread that recorded it, so a stream from any other thread would fail.
+        self._stream_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-stream")
         # Measured once: free memory later depends on what the caching allocator keeps.
         self._free_after_load = torch.cuda.mem_get_info(self._device)[0] if self._device.startswith("cuda") else 0
         self.last_stats: DecodeStats | None = None
@@ -197,6 +227,8 @@ class TransformersEngine:
             processor = AutoProcessor.from_pretrained(self.model, local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise load_error(self.model, err) from err
+        # The language model only: the vision tower has no padding mask and keeps plain sdpa.
+        model.config.text_config._attn_implementation = GROUPED_ATTENTION
         return model.eval(), processor
 
     def _chat_text(self, request: Request) -> str:
@@ -297,6 +329,14 @@ class TransformersEngine:
     def generate(self, requests: Sequence[Request]) -> list[str]:
         return [self.decode(ids) for ids in self.generate_ids(requests)]
 
+    def warm_up(self) -> float:
+        """Generate a short answer once, so the first user does not wait for it: with KB_GENERATION_CACHE=static this
+        compiles the decode step (1-2.5 min on a GPU). Seconds it took."""
+        started = time.perf_counter()
+        for _ in self.stream(Request(task="answer", prompt="Say hello.", max_new_tokens=8)):
+            pass
+        return time.perf_counter() - started
+
     def stream(self, request: Request) -> Iterator[str]:
         kwargs, stop = self._generate_kwargs([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -310,13 +350,12 @@ class TransformersEngine:
                 errors.append(err)
                 streamer.end()
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        worker = self._stream_thread.submit(run)
         try:
             yield from (piece for piece in streamer if piece)
         finally:  # also when the reader stops early: end generation instead of running to the token limit
             stop.cancelled = True
-            worker.join()
+            worker.result()
         if errors:
             raise EngineError(f"generation failed: {errors[0]}",
                               "see the log; lower KB_IMAGE_MAX_PIXELS if the GPU ran out of memory") from errors[0]
