@@ -197,9 +197,13 @@ def load_frame(path: str, frame: int, label: str, limits: Limits) -> Image.Image
         if frame:
             img.seek(frame)
             _checked(img, label, limits)
-        turn = UPRIGHT.get(img.getexif().get(EXIF_ORIENTATION, 1))
         size = keep_size(*img.size, limits.keep_pixels)
-        small = to_rgb(shrink(_decoded(img, path, frame, size), size))
+        pixels = _decoded(img, path, frame, size)
+        # Pillow's PNG getexif() loads the whole picture to look for an eXIf chunk after the pixels (1 GB for a
+        # 16000² PNG): a PNG decoded strip by strip (still unloaded) only has the eXIf placed before them.
+        exif = img.getexif() if img.format != "PNG" or not img.tile or "exif" in img.info else {}
+        turn = UPRIGHT.get(exif.get(EXIF_ORIENTATION, 1))
+        small = to_rgb(shrink(pixels, size))
     return small.transpose(turn) if turn is not None else small
 
 

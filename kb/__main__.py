@@ -77,7 +77,7 @@ def _print_config(settings: Settings) -> int:
 def _print_hits(hits: list[Hit]) -> None:
     for n, hit in enumerate(hits, 1):
         snippet = " ".join(hit.text.split())[:240]
-        print(f"[{n}] {hit.score:.3f}  {display(hit.where)}  ({hit.modality})\n    {snippet}")
+        print(f"[{n}] {hit.score:.3f}  {hit.where}  ({hit.modality})\n    {snippet}")
 
 
 # --json output is for people and scripts alike: names are shown as people see them (an undecodable byte as

@@ -342,6 +342,20 @@ class LexicalIndex:
     def _searcher(self) -> Any:
         return self._open.index.searcher()
 
+    def orphans(self) -> list[tuple[str, str]]:
+        """(path, rel) of sources that have rows here but no manifest row (a scan: for repairs only)."""
+        searcher = self._searcher()
+        paths = [term for term, _ in searcher.terms_with_prefix("source_abs", "")]
+        known = self._current_shas(paths)
+        out = []
+        for path in paths:
+            if path in known:
+                continue
+            hits = searcher.search(Q.term_query(SCHEMA, "source_abs", path), 1).hits  # none if all deleted
+            if hits:
+                out.append((path, self._row(searcher, hits[0][1])[2].get("source", "")))
+        return out
+
     def count(self) -> int:
         return self._searcher().num_docs
 

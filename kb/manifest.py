@@ -79,6 +79,7 @@ class Cleanup:
     shas: list[str]
     owner: str
     since: float
+    removed: int = 0  # chunks removed so far by this process (not stored)
 
 
 @dataclass(frozen=True)

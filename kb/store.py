@@ -187,7 +187,7 @@ class Store:
             if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
                     sorted(c.position for c in chunks) != list(range(len(chunks))):
                 # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
-                raise ValueError(f"chunks of {record.path} must carry its path and hash, at positions 0..n-1")
+                raise ValueError(f"chunks of {display(record.path)} must carry its path and hash, at positions 0..n-1")
         pairs = []
         for _, chunks, embeddings in items:
             vectors = self.embedder.embed_documents([c.text for c in chunks]) if embeddings is None else embeddings
@@ -239,13 +239,26 @@ class Store:
         return self._clean(self.manifest.cleanups_of(path) or Cleanup(path, "", [], _owner(), 0.0))
 
     def unfinished_deletes(self, name: str) -> list[Cleanup]:
-        """Interrupted deletes of sources `name` names: still journalled, or finished when this store opened."""
+        """Interrupted deletes of sources `name` names: still journalled, finished when this store opened, or
+        chunks without a manifest row left by a version before the journal."""
         query = NameQuery.of(name)
-        candidates = self.manifest.cleanups() + self.recovered
-        return [c for c in candidates if query.matches(c.path, c.rel) and self.manifest.get(c.path) is None]
+        journal = self.manifest.cleanups()
+        busy = {c.path for c in journal if not self._abandoned(c)}  # a live process is writing or deleting it
+        candidates = journal + self.recovered + self._orphans(query)
+        found = {c.path: c for c in candidates
+                 if c.path not in busy and query.matches(c.path, c.rel) and self.manifest.get(c.path) is None}
+        return list(found.values())
+
+    def _orphans(self, query: NameQuery) -> list[Cleanup]:
+        where = {"$or": [{"source_abs": {"$in": list(query.paths)}}, {"source": query.name}]}
+        metas = self._collection.get(where=where, include=["metadatas"])["metadatas"]
+        named = {(m.get("source_abs", ""), m.get("source", "")) for m in metas} | set(self.lexical.orphans())
+        return [Cleanup(path, rel, [], _owner(), 0.0) for path, rel in sorted(named)]
 
     def finish_delete(self, cleanup: Cleanup) -> int:
-        return self._clean(cleanup)
+        """Finish an interrupted delete; returns the chunks it removed (this open's recovery included)."""
+        cleanup.removed += self._clean(cleanup)
+        return cleanup.removed
 
     def _clean(self, cleanup: Cleanup | None) -> int:
         """Remove every chunk of `cleanup.path` that is not its manifest version, then its journal entry."""
@@ -278,7 +291,7 @@ class Store:
             if not self._abandoned(cleanup):
                 continue
             try:
-                removed = self._clean(cleanup)
+                removed = cleanup.removed = self._clean(cleanup)
             except Exception:
                 log.exception("could not finish the interrupted cleanup of %s; it stays journalled", cleanup.rel)
                 continue
@@ -294,9 +307,9 @@ class Store:
             return False  # in flight in this process (another Store of the app, another thread)
         if self._lock:
             return True  # embedded: the lock says no other process has this store open
-        host, pid, _ = cleanup.owner.rsplit(":", 2)
+        host, pid, _token = (cleanup.owner.rsplit(":", 2) + ["", ""])[:3]
         # A server shared by machines: only a dead process of this host is surely not still writing.
-        return host == socket.gethostname() and not _pid_alive(int(pid))
+        return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
     def _drop_media(self, sha256: str) -> None:
         """Key frames of a version no source has any more (a copy of the same file keeps them)."""

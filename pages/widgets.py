@@ -71,7 +71,7 @@ def keyframes(hit_or_chunk, width: int = 220) -> None:
 def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> None:
     """One numbered source: what it is, the cited text, and the page, image or video segment."""
     source = display(hit.source)
-    with st.expander(md_escape(f"[{n}] {display(hit.where)}"), expanded=expanded):
+    with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
         quote = best_sentence(question, hit.text) if question else ""
         if hit.t_start is not None:
             st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")

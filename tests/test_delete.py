@@ -158,8 +158,12 @@ def test_deleting_again_finishes_a_delete_cut_short(library, monkeypatch, capsys
     assert store.manifest.find("inner.pdf") == []  # gone from listings and searches at once
     chroma, lexical, expected = index_ids(store)
     assert len(inner) == 2 and chroma - expected == inner  # what the old order left unreachable
+    code, _, err = kb(monkeypatch, capsys, store, "delete", "inner.pdf")
+    assert code == 1 and "no source is named" in err  # its process (this one) may still be at it
+    with store.manifest._db:  # now it is gone, as after a kill
+        store.manifest._db.execute("UPDATE cleanups SET owner = 'elsewhere:1:gone'")
     code, out, _ = kb(monkeypatch, capsys, store, "delete", "inner.pdf")
-    assert code == 0 and "finished an interrupted delete; 2 more chunks removed" in out
+    assert code == 0 and "finished an interrupted delete: 2 leftover chunks" in out
     chroma, lexical, expected = index_ids(store)
     assert chroma == lexical == expected and store.manifest.cleanups() == []
 
@@ -190,3 +194,17 @@ def test_chunks_of_a_source_are_its_manifest_version_only(library, monkeypatch):
         add(store, root, "inner.pdf", ["a new version", "that never commits", "three chunks"])
     monkeypatch.undo()
     assert [c.text for c in store.chunks_of(paths["inner.pdf"])[0]] == ["text of inner.pdf", "more of inner.pdf"]
+
+
+def test_chunks_an_old_version_left_without_a_source_can_be_deleted_by_name(library, monkeypatch, capsys):
+    """Before the journal, a delete killed after removing the manifest row left chunks no command could reach."""
+    store, root, paths = library
+    store.manifest.remove(paths["inner.pdf"])  # killed there: chunks in both indexes
+    store.manifest.remove(paths["axb.pdf"])
+    store.lexical.delete_source(paths["axb.pdf"])  # killed there: chunks in Chroma only
+    code, out, _ = kb(monkeypatch, capsys, store, "delete", "inner.pdf")
+    assert code == 0 and "deleted inner.pdf (finished an interrupted delete: 2 leftover chunks)" in out
+    code, out, _ = kb(monkeypatch, capsys, store, "delete", str(root / "axb.pdf"))
+    assert code == 0 and "2 leftover chunks" in out
+    chroma, lexical, expected = index_ids(store)
+    assert chroma == lexical == expected and len(expected) == 2 * (len(paths) - 2)

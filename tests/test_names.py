@@ -183,3 +183,13 @@ def test_a_cited_page_of_the_pdf_is_rendered_in_ask(kb_env):
     assert f"[1] {PDF_SHOWN} p. 1" in labels, labels
     assert any("page 1 · cited text highlighted" in c for i in at.get("image") for c in i.captions)
     assert not STORED_ESCAPES.search(visible_text(at))
+
+
+def test_the_answer_prompt_names_sources_as_people_see_them() -> None:
+    """The model is shown `caf\ufffd.pdf p. 1`, never the stored stand-in, so it cannot repeat it in an answer."""
+    from kb.prompts import answer_prompt
+
+    hit = Hit(id="x", text="The hangar has a copper roof.", score=1.0, source=to_stored(PDF), page=1)
+    prompt = answer_prompt("What roof?", [hit])
+    assert f"({PDF_SHOWN} p. 1)" in prompt
+    assert not STORED_ESCAPES.search(prompt)

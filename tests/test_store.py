@@ -66,5 +66,6 @@ def test_only_cleanups_of_gone_processes_are_taken_over(open_kb):
         assert not store._abandoned(Cleanup("/a", "a", [], alive, 0.0))
         assert not store._abandoned(Cleanup("/a", "a", [], f"another-host:{gone.pid}:t", 0.0))
         assert store._abandoned(Cleanup("/a", "a", [], f"{host}:{gone.pid}:t", 0.0))
+        assert not store._abandoned(Cleanup("/a", "a", [], "garbled", 0.0))
     finally:
         store._lock = lock
