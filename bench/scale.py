@@ -195,6 +195,7 @@ def latency(fn: Callable[[Any], Any], inputs: list[Any], max_s: float = 1e9) -> 
 @dataclass
 class Build:
     chunks: int = 0
+    resumed_at: int = 0  # chunks already there when this run started (their build time is not counted)
     sources: int = 0
     total_s: float = 0.0
     generate_s: float = 0.0
@@ -212,8 +213,9 @@ def open_kb(home: Path, corpus: Corpus, embed_name: str):
     return open_store(settings, embedder=CentroidEmbedder(embed_name, corpus))
 
 
-def fill(store, corpus: Corpus, build: Build, target: int, deadline: float) -> None:
-    """Add synthetic sources until the store holds `target` chunks (or time or memory runs out)."""
+def fill(store, corpus: Corpus, build: Build, target: int, deadline: float, per_write: int = 5) -> None:
+    """Add synthetic sources until the store holds `target` chunks (or time or memory runs out), `per_write`
+    sources per `Store.replace_sources` call (how ingest hands over the files of one engine batch)."""
     from kb.manifest import SourceRecord
     from kb.types import Chunk
 
@@ -230,31 +232,33 @@ def fill(store, corpus: Corpus, build: Build, target: int, deadline: float) -> N
                 build.stopped = "memory"
                 return
             started = time.perf_counter()
-            n = build.sources
-            path = f"/synthetic/doc-{n:07d}.pdf"
-            sha = hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()
-            texts, vectors = corpus.texts(n), corpus.vectors(n).tolist()
-            chunks = [Chunk(id=f"{sha[:16]}:{i}", text=t, source=Path(path).name, source_abs=path, sha256=sha,
-                            modality="pdf_text", page=i // 3 + 1, engine="ocr", position=i)
-                      for i, t in enumerate(texts)]
+            items = []
+            for n in range(build.sources, build.sources + per_write):
+                path = f"/synthetic/doc-{n:07d}.pdf"
+                sha = hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()
+                texts, vectors = corpus.texts(n), corpus.vectors(n).tolist()
+                chunks = [Chunk(id=f"{sha[:16]}:{i}", text=t, source=Path(path).name, source_abs=path, sha256=sha,
+                                modality="pdf_text", page=i // 3 + 1, engine="ocr", position=i)
+                          for i, t in enumerate(texts)]
+                items.append((SourceRecord(path=path, rel=Path(path).name, sha256=sha, size=len(texts) * 1000,
+                                           kind="pdf", status="ok", chunks=len(chunks), engine="ocr", model=""),
+                              chunks, vectors))
             generated = time.perf_counter()
-            record = SourceRecord(path=path, rel=Path(path).name, sha256=sha, size=len(texts) * 1000, kind="pdf",
-                                  status="ok", chunks=len(chunks), engine="ocr", model="")
             before = collection.seconds["upsert"] + lexical.seconds["upsert"]
-            store.replace_source(record, chunks, vectors)
+            store.replace_sources(items)
             done = time.perf_counter()
             inner = collection.seconds["upsert"] + lexical.seconds["upsert"] - before
             build.generate_s += generated - started
             build.other_s += (done - generated) - inner
             build.total_s += done - generated
-            build.chunks += len(chunks)
-            build.sources += 1
+            build.chunks += sum(len(chunks) for _, chunks, _ in items)
+            build.sources += len(items)
             if done - last_report > 30:
                 recent = (build.chunks - last_chunks) / max(build.total_s - last_total, 1e-9)
                 last_report, last_chunks, last_total = done, build.chunks, build.total_s
-                print(f"  {build.chunks:>9,} chunks  {recent:,.0f} chunks/s lately  peak RSS {peak_rss_mib():,.0f} MiB"
-                      f"  Chroma {collection.seconds['upsert']:.0f} s  lexical {lexical.seconds['upsert']:.0f} s",
-                      flush=True)
+                print(f"  {time.strftime('%H:%M:%S')} {build.chunks:>9,} chunks  {recent:,.0f} chunks/s lately  "
+                      f"peak RSS {peak_rss_mib():,.0f} MiB  Chroma {collection.seconds['upsert']:.0f} s  lexical "
+                      f"{lexical.seconds['upsert']:.0f} s  load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         build.chroma_s += collection.seconds["upsert"]
         build.lexical_s += lexical.seconds["upsert"]
@@ -306,11 +310,14 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     # The pieces, to find what grows with N (count() is what Store.query called per query before it was removed).
     row["chroma_only"] = latency(lambda v: store._collection.query(
         query_embeddings=[v.tolist()], n_results=30, include=["documents", "metadatas", "distances"]), vectors, cap)
-    row["count"] = latency(lambda _: store.count(), texts[:50])
     some_paths = [r.path for r in store.manifest.all()[:30]]
     row["current_shas"] = latency(lambda _: store.manifest.current_shas(some_paths), texts[:50])
     row.update(lexical_pieces(store, texts, row["chunks"], cap))
+    if row["chunks"] <= args.agreement_max:
+        row["agreement"] = store_agreement(store, corpus, build, texts[:100])
     row["disk_mib"] = disk_mib(home)
+    row["lexical_mib"] = disk_mib(home / "lexical")
+    row["load"] = os.getloadavg()
     row["peak_rss_mib"] = peak_rss_mib()
     row["build"] = Build(**build.__dict__)
     if args.recall:
@@ -318,35 +325,91 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     return row
 
 
+def query_embedding_ms(model: str, texts: list[str]) -> tuple[float, float, int]:
+    """p50/p95 of embedding one question with a real model (what hybrid and dense add to the numbers above)."""
+    from kb.embed import Embedder
+
+    embedder = Embedder(model)
+    return latency(embedder.embed_query, texts, 30)
+
+
 def lexical_pieces(store, texts: list[str], chunks: int, cap: float) -> dict[str, Any]:
-    """Where lexical time goes: FTS5 ranking alone (no joins), matching rows, and the query without common words.
+    """Tantivy alone (ranking only, no stored rows, no manifest check), and the share of chunks a query's words
+    occur in: what an engine without pruning (FTS5) would have to score."""
+    import tantivy
 
-    Read-only SQL on the index's own connection; it shows what a change in kb/lexical.py would gain.
-    """
-    from kb.lexical import match_expression
+    from kb.lexical import SCHEMA, query_terms
 
-    db = store.lexical._db
-    db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_terms USING fts5vocab(main, 'fts', 'row')")
+    def query(text: str):
+        return tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(SCHEMA, "tokens", t))
+                                            for t in query_terms(text)])
 
-    def df(token: str) -> int:
-        found = db.execute("SELECT doc FROM temp.fts_terms WHERE term = ?", (token,)).fetchone()
-        return found[0] if found else 0
-
-    def without_common(text: str) -> str:
-        terms = match_expression(text).split(" OR ")
-        counts = {t: df(t[1:-1].replace('""', '"')) for t in terms}
-        rare = [t for t in terms if counts[t] <= 0.05 * chunks]
-        return " OR ".join(rare or [min(terms, key=counts.get)])  # all common: keep the rarest
-
-    full = ("SELECT c.id, c.text, c.meta, -bm25(fts) FROM fts JOIN chunks c ON c.rowid = fts.rowid "
-            "JOIN m.sources s ON s.path = c.source_abs AND s.sha256 = c.sha256 WHERE fts MATCH ? "
-            "ORDER BY bm25(fts) LIMIT 10")
-    alone = "SELECT rowid, bm25(fts) FROM fts WHERE fts MATCH ? ORDER BY bm25(fts) LIMIT 10"
-    matched = [db.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (match_expression(t),)).fetchone()[0]
-               for t in texts[:20]]
-    return {"fts_alone": latency(lambda t: db.execute(alone, (match_expression(t),)).fetchall(), texts, cap),
-            "fts_pruned": latency(lambda t: db.execute(full, (without_common(t),)).fetchall(), texts, cap),
+    searcher = store.lexical._searcher()
+    matched = [searcher.search(query(t), 1, count=True).count for t in texts[:50]]
+    return {"tantivy_alone": latency(lambda t: searcher.search(query(t), 10, count=False), texts, cap),
             "matched_share": statistics.mean(matched) / chunks}
+
+
+def bm25_agreement(search_top10: Callable[[str], list[str]], ids: list[str], tokens: list[list[str]],
+                   texts: list[str]) -> tuple[float, float]:
+    """How much of the lexical top 10 exact BM25 (bm25s over the same tokens, k1 1.2, b 0.75, Lucene idf: Tantivy's
+    formula) also puts in its top 10: (overlap of the two lists, share of our hits that score at least the exact
+    10th best). The second counts ties as agreement: with short queries many chunks tie exactly, and which of the
+    tied ones fill the last places is arbitrary in both engines."""
+    import bm25s
+
+    from kb.lexical import query_terms
+
+    exact = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+    exact.index(tokens, show_progress=False)
+    position = {cid: n for n, cid in enumerate(ids)}
+    overlap, tied = [], []
+    for text in texts:
+        terms = [t for t in query_terms(text) if t in exact.vocab_dict]
+        if not terms:
+            continue
+        scores = exact.get_scores(terms)
+        best = np.argpartition(-scores, 9)[:10]
+        tenth = scores[best].min()
+        ours = search_top10(text)
+        overlap.append(len(set(ours) & {ids[i] for i in best}) / 10)
+        tied.append(sum(scores[position[cid]] >= tenth * (1 - 1e-6) for cid in ours) / 10)
+    return statistics.mean(overlap), statistics.mean(tied)
+
+
+def store_agreement(store, corpus: Corpus, build: Build, texts: list[str]) -> tuple[float, float]:
+    """bm25_agreement over every chunk of the knowledge base (exact BM25 holds them all in memory)."""
+    from kb.lexical import tokenize
+
+    ids, tokens = [], []
+    for n in range(build.sources):
+        sha = hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()
+        for i, text in enumerate(corpus.texts(n)):
+            ids.append(f"{sha[:16]}:{i}")
+            tokens.append(tokenize(text))
+    return bm25_agreement(lambda t: [h.id for h in store.lexical_query(t, 10)], ids, tokens, texts)
+
+
+def lexical_only_agreement(corpus: Corpus, chunks: int, queries: int, seed: int) -> tuple[float, float]:
+    """The same comparison on a lexical index alone (no Chroma), to measure agreement without a full build."""
+    from kb.lexical import LexicalIndex, tokenize
+    from kb.types import Chunk
+
+    work = Path(tempfile.mkdtemp(prefix="bench-agreement-"))
+    index = LexicalIndex(work / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
+    try:
+        ids, tokens = [], []
+        for n in range(chunks // corpus.per_source):
+            batch = [Chunk(id=f"{n}:{i}", text=t, source="s", source_abs=f"/s{n}", sha256="v", modality="text",
+                           position=i) for i, t in enumerate(corpus.texts(n))]
+            index.upsert(batch)
+            ids += [c.id for c in batch]
+            tokens += [tokenize(c.text) for c in batch]
+        _, texts = query_sets(corpus, Build(sources=chunks // corpus.per_source), queries, seed)
+        return bm25_agreement(lambda t: [cid for cid, *_ in index.query(t, 10)], ids, tokens, texts)
+    finally:
+        index.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def dense_recall(store, corpus: Corpus, build: Build, vectors: list[np.ndarray]) -> float:
@@ -405,47 +468,34 @@ def _pair(p: tuple) -> str:
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     header = ["chunks", "sources", "build s", "Chroma upsert s", "lexical upsert s", "rest of replace_source s",
-              "chunks/s", "disk MiB", "peak RSS MiB", "dense p50 / p95 ms", "lexical p50 / p95 ms",
-              "hybrid p50 / p95 ms", "dense recall@10"]
+              "chunks/s", "disk MiB (bytes/chunk)", "peak RSS MiB", "dense p50 / p95 ms", "lexical p50 / p95 ms",
+              "hybrid p50 / p95 ms", "dense recall@10", "load avg (1 min)"]
     body = []
     for r in rows:
         b: Build = r["build"]
         body.append([f"{r['chunks']:,}", f"{r['sources']:,}", f"{b.total_s:.0f}", f"{b.chroma_s:.0f}",
-                     f"{b.lexical_s:.0f}", f"{b.other_s:.0f}", f"{b.chunks / b.total_s:,.0f}" if b.total_s else "-",
-                     f"{r['disk_mib']:,.0f}", f"{r['peak_rss_mib']:,.0f}", _pair(r["dense"]), _pair(r["lexical"]),
-                     _pair(r["hybrid"]), f"{r['recall']:.3f}" if "recall" in r else "-"])
+                     f"{b.lexical_s:.0f}", f"{b.other_s:.0f}",
+                     f"{(b.chunks - b.resumed_at) / b.total_s:,.0f}" if b.total_s else "-",
+                     f"{r['disk_mib']:,.0f} ({r['disk_mib'] * (1 << 20) / r['chunks']:,.0f})",
+                     f"{r['peak_rss_mib']:,.0f}", _pair(r["dense"]), _pair(r["lexical"]),
+                     _pair(r["hybrid"]), f"{r['recall']:.3f}" if "recall" in r else "-", f"{r['load'][0]:.1f}"])
     return markdown_table(header, body)
 
 
 def pieces_table(rows: list[dict[str, Any]]) -> str:
-    header = ["chunks", "Chroma query alone, 30 results (p50 / p95 ms)", "Store.count() p50 ms",
-              "Manifest.current_shas() p50 ms", "share of chunks a lexical query matches",
-              "FTS5 ranking alone, no joins (p50 / p95 ms)", "lexical without words in >5% of chunks (p50 / p95 ms)"]
-    return markdown_table(header, [[f"{r['chunks']:,}", _pair(r["chroma_only"]), f"{r['count'][0]:.2f}",
-                                    f"{r['current_shas'][0]:.2f}", f"{r['matched_share']:.0%}",
-                                    _pair(r["fts_alone"]), _pair(r["fts_pruned"])] for r in rows])
-
-
-def extrapolate(rows: list[dict[str, Any]], sizes: list[int]) -> list[str]:
-    """Sizes that were not built: scaled from the largest size built, and labelled as such."""
-    last = rows[-1]
-    lines = []
-    for size in sizes:
-        if size <= last["chunks"]:
-            continue
-        factor = size / last["chunks"]
-        b: Build = last["build"]
-        lines.append(f"- **{size:,} chunks: extrapolated, not measured.** Linear in N from {last['chunks']:,}: "
-                     f"build ≥ {b.total_s * factor / 60:.0f} min (inserts slow down as the indexes grow, so this is "
-                     f"a lower bound), disk ≈ {last['disk_mib'] * factor / 1024:.0f} GiB, HNSW vectors alone "
-                     f"{size * last['dim'] * 4 / (1 << 30):.1f} GiB of RAM; lexical latency ≈ "
-                     f"{last['lexical'][0] * factor:.0f} / {last['lexical'][1] * factor:.0f} ms p50 / p95 (it grows "
-                     "linearly: see the matched share).")
-    return lines
+    header = ["chunks", "Chroma query alone, 30 results (p50 / p95 ms)", "Manifest.current_shas() p50 ms",
+              "Tantivy ranking alone, top 10 (p50 / p95 ms)", "share of chunks a lexical query's words occur in",
+              "lexical index MiB (bytes/chunk)",
+              "top 10 shared with exact BM25 / our hits in exact top 10 (ties count)"]
+    return markdown_table(header, [[f"{r['chunks']:,}", _pair(r["chroma_only"]), f"{r['current_shas'][0]:.2f}",
+                                    _pair(r["tantivy_alone"]), f"{r['matched_share']:.0%}",
+                                    f"{r['lexical_mib']:,.0f} ({r['lexical_mib'] * (1 << 20) / r['chunks']:,.0f})",
+                                    "{:.3f} / {:.3f}".format(*r["agreement"]) if "agreement" in r else "-"]
+                                   for r in rows])
 
 
 def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> str:
-    lines = [f"Synthetic chunks through `Store.replace_source` into an embedded Chroma + SQLite FTS5 knowledge base: "
+    lines = [f"Synthetic chunks through `Store.replace_source` into an embedded Chroma + Tantivy knowledge base: "
              f"{args.dim}-d clustered unit vectors (1000 centroids), ~{WORDS_PER_CHUNK} Zipf-distributed pseudo-words "
              f"per chunk ({VOCAB_SIZE:,}-word vocabulary, {CODE_RATE:.0%} numbers and codes), {args.per_source} "
              f"chunks per source. Up to {args.queries} queries per mode (fewer, n=..., where a mode took over "
@@ -455,7 +505,8 @@ def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> s
              "is `replace_source` only (generating text and vectors excluded); peak RSS is the whole process "
              "(Chroma runs in it). Dense recall@10 is against exact neighbours.", "",
              results_table(rows), "", "Pieces of a query:", "", pieces_table(rows), ""]
-    lines += extrapolate(rows, sizes)
+    lines += [f"- **{size:,} chunks: not reached in this run** (see the notes)." for size in sizes
+              if size > rows[-1]["chunks"]]
     if sweep:
         lines += ["", f"HNSW ef_search at {rows[-1]['chunks']:,} chunks (`collection.modify(configuration="
                   "{\"hnsw\": {\"ef_search\": ef}})`, then the client reopened; Chroma's default is 100):", "",
@@ -475,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated chunk counts to measure at")
     parser.add_argument("--dim", type=int, default=1024, help="embedding dimension (1024: Qwen3-Embedding-0.6B)")
     parser.add_argument("--per-source", type=int, default=200, help="chunks per synthetic source")
+    parser.add_argument("--per-write", type=int, default=5, help="sources per Store.replace_sources call")
     parser.add_argument("--queries", type=int, default=200, help="queries per mode")
     parser.add_argument("--mode-seconds", type=float, default=60, help="stop a mode's queries after this long")
     parser.add_argument("--recall", type=int, default=50, help="dense queries checked against exact neighbours "
@@ -483,12 +535,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-min", type=float, default=30.0, help="stop filling after this many minutes")
     parser.add_argument("--workdir", default="", help="keep the knowledge base here; a later run continues it")
     parser.add_argument("--notes", default="", help="a markdown file appended to the section (conclusions)")
+    parser.add_argument("--agreement-max", type=int, default=300_000, help="compare lexical with exact BM25 up "
+                        "to this many chunks (bm25s holds them all in memory)")
+    parser.add_argument("--query-embedder", default="", help="also time question embedding with this model, "
+                        "e.g. bundled:all-MiniLM-L6-v2 (reported beside the table, not added to it)")
+    parser.add_argument("--agreement-only", type=int, default=0, help="only compare a lexical index of this many "
+                        "synthetic chunks (no Chroma) with exact BM25, and print it")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
     args.ef = [int(x) for x in args.ef.split(",") if x]
     sizes = sorted(int(s) for s in args.sizes.split(","))
     corpus = Corpus(args.dim, args.per_source, args.seed)
+    if args.agreement_only:
+        shared, tied = lexical_only_agreement(corpus, args.agreement_only, args.queries, args.seed)
+        print(f"{args.agreement_only:,} chunks, {args.queries} queries: top 10 shared with exact BM25 {shared:.3f}, "
+              f"our hits within the exact top 10 (ties count) {tied:.3f}")
+        return 0
     embed_name = DEFAULT_EMBED_MODEL if args.dim == 1024 else f"synthetic-{args.dim}d"
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     home = work / "kb"
@@ -497,13 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = open_kb(home, corpus, embed_name)
         build = Build(sources=len(store.manifest.all()), chunks=store.count())
+        build.resumed_at = build.chunks
         if build.chunks:
             print(f"continuing {home}: {build.chunks:,} chunks already there (their build time is not counted)")
         deadline = time.perf_counter() + 60 * args.budget_min
         try:
             for size in sizes:
                 print(f"filling to {size:,} chunks ({args.dim}-d, {args.per_source} chunks per source)", flush=True)
-                fill(store, corpus, build, size, deadline)
+                fill(store, corpus, build, size, deadline, args.per_write)
                 if rows and rows[-1]["chunks"] == build.chunks:
                     break
                 rows.append(measure(store, corpus, build, home, args))
@@ -519,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     report = render(rows, sizes, sweep, args)
+    if args.query_embedder and rows:
+        _, texts = query_sets(corpus, Build(sources=max(1, build.sources)), 100, args.seed)
+        p50, p95, n = query_embedding_ms(args.query_embedder, texts)
+        report += (f"\n\nQuestion embedding with `{args.query_embedder}` (add it to dense and hybrid): "
+                   f"p50 {p50:.1f} ms, p95 {p95:.1f} ms over {n} questions.")
     print(report)
     if args.write:
         write_section(TITLE, report)

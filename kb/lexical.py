@@ -1,56 +1,67 @@
-"""The lexical (BM25) index beside Chroma: SQLite FTS5 over text tokenised in Python.
+"""The lexical (BM25) index beside Chroma: Tantivy over text tokenised in Python; it also keeps each chunk's text.
 
 Chroma's open-source build has no keyword search, and dense vectors miss exact strings (invoice numbers, error
-codes, names). FTS5 was picked over bm25s because it updates in place per source (bm25s rebuilds its whole
-matrix) and persists by itself; numbers in docs/benchmarks.md.
+codes, names). Tantivy replaced SQLite FTS5 because FTS5 visits every chunk that holds any query word (80-90 %
+of them for a common word: linear in the corpus), while Tantivy's block-max WAND skips blocks of postings that
+cannot reach the top k (numbers in docs/benchmarks.md, the Scale section).
 
-Tokenisation happens here, not in SQLite, so it can handle scripts without spaces: Han runs go through
+Tokenisation happens here, not in Tantivy, so it can handle scripts without spaces: Han runs go through
 jieba (search mode: words and their sub-words) plus character bigrams, kana and Hangul become bigrams,
-everything else is words. FTS5 then only sees space-separated atomic tokens. The `Store` keeps this index
-in step with Chroma: new rows before the manifest commit, old rows after it, and queries join the manifest so
-only chunks of the current version of a source are returned.
+everything else is words. Tantivy only sees space-separated atomic tokens (its `whitespace` tokenizer).
+
+Each chunk's text and Chroma metadata are stored here (compressed) and nowhere else: Chroma gets vectors and
+metadata only (its own trigram full-text index of documents cannot be switched off in the embedded build and
+was 70 % of fill time). The `Store` keeps this index in step with Chroma: new rows before the manifest commit,
+old rows after it, and a query only returns chunks whose content hash is the manifest's (checked after ranking).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
+import shutil
 import sqlite3
 import threading
+import time
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import regex
+import tantivy
+from tantivy import Occur as O  # noqa: E741 (short: the queries below read as clause lists)
+from tantivy import Query as Q
 
+from kb.errors import StoreError
 from kb.types import Chunk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-# Compounds like INV-2024-0117, E_ACCESS_4711 or 3.14 stay one token (and also yield their parts).
-FTS_TOKENIZER = "unicode61 remove_diacritics 0 tokenchars '-_.'"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS chunks (
-    rowid INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    source_abs TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    source TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    page INTEGER,
-    t_start REAL,
-    t_end REAL,
-    position INTEGER NOT NULL,
-    meta TEXT NOT NULL,          -- the chunk's Chroma metadata, so a hit needs no second look-up
-    text TEXT NOT NULL,
-    tokens TEXT NOT NULL         -- space-joined tokens: what FTS5 indexes
-);
-CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source_abs, position);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(tokens, content='chunks', content_rowid='rowid',
-                                                  tokenize="{FTS_TOKENIZER}");
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-COLUMNS = {"source_abs", "sha256", "source", "modality", "page", "t_start", "t_end", "position"}
+SCHEMA_VERSION = 2  # 1: SQLite FTS5 (lexical.sqlite); 2: Tantivy (lexical/)
+STRING_FIELDS = ("id", "source_abs", "sha256", "source", "modality")
+INT_FIELDS = ("page", "position")
+FLOAT_FIELDS = ("t_start", "t_end")
+WRITER_HEAP = 64_000_000  # bytes buffered before Tantivy writes a segment on its own
+TIE_DEPTH = 200  # how far a query follows a run of equal scores at the k-th place
+LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    # Term frequencies but no positions: BM25 needs no more, and positions would double the postings.
+    builder.add_text_field("tokens", tokenizer_name="whitespace", index_option="freq")
+    for name in STRING_FIELDS:
+        builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
+    for name in INT_FIELDS:
+        builder.add_integer_field(name, indexed=True, fast=True)
+    for name in FLOAT_FIELDS:
+        builder.add_float_field(name, indexed=True, fast=True)
+    builder.add_bytes_field("row", stored=True)  # {"id", "text", "meta", "length"} as JSON: what a hit needs
+    return builder.build()
+
+
+SCHEMA = _schema()
 _HAN = r"\p{Han}"
 _KANA = r"\p{Hiragana}\p{Katakana}ー"
 _HANGUL = r"\p{Hangul}"
@@ -58,6 +69,8 @@ _CJK = rf"{_HAN}{_KANA}{_HANGUL}"
 _W = rf"[[\p{{L}}\p{{N}}]--[{_CJK}]]"  # a letter or digit of a script that separates words by spaces
 _WM = rf"[[\p{{L}}\p{{M}}\p{{N}}]--[{_CJK}]]"
 _RUNS = regex.compile(rf"([{_HAN}]+)|([{_KANA}]+)|([{_HANGUL}]+)|({_W}{_WM}*(?:[-_.]{_W}{_WM}*)*)", regex.V1)
+# The same words for ASCII-only text through the stdlib engine: 8x faster than the Unicode-class pattern above.
+_ASCII_WORDS = re.compile(r"[a-z0-9]+(?:[-_.][a-z0-9]+)*")
 _PARTS = regex.compile(rf"{_W}{_WM}*", regex.V1)
 _ARABIC_MARKS = regex.compile(r"[\u064B-\u065F\u0670\u0640]")  # harakat and tatweel: spelling varies, words don't
 STOPWORDS = frozenset(
@@ -78,6 +91,7 @@ def _jieba():
     return jieba
 
 
+@functools.lru_cache(maxsize=200_000)  # words repeat (Zipf): the cache makes stemming nearly free
 def _stem(word: str) -> str:
     """A light English plural stemmer: 'invoices' and 'invoice' should meet; nothing more aggressive."""
     if not word.isascii() or len(word) <= 3 or not word.isalpha():
@@ -91,13 +105,6 @@ def _stem(word: str) -> str:
     return word
 
 
-def _safe(token: str) -> str:
-    """FTS5's unicode61 splits at combining marks (Devanagari vowel signs...): such tokens go in as hex."""
-    if all(unicodedata.category(ch)[0] in "LN" or ch in "-_." for ch in token):
-        return token
-    return "x" + token.encode("utf-8").hex()
-
-
 def _bigrams(run: str) -> list[str]:
     return [run] if len(run) < 2 else [run[i:i + 2] for i in range(len(run) - 1)]
 
@@ -106,7 +113,8 @@ def tokenize(text: str) -> list[str]:
     """Text -> index tokens: lower-cased, NFKC (full-width forms folded), stopwords dropped, CJK segmented."""
     text = _ARABIC_MARKS.sub("", unicodedata.normalize("NFKC", text).casefold())
     tokens: list[str] = []
-    for han, kana, hangul, word in _RUNS.findall(text):
+    runs = [("", "", "", w) for w in _ASCII_WORDS.findall(text)] if text.isascii() else _RUNS.findall(text)
+    for han, kana, hangul, word in runs:
         if han:
             # jieba's words for Chinese; character bigrams too, for Japanese kanji and words jieba does not know.
             words = [t for t in _jieba().cut_for_search(han) if t.strip() and t not in CJK_STOP]
@@ -115,11 +123,11 @@ def tokenize(text: str) -> list[str]:
         elif kana or hangul:
             tokens += _bigrams(kana or hangul)
         elif word not in STOPWORDS:
-            parts = _PARTS.findall(word)
             tokens.append(_stem(word))
-            if len(parts) > 1:  # INV-2024-0117 also answers a search for 0117
-                tokens += [_stem(p) for p in parts if p not in STOPWORDS]
-    return [_safe(t) for t in tokens]
+            if "-" in word or "_" in word or "." in word:  # INV-2024-0117 also answers a search for 0117
+                tokens += [_stem(p) for p in _PARTS.findall(word) if p not in STOPWORDS]
+    # Tantivy splits only at whitespace (none inside a token), so tokens go in as they are, combining marks too.
+    return tokens
 
 
 def identifiers(text: str) -> set[str]:
@@ -134,117 +142,321 @@ def identifiers(text: str) -> set[str]:
     return out
 
 
-def match_expression(text: str) -> str:
-    """An FTS5 query: any of the question's tokens (OR), each quoted so no token is read as an operator."""
-    unique = dict.fromkeys(tokenize(text))
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in unique)
+def query_terms(text: str) -> list[str]:
+    """The question's distinct tokens: each is one OR-ed term of the BM25 query."""
+    return list(dict.fromkeys(tokenize(text)))
 
 
-def where_sql(where: dict[str, Any] | None, alias: str = "c") -> tuple[str, list[Any]]:
-    """Translate a Chroma `where` filter (the one kb.search builds) into SQL over the chunks table."""
-    if not where:
-        return "1", []
+# filters: the Chroma `where` that kb.search builds, as a Tantivy query ------------------------------------------
+def filter_query(where: dict[str, Any]) -> tantivy.Query:
+    """Translate a Chroma `where` filter into a Tantivy query over the indexed metadata fields."""
     if len(where) != 1:
-        return where_sql({"$and": [{k: v} for k, v in where.items()]}, alias)
+        return filter_query({"$and": [{k: v} for k, v in where.items()]})
     (key, value), = where.items()
     if key in ("$and", "$or"):
-        parts = [where_sql(w, alias) for w in value]
-        joiner = " AND " if key == "$and" else " OR "
-        return "(" + joiner.join(p for p, _ in parts) + ")", [a for _, args in parts for a in args]
-    if key not in COLUMNS:
+        occur = tantivy.Occur.Must if key == "$and" else tantivy.Occur.Should
+        return tantivy.Query.boolean_query([(occur, filter_query(w)) for w in value])
+    if key not in STRING_FIELDS + INT_FIELDS + FLOAT_FIELDS:
         raise ValueError(f"the lexical index cannot filter on {key!r}")
-    column = f"{alias}.{key}"
     op, arg = next(iter(value.items())) if isinstance(value, dict) else ("$eq", value)
-    if op in ("$in", "$nin"):
-        marks = ", ".join("?" for _ in arg) or "NULL"
-        return f"{column} {'NOT ' if op == '$nin' else ''}IN ({marks})", list(arg)
-    sql_op = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
-    return f"{column} {sql_op} ?", [arg]
+    if op in ("$in", "$nin", "$eq", "$ne"):
+        values = [_typed(key, v) for v in (arg if op in ("$in", "$nin") else [arg])]
+        match = tantivy.Query.term_set_query(SCHEMA, key, values) if values else tantivy.Query.empty_query()
+        if op in ("$nin", "$ne"):
+            return tantivy.Query.boolean_query([(tantivy.Occur.Must, tantivy.Query.all_query()),
+                                                (tantivy.Occur.MustNot, match)])
+        return match
+    if key in STRING_FIELDS or op not in ("$gt", "$gte", "$lt", "$lte"):
+        raise ValueError(f"the lexical index cannot filter {key!r} with {op!r}")
+    kind = tantivy.FieldType.Integer if key in INT_FIELDS else tantivy.FieldType.Float
+    bound = _typed(key, arg)
+    if op in ("$gt", "$gte"):
+        return tantivy.Query.range_query(SCHEMA, key, kind, lower_bound=bound, include_lower=op == "$gte")
+    return tantivy.Query.range_query(SCHEMA, key, kind, upper_bound=bound, include_upper=op == "$lte")
+
+
+def _tied(score: float) -> float:
+    """A score rounded so that ties show: Tantivy's sums differ in the 7th digit for the same terms and length."""
+    return round(score, 4)
+
+
+def _typed(key: str, value: Any) -> Any:
+    if key in INT_FIELDS:
+        if float(value) != int(value):
+            raise ValueError(f"{key} is a whole number; {value!r} cannot be compared with it")
+        return int(value)
+    return float(value) if key in FLOAT_FIELDS else str(value)
+
+
+def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
+    doc = tantivy.Document()
+    tokens = tokenize(chunk.text)
+    doc.add_text("tokens", " ".join(tokens))
+    for name in STRING_FIELDS:
+        value = chunk.id if name == "id" else getattr(chunk, name)
+        if value is not None:
+            doc.add_text(name, str(value))
+    for name in INT_FIELDS + FLOAT_FIELDS:
+        value = getattr(chunk, name)
+        if value is not None:
+            doc.add_integer(name, int(value)) if name in INT_FIELDS else doc.add_float(name, float(value))
+    row = {"id": chunk.id, "text": chunk.text, "meta": meta, "length": len(tokens)}
+    doc.add_bytes("row", json.dumps(row).encode())
+    return doc
+
+
+# the index -------------------------------------------------------------------------------------------------------
+Row = tuple[str, str, dict]  # (chunk id, text, Chroma metadata)
+
+
+class _Open:
+    """One Tantivy index opened by this process: shared by every LexicalIndex on the same folder (the app opens
+    the store more than once), because Tantivy allows one writer per index and the reader can be shared too."""
+
+    registry: dict[str, _Open] = {}
+    guard = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.index = tantivy.Index(SCHEMA, str(path), reuse=True)
+        self.index.config_reader(reload_policy="commit")  # other processes' commits show up on their own
+        self.writer: Any = None
+        self.lock = threading.RLock()  # one write (or one writer open/close) at a time in this process
+        self.users = 0
 
 
 class LexicalIndex:
-    """Chunks and their tokens in `path`; the manifest is attached so queries see current versions only."""
+    """Chunks (tokens, text, metadata) in the Tantivy index at `path`.
 
-    def __init__(self, path: Path, manifest_path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.is_new = not path.exists()
-        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._db.execute("ATTACH DATABASE ? AS m", (str(manifest_path),))
-        with self._db:
-            self._db.execute("INSERT OR IGNORE INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    `current_shas(paths) -> {path: sha256}` is the manifest: queries return only chunks of the current version of
+    each source. `exclusive`: this process owns the knowledge base (the embedded store's lock), so it keeps the
+    index's one writer open; otherwise (a Chroma server, several processes) each write takes the writer, waiting
+    for another process's write to finish, and gives it back after its commit.
+    """
+
+    def __init__(self, path: Path, current_shas: Callable[[list[str]], dict[str, str]], exclusive: bool) -> None:
+        if not self.exists(path):
+            self.build(path, [])
+        self.path = path
+        self._current_shas = current_shas
+        self._exclusive = exclusive
+        with _Open.guard:
+            key = str(path.resolve())
+            self._open = _Open.registry.get(key) or _Open(path)
+            _Open.registry[key] = self._open
+            self._open.users += 1
+        self._key = key
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (path / "meta.json").is_file()
+
+    @classmethod
+    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict]]]) -> int:
+        """Create the index at `path` from batches of (chunks, their metadata), all or nothing: it is built beside
+        and renamed into place, so a crash while building leaves no half index (the next open builds again)."""
+        building = path.with_name(path.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        writer = tantivy.Index(SCHEMA, str(building)).writer(WRITER_HEAP, 1)
+        added = 0
+        for chunks, metadatas in batches:
+            for chunk, meta in zip(chunks, metadatas):
+                writer.add_document(_document(chunk, meta))
+            added += len(chunks)
+        writer.commit()
+        writer.wait_merging_threads()
+        try:
+            building.rename(path)
+        except OSError:  # another process built it first (server mode): theirs stands
+            if not cls.exists(path):
+                raise
+            shutil.rmtree(building, ignore_errors=True)
+        return added
 
     # writing -----------------------------------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], metadatas: Sequence[dict] | None = None) -> None:
-        """Add chunks (replacing any with the same id), in one transaction."""
+        """Add chunks (replacing any with the same id), in one commit."""
         metadatas = metadatas or [c.metadata() for c in chunks]
-        rows = [(c.id, c.source_abs, c.sha256, c.source, c.modality, c.page, c.t_start, c.t_end, c.position,
-                 json.dumps(meta), c.text, " ".join(tokenize(c.text))) for c, meta in zip(chunks, metadatas)]
-        with self._lock, self._db:
-            self._delete_rows("id IN (SELECT value FROM json_each(?))", [json.dumps([c.id for c in chunks])])
-            self._db.executemany(
-                "INSERT INTO chunks (id, source_abs, sha256, source, modality, page, t_start, t_end, position, "
-                "meta, text, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("INSERT INTO fts (rowid, tokens) SELECT rowid, tokens FROM chunks WHERE id IN "
-                             "(SELECT value FROM json_each(?))", (json.dumps([c.id for c in chunks]),))
+        documents = [_document(c, m) for c, m in zip(chunks, metadatas)]  # tokenised outside the writer lock
+        ids = [c.id for c in chunks]
+        with self._writing() as writer:
+            # A new version has new ids (they hold its content hash): asking once is cheaper than a delete per id.
+            if ids and self._searcher().search(Q.term_set_query(SCHEMA, "id", ids), 1, count=True).count:
+                for cid in ids:
+                    writer.delete_documents_by_term("id", cid)  # applies to earlier documents only
+            for document in documents:
+                writer.add_document(document)
 
     def delete_source(self, path: str, keep_version: tuple[str, int] | None = None) -> int:
         """Remove the rows of `path`, except those of `keep_version` (content hash, chunk count: positions
         0..count-1 of that hash); returns how many went."""
+        clauses = [(O.Must, Q.term_query(SCHEMA, "source_abs", path))]
         sha, count = keep_version or ("", 0)
-        with self._lock, self._db:
-            return self._delete_rows("source_abs = ? AND NOT (sha256 = ? AND position < ?)", [path, sha, count])
+        if count > 0:
+            positions = Q.range_query(SCHEMA, "position", tantivy.FieldType.Integer, 0, count - 1)
+            kept = Q.boolean_query([(O.Must, Q.term_query(SCHEMA, "sha256", sha)), (O.Must, positions)])
+            clauses.append((O.MustNot, kept))
+        query = Q.boolean_query(clauses)
+        if not self._searcher().search(query, 1, count=True).count:
+            return 0  # nothing to remove (a new source): no commit
+        with self._writing() as writer:
+            doomed = self._searcher().search(query, 1, count=True).count
+            writer.delete_documents_by_query(query)
+        return doomed
 
-    def _delete_rows(self, condition: str, args: list[Any]) -> int:
-        # An external-content FTS5 table forgets a row only when told its old tokens ('delete' command).
-        self._db.execute(f"INSERT INTO fts (fts, rowid, tokens) SELECT 'delete', rowid, tokens FROM chunks "
-                         f"WHERE {condition}", args)
-        return self._db.execute(f"DELETE FROM chunks WHERE {condition}", args).rowcount
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """The writer for one commit; the commit is atomic (a crash before it leaves the last commit intact)."""
+        shared = self._open
+        with shared.lock:
+            writer = shared.writer or self._take_writer()
+            try:
+                yield writer
+                writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            finally:
+                if self._exclusive:
+                    shared.writer = writer
+                else:  # give the index's lock back to the other processes
+                    shared.writer = None
+                    writer.wait_merging_threads()
+            shared.index.reload()  # this process sees its own commit at once
+
+    def _take_writer(self) -> Any:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        pause = 0.02
+        while True:
+            try:
+                return self._open.index.writer(WRITER_HEAP, 1)
+            except ValueError as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise StoreError(f"cannot write the lexical index at {self.path}: {err}",
+                                     "another process has been writing it for over a minute; wait for it to "
+                                     "finish, or stop it") from err
+            time.sleep(pause)
+            pause = min(0.5, pause * 2)
 
     # reading -----------------------------------------------------------------------------------------
+    def _searcher(self) -> Any:
+        return self._open.index.searcher()
+
     def orphans(self) -> list[tuple[str, str]]:
         """(path, rel) of sources that have rows here but no manifest row (a scan: for repairs only)."""
-        with self._lock:
-            return self._db.execute("SELECT DISTINCT source_abs, source FROM chunks WHERE source_abs NOT IN "
-                                    "(SELECT path FROM m.sources)").fetchall()
+        searcher = self._searcher()
+        paths = [term for term, _ in searcher.terms_with_prefix("source_abs", "")]
+        known = self._current_shas(paths)
+        out = []
+        for path in paths:
+            if path in known:
+                continue
+            hits = searcher.search(Q.term_query(SCHEMA, "source_abs", path), 1).hits  # none if all deleted
+            if hits:
+                out.append((path, self._row(searcher, hits[0][1])[2].get("source", "")))
+        return out
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return self._searcher().num_docs
+
+    def ids(self) -> list[str]:
+        """Every chunk id in the index, sorted (one twice would show twice)."""
+        searcher = self._searcher()
+        total = searcher.num_docs
+        if not total:
+            return []
+        hits = searcher.search(tantivy.Query.all_query(), total).hits
+        return sorted(self._row(searcher, address)[0] for _, address in hits)
 
     def query(self, text: str, k: int, where: dict | None = None) -> list[tuple[str, str, dict, float]]:
-        """(id, text, metadata, bm25 score) of the best `k` current chunks for `text`, best first."""
-        expression = match_expression(text)
-        if not expression or k <= 0:
+        """(id, text, metadata, BM25 score) of the best `k` current chunks for `text`, best first."""
+        terms = query_terms(text)
+        if not terms or k <= 0:
             return []
-        with self._lock:
-            rows = self._ranked_first(expression, k) if where is None else []
-            if len(rows) < k:  # a filter, or stale versions among the best: join before ranking
-                condition, args = where_sql(where)
-                sql = ("SELECT c.id, c.text, c.meta, -bm25(fts) AS score FROM fts JOIN chunks c ON c.rowid = fts.rowid "
-                       "JOIN m.sources s ON s.path = c.source_abs AND s.sha256 = c.sha256 "
-                       f"WHERE fts MATCH ? AND {condition} ORDER BY bm25(fts) LIMIT ?")
-                rows = self._db.execute(sql, [expression, *args, k]).fetchall()
-        return [(cid, doc, json.loads(meta), float(score)) for cid, doc, meta, score in rows]
+        # Only SHOULD term clauses and a top-k collector: the shape Tantivy runs with block-max WAND.
+        query = Q.boolean_query([(O.Should, Q.term_query(SCHEMA, "tokens", t)) for t in terms])
+        if where:
+            query = Q.boolean_query([(O.Must, query), (O.Must, Q.const_score_query(filter_query(where), 0.0))])
+        searcher = self._searcher()
+        depth = k + 10
+        while True:
+            hits = [(_tied(score), address) for score, address in searcher.search(query, depth, count=False).hits]
+            more = len(hits) == depth
+            if more and depth < TIE_DEPTH and hits[-1][0] == hits[min(k, len(hits)) - 1][0]:
+                depth = min(TIE_DEPTH, depth * 4)  # chunks tied with the k-th go on past the depth: take them all
+                continue
+            stored = [json.loads(bytes(searcher.doc(address).get_first("row"))) for _, address in hits]
+            # Tantivy keeps a chunk's length in one byte (lengths 150-160 share a value), so chunks that differ
+            # only in length tie; exact BM25 ranks the shorter first, and so do we.
+            order = sorted(range(len(hits)), key=lambda n: (-hits[n][0], stored[n].get("length", 0)))
+            current = self._current_shas([stored[n]["meta"].get("source_abs", "") for n in order])
+            fresh = [(stored[n]["id"], stored[n]["text"], stored[n]["meta"], float(hits[n][0])) for n in order
+                     if current.get(stored[n]["meta"].get("source_abs")) == stored[n]["meta"].get("sha256")]
+            if len(fresh) >= k or not more:
+                return fresh[:k]
+            depth *= 4  # stale versions (a write in flight, a crash being cleaned up) took places: look deeper
 
-    def _ranked_first(self, expression: str, k: int) -> list[tuple]:
-        """Rank inside FTS5, then join only the best few: joining every match first cost 60% of query time
-        at 100k chunks (bench/scale.py)."""
-        sql = ("SELECT c.id, c.text, c.meta, -f.score FROM (SELECT rowid, bm25(fts) AS score FROM fts "
-               "WHERE fts MATCH ? ORDER BY score LIMIT ?) f JOIN chunks c ON c.rowid = f.rowid "
-               "JOIN m.sources s ON s.path = c.source_abs AND s.sha256 = c.sha256 ORDER BY f.score LIMIT ?")
-        return self._db.execute(sql, [expression, k * 4, k]).fetchall()
+    def rows(self, ids: Sequence[str]) -> dict[str, Row]:
+        """The stored rows of the chunks `ids` (those that exist)."""
+        if not ids:
+            return {}
+        searcher = self._searcher()
+        hits = searcher.search(tantivy.Query.term_set_query(SCHEMA, "id", list(ids)), len(ids)).hits
+        found = (self._row(searcher, address) for _, address in hits)
+        return {row[0]: row for row in found}
 
-    def neighbours(self, path: str, sha256: str, positions: Sequence[int]) -> list[tuple[str, str, dict]]:
+    def rows_of(self, path: str, sha256: str | None = None, positions: tuple[int, int] | None = None) -> list[Row]:
+        """The rows of a source (of one version, and a range of positions, if given), in position order."""
+        clauses = [(O.Must, Q.term_query(SCHEMA, "source_abs", path))]
+        if sha256 is not None:
+            clauses.append((O.Must, Q.term_query(SCHEMA, "sha256", sha256)))
+        if positions is not None:
+            clauses.append((O.Must, Q.range_query(SCHEMA, "position", tantivy.FieldType.Integer, *positions)))
+        query = Q.boolean_query(clauses)
+        searcher = self._searcher()
+        total = searcher.search(query, 1, count=True).count
+        if not total:
+            return []
+        rows = [self._row(searcher, address) for _, address in searcher.search(query, total).hits]
+        return sorted(rows, key=lambda row: int(row[2].get("position", 0)))
+
+    def neighbours(self, path: str, sha256: str, positions: Sequence[int]) -> list[Row]:
         """The chunks of one version of a source at the given positions (for context assembly)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, text, meta FROM chunks WHERE source_abs = ? AND sha256 = ? AND position IN "
-                "(SELECT value FROM json_each(?)) ORDER BY position", (path, sha256, json.dumps(list(positions))))
-            return [(cid, doc, json.loads(meta)) for cid, doc, meta in rows.fetchall()]
+        if not positions:
+            return []
+        wanted = set(positions)
+        rows = self.rows_of(path, sha256, (min(positions), max(positions)))
+        return [row for row in rows if int(row[2].get("position", 0)) in wanted]
+
+    @staticmethod
+    def _row(searcher: Any, address: Any) -> Row:
+        row = json.loads(bytes(searcher.doc(address).get_first("row")))
+        return row["id"], row["text"], row["meta"]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        shared = self._open
+        with _Open.guard:
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            _Open.registry.pop(self._key, None)
+        with shared.lock:
+            if shared.writer is not None:
+                shared.writer.wait_merging_threads()  # merges finish and the lock file is released
+                shared.writer = None
+
+
+def read_fts5(path: Path, batch: int = 5000) -> Iterator[list[Row]]:
+    """The rows of a lexical index from before Tantivy (SQLite FTS5, lexical.sqlite), in batches."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        last = 0
+        while True:
+            got = db.execute("SELECT rowid, id, text, meta FROM chunks WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                             (last, batch)).fetchall()
+            if not got:
+                return
+            last = got[-1][0]
+            yield [(cid, text, json.loads(meta)) for _, cid, text, meta in got]
+    finally:
+        db.close()

@@ -1,6 +1,6 @@
 """Retrieval: a question and filters -> hits, best first.
 
-Three modes: dense (Chroma), lexical (BM25 over FTS5) and hybrid (both, fused by reciprocal-rank fusion),
+Three modes: dense (Chroma), lexical (BM25 over Tantivy) and hybrid (both, fused by reciprocal-rank fusion),
 optionally re-ordered by a cross-encoder. The default is whichever won the evaluation (Settings.search_mode).
 Dense finds paraphrase and other languages; lexical finds the exact strings users type (invoice numbers, error
 codes, names). docs/benchmarks.md has the measurements.

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 from kb.config import Settings
 from kb.embed import Embedder, load_embedder
 from kb.errors import EmbedderMismatch, StoreError, StoreLocked
-from kb.lexical import LexicalIndex
+from kb.lexical import LexicalIndex, read_fts5
 from kb.manifest import Cleanup, Manifest, NameQuery, SourceRecord
 from kb.paths import display
 from kb.types import Chunk, Hit
@@ -130,21 +130,38 @@ class Store:
                       "schema_version": SCHEMA_VERSION})
         self._check_embedder()
         self._batch = max(1, min(5000, client.get_max_batch_size()))
-        self.lexical = LexicalIndex(settings.home / "lexical.sqlite", settings.manifest_path)
-        if self.lexical.is_new:
-            self._backfill_lexical()
+        lexical_path = settings.home / "lexical"
+        if not LexicalIndex.exists(lexical_path):
+            self._build_lexical(lexical_path)
+        self.lexical = LexicalIndex(lexical_path, self.manifest.current_shas, exclusive=lock is not None)
         self.recovered: list[Cleanup] = self._recover()
 
-    def _backfill_lexical(self) -> None:
-        """A knowledge base from before the lexical index (or whose lexical.sqlite was deleted): fill it once."""
-        total = self.count()
-        if not total:
+    def _build_lexical(self, path: Path) -> None:
+        """A knowledge base from before the Tantivy index: build it once, from the old SQLite FTS5 index if there
+        is one, else from the texts Chroma kept (knowledge bases older than both); an empty one for a new base."""
+        old = self.settings.home / "lexical.sqlite"
+        if old.exists():
+            log.info("moving the lexical index from %s to Tantivy (once)", old)
+            batches = (([_chunk(*row) for row in rows], [row[2] for row in rows]) for rows in read_fts5(old))
+            LexicalIndex.build(path, batches)
+            for leftover in (old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")):
+                leftover.unlink(missing_ok=True)
             return
-        log.info("building the lexical index from %d stored chunks (once)", total)
+        total = self.count()
+        if total:
+            log.info("building the lexical index from %d stored chunks (once)", total)
+        LexicalIndex.build(path, self._chroma_texts(total))
+
+    def _chroma_texts(self, total: int) -> Iterable[tuple[list[Chunk], list[dict]]]:
         for offset in range(0, total, self._batch):
             got = self._collection.get(include=["documents", "metadatas"], limit=self._batch, offset=offset)
-            chunks = [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
-            self.lexical.upsert(chunks, got["metadatas"])
+            if any(d is None for d in got["documents"]):
+                raise StoreError(f"the lexical index of {self.settings.home} is missing, and the chunk texts "
+                                 "are kept only there (Chroma holds vectors and metadata)",
+                                 f"restore {self.settings.home / 'lexical'} from a backup, or move "
+                                 f"{self.settings.home} aside and ingest the files again")
+            yield [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])], \
+                got["metadatas"]
 
     def _check_embedder(self) -> None:
         meta = self._collection.metadata or {}
@@ -159,40 +176,57 @@ class Store:
     def replace_source(self, record: SourceRecord, chunks: Sequence[Chunk],
                        embeddings: Sequence[Sequence[float]] | None = None) -> None:
         """Make `chunks` the whole content of `record.path`, atomically as seen by searches."""
-        if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
-                sorted(c.position for c in chunks) != list(range(len(chunks))):
-            # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
-            raise ValueError(f"chunks of {display(record.path)} must carry its path and hash, at positions 0..n-1")
-        if embeddings is None:
-            embeddings = self.embedder.embed_documents([c.text for c in chunks])
-        old = self.manifest.get(record.path)
-        self.manifest.begin_cleanup(record.path, record.rel, {record.sha256} | ({old.sha256} if old else set()),
-                                    _owner())
+        self.replace_sources([(record, chunks, embeddings)])
+
+    def replace_sources(self, items: Sequence[tuple[SourceRecord, Sequence[Chunk], Sequence[Sequence[float]] | None]]
+                        ) -> None:
+        """`replace_source` for several sources at once: one Chroma upsert per batch and one lexical commit for
+        all of them (a commit costs as much as indexing ~200 chunks), then each source's manifest row (its own
+        commit point, so each source is still replaced atomically) and each one's old chunks removed."""
+        for record, chunks, _ in items:
+            if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
+                    sorted(c.position for c in chunks) != list(range(len(chunks))):
+                # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
+                raise ValueError(f"chunks of {display(record.path)} must carry its path and hash, at positions 0..n-1")
+        pairs = []
+        for _, chunks, embeddings in items:
+            vectors = self.embedder.embed_documents([c.text for c in chunks]) if embeddings is None else embeddings
+            pairs += zip(chunks, vectors)
+        for record, _, _ in items:
+            old = self.manifest.get(record.path)
+            self.manifest.begin_cleanup(record.path, record.rel,
+                                        {record.sha256} | ({old.sha256} if old else set()), _owner())
         try:
-            for part in _batched(list(zip(chunks, embeddings)), self._batch):
+            for part in _batched(pairs, self._batch):
+                # No documents: the text is kept once, in the lexical index (Chroma would store it and index
+                # every trigram of it, which nothing here queries; that was 70 % of fill time).
                 self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
-                                        documents=[c.text for c, _ in part],
                                         metadatas=[c.metadata() for c, _ in part])
-            self.lexical.upsert(chunks)
-            record.chunks = len(chunks)
-            self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
+            self.lexical.upsert([c for c, _ in pairs])
+            for record, chunks, _ in items:
+                record.chunks = len(chunks)
+                self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
         except Exception:
-            self._clean_quietly(record.path)  # the half-written version goes; the old one stays as it was
+            for record, _, _ in items:
+                self._clean_quietly(record.path)  # the half-written version goes; the old one stays as it was
             raise
-        self._clean(self.manifest.cleanups_of(record.path))
+        for record, _, _ in items:
+            self._clean(self.manifest.cleanups_of(record.path))
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
-        """The chunks of `path`'s manifest version in order (all its chunks if it has no manifest row)."""
-        include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
+        """The chunks of `path`'s manifest version in order (all its chunks if it has no manifest row), and their
+        vectors if asked."""
         current = self.manifest.get(path)
-        where: dict = {"source_abs": path}
+        rows = self.lexical.rows_of(path, current.sha256 if current else None)
+        chunks = [_chunk(*row) for row in rows]
         if current:  # not a version being written or cleaned up beside it
-            where = {"$and": [where, {"sha256": current.sha256}, {"position": {"$lt": current.chunks}}]}
-        got = self._collection.get(where=where, include=include)
-        chunks = [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
-        vectors = [list(map(float, e)) for e in got["embeddings"]] if with_embeddings else []
-        order = sorted(range(len(chunks)), key=lambda n: chunks[n].position)
-        return [chunks[n] for n in order], [vectors[n] for n in order] if vectors else []
+            chunks = [c for c in chunks if c.position < current.chunks]
+        if not with_embeddings or not chunks:
+            return chunks, []
+        got = self._collection.get(ids=[c.id for c in chunks], include=["embeddings"])
+        by_id = {cid: list(map(float, e)) for cid, e in zip(got["ids"], got["embeddings"])}
+        chunks = [c for c in chunks if c.id in by_id]  # both indexes hold a committed chunk; be safe all the same
+        return chunks, [by_id[c.id] for c in chunks]
 
     def delete_source(self, path: str) -> int:
         """Remove a source and all its chunks; returns the number of chunks removed.
@@ -297,14 +331,12 @@ class Store:
         # No count() here: Chroma counts by scanning (95 ms at 1M chunks, bench/scale.py), and it answers an
         # empty collection or a short one with fewer results, not an error.
         got = self._collection.query(query_embeddings=[list(embedding)], n_results=k * 2 + 10,
-                                     where=where or None, include=["documents", "metadatas", "distances"])
+                                     where=where or None, include=["metadatas", "distances"])
         current = self.manifest.current_shas([m.get("source_abs", "") for m in got["metadatas"][0]])
-        hits = []
-        for cid, doc, meta, dist in zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0]):
-            if current.get(meta.get("source_abs")) != meta.get("sha256"):
-                continue  # a stale version of a source, or an unfinished write
-            hits.append(_hit(cid, doc, meta, score=1.0 - float(dist)))
-        return hits[:k]
+        fresh = [(cid, meta, dist) for cid, meta, dist in zip(got["ids"][0], got["metadatas"][0], got["distances"][0])
+                 if current.get(meta.get("source_abs")) == meta.get("sha256")][:k]  # not stale, not unfinished
+        texts = self.lexical.rows([cid for cid, _, _ in fresh])  # the text is kept there only
+        return [_hit(cid, texts[cid][1], meta, score=1.0 - float(dist)) for cid, meta, dist in fresh if cid in texts]
 
     def lexical_query(self, text: str, k: int, where: dict | None = None) -> list[Hit]:
         """Best BM25 matches for `text`, best first; same filters and current-version rule as `query`."""

@@ -127,7 +127,7 @@ def _state(home: Path, embedder) -> dict:
         sources = {r.rel: (r.sha256, r.chunks, r.status) for r in store.manifest.all()}
         expected = {chunk_id(r.path, r.sha256, n) for r in store.manifest.all() for n in range(r.chunks)}
         chroma = store._collection.get(include=[])["ids"]
-        lexical = [row[0] for row in store.lexical._db.execute("SELECT id FROM chunks")]
+        lexical = store.lexical.ids()
         journal = store.manifest.cleanups()
     finally:
         store.close()

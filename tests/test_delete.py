@@ -30,7 +30,7 @@ def add(store, root: Path, rel: str, texts: list[str]) -> str:
 def index_ids(store) -> tuple[set[str], set[str], set[str]]:
     """Chunk ids as Chroma holds them, as the lexical index holds them, and as the manifest says they should be."""
     chroma = set(store._collection.get(include=[])["ids"])
-    lexical = {r[0] for r in store.lexical._db.execute("SELECT id FROM chunks")}
+    lexical = set(store.lexical.ids())
     expected = {chunk_id(r.path, r.sha256, n) for r in store.manifest.all() for n in range(r.chunks)}
     return chroma, lexical, expected
 

@@ -146,20 +146,6 @@ def test_lexical_index_follows_ingest_rename_and_prune(open_kb, tmp_path: Path):
     assert _lexical_sources(store, "E_ACCESS_4711") == set() and store.lexical.count() == store.count()
 
 
-def test_lexical_index_is_rebuilt_for_a_knowledge_base_without_one(open_kb, make_settings, embedder):
-    from kb.store import open_store
-
-    store = open_kb()
-    put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March."])
-    store.close()
-    (store.settings.home / "lexical.sqlite").unlink()
-    again = open_store(store.settings, embedder)
-    try:
-        assert _lexical_sources(again, "INV-2024-0117") == {"ledger.md"}
-    finally:
-        again.close()
-
-
 # exact strings, Chinese -----------------------------------------------------------------------------------------
 ACCESS_DOCS = [
     "Access errors usually mean that your session token expired; sign in again to refresh your access.",

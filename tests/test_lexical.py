@@ -1,0 +1,227 @@
+"""The Tantivy lexical index: filters as kb.search passes them, BM25 order, migration from older knowledge bases,
+text kept once, and a writer killed before its commit."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kb.lexical import LexicalIndex
+from kb.search import Filters, search
+from kb.types import Chunk
+from tests.test_search import put
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_filter_of_kb_search_narrows_lexical_hits(open_kb):
+    store = open_kb()
+    put(store, "report.pdf", ["Harbour ice in January.", "Harbour ice in March.", "Harbour ice in May."],
+        modality="pdf_text", pages=True, ingested_at=1000.0)
+    put(store, "talk.mp4", ["Harbour ice on video.", "Harbour ice again.", "Harbour ice at the end."],
+        modality="video_segment", seconds=60.0, ingested_at=5000.0)
+    put(store, "notes.md", ["Harbour ice notes."], ingested_at=9000.0)
+
+    def found(**filters) -> set[tuple[str, object]]:
+        hits = search(store, "harbour ice", k=20, mode="lexical", filters=Filters(**filters), parse_times=False)
+        return {(h.source, h.page if h.page is not None else h.t_start) for h in hits}
+
+    assert len(found()) == 7
+    assert found(pages=(2, 3)) == {("report.pdf", 2), ("report.pdf", 3)}
+    assert found(seconds=(70, 130)) == {("talk.mp4", 60.0), ("talk.mp4", 120.0)}
+    assert found(modalities=["video"]) == {("talk.mp4", 0.0), ("talk.mp4", 60.0), ("talk.mp4", 120.0)}
+    assert found(sources=["notes.md"]) == {("notes.md", None)}
+    assert found(ingested_after=4000.0) == found(sources=["talk.mp4"]) | found(sources=["notes.md"])
+    # A moment in the question keeps other kinds and only the video segments around it.
+    window = found(video_window=(100.0, 110.0))
+    assert ("talk.mp4", 60.0) in window and ("notes.md", None) in window and ("talk.mp4", 0.0) not in window
+
+
+def test_bm25_puts_the_passage_with_more_rare_words_first(open_kb):
+    store = open_kb()
+    put(store, "a.md", ["The quarterly audit of the warehouse found nothing unusual."])
+    put(store, "b.md", ["Warehouse audit: pallet 7 had crushed crates and the audit flagged crushed crates twice."])
+    put(store, "c.md", ["The canteen menu changes every week."])
+    hits = store.lexical_query("crushed crates audit", 10)
+    assert [h.source for h in hits] == ["b.md", "a.md"]
+    assert hits[0].score > hits[1].score > 0
+
+
+def test_text_is_kept_once_in_the_lexical_index_and_dense_hits_still_carry_it(open_kb):
+    store = open_kb()
+    put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."])
+    assert store._collection.get(include=["documents"])["documents"] == [None, None]
+    hits = search(store, "auditor signature", k=2, mode="dense")
+    assert {h.text for h in hits} == {"Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."}
+    chunks, vectors = store.chunks_of("/library/ledger.md", with_embeddings=True)
+    assert [c.text for c in chunks] == ["Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."]
+    assert len(vectors) == 2 and len(vectors[0]) == store.embedder.dimension
+
+
+def _old_chroma_kb(store) -> None:
+    """Turn a store into one from before the Tantivy index: texts in Chroma's documents, no lexical folder."""
+    got = store._collection.get(include=["metadatas", "embeddings"])
+    texts = store.lexical.rows(got["ids"])
+    store._collection.upsert(ids=got["ids"], embeddings=got["embeddings"], metadatas=got["metadatas"],
+                             documents=[texts[i][1] for i in got["ids"]])
+
+
+def test_a_knowledge_base_from_before_tantivy_gets_its_index_from_chroma(open_kb, embedder):
+    import shutil
+
+    from kb.store import open_store
+
+    store = open_kb()
+    put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March."])
+    _old_chroma_kb(store)
+    store.close()
+    shutil.rmtree(store.settings.home / "lexical")
+    again = open_store(store.settings, embedder)
+    try:
+        assert [h.source for h in again.lexical_query("INV-2024-0117", 10)] == ["ledger.md"]
+    finally:
+        again.close()
+
+
+def test_a_knowledge_base_with_the_old_fts5_index_moves_to_tantivy(open_kb, embedder):
+    import shutil
+
+    from kb.store import open_store
+
+    store = open_kb()
+    put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March.", "Receipt E_ACCESS_4711 filed."])
+    rows = [(cid, text, json.dumps(meta)) for cid, text, meta in store.lexical.rows_of("/library/ledger.md")]
+    store.close()
+    shutil.rmtree(store.settings.home / "lexical")
+    old = sqlite3.connect(store.settings.home / "lexical.sqlite")  # the columns the FTS5 index had and we read
+    old.execute("CREATE TABLE chunks (rowid INTEGER PRIMARY KEY, id TEXT, text TEXT, meta TEXT, tokens TEXT)")
+    old.executemany("INSERT INTO chunks (id, text, meta, tokens) VALUES (?, ?, ?, '')", rows)
+    old.commit()
+    old.close()
+    again = open_store(store.settings, embedder)
+    try:
+        assert [h.text for h in again.lexical_query("E_ACCESS_4711", 10)] == ["Receipt E_ACCESS_4711 filed."]
+        assert not (store.settings.home / "lexical.sqlite").exists()
+    finally:
+        again.close()
+
+
+def test_a_lost_lexical_index_of_a_new_knowledge_base_is_a_clear_error(open_kb, embedder):
+    import shutil
+
+    from kb.errors import StoreError
+    from kb.store import open_store
+
+    store = open_kb()
+    put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March."])
+    store.close()
+    shutil.rmtree(store.settings.home / "lexical")
+    with pytest.raises(StoreError, match="lexical index .* is missing") as err:
+        open_store(store.settings, embedder)
+    assert "ingest the files again" in err.value.fix
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from kb.lexical import LexicalIndex
+from kb.types import Chunk
+index = LexicalIndex(Path(sys.argv[1]), lambda paths: {p: "v1" for p in paths}, exclusive=True)
+def chunk(n, word):
+    return Chunk(id=f"c{n}", text=f"{word} number {n}", source="s", source_abs="/s", sha256="v1", modality="text",
+                 position=n)
+index.upsert([chunk(n, "committed") for n in range(3)])
+with index._open.lock:  # what upsert does, stopped before the commit
+    writer = index._open.writer
+    for n in range(3, 400):
+        writer.add_document(__import__("kb.lexical", fromlist=["_document"])._document(chunk(n, "uncommitted"), {}))
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_writer_killed_before_its_commit_leaves_the_last_commit_whole(tmp_path: Path):
+    path = tmp_path / "lexical"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    index = LexicalIndex(path, lambda paths: {p: "v1" for p in paths}, exclusive=True)
+    try:
+        assert index.count() == 3
+        assert [cid for cid, *_ in index.query("committed", 10)] != [] and index.query("uncommitted", 10) == []
+        # The dead process's lock is gone with it: this one writes.
+        index.upsert([Chunk(id="c9", text="after the crash", source="s", source_abs="/s", sha256="v1",
+                            modality="text", position=9)])
+        assert [cid for cid, *_ in index.query("crash", 10)] == ["c9"] and index.count() == 4
+    finally:
+        index.close()
+
+
+def test_a_second_process_waits_for_the_writer_in_server_mode(tmp_path: Path):
+    """Several processes on one knowledge base (a Chroma server): a write waits for the other's commit."""
+    path = tmp_path / "lexical"
+    holder = LexicalIndex(path, lambda paths: {p: "v1" for p in paths}, exclusive=True)
+    holder.upsert([Chunk(id="a", text="first writer", source="s", source_abs="/s", sha256="v1", modality="text",
+                         position=0)])
+    script = ("import sys; from pathlib import Path; from kb.lexical import LexicalIndex; from kb.types import Chunk;"
+              "i = LexicalIndex(Path(sys.argv[1]), lambda p: {x: 'v1' for x in p}, exclusive=False);"
+              "i.upsert([Chunk(id='b', text='second writer', source='s', source_abs='/s', sha256='v1', "
+              "modality='text', position=1)]); i.close()")
+    child = subprocess.Popen([sys.executable, "-c", script, str(path)], cwd=ROOT)
+    time.sleep(3)
+    assert child.poll() is None  # still waiting: this process holds the writer
+    holder.close()  # gives the writer back
+    assert child.wait(timeout=120) == 0
+    reader = LexicalIndex(path, lambda paths: {p: "v1" for p in paths}, exclusive=False)
+    try:
+        assert {cid for cid, *_ in reader.query("writer", 10)} == {"a", "b"}
+    finally:
+        reader.close()
+
+
+def test_ids_are_replaced_not_duplicated(tmp_path: Path):
+    index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v1" for p in paths}, exclusive=True)
+    try:
+        chunk = Chunk(id="x", text="old words", source="s", source_abs="/s", sha256="v1", modality="text", position=0)
+        index.upsert([chunk])
+        index.upsert([Chunk(**{**chunk.__dict__, "text": "new words"})])
+        assert index.count() == 1 and [row[1] for row in index.rows(["x"]).values()] == ["new words"]
+    finally:
+        index.close()
+
+
+def test_several_sources_written_at_once_are_each_replaced_whole(open_kb):
+    from kb.manifest import SourceRecord
+
+    store = open_kb()
+
+    def version(name: str, texts: list[str]):
+        path = f"/library/{name}"
+        sha = hashlib.sha256("".join(texts).encode()).hexdigest()
+        chunks = [Chunk(id=f"{sha[:16]}:{n}", text=t, source=name, source_abs=path, sha256=sha, modality="text",
+                        position=n) for n, t in enumerate(texts)]
+        return SourceRecord(path=path, rel=name, sha256=sha, size=1, kind="text", status="ok", chunks=0,
+                            engine="test", model=""), chunks, None
+
+    store.replace_sources([version("a.md", ["Alpha report on turbines.", "Alpha appendix."]),
+                           version("b.md", ["Beta report on turbines."])])
+    assert {h.source for h in store.lexical_query("turbines report", 10)} == {"a.md", "b.md"}
+    store.replace_sources([version("a.md", ["Alpha, second edition: wind farms."])])
+    assert [h.text for h in search(store, "alpha", k=10, mode="lexical")] == ["Alpha, second edition: wind farms."]
+    assert store.lexical.ids() == sorted(store._collection.get(include=[])["ids"]) and store.count() == 2
+    with pytest.raises(ValueError, match="positions 0..n-1"):
+        record, chunks, _ = version("c.md", ["Gamma."])
+        store.replace_sources([(record, [Chunk(**{**chunks[0].__dict__, "position": 3})], None)])
+    assert store.manifest.get("/library/c.md") is None
