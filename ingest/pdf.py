@@ -32,6 +32,7 @@ MAX_RENDER_SIDE = 3000  # a page rendered beyond this gains nothing for OCR and 
 PARALLEL_MIN_PAGES = 24  # below this, starting reader processes costs more than it saves
 PAGES_PER_TASK = 8  # pages one reader process reads per task (small: results come back in page order)
 MAX_READ_WORKERS = 8
+MAX_TITLE_CHARS = 120
 
 
 def open_pdf(path: Path, label: str) -> pymupdf.Document:
@@ -175,19 +176,59 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
     result = ReadResult(kind="pdf")
     with open_pdf(path, source.rel) as doc:
         result.pages = doc.page_count
+        contexts = page_contexts(doc, path)
     for page in iter_pages(path, result.pages, settings.figure_min_side * 72 / FIGURE_DPI):
         number = page.number
         if page.error:
             result.errors.append(page.error)
         elif len(page.text.strip()) >= settings.pdf_min_text_chars:
-            result.units.append(Unit(source, "pdf_text", page=number, text=page.text))
+            result.units.append(Unit(source, "pdf_text", page=number, text=page.text, context=contexts[number]))
             for rect in page.figures:
                 result.units.append(Unit(source, "pdf_figure", page=number, task="caption",
                                          load_image=partial(render_page, str(path), number, FIGURE_DPI, rect)))
         else:
-            result.units.append(Unit(source, "pdf_ocr", page=number, task="ocr",
+            result.units.append(Unit(source, "pdf_ocr", page=number, task="ocr", context=contexts[number],
                                      load_image=partial(render_page, str(path), number, OCR_DPI)))
     return result
+
+
+def document_title(doc: pymupdf.Document, path: Path) -> str:
+    """The title the PDF declares, else the largest text on its first page, else the file name."""
+    declared = " ".join((doc.metadata or {}).get("title", "").split())
+    if len(declared) >= 4 and not declared.lower().startswith(("microsoft word", "untitled")):
+        return declared[:MAX_TITLE_CHARS]
+    try:  # horizontal lines only: not arXiv's margin stamp
+        lines = [line["spans"] for b in doc[0].get_text("dict")["blocks"] for line in b.get("lines", [])
+                 if abs(line["dir"][1]) < 0.1 and any(s["text"].strip() for s in line["spans"])]
+    except Exception:  # the title is a search aid; a page that cannot be parsed still gets the file name
+        lines = []
+    if lines:
+        largest = max(s["size"] for spans in lines for s in spans if s["text"].strip())
+        # whole lines that hold the largest type (small capitals are set in smaller spans of the same line)
+        title = " ".join(" ".join("".join(s["text"] for s in spans).split()) for spans in lines
+                         if any(s["size"] >= largest - 0.5 and s["text"].strip() for s in spans))
+        if len(title) >= 4:
+            return title[:MAX_TITLE_CHARS]
+    return path.stem.replace("_", " ").replace("-", " ")
+
+
+def page_contexts(doc: pymupdf.Document, path: Path) -> dict[int, str]:
+    """Page number -> "Title › Section" from the title and the bookmarks: what the page's chunks are about.
+
+    The section is the first bookmark on the page, else the last one before it (the page continues it).
+    """
+    title = document_title(doc, path)
+    try:
+        toc = [(page, " ".join(name.split())) for _level, name, page in doc.get_toc(simple=True) if name.strip()]
+    except Exception:  # damaged outline: the title alone
+        toc = []
+    contexts, current = {}, ""
+    for number in range(1, doc.page_count + 1):
+        here = [name for page, name in toc if page == number]
+        section = here[0] if here else current
+        current = here[-1] if here else current
+        contexts[number] = f"{title} › {section}" if section and section != title else title
+    return contexts
 
 
 def pdf_toc(path: str | Path) -> list[tuple[int, str, int]]:

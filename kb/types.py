@@ -70,6 +70,8 @@ class Unit:
     t_start: float | None = None
     t_end: float | None = None
     keyframe: str | None = None
+    # Where the unit sits in its document ("Title › Section"): its chunks carry it, for search (ingest/chunk.py).
+    context: str | None = None
 
     @property
     def needs_model(self) -> bool:
