@@ -192,6 +192,7 @@ class Ingestor:
                 self._enrich(pending[:self.batch_size], report)
                 pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
+            open_jobs = self._finish_ready(open_jobs, report)  # a file with nothing for the engine is stored now
         for start in range(0, len(pending), self.batch_size):
             self._enrich(pending[start:start + self.batch_size], report)
         self._finish_ready(open_jobs, report)

@@ -11,6 +11,7 @@ from ingest import pdf
 from ingest.pdf import page_markdown, read_pages, read_pdf
 from ingest.pdf_tables import table_signals
 from kb.types import Source
+from tests.conftest import write_pdf
 
 PROSE = ("Seekframe reads the text layer of each page and keeps every paragraph with the page it came from. "
          "Nothing on this page is laid out in rows and columns; it is ordinary running text. ")
@@ -85,3 +86,22 @@ def test_a_short_file_is_read_in_process(tmp_path, monkeypatch, make_settings):
     doc.save(path)
     monkeypatch.setattr(pdf, "ProcessPoolExecutor", None)  # any attempt to start processes would fail
     assert [u.page for u in read_pdf(path, _source(path), make_settings()).units] == [1, 2, 3]
+
+
+def test_each_born_digital_file_is_stored_before_the_next_is_read(open_kb, tmp_path):
+    """Nothing waits for the engine, so nothing piles up in memory: a crash keeps the files already read."""
+    from ingest.pipeline import Ingestor
+
+    library = tmp_path / "library"
+    library.mkdir()
+    for name in ("a.pdf", "b.pdf", "c.pdf"):
+        write_pdf(library / name, [f"{name} " + PROSE])
+    store = open_kb()
+    stored_when_read: dict[str, set[str]] = {}
+
+    def progress(event) -> None:
+        if event.stage == "read":
+            stored_when_read[event.detail] = {r.rel for r in store.manifest.all()}
+
+    Ingestor(store.settings, store, progress=progress).run([library])
+    assert stored_when_read == {"a.pdf": set(), "b.pdf": {"a.pdf"}, "c.pdf": {"a.pdf", "b.pdf"}}
