@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOME_DIR ?= $(or $(KB_HOME),data/kb)
 PORT ?= 8501
+# The app has no sign-in: it listens on this machine only unless told otherwise (`make run ADDRESS=0.0.0.0`).
+ADDRESS ?= $(or $(KB_ADDRESS),127.0.0.1)
 export ANONYMIZED_TELEMETRY := False
 
 .PHONY: run test venv samples ingest-samples app lint browser clean
@@ -23,7 +25,7 @@ ingest-samples: samples
 	$(PY) -m ingest data/samples --home $(HOME_DIR) || echo "some samples failed to ingest: see above"
 
 app: venv
-	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true \
+	$(PY) streamlit_app.py --server.port $(PORT) --server.address $(ADDRESS) --server.headless true \
 		--browser.gatherUsageStats false --client.toolbarMode minimal
 
 run: ingest-samples app

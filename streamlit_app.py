@@ -1,7 +1,43 @@
-"""Seekframe web app: `streamlit run streamlit_app.py`. Pages live in pages/ and stay thin; logic is in kb/."""
+"""Seekframe web app. Pages live in pages/ and stay thin; logic is in kb/.
+
+Start it with `python streamlit_app.py [streamlit flags]` (what `make run` does): the process takes the
+knowledge base's lock first, so a command-line ingest into the same embedded store is refused from the moment
+the app starts, not from the first visit (Streamlit runs this script only when a browser connects).
+`streamlit run streamlit_app.py` works too; it takes the lock when the first page opens.
+"""
+import sys
+from pathlib import Path
+
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+
+def serve(flags: list[str]) -> int:
+    """Lock the embedded store for this process's lifetime, then run the Streamlit server in this process."""
+    from streamlit.web import cli
+
+    from kb.config import load_settings
+    from kb.errors import SeekframeError
+    from kb.store import OwnerLock
+
+    try:
+        settings = load_settings()
+        if not settings.chroma_url:  # a Chroma server is shared by design: nothing to lock
+            OwnerLock(settings.home / "owner.lock")  # the lock open_store takes; re-entrant within this process
+    except SeekframeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return cli.main(["run", str(Path(__file__).resolve()), *flags], prog_name="streamlit")
+
+
+if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is None:
+    sys.exit(serve(sys.argv[1:]))
+
+from pages import resources  # noqa: E402  (after the launcher: it must not open anything twice)
 
 st.set_page_config(page_title="Seekframe", page_icon="🔎", layout="wide")
+# Every page needs the store; opening it here (once per process) also takes the lock if the launcher did not.
+resources.open_or_stop()
 navigation = st.navigation([
     st.Page("pages/ask.py", title="Ask", icon=":material/chat:", default=True),
     st.Page("pages/library.py", title="Library", icon=":material/library_books:"),

@@ -1,30 +1,53 @@
-"""GPU throughput of the `transformers` engine: scanned pages and a 60-minute video, Qwen3-VL-4B architecture.
+"""GPU throughput of the `transformers` engine at real page lengths: Qwen3-VL-4B architecture, random weights.
 
 No weights can be downloaded where this runs, so the real Qwen3-VL-4B architecture is built with random
-weights; output lengths are forced (min_new_tokens) so every row generates exactly what a real page or
-video window would. Timing covers the engine call as ingest makes it: processor, vision tower, generation.
+weights. A random model never ends a page by itself, so each page's output length is drawn from the length
+distribution of real pages (PAGE_TOKEN_QUANTILES) and forced as that page's token cap (the loop guard is off).
+In one run, on the same pages:
+- equal lengths, one `generate()` per batch (every row as long as the mean page: no padding by construction);
+- real lengths, one `generate()` per batch (the engine before continuous batching: a batch runs to its longest page);
+- real lengths, continuous batching (`engine.generate_ids`: finished rows are replaced by waiting pages);
+- one page at a time (`generate()` per page).
+Timing covers the engine call as ingest makes it: processor, vision tower, generation.
 
-usage: python -m bench.engine_gpu [--batches 1,8,32,64] [--video-minutes 60] [--out FILE]
+usage: python -m bench.engine_gpu [--pages 128] [--rows 64,128] [--length-scale 0.25] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 import kb.engines.transformers_qwen as tq
-from bench.report import markdown_table, write_section
+from bench.report import machine, markdown_table, write_section
 from kb import prompts
 from kb.config import load_settings
+from kb.engines import UNITS_PER_ROW
 from kb.types import Request, VideoClip
 
-PAGE_TOKENS = 512  # a dense scanned page transcribed as Markdown
+# Output tokens of a real page: 5 % quantiles (0 %, 5 %, ..., 100 %) of the text layers of the 1116 pages with
+# text of the 25 PDFs in shared/data/qa/mmlongbench_dev/documents (reports, papers, brochures), capped at the
+# engine's 2048-token page limit. Counted with PyMuPDF's text and a tokenizer-free estimate of Qwen's BPE (one
+# token per word of up to 8 letters, one more per further 8, one per digit and per punctuation mark): p10 202,
+# median 610, p90 1189, mean 662. The issue's reference (705 pages, a real tokenizer): p10 250, median 750,
+# p90 1400, max 2050, mean 800, about 1.2 x these.
+PAGE_TOKEN_QUANTILES = [14, 87, 202, 283, 348, 421, 473, 511, 549, 578, 610, 633, 683, 727, 814, 891, 978, 1074,
+                        1189, 1310, 2048]
 WINDOW_TOKENS = 160  # summary + on-screen text + entities of one video window
 WINDOW_SECONDS, FRAMES_PER_WINDOW = 20, 10  # 1 frame/s sampling after scene-change dropping keeps about half
+
+
+def page_lengths(count: int, scale: float, seed: int = 0) -> list[int]:
+    """`count` output lengths drawn from the real distribution (inverse CDF between the quantiles), times `scale`."""
+    u = np.random.default_rng(seed).random(count) * (len(PAGE_TOKEN_QUANTILES) - 1)
+    drawn = np.interp(u, np.arange(len(PAGE_TOKEN_QUANTILES)), PAGE_TOKEN_QUANTILES)
+    return [max(4, int(round(n * scale))) for n in drawn]
 
 
 def build_random_4b(out: Path) -> None:
@@ -56,10 +79,15 @@ def build_random_4b(out: Path) -> None:
     torch.cuda.empty_cache()
 
 
+# Page sizes at 150 dpi, cycled: A4, US letter, a 16:9 slide, a landscape half page. Different sizes give different
+# visual token counts, so prompts in a batch differ in length, as in a real ingest.
+PAGE_SIZES = [(1240, 1754), (1275, 1650), (1500, 844), (1240, 877)]
+
+
 def scanned_page(n: int) -> Image.Image:
-    page = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi
+    page = Image.new("RGB", PAGE_SIZES[n % len(PAGE_SIZES)], "white")
     draw = ImageDraw.Draw(page)
-    for line in range(60):
+    for line in range((page.height - 180) // 26):
         draw.text((90, 90 + line * 26), f"Page {n} line {line}: invoice INV-{n:04d}-{line:02d} total {line * 7.5:.2f}",
                   fill="black")
     return page
@@ -72,30 +100,138 @@ def video_window(start_s: int, fps: float = 25.0) -> VideoClip:
     return VideoClip(frames=frames, frame_indices=indices, fps=fps, total_frames=int(3600 * fps))
 
 
-def timed(engine: tq.TransformersEngine, requests: list[Request], forced_tokens: int) -> tuple[float, float]:
-    engine._net.generation_config.min_new_tokens = forced_tokens
+class GpuBusy:
+    """Share of wall time the GPU ran a kernel (NVML utilization, sampled every 50 ms)."""
+
+    def __init__(self) -> None:
+        self._nvml = self._handle = None
+        if torch.cuda.is_available():
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        self._samples: list[int] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> GpuBusy:
+        self._samples.clear()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._nvml and not self._stop.wait(0.05):
+            self._samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def share(self) -> float:
+        return sum(self._samples) / len(self._samples) / 100 if self._samples else float("nan")
+
+
+def pages(lengths: list[int]) -> list[Request]:
+    return [Request("ocr", prompts.OCR_PAGE, [scanned_page(n)], max_new_tokens=n_tokens)
+            for n, n_tokens in enumerate(lengths)]
+
+
+def one_generate_per_batch(engine: tq.TransformersEngine, requests: list[Request], batch: int) -> tuple[int, int]:
+    """The engine before continuous batching: `generate()` per batch, rows stopping on their own. Kept tokens and
+    computed row-steps (a batch runs until its longest row is done)."""
+    tokens = row_steps = 0
+    for start in range(0, len(requests), batch):
+        chunk = requests[start:start + batch]
+        kwargs, stop = engine._generate_kwargs(chunk)
+        with torch.inference_mode():
+            sequences = engine._net.generate(**kwargs)
+        new = sequences[:, stop.prompt_len:].tolist()
+        kept = [stop.row_ids(row, ids) for row, ids in enumerate(new)]
+        tokens += sum(len(ids) for ids in kept)
+        row_steps += len(chunk) * len(new[0])
+    return tokens, row_steps
+
+
+def measure(label: str, run, busy: GpuBusy | None, count: int) -> list:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    ids = engine.generate_ids(requests)
-    torch.cuda.synchronize()
+    if busy:
+        with busy:
+            tokens, row_steps = run()
+            torch.cuda.synchronize()
+    else:
+        tokens, row_steps = run()
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    assert all(len(row) == forced_tokens for row in ids), [len(row) for row in ids]
-    return seconds, torch.cuda.max_memory_allocated() / 2**30
+    row = [label, count, seconds, count * 60 / seconds, tokens / seconds, 1 - tokens / row_steps,
+           busy.share if busy else float("nan"), torch.cuda.max_memory_allocated() / 2**30]
+    print(row, flush=True)
+    return row
+
+
+def stream_answers(engine: tq.TransformersEngine, concurrent: int, tokens: int) -> tuple[list[float], float]:
+    """`concurrent` answers of `tokens` tokens streamed at once from threads, as the app's users would: each
+    stream's seconds until its last piece, and the wall time of them all."""
+    context = " ".join(f"[{n}] Passage {n} of the knowledge base, figures {n * 17} and {n * 31}." for n in range(60))
+    seconds: list[float] = []
+
+    def one(k: int) -> None:
+        request = Request("answer", f"{context}\n\nQuestion {k}: what do the passages say?", max_new_tokens=tokens)
+        started = time.perf_counter()
+        for _ in engine.stream(request):
+            pass
+        seconds.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(concurrent)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return seconds, time.perf_counter() - started
+
+
+def measure_streams(engine: tq.TransformersEngine, args) -> list[list]:
+    """First token (a one-token answer, start to end) and tok/s of streamed answers, one alone then four at once,
+    after the warm-up the app does at start."""
+    engine.settings = engine.settings.replace(generation_cache=args.stream_cache)
+    warm = engine.warm_up()
+    rows = []
+    for concurrent in (1, 4):
+        first, _ = stream_answers(engine, concurrent, 1)
+        full, wall = stream_answers(engine, concurrent, args.stream_tokens)
+        per_stream = (args.stream_tokens - 1) / (min(full) - min(first))
+        rows.append([f"{concurrent} at once ({args.stream_cache} cache, warm-up at start {warm:.0f} s)", concurrent,
+                     max(first), min(first), per_stream, concurrent * args.stream_tokens / wall])
+        print(rows[-1], flush=True)
+    engine.settings = engine.settings.replace(generation_cache="dynamic")
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batches", default="1,8,32,64")
-    parser.add_argument("--video-minutes", type=int, default=60, help="0 skips the video workload")
-    parser.add_argument("--video-batch", type=int, default=16)
+    parser.add_argument("--pages", type=int, default=128, help="pages per realistic workload")
+    parser.add_argument("--rows", default="64,128", help="batch rows; the first also runs one generate() per batch")
+    parser.add_argument("--length-scale", type=float, default=0.25,
+                        help="scale of the drawn lengths (1 = real; 0.25 fits the device time of one run)")
+    parser.add_argument("--single-pages", type=int, default=3, help="pages run one at a time")
+    parser.add_argument("--stream-tokens", type=int, default=128, help="0 skips the streaming answers")
+    parser.add_argument("--stream-cache", default="dynamic", choices=["dynamic", "static"],
+                        help="KB_GENERATION_CACHE for the streams (static: compiled at start, before any stream)")
+    parser.add_argument("--streams-only", action="store_true", help="only the streaming answers")
+    parser.add_argument("--video-minutes", type=int, default=0, help="0 skips the video workload")
     parser.add_argument("--out", type=Path, help="write the markdown section to this file, not docs/benchmarks.md")
-    parser.add_argument("--cache", default="dynamic", choices=["dynamic", "static"], help="KB_GENERATION_CACHE")
-    parser.add_argument("--quant", default="none", choices=["none", "nf4"], help="KB_QUANT")
     parser.add_argument("--model-dir", type=Path, help="where the random checkpoint is built (reused if present)")
     args = parser.parse_args()
     # Random weights loop easily; the loop guard would then stop rows early and flatter the numbers.
     tq.repeating_tail = lambda *a, **k: False
+    rows_list = [int(r) for r in args.rows.split(",")]
+    lengths = page_lengths(args.pages, args.length_scale)
+    mean = int(round(sum(lengths) / len(lengths)))
+    busy = GpuBusy()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or Path(tmp)
@@ -105,54 +241,75 @@ def main() -> None:
         build_s = time.perf_counter() - started
         started = time.perf_counter()
         engine = tq.TransformersEngine(load_settings({"engine": "transformers", "model": str(model_dir),
-                                                      "device": "cuda", "generation_cache": args.cache,
-                                                      "quant": args.quant}, env={}))
+                                                      "device": "cuda"}, env={}))
         load_s = time.perf_counter() - started
-        weights_gib = torch.cuda.memory_allocated() / 2**30
-        print(f"model loaded: {weights_gib:.2f} GiB on the GPU", flush=True)
-        variant = f"{args.cache} cache" + (", nf4" if args.quant == "nf4" else "")
-        for batch in [int(b) for b in args.batches.split(",")]:
-            engine.settings = engine.settings.replace(batch_size=batch)
-            pages = [Request("ocr", prompts.OCR_PAGE, [scanned_page(n)], max_new_tokens=PAGE_TOKENS)
-                     for n in range(batch)]
-            # Warm-up: a static cache compiles per batch shape, so it warms up on the very same batch.
-            if args.cache == "static":
-                warm, _ = timed(engine, pages, PAGE_TOKENS)
-            else:
-                warm, _ = timed(engine, [Request("ocr", prompts.OCR_PAGE, [scanned_page(0)], max_new_tokens=8)], 8)
-            seconds, peak = timed(engine, pages, PAGE_TOKENS)
-            rows.append([f"scanned pages ({variant})", batch, batch, warm, seconds, batch * 60 / seconds,
-                         batch * PAGE_TOKENS / seconds, peak])
-            print(rows[-1], flush=True)
-        windows = args.video_minutes * 60 // WINDOW_SECONDS
-        if not windows:
-            return finish(rows, args, build_s, load_s, engine)
-        engine.settings = engine.settings.replace(batch_size=args.video_batch)
-        requests = [Request("video", prompts.VIDEO_WINDOW, video=video_window(w * WINDOW_SECONDS),
-                            max_new_tokens=WINDOW_TOKENS) for w in range(windows)]
-        warm = 0.0
-        if args.cache == "static":  # compile for the window batch shape first, on one batch of windows
-            warm, _ = timed(engine, requests[:args.video_batch], WINDOW_TOKENS)
-        seconds, peak = timed(engine, requests, WINDOW_TOKENS)
-        rows.append([f"video windows, {args.video_minutes} min video ({variant})", args.video_batch, windows,
-                     warm, seconds, windows * 60 / seconds, windows * WINDOW_TOKENS / seconds, peak])
-        print(rows[-1], flush=True)
-    finish(rows, args, build_s, load_s, engine)
+        print(f"model loaded: {torch.cuda.memory_allocated() / 2**30:.2f} GiB on the GPU, default rows "
+              f"{engine.slots}", flush=True)
+        engine.eos_ids = []  # a random model must not end a page early by chance: lengths are the drawn ones
+        engine._net.generation_config.eos_token_id = None
+        first = rows_list[0]
+        engine.settings = engine.settings.replace(batch_size=first)
+        stats, streams = {}, []
+        if args.stream_tokens:
+            streams = measure_streams(engine, args)
+        if args.streams_only:
+            return finish(rows, args, build_s, load_s, engine, lengths, stats, streams)
+        engine.generate_ids(pages([8] * 2))  # warm-up: kernels, allocator, processor
+        requests = pages(lengths)
+        rows.append(measure(f"equal lengths ({mean} tokens), one generate() per batch of {first}",
+                            lambda: one_generate_per_batch(engine, pages([mean] * first), first), busy, first))
+        rows.append(measure(f"real lengths, one generate() per batch of {first} (before)",
+                            lambda: one_generate_per_batch(engine, requests, first), busy, len(requests)))
+        for slots in rows_list:
+            engine.settings = engine.settings.replace(batch_size=slots)
+            # As ingest calls it: four times as many pages as rows per engine call.
+            requests = pages(page_lengths(max(args.pages, UNITS_PER_ROW * slots), args.length_scale))
+
+            def refill(requests=requests, slots=slots) -> tuple[int, int]:
+                engine.generate_ids(requests)
+                stats[slots] = engine.last_stats
+                return stats[slots].tokens, stats[slots].row_steps
+
+            rows.append(measure(f"real lengths, continuous batching, {slots} rows", refill, busy, len(requests)))
+            print(stats[slots], flush=True)
+        single = requests[:args.single_pages]
+        rows.append(measure("real lengths, one page at a time",
+                            lambda: one_generate_per_batch(engine, single, 1), busy, len(single)))
+        if args.video_minutes:
+            engine.settings = engine.settings.replace(batch_size=first)
+            windows = [Request("video", prompts.VIDEO_WINDOW, video=video_window(w * WINDOW_SECONDS),
+                               max_new_tokens=WINDOW_TOKENS) for w in range(args.video_minutes * 60 // WINDOW_SECONDS)]
+            rows.append(measure(f"video windows of a {args.video_minutes}-min video, continuous batching",
+                                lambda: (lambda ids: (sum(map(len, ids)), engine.last_stats.row_steps))(
+                                    engine.generate_ids(windows)), busy, len(windows)))
+    finish(rows, args, build_s, load_s, engine, lengths, stats, streams)
 
 
-def finish(rows, args, build_s: float, load_s: float, engine) -> None:
-    header = ["workload", "batch", "items", "warm-up s", "seconds", "items/min", "output tok/s", "peak GiB"]
+def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int], stats: dict,
+           streams: list) -> None:
+    header = ["workload", "pages", "seconds", "pages/min", "useful tok/s", "padding share", "GPU busy", "peak GiB"]
     table = markdown_table(header, rows)
-    body = (f"`python -m bench.engine_gpu`: Qwen3-VL-4B architecture, random bf16 weights (built and saved in "
-            f"{build_s:.0f} s, loaded by the engine in {load_s:.0f} s), `generate` with a {args.cache} KV cache, "
-            f"output forced to {PAGE_TOKENS} tokens per page (A4 at 150 dpi, "
-            f"up to {engine.settings.image_max_pixels // 1024} visual tokens) and {WINDOW_TOKENS} per video window "
-            f"({FRAMES_PER_WINDOW} frames of 640x360 per {WINDOW_SECONDS} s).\n\n{table}")
+    q = np.percentile(lengths, [10, 50, 90, 100]).astype(int).tolist()
+    refills = "; ".join(f"{k} rows: {s.steps} decode steps, {s.refills} refills, prefill {s.prefill_s:.1f} s, "
+                        f"waited for the processor {s.wait_s:.1f} s" for k, s in stats.items())
+    body = (f"`python -m bench.engine_gpu --pages {args.pages} --rows {args.rows} --length-scale {args.length_scale}`"
+            f": Qwen3-VL-4B architecture, random bf16 weights (built in {build_s:.0f} s, loaded in {load_s:.0f} s), "
+            f"dynamic KV cache, scanned pages at 150 dpi (A4, letter, slide and half-page sizes; up to "
+            f"{engine.settings.image_max_pixels // 1024} visual tokens). Output lengths drawn from real pages "
+            f"(bench/engine_gpu.py: PAGE_TOKEN_QUANTILES) at "
+            f"{args.length_scale} x scale: p10 {q[0]}, median {q[1]}, p90 {q[2]}, max {q[3]} tokens. Useful tok/s "
+            f"counts kept tokens only; padding share = computed row-steps that produced nothing kept (finished rows "
+            f"waiting in the batch); GPU busy = NVML utilization (share of time a kernel ran). {refills}.\n\n{table}")
+    if streams:
+        body += ("\n\nStreaming answers (`engine.stream`, the app's code path; a ~1500-token prompt, "
+                 f"{args.stream_tokens} tokens each):\n\n" + markdown_table(
+                     ["streams", "n", "first token s (slowest)", "first token s (fastest)",
+                      "tok/s (fastest stream, after its first token)", "tok/s all streams"], streams))
     print(body)
-    if args.out:
-        args.out.write_text(body)
+    if args.out:  # measured elsewhere (a lent GPU): the machine goes in with the text
+        args.out.write_text(f"{machine()}\n{body}")
     else:
-        write_section("Engine throughput on GPU (transformers)", body)
+        write_section("Engine throughput on GPU at real page lengths (transformers)", body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Unit text -> chunks: page boundaries are kept (a chunk never spans two units) and Markdown tables stay whole."""
+"""Unit text -> chunks: page boundaries are kept (a chunk never spans two units) and Markdown tables stay whole
+(up to a bound: a 5 MB table is cut between rows, its header repeated)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +9,8 @@ from typing import Iterable
 from kb.types import Chunk, Unit
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}")  # the |---|---| line under a Markdown table's header
+TABLE_WHOLE = 8  # tables up to 8 chunks long stay one chunk: a question about a row needs the whole table
 
 
 def _blocks(text: str) -> list[str]:
@@ -16,7 +19,7 @@ def _blocks(text: str) -> list[str]:
     current: list[str] = []
     in_table = False
     for line in text.splitlines():
-        is_table = line.lstrip().startswith("|")
+        is_table = _is_table(line)
         if current and (not line.strip() or is_table != in_table):
             blocks.append("\n".join(current))
             current = []
@@ -29,24 +32,73 @@ def _blocks(text: str) -> list[str]:
 
 
 def _split_long(block: str, max_chars: int) -> list[str]:
-    if len(block) <= max_chars or block.lstrip().startswith("|"):
+    """A block cut to pieces of at most `max_chars`: at sentence ends, else at spaces, else anywhere.
+
+    Linear in the block's length (a 5 MB one-line file splits in well under a second): long runs are cut by
+    position, never by slicing the rest of the text again and again.
+    """
+    if len(block) <= max_chars:
         return [block]
+    if _is_table(block):
+        return _split_table(block, max_chars)
     pieces, current = [], ""
     for sentence in _SENTENCE_END.split(block):
-        while len(sentence) > max_chars:  # a run-on without sentence ends (OCR of a form, CJK text)
-            pieces.append((current + " " + sentence[:max_chars - len(current)]).strip())
-            sentence, current = sentence[max_chars - len(current):], ""
-        if current and len(current) + len(sentence) + 1 > max_chars:
-            pieces.append(current)
-            current = ""
-        current = f"{current} {sentence}".strip()
+        for part in _wrap(sentence, max_chars):  # a run-on without sentence ends (OCR of a form, CJK text)
+            if current and len(current) + len(part) + 1 > max_chars:
+                pieces.append(current)
+                current = ""
+            current = f"{current} {part}" if current else part
     if current:
         pieces.append(current)
     return pieces
 
 
+def _wrap(text: str, max_chars: int) -> list[str]:
+    """`text` in pieces of at most `max_chars`, cut at the last space of each window when there is one in its
+    second half (words stay whole), else at the limit (a single 5 MB "word")."""
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = max(text.rfind(" ", start + max_chars // 2, end + 1), text.rfind("\n", start + max_chars // 2, end + 1))
+        if cut > start:
+            pieces.append(text[start:cut].strip())
+            start = cut + 1
+        else:
+            pieces.append(text[start:end])
+            start = end
+    pieces.append(text[start:].strip())
+    return [p for p in pieces if p]
+
+
+def _is_table(block: str) -> bool:
+    return block.lstrip().startswith("|")
+
+
+def _split_table(block: str, max_chars: int) -> list[str]:
+    """A table stays whole up to TABLE_WHOLE x `max_chars`; a longer one is cut between rows, each piece
+    starting with the table's header (so every piece still says what its columns are); a row longer than
+    `max_chars` is cut like prose."""
+    if len(block) <= TABLE_WHOLE * max_chars:
+        return [block]
+    rows = block.split("\n")
+    head = rows[:2] if len(rows) > 1 and _SEPARATOR.match(rows[1]) else []
+    header = "\n".join(head)
+    if len(header) > max_chars // 2:  # a header too long to repeat: pieces go without it
+        head, header = [], ""
+    pieces, current = [], header
+    for row in rows[len(head):]:
+        for part in _wrap(row, max_chars - len(header) - 1):
+            if current != header and len(current) + len(part) + 1 > max_chars:
+                pieces.append(current)
+                current = header
+            current = f"{current}\n{part}" if current else part
+    if current != header:
+        pieces.append(current)
+    return pieces
+
+
 def split_text(text: str, max_chars: int) -> list[str]:
-    """Pack paragraphs into pieces of at most `max_chars` (a table longer than that stays whole)."""
+    """Pack paragraphs into pieces of at most `max_chars` (a table up to TABLE_WHOLE times that stays whole)."""
     pieces, current = [], ""
     for block in _blocks(text):
         for part in _split_long(block, max_chars):

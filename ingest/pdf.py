@@ -35,10 +35,23 @@ MAX_READ_WORKERS = 8
 MAX_TITLE_CHARS = 120
 
 
+def open_document(path: str | Path, **options) -> pymupdf.Document:
+    """pymupdf.open for any file name. MuPDF takes a name as UTF-8 text, so a name that is not valid UTF-8 (an
+    undecodable byte, surrogate-escaped: kb/paths.py) is opened through /proc/self/fd, which names the same file
+    (only Linux has such names: other systems keep names in Unicode)."""
+    name = os.fspath(path)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        with open(name, "rb") as fh:  # MuPDF opens the file again by this name and keeps its own handle
+            return pymupdf.open(f"/proc/self/fd/{fh.fileno()}", **{**options, "filetype": "pdf"})
+    return pymupdf.open(name, **options)
+
+
 def open_pdf(path: Path, label: str) -> pymupdf.Document:
     """Open a PDF or raise InputError that says what is wrong with it and what to do."""
     try:
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = open_document(path, filetype="pdf")
     except Exception as err:
         raise InputError(label, f"not a readable PDF ({err})", "check that it really is a PDF (not another type "
                          "renamed to .pdf); re-export or re-download it") from err
@@ -64,7 +77,7 @@ def _has_eof_marker(path: Path) -> bool:
 
 def render_page(path: str | Path, page: int, dpi: int = OCR_DPI, clip: tuple[float, ...] | None = None) -> Image.Image:
     """Render page `page` (1-based) of a PDF as an RGB image; also used by the app to show cited pages."""
-    with pymupdf.open(path) as doc:
+    with open_document(path) as doc:
         pdf_page = doc[page - 1]
         area = pymupdf.Rect(clip) if clip else pdf_page.rect
         zoom = min(dpi / 72, MAX_RENDER_SIDE / max(area.width, area.height, 1))
@@ -122,7 +135,7 @@ class PageRead:
 def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[PageRead]:
     """Pages start..stop-1 (0-based) of a PDF; a damaged page becomes its error, the others are still read."""
     out = []
-    with pymupdf.open(path, filetype="pdf") as doc:
+    with open_document(path, filetype="pdf") as doc:
         for index in range(start, stop):
             try:
                 page = doc[index]
@@ -234,7 +247,7 @@ def page_contexts(doc: pymupdf.Document, path: Path) -> dict[int, str]:
 def pdf_toc(path: str | Path) -> list[tuple[int, str, int]]:
     """The PDF's own bookmarks as (level, title, page); empty when it has none or cannot be opened."""
     try:
-        with pymupdf.open(path) as doc:
+        with open_document(path) as doc:
             return [(level, title.strip(), page) for level, title, page in doc.get_toc(simple=True) if title.strip()]
     except Exception:  # the outline falls back to headings in the stored text
         return []

@@ -1,11 +1,16 @@
 """plan (walk, hash, diff against the manifest) -> read -> enrich (engine batches across files) -> chunk -> store.
 
-A file's problems become its result (failed, or partial when some pages failed); they never stop the run.
+A file's problems become its result (failed, or partial when some pages failed); they never stop the run. So do
+the things a folder walk meets and does not read: files of other types, hidden files, links that loop, dangle or
+leave the ingest root. Names are kept as the filesystem has them (bytes, surrogate-escaped) and stored in the
+round-tripping form of kb/paths.py.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ from kb.engines import Engine, batch_size_for, load_engine
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
+from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
 from kb.types import Progress, ProgressFn, Request, Source, Unit, no_progress
 
@@ -30,12 +36,37 @@ PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.O
            ("video", "video_segment"): prompts.VIDEO_WINDOW}
 
 
+# What a file's status means. Stored: in the knowledge base now. Not read: met by a folder walk and left alone
+# on purpose (counted in the summary). Failed ones make the exit code 1.
+STORED = ("added", "updated", "copied", "renamed", "skipped", "partial", "empty")
+NOT_READ = ("unsupported", "hidden", "link")
+FAILED = ("failed", "partial")
+NO_TEXT = {"video": "no text found in it: it was read without errors but shows no text the engine could read",
+           "": "no text found on it: it was read without errors but holds nothing readable (blank, or a picture "
+               "without writing)"}
+NO_TEXT_FIX = {"video": "nothing to do if it shows no writing; a Qwen3-VL engine (--engine transformers or openai) "
+                        "also describes what is shown",
+               "": "nothing to do if it is blank; if it does show text, scan it again at a higher resolution or "
+                   "contrast, or read it with a Qwen3-VL engine (--engine transformers or openai)"}
+
+
 @dataclass
 class FileResult:
-    path: str
-    status: str  # added, updated, copied, renamed, skipped, partial, failed, pruned
+    path: str  # relative to its ingest root, as the filesystem names it (surrogate-escaped); see `shown`
+    status: str  # added, updated, copied, renamed, skipped, partial, empty, failed, pruned, unsupported, hidden, link
     chunks: int = 0
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not errors: read as another type, no text on a page, ...
+    fix: str = ""
+
+    @property
+    def shown(self) -> str:
+        return display(self.path)
+
+    def to_json(self) -> dict:
+        return {"path": self.shown, "status": self.status, "chunks": self.chunks,
+                "errors": [display(e.split("\n  fix: ")[0]) for e in self.errors],
+                "notes": [display(n) for n in self.notes], "fix": display(self.fix)}
 
 
 @dataclass
@@ -50,7 +81,11 @@ class IngestReport:
 
     @property
     def failed(self) -> list[FileResult]:
-        return [r for r in self.results if r.status in ("failed", "partial")]
+        return [r for r in self.results if r.status in FAILED]
+
+    def extensions(self, status: str) -> Counter:
+        """How many files of each extension got `status` (for `unsupported 3 (.docx ×2, .mp3 ×1)`)."""
+        return Counter(os.path.splitext(r.path)[1].lower() or "(none)" for r in self.results if r.status == status)
 
     @property
     def chunks(self) -> int:
@@ -65,11 +100,14 @@ class IngestReport:
 class _Job:
     """A file being read: its units wait for the engine, then it is chunked and stored."""
 
-    source: Source
+    source: Source  # rel and abs in the stored form (kb/paths.py)
+    name: str  # rel as the filesystem has it: results and progress events are named by it
     record: SourceRecord
     read: ReadResult
     status: str
     waiting: int = 0
+    failed_units: set[int] = field(default_factory=set)  # id(unit) of units the engine could not read
+    fix: str = ""  # the way out of the first unit failure that has one
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
 
@@ -82,20 +120,144 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class Walk:
+    """What walking the given paths found: files to read (with their ingest root), and results for the rest."""
+
+    files: list[tuple[Path, Path]] = field(default_factory=list)
+    results: list[FileResult] = field(default_factory=list)
+
+
 def walk(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
-    """(file, ingest root) pairs: a folder is walked for supported files, hidden ones skipped; a file is its own."""
-    found: dict[Path, Path] = {}
-    extensions = supported_extensions()
+    """(file, ingest root) pairs to read; see `scan` for what is left out and why."""
+    return scan(paths).files
+
+
+def scan(paths: Sequence[Path]) -> Walk:
+    """Walk files and folders. A folder gives its supported files; hidden entries, other types and links that
+    loop, dangle, lead out of the folder or to a folder are results of their own. A file given by name is read
+    whatever its type (the reader says what it is); a given link is followed, as the user named it."""
+    found = Walk()
+    seen: set[Path] = set()
     for given in paths:
-        given = given.resolve()
-        if given.is_file():
-            found.setdefault(given, given.parent)
-            continue
-        for path in sorted(given.rglob("*")):
-            rel_parts = path.relative_to(given).parts
-            if path.is_file() and path.suffix.lower() in extensions and not any(p.startswith(".") for p in rel_parts):
-                found.setdefault(path, given)
-    return list(found.items())
+        target, problem = _follow(Path(given))
+        if problem:
+            found.results.append(problem)
+        elif target.is_dir():
+            _walk_folder(target, target, found, seen)
+        elif target.is_file():
+            if target not in seen:
+                seen.add(target)
+                found.files.append((target, target.parent))
+        else:
+            found.results.append(_special(Path(given).name))
+    return found
+
+
+def _follow(given: Path, label: str = "") -> tuple[Path, FileResult | None]:
+    """A path resolved, or the result (named `label`, else its file name) that says why it cannot be."""
+    name = label or given.name or str(given)
+    try:
+        return given.resolve(strict=True), None
+    except (RuntimeError, OSError) as err:
+        if isinstance(err, RuntimeError) or err.errno == errno.ELOOP:
+            return given, _link_loop(name)
+        if os.path.islink(given) or isinstance(err, FileNotFoundError) and os.path.lexists(given):
+            return given, _dangling(name, given)
+        return given, FileResult(name, "failed", errors=[f"{display(name)}: cannot open: {err.strerror or err}"],
+                                 fix="check that it exists and that you may read it")
+
+
+def _walk_folder(root: Path, folder: Path, found: Walk, seen: set[Path]) -> None:
+    extensions = supported_extensions()
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        rel = _rel(folder, root) or folder.name
+        found.results.append(FileResult(rel, "failed", errors=[f"{rel}: cannot list the folder: {err.strerror}"],
+                                        fix="check the folder's permissions (ls -ld, chmod)"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        rel = _rel(path, root)
+        if entry.name.startswith("."):
+            kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+            found.results.append(FileResult(rel, "hidden", notes=[f"a hidden {kind} (name starts with '.'): skipped"]))
+        elif entry.is_symlink():
+            _walk_link(root, path, rel, found, seen, extensions)
+        elif entry.is_dir(follow_symlinks=False):
+            _walk_folder(root, path, found, seen)
+        elif not entry.is_file(follow_symlinks=False):
+            found.results.append(_special(rel))
+        elif path.suffix.lower() not in extensions:
+            found.results.append(_unsupported(rel))
+        elif path not in seen:
+            seen.add(path)
+            found.files.append((path, root))
+
+
+def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], extensions: set[str]) -> None:
+    """A link met in a folder: a file inside the root is read (under the link's name); the rest is reported.
+    Links to folders are never followed: a folder inside the root is walked at its own place anyway, and
+    following them is how a walk loops forever (`d/up -> ..`)."""
+    target, problem = _follow(path, rel)
+    if problem:
+        found.results.append(problem)
+    elif not target.is_relative_to(root):
+        found.results.append(FileResult(rel, "link", notes=[
+            f"a link to {display(str(target))}, outside the folder being ingested: not followed"],
+            fix=f"ingest {display(str(target))} itself if you want it"))
+    elif target.is_dir():
+        where = _rel(target, root) or "."
+        if path.parent.is_relative_to(target):
+            note = f"a link back to {display(where)}, a folder that contains it (a loop): not followed"
+        else:
+            note = f"a link to the folder {display(where)}, which is walked at its own place: not followed"
+        found.results.append(FileResult(rel, "link", notes=[note]))
+    elif not target.is_file():
+        found.results.append(_special(rel))
+    elif path.suffix.lower() not in extensions:
+        found.results.append(_unsupported(rel))
+    elif path not in seen:
+        seen.add(path)
+        found.files.append((path, root))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7' (a 500-frame GIF must not print 500 numbers)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return "" if path == root else path.relative_to(root).as_posix()
+
+
+def _link_loop(rel: str) -> FileResult:
+    return FileResult(rel, "failed", errors=[
+        f"{display(rel)}: the link loops (it leads back to itself through other links)"],
+        fix="remove the link, or point it at the real file")
+
+
+def _dangling(rel: str, path: Path) -> FileResult:
+    pointee = display(os.readlink(path)) if os.path.islink(path) else "a file that is gone"
+    return FileResult(rel, "failed", errors=[
+        f"{display(rel)}: a broken link: it points to {pointee}, which does not exist"],
+        fix="restore the file it points to, or remove the link")
+
+
+def _special(rel: str) -> FileResult:
+    return FileResult(rel, "unsupported", notes=["not a regular file (a pipe, socket or device): skipped"])
+
+
+def _unsupported(rel: str) -> FileResult:
+    ext = os.path.splitext(rel)[1] or "(no extension)"
+    return FileResult(rel, "unsupported", notes=[f"unsupported file type {ext}: skipped"])
 
 
 class Ingestor:
@@ -123,7 +285,9 @@ class Ingestor:
         """Ingest `paths`; `force` reads unchanged files again (a new engine or model, a fixed reader)."""
         started = time.monotonic()
         report = IngestReport()
-        files = walk(paths)
+        found = scan(paths)
+        report.results += found.results
+        files = found.files
         jobs: list[_Job] = []
         for n, (path, root) in enumerate(files, 1):
             self.progress(Progress("plan", n, len(files), "files", path.name))
@@ -139,25 +303,32 @@ class Ingestor:
 
     def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _Job | None:
         rel = path.relative_to(root).as_posix() if path != root else path.name
+        if not storable(str(path)):
+            report.results.append(FileResult(rel, "failed", errors=[
+                f"{display(rel)}: its name holds private-use characters (U+10FF80..U+10FFFF) that Seekframe uses "
+                "to store bytes that are not UTF-8"], fix="rename the file"))
+            return None
         try:
             sha = sha256_of(path)
         except OSError as err:
-            report.results.append(FileResult(rel, "failed", errors=[f"cannot read the file: {err}"]))
+            report.results.append(FileResult(rel, "failed", errors=[f"{display(rel)}: cannot read the file: "
+                                                                    f"{err.strerror or err}"],
+                                             fix="check the file's permissions (ls -l, chmod)"))
             return None
-        source = Source(rel=rel, abs=str(path), sha256=sha)
+        source = Source(rel=to_stored(rel), abs=to_stored(str(path)), sha256=sha)
         known = self.store.manifest.get(source.abs)
-        if known and known.sha256 == sha and known.status == "ok" and not force:
+        if known and known.sha256 == sha and known.status in ("ok", "empty") and not force:
             report.results.append(FileResult(rel, "skipped", known.chunks))
             return None
         twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.abs), None)
         if twin and not force:
-            report.results.append(self._copy(twin, source, path))
+            report.results.append(self._copy(twin, source, rel, path))
             return None
-        record = SourceRecord(path=source.abs, rel=rel, sha256=sha, size=path.stat().st_size, kind="", status="ok",
-                              chunks=0, engine="", model="")
-        return _Job(source, record, ReadResult(kind=""), status="updated" if known else "added")
+        record = SourceRecord(path=source.abs, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
+                              status="ok", chunks=0, engine="", model="")
+        return _Job(source, rel, record, ReadResult(kind=""), status="updated" if known else "added")
 
-    def _copy(self, twin: SourceRecord, source: Source, path: Path) -> FileResult:
+    def _copy(self, twin: SourceRecord, source: Source, rel: str, path: Path) -> FileResult:
         """Same content under a new path: reuse the twin's text and vectors; a rename removes the old path."""
         chunks, vectors = self.store.chunks_of(twin.path, with_embeddings=True)
         for n, c in enumerate(chunks):
@@ -165,24 +336,30 @@ class Ingestor:
         record = SourceRecord(**{**twin.to_json(), "path": source.abs, "rel": source.rel, "size": path.stat().st_size,
                                  "ingested_at": time.time()})
         self.store.replace_source(record, chunks, vectors)
-        renamed = not Path(twin.path).exists()
+        renamed = not os.path.lexists(fs_path(twin.path))
         if renamed:
             self.store.delete_source(twin.path)
-        return FileResult(source.rel, "renamed" if renamed else "copied", len(chunks))
+        return FileResult(rel, "renamed" if renamed else "copied", len(chunks))
 
     def _process(self, jobs: list[_Job], report: IngestReport) -> None:
         pending: list[tuple[_Job, Unit]] = []
         open_jobs: list[_Job] = []
         for n, job in enumerate(jobs, 1):
-            self.progress(Progress("read", n, len(jobs), "files", job.source.rel))
+            self.progress(Progress("read", n, len(jobs), "files", job.name))
             try:
-                job.read = read_file(Path(job.source.abs), job.source, self.settings)
+                job.read = read_file(fs_path(job.source.abs), job.source, self.settings)
             except SeekframeError as err:
-                report.results.append(FileResult(job.source.rel, "failed", errors=[str(err)]))
+                report.results.append(FileResult(job.name, "failed", errors=[str(err)], fix=err.fix))
+                continue
+            except OSError as err:  # gone or locked since the walk
+                report.results.append(FileResult(job.name, "failed", errors=[
+                    f"{display(job.name)}: cannot open the file: {err.strerror or err}"],
+                    fix="check that it still exists and that you may read it, then run the ingest again"))
                 continue
             except Exception as err:  # a reader bug or library crash on one odd file must not stop the run
                 log.exception("reading %s failed", job.source.rel)
-                report.results.append(FileResult(job.source.rel, "failed", errors=[f"cannot read: {err!r}"]))
+                report.results.append(FileResult(job.name, "failed", errors=[f"{display(job.name)}: cannot read: "
+                                                                             f"{err!r}"]))
                 continue
             visual = self._resume(job, self._visual_units(job))
             job.waiting = len(visual)
@@ -193,8 +370,9 @@ class Ingestor:
                 pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
             open_jobs = self._finish_ready(open_jobs, report)  # a file with nothing for the engine is stored now
-        for start in range(0, len(pending), self.batch_size):
-            self._enrich(pending[start:start + self.batch_size], report)
+        size = self.batch_size if pending else 1  # asking the batch size loads the engine: only when needed
+        for start in range(0, len(pending), size):
+            self._enrich(pending[start:start + size], report)
         self._finish_ready(open_jobs, report)
 
     def _visual_units(self, job: _Job) -> list[Unit]:
@@ -231,6 +409,9 @@ class Ingestor:
         for job, unit in batch:
             try:
                 ready.append((job, unit, self._request(unit)))
+            except SeekframeError as err:  # a decoder limit met only now, when the page or frame is loaded
+                job.fix = job.fix or err.fix
+                self._fail_unit(job, unit, err.args[0], named=True)
             except Exception as err:
                 self._fail_unit(job, unit, f"cannot render: {err}")
         texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready])
@@ -272,9 +453,11 @@ class Ingestor:
             return [None]
         return self._generate(requests, owners)
 
-    def _fail_unit(self, job: _Job, unit: Unit, reason: str) -> None:
+    def _fail_unit(self, job: _Job, unit: Unit, reason: str, named: bool = False) -> None:
+        """Record a unit the engine could not read; `named`: the reason already names the file (InputError)."""
         where = f"page {unit.page}: " if unit.page else ""
-        job.read.errors.append(f"{where}{unit.task}: {reason}")
+        job.read.errors.append(f"{where}{reason}" if named else f"{where}{unit.task}: {reason}")
+        job.failed_units.add(id(unit))
         unit.text = ""
         job.waiting -= 1
 
@@ -292,28 +475,46 @@ class Ingestor:
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
-        errors = job.read.errors
+        errors = list(dict.fromkeys(job.read.errors))  # OCR and caption of one bad image fail alike
+        notes = job.read.notes + self._blank_pages(job)
         if errors and not chunks:
-            return FileResult(job.source.rel, "failed", errors=errors)
+            return FileResult(job.name, "failed", errors=errors, notes=notes, fix=job.fix)
+        # Read without errors and nothing readable on it: stored (so it is not read again), but said so.
+        status = "partial" if errors else "empty" if not chunks else "ok"
+        kind = "video" if job.read.kind == "video" else ""
+        if status == "empty":
+            notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
         record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
         record.engine, record.model, record.errors = engine, model, errors
-        record.status = "partial" if errors else "ok"
-        record.ingested_at = time.time()
-        self.progress(Progress("store", len(chunks), len(chunks), "chunks", job.source.rel))
+        record.status, record.ingested_at = status, time.time()
+        self.progress(Progress("store", len(chunks), len(chunks), "chunks", job.name))
         try:
             self.store.replace_source(record, chunks)
         except Exception as err:
             log.exception("storing %s failed", job.source.rel)
-            return FileResult(job.source.rel, "failed", errors=errors + [f"cannot store: {err}"])
+            return FileResult(job.name, "failed", errors=errors + [f"cannot store: {err}"], notes=notes)
         if job.checkpoint:
             job.checkpoint.clear()
-        return FileResult(job.source.rel, "partial" if errors else job.status, len(chunks), errors)
+        shown = status if status != "ok" else job.status
+        fix = NO_TEXT_FIX[kind] if status == "empty" else job.fix
+        return FileResult(job.name, shown, len(chunks), errors, notes, fix)
+
+    @staticmethod
+    def _blank_pages(job: _Job) -> list[str]:
+        """`no text found on pages 2, 5`: pages or frames the engine read without error and found nothing on."""
+        blank = sorted({u.page for u in job.read.units if u.task == "ocr" and u.page is not None
+                        and not (u.text or "").strip() and id(u) not in job.failed_units})
+        readable = {u.page for u in job.read.units if (u.text or "").strip()}
+        blank = [p for p in blank if p not in readable]
+        if not blank:
+            return []
+        return [f"no text found on page{'s' if len(blank) > 1 else ''} {_ranges(blank)}"]
 
     def _prune(self, paths: Iterable[Path], report: IngestReport) -> None:
-        roots = [p.resolve() for p in paths if p.is_dir()]
+        roots = [Path(p).resolve() for p in paths if Path(p).is_dir()]
         for record in self.store.manifest.all():
-            path = Path(record.path)
+            path = fs_path(record.path)
             if not path.exists() and any(path.is_relative_to(r) for r in roots):
                 self.store.delete_source(record.path)
-                report.results.append(FileResult(record.rel, "pruned", record.chunks))
+                report.results.append(FileResult(fs_path(record.rel).as_posix(), "pruned", record.chunks))

@@ -1,10 +1,17 @@
-"""Which reader handles which file, and what a reader returns."""
+"""Which reader handles which file, and what a reader returns.
+
+The extension says which reader a file claims; its content (ingest/sniff.py) decides. A file whose content is
+another binary kind Seekframe reads (a PNG named .mp4) is read as that kind, with a note; one whose content it
+cannot read fails with what the file really is and how to convert it. Plain text under a PDF, image or video
+name is reported, not read: it is usually a failed download's error message, and renaming it is the user's call.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ingest.sniff import READABLE, Sniffed, sniff
 from kb.config import Settings
 from kb.errors import InputError
 from kb.types import Source, Unit
@@ -12,11 +19,13 @@ from kb.types import Source, Unit
 
 @dataclass
 class ReadResult:
-    """A file turned into units; `errors` are per-page problems that leave the rest of the file usable."""
+    """A file turned into units; `errors` are per-page problems that leave the rest of the file usable,
+    `notes` are facts the user should see that are not problems (read as another type than its name says)."""
 
-    kind: str  # pdf, image, video
+    kind: str  # pdf, image, video, text
     units: list[Unit] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     pages: int | None = None
     duration: float | None = None
 
@@ -25,30 +34,63 @@ Reader = Callable[[Path, Source, Settings], ReadResult]
 PDF_EXTENSIONS = {".pdf"}
 TEXT_EXTENSIONS = {".txt", ".md", ".markdown"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
+CLAIMED = {"pdf": "a PDF", "image": "an image", "video": "a video", "text": "a text file"}
+READ_AS = {"pdf": "a PDF", "image": "an image", "video": "a video", "text": "text"}
 
 
 def _readers() -> dict[str, Reader]:
+    """Reader per kind (imported late: each pulls in heavy libraries)."""
     from ingest.image import read_image
     from ingest.pdf import read_pdf
     from ingest.text import read_text
-    from ingest.video import VIDEO_EXTENSIONS, read_video
+    from ingest.video import read_video
 
-    table: dict[str, Reader] = {ext: read_pdf for ext in PDF_EXTENSIONS}
-    table.update({ext: read_image for ext in IMAGE_EXTENSIONS})
-    table.update({ext: read_text for ext in TEXT_EXTENSIONS})
-    table.update({ext: read_video for ext in VIDEO_EXTENSIONS})
+    return {"pdf": read_pdf, "image": read_image, "text": read_text, "video": read_video}
+
+
+def kinds_by_extension() -> dict[str, str]:
+    from ingest.video import VIDEO_EXTENSIONS
+
+    table = {ext: "pdf" for ext in PDF_EXTENSIONS}
+    table.update({ext: "image" for ext in IMAGE_EXTENSIONS})
+    table.update({ext: "text" for ext in TEXT_EXTENSIONS})
+    table.update({ext: "video" for ext in VIDEO_EXTENSIONS})
     return table
 
 
 def supported_extensions() -> set[str]:
-    return set(_readers())
+    return set(kinds_by_extension())
 
 
 def read_file(path: Path, source: Source, settings: Settings) -> ReadResult:
-    reader = _readers().get(path.suffix.lower())
-    if reader is None:
-        raise InputError(str(path), f"unsupported file type {path.suffix or '(no extension)'}",
-                         f"Seekframe reads {', '.join(sorted(supported_extensions()))}")
+    """Read `path` (its real name on disk) with the reader its content calls for; InputError when none fits."""
     if path.stat().st_size == 0:
         raise InputError(source.rel, "the file is empty (0 bytes)", "copy or download it again")
-    return reader(path, source, settings)
+    claimed = kinds_by_extension().get(path.suffix.lower())
+    kind, note = choose_reader(claimed, sniff(path), source.rel, path.suffix)
+    result = _readers()[kind](path, source, settings)
+    if note:
+        result.notes.insert(0, note)
+    return result
+
+
+def choose_reader(claimed: str | None, found: Sniffed, label: str, suffix: str) -> tuple[str, str]:
+    """(kind to read it as, note for the user) for a file whose name claims `claimed` and whose content is `found`."""
+    if claimed is None:  # only a file named on the command line gets here; a folder walk counts it instead
+        if found.kind in READABLE and found.kind != "text":
+            return found.kind, f"this is {found.name} (its extension {suffix or '(none)'} is not one Seekframe " \
+                               f"knows): read as {READ_AS[found.kind]}"
+        what = f" ({found.name})" if found.kind != "unknown" else ""
+        raise InputError(label, f"unsupported file type {suffix or '(no extension)'}{what}",
+                         found.fix or f"Seekframe reads {', '.join(sorted(supported_extensions()))}")
+    if found.kind in (claimed, "unknown"):
+        return claimed, ""  # the reader itself reports a damaged file of its kind
+    if claimed == "text" and found.kind == "html":
+        return "text", ""  # Markdown may start with HTML; it is still text to read
+    if found.kind == "text":  # most often the error message of a failed download: not stored as a document
+        raise InputError(label, f"this is a plain-text file, not {CLAIMED[claimed]}",
+                         "download or copy it again (a failed download saves its error message); if it is meant "
+                         "as text, rename it to .txt")
+    if found.kind in READABLE:
+        return found.kind, f"this is {found.name}, not {CLAIMED[claimed]}: read as {READ_AS[found.kind]}"
+    raise InputError(label, f"this is {found.name}, not {CLAIMED[claimed]}", found.fix)

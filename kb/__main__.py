@@ -11,7 +11,9 @@ from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_loggin
 from kb.config import Settings
 from kb.engines import load_engine, resolve_engine_name
 from kb.errors import NotFound
+from kb.manifest import SourceRecord, describe
 from kb.outline import outline
+from kb.paths import display
 from kb.search import MODALITY_GROUPS, Filters, search
 from kb.store import Store, open_store
 from kb.types import Hit
@@ -50,10 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("sources", help="list ingested files")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("outline", help="chapters of a video with timestamps, or sections of a document")
-    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
+    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name (exact)")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("delete", help="remove a source and its chunks")
-    cmd.add_argument("source", help="absolute path, path relative to its ingest root, or file name")
+    cmd.add_argument("source", nargs="?", help="absolute path, path relative to its ingest root, or file name; "
+                                               "matched exactly (no wildcards, case counts)")
+    cmd.add_argument("--glob", metavar="PATTERN",
+                     help="every source whose relative path matches this shell pattern (* ? [..]); the matches "
+                          "are listed and deleted only after you confirm")
+    cmd.add_argument("--yes", action="store_true", help="with --glob: delete the matches without asking")
     for cmd in sub.choices.values():
         add_settings_flags(cmd)
     return parser
@@ -73,6 +80,18 @@ def _print_hits(hits: list[Hit]) -> None:
         print(f"[{n}] {hit.score:.3f}  {hit.where}  ({hit.modality})\n    {snippet}")
 
 
+# --json output is for people and scripts alike: names are shown as people see them (an undecodable byte as
+# U+FFFD, which loses the byte), and `source_path` keeps the exact stored absolute path, which --source,
+# `kb outline` and `kb delete` take back (kb/paths.py, README "Command line").
+def _hit_json(hit: Hit) -> dict:
+    return {**hit.to_json(), "source": display(hit.source), "source_path": hit.source_abs}
+
+
+def _source_json(record: SourceRecord) -> dict:
+    return {**record.to_json(), "path": display(record.path), "rel": display(record.rel),
+            "errors": [display(e) for e in record.errors], "source_path": record.path}
+
+
 def _filters(args: argparse.Namespace) -> Filters:
     pages = (int(args.pages[0]), int(args.pages[1])) if args.pages else None
     return Filters(sources=args.source, modalities=args.modality, pages=pages, seconds=args.seconds,
@@ -89,17 +108,63 @@ def _open(settings: Settings) -> Store:
 def _sources(store: Store, as_json: bool) -> int:
     records = store.manifest.all()
     if as_json:
-        print(json.dumps([r.to_json() for r in records], indent=2, ensure_ascii=False))
+        print(json.dumps([_source_json(r) for r in records], indent=2, ensure_ascii=False))
     elif not records:
         print("The knowledge base is empty. Add files with: python -m ingest PATH...")
     for r in records if not as_json else []:
         extent = f"{r.pages} pages" if r.pages else (f"{r.duration:.0f} s" if r.duration else "")
-        print(f"{r.rel:50} {r.kind:6} {extent:10} {r.chunks:5} chunks  {r.status:8} {r.engine}")
+        print(f"{display(r.rel):50} {r.kind:6} {extent:10} {r.chunks:5} chunks  {r.status:8} {r.engine}")
     return 0
 
 
+def _delete(store: Store, name: str | None, pattern: str | None, yes: bool) -> int:
+    """Delete the one source `name` names exactly, or, after confirmation, every source `pattern` matches."""
+    if pattern is not None:
+        return _delete_matching(store, pattern, yes)
+    if not store.manifest.find(name):
+        finished = store.unfinished_deletes(name)  # a delete killed half-way: finish it, and say so
+        for cleanup in finished:
+            removed = store.finish_delete(cleanup)
+            print(f"deleted {display(cleanup.rel)} (finished an interrupted delete: {removed} leftover chunks)")
+        if finished:
+            return 0
+    record = store.manifest.find_one(name)  # none, or an ambiguous name: an error listing the candidates
+    print(f"deleted {display(record.rel)} ({store.delete_source(record.path)} chunks)")
+    return 0
+
+
+def _delete_matching(store: Store, pattern: str, yes: bool) -> int:
+    records = store.manifest.glob(pattern)
+    if not records:
+        raise NotFound(f"no source matches the pattern {display(pattern)!r}", "list them with `python -m kb sources`")
+    print(f"{len(records)} source{'s' * (len(records) > 1)} match {display(pattern)!r}:\n{describe(records)}")
+    if not yes and not _confirmed(f"delete {'these' if len(records) > 1 else 'it'}? [y/N] "):
+        return 1
+    for record in records:
+        print(f"deleted {display(record.rel)} ({store.delete_source(record.path)} chunks)")
+    return 0
+
+
+def _confirmed(question: str) -> bool:
+    print(question, end="", flush=True)
+    answer = sys.stdin.readline() if sys.stdin else ""
+    if not answer:
+        print("\nnothing deleted: no answer on standard input; add --yes to delete the listed sources without "
+              "asking", file=sys.stderr)
+        return False
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing deleted", file=sys.stderr)
+    return False
+
+
 def main() -> int:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    if args.command == "delete" and (args.source is None) == (args.glob is None):
+        parser.error("delete: name one source, or give --glob PATTERN (not both)")
+    if args.command == "delete" and args.yes and args.glob is None:
+        parser.error("delete: --yes goes with --glob (a single named source is deleted without asking)")
     setup_logging(args.verbose)
     settings = settings_from_args(args)
     if args.command == "config":
@@ -109,12 +174,7 @@ def main() -> int:
         if args.command == "sources":
             return _sources(store, args.json)
         if args.command == "delete":
-            records = store.manifest.find(args.source)
-            if not records:
-                raise NotFound(f"no source matches {args.source!r}", "list them with `python -m kb sources`")
-            for record in records:
-                print(f"deleted {record.rel} ({store.delete_source(record.path)} chunks)")
-            return 0
+            return _delete(store, args.source, args.glob, args.yes)
         if args.command == "outline":
             entries = outline(store, load_engine(settings), args.source)
             if args.json:
@@ -126,7 +186,7 @@ def main() -> int:
         if args.command == "search":
             hits = search(store, args.question, k, _filters(args))
             if args.json:
-                print(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
+                print(json.dumps([_hit_json(h) for h in hits], ensure_ascii=False, indent=2))
             else:
                 _print_hits(hits)
             return 0
@@ -134,7 +194,8 @@ def main() -> int:
         print(resolve_engine_name(settings)[1], file=sys.stderr)
         if args.json:
             answer = ask(args.question, store, engine, k, _filters(args), max_tokens=settings.max_answer_tokens)
-            print(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
+            shown = {**answer.to_json(), "citations": [_hit_json(h) for h in answer.citations]}
+            print(json.dumps(shown, ensure_ascii=False, indent=2))
             return 0
         prepared = prepare(args.question, store, k, _filters(args), max_tokens=settings.max_answer_tokens)
         for piece in stream_answer(prepared, engine):  # the answer appears as it is written

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from PIL import Image
@@ -12,6 +11,7 @@ from PIL import Image
 from kb import prompts
 from kb.engines import Engine
 from kb.lexical import tokenize
+from kb.paths import fs_path
 from kb.search import Filters, expand_context, search
 from kb.store import Store
 from kb.types import Hit, Request
@@ -23,6 +23,8 @@ _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])|\n\s*[-•*]\s+
 _PARAGRAPH = re.compile(r"\n\s*\n")
 # Names in a question: a capitalised word inside the sentence, an acronym, a number of 3+ digits (a year, a code).
 _NAME = re.compile(r"(?<=[\w,;:)] )[A-Z][\w&.-]*[A-Za-z0-9]|\b[A-Z]{2,}[\w-]*|\b\d[\d.,]{2,}\d\b")
+# A citation marker as the prompt asks for it ([3], several as [1][3]) or as models also write it ([1, 3]).
+_MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 _STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
             "does did do this that these those it its from as about into than then there their".split())
 
@@ -90,11 +92,22 @@ def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[i
     """Key frames of the cited video segments (source numbers, images): the model sees what was on screen."""
     numbers, images = [], []
     for n, hit in enumerate(hits, 1):
-        if hit.keyframe and len(images) < limit and Path(hit.keyframe).is_file():
-            with Image.open(hit.keyframe) as frame:
+        frame_path = fs_path(hit.keyframe) if hit.keyframe else None  # stored form -> the name that opens
+        if frame_path and len(images) < limit and frame_path.is_file():
+            with Image.open(frame_path) as frame:
                 images.append(frame.convert("RGB"))
             numbers.append(n)
     return numbers, images
+
+
+def keep_real_citations(text: str, sources: int) -> str:
+    """`text` with only the markers of real sources (1..sources): a document (or a model repeating one) can
+    print [9], which must not read as a citation. A marker with no real number goes, with the space before it."""
+    def keep(match: re.Match) -> str:
+        real = [n for n in map(int, re.findall(r"\d+", match.group(2))) if 1 <= n <= sources]
+        return match.group(1) + "".join(f"[{n}]" for n in real) if real else ""
+
+    return _MARKER.sub(keep, text)
 
 
 def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
@@ -114,7 +127,7 @@ def ask(question: str, store: Store, engine: Engine, k: int = 5, filters: Filter
         history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024) -> Answer:
     prepared = prepare(question, store, k, filters, history, max_tokens)
     started = time.monotonic()
-    text = "".join(stream_answer(prepared, engine))
+    text = keep_real_citations("".join(stream_answer(prepared, engine)), len(prepared.hits))
     return Answer(question, text, prepared.hits, engine.name, engine.model, prepared.retrieval_seconds,
                   time.monotonic() - started)
 
@@ -142,6 +155,7 @@ def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hi
     number = {hit.id: n for n, hit in enumerate(sources, 1)}
     lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
     for hit in [h for h in ranked if h.id in number][:quotes]:
-        lines.append(f"> {best_sentence(question, hit.text)} [{number[hit.id]}]")
+        quote = keep_real_citations(best_sentence(question, hit.text), 0)  # the document's own [n] are not ours
+        lines.append(f"> {quote} [{number[hit.id]}]")
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -45,8 +45,14 @@ class Settings:
     image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
     image_max_pixels: int = 1280 * VISUAL_TOKEN_PIXELS
     video_max_pixels: int = 256 * VISUAL_TOKEN_PIXELS
-    batch_size: int = 0  # units per engine call; 0 = the engine's own choice (see kb.engines.batch_size_for)
-    concurrency: int = 8
+    # Decoding limits (ingest/image.py, ingest/text.py): what a file claims never decides the memory taken. A picture
+    # above image_decode_max_pixels is refused (decoding holds 1-4 bytes per pixel); an animation gives at most
+    # image_max_frames distinct frames, spread over it; a text file above text_max_bytes is refused.
+    image_decode_max_pixels: int = 100_000_000
+    image_max_frames: int = 50
+    text_max_bytes: int = 50_000_000
+    batch_size: int = 0  # rows decoded at once (transformers) or units per engine call; 0 = the engine decides
+    concurrency: int = 64  # requests in flight to an openai server: vLLM batches what is in flight
     max_page_tokens: int = 2048
     max_caption_tokens: int = 256
     max_answer_tokens: int = 1024
@@ -72,6 +78,9 @@ class Settings:
     rerank_model: str = "BAAI/bge-reranker-v2-m3"
     rerank_candidates: int = 50
     context_chars: int = 6000  # an answer's sources, neighbouring chunks included
+    # Server folders the web app may ingest from (its Add content page); empty: that option is off. Anyone who
+    # can reach the app can read what is under these roots, so none are allowed unless an admin names them.
+    allowed_folders: tuple[Path, ...] = ()
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -95,6 +104,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS and value and value != "EMPTY":
                 value = value[:3] + "…" if len(value) > 8 else "***"
+            if isinstance(value, tuple):
+                value = os.pathsep.join(str(p) for p in value)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 
@@ -111,6 +122,9 @@ def _coerce(name: str, raw: Any) -> Any:
     try:
         if kind == "Path":
             return Path(str(raw)).expanduser()
+        if kind == "tuple[Path, ...]":  # a TOML list, or one string split like PATH (`/srv/a:/srv/b`)
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(os.pathsep)
+            return tuple(Path(str(p).strip()).expanduser() for p in items if str(p).strip())
         if kind == "int":
             return int(raw)
         if kind == "float":
@@ -140,6 +154,10 @@ def _validate(s: Settings) -> None:
     if s.video_window_min > s.video_window_max:
         raise ConfigError("video_window_min is larger than video_window_max",
                           "lower KB_VIDEO_WINDOW_MIN or raise KB_VIDEO_WINDOW_MAX")
+    relative = [str(p) for p in s.allowed_folders if not p.is_absolute()]
+    if relative:
+        raise ConfigError(f"allowed_folders: {', '.join(relative)} is not an absolute path",
+                          "set KB_ALLOWED_FOLDERS to absolute folders separated by ':', e.g. /srv/docs:/mnt/share")
     if s.batch_size < 0 or s.concurrency < 1:
         raise ConfigError("batch_size must be 0 (auto) or more, concurrency at least 1",
                           "set KB_BATCH_SIZE >= 0 and KB_CONCURRENCY >= 1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ingest.pipeline import FileResult, Ingestor, walk
+from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport, walk  # STORED: statuses now in the KB
+from kb.config import Settings
 from kb.engines import Engine
 from kb.errors import InputError, NotFound
 from kb.store import Store
@@ -26,11 +28,14 @@ from kb.types import Progress, Request
 log = logging.getLogger(__name__)
 
 QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-FINAL = (DONE, FAILED, CANCELLED)
+DONE, FAILED, CANCELLED, SKIPPED = "done", "failed", "cancelled", "skipped"
+FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
-# Statuses of a pipeline FileResult that mean the file is in the knowledge base now.
-STORED = ("added", "updated", "copied", "renamed", "skipped", "partial")
+
+
+FOLDERS_FIX = ("to let the app read it, add its folder to KB_ALLOWED_FOLDERS (folders separated by ':'; or "
+               "allowed_folders = [...] in seekframe.toml) and restart the app; or ingest it from a shell with "
+               "`python -m ingest PATH` while the app is stopped")
 
 
 class JobCancelled(BaseException):
@@ -61,6 +66,9 @@ class Job:
     label: str
     files: list[FileStatus]
     paths: list[Path] = field(default_factory=list)  # what Ingestor.run walks when the job starts
+    # Every file the run meets must be under one of these (checked again per file: a link that leads out
+    # is refused); None for a re-index, whose path comes from the manifest rather than from a visitor.
+    roots: tuple[Path, ...] | None = None
     force: bool = False  # re-index: ingest again even when the file is unchanged
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -98,12 +106,53 @@ def pipeline_rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path != root else path.name
 
 
+# server paths ------------------------------------------------------------------------------------------------
+def uploads_folder(settings: Settings) -> Path:
+    """Where the app saves uploads (one folder per content hash, see pages.helpers.save_upload)."""
+    return settings.home.resolve() / "uploads"
+
+
+def _under(path: Path, roots: Sequence[Path]) -> tuple[Path, tuple[str, ...]] | None:
+    """The first root that holds `path` and the parts below it; None when no root holds it."""
+    for root in roots:
+        if path == root or root in path.parents:
+            return root, path.relative_to(root).parts
+    return None
+
+
+def check_server_path(path: Path | str, roots: Sequence[Path]) -> Path:
+    """`path`, resolved, if the app may read it: under one of `roots`, nothing hidden below the root, and no
+    link leading out of the roots. Raises InputError naming the path and the setting to change.
+
+    Checked twice: as typed (so `..` and hidden names are judged as the user wrote them) and resolved (a
+    symlink is judged by where it leads).
+    """
+    if not roots:
+        raise InputError(str(path), "the app may not read folders on the server (no allowed folders are set)",
+                         FOLDERS_FIX)
+    typed = Path(os.path.normpath(Path(path).expanduser()))
+    if not typed.is_absolute():
+        raise InputError(str(path), "not an absolute path", "give the full path, starting with /")
+    lexical_roots = [Path(os.path.normpath(r)) for r in roots]
+    real_roots = [r.resolve() for r in lexical_roots]
+    resolved = typed.resolve()
+    allowed = ", ".join(str(r) for r in lexical_roots)
+    for found in (_under(typed, lexical_roots), _under(resolved, real_roots)):
+        hidden = next((part for part in found[1] if part.startswith(".")), None) if found else None
+        if hidden:
+            raise InputError(str(path), f"'{hidden}' is hidden: hidden files and folders are not read from the app",
+                             "rename it, or ingest it from a shell with `python -m ingest PATH`")
+    if _under(resolved, real_roots) is None:
+        where = f"it leads to {resolved}, " if _under(typed, lexical_roots) else ""
+        raise InputError(str(path), f"{where}outside the folders the app may read ({allowed})", FOLDERS_FIX)
+    if not resolved.exists():
+        raise InputError(str(path), "no such file or folder on the server",
+                         "give an absolute path that the app process can read")
+    return resolved
+
+
 def plan_files(paths: Sequence[Path]) -> list[FileStatus]:
-    """The supported files under `paths`, queued; raises InputError for a path that does not exist."""
-    for path in paths:
-        if not Path(path).exists():
-            raise InputError(str(path), "no such file or folder on the server",
-                             "give an absolute path that the app process can read")
+    """The supported files under `paths` (checked by the caller), queued."""
     return [FileStatus(path=str(p), rel=pipeline_rel(p, root)) for p, root in walk([Path(p) for p in paths])]
 
 
@@ -166,10 +215,22 @@ class _TrackedIngestor(Ingestor):
     record engine 'none').
     """
 
-    def __init__(self, store: Store, engine_factory: Callable[[], Engine], tracker: _Tracker) -> None:
+    def __init__(self, store: Store, engine_factory: Callable[[], Engine], tracker: _Tracker,
+                 roots: tuple[Path, ...] | None) -> None:
         super().__init__(store.settings, store, progress=tracker.progress)
         self._factory = engine_factory
         self._tracker = tracker
+        self._roots = roots
+
+    def _plan(self, path: Path, root: Path, report: IngestReport, *args, **kwargs):
+        """Each file again, as the run meets it: a file swapped for a link since the submit is refused too."""
+        if self._roots is not None:
+            try:
+                check_server_path(path, self._roots)
+            except InputError as err:
+                report.results.append(FileResult(pipeline_rel(path, root), "failed", errors=[str(err)]))
+                return None
+        return super()._plan(path, root, report, *args, **kwargs)
 
     @property
     def engine(self) -> Engine:
@@ -192,12 +253,37 @@ class JobQueue:
         self._thread: threading.Thread | None = None
 
     # submitting --------------------------------------------------------------------------------------
-    def submit(self, paths: Sequence[Path | str], label: str = "", force: bool = False) -> Job:
-        """Queue the supported files under `paths`. Raises InputError for a path that does not exist."""
-        paths = [Path(p).resolve() for p in paths]
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """What the app may read: the allowed server folders (KB_ALLOWED_FOLDERS) and its own uploads."""
+        return (*self.store.settings.allowed_folders, uploads_folder(self.store.settings))
+
+    def submit(self, paths: Sequence[Path | str], label: str = "") -> Job:
+        """Queue the supported files under `paths`, each under one of `roots` (an upload or an allowed folder).
+
+        This is the boundary for paths a visitor typed: raises InputError naming the path and the setting.
+        """
+        roots, settings = self.roots, self.store.settings
+        if not settings.allowed_folders:  # uploads only: say that server folders are off, not just "outside"
+            for path in paths:
+                if _under(Path(os.path.normpath(path)), [uploads_folder(settings)]) is None:
+                    raise InputError(str(path), "reading folders on the server is off in this app "
+                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
+        return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots)
+
+    def reindex(self, path: str) -> Job:
+        """Ingest one source again, even if unchanged (a new engine or model, a fixed reader)."""
+        if self.store.manifest.get(path) is None:
+            raise NotFound(f"{path} is not a source in the knowledge base", "pick a source from the library")
+        if not Path(path).is_file():
+            raise NotFound(f"{path} is no longer on disk, so it cannot be re-indexed",
+                           "put the file back at that path, or delete the source from the library")
+        return self._enqueue([Path(path)], f"re-index {Path(path).name}", force=True, roots=None)
+
+    def _enqueue(self, paths: list[Path], label: str, force: bool, roots: tuple[Path, ...] | None) -> Job:
         files = plan_files(paths)
         job = Job(id=next(self._ids), label=label or ", ".join(p.name for p in paths), files=files, paths=paths,
-                  force=force)
+                  force=force, roots=roots)
         if not files:
             job.state, job.error, job.finished = DONE, "no supported files found", time.time()
         with self._lock:
@@ -207,13 +293,6 @@ class JobQueue:
             self._queue.put(job)
             self._start()
         return job
-
-    def reindex(self, path: str) -> Job:
-        """Ingest one source again, even if unchanged (a new engine or model, a fixed reader)."""
-        if not Path(path).is_file():
-            raise NotFound(f"{path} is no longer on disk, so it cannot be re-indexed",
-                           "put the file back at that path, or delete the source from the library")
-        return self.submit([path], label=f"re-index {Path(path).name}", force=True)
 
     def cancel(self, job_id: int) -> None:
         """Stop a job: a queued one never starts, a running one stops before its next file or page batch."""
@@ -287,7 +366,7 @@ class JobQueue:
             return
         job.state, job.started = "running", time.time()
         tracker = _Tracker(job)
-        ingestor = _TrackedIngestor(self.store, self._engine_factory, tracker)
+        ingestor = _TrackedIngestor(self.store, self._engine_factory, tracker, job.roots)
         try:
             # The old version stays searchable until the new one replaces it (or stays, if the read fails).
             report = ingestor.run(job.paths, force=job.force)
@@ -299,6 +378,14 @@ class JobQueue:
         for item in job.files:
             self._apply(item, results.get(item.rel))
         job.state = FAILED if all(f.state == FAILED for f in job.files) else DONE
+        # What the walk left out (hidden, links not followed, other types) gets a row too: the user sees why.
+        planned = {item.rel for item in job.files}
+        for result in report.results:
+            if result.path not in planned:
+                item = FileStatus(path="", rel=getattr(result, "shown", result.path), state=SKIPPED)
+                self._apply(item, result)
+                item.state = FAILED if result.status == "failed" else SKIPPED
+                job.files.append(item)
         job.finished = time.time()
 
     @staticmethod
@@ -308,7 +395,7 @@ class JobQueue:
             return
         item.result, item.chunks = result.status, result.chunks
         item.state = DONE if result.status in STORED else FAILED
-        item.reason = "; ".join(result.errors)
+        item.reason = "; ".join(result.errors or getattr(result, "notes", []))  # a link not followed has a note
         if result.status == "skipped":
             item.reason = "unchanged since the last ingest"
 

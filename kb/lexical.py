@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import regex
 
@@ -190,11 +190,12 @@ class LexicalIndex:
             self._db.execute("INSERT INTO fts (rowid, tokens) SELECT rowid, tokens FROM chunks WHERE id IN "
                              "(SELECT value FROM json_each(?))", (json.dumps([c.id for c in chunks]),))
 
-    def delete_source(self, path: str, keep: Iterable[str] = ()) -> int:
-        """Remove the rows of `path` except the ids in `keep`; returns how many went."""
+    def delete_source(self, path: str, keep_version: tuple[str, int] | None = None) -> int:
+        """Remove the rows of `path`, except those of `keep_version` (content hash, chunk count: positions
+        0..count-1 of that hash); returns how many went."""
+        sha, count = keep_version or ("", 0)
         with self._lock, self._db:
-            return self._delete_rows("source_abs = ? AND id NOT IN (SELECT value FROM json_each(?))",
-                                     [path, json.dumps(sorted(keep))])
+            return self._delete_rows("source_abs = ? AND NOT (sha256 = ? AND position < ?)", [path, sha, count])
 
     def _delete_rows(self, condition: str, args: list[Any]) -> int:
         # An external-content FTS5 table forgets a row only when told its old tokens ('delete' command).
@@ -203,6 +204,12 @@ class LexicalIndex:
         return self._db.execute(f"DELETE FROM chunks WHERE {condition}", args).rowcount
 
     # reading -----------------------------------------------------------------------------------------
+    def orphans(self) -> list[tuple[str, str]]:
+        """(path, rel) of sources that have rows here but no manifest row (a scan: for repairs only)."""
+        with self._lock:
+            return self._db.execute("SELECT DISTINCT source_abs, source FROM chunks WHERE source_abs NOT IN "
+                                    "(SELECT path FROM m.sources)").fetchall()
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from kb import prompts
 from kb.engines import Engine
-from kb.errors import NotFound
 from kb.manifest import SourceRecord
+from kb.paths import fs_path
 from kb.store import Store
 from kb.types import Chunk, Request
 
@@ -43,12 +43,7 @@ def format_clock_long(seconds: float) -> str:
 
 
 def outline(store: Store, engine: Engine, name: str) -> list[OutlineEntry]:
-    records = store.manifest.find(name)
-    if len(records) != 1:
-        found = ", ".join(r.rel for r in records) or "none"
-        raise NotFound(f"{name!r} matches {len(records)} sources ({found})",
-                       "name one source exactly; list them with `python -m kb sources`")
-    record = records[0]
+    record = store.manifest.find_one(name)
     chunks = store.chunks_of(record.path)[0]
     if record.kind == "video":
         segments = sorted((c for c in chunks if c.t_start is not None), key=lambda c: c.t_start)
@@ -125,7 +120,7 @@ def text_change_chapters(segments: list[Chunk]) -> list[OutlineEntry]:
 def document_outline(record: SourceRecord, chunks: list[Chunk], engine: Engine) -> list[OutlineEntry]:
     from ingest.pdf import pdf_toc  # the one place the PDF itself is opened again
 
-    toc = pdf_toc(record.path) if record.kind == "pdf" else []
+    toc = pdf_toc(fs_path(record.path)) if record.kind == "pdf" else []
     if toc:
         return [OutlineEntry(title, page=page, level=level) for level, title, page in toc]
     headings = markdown_headings(chunks)

@@ -3,6 +3,12 @@
 Visibility is atomic per source: new chunks are written first (Chroma, then the lexical index), the manifest
 row is the commit point, old chunks are deleted last (both indexes), and queries of either index only return
 chunks whose content hash matches the manifest. So the two indexes never disagree about what is visible.
+
+Crash safety: before a source's chunks change, its path enters the manifest's cleanup journal; a delete
+removes the manifest row in that same transaction (the source is gone for searches at once). Cleaning a path
+removes every chunk of it that is not its manifest version (content hash and positions 0..chunks-1), then
+the journal row. A process killed anywhere in between leaves the row, and the next open cleans the path, so
+no chunk is left that nothing can reach, and a re-run never finds duplicates.
 """
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
@@ -19,14 +27,30 @@ from kb.config import Settings
 from kb.embed import Embedder, load_embedder
 from kb.errors import EmbedderMismatch, StoreError, StoreLocked
 from kb.lexical import LexicalIndex
-from kb.manifest import Manifest, SourceRecord
+from kb.manifest import Cleanup, Manifest, NameQuery, SourceRecord
+from kb.paths import display
 from kb.types import Chunk, Hit
 
 log = logging.getLogger(__name__)
 COLLECTION = "seekframe_chunks"
 SCHEMA_VERSION = 1
+_PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class OwnerLock:
@@ -109,6 +133,7 @@ class Store:
         self.lexical = LexicalIndex(settings.home / "lexical.sqlite", settings.manifest_path)
         if self.lexical.is_new:
             self._backfill_lexical()
+        self.recovered: list[Cleanup] = self._recover()
 
     def _backfill_lexical(self) -> None:
         """A knowledge base from before the lexical index (or whose lexical.sqlite was deleted): fill it once."""
@@ -134,46 +159,131 @@ class Store:
     def replace_source(self, record: SourceRecord, chunks: Sequence[Chunk],
                        embeddings: Sequence[Sequence[float]] | None = None) -> None:
         """Make `chunks` the whole content of `record.path`, atomically as seen by searches."""
+        if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
+                sorted(c.position for c in chunks) != list(range(len(chunks))):
+            # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
+            raise ValueError(f"chunks of {display(record.path)} must carry its path and hash, at positions 0..n-1")
         if embeddings is None:
             embeddings = self.embedder.embed_documents([c.text for c in chunks])
-        for part in _batched(list(zip(chunks, embeddings)), self._batch):
-            self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
-                                    documents=[c.text for c, _ in part], metadatas=[c.metadata() for c, _ in part])
-        self.lexical.upsert(chunks)
-        record.chunks = len(chunks)
         old = self.manifest.get(record.path)
-        self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
-        keep = {c.id for c in chunks}
-        self._delete_where({"source_abs": record.path}, keep=keep)
-        self.lexical.delete_source(record.path, keep=keep)
-        if old and old.sha256 != record.sha256:
-            self._drop_media(old.sha256)
+        self.manifest.begin_cleanup(record.path, record.rel, {record.sha256} | ({old.sha256} if old else set()),
+                                    _owner())
+        try:
+            for part in _batched(list(zip(chunks, embeddings)), self._batch):
+                self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
+                                        documents=[c.text for c, _ in part],
+                                        metadatas=[c.metadata() for c, _ in part])
+            self.lexical.upsert(chunks)
+            record.chunks = len(chunks)
+            self.manifest.put(record)  # the commit point: from here on searches see the new chunks only
+        except Exception:
+            self._clean_quietly(record.path)  # the half-written version goes; the old one stays as it was
+            raise
+        self._clean(self.manifest.cleanups_of(record.path))
 
     def chunks_of(self, path: str, with_embeddings: bool = False) -> tuple[list[Chunk], list[list[float]]]:
+        """The chunks of `path`'s manifest version in order (all its chunks if it has no manifest row)."""
         include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
-        got = self._collection.get(where={"source_abs": path}, include=include)
+        current = self.manifest.get(path)
+        where: dict = {"source_abs": path}
+        if current:  # not a version being written or cleaned up beside it
+            where = {"$and": [where, {"sha256": current.sha256}, {"position": {"$lt": current.chunks}}]}
+        got = self._collection.get(where=where, include=include)
         chunks = [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
         vectors = [list(map(float, e)) for e in got["embeddings"]] if with_embeddings else []
         order = sorted(range(len(chunks)), key=lambda n: chunks[n].position)
         return [chunks[n] for n in order], [vectors[n] for n in order] if vectors else []
 
     def delete_source(self, path: str) -> int:
-        """Remove a source and all its chunks; returns the number of chunks removed."""
+        """Remove a source and all its chunks; returns the number of chunks removed.
+
+        The manifest row goes first (with the journal entry, in one transaction), so a crash after it leaves a
+        journalled path that the next open, or deleting it again, finishes."""
         old = self.manifest.get(path)
-        self.manifest.remove(path)
-        self.lexical.delete_source(path)
-        removed = self._delete_where({"source_abs": path})
         if old:
-            self._drop_media(old.sha256)
+            self.manifest.begin_cleanup(path, old.rel, {old.sha256}, _owner(), remove_source=True)
+        return self._clean(self.manifest.cleanups_of(path) or Cleanup(path, "", [], _owner(), 0.0))
+
+    def unfinished_deletes(self, name: str) -> list[Cleanup]:
+        """Interrupted deletes of sources `name` names: still journalled, finished when this store opened, or
+        chunks without a manifest row left by a version before the journal."""
+        query = NameQuery.of(name)
+        journal = self.manifest.cleanups()
+        busy = {c.path for c in journal if not self._abandoned(c)}  # a live process is writing or deleting it
+        candidates = journal + self.recovered + self._orphans(query)
+        found = {c.path: c for c in candidates
+                 if c.path not in busy and query.matches(c.path, c.rel) and self.manifest.get(c.path) is None}
+        return list(found.values())
+
+    def _orphans(self, query: NameQuery) -> list[Cleanup]:
+        where = {"$or": [{"source_abs": {"$in": list(query.paths)}}, {"source": query.name}]}
+        metas = self._collection.get(where=where, include=["metadatas"])["metadatas"]
+        named = {(m.get("source_abs", ""), m.get("source", "")) for m in metas} | set(self.lexical.orphans())
+        return [Cleanup(path, rel, [], _owner(), 0.0) for path, rel in sorted(named)]
+
+    def finish_delete(self, cleanup: Cleanup) -> int:
+        """Finish an interrupted delete; returns the chunks it removed (this open's recovery included)."""
+        cleanup.removed += self._clean(cleanup)
+        return cleanup.removed
+
+    def _clean(self, cleanup: Cleanup | None) -> int:
+        """Remove every chunk of `cleanup.path` that is not its manifest version, then its journal entry."""
+        if cleanup is None:
+            return 0
+        current = self.manifest.get(cleanup.path)
+        version = (current.sha256, current.chunks) if current else None
+        self.lexical.delete_source(cleanup.path, keep_version=version)
+        where: dict = {"source_abs": cleanup.path}
+        if version:
+            stale = {"$or": [{"sha256": {"$ne": version[0]}}, {"position": {"$gte": version[1]}}]}
+            where = {"$and": [where, stale]}
+        removed = self._delete_where(where)
+        for sha in cleanup.shas:
+            if not version or sha != version[0]:
+                self._drop_media(sha)
+        self.manifest.end_cleanup(cleanup.path)
         return removed
+
+    def _clean_quietly(self, path: str) -> None:
+        try:
+            self._clean(self.manifest.cleanups_of(path))
+        except Exception:  # the journal keeps the path: the next open cleans it
+            log.exception("could not remove the unfinished chunks of %s yet", path)
+
+    def _recover(self) -> list[Cleanup]:
+        """Finish the cleanups of processes that died (kill -9, power loss) in the middle of one."""
+        finished = []
+        for cleanup in self.manifest.cleanups():
+            if not self._abandoned(cleanup):
+                continue
+            try:
+                removed = cleanup.removed = self._clean(cleanup)
+            except Exception:
+                log.exception("could not finish the interrupted cleanup of %s; it stays journalled", cleanup.rel)
+                continue
+            gone = self.manifest.get(cleanup.path) is None
+            log.warning("%s %s: an earlier run was interrupted; %d leftover chunks removed",
+                        "finished deleting" if gone else "cleaned up", display(cleanup.rel or cleanup.path), removed)
+            finished.append(cleanup)
+        return finished
+
+    def _abandoned(self, cleanup: Cleanup) -> bool:
+        """Whether the process that journalled `cleanup` is gone (it may be this one, or another one alive)."""
+        if cleanup.owner == _owner():
+            return False  # in flight in this process (another Store of the app, another thread)
+        if self._lock:
+            return True  # embedded: the lock says no other process has this store open
+        host, pid, _token = (cleanup.owner.rsplit(":", 2) + ["", ""])[:3]
+        # A server shared by machines: only a dead process of this host is surely not still writing.
+        return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
     def _drop_media(self, sha256: str) -> None:
         """Key frames of a version no source has any more (a copy of the same file keeps them)."""
         if not self.manifest.has_sha(sha256):
             shutil.rmtree(self.settings.keyframe_dir(sha256), ignore_errors=True)
 
-    def _delete_where(self, where: dict, keep: set[str] | None = None) -> int:
-        ids = [i for i in self._collection.get(where=where, include=[])["ids"] if not keep or i not in keep]
+    def _delete_where(self, where: dict) -> int:
+        ids = self._collection.get(where=where, include=[])["ids"]
         for part in _batched(ids, self._batch):
             self._collection.delete(ids=list(part))
         return len(ids)

@@ -6,6 +6,8 @@ from typing import Any, Callable, Literal
 
 from PIL import Image
 
+from kb.paths import display
+
 Task = Literal["ocr", "caption", "video", "answer", "outline"]
 # Modalities a chunk can have; the app's filters group them into documents / images / video.
 MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "image_ocr", "image_caption", "video_segment", "text")
@@ -125,12 +127,13 @@ class Hit:
 
     @property
     def where(self) -> str:
-        """Human citation label: `file.pdf p. 3` or `clip.mp4 01:05–01:20`."""
+        """Human citation label: `file.pdf p. 3` or `clip.mp4 01:05–01:20` (undecodable bytes shown as U+FFFD)."""
+        name = display(self.source)
         if self.t_start is not None:
-            return f"{self.source} {format_clock(self.t_start)}–{format_clock(self.t_end or self.t_start)}"
+            return f"{name} {format_clock(self.t_start)}–{format_clock(self.t_end or self.t_start)}"
         if self.page is not None:
-            return f"{self.source} p. {self.page}"
-        return self.source
+            return f"{name} p. {self.page}"
+        return name
 
 
 def format_clock(seconds: float) -> str:

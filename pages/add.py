@@ -5,9 +5,10 @@ import streamlit as st
 
 from ingest.read import supported_extensions
 from kb.errors import InputError, SeekframeError
-from kb.jobs import FAILED, Job
+from kb.jobs import FAILED, Job, uploads_folder
+from kb.paths import display
 from pages import resources
-from pages.helpers import md_escape, save_upload
+from pages.helpers import md_code, md_escape, save_upload
 
 st.title("Add content")
 store = resources.open_or_stop()
@@ -17,8 +18,9 @@ extensions = sorted(supported_extensions())
 limit_mb = st.get_option("server.maxUploadSize")
 st.markdown(
     f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by this app "
-    "process: you can leave this page and come back. Uploads are saved under "
-    f"`{md_escape(str(settings.home / 'uploads'))}`.")
+    "process: you can leave this page and come back. Each upload is saved under "
+    f"{md_code(str(uploads_folder(settings)))}, in a folder named after its content, so files with the "
+    "same name never replace each other.")
 st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
            "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
            "`[server]` in `.streamlit/config.toml`. For very large files, give a folder on the server instead.")
@@ -30,23 +32,35 @@ with upload_tab:
         saved, problems = [], []
         for upload in files or []:
             try:
-                saved.append(save_upload(upload.name, upload.getvalue(), settings.home / "uploads", extensions))
+                saved.append(save_upload(upload.name, upload.getvalue(), uploads_folder(settings), extensions))
             except InputError as err:
                 problems.append(str(err))
         st.session_state["upload_problems"] = problems
         if saved:
-            queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+            try:
+                queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""))
+            except SeekframeError as err:
+                problems.append(str(err))
     for problem in st.session_state.get("upload_problems", []):
         st.error(md_escape(problem))
 
 with folder_tab:
-    folder = st.text_input("Folder or file path on the server", key="folder_path",
-                           placeholder="/data/manuals  (walked recursively; hidden files are skipped)")
-    if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
-        try:
-            queue.submit([folder.strip()])
-        except SeekframeError as err:
-            resources.show_error(err)
+    if not settings.allowed_folders:
+        st.info("Reading folders on the server is off: anyone who can open this app could read the server's "
+                "files through it. To allow it, set `KB_ALLOWED_FOLDERS` to the folders the app may read "
+                "(absolute paths separated by `:`, or `allowed_folders = [...]` in `seekframe.toml`) and restart "
+                "the app. Only files under those folders are read; hidden files and links that lead out of them "
+                "are not.")
+    else:
+        st.caption("Allowed folders: " + ", ".join(md_code(str(r)) for r in settings.allowed_folders)
+                   + " (`KB_ALLOWED_FOLDERS`). Hidden files and links that lead out of them are not read.")
+        folder = st.text_input("Folder or file path on the server", key="folder_path",
+                               placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")
+        if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
+            try:
+                queue.submit([folder.strip()])
+            except SeekframeError as err:
+                resources.show_error(err)
 
 
 def show_job(job: Job) -> None:
@@ -55,17 +69,17 @@ def show_job(job: Job) -> None:
     st.markdown(f"**{md_escape(job.label)}** · {job.state} · {done}/{len(job.files)} files · "
                 f"{job.seconds:.1f} s" + (f" · {job.pages_read} pages read by the engine" if job.pages_read else ""))
     if job.error:
-        st.caption(md_escape(job.error))
+        st.caption(md_escape(display(job.error)))
     st.progress(done / total)
     if job.active:
         st.button("Cancel", key=f"cancel_{job.id}", on_click=queue.cancel, args=(job.id,),
                   help="Stops before the next file or page batch; files already stored stay.")
     if job.files:
-        st.dataframe([{"file": f.rel, "status": f.state, "chunks": f.chunks, "result": f.result, "reason": f.reason}
-                      for f in job.files], hide_index=True, width="stretch")
+        st.dataframe([{"file": display(f.rel), "status": f.state, "chunks": f.chunks, "result": f.result,
+                       "reason": display(f.reason)} for f in job.files], hide_index=True, width="stretch")
     for item in job.files:
         if item.state == FAILED:
-            st.error(md_escape(f"{item.rel}: {item.reason}"))
+            st.error(md_escape(display(f"{item.rel}: {item.reason}")))
 
 
 def jobs_panel() -> None:

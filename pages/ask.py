@@ -8,8 +8,9 @@ import streamlit as st
 
 from kb.answer import prepare, stream_answer
 from kb.errors import SeekframeError
+from kb.paths import display
 from pages import resources, widgets
-from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown, safe_stream
+from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
 
 st.title("Ask your knowledge base")
 store = resources.open_or_stop()
@@ -26,7 +27,7 @@ if not records:
 # filters ------------------------------------------------------------------------------------------------
 with st.sidebar:
     st.header("Filters")
-    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources",
+    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources", format_func=display,
                             placeholder="all sources")
     groups = st.multiselect("Modality", GROUPS, key="filter_groups", placeholder="documents, images and video")
     durations = [r.duration for r in records if r.kind == "video" and r.duration]
@@ -51,7 +52,8 @@ else:
 
 def show_turn(turn: dict) -> None:
     with st.chat_message(turn["role"]):
-        st.markdown(safe_markdown(turn["text"]))
+        sources = len(turn["hits"]) if turn["role"] == "assistant" else None
+        st.markdown(safe_markdown(turn["text"], sources))
         if turn["role"] == "assistant":
             st.caption(turn["timing"])
             for n, hit in enumerate(turn.get("hits", []), 1):
@@ -67,8 +69,11 @@ def answer(question: str, history: list[dict]) -> dict | None:
                                max_tokens=settings.max_answer_tokens)
             engine = resources.engine()
             started = time.monotonic()
-            raw: list[str] = []
-            st.write_stream(safe_stream(raw.append(p) or p for p in stream_answer(prepared, engine)))
+            shown, text = st.empty(), ""
+            for piece in stream_answer(prepared, engine):
+                text += piece  # the whole text is made safe each time: a link or marker may span pieces
+                shown.markdown(safe_markdown(text, len(prepared.hits), streaming=True))
+            shown.markdown(safe_markdown(text, len(prepared.hits)))
             generation = time.monotonic() - started
         except SeekframeError as err:
             resources.show_error(err)
@@ -78,7 +83,7 @@ def answer(question: str, history: list[dict]) -> dict | None:
         st.caption(md_escape(timing))
         for n, hit in enumerate(prepared.hits, 1):
             widgets.citation(n, hit, question, expanded=n == 1)
-    return {"role": "assistant", "text": "".join(raw), "hits": prepared.hits, "question": question,
+    return {"role": "assistant", "text": text, "hits": prepared.hits, "question": question,
             "timing": md_escape(timing)}
 
 

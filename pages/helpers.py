@@ -4,52 +4,69 @@ Kept apart from the page scripts so the tests can call them directly.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw
 
+from kb.answer import keep_real_citations
 from kb.errors import InputError
 from kb.manifest import SourceRecord
+from kb.paths import display, fs_path
 from kb.search import Filters
 from kb.types import Chunk, format_clock
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=&])")
 GROUPS = ("documents", "images", "video")
-SORTS = {"name": lambda r: r.rel.lower(), "newest first": lambda r: -r.ingested_at,
-         "most chunks": lambda r: -r.chunks, "type": lambda r: (r.kind, r.rel.lower())}
+SORTS = {"name": lambda r: display(r.rel).lower(), "newest first": lambda r: -r.ingested_at,
+         "most chunks": lambda r: -r.chunks, "type": lambda r: (r.kind, display(r.rel).lower())}
 
 
 # escaping -------------------------------------------------------------------------------------------------
+# Streamlit's Markdown (GFM) turns bare `https://…`, `www.…` and e-mail addresses into links after parsing, so
+# backslash escapes do not stop it: a zero-width space inside the pattern does (invisible, the text reads the same).
+_ZWSP = "\u200b"
+_AUTOLINKS = re.compile(r"(?i)(?<=https)(?=://)|(?<=http)(?=://)|(?<=www)(?=\.)|(?<=@)(?=[\w-])")
+# What could turn text into a link, an image, HTML or an entity: every other Markdown mark is left alone.
+_LINK_MARKS = {"\\": "\\\\", "[": "\\[", "]": "\\]", "&": "&amp;", "<": "&lt;"}
+_LINK_MARK = re.compile(r"[\\\[\]&<]")
+_OPEN_MARKER = re.compile(r"\[[\d,; ]*$")  # a citation marker still being streamed
+
+
+def inert_autolinks(text: str) -> str:
+    return _AUTOLINKS.sub(_ZWSP, text)
+
+
 def md_escape(text: str) -> str:
     """Text for a Markdown context (labels, captions, headings) that shows literally: no links, images, HTML."""
-    return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
+    return _MD_SPECIAL.sub(r"\\\1", inert_autolinks(text.replace("\n", " ")))
 
 
-def safe_markdown(text: str) -> str:
-    """A model answer for st.markdown: Markdown formatting stays, but no HTML and no images.
+def md_code(text: str) -> str:
+    """`text` as an inline code span (a path, a command): shown literally, whatever backticks it holds."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text.replace(chr(10), ' ')} {fence}"
 
-    Documents can carry prompt injections; an image link in an answer would make the browser fetch an
-    attacker's URL (leaking whatever the model put in it), so `![` is shown as text and `<` never opens a tag.
+
+def safe_markdown(text: str, citations: int | None = None, streaming: bool = False) -> str:
+    """An answer for st.markdown: its formatting (bold, lists, quotes) stays; nothing in it is live.
+
+    Answers quote documents and models repeat what documents say, so any of it may be an attacker's: a link
+    or image would make the browser show or fetch their URL, HTML would run. Brackets, `<`, `&` and `\\` are
+    escaped (no link, image, reference or HTML syntax survives) and bare URLs are made inert. With
+    `citations` (the number of sources), markers [n] that match no source are dropped (kb.answer); `streaming`
+    holds back a marker that is not complete yet.
     """
-    return text.replace("<", "&lt;").replace("![", "!\\[")
-
-
-def safe_stream(pieces: Iterable[str]) -> Iterator[str]:
-    """`safe_markdown` over a stream whose pieces may split `![` between them."""
-    held = ""
-    for piece in pieces:
-        text = held + piece
-        held = "!" if text.endswith("!") else ""
-        text = text[:-1] if held else text
-        if text:
-            yield safe_markdown(text)
-    if held:
-        yield held
+    if streaming:
+        text = _OPEN_MARKER.sub("", text)
+    if citations is not None:
+        text = keep_real_citations(text, citations)
+    return _LINK_MARK.sub(lambda m: _LINK_MARKS[m.group()], inert_autolinks(text))
 
 
 # filters --------------------------------------------------------------------------------------------------
@@ -71,21 +88,23 @@ def time_label(t_start: float | None, t_end: float | None) -> str:
 
 # media ----------------------------------------------------------------------------------------------------
 def keyframe_paths(keyframe: str | None, home: Path) -> list[Path]:
-    """Existing key-frame files of a video segment (one path, or several joined by ';'), relative to home."""
+    """Existing key-frame files of a video segment (one path, or several joined by ';'), relative to home; the
+    paths come stored (kb/paths.py) and are returned as names that open."""
     if not keyframe:
         return []
-    paths = [Path(p.strip()) for p in re.split(r"[;\n]", keyframe) if p.strip()]
+    paths = [fs_path(p.strip()) for p in re.split(r"[;\n]", keyframe) if p.strip()]
     return [p if p.is_absolute() else home / p for p in paths if (p if p.is_absolute() else home / p).is_file()]
 
 
-def highlight_boxes(pdf_path: str, page: int, quote: str) -> list[tuple[float, float, float, float]]:
-    """Where `quote` is on the page, as fractions of the page size; [] when the page has no text layer."""
-    import pymupdf
+def highlight_boxes(pdf_path: str | Path, page: int, quote: str) -> list[tuple[float, float, float, float]]:
+    """Where `quote` is on the page, as fractions of the page size; [] when the page has no text layer.
+    `pdf_path` is the name that opens (internal form), not the stored one."""
+    from ingest.pdf import open_document
 
     quote = quote.replace("…", "").strip()
     if len(quote) < 4:
         return []
-    with pymupdf.open(pdf_path) as doc:
+    with open_document(pdf_path) as doc:
         pdf_page = doc[page - 1]
         width, height = pdf_page.rect.width, pdf_page.rect.height
         rects = pdf_page.search_for(quote[:80]) or pdf_page.search_for(quote[:40])
@@ -108,9 +127,10 @@ def draw_boxes(image: Image.Image, boxes: Sequence[tuple[float, float, float, fl
 
 # library --------------------------------------------------------------------------------------------------
 def source_rows(records: Sequence[SourceRecord], query: str = "", sort: str = "name") -> list[SourceRecord]:
-    """Records whose path, type, status or model contain `query` (any case), in the chosen order."""
+    """Records whose path (as shown), type, status or model contain `query` (any case), in the chosen order."""
     words = query.lower().split()
-    kept = [r for r in records if all(w in f"{r.rel} {r.kind} {r.status} {r.engine} {r.model}".lower() for w in words)]
+    shown = {id(r): f"{display(r.rel)} {r.kind} {r.status} {r.engine} {r.model}".lower() for r in records}
+    kept = [r for r in records if all(w in shown[id(r)] for w in words)]
     return sorted(kept, key=SORTS.get(sort, SORTS["name"]))
 
 
@@ -137,7 +157,12 @@ def segments(chunks: Sequence[Chunk]) -> list[Chunk]:
 
 # add content ----------------------------------------------------------------------------------------------
 def save_upload(name: str, data: bytes, folder: Path, extensions: Iterable[str]) -> Path:
-    """Write one uploaded file under `folder`; raises InputError for a type the ingest cannot read or no bytes."""
+    """Write one uploaded file as `folder/<content hash>/<its name>`; raises InputError for a type the ingest
+    cannot read or no bytes.
+
+    The hash folder keeps two different files of the same name apart (both stay searchable), while the same
+    file uploaded again lands on the same path, which the ingest skips as unchanged.
+    """
     clean = Path(name.replace("\\", "/")).name.strip()
     if not clean or clean.startswith("."):
         raise InputError(name or "(no name)", "the file has no usable name", "rename it and upload it again")
@@ -147,8 +172,10 @@ def save_upload(name: str, data: bytes, folder: Path, extensions: Iterable[str])
                          f"Seekframe reads {', '.join(allowed)}")
     if not data:
         raise InputError(clean, "the file is empty (0 bytes)", "upload the complete file")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / clean
+    target = folder / hashlib.sha256(data).hexdigest()[:16] / clean
+    if target.is_file() and target.stat().st_size == len(data):
+        return target  # this very file was uploaded before
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{clean}.part")
     partial.write_bytes(data)
     os.replace(partial, target)  # a half-written upload is never seen by an ingest

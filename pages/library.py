@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import streamlit as st
 
 from kb.errors import SeekframeError
 from kb.manifest import SourceRecord
 from kb.outline import outline
+from kb.paths import display
 from pages import resources, widgets
 from pages.helpers import SORTS, chunks_by_page, extent, md_escape, segments, source_rows, time_label
 
@@ -29,7 +29,7 @@ left, right = st.columns([3, 1])
 query = left.text_input("Search sources", key="library_query", placeholder="name, type, status or model")
 order = right.selectbox("Sort by", list(SORTS), key="library_sort")
 rows = source_rows(records, query, order)
-st.dataframe([{"source": r.rel, "type": r.kind, "pages / duration": extent(r), "chunks": r.chunks,
+st.dataframe([{"source": display(r.rel), "type": r.kind, "pages / duration": extent(r), "chunks": r.chunks,
                "status": r.status, "ingested at": datetime.fromtimestamp(r.ingested_at).strftime("%Y-%m-%d %H:%M"),
                "engine": r.engine, "model": r.model, "problems": len(r.errors)} for r in rows],
              hide_index=True, width="stretch")
@@ -38,13 +38,19 @@ if not rows:
     st.stop()
 
 by_path = {r.path: r for r in rows}
-path = st.selectbox("Open a source", list(by_path), format_func=lambda p: by_path[p].rel, key="library_open")
+path = st.selectbox("Open a source", list(by_path), format_func=lambda p: display(by_path[p].rel), key="library_open")
 record: SourceRecord = by_path[path]
 
 
+def ask_to_delete(record: SourceRecord) -> None:
+    st.session_state["library_confirm_delete"] = record.path  # the first click only asks
+
+
 def delete(record: SourceRecord) -> None:
+    """The confirmed delete: exactly the record's absolute path, never a name that could match others."""
+    st.session_state.pop("library_confirm_delete", None)
     removed = store.delete_source(record.path)
-    st.session_state["library_flash"] = (f"Deleted {record.rel} from the knowledge base ({removed} chunks); "
+    st.session_state["library_flash"] = (f"Deleted {display(record.rel)} from the knowledge base ({removed} chunks); "
                                          "the file itself stays on disk.")
 
 
@@ -54,24 +60,35 @@ def reindex(record: SourceRecord) -> None:
     except SeekframeError as err:
         st.session_state["library_flash"] = str(err)
         return
-    st.session_state["library_flash"] = (f"Re-indexing {record.rel} in the background: follow it on the "
+    st.session_state["library_flash"] = (f"Re-indexing {display(record.rel)} in the background: follow it on the "
                                          "Add content page.")
 
 
-st.subheader(md_escape(record.rel))
+st.subheader(md_escape(display(record.rel)))
 st.caption(md_escape(f"{record.kind} · {extent(record) or 'single image'} · {record.chunks} chunks · "
-                     f"status {record.status} · engine {record.engine} {record.model} · {record.path}"))
+                     f"status {record.status} · engine {record.engine} {record.model} · {display(record.path)}"))
 for problem in record.errors:
-    st.warning(md_escape(problem))
+    st.warning(md_escape(display(problem)))
 one, two, three, _ = st.columns([1, 1, 1, 3])
 one.button("Re-index", key="library_reindex", on_click=reindex, args=(record,),
            help="Read the file again with the current engine and settings, even if it is unchanged.")
-two.button("Delete", key="library_delete", on_click=delete, args=(record,), type="primary",
-           help="Remove the source and its chunks from the knowledge base (the file stays on disk).")
+two.button("Delete", key="library_delete", on_click=ask_to_delete, args=(record,), type="primary",
+           help="Remove the source and its chunks from the knowledge base (the file stays on disk); asks first.")
 if three.button("Outline", key="library_outline", help="Chapters with timestamps (video) or sections with pages"):
     with st.spinner("Writing the outline…"):
         entries = outline(store, resources.engine(), record.path)
     st.text("\n".join(e.line() for e in entries) or "No outline: the source has no text.")
+
+if st.session_state.get("library_confirm_delete") == record.path:
+    with st.container(border=True):
+        st.warning(md_escape(f"Delete {display(record.rel)} ({record.chunks} chunks) from the knowledge base? Its "
+                             "text can no longer be found or cited. The file stays on disk at "
+                             f"{display(record.path)}."))
+        yes, no, _ = st.columns([1, 1, 3])
+        yes.button(f"Yes, delete {md_escape(display(record.rel))}", key="library_delete_confirm", on_click=delete,
+                   args=(record,), type="primary")
+        no.button("Keep it", key="library_delete_cancel", on_click=st.session_state.pop,
+                  args=("library_confirm_delete", None))
 
 chunks, _ = store.chunks_of(record.path)
 if record.kind == "video":
@@ -103,8 +120,7 @@ elif record.kind == "pdf":
                 st.caption(md_escape(f"page {number} · {chunk.modality}"))
                 st.text(chunk.text)
 elif record.kind == "image":
-    if Path(record.path).is_file():
-        st.image(record.path, width=480)
+    widgets.image_file(record.path)
     for label, modality in (("Text in the image (OCR)", "image_ocr"), ("Caption", "image_caption")):
         texts = [c.text for c in chunks if c.modality == modality]
         st.markdown(f"**{label}**")

@@ -10,6 +10,7 @@ from kb.config import Settings, load_settings
 from kb.engines import Engine, load_engine, resolve_engine_name
 from kb.errors import SeekframeError
 from kb.jobs import JobQueue
+from kb.paths import fs_path
 from kb.store import Store, open_store
 from pages.helpers import md_escape
 
@@ -81,10 +82,11 @@ def show_error(err: BaseException) -> None:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def page_image(path: str, page: int, dpi: int = 110, mtime: float = 0.0):
-    """A rendered PDF page (mtime in the key: a replaced file renders again)."""
+    """A rendered PDF page (mtime in the key: a replaced file renders again). `path` is the stored form (valid
+    UTF-8, which the cache key needs), opened by its real name."""
     from ingest.pdf import render_page
 
-    return render_page(path, page, dpi=dpi)
+    return render_page(fs_path(path), page, dpi=dpi)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -94,7 +96,7 @@ def highlighted_page(path: str, page: int, quote: str, mtime: float = 0.0):
 
     image = page_image(path, page, 110, mtime)
     try:
-        boxes = highlight_boxes(path, page, quote)
+        boxes = highlight_boxes(fs_path(path), page, quote)
     except Exception:  # highlighting is a nicety; a page that cannot be searched is still shown
         boxes = []
     return draw_boxes(image, boxes), bool(boxes)

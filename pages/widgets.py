@@ -1,6 +1,7 @@
 """Streamlit pieces shared by the pages: citations, media players, the empty-library message.
 
-Document text is always shown with st.text (never Markdown or HTML); names go through md_escape.
+Document text is always shown with st.text (never Markdown or HTML); names go through md_escape. Paths arrive
+in their stored form (kb/paths.py): shown with `display`, opened through `fs_path`.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from kb.answer import best_sentence
+from kb.paths import display, fs_path
 from kb.types import Hit
 from pages import resources
 from pages.helpers import keyframe_paths, md_escape, time_label
@@ -23,32 +25,41 @@ def empty_library() -> None:
     st.page_link("pages/add.py", label="Add content", icon=":material/add_circle:")
 
 
-def _mtime(path: str) -> float:
+def _mtime(path: Path) -> float:
     try:
         return os.path.getmtime(path)
     except OSError:
         return 0.0
 
 
-def pdf_page(path: str, page: int, quote: str = "", width: int | None = None) -> None:
+def pdf_page(stored: str, page: int, quote: str = "", width: int | None = None) -> None:
     """A rendered page, the quoted text boxed when the page has a text layer."""
-    if not Path(path).is_file():
+    path = fs_path(stored)
+    if not path.is_file():
         st.caption("The PDF is no longer at its ingest path, so the page cannot be shown.")
         return
     if quote:
-        image, found = resources.highlighted_page(path, page, quote, _mtime(path))
+        image, found = resources.highlighted_page(stored, page, quote, _mtime(path))
     else:
-        image, found = resources.page_image(path, page, 110, _mtime(path)), False
+        image, found = resources.page_image(stored, page, 110, _mtime(path)), False
     st.image(image, caption=f"page {page}" + (" · cited text highlighted" if found else ""),
              width=width if width else "stretch")
 
 
-def video_player(path: str, start: float | None, end: float | None = None) -> None:
-    if not Path(path).is_file():
+def video_player(stored: str, start: float | None, end: float | None = None) -> None:
+    path = fs_path(stored)
+    if not path.is_file():
         st.caption("The video is no longer at its ingest path, so it cannot be played.")
         return
     # Streamlit's player takes whole seconds; end one second late so the cited segment plays to its end.
-    st.video(path, start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
+    st.video(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
+
+
+def image_file(stored: str, width: int = 480) -> None:
+    """A source image, when it is still at its ingest path."""
+    path = fs_path(stored)
+    if path.is_file():
+        st.image(str(path), width=width)
 
 
 def keyframes(hit_or_chunk, width: int = 220) -> None:
@@ -59,21 +70,22 @@ def keyframes(hit_or_chunk, width: int = 220) -> None:
 
 def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> None:
     """One numbered source: what it is, the cited text, and the page, image or video segment."""
+    source = display(hit.source)
     with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
         quote = best_sentence(question, hit.text) if question else ""
         if hit.t_start is not None:
-            st.caption(f"{md_escape(hit.source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")
+            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")
             left, right = st.columns([1, 2])
             with left:
                 keyframes(hit)
             with right:
                 video_player(hit.source_abs, hit.t_start, hit.t_end)
         elif hit.page is not None and hit.source_abs.lower().endswith(".pdf"):
-            st.caption(f"{md_escape(hit.source)} · page {hit.page} · {hit.modality}")
+            st.caption(f"{md_escape(source)} · page {hit.page} · {hit.modality}")
             pdf_page(hit.source_abs, hit.page, quote)
-        elif hit.modality.startswith("image") and Path(hit.source_abs).is_file():
-            st.caption(f"{md_escape(hit.source)} · {hit.modality}")
-            st.image(hit.source_abs, width=480)
+        elif hit.modality.startswith("image"):
+            st.caption(f"{md_escape(source)} · {hit.modality}")
+            image_file(hit.source_abs)
         else:
-            st.caption(f"{md_escape(hit.source)} · {hit.modality}")
+            st.caption(f"{md_escape(source)} · {hit.modality}")
         st.text(hit.text)  # document text: shown as text, never as Markdown or HTML

@@ -23,7 +23,7 @@ from kb.jobs import CANCELLED, DONE, FAILED, JobQueue
 from kb.manifest import SourceRecord
 from kb.store import open_store
 from kb.types import Chunk
-from pages.helpers import build_filters, safe_markdown, safe_stream, save_upload
+from pages.helpers import build_filters, safe_markdown, save_upload
 from tests.conftest import ROOT, write_pdf
 
 PDF_PAGES = ["Seekframe keeps provenance for every answer it gives. " * 3,
@@ -152,7 +152,7 @@ def test_ask_with_ocr_engine_cites_the_pdf_page(kb_env):
     at = ask(app(), "Where does the purple elephant parade happen?")
     answer = at.chat_message[-1]
     # Sources are numbered in document order (neighbouring pages join as context): the quote cites page 2.
-    cited = int(re.search(r"\[(\d+)\]", answer.markdown[0].value).group(1))
+    cited = int(re.search(r"\[(\d+)\]", answer.markdown[0].value.replace("\\", "")).group(1))
     assert labels(at)[cited - 1] == f"[{cited}] guide.pdf p. 2"
     assert any("purple elephant parade" in t for t in texts(at))
     assert any("page 2" in c for i in at.get("image") for c in i.captions), "the cited page is shown"
@@ -280,6 +280,7 @@ def test_library_delete_and_reindex(kb_env):
     at = app("pages/library.py")
     at.selectbox(key="library_open").set_value(guide).run()
     at.button(key="library_delete").click().run()
+    at.button(key="library_delete_confirm").click().run()
     assert "Deleted guide.pdf" in at.success[0].value.replace("\\", "")
     assert "guide.pdf" not in list(at.dataframe[0].value["source"])
     at = ask(app(), "Where does the purple elephant parade happen?")
@@ -298,15 +299,18 @@ def test_upload_shows_a_per_file_error_for_bad_files(kb_env):
     assert any("tool.exe" in e and "unsupported file type" in e for e in errors)
     wait_for_jobs(at)
     errors = [e.value.replace("\\", "") for e in at.error]
-    assert any("broken.pdf" in e and "not a readable PDF" in e for e in errors), errors
+    # "not a readable PDF", or what the content sniffing says it really is: either way the user reads why
+    assert any("broken.pdf" in e and "not a PDF" in e.replace("readable ", "") for e in errors), errors
     statuses = dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["status"]))
     assert statuses == {"broken.pdf": FAILED, "walrus.md": DONE}
-    assert (kb_env / "uploads" / "walrus.md").is_file()
+    assert [p.name for p in (kb_env / "uploads").glob("*/walrus.md")] == ["walrus.md"]
     at = ask(app(), "What does the walrus choir do?")
     assert labels(at)[0] == "[1] walrus.md"
 
 
-def test_add_a_server_folder_and_a_missing_one(kb_env, tmp_path):
+def test_add_a_server_folder_and_a_missing_one(kb_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("KB_ALLOWED_FOLDERS", str(tmp_path))
+    clear_caches()
     folder = tmp_path / "more"
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "otter.md").write_text("# Otters\n\nThe otter holds hands while sleeping.\n")
@@ -340,7 +344,8 @@ def test_system_page_shows_engine_size_and_settings(kb_env):
 # jobs and helpers (no Streamlit) -----------------------------------------------------------------------------
 def test_cancel_stops_queued_and_running_jobs(tmp_path, embedder, base_kb):
     library = base_kb[1]
-    settings = load_settings({"home": tmp_path / "kb", "embed_model": BUNDLED_EMBED_MODEL, "engine": "ocr"}, env={})
+    settings = load_settings({"home": tmp_path / "kb", "embed_model": BUNDLED_EMBED_MODEL, "engine": "ocr",
+                              "allowed_folders": (library,)}, env={})
     store = open_store(settings, embedder)
     release = threading.Event()
 
@@ -368,18 +373,18 @@ def test_cancel_stops_queued_and_running_jobs(tmp_path, embedder, base_kb):
         store.close()
 
 
-def test_safe_markdown_keeps_images_and_html_out_even_when_streamed():
-    pieces = ["See ", "!", "[x](http://evil.example/a.png) and <img src=x> [1]"]
-    streamed = "".join(safe_stream(pieces))
-    assert streamed == safe_markdown("".join(pieces))
-    assert "![" not in streamed and "<img" not in streamed and "[1]" in streamed
-    assert "".join(safe_stream(["wow!"])) == "wow!"
-
-
+def test_safe_markdown_keeps_links_images_and_html_out():
+    text = ("See [x](http://evil.example/a) ![y](https://evil.example/a.png) <img src=x> www.evil.example "
+            "me@evil.example &#91;z&#93;(https&#58;//evil.example) [1] [9].")
+    shown = safe_markdown(text, citations=1)
+    assert "<img" not in shown and "&#" not in shown and not re.search(r"(?<!\\)[\[\]]", shown)
+    assert not re.search(r"(?i)https?://|www\.|@evil", shown), "a bare URL or address would be linked"
+    assert "\\[1\\]" in shown and "[9]" not in shown.replace("\\", "")
+    assert safe_markdown("a claim [1", 3, streaming=True) == "a claim "  # the marker is not finished yet
 def test_filters_and_uploads_helpers(tmp_path):
     assert build_filters([], ["video"], (0.0, 12.0), (0.0, 12.0)).seconds is None
     assert build_filters(["a.pdf"], [], (2.0, 5.0), (0.0, 12.0)).seconds == (2.0, 5.0)
     saved = save_upload("../../etc/notes.md", b"hi", tmp_path, [".md"])
-    assert saved == tmp_path / "notes.md" and saved.read_bytes() == b"hi"
+    assert saved.parent.parent == tmp_path and saved.name == "notes.md" and saved.read_bytes() == b"hi"
     with pytest.raises(Exception, match="empty"):
         save_upload("a.md", b"", tmp_path, [".md"])

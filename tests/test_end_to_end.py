@@ -98,7 +98,8 @@ def test_cli_ingest_then_search_finds_the_scanned_linnsequencer_page(test_data, 
     done = _cli("kb", "search", "--json", "LinnSequencer", home=home)
     assert done.returncode == 0, done.stderr
     hits = json.loads(done.stdout)
-    assert set(hits[0]) == {"id", "text", "score", "source", "page", "t_start", "t_end", "modality", "keyframe"}
+    assert set(hits[0]) == {"id", "text", "score", "source", "page", "t_start", "t_end", "modality", "keyframe",
+                            "source_path"}
     assert (hits[0]["source"], hits[0]["page"], hits[0]["modality"]) == ("linn.pdf", 1, "pdf_ocr")
     done = _cli("kb", "ask", "--json", "What is the LinnSequencer?", home=home)
     answer = json.loads(done.stdout)

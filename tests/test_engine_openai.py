@@ -5,10 +5,15 @@ token counts the server reports, order, streaming, and the errors a user gets.
 """
 from __future__ import annotations
 
+import re
+import threading
+import time
+import urllib.request
+
 import pytest
 from PIL import Image
 
-from kb.engines import Engine
+from kb.engines import UNITS_PER_ROW, Engine, batch_size_for
 from kb.engines.openai_compat import OpenAIEngine
 from kb.errors import EngineError, EngineUnavailable
 from kb.types import Request, VideoClip
@@ -149,3 +154,61 @@ def test_prompt_longer_than_the_context_is_a_clear_error(engine: OpenAIEngine) -
     assert not isinstance(err.value, EngineUnavailable)
     assert "400" in str(err.value)
     assert "--max-model-len" in err.value.fix
+
+
+def test_bulk_defaults_keep_a_server_busy(make_settings) -> None:
+    settings = make_settings(engine="openai", model="m", openai_base_url="http://127.0.0.1:9/v1")
+    engine = OpenAIEngine(settings)
+    assert settings.concurrency == 64  # vLLM batches what is in flight: tens to hundreds of requests
+    assert batch_size_for(settings, engine) == 64 * UNITS_PER_ROW  # ingest hands it enough to keep them in flight
+
+
+def running_on_server(base_url: str) -> float:
+    """vLLM's own count of requests it is decoding right now (its Prometheus /metrics)."""
+    text = urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=5).read().decode()
+    found = re.findall(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    return max(map(float, found)) if found else 0.0
+
+
+def in_flight(engine: OpenAIEngine, requests: list[Request]) -> tuple[list[tuple[float, float]], float]:
+    """Each request's (sent, answered) times on the client, and the most the server said it ran at once."""
+    spans: list[tuple[float, float]] = []
+    original = engine._complete_one
+
+    def timed(request: Request):
+        sent = time.monotonic()
+        done = original(request)
+        spans.append((sent, time.monotonic()))
+        return done
+
+    engine._complete_one = timed
+    most, stop = [0.0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], running_on_server(engine.device))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        engine.complete(requests)
+    finally:
+        stop.set()
+        watcher.join()
+    return spans, most[0]
+
+
+def test_requests_overlap_on_the_server_up_to_the_concurrency(vllm_server: VLLMServer, make_settings) -> None:
+    def engine_with(concurrency: int) -> OpenAIEngine:
+        return OpenAIEngine(make_settings(engine="openai", model=vllm_server.model, concurrency=concurrency,
+                                          openai_base_url=vllm_server.base_url), retries=1, backoff=0.1)
+
+    requests = [ask(48, task="answer", prompt=f"Write about item {n} at length.") for n in range(4)]
+    spans, most = in_flight(engine_with(4), requests)
+    assert max(sent for sent, _ in spans) < min(done for _, done in spans)  # all four sent before any came back
+    assert most >= 2  # and the server decoded several of them at the same time
+    serial, most = in_flight(engine_with(1), requests)
+    serial.sort()
+    assert all(done <= sent for (_, done), (sent, _) in zip(serial, serial[1:]))  # one at a time
+    assert most <= 1

@@ -154,3 +154,67 @@ def test_missing_model_is_an_engine_error_naming_it(make_settings, tmp_path, mis
     assert "KB_MODEL" in err.value.fix and "KB_ENGINE=ocr" in err.value.fix
     if missing != "folder":  # a hub id can be fetched ahead of time; a folder path cannot
         assert f"hf download {model}" in err.value.fix
+
+
+def test_refilled_batch_gives_each_request_its_lone_output(make_settings, tiny_model_dir, engine):
+    # Two rows decode at once; the long row keeps running while finished short rows are replaced by waiting ones.
+    two = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                           batch_size=2, **BUDGET))
+    requests = [Request(task="ocr", prompt="Read.", images=[noise_image(5, (96, 96))], max_new_tokens=200)]
+    requests += [Request(task="ocr", prompt=f"Read page {n}.", images=[noise_image(10 + n, (64 + 16 * n, 80))],
+                         max_new_tokens=3 + n) for n in range(5)]
+    requests += [Request(task="answer", prompt="Short question?", max_new_tokens=6),
+                 Request(task="video", prompt="Describe.", video=clip([3000, 3015, 3030, 3045]), max_new_tokens=5)]
+    refilled = two.generate_ids(requests)
+    stats = two.last_stats
+    assert refilled == [engine.generate_ids([r])[0] for r in requests]
+    assert [len(ids) for ids in refilled[1:]] == [3, 4, 5, 6, 7, 6, 5]  # each short row ran to its own cap
+    # Finished rows were replaced while the long row decoded: almost no row-step was spent on a finished row
+    # (one generate() per batch of two would idle the short partner of the long row for ~40 steps).
+    assert stats.refills >= 5
+    assert stats.tokens == sum(len(ids) for ids in refilled)
+    assert stats.padding_share < 0.15, stats
+
+
+def test_gpu_rows_fill_free_memory_unless_batch_size_is_set(make_settings):
+    from kb.engines import MAX_GPU_ROWS, gpu_rows
+
+    kv_4b = 2 * 36 * 8 * 128 * 2  # Qwen3-VL-4B in bf16: 147 kB per token
+    settings = make_settings()
+    assert gpu_rows(settings, 130 * 2**30, kv_4b) == MAX_GPU_ROWS  # an H200 after loading the 4B model
+    assert 10 <= gpu_rows(settings, 14 * 2**30, kv_4b) <= 20  # a 24 GB card
+    assert gpu_rows(make_settings(batch_size=24), 130 * 2**30, kv_4b) == 24
+
+
+def test_ingest_hands_the_engine_more_units_than_it_decodes_at_once(make_settings, tiny_model_dir):
+    from kb.engines import UNITS_PER_ROW, batch_size_for
+
+    settings = make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu", batch_size=3)
+    small = TransformersEngine(settings)
+    assert small.slots == 3
+    assert batch_size_for(settings, small) == 3 * UNITS_PER_ROW
+
+
+def test_streams_from_any_thread_generate_on_one_thread(engine):
+    # A static cache's compiled decode step belongs to the thread that recorded it: the app streams from many
+    # threads, so every stream (and the warm-up at start) must generate on the engine's one stream thread.
+    import threading
+
+    used = set()
+    generate = engine._net.generate
+
+    def recording(*args, **kwargs):
+        used.add(threading.get_ident())
+        return generate(*args, **kwargs)
+
+    engine._net.generate = recording
+    assert engine.warm_up() > 0
+    request = Request(task="answer", prompt="Question?", max_new_tokens=6)
+    texts = []
+    readers = [threading.Thread(target=lambda: texts.append("".join(engine.stream(request)))) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert len(used) == 1 and threading.get_ident() not in used
+    assert texts == [engine.generate([request])[0]] * 2

@@ -88,7 +88,7 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "letter.pdf").write_text("Dear Sir, this is a plain text letter, not a PDF.")
     (folder / "photo.jpg").write_text("this is a text file renamed to .jpg")
     return {"empty.pdf": "empty", "truncated.pdf": "truncated", "encrypted.pdf": "encrypted",
-            "letter.pdf": "not a readable PDF", "photo.jpg": "not an image"}
+            "letter.pdf": "a plain-text file, not a PDF", "photo.jpg": "a plain-text file, not an image"}
 
 
 def test_bad_inputs_fail_alone_with_a_reason_and_a_fix(open_kb, library):
@@ -162,3 +162,36 @@ def test_force_reads_unchanged_files_again_without_duplicates(open_kb, library):
     assert report.counts() == {"updated": 2, "added": 1}
     ids_after = sorted(store._collection.get(include=[])["ids"])
     assert set(ids_before) < set(ids_after) and len(ids_after) == len(set(ids_after))
+
+
+def test_links_named_directly_become_results_not_an_abort(open_kb, library, tmp_path):
+    import os
+
+    os.symlink(tmp_path / "gone.pdf", tmp_path / "dangling.pdf")
+    os.symlink("loop-b.md", tmp_path / "loop-a.md")
+    os.symlink("loop-a.md", tmp_path / "loop-b.md")
+    store = open_kb()
+    report = ingest(store, None, tmp_path / "dangling.pdf", tmp_path / "loop-a.md", library / "notes.md")
+    outcome = {r.path: (r.status, " ".join(r.errors), r.fix) for r in report.results}
+    assert outcome["dangling.pdf"][:2] == ("failed", f"dangling.pdf: a broken link: it points to {tmp_path}/gone.pdf,"
+                                                     " which does not exist")
+    assert outcome["loop-a.md"][0] == "failed" and "loops" in outcome["loop-a.md"][1] and outcome["loop-a.md"][2]
+    assert outcome["notes.md"][0] == "added" and report.exit_code == 1
+
+
+def test_a_name_that_is_not_utf8_goes_in_is_skipped_unchanged_and_pruned_when_gone(open_kb, library):
+    import os
+
+    from kb.paths import display, to_stored
+
+    name = os.fsdecode(b"r\xe9sum\xe9 2019.md")  # a Latin-1 name from an old archive
+    (library / name).write_text("The zeppelin hangar was rebuilt in 2019.\n")
+    store = open_kb()
+    first = ingest(store, None, library)
+    assert {r.shown: r.status for r in first.results}["r\ufffdsum\ufffd 2019.md"] == "added"
+    hit = search(store, "zeppelin hangar", k=1)[0]
+    assert hit.source == to_stored(name) and display(hit.source) == "r\ufffdsum\ufffd 2019.md"
+    assert ingest(store, None, library).counts() == {"skipped": 3}
+    (library / name).unlink()
+    assert ingest(store, None, library, prune=True).counts() == {"skipped": 2, "pruned": 1}
+    assert {r.rel for r in store.manifest.all()} == {"guide.pdf", "notes.md"}

@@ -44,3 +44,28 @@ def test_opening_with_another_embedding_model_is_an_error(open_kb, tmp_path):
     with pytest.raises(EmbedderMismatch) as err:
         open_store(load_settings({"home": home}, env={}), OtherEmbedder())
     assert "all-MiniLM" in str(err.value) and "KB_EMBED_MODEL" in str(err.value)
+
+
+def test_only_cleanups_of_gone_processes_are_taken_over(open_kb):
+    """An open finishes the deletes and replaces of killed processes, never one another process is doing."""
+    import os
+    import socket
+
+    from kb.manifest import Cleanup
+    from kb.store import _owner
+
+    store = open_kb()
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    mine, alive = _owner(), f"{host}:{os.getppid()}:other"
+    assert not store._abandoned(Cleanup("/a", "a", [], mine, 0.0))  # in flight in this process
+    assert store._abandoned(Cleanup("/a", "a", [], alive, 0.0))  # embedded: the lock proves it is gone
+    lock, store._lock = store._lock, None  # as with KB_CHROMA_URL: other processes may share the server
+    try:
+        assert not store._abandoned(Cleanup("/a", "a", [], alive, 0.0))
+        assert not store._abandoned(Cleanup("/a", "a", [], f"another-host:{gone.pid}:t", 0.0))
+        assert store._abandoned(Cleanup("/a", "a", [], f"{host}:{gone.pid}:t", 0.0))
+        assert not store._abandoned(Cleanup("/a", "a", [], "garbled", 0.0))
+    finally:
+        store._lock = lock

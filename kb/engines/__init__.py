@@ -10,7 +10,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
-from kb.config import Settings
+from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.errors import ConfigError, EngineError
 from kb.types import Request
 
@@ -70,21 +70,34 @@ def resolve_engine_name(settings: Settings) -> tuple[str, str]:
                    "with KB_OPENAI_BASE_URL for a vLLM/SGLang server")
 
 
-# Measured in bench/engine_gpu.py (docs/benchmarks.md): on an H100/H200 a 4B model reads 11 pages/min at
-# batch 8 and 90 at batch 64 in about 35 GB; 32 (22 GB) suits a 40 GB card. Elsewhere, small batches.
-GPU_BATCH = 32
 DEFAULT_BATCH = 8
+# The transformers engine decodes continuously: ingest hands it this many times its rows per call, so rows that
+# finish are refilled from waiting pages instead of idling until the longest page of a batch is done.
+UNITS_PER_ROW = 4
+# On a GPU: rows decoded at once are sized from free memory: this share of it for the KV cache, each row sized for
+# a full page (visual tokens + prompt + KB_MAX_PAGE_TOKENS), at most MAX_GPU_ROWS (docs/benchmarks.md).
+KV_MEMORY_SHARE = 0.6
+MAX_GPU_ROWS = 128
+PROMPT_TOKENS = 256  # chat template and instructions around the picture
+
+
+def gpu_rows(settings: Settings, free_bytes: int, kv_bytes_per_token: int) -> int:
+    """Rows a GPU engine decodes at once: KB_BATCH_SIZE when set, else as many full pages as the free memory holds."""
+    if settings.batch_size:
+        return settings.batch_size
+    row_tokens = settings.image_max_pixels // VISUAL_TOKEN_PIXELS + PROMPT_TOKENS + settings.max_page_tokens
+    rows = int(free_bytes * KV_MEMORY_SHARE) // (kv_bytes_per_token * row_tokens)
+    return max(1, min(MAX_GPU_ROWS, rows))
 
 
 def batch_size_for(settings: Settings, engine: Engine) -> int:
-    """Units per engine call: KB_BATCH_SIZE when set, else what suits the engine and its device."""
-    if settings.batch_size:
-        return settings.batch_size
-    if engine.name == "transformers" and engine.device.startswith("cuda"):
-        return GPU_BATCH
-    if engine.name == "openai":
-        return max(DEFAULT_BATCH, settings.concurrency * 2)
-    return DEFAULT_BATCH
+    """Units per engine call: enough waiting work for the engine's own batching."""
+    rows = getattr(engine, "slots", 0)  # an engine that refills its own running batch
+    if rows:
+        return rows * UNITS_PER_ROW
+    if engine.name == "openai":  # the server batches what is in flight (KB_CONCURRENCY); keep it fed
+        return max(DEFAULT_BATCH, settings.concurrency * UNITS_PER_ROW)
+    return settings.batch_size or DEFAULT_BATCH
 
 
 def load_engine(settings: Settings) -> Engine:

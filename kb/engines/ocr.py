@@ -19,13 +19,14 @@ from PIL import Image
 
 from kb.config import Settings
 from kb.errors import EngineError
+from kb.imaging import OCR_MAX_SIDE, shrink, to_rgb
 from kb.types import Request, VideoClip, format_clock
 
 log = logging.getLogger(__name__)
 
 # Longest image side handed to RapidOCR (it would shrink to its own Global.max_side_len anyway); shrinking in
-# PIL first keeps a 2400 dpi scan from ever becoming a full-size numpy array.
-MAX_SIDE = 2000
+# PIL first keeps a 2400 dpi scan from ever becoming a full-size numpy array. The image reader keeps this much.
+MAX_SIDE = OCR_MAX_SIDE
 # The orientation probe detects lines on a copy this size and reads a few of them in each candidate turn.
 PROBE_SIDE = 1024
 PROBE_LINES = 6
@@ -218,23 +219,10 @@ def _enum(value: Any) -> str:
 
 def _prepare(image: Image.Image) -> Image.Image:
     """RGB, transparency on white, longest side at most MAX_SIDE (bilevel, palette and 16-bit scans included)."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # Converting 16-bit or float pixels straight to 8 bits clips nearly everything to white: rescale.
-        pixels = np.asarray(image, dtype=np.float32)
-        top = float(pixels.max()) or 1.0
-        image = Image.fromarray((pixels * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
     if max(image.size) > MAX_SIDE:
         scale = MAX_SIDE / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        if image.mode in ("1", "P"):
-            image = image.convert("L")
-        # reducing_gap: shrink by whole factors first, so a 2400 dpi scan costs little time and memory.
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+        image = shrink(image, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    return to_rgb(image)
 
 
 def _crop(img: Image.Image, quad: np.ndarray) -> Image.Image:
