@@ -393,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                         "default: BAAI/bge-reranker-v2-m3 when a CUDA GPU is present, else none")
     parser.add_argument("--workdir", default="", help="keep the knowledge bases here (re-runs skip ingest)")
     parser.add_argument("--sweep", default="", help="extra hybrid variants, e.g. '0.5:1,1:0.5' (dense:lexical "
-                        "weights), 'noexact' (without putting hits that hold the question's codes first) and "
-                        "'nohints' (without the query-side handling: answer-format instructions dropped, a named page "
-                        "first)")
+                        "weights) and 'noexact' (without putting hits that hold the question's codes first)")
     parser.add_argument("--lexical-compare", action="store_true", help="also time FTS5 against bm25s on SQuAD")
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -403,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
     for variant in filter(None, args.sweep.split(",")):
         if variant == "noexact":
             modes["hybrid, no exact-first"] = {"mode": "hybrid", "rerank": False, "exact_boost": False}
-        elif variant == "nohints":
-            modes["hybrid, no query hints"] = {"mode": "hybrid", "rerank": False, "query_hints": False}
         else:
             dense_w, lexical_w = map(float, variant.split(":"))
             modes[f"hybrid {dense_w:g}:{lexical_w:g}"] = {"mode": "hybrid", "rerank": False,

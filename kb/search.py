@@ -8,7 +8,6 @@ codes, names). docs/benchmarks.md has the measurements.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -103,39 +102,10 @@ def rrf(rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60
     return out
 
 
-# A last sentence "Please write the answer in int format." says how to answer, not what to look for.
-_ANSWER_FORMAT = re.compile(r"(?<=[.?!])\s*(?:please\s+)?(?:write|give|answer|provide|format|return)\b"
-                            r"[^.?!]*?\b(?:format|answer|integer|int|float|string|list|number|yes or no)\b"
-                            r"[^.?!]*[.?!]?\s*$", re.I)
-# "the chart on page 14", "p. 7": the page the user is looking at
-_PAGE = re.compile(r"\b(?:on|in|at|of|from)\s+(?:the\s+)?(?:page|p\.)\s*(\d{1,4})\b", re.I)
-
-
-def search_text(question: str) -> str:
-    """The part of the question that says what to look for: an answer-format instruction at its end is dropped
-    (its words, "write", "format", "int", match every page of a long document equally badly)."""
-    stripped = question
-    while True:
-        shorter = _ANSWER_FORMAT.sub("", stripped).strip()
-        if shorter == stripped or len(shorter) < 12:
-            return stripped
-        stripped = shorter
-
-
-def named_pages(question: str) -> list[int]:
-    return [int(n) for n in _PAGE.findall(question)]
-
-
-def page_first(hits: list[Hit], pages: Sequence[int]) -> list[Hit]:
-    """Hits on a page the question names ("the table on page 28") first, otherwise in their order."""
-    wanted = set(pages)
-    return [h for h in hits if h.page in wanted] + [h for h in hits if h.page not in wanted]
-
-
 def search(store: Store, question: str, k: int = 5, filters: Filters | None = None, *, mode: str | None = None,
            rrf_k: int | None = None, dense_weight: float | None = None, lexical_weight: float | None = None,
            rerank: Any = None, candidates: int | None = None, parse_times: bool = True,
-           exact_boost: bool = True, query_hints: bool = True) -> list[Hit]:
+           exact_boost: bool = True) -> list[Hit]:
     """The best `k` chunks for `question`.
 
     Keyword arguments override the settings (search_mode, rrf_k, dense_weight, lexical_weight, rerank). `rerank`
@@ -157,12 +127,9 @@ def search(store: Store, question: str, k: int = 5, filters: Filters | None = No
         candidates = store.settings.rerank_candidates if reranker else k * 4
     pool = max(k, candidates, 20)
     where = filters.where(store)
-    query = search_text(question) if query_hints else question
-    hits = _retrieve(store, query, mode, pool, where, rrf_k, dense_weight, lexical_weight)
+    hits = _retrieve(store, question, mode, pool, where, rrf_k, dense_weight, lexical_weight)
     if mode == "hybrid" and exact_boost:
         hits = exact_first(question, hits)
-    if query_hints and named_pages(question):
-        hits = page_first(hits, named_pages(question))
     if named:
         hits = moment_first(hits, named[0])
     if reranker:

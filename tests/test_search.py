@@ -317,22 +317,3 @@ def test_unknown_search_mode_is_an_error_with_a_fix(kb):
         search(kb, "bees", mode="semantic")
     assert "KB_SEARCH_MODE" in err.value.fix
 
-
-def test_a_page_the_question_names_comes_first(open_kb):
-    store = open_kb()
-    put(store, "report.pdf", ["Revenue by region is shown in the table below: North 120, South 80.",
-                              "Revenue by region for the prior year: North 110, South 70.",
-                              "Revenue by region after the merger: North 140, South 95."], pages=True)
-    for mode in MODES:
-        assert search(store, "What is the revenue of North in the table on page 3?", k=3, mode=mode)[0].page == 3
-        assert search(store, "What is the revenue of North in the table on page 2?", k=3, mode=mode)[0].page == 2
-
-
-def test_an_answer_format_instruction_is_not_searched_for(open_kb):
-    """MMLongBench-style questions end with "Please write the answer in int format."; those words are no topic."""
-    store = open_kb()
-    put(store, "guide.md", ["Export settings: write the answer file in int, float or string format, one per line.",
-                            "The Amazon review dataset holds 4,211 items in total."])
-    question = "How many items are in the Amazon dataset? Please write the answer in int format."
-    for mode in MODES:
-        assert search(store, question, k=1, mode=mode)[0].text.startswith("The Amazon review dataset")
