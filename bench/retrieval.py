@@ -151,7 +151,7 @@ def longdoc_store(args):
         # keeps what it did (unchanged files are skipped: a cached run ingests nothing).
         results = Counter()
         for pdf in sorted(corpus.glob("*.pdf"), key=_pages):
-            report = Ingestor(settings, store).run([pdf])
+            report = Ingestor(settings, store).run([pdf.resolve()])
             engine = report.engine if report.engine != "none needed" else engine
             results.update(report.counts())
         counts = ", ".join(f"{n} {s}" for s, n in sorted(results.items()))
@@ -271,7 +271,8 @@ def run_dataset(name: str, args, modes: dict[str, dict]) -> tuple[dict[str, Scor
     store = open_store(settings)
     try:
         started = time.perf_counter()
-        report = Ingestor(settings, store).run([corpus])
+        # the files themselves: a folder walk does not follow links to files outside it (the PDF set's are links)
+        report = Ingestor(settings, store).run([p.resolve() for p in sorted(corpus.iterdir())])
         info = {"files": len(report.results), "chunks": store.count(), "questions": len(cases),
                 "ingest_s": time.perf_counter() - started, "embedder": store.embedder.name,
                 "ingest_counts": ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items())),
