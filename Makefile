@@ -8,7 +8,7 @@ PORT ?= 8501
 ADDRESS ?= $(or $(KB_ADDRESS),127.0.0.1)
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: run test venv samples ingest-samples app lint browser clean
+.PHONY: run test venv samples ingest-samples app lint browser speech-tools clean image image-test lock
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,27 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed (not root?): the browser test will skip"
 
-test: venv lint browser
+# The speech tests synthesise speech with Debian's espeak-ng (tests/test_speech.py); installed here like chromium.
+speech-tools:
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) \
+		|| echo "espeak-ng could not be installed (not root?): the speech tests that need spoken words will skip"
+
+test: venv lint browser speech-tools
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# The container image (not part of `test`: it downloads GBs). FLAVOUR=cpu for CPU-only torch wheels.
+FLAVOUR ?= gpu
+IMAGE ?= seekframe:latest
+image: venv
+	$(PY) -m deploy.image build --tag $(IMAGE) --flavour $(FLAVOUR)
+
+# Builds, ingests the samples and serves the app from the image, asks a question through the app in a browser.
+image-test: venv browser
+	$(PY) -m deploy.image test --tag $(IMAGE) --flavour $(FLAVOUR)
+
+# requirements.lock: the exact versions the image installs (pip constraints), resolved from requirements.txt.
+lock: venv
+	$(PY) -m deploy.lock
 
 clean:
 	rm -rf $(VENV) .cache data/samples

@@ -36,12 +36,23 @@ if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is None:
 from pages import resources  # noqa: E402  (after the launcher: it must not open anything twice)
 
 st.set_page_config(page_title="Seekframe", page_icon="🔎", layout="wide")
+from kb.auth import ADMIN, EDITOR, allows  # noqa: E402
+from pages import access  # noqa: E402
+
 # Every page needs the store; opening it here (once per process) also takes the lock if the launcher did not.
 resources.open_or_stop()
-navigation = st.navigation([
-    st.Page("pages/ask.py", title="Ask", icon=":material/chat:", default=True),
-    st.Page("pages/library.py", title="Library", icon=":material/library_books:"),
-    st.Page("pages/add.py", title="Add content", icon=":material/add_circle:"),
-    st.Page("pages/system.py", title="System", icon=":material/monitor_heart:"),
-])
+# Queued jobs resume with the process, not with the first visit to the Add page (a single-user app's worker
+# thread starts here; with a Chroma server the worker processes do it).
+resources.jobs()
+# Who is here, before any page: a sign-in page (and stop) until they are; each page offered only to its role.
+identity, role = access.current()
+st.session_state["seekframe_user"], st.session_state["seekframe_role"] = identity.user, role
+access.show_user(identity, role)
+pages = [st.Page("pages/ask.py", title="Ask", icon=":material/chat:", default=True),
+         st.Page("pages/library.py", title="Library", icon=":material/library_books:")]
+if allows(role, EDITOR):
+    pages.append(st.Page("pages/add.py", title="Add content", icon=":material/add_circle:"))
+if allows(role, ADMIN):
+    pages.append(st.Page("pages/system.py", title="System", icon=":material/monitor_heart:"))
+navigation = st.navigation(pages)
 navigation.run()

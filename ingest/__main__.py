@@ -1,17 +1,26 @@
-"""`python -m ingest PATH...`: add files and folders to the knowledge base. Exit 0 all in, 1 some failed, 2 usage."""
+"""`python -m ingest PATH...`: add files and folders to the knowledge base. Exit 0 all in, 1 some failed, 2 usage.
+
+`python -m ingest --worker`: run ingest jobs that the app queued (and the inbox, KB_INBOX) until stopped.
+`python -m ingest --worker-health`: exit 0 when a worker on this host wrote its heartbeat lately (health check).
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ingest.jobs import JobBoard
 from ingest.pipeline import NOT_READ, FileResult, Ingestor, IngestReport
+from ingest.worker import Worker
 from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
-from kb.engines import resolve_engine_name
+from kb.config import Settings
+from kb.engines import load_engine, resolve_engine_name
 from kb.paths import display
 from kb.store import open_store
 from kb.types import Progress
@@ -24,6 +33,7 @@ class ProgressBars:
         self.files: tqdm | None = None
         self.pages: tqdm | None = None
         self.video: tqdm | None = None
+        self.speech: tqdm | None = None
 
     def __call__(self, event: Progress) -> None:
         if event.stage in ("read", "plan"):
@@ -36,6 +46,14 @@ class ProgressBars:
             if self.pages is None:
                 self.pages = tqdm(desc=f"pages ({event.detail})", unit="page", file=sys.stderr, leave=False)
             self.pages.update(event.done - self.pages.n)
+        elif event.stage == "speech":  # seconds of sound transcribed in the current file, with tqdm's ETA
+            if self.speech is None or self.speech.desc != f"speech {display(event.detail)[-30:]}":
+                if self.speech is not None:
+                    self.speech.close()
+                self.speech = tqdm(desc=f"speech {display(event.detail)[-30:]}", unit="s", file=sys.stderr,
+                                   leave=False)
+            self.speech.total = event.total
+            self.speech.update(event.done - self.speech.n)
         elif event.stage == "video":  # minutes of video read by the engine, with tqdm's ETA
             if self.video is None:
                 self.video = tqdm(desc="video", unit="s", file=sys.stderr, leave=False)
@@ -43,10 +61,10 @@ class ProgressBars:
             self.video.update(event.done - self.video.n)
 
     def close(self) -> None:
-        for bar in (self.files, self.pages, self.video):
+        for bar in (self.files, self.pages, self.video, self.speech):
             if bar is not None:
                 bar.close()
-        self.files = self.pages = self.video = None
+        self.files = self.pages = self.video = self.speech = None
 
 
 STATUSES = ("added", "updated", "renamed", "copied", "skipped", "partial", "empty", "failed", "pruned",
@@ -96,21 +114,71 @@ def print_json(report: IngestReport) -> None:
     print()
 
 
+def run_worker(settings: Settings, name: str) -> int:
+    """Take jobs until SIGTERM/SIGINT; a job in progress is handed back and resumes from its checkpoints."""
+    store = open_store(settings)
+    board = JobBoard(settings.home, lease=settings.job_lease)
+    engine: list = []
+
+    def engine_once():
+        if not engine:
+            engine.append(load_engine(settings))
+        return engine[0]
+
+    inbox = Path(settings.inbox).resolve() if settings.inbox else None
+    if inbox is not None:
+        inbox.mkdir(parents=True, exist_ok=True)
+    worker = Worker(store, engine_once, board, name=name, inbox=inbox)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    print(f"worker {worker.name}: jobs from {board.path}" + (f", inbox {inbox}" if inbox else ""), file=sys.stderr)
+    try:
+        worker.run()
+    finally:
+        board.close()
+        store.close()
+    return 0
+
+
+def worker_health(settings: Settings) -> int:
+    board = JobBoard(settings.home, lease=settings.job_lease)
+    live = [w for w in board.live_workers() if w.startswith(socket.gethostname() + ":")]
+    board.close()
+    print(f"live workers on this host: {', '.join(live) or 'none'}")
+    return 0 if live else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest", description="Add files and folders to Seekframe.")
-    parser.add_argument("paths", nargs="+", type=Path, help="files or folders (walked recursively)")
+    parser.add_argument("paths", nargs="*", type=Path, help="files or folders (walked recursively)")
     parser.add_argument("--prune", action="store_true", help="remove sources under these folders that vanished")
     parser.add_argument("--force", action="store_true", help="read unchanged files again (after changing the engine)")
     parser.add_argument("--json", action="store_true", help="print every file's outcome as JSON on stdout "
                         "(the summary goes to stderr)")
+    parser.add_argument("--ocr-first", action="store_true", help="text only: no captions of figures and photos "
+                        "(faster; KB_OCR_FIRST)")
+    parser.add_argument("--worker", action="store_true",
+                        help="run the jobs the app queues (and files dropped in KB_INBOX) until stopped")
+    parser.add_argument("--worker-name", default="", help="this worker's name in the job table (default host:pid)")
+    parser.add_argument("--worker-health", action="store_true",
+                        help="exit 0 if a worker on this host wrote its heartbeat within one lease (KB_JOB_LEASE)")
     add_settings_flags(parser)
     args = parser.parse_args()
     setup_logging(args.verbose)
+    if args.worker or args.worker_health:
+        if args.paths:
+            parser.error("--worker takes no paths: queue them from the app, or drop files in KB_INBOX")
+        settings = settings_from_args(args)
+        return worker_health(settings) if args.worker_health else run_worker(settings, args.worker_name)
+    if not args.paths:
+        parser.error("give files or folders to ingest (or --worker)")
     # A link that dangles or loops exists as a name: it gets its own result line, not a usage error.
     missing = [display(str(p)) for p in args.paths if not os.path.lexists(p)]
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")  # exits with 2
     settings = settings_from_args(args)
+    if args.ocr_first:
+        settings = settings.replace(ocr_first=True)
     print(resolve_engine_name(settings)[1], file=sys.stderr)
     store = open_store(settings)
     if store.embedder.fallback_reason:

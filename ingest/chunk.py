@@ -125,15 +125,25 @@ def with_context(context: str | None, piece: str) -> str:
 def make_chunks(units: Iterable[Unit], engine: str, model: str, max_chars: int) -> list[Chunk]:
     chunks: list[Chunk] = []
     for unit in units:
-        if not unit.text or not unit.text.strip():
+        text = with_speech(unit)
+        if not text:
             continue
         context = unit.context
-        for piece in split_text(unit.text, max_chars - len(context or "")):
+        for piece in split_text(text, max_chars - len(context or "")):
             piece = with_context(context, piece)
             src = unit.source
             chunks.append(Chunk(
                 id=chunk_id(src.abs, src.sha256, len(chunks)), text=piece, source=src.rel, source_abs=src.abs,
                 sha256=src.sha256, modality=unit.modality, page=unit.page, t_start=unit.t_start, t_end=unit.t_end,
                 keyframe=unit.keyframe, engine=engine if unit.task else "none", model=model if unit.task else "",
-                position=len(chunks)))
+                position=len(chunks), language=unit.language or None))
     return chunks
+
+
+def with_speech(unit: Unit) -> str:
+    """A unit's text, and for a video window what was said during it: one chunk, so a question about either
+    the slide or the words finds the moment."""
+    shown = (unit.text or "").strip()
+    if not unit.speech:
+        return shown
+    return f"{shown}\n\nSpeech: {unit.speech}" if shown else f"Speech: {unit.speech}"

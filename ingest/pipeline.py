@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import time
@@ -17,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ingest.audio import blocks, lay_on_windows, speech_units
 from ingest.checkpoint import Checkpoint, unit_key
 from ingest.chunk import chunk_id, make_chunks
 from ingest.read import ReadResult, read_file, supported_extensions
 from kb import prompts
 from kb.config import Settings
 from kb.engines import Engine, batch_size_for, load_engine
+from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
-from kb.errors import EngineUnavailable, SeekframeError
+from kb.errors import EngineError, EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
 from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
@@ -42,10 +45,12 @@ STORED = ("added", "updated", "copied", "renamed", "skipped", "partial", "empty"
 NOT_READ = ("unsupported", "hidden", "link")
 FAILED = ("failed", "partial")
 NO_TEXT = {"video": "no text found in it: it was read without errors but shows no text the engine could read",
+           "audio": "no speech found in it: it was read without errors but holds silence, music or noise only",
            "": "no text found on it: it was read without errors but holds nothing readable (blank, or a picture "
                "without writing)"}
 NO_TEXT_FIX = {"video": "nothing to do if it shows no writing; a Qwen3-VL engine (--engine transformers or openai) "
                         "also describes what is shown",
+               "audio": "nothing to do if nobody speaks in it",
                "": "nothing to do if it is blank; if it does show text, scan it again at a higher resolution or "
                    "contrast, or read it with a Qwen3-VL engine (--engine transformers or openai)"}
 
@@ -110,6 +115,7 @@ class _Job:
     fix: str = ""  # the way out of the first unit failure that has one
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
+    speech_checkpoint: Checkpoint | None = None  # the transcript's blocks (ingest/audio.py)
 
 
 def sha256_of(path: Path) -> str:
@@ -269,6 +275,8 @@ class Ingestor:
         self.progress = progress
         self._engine_down: str = ""
         self._video_seconds = [0.0, 0.0]  # read by the engine so far, known in all
+        self._speech: SpeechEngine | None = None
+        self._speech_down: EngineError | None = None  # why the speech engine cannot run, once known
 
     @property
     def engine(self) -> Engine:
@@ -299,6 +307,8 @@ class Ingestor:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
         report.engine = f"{self._engine.name} ({self._engine.model})" if self._engine else "none needed"
+        if self._speech:
+            report.engine += f"; speech: {self._speech.name} ({self._speech.model})"
         return report
 
     def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _Job | None:
@@ -348,6 +358,7 @@ class Ingestor:
             self.progress(Progress("read", n, len(jobs), "files", job.name))
             try:
                 job.read = read_file(fs_path(job.source.abs), job.source, self.settings)
+                left_out = self._transcribe(job)
             except SeekframeError as err:
                 report.results.append(FileResult(job.name, "failed", errors=[str(err)], fix=err.fix))
                 continue
@@ -360,6 +371,9 @@ class Ingestor:
                 log.exception("reading %s failed", job.source.rel)
                 report.results.append(FileResult(job.name, "failed", errors=[f"{display(job.name)}: cannot read: "
                                                                              f"{err!r}"]))
+                continue
+            if left_out:
+                report.results.append(left_out)
                 continue
             visual = self._resume(job, self._visual_units(job))
             job.waiting = len(visual)
@@ -375,10 +389,75 @@ class Ingestor:
             self._enrich(pending[start:start + size], report)
         self._finish_ready(open_jobs, report)
 
+    # speech: a file's sound track, block by block, before its visual units queue for the engine -----------------
+    def speech_engine(self) -> SpeechEngine:
+        """The speech engine, loaded on first use; EngineError (kept for the rest of the run) when it cannot be."""
+        if self._speech is None and self._speech_down is None:
+            try:
+                self._speech = SpeechEngine(self.settings)
+            except EngineError as err:
+                self._speech_down = err
+                if self.settings.asr == "auto":
+                    log.warning("speech is left out: %s", err)
+        if self._speech is None:
+            raise self._speech_down
+        return self._speech
+
+    def _transcribe(self, job: _Job) -> FileResult | None:
+        """Words said in the file: an audio file's units, or laid on a video's windows. A result when the file is
+        left out: an audio file with speech off, or with no speech model under KB_ASR=auto."""
+        track = job.read.audio
+        if self.settings.asr == "off" or track is None:
+            if job.read.kind != "audio":
+                return None
+            return FileResult(job.name, "unsupported", fix="set KB_ASR=auto to transcribe audio files",
+                              notes=job.read.notes + ["an audio file, and speech is off (KB_ASR=off): skipped"])
+        try:
+            engine = self.speech_engine()
+        except EngineError as err:
+            if self.settings.asr == "on":
+                raise
+            if job.read.kind != "audio":
+                return None  # a video is still read for what it shows
+            return FileResult(job.name, "unsupported", fix=err.fix,
+                              notes=job.read.notes + [f"an audio file: {err.args[0]}: skipped"])
+        parts = self._transcript(job, engine)
+        words = [w for part in parts for w in part.words]
+        language = main_language(parts)
+        if job.read.kind == "audio":
+            job.read.units = speech_units(job.source, words, language)
+        else:
+            lay_on_windows(job.read.units, words, language)
+        return None
+
+    def _transcript(self, job: _Job, engine: SpeechEngine) -> list[Transcript]:
+        """The track's blocks, each from the checkpoint of an interrupted run or else from the engine."""
+        track = job.read.audio
+        job.speech_checkpoint = Checkpoint(self.settings.home, job.source.sha256, engine.name, engine.model)
+        done = job.speech_checkpoint.load()
+        parts: list[Transcript] = []
+        try:
+            for n, (offset, samples) in enumerate(blocks(track, job.source.rel)):
+                key = f"speech:{n}:{offset:.3f}"
+                if key in done:
+                    parts.append(Transcript.from_json(json.loads(done[key])))
+                else:
+                    parts.append(engine.transcribe(samples, offset))
+                    job.speech_checkpoint.add(key, json.dumps(parts[-1].to_json(), ensure_ascii=False))
+                heard = int(offset + samples.size / SAMPLE_RATE)
+                self.progress(Progress("speech", heard, max(int(track.duration), heard), "s", job.name))
+        except SeekframeError as err:  # damaged past some point: what was heard before it is kept
+            job.read.errors.append(f"speech: {err.args[0]}")
+            job.fix = job.fix or err.fix
+        except Exception as err:
+            log.exception("transcribing %s failed", job.source.rel)
+            job.read.errors.append(f"speech: the speech engine failed: {err}")
+        return parts
+
     def _visual_units(self, job: _Job) -> list[Unit]:
         units = [u for u in job.read.units if u.needs_model]
-        if units and not self._engine_down and not self.engine.can_caption:
-            # The ocr engine reads text only: captions are not an error, just not available.
+        if units and (self.settings.ocr_first or not self._engine_down and not self.engine.can_caption):
+            # OCR-first (the user's choice: faster) and the ocr engine read text only: captions are not an error.
             job.read.units = [u for u in job.read.units if u.task != "caption"]
             units = [u for u in units if u.task != "caption"]
         return units
@@ -474,14 +553,19 @@ class Ingestor:
     def _store(self, job: _Job) -> FileResult:
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
+        if job.read.kind == "audio" and self._speech:  # an audio file is read by the speech engine alone
+            engine, model = self._speech.name, self._speech.model
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
+        for chunk in chunks:
+            if chunk.modality == "speech" and self._speech:  # an audio file's passages: written by the speech engine
+                chunk.engine, chunk.model = self._speech.name, self._speech.model
         errors = list(dict.fromkeys(job.read.errors))  # OCR and caption of one bad image fail alike
         notes = job.read.notes + self._blank_pages(job)
         if errors and not chunks:
             return FileResult(job.name, "failed", errors=errors, notes=notes, fix=job.fix)
         # Read without errors and nothing readable on it: stored (so it is not read again), but said so.
         status = "partial" if errors else "empty" if not chunks else "ok"
-        kind = "video" if job.read.kind == "video" else ""
+        kind = job.read.kind if job.read.kind in ("video", "audio") else ""
         if status == "empty":
             notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
@@ -494,8 +578,9 @@ class Ingestor:
         except Exception as err:
             log.exception("storing %s failed", job.source.rel)
             return FileResult(job.name, "failed", errors=errors + [f"cannot store: {err}"], notes=notes)
-        if job.checkpoint:
-            job.checkpoint.clear()
+        for checkpoint in (job.checkpoint, job.speech_checkpoint):
+            if checkpoint:
+                checkpoint.clear()
         shown = status if status != "ok" else job.status
         fix = NO_TEXT_FIX[kind] if status == "empty" else job.fix
         return FileResult(job.name, shown, len(chunks), errors, notes, fix)

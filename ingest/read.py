@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ingest.sniff import READABLE, Sniffed, sniff
 from kb.config import Settings
 from kb.errors import InputError
 from kb.types import Source, Unit
+
+if TYPE_CHECKING:
+    from ingest.audio import AudioTrack
 
 
 @dataclass
@@ -22,39 +25,44 @@ class ReadResult:
     """A file turned into units; `errors` are per-page problems that leave the rest of the file usable,
     `notes` are facts the user should see that are not problems (read as another type than its name says)."""
 
-    kind: str  # pdf, image, video, text
+    kind: str  # pdf, image, video, audio, text
     units: list[Unit] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pages: int | None = None
     duration: float | None = None
+    audio: AudioTrack | None = None  # a sound track for the speech engine (videos and audio files)
 
 
 Reader = Callable[[Path, Source, Settings], ReadResult]
 PDF_EXTENSIONS = {".pdf"}
 TEXT_EXTENSIONS = {".txt", ".md", ".markdown"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
-CLAIMED = {"pdf": "a PDF", "image": "an image", "video": "a video", "text": "a text file"}
-READ_AS = {"pdf": "a PDF", "image": "an image", "video": "a video", "text": "text"}
+CLAIMED = {"pdf": "a PDF", "image": "an image", "video": "a video", "audio": "an audio file", "text": "a text file"}
+READ_AS = {"pdf": "a PDF", "image": "an image", "video": "a video", "audio": "audio", "text": "text"}
 
 
 def _readers() -> dict[str, Reader]:
     """Reader per kind (imported late: each pulls in heavy libraries)."""
+    from ingest.audio import read_audio
     from ingest.image import read_image
     from ingest.pdf import read_pdf
     from ingest.text import read_text
     from ingest.video import read_video
 
-    return {"pdf": read_pdf, "image": read_image, "text": read_text, "video": read_video}
+    return {"pdf": read_pdf, "image": read_image, "text": read_text, "video": read_video,
+            "audio": read_audio}
 
 
 def kinds_by_extension() -> dict[str, str]:
+    from ingest.audio import AUDIO_EXTENSIONS
     from ingest.video import VIDEO_EXTENSIONS
 
     table = {ext: "pdf" for ext in PDF_EXTENSIONS}
     table.update({ext: "image" for ext in IMAGE_EXTENSIONS})
     table.update({ext: "text" for ext in TEXT_EXTENSIONS})
     table.update({ext: "video" for ext in VIDEO_EXTENSIONS})
+    table.update({ext: "audio" for ext in AUDIO_EXTENSIONS})
     return table
 
 
@@ -85,6 +93,8 @@ def choose_reader(claimed: str | None, found: Sniffed, label: str, suffix: str) 
                          found.fix or f"Seekframe reads {', '.join(sorted(supported_extensions()))}")
     if found.kind in (claimed, "unknown"):
         return claimed, ""  # the reader itself reports a damaged file of its kind
+    if claimed == "audio" and found.kind == "video":
+        return "audio", ""  # an .m4a is an MP4 container, often with a video brand: its sound is what is read
     if claimed == "text" and found.kind == "html":
         return "text", ""  # Markdown may start with HTML; it is still text to read
     if found.kind == "text":  # most often the error message of a failed download: not stored as a document

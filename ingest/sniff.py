@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HEAD_BYTES = 8192
-READABLE = ("pdf", "image", "video", "text")  # kinds Seekframe has a reader for
+READABLE = ("pdf", "image", "video", "audio", "text")  # kinds Seekframe has a reader for
 
 
 @dataclass(frozen=True)
 class Sniffed:
-    kind: str  # pdf, image, video, text | html, office, archive, audio, program, other | unknown
+    kind: str  # pdf, image, video, audio, text | html, office, archive, program, other | unknown
     name: str  # for people: "a PNG image", "an HTML page"
     fix: str = ""  # for a kind Seekframe cannot read: how to make it readable
 
@@ -26,7 +26,6 @@ _FIXES = {
     "html": "save the page as PDF from a browser (Print → Save as PDF) and ingest the PDF",
     "office": _SAVE_AS_PDF,
     "archive": "unpack it and ingest the folder",
-    "audio": "Seekframe reads no sound: keep the audio out of the folder, or ingest a video or a transcript (.txt)",
     "program": "this is not a document: leave it out",
     "other": _SAVE_AS_PDF,
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ingest.audio import probe
 from ingest.read import ReadResult
 from ingest.video_sampling import (
     DAMAGED_FIX,
@@ -96,7 +97,13 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
                   keyframe=str(keyframe_path(settings, source.sha256, w.frames[0].index)),
                   video=partial(load_clip, path, sample, w.frames, settings.video_max_pixels))
              for w in windows]
-    return ReadResult(kind="video", units=units, errors=list(sample.errors), duration=round(sample.duration, 3))
+    result = ReadResult(kind="video", units=units, errors=list(sample.errors), duration=round(sample.duration, 3))
+    if settings.asr != "off":  # the sound track, for the speech engine: decoded only when it is transcribed
+        try:
+            result.audio = probe(path, source.rel)
+        except InputError as err:
+            result.notes.append(f"its sound cannot be read, so speech is left out: {err.args[0]}")
+    return result
 
 
 # -- the frames of one window, decoded when the engine needs them -------------------------------------------------

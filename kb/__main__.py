@@ -6,7 +6,8 @@ import json
 import sys
 from datetime import datetime
 
-from kb.answer import ask, prepare, stream_answer
+from kb.answer import Generation, ask, cache_key, keep_real_citations, prepare, stream_answer
+from kb.answer_cache import AnswerCache
 from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
 from kb.config import Settings
 from kb.engines import load_engine, resolve_engine_name
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--pages", type=_range, help="page range, e.g. 2-4")
         cmd.add_argument("--seconds", type=_range, help="video time range in seconds, e.g. 60-90")
         cmd.add_argument("--after", type=_date, help="only sources ingested on or after this date (2026-11-01)")
+        if name == "ask":
+            cmd.add_argument("--no-cache", action="store_true",
+                             help="write the answer anew even if this question was answered before")
     cmd = sub.add_parser("sources", help="list ingested files")
     cmd.add_argument("--json", action="store_true")
     cmd = sub.add_parser("outline", help="chapters of a video with timestamps, or sections of a document")
@@ -192,17 +196,33 @@ def main() -> int:
             return 0
         engine = load_engine(settings)
         print(resolve_engine_name(settings)[1], file=sys.stderr)
-        if args.json:
-            answer = ask(args.question, store, engine, k, _filters(args), max_tokens=settings.max_answer_tokens)
-            shown = {**answer.to_json(), "citations": [_hit_json(h) for h in answer.citations]}
-            print(json.dumps(shown, ensure_ascii=False, indent=2))
+        generation, filters, cache = Generation.from_settings(settings), _filters(args), AnswerCache.of(settings)
+        try:
+            if args.json:
+                answer = ask(args.question, store, engine, k, filters, generation=generation, cache=cache,
+                             regenerate=args.no_cache)
+                shown = {**answer.to_json(), "citations": [_hit_json(h) for h in answer.citations]}
+                print(json.dumps(shown, ensure_ascii=False, indent=2))
+                return 0
+            key = cache_key(args.question, store, engine, k, filters, generation)
+            found = cache.get(key) if not args.no_cache else None
+            if found:
+                print("(a stored answer to the same question: --no-cache writes it anew)", file=sys.stderr)
+                print(found.text + "\n")
+                _print_hits(found.hits)
+                return 0
+            prepared = prepare(args.question, store, k, filters, generation=generation)
+            text = ""
+            for piece in stream_answer(prepared, engine):  # the answer appears as it is written
+                text += piece
+                print(piece, end="", flush=True)
+            print("\n")
+            _print_hits(prepared.hits)
+            if prepared.hits:
+                cache.put(key, args.question, keep_real_citations(text, len(prepared.hits)), prepared.hits)
             return 0
-        prepared = prepare(args.question, store, k, _filters(args), max_tokens=settings.max_answer_tokens)
-        for piece in stream_answer(prepared, engine):  # the answer appears as it is written
-            print(piece, end="", flush=True)
-        print("\n")
-        _print_hits(prepared.hits)
-        return 0
+        finally:
+            cache.close()
     finally:
         store.close()
 

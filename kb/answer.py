@@ -9,6 +9,8 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from kb import prompts
+from kb.answer_cache import AnswerCache, answer_key, content_version
+from kb.config import Settings
 from kb.engines import Engine
 from kb.lexical import tokenize
 from kb.paths import fs_path
@@ -27,6 +29,23 @@ _NAME = re.compile(r"(?<=[\w,;:)] )[A-Z][\w&.-]*[A-Za-z0-9]|\b[A-Z]{2,}[\w-]*|\b
 _MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 _STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
             "does did do this that these those it its from as about into than then there their".split())
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How an answer is decoded: the user's choice in the Ask page or the CLI flags; greedy by default."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0  # 0: greedy, the same answer every time
+    top_p: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Generation:
+        return cls(settings.max_answer_tokens, settings.temperature, settings.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
 
 
 @dataclass
@@ -51,13 +70,17 @@ class Answer:
     retrieval_seconds: float = 0.0
     generation_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    cached: bool = False  # served from the answer cache (kb/answer_cache.py)
 
     def to_json(self) -> dict:
-        return {"answer": self.text, "citations": [h.to_json() for h in self.citations]}
+        return {"answer": self.text, "citations": [h.to_json() for h in self.citations], "cached": self.cached}
 
 
 def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = None,
-            history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024) -> Prepared:
+            history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024,
+            generation: Generation | None = None) -> Prepared:
+    """Retrieve and build the request; `generation` (else greedy with `max_tokens`) says how it is decoded."""
+    generation = generation or Generation(max_tokens)
     started = time.monotonic()
     # A follow-up ("and in 2023?") is searched together with the previous question, which names the subject.
     last_user = next((text for role, text in reversed(history) if role == "user"), "")
@@ -66,7 +89,8 @@ def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = N
     absent = absent_names(question, store, filters) if hits else []
     pictured, images = key_frames(hits)
     request = Request(task="answer", prompt=prompts.answer_prompt(question, hits, pictured, absent), images=images,
-                      system=prompts.ANSWER_SYSTEM, history=list(history), max_new_tokens=max_tokens)
+                      system=prompts.ANSWER_SYSTEM, history=list(history), max_new_tokens=generation.max_new_tokens,
+                      temperature=generation.temperature, top_p=generation.top_p)
     return Prepared(question, hits, request, time.monotonic() - started, ranked, absent)
 
 
@@ -123,11 +147,32 @@ def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
         yield from engine.stream(prepared.request)
 
 
+def cache_key(question: str, store: Store, engine: Engine, k: int, filters: Filters | None = None,
+              generation: Generation | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The answer cache's key: the question, how it is answered, and the content of the sources in its scope."""
+    records = store.manifest.all()
+    allowed = (filters or Filters()).source_paths(store)
+    if allowed is not None:
+        wanted = set(allowed)
+        records = [r for r in records if r.path in wanted]
+    return answer_key(question, content_version(records), store.settings, engine.name, engine.model, k, filters,
+                      generation or Generation(store.settings.max_answer_tokens), history)
+
+
 def ask(question: str, store: Store, engine: Engine, k: int = 5, filters: Filters | None = None,
-        history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024) -> Answer:
-    prepared = prepare(question, store, k, filters, history, max_tokens)
+        history: Sequence[tuple[str, str]] = (), max_tokens: int = 1024,
+        generation: Generation | None = None, cache: AnswerCache | None = None, regenerate: bool = False) -> Answer:
+    """A cited answer; with `cache`, a repeated question is answered from it (unless `regenerate`)."""
+    generation = generation or Generation(max_tokens)
+    key = cache_key(question, store, engine, k, filters, generation, history) if cache else ""
+    found = cache.get(key) if cache and not regenerate else None
+    if found:
+        return Answer(question, found.text, found.hits, engine.name, engine.model, cached=True)
+    prepared = prepare(question, store, k, filters, history, max_tokens, generation)
     started = time.monotonic()
     text = keep_real_citations("".join(stream_answer(prepared, engine)), len(prepared.hits))
+    if cache and prepared.hits:
+        cache.put(key, question, text, prepared.hits)
     return Answer(question, text, prepared.hits, engine.name, engine.model, prepared.retrieval_seconds,
                   time.monotonic() - started)
 

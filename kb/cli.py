@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Callable
 
-from kb.config import ENGINES, QUANTS, RERANK_MODES, SEARCH_MODES, Settings, load_settings
+from kb.config import ASR_MODES, ENGINES, QUANTS, RERANK_MODES, SEARCH_MODES, Settings, load_settings
 from kb.errors import SeekframeError
 
 # flag -> Settings field; each flag mirrors its KB_* environment variable.
@@ -14,13 +14,16 @@ SETTING_FLAGS = {
     "--home": "home", "--engine": "engine", "--model": "model", "--openai-base-url": "openai_base_url",
     "--embed-model": "embed_model", "--device": "device", "--dtype": "dtype", "--quant": "quant",
     "--chroma-url": "chroma_url", "--batch-size": "batch_size", "--mode": "search_mode", "--rerank": "rerank",
+    "--asr": "asr", "--asr-model": "asr_model", "--max-tokens": "max_answer_tokens", "--temperature": "temperature",
+    "--top-p": "top_p",
 }
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each overrides its KB_* environment variable)")
     for flag, name in SETTING_FLAGS.items():
-        choices = {"engine": ENGINES, "quant": QUANTS, "search_mode": SEARCH_MODES, "rerank": RERANK_MODES}.get(name)
+        choices = {"engine": ENGINES, "quant": QUANTS, "search_mode": SEARCH_MODES, "rerank": RERANK_MODES,
+                   "asr": ASR_MODES}.get(name)
         group.add_argument(flag, dest=f"setting_{name}", choices=choices, metavar=None if choices else name.upper(),
                            help=f"(KB_{name.upper()})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")

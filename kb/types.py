@@ -10,7 +10,8 @@ from kb.paths import display
 
 Task = Literal["ocr", "caption", "video", "answer", "outline"]
 # Modalities a chunk can have; the app's filters group them into documents / images / video.
-MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "image_ocr", "image_caption", "video_segment", "text")
+MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "image_ocr", "image_caption", "video_segment", "text",
+              "speech")
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Request:
     video: VideoClip | None = None
     system: str = ""
     max_new_tokens: int = 512
+    temperature: float = 0.0  # 0: greedy; above: sampling (answers only, from the user's settings)
+    top_p: float = 1.0
     # The prior conversation as (role, text) pairs, for follow-up questions.
     history: list[tuple[str, str]] = field(default_factory=list)
 
@@ -74,6 +77,10 @@ class Unit:
     keyframe: str | None = None
     # Where the unit sits in its document ("Title › Section"): its chunks carry it, for search (ingest/chunk.py).
     context: str | None = None
+    # What was said during this video window (ingest/audio.py), stored with what the window shows, and the
+    # language the speech engine heard in the file.
+    speech: str = ""
+    language: str = ""
 
     @property
     def needs_model(self) -> bool:
@@ -95,6 +102,7 @@ class Chunk:
     engine: str = ""
     model: str = ""
     position: int = 0
+    language: str | None = None  # of the speech in it (Whisper's code: en, zh, ...)
 
     def metadata(self) -> dict[str, Any]:
         """Chroma metadata: scalars only, None dropped (Chroma rejects None values)."""

@@ -6,10 +6,10 @@ import time
 
 import streamlit as st
 
-from kb.answer import prepare, stream_answer
+from kb.answer import Generation, cache_key, keep_real_citations, prepare, stream_answer
 from kb.errors import SeekframeError
 from kb.paths import display
-from pages import resources, widgets
+from pages import access, resources, widgets
 from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
 
 st.title("Ask your knowledge base")
@@ -30,14 +30,39 @@ with st.sidebar:
     chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources", format_func=display,
                             placeholder="all sources")
     groups = st.multiselect("Modality", GROUPS, key="filter_groups", placeholder="documents, images and video")
-    durations = [r.duration for r in records if r.kind == "video" and r.duration]
+    durations = [r.duration for r in records if r.kind in ("video", "audio") and r.duration]
     seconds = full = None
     if durations:
         full = (0.0, float(math.ceil(max(durations))))
-        seconds = st.slider("Video time range (seconds)", full[0], full[1], full, step=1.0, key="filter_seconds")
+        seconds = st.slider("Video and audio time range (seconds)", full[0], full[1], full, step=1.0,
+                            key="filter_seconds")
     filters = build_filters(chosen, groups, seconds, full)
-    if st.button("New conversation", key="new_conversation"):
-        st.session_state["history"] = []
+    # Generation settings live in this visitor's session (st.session_state), not in the shared settings.
+    st.header("Generation")
+    max_tokens = st.number_input("Max new tokens", min_value=1, max_value=8192, step=64, key="gen_max_tokens",
+                                 value=settings.max_answer_tokens)
+    temperature = st.slider("Temperature (0 = greedy)", 0.0, 1.5, float(settings.temperature), step=0.05,
+                            key="gen_temperature")
+    top_p = st.slider("Top-p", 0.05, 1.0, float(settings.top_p), step=0.05, key="gen_top_p",
+                      disabled=temperature == 0, help="used when sampling (temperature above 0)")
+    chosen_generation = Generation(int(max_tokens), float(temperature), float(top_p))
+
+    def new_conversation() -> None:
+        st.session_state.update(history=[], conversation_id=None, open_conversation=None)
+
+    st.button("New conversation", key="new_conversation", on_click=new_conversation)
+    # Earlier conversations of this user (kept in KB_HOME, visible to their owner only).
+    mine = resources.conversations().of(access.user())
+    if mine:
+        titles = {c["id"]: c["title"] for c in mine}
+        chosen_id = st.selectbox("Your conversations", [None, *titles], key="open_conversation",
+                                 format_func=lambda i: "—" if i is None else titles[i])
+        if chosen_id is not None and chosen_id != st.session_state.get("conversation_id"):
+            try:
+                st.session_state["history"] = resources.conversations().turns(chosen_id, access.user())
+                st.session_state["conversation_id"] = chosen_id
+            except SeekframeError as err:
+                resources.show_error(err)
 
 if resources.engine_ready():
     try:
@@ -50,51 +75,90 @@ else:
     st.caption("Loading the model engine in the background… you can type a question meanwhile.")
 
 
-def show_turn(turn: dict) -> None:
+def regenerate(index: int) -> None:
+    """Drop the cached turn (and its question) and ask the same question again, bypassing the cache."""
+    history = st.session_state["history"]
+    st.session_state["regenerate"] = history[index]["question"]
+    del history[index - 1:]
+
+
+def show_turn(turn: dict, index: int) -> None:
     with st.chat_message(turn["role"]):
         sources = len(turn["hits"]) if turn["role"] == "assistant" else None
         st.markdown(safe_markdown(turn["text"], sources))
         if turn["role"] == "assistant":
             st.caption(turn["timing"])
+            if turn.get("cached"):
+                st.button("Regenerate", key=f"regenerate_{index}", on_click=regenerate, args=(index,),
+                          help="this answer was stored for the same question, filters and settings: write it anew")
             for n, hit in enumerate(turn.get("hits", []), 1):
                 widgets.citation(n, hit, turn["question"], expanded=n == 1)
 
 
-def answer(question: str, history: list[dict]) -> dict | None:
-    """Retrieve, stream the answer into the page, and return the turn to keep."""
+def answer(question: str, history: list[dict], fresh: bool = False) -> dict | None:
+    """Retrieve, stream the answer into the page, and return the turn to keep; a repeated question is answered from
+    the answer cache unless `fresh` (the Regenerate button)."""
     pairs = [(t["role"], t["text"]) for t in history]
     with st.chat_message("assistant"):
         try:
-            prepared = prepare(question, store, k=settings.top_k, filters=filters, history=pairs,
-                               max_tokens=settings.max_answer_tokens)
             engine = resources.engine()
+            cache = resources.answer_cache()
+            key = cache_key(question, store, engine, settings.top_k, filters, chosen_generation, pairs)
+            found = None if fresh else cache.get(key)
+        except SeekframeError as err:
+            resources.show_error(err)
+            return None
+        if found:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.created))
+            timing = f"cached answer (stored {when}) · {engine.name} · {engine.model} · {len(found.hits)} sources"
+            turn = {"role": "assistant", "text": found.text, "hits": found.hits, "question": question,
+                    "timing": md_escape(timing), "cached": True}
+            st.markdown(safe_markdown(found.text, len(found.hits)))
+            st.caption(turn["timing"])
+            st.button("Regenerate", key="regenerate_new", on_click=regenerate, args=(len(history) + 1,),
+                      help="this answer was stored for the same question, filters and settings: write it anew")
+            for n, hit in enumerate(found.hits, 1):
+                widgets.citation(n, hit, question, expanded=n == 1)
+            return turn
+        try:
+            prepared = prepare(question, store, k=settings.top_k, filters=filters, history=pairs,
+                               generation=chosen_generation)
             started = time.monotonic()
             shown, text = st.empty(), ""
             for piece in stream_answer(prepared, engine):
                 text += piece  # the whole text is made safe each time: a link or marker may span pieces
                 shown.markdown(safe_markdown(text, len(prepared.hits), streaming=True))
             shown.markdown(safe_markdown(text, len(prepared.hits)))
-            generation = time.monotonic() - started
+            writing = time.monotonic() - started
         except SeekframeError as err:
             resources.show_error(err)
             return None
         timing = (f"{engine.name} · {engine.model} · retrieval {prepared.retrieval_seconds:.2f} s · "
-                  f"generation {generation:.2f} s · {len(prepared.hits)} sources")
+                  f"generation {writing:.2f} s · {len(prepared.hits)} sources")
         st.caption(md_escape(timing))
         for n, hit in enumerate(prepared.hits, 1):
             widgets.citation(n, hit, question, expanded=n == 1)
+    if prepared.hits:
+        cache.put(key, question, keep_real_citations(text, len(prepared.hits)), prepared.hits)
     return {"role": "assistant", "text": text, "hits": prepared.hits, "question": question,
             "timing": md_escape(timing)}
 
 
 history = st.session_state.setdefault("history", [])
-for turn in history:
-    show_turn(turn)
+for index, turn in enumerate(history):
+    show_turn(turn, index)
 
-question = st.chat_input("Ask a question about your documents, images and videos", key="question")
+asked = st.chat_input("Ask a question about your documents, images, videos and recordings", key="question")
+again = st.session_state.pop("regenerate", None)
+question = asked or again
 if question:
     with st.chat_message("user"):
         st.markdown(safe_markdown(question))
-    reply = answer(question, history)
+    reply = answer(question, history, fresh=bool(again) and not asked)
     if reply:
-        history += [{"role": "user", "text": question}, reply]
+        turns = [{"role": "user", "text": question}, reply]
+        history += turns
+        saved = resources.conversations()
+        if not st.session_state.get("conversation_id"):
+            st.session_state["conversation_id"] = saved.start(access.user(), question)
+        saved.add(st.session_state["conversation_id"], access.user(), turns)

@@ -22,7 +22,7 @@ from kb.search import Filters
 from kb.types import Chunk, format_clock
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$=&])")
-GROUPS = ("documents", "images", "video")
+GROUPS = ("documents", "images", "video", "audio")
 SORTS = {"name": lambda r: display(r.rel).lower(), "newest first": lambda r: -r.ingested_at,
          "most chunks": lambda r: -r.chunks, "type": lambda r: (r.kind, display(r.rel).lower())}
 

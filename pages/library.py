@@ -5,11 +5,12 @@ from datetime import datetime
 
 import streamlit as st
 
+from kb.auth import EDITOR
 from kb.errors import SeekframeError
 from kb.manifest import SourceRecord
 from kb.outline import outline
 from kb.paths import display
-from pages import resources, widgets
+from pages import access, resources, widgets
 from pages.helpers import SORTS, chunks_by_page, extent, md_escape, segments, source_rows, time_label
 
 PAGES_PER_VIEW = 4
@@ -42,21 +43,34 @@ path = st.selectbox("Open a source", list(by_path), format_func=lambda p: displa
 record: SourceRecord = by_path[path]
 
 
+def refused(action: str) -> bool:
+    """Checked in each callback, not only by disabling buttons: a viewer's request is refused here."""
+    if access.can(EDITOR):
+        return False
+    st.session_state["library_flash"] = f"Refused: {action} needs the editor role; you are {access.role()}."
+    return True
+
+
 def ask_to_delete(record: SourceRecord) -> None:
-    st.session_state["library_confirm_delete"] = record.path  # the first click only asks
+    if not refused("delete"):
+        st.session_state["library_confirm_delete"] = record.path  # the first click only asks
 
 
 def delete(record: SourceRecord) -> None:
     """The confirmed delete: exactly the record's absolute path, never a name that could match others."""
     st.session_state.pop("library_confirm_delete", None)
+    if refused("delete"):
+        return
     removed = store.delete_source(record.path)
     st.session_state["library_flash"] = (f"Deleted {display(record.rel)} from the knowledge base ({removed} chunks); "
                                          "the file itself stays on disk.")
 
 
 def reindex(record: SourceRecord) -> None:
+    if refused("re-index"):
+        return
     try:
-        resources.jobs().reindex(record.path)
+        resources.jobs().reindex(record.path, store.manifest, owner=access.user())
     except SeekframeError as err:
         st.session_state["library_flash"] = str(err)
         return
@@ -70,10 +84,13 @@ st.caption(md_escape(f"{record.kind} · {extent(record) or 'single image'} · {r
 for problem in record.errors:
     st.warning(md_escape(display(problem)))
 one, two, three, _ = st.columns([1, 1, 1, 3])
+editor = access.can(EDITOR)
 one.button("Re-index", key="library_reindex", on_click=reindex, args=(record,),
-           help="Read the file again with the current engine and settings, even if it is unchanged.")
+           help="Read the file again with the current engine and settings, even if it is unchanged."
+           + ("" if editor else " (editors only)"))
 two.button("Delete", key="library_delete", on_click=ask_to_delete, args=(record,), type="primary",
-           help="Remove the source and its chunks from the knowledge base (the file stays on disk); asks first.")
+           help="Remove the source and its chunks from the knowledge base (the file stays on disk); asks first."
+           + ("" if editor else " Editors only: as a viewer you are refused."))
 if three.button("Outline", key="library_outline", help="Chapters with timestamps (video) or sections with pages"):
     with st.spinner("Writing the outline…"):
         entries = outline(store, resources.engine(), record.path)
@@ -91,10 +108,11 @@ if st.session_state.get("library_confirm_delete") == record.path:
                   args=("library_confirm_delete", None))
 
 chunks, _ = store.chunks_of(record.path)
-if record.kind == "video":
+if record.kind in ("video", "audio"):
     timeline = segments(chunks)
     start = st.session_state.get(f"play_from:{record.path}", 0.0)
-    widgets.video_player(record.path, start)
+    player = widgets.video_player if record.kind == "video" else widgets.audio_player
+    player(record.path, start)
     st.caption(f"{len(timeline)} segments; ▶ plays from the start of a segment.")
     for n, chunk in enumerate(timeline[:SEGMENTS_PER_VIEW]):
         frame, words, action = st.columns([1, 3, 1])

@@ -1,15 +1,19 @@
 """Process-wide resources for the pages, created once per process (st.cache_resource): settings, the store,
-the engine (loaded on a background thread so pages stay usable meanwhile) and the ingest job queue."""
+the engine (loaded on a background thread so pages stay usable meanwhile) and the ingest job table."""
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import streamlit as st
 
+from ingest.jobs import JobBoard
+from ingest.worker import Worker, start_thread
+from kb.answer_cache import AnswerCache
 from kb.config import Settings, load_settings
+from kb.conversations import Conversations
 from kb.engines import Engine, load_engine, resolve_engine_name
 from kb.errors import SeekframeError
-from kb.jobs import JobQueue
 from kb.paths import fs_path
 from kb.store import Store, open_store
 from pages.helpers import md_escape
@@ -25,6 +29,11 @@ def store() -> Store:
     # The app process owns the embedded store for its lifetime (see kb.store.OwnerLock); the ingest
     # jobs write through this same object.
     return open_store(settings())
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda cache: cache.close())
+def answer_cache() -> AnswerCache:
+    return AnswerCache.of(settings())
 
 
 @st.cache_resource(show_spinner=False)
@@ -59,10 +68,34 @@ def engine_explanation() -> str:
     return resolve_engine_name(settings())[1]
 
 
-@st.cache_resource(show_spinner=False, on_release=lambda queue: queue.shutdown())
-def jobs() -> JobQueue:
+def _stop_worker(running: tuple[Worker, object]) -> None:
+    worker, thread = running
+    worker.stop()
+    thread.join(60)
+
+
+@st.cache_resource(show_spinner=False, on_release=_stop_worker)
+def in_app_worker() -> tuple[Worker, object]:
+    """The embedded store belongs to this process, so this process ingests too: a worker on a thread. With a
+    Chroma server (KB_CHROMA_URL) no app replica does: `python -m ingest --worker` processes take the jobs."""
+    board = JobBoard.open(settings())
+    inbox = Path(settings().inbox).resolve() if settings().inbox else None
     # The worker thread has no Streamlit context: it waits on the loader's future directly.
-    return JobQueue(store(), _engine_loader().result)
+    worker = Worker(store(), _engine_loader().result, board, inbox=inbox)
+    return worker, start_thread(worker)
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda board: board.close())
+def jobs() -> JobBoard:
+    """The job table in KB_HOME: submit, list, cancel. Jobs outlive this process and are shared by replicas."""
+    if not settings().chroma_url:
+        in_app_worker()
+    return JobBoard.open(settings())
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda kept: kept.close())
+def conversations() -> Conversations:
+    return Conversations(settings().home)
 
 
 def open_or_stop() -> Store:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kb.auth import ADMIN
 from kb.errors import SeekframeError
-from pages import resources
+from pages import access, resources
 from pages.helpers import dir_size, gpu_info, human_bytes, md_escape
 
 st.title("System")
+access.require_role(ADMIN, "the System page")
 store = resources.open_or_stop()
 settings = resources.settings()
 resources.start_engine()
@@ -43,6 +45,15 @@ c.metric("On disk", human_bytes(dir_size(settings.home)))
 d.metric("Uploads", human_bytes(dir_size(settings.home / "uploads")))
 st.text(f"Home: {settings.home.resolve()}" + (f" · Chroma server {settings.chroma_url}" if settings.chroma_url
                                                 else " · embedded Chroma store, owned by this app process"))
+
+st.subheader("Answer cache")
+cache = resources.answer_cache().stats()
+a, b, c = st.columns(3)
+a.metric("Hit rate", f"{100 * cache.hit_rate:.0f} %", help="questions answered from the cache, of all asked")
+b.metric("Served / asked", f"{cache.hits} / {cache.hits + cache.misses}")
+c.metric("Stored answers", f"{cache.entries} / {settings.answer_cache_size}")
+st.caption("An identical question with the same filters and generation settings, on unchanged sources, is "
+           "answered at once; any ingest, delete or re-index of a source in its scope makes it answer anew.")
 
 st.subheader("Last ingests")
 rows = resources.jobs().throughput()

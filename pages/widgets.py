@@ -62,6 +62,15 @@ def image_file(stored: str, width: int = 480) -> None:
         st.image(str(path), width=width)
 
 
+def audio_player(stored: str, start: float | None, end: float | None = None) -> None:
+    """An audio source from the cited second (an audio file's passages have no frames to show)."""
+    path = fs_path(stored)
+    if not path.is_file():
+        st.caption("The audio file is no longer at its ingest path, so it cannot be played.")
+        return
+    st.audio(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
+
+
 def keyframes(hit_or_chunk, width: int = 220) -> None:
     frames = keyframe_paths(getattr(hit_or_chunk, "keyframe", None), resources.settings().home)
     if frames:
@@ -73,7 +82,10 @@ def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> No
     source = display(hit.source)
     with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
         quote = best_sentence(question, hit.text) if question else ""
-        if hit.t_start is not None:
+        if hit.t_start is not None and hit.modality == "speech":
+            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · speech")
+            audio_player(hit.source_abs, hit.t_start, hit.t_end)
+        elif hit.t_start is not None:
             st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")
             left, right = st.columns([1, 2])
             with left:

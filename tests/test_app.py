@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from ingest.chunk import chunk_id
+from ingest.jobs import DONE, FAILED
 from ingest.pipeline import Ingestor, sha256_of
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
-from kb.jobs import CANCELLED, DONE, FAILED, JobQueue
 from kb.manifest import SourceRecord
 from kb.store import open_store
 from kb.types import Chunk
@@ -98,7 +97,7 @@ def base_kb(tmp_path_factory, embedder) -> tuple[Path, Path]:
 def clear_caches() -> None:
     from pages import resources
 
-    resources.jobs.clear()  # stops the ingest worker before the store it writes to is closed
+    resources.in_app_worker.clear()  # stops the ingest worker before the store it writes to is closed
     st.cache_resource.clear()
     st.cache_data.clear()
 
@@ -342,37 +341,6 @@ def test_system_page_shows_engine_size_and_settings(kb_env):
 
 
 # jobs and helpers (no Streamlit) -----------------------------------------------------------------------------
-def test_cancel_stops_queued_and_running_jobs(tmp_path, embedder, base_kb):
-    library = base_kb[1]
-    settings = load_settings({"home": tmp_path / "kb", "embed_model": BUNDLED_EMBED_MODEL, "engine": "ocr",
-                              "allowed_folders": (library,)}, env={})
-    store = open_store(settings, embedder)
-    release = threading.Event()
-
-    def slow_engine():  # the engine is still loading when the user cancels
-        from kb.engines import load_engine
-
-        release.wait(60)
-        return load_engine(settings)
-
-    queue = JobQueue(store, slow_engine)
-    try:
-        first = queue.submit([library / "whiteboard.png"])
-        second = queue.submit([library / "guide.pdf"])
-        while first.files[0].state == "queued":  # the worker has started reading the image
-            threading.Event().wait(0.02)
-        queue.cancel(second.id)
-        queue.cancel(first.id)
-        release.set()
-        assert queue.wait(60)
-        assert (first.state, [f.state for f in first.files]) == (CANCELLED, [CANCELLED])
-        assert (second.state, [f.state for f in second.files]) == (CANCELLED, [CANCELLED])
-        assert store.manifest.all() == []
-    finally:
-        queue.shutdown()
-        store.close()
-
-
 def test_safe_markdown_keeps_links_images_and_html_out():
     text = ("See [x](http://evil.example/a) ![y](https://evil.example/a.png) <img src=x> www.evil.example "
             "me@evil.example &#91;z&#93;(https&#58;//evil.example) [1] [9].")

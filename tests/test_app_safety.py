@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,11 +18,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from ingest.jobs import DONE, Job, JobBoard, check_server_path
 from ingest.pipeline import Ingestor, IngestReport
+from ingest.worker import _TrackedIngestor, _Tracker
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from kb.engines import load_engine
 from kb.errors import ConfigError, InputError
-from kb.jobs import DONE, Job, _TrackedIngestor, _Tracker, check_server_path
 from kb.store import open_store
 from tests.conftest import ROOT
 from tests.test_app import ENV, clear_caches
@@ -159,7 +161,8 @@ def test_each_file_is_checked_again_when_the_job_runs(tmp_path, server, embedder
     settings = settings_for(tmp_path / "kb", allowed_folders=(server["allowed"],))
     store = open_store(settings, embedder)
     try:
-        tracker = _Tracker(Job(id=1, label="swapped", files=[]))
+        tracker = _Tracker(JobBoard(settings.home), Job(id=1, label="swapped", files=[]), threading.Event(),
+                           threading.Event())
         ingestor = _TrackedIngestor(store, lambda: load_engine(settings), tracker, (server["allowed"],))
         report = ingestor.run([server["allowed"] / "notes" / "password.txt"])
         assert isinstance(report, IngestReport)

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 # Longest image side handed to RapidOCR (it would shrink to its own Global.max_side_len anyway); shrinking in
 # PIL first keeps a 2400 dpi scan from ever becoming a full-size numpy array. The image reader keeps this much.
 MAX_SIDE = OCR_MAX_SIDE
+# Longest side text is *detected* at. Detection only finds where lines are; the recogniser reads each line cut
+# from the picture at MAX_SIDE, so letters keep their full resolution. Detection's activations grow with the
+# pixels it sees (~0.6 GB at 2000 x 2000, ~0.25 GB at 1280: docs/benchmarks.md, image decoding memory), and a
+# 10 pt line of a letter page is still ~15 px tall at 1280: same word recall on the real scans of
+# tests/test_engine_ocr.py, less time.
+DET_SIDE = 1280
 # The orientation probe detects lines on a copy this size and reads a few of them in each candidate turn.
 PROBE_SIDE = 1024
 PROBE_LINES = 6
@@ -34,10 +40,13 @@ PROBE_MAX_ASPECT = 8  # read only the first ~8 line-heights of each probe line: 
 RAPID_PARAMS = {
     "Global.log_level": "error",
     "Global.max_side_len": MAX_SIDE,
-    # Detect at the image's own size (pages arrive at MAX_SIDE or less). The default ("min" 736) blows a
+    # Detect at most at DET_SIDE, smaller pictures at their own size. The default ("min" 736) blows a
     # 256 x 32 text strip up to 5888 x 736: slow, and the oversized letters are then not found at all.
     "Det.limit_type": "max",
-    "Det.limit_side_len": MAX_SIDE,
+    "Det.limit_side_len": DET_SIDE,
+    # One text line per recognition call (RapidOCR's default is 6, padded to the widest): a batch of six
+    # full-width lines took 160 MB more at its peak on a real page, for ~9% less CPU time (docs/benchmarks.md).
+    "Rec.rec_batch_num": 1,
 }
 # Layout thresholds, in median text-box heights.
 GUTTER = 0.5  # empty x-range between boxes that separates columns

@@ -137,7 +137,7 @@ class OpenAIEngine:
         if request.video is not None:
             extra["media_io_kwargs"] = {"video": video_kwargs(request.video)}
         return {"model": self.model, "messages": self._messages(request), "max_tokens": request.max_new_tokens,
-                "temperature": 0, "extra_body": extra}
+                "temperature": request.temperature, "top_p": request.top_p, "extra_body": extra}
 
     def _messages(self, request: Request) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []

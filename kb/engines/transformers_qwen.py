@@ -278,6 +278,8 @@ class TransformersEngine:
                       pad_token_id=self.tokenizer.pad_token_id)
         if self.settings.generation_cache == "static" and self._device != "cpu":
             kwargs["cache_implementation"] = "static"
+        if len(requests) == 1 and requests[0].temperature > 0:  # an answer with the user's sampling settings
+            kwargs.update(do_sample=True, temperature=requests[0].temperature, top_p=requests[0].top_p)
         return kwargs, stop
 
     @property
