@@ -262,6 +262,10 @@ def run_dataset(name: str, args, modes: dict[str, dict]) -> tuple[dict[str, Scor
     from kb.store import open_store
 
     builder, chunk_chars = DATASETS[name]
+    if args.no_context:  # the ablation: chunks without their "[Title › Section]" line
+        import ingest.chunk
+
+        ingest.chunk.with_context = lambda context, piece: piece
     work = Path(args.workdir) / name if args.workdir else Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     corpus = work / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -381,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(document), across all documents (all), or both (document,all)")
     parser.add_argument("--longdoc-home", default="", help="mmlongbench: use this folder's knowledge base "
                         "(KB in FOLDER/kb) instead of the cached one for these settings")
-    parser.add_argument("--no-context", action="store_true", help="mmlongbench: chunks without their document "
-                        "title and section line (the ablation; its own cached knowledge base)")
+    parser.add_argument("--no-context", action="store_true", help="chunks without their document title and "
+                        "section line (the ablation; for mmlongbench its own cached knowledge base)")
     parser.add_argument("--cached-only", action="store_true", help="mmlongbench: do not ingest; evaluate the "
                         "questions of the documents already in the cached knowledge base")
     parser.add_argument("--only-documents", default="", help="mmlongbench: comma-separated document names to "
