@@ -5,13 +5,20 @@ Page images are rendered lazily, when the engine batch that reads them runs, and
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import pymupdf
 from PIL import Image
 
+from ingest.pdf_tables import find_tables, reading_order
 from ingest.read import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
@@ -22,6 +29,10 @@ pymupdf.TOOLS.mupdf_display_errors(False)  # damaged files are reported per file
 OCR_DPI = 200
 FIGURE_DPI = 150
 MAX_RENDER_SIDE = 3000  # a page rendered beyond this gains nothing for OCR and costs memory
+PARALLEL_MIN_PAGES = 24  # below this, starting reader processes costs more than it saves
+PAGES_PER_TASK = 8  # pages one reader process reads per task (small: results come back in page order)
+MAX_READ_WORKERS = 8
+MAX_TITLE_CHARS = 120
 
 
 def open_document(path: str | Path, **options) -> pymupdf.Document:
@@ -76,19 +87,20 @@ def render_page(path: str | Path, page: int, dpi: int = OCR_DPI, clip: tuple[flo
 
 
 def page_markdown(page: pymupdf.Page) -> str:
-    """The page's text layer in reading order, with each table written once, whole, as Markdown."""
-    try:
-        tables = page.find_tables().tables
-    except Exception:  # table detection is best effort; the text is still there
-        tables = []
+    """The page's text layer in reading order (columns kept apart), with each table written once, whole, as Markdown.
+
+    Table detection only runs on pages that can hold a table (ingest/pdf_tables.py): the slow part of reading
+    a born-digital page.
+    """
+    tables = find_tables(page)
+    table_rects = [pymupdf.Rect(t.bbox) for t in tables]
     emitted: set[int] = set()
     parts: list[str] = []
-    for x0, y0, x1, y1, text, _no, block_type in page.get_text("blocks", sort=True):
-        if block_type != 0:
-            continue
-        inside = next((n for n, t in enumerate(tables) if pymupdf.Rect(t.bbox).contains(pymupdf.Rect(x0, y0, x1, y1))
-                       or pymupdf.Rect(t.bbox).intersect(pymupdf.Rect(x0, y0, x1, y1)).get_area()
-                       > 0.6 * pymupdf.Rect(x0, y0, x1, y1).get_area()), None)
+    blocks = [b for b in page.get_text("blocks") if b[6] == 0]
+    for x0, y0, x1, y1, text, _no, _type in reading_order(blocks, page.rect.width):
+        rect = pymupdf.Rect(x0, y0, x1, y1)
+        inside = next((n for n, t in enumerate(table_rects)
+                       if t.contains(rect) or (t & rect).get_area() > 0.6 * rect.get_area()), None)
         if inside is None:
             parts.append(text.strip())
         elif inside not in emitted:
@@ -105,35 +117,131 @@ def _figure_rects(page: pymupdf.Page, min_side_pt: float) -> list[pymupdf.Rect]:
         rect = pymupdf.Rect(info["bbox"]) & page.rect
         if min(rect.width, rect.height) < min_side_pt or rect.get_area() > 0.9 * page_area:
             continue  # icons and rules are too small to describe; a full-page image is a scan, read as a page
-        if not any(rect.intersect(r).get_area() > 0.8 * rect.get_area() for r in rects):
+        if not any((rect & r).get_area() > 0.8 * rect.get_area() for r in rects):  # & keeps rect
             rects.append(rect)
     return rects
 
 
-def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
-    result = ReadResult(kind="pdf")
-    doc = open_pdf(path, source.rel)
-    min_side_pt = settings.figure_min_side * 72 / FIGURE_DPI
-    with doc:
-        result.pages = doc.page_count
-        for index in range(doc.page_count):
-            number = index + 1
+@dataclass
+class PageRead:
+    """One page's text layer and figure positions, as a reader process hands it back (small, picklable)."""
+
+    number: int
+    text: str = ""
+    figures: list[tuple[float, float, float, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[PageRead]:
+    """Pages start..stop-1 (0-based) of a PDF; a damaged page becomes its error, the others are still read."""
+    out = []
+    with open_document(path, filetype="pdf") as doc:
+        for index in range(start, stop):
             try:
                 page = doc[index]
-                text = page_markdown(page)
+                out.append(PageRead(index + 1, page_markdown(page),
+                                    [tuple(r) for r in _figure_rects(page, min_side_pt)]))
             except Exception as err:  # one damaged page must not lose the file
-                result.errors.append(f"page {number}: cannot read the page ({err})")
-                continue
-            if len(text.strip()) >= settings.pdf_min_text_chars:
-                result.units.append(Unit(source, "pdf_text", page=number, text=text))
-                for rect in _figure_rects(page, min_side_pt):
-                    result.units.append(Unit(source, "pdf_figure", page=number, task="caption",
-                                             load_image=partial(render_page, str(path), number, FIGURE_DPI,
-                                                                tuple(rect))))
-            else:
-                result.units.append(Unit(source, "pdf_ocr", page=number, task="ocr",
-                                         load_image=partial(render_page, str(path), number, OCR_DPI)))
+                out.append(PageRead(index + 1, error=f"page {index + 1}: cannot read the page ({err})"))
+    return out
+
+
+def _read_workers() -> int:
+    return max(1, min(MAX_READ_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[PageRead]:
+    """Every page, in page order. A long file is read by several processes, range by range, with at most two
+    ranges per process in flight, so memory stays bounded whatever the file's length."""
+    workers = _read_workers()
+    ranges = deque((start, min(start + PAGES_PER_TASK, page_count)) for start in range(0, page_count, PAGES_PER_TASK))
+    if page_count >= PARALLEL_MIN_PAGES and workers > 1:
+        try:
+            yield from _read_in_processes(str(path), ranges, workers, min_side_pt)
+        except BrokenProcessPool as err:
+            # e.g. a script without `if __name__ == "__main__":` calls this: its processes cannot start
+            log.warning("reading %s in one process: reader processes failed (%s)", path, err)
+    for start, stop in ranges:  # the ranges no process has read
+        yield from read_pages(str(path), start, stop, min_side_pt)
+
+
+def _read_in_processes(path: str, ranges: deque, workers: int, min_side_pt: float) -> Iterator[PageRead]:
+    """Pops each range from `ranges` once its pages are handed on, so the caller can finish what is left."""
+    # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        in_flight: deque = deque()
+        pending = iter(list(ranges))
+        for start, stop in pending:
+            in_flight.append(pool.submit(read_pages, path, start, stop, min_side_pt))
+            if len(in_flight) >= 2 * workers:
+                break
+        while in_flight:
+            pages = in_flight.popleft().result()
+            ranges.popleft()
+            next_range = next(pending, None)
+            if next_range:
+                in_flight.append(pool.submit(read_pages, path, *next_range, min_side_pt))
+            yield from pages
+
+
+def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
+    result = ReadResult(kind="pdf")
+    with open_pdf(path, source.rel) as doc:
+        result.pages = doc.page_count
+        contexts = page_contexts(doc, path)
+    for page in iter_pages(path, result.pages, settings.figure_min_side * 72 / FIGURE_DPI):
+        number = page.number
+        if page.error:
+            result.errors.append(page.error)
+        elif len(page.text.strip()) >= settings.pdf_min_text_chars:
+            result.units.append(Unit(source, "pdf_text", page=number, text=page.text, context=contexts[number]))
+            for rect in page.figures:
+                result.units.append(Unit(source, "pdf_figure", page=number, task="caption",
+                                         load_image=partial(render_page, str(path), number, FIGURE_DPI, rect)))
+        else:
+            result.units.append(Unit(source, "pdf_ocr", page=number, task="ocr", context=contexts[number],
+                                     load_image=partial(render_page, str(path), number, OCR_DPI)))
     return result
+
+
+def document_title(doc: pymupdf.Document, path: Path) -> str:
+    """The title the PDF declares, else the largest text on its first page, else the file name."""
+    declared = " ".join((doc.metadata or {}).get("title", "").split())
+    if len(declared) >= 4 and not declared.lower().startswith(("microsoft word", "untitled")):
+        return declared[:MAX_TITLE_CHARS]
+    try:  # horizontal lines only: not arXiv's margin stamp
+        lines = [line["spans"] for b in doc[0].get_text("dict")["blocks"] for line in b.get("lines", [])
+                 if abs(line["dir"][1]) < 0.1 and any(s["text"].strip() for s in line["spans"])]
+    except Exception:  # the title is a search aid; a page that cannot be parsed still gets the file name
+        lines = []
+    if lines:
+        largest = max(s["size"] for spans in lines for s in spans if s["text"].strip())
+        # whole lines that hold the largest type (small capitals are set in smaller spans of the same line)
+        title = " ".join(" ".join("".join(s["text"] for s in spans).split()) for spans in lines
+                         if any(s["size"] >= largest - 0.5 and s["text"].strip() for s in spans))
+        if len(title) >= 4:
+            return title[:MAX_TITLE_CHARS]
+    return path.stem.replace("_", " ").replace("-", " ")
+
+
+def page_contexts(doc: pymupdf.Document, path: Path) -> dict[int, str]:
+    """Page number -> "Title › Section" from the title and the bookmarks: what the page's chunks are about.
+
+    The section is the first bookmark on the page, else the last one before it (the page continues it).
+    """
+    title = document_title(doc, path)
+    try:
+        toc = [(page, " ".join(name.split())) for _level, name, page in doc.get_toc(simple=True) if name.strip()]
+    except Exception:  # damaged outline: the title alone
+        toc = []
+    contexts, current = {}, ""
+    for number in range(1, doc.page_count + 1):
+        here = [name for page, name in toc if page == number]
+        section = here[0] if here else current
+        current = here[-1] if here else current
+        contexts[number] = f"{title} › {section}" if section and section != title else title
+    return contexts
 
 
 def pdf_toc(path: str | Path) -> list[tuple[int, str, int]]:

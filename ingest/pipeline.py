@@ -383,6 +383,7 @@ class Ingestor:
                 self._enrich(pending[:self.batch_size], report)
                 pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
+            open_jobs = self._finish_ready(open_jobs, report)  # a file with nothing for the engine is stored now
         size = self.batch_size if pending else 1  # asking the batch size loads the engine: only when needed
         for start in range(0, len(pending), size):
             self._enrich(pending[start:start + size], report)

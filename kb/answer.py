@@ -12,6 +12,7 @@ from kb import prompts
 from kb.answer_cache import AnswerCache, answer_key, content_version
 from kb.config import Settings
 from kb.engines import Engine
+from kb.lexical import tokenize
 from kb.paths import fs_path
 from kb.search import Filters, expand_context, search
 from kb.store import Store
@@ -22,6 +23,8 @@ _WORD = re.compile(r"[\w']+", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])|\n\s*[-•*]\s+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+# Names in a question: a capitalised word inside the sentence, an acronym, a number of 3+ digits (a year, a code).
+_NAME = re.compile(r"(?<=[\w,;:)] )[A-Z][\w&.-]*[A-Za-z0-9]|\b[A-Z]{2,}[\w-]*|\b\d[\d.,]{2,}\d\b")
 # A citation marker as the prompt asks for it ([3], several as [1][3]) or as models also write it ([1, 3]).
 _MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 _STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
@@ -54,6 +57,7 @@ class Prepared:
     request: Request
     retrieval_seconds: float
     ranked: list[Hit] = field(default_factory=list)  # what search returned, best first
+    absent: list[str] = field(default_factory=list)  # names in the question that no searched source contains
 
 
 @dataclass
@@ -82,11 +86,30 @@ def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = N
     last_user = next((text for role, text in reversed(history) if role == "user"), "")
     ranked = search(store, f"{last_user}\n{question}".strip(), k, filters)
     hits = expand_context(store, ranked, store.settings.context_chars, admit=(filters or Filters()).admits)
+    absent = absent_names(question, store, filters) if hits else []
     pictured, images = key_frames(hits)
-    request = Request(task="answer", prompt=prompts.answer_prompt(question, hits, pictured), images=images,
+    request = Request(task="answer", prompt=prompts.answer_prompt(question, hits, pictured, absent), images=images,
                       system=prompts.ANSWER_SYSTEM, history=list(history), max_new_tokens=generation.max_new_tokens,
                       temperature=generation.temperature, top_p=generation.top_p)
-    return Prepared(question, hits, request, time.monotonic() - started, ranked)
+    return Prepared(question, hits, request, time.monotonic() - started, ranked, absent)
+
+
+def question_names(question: str) -> list[str]:
+    """The names, acronyms and long numbers a question asks about ("Shopee", "BERT", "2019"), in order, once."""
+    names = (m.group().rstrip(".").removesuffix("'s").removesuffix("’s") for m in _NAME.finditer(question))
+    return list(dict.fromkeys(n for n in names if len(n) > 1 and n.lower() not in _STOP))
+
+
+def absent_names(question: str, store: Store, filters: Filters | None = None) -> list[str]:
+    """The question's names that occur nowhere in what it searches (the whole knowledge base, or the filtered part).
+
+    A question about something the sources never mention cannot be answered from them, however close the nearest
+    passage looks: "how many Shopee datasets?" on a paper that only has Amazon ones. Looked up in the lexical index,
+    so a name is absent only if no chunk holds it at all, not merely the retrieved ones.
+    """
+    where = (filters or Filters()).where(store)
+    return [name for name in question_names(question)
+            if tokenize(name) and not store.lexical_query(name, 1, where)]  # a stopword ("II") proves nothing
 
 
 def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[int], list[Image.Image]]:
@@ -115,6 +138,9 @@ def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
     """The answer text, piece by piece; extractive quotes when the engine has no language model."""
     if not prepared.hits:
         yield prompts.NO_SOURCES
+    elif not engine.generative and prepared.absent:
+        # Quoting the nearest page would answer another question; the model-less engine says what is missing.
+        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0])
     elif not engine.generative:
         yield extractive_answer(prepared.question, prepared.hits, prepared.ranked or prepared.hits)
     else:

@@ -34,20 +34,26 @@ VIDEO_WINDOW = (
 ANSWER_SYSTEM = (
     "You answer questions from a personal knowledge base. Use only the numbered sources given. "
     "After each claim cite its source as [n] (several as [1][3]). If the sources do not contain the "
-    "answer, say so plainly. Answer in the language of the question. Be concise."
+    "answer, say so plainly: do not answer with a source about something else (another name, year, "
+    "product or figure than the one asked about), and do not guess. Answer in the language of the question. "
+    "Be concise."
 )
 
 
-def answer_prompt(question: str, hits: Sequence[Hit], pictured: Sequence[int] = ()) -> str:
+def answer_prompt(question: str, hits: Sequence[Hit], pictured: Sequence[int] = (), absent: Sequence[str] = ()) -> str:
     """The user turn of an answer: numbered sources with where each came from, then the question.
 
-    `pictured` are the source numbers whose key frame is attached, in the order of the attached images.
+    `pictured` are the source numbers whose key frame is attached, in the order of the attached images; `absent`
+    the question's names that no source in the knowledge base mentions (the model is told, so it can decline).
     """
     blocks = [f"[{n}] ({hit.where})\n{hit.text.strip()}" for n, hit in enumerate(hits, 1)]
     note = ""
     if pictured:
         note = ("\n\nThe attached pictures are key frames of sources " + ", ".join(f"[{n}]" for n in pictured)
                 + ", in that order.")
+    if absent:
+        note += ("\n\nNote: the knowledge base has no passage that mentions " + ", ".join(f"“{a}”" for a in absent)
+                 + "; if the question depends on it, say that the sources do not cover it.")
     return "Sources:\n\n" + "\n\n".join(blocks) + note + f"\n\nQuestion: {question}"
 
 
@@ -69,3 +75,10 @@ OUTLINE_PDF = (
 )
 
 NO_SOURCES = "Nothing in the knowledge base matches this question."
+
+
+def not_in_sources(absent: Sequence[str], nearest: Hit) -> str:
+    """The extractive answer to a question about something no source mentions: say so, quote nothing."""
+    names = ", ".join(f"“{a}”" for a in absent)
+    return (f"The knowledge base does not answer this: no source mentions {names}. The closest passage "
+            f"({nearest.where}) is about something else, so it is not quoted.")

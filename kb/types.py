@@ -75,6 +75,8 @@ class Unit:
     t_start: float | None = None
     t_end: float | None = None
     keyframe: str | None = None
+    # Where the unit sits in its document ("Title › Section"): its chunks carry it, for search (ingest/chunk.py).
+    context: str | None = None
     # What was said during this video window (ingest/audio.py), stored with what the window shows, and the
     # language the speech engine heard in the file.
     speech: str = ""

@@ -302,3 +302,4 @@ def test_unknown_search_mode_is_an_error_with_a_fix(kb):
     with pytest.raises(ConfigError) as err:
         search(kb, "bees", mode="semantic")
     assert "KB_SEARCH_MODE" in err.value.fix
+

@@ -1,0 +1,159 @@
+"""Text-layer pages: a cheap "can this page hold a table?" test, tables as Markdown, and column-aware reading order.
+
+PyMuPDF's table finder runs a layout model (about 1 s a page on one core); most pages of a report or a paper
+hold no table, so it only runs where the page shows a table's traces: ruling lines, or words lined up in
+three or more columns over several rows. docs/benchmarks.md has the test's precision and recall against the
+full finder on the shared PDFs and the MMLongBench documents.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pymupdf
+
+MIN_RULE_LENGTH = 30.0  # points: shorter strokes are underlines, bullets, chart ticks
+RULE_THICKNESS = 2.5  # a filled rectangle thinner than this is drawn as a line
+ROW_TOLERANCE = 3.0  # words whose vertical centres are this close sit on one row
+COLUMN_BIN = 4.0  # points: column edges this close are the same column
+MIN_TABLE_ROWS = 3
+MAX_BAND_HEIGHT = 40.0  # a filled rectangle up to this tall may be a shaded table row
+MIN_WORDS_IN_TABLE = 8
+SHORT_CELL = 0.15  # of the page width: a cell this narrow holds a number or a label, not a line of prose
+
+
+@dataclass
+class TableSignals:
+    """What the cheap test saw on a page (kept for the benchmark that measures the test)."""
+
+    horizontal_rules: int  # most horizontal rules sharing their left and right ends
+    vertical_rules: int  # distinct x positions of vertical rules
+    aligned_rows: int  # rows split into 3+ cells by wide gaps
+    shared_edges: int  # column edges shared by 3+ of those rows
+
+    @property
+    def may_hold_table(self) -> bool:
+        ruled = self.horizontal_rules >= 3 or (self.horizontal_rules >= 2 and self.vertical_rules >= 2)
+        aligned = self.aligned_rows >= MIN_TABLE_ROWS and self.shared_edges >= 3
+        return ruled or aligned
+
+
+def _rules(page: pymupdf.Page, words: list[tuple]) -> tuple[int, int]:
+    """(most horizontal rules of one width around text, vertical rules among them).
+
+    A table's rules share their left and right ends and hold words between them (a chart's grid holds few).
+
+    Horizontal rules are stroked lines, hairline filled rectangles, the top and bottom of a stroked box, or
+    the top of a shaded band (zebra rows); grouped by their (left, right) ends so that underlines, a header
+    rule and a footnote rule of different widths do not add up to a table.
+    """
+    horizontal: dict[tuple[int, int], set[int]] = {}
+    vertical: set[int] = set()
+
+    def add_horizontal(x0: float, x1: float, y: float) -> None:
+        if abs(x1 - x0) >= MIN_RULE_LENGTH:
+            horizontal.setdefault((round(min(x0, x1) / 6), round(max(x0, x1) / 6)), set()).add(round(y / 2))
+
+    for path in page.get_cdrawings():
+        filled = path.get("type", "") == "f"
+        for item in path["items"]:
+            if item[0] == "l":
+                (x0, y0), (x1, y1) = item[1], item[2]
+            elif item[0] == "re":
+                x0, y0, x1, y1 = item[1]
+            else:
+                continue
+            width, height = abs(x1 - x0), abs(y1 - y0)
+            if height <= RULE_THICKNESS:
+                add_horizontal(x0, x1, (y0 + y1) / 2)
+            elif width <= RULE_THICKNESS:
+                if height >= MIN_RULE_LENGTH / 3:
+                    vertical.add(round((x0 + x1) / 4))
+            elif item[0] == "re" and (not filled or height <= MAX_BAND_HEIGHT):
+                add_horizontal(x0, x1, min(y0, y1))
+                if not filled:
+                    add_horizontal(x0, x1, max(y0, y1))
+                    vertical.update((round(x0 / 2), round(x1 / 2)))
+    best, best_vertical = 0, 0
+    for (left, right), heights in horizontal.items():
+        if len(heights) < 2 or len(heights) <= best:
+            continue
+        top, bottom, x0, x1 = 2 * min(heights), 2 * max(heights), 6 * left, 6 * right
+        inside = sum(1 for w in words if x0 - 3 <= w[0] and w[2] <= x1 + 3 and top < (w[1] + w[3]) / 2 < bottom)
+        if inside >= MIN_WORDS_IN_TABLE:
+            best = len(heights)
+            best_vertical = sum(1 for x in vertical if x0 - 6 <= 2 * x <= x1 + 6)
+    return best, best_vertical
+
+
+def _aligned_columns(words: list[tuple], page_width: float) -> tuple[int, int]:
+    """(rows with 3+ cells, 2 of them short, column edges shared by 3+ such rows): a table's rows, ruled or not.
+
+    Short cells (numbers, labels) tell a table row from a line of multi-column text, whose cells are wide.
+    """
+    rows: dict[int, list[tuple]] = {}
+    for word in words:
+        rows.setdefault(round((word[1] + word[3]) / 2 / ROW_TOLERANCE), []).append(word)
+    aligned = 0
+    edges: Counter[int] = Counter()
+    for row in rows.values():
+        row.sort(key=lambda w: w[0])
+        height = max(w[3] - w[1] for w in row)
+        cells = [[row[0][0], row[0][2]]]
+        for word in row[1:]:
+            if word[0] - cells[-1][1] > max(height, 6.0):  # a gap wider than a word space: a new cell
+                cells.append([word[0], word[2]])
+            else:
+                cells[-1][1] = word[2]
+        short = sum(1 for x0, x1 in cells if x1 - x0 < SHORT_CELL * page_width)
+        if len(cells) >= 3 and short >= 2:
+            aligned += 1
+            # left edges (text columns) and right edges (numbers are right-aligned), counted once per row
+            edges.update({round(x / COLUMN_BIN) for cell in cells for x in cell})
+    return aligned, sum(1 for count in edges.values() if count >= MIN_TABLE_ROWS)
+
+
+def table_signals(page: pymupdf.Page, words: list[tuple] | None = None) -> TableSignals:
+    words = words if words is not None else page.get_text("words")
+    horizontal, vertical = _rules(page, words)
+    aligned, shared = _aligned_columns(words, page.rect.width)
+    return TableSignals(horizontal, vertical, aligned, shared)
+
+
+def find_tables(page: pymupdf.Page) -> list:
+    """The page's tables (PyMuPDF's finder with its layout model), or none when the cheap test rules them out."""
+    if not table_signals(page).may_hold_table:
+        return []
+    try:
+        return page.find_tables().tables
+    except Exception:  # table detection is best effort; the text is still there
+        return []
+
+
+def reading_order(blocks: list[tuple], page_width: float) -> list[tuple]:
+    """Text blocks in reading order: on a two-column page, the left column before the right one.
+
+    Blocks that cross the page's middle (a title, an abstract, a wide figure caption) cut the page into bands;
+    within a band the left column is read before the right one. PyMuPDF's own sort is by line height only,
+    which interleaves the two columns of a paper.
+    """
+    middle = page_width / 2
+    ordered = sorted(blocks, key=lambda b: (b[1], b[0]))
+    left = sum(len(b[4]) for b in ordered if b[2] <= middle + 2)
+    right = sum(len(b[4]) for b in ordered if b[0] >= middle - 2)
+    total = sum(len(b[4]) for b in ordered) or 1
+    if min(left, right) < 0.25 * total:  # one column (a short line or a number at the right is no column)
+        return ordered
+    out: list[tuple] = []
+    band: list[tuple] = []
+    for block in ordered:
+        if block[0] < middle - 2 and block[2] > middle + 2:  # crosses the gutter: ends the band
+            out += _band_order(band, middle) + [block]
+            band = []
+        else:
+            band.append(block)
+    return out + _band_order(band, middle)
+
+
+def _band_order(band: list[tuple], middle: float) -> list[tuple]:
+    return ([b for b in band if b[2] <= middle + 2] + [b for b in band if b[2] > middle + 2])
