@@ -149,10 +149,18 @@ class Manifest:
         return [self._record(r) for r in self._db.execute("SELECT * FROM sources ORDER BY rel")]
 
     def find(self, name: str) -> list[SourceRecord]:
-        """Every source `name` names exactly (see NameQuery): more than one means the name is ambiguous."""
-        condition, args = NameQuery.of(name).sql()
+        """Every source `name` names exactly (see NameQuery): more than one means the name is ambiguous.
+
+        A path names its own file first: when `name` is some source's absolute path, or some source's relative
+        path, sources that only share its file name (or rel) with it are not candidates.
+        """
+        query = NameQuery.of(name)
+        condition, args = query.sql()
         rows = self._db.execute(f"SELECT * FROM sources WHERE {condition} ORDER BY rel, path", args)
-        return [self._record(r) for r in rows]
+        records = [self._record(r) for r in rows]
+        by_path = [r for r in records if r.path in query.paths]
+        by_rel = [r for r in records if r.rel == query.name]
+        return by_path or by_rel or records
 
     def find_one(self, name: str) -> SourceRecord:
         """The one source `name` names; none or several is an error that lists what there is."""

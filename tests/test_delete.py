@@ -208,3 +208,19 @@ def test_chunks_an_old_version_left_without_a_source_can_be_deleted_by_name(libr
     assert code == 0 and "2 leftover chunks" in out
     chroma, lexical, expected = index_ids(store)
     assert chroma == lexical == expected and len(expected) == 2 * (len(paths) - 2)
+
+
+def test_a_path_names_its_own_file_even_when_another_source_shares_its_name(open_kb, tmp_path, monkeypatch, capsys):
+    """Two folders ingested separately both hold `notes.pdf` (rel `notes.pdf` each): from elsewhere the bare name
+    is ambiguous; from inside folder b, `notes.pdf` is a path to b's file and deletes exactly that one."""
+    store = open_kb()
+    first = add(store, tmp_path / "a", "notes.pdf", ["the first notes"])
+    second = add(store, tmp_path / "b", "notes.pdf", ["the second notes"])
+    monkeypatch.chdir(tmp_path)
+    code, _, err = kb(monkeypatch, capsys, store, "delete", "notes.pdf")
+    assert code == 1 and "names 2 sources" in err
+    (tmp_path / "b").mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path / "b")
+    code, out, _ = kb(monkeypatch, capsys, store, "delete", "notes.pdf")
+    assert code == 0 and [r.path for r in store.manifest.all()] == [first]
+    assert store.manifest.get(second) is None
