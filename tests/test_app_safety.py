@@ -27,6 +27,7 @@ from kb.errors import ConfigError, InputError
 from kb.store import open_store
 from tests.conftest import ROOT
 from tests.test_app import ENV, clear_caches
+from tests.test_app import app as run_page
 
 EVIL = ("# Harbour notes\n\nThe harbour pilot boards at dawn, see [click](https://evil.example) and "
         "![x](https://evil.example/a.png) as stated in [9] and www.evil.example or pilot@evil.example.\n")
@@ -47,16 +48,6 @@ def app_env(tmp_path, monkeypatch):
     clear_caches()
     yield home
     clear_caches()
-
-
-def run_page(page: str = "") -> AppTest:
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def wait_for_jobs(at: AppTest) -> AppTest:

@@ -26,8 +26,7 @@ from kb.paths import fs_path, to_stored
 from kb.store import open_store
 from kb.types import Hit
 from pages.helpers import highlight_boxes, keyframe_paths
-from tests.conftest import ROOT
-from tests.test_app import ENV, clear_caches
+from tests.test_app import ENV, app, clear_caches
 
 PDF = os.fsdecode(b"caf\xe9.pdf")  # what os.walk and sys.argv give for that name: byte 0xE9 as U+DCE9
 PNG = os.fsdecode(b"caf\xe9.png")
@@ -140,16 +139,6 @@ def test_a_stored_path_opens_the_page_the_picture_and_key_frames(names_kb, tmp_p
 
 
 # the app --------------------------------------------------------------------------------------------------
-def app(page: str = "") -> AppTest:
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def visible_text(at: AppTest) -> str:
     """Everything the page writes as text, Markdown escapes removed."""
     parts = [e.value for kind in ("markdown", "caption", "subheader", "text", "warning", "success")
