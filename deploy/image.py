@@ -120,30 +120,16 @@ def wait_for(check, what: str, timeout: float) -> None:
 
 def ask_in_browser(url: str, workdir: Path) -> str:
     """Ask QUESTION on the app's Ask page in headless Chromium; returns the answer text the page shows."""
-    from tests.test_app_browser import CHROMIUM, CHROMIUM_FLAGS, DevTools, free_port, http_json, wait_until
+    from tests.test_app_browser import CHROMIUM, chromium
 
     if CHROMIUM is None:
         raise SystemExit("FAILED: chromium is not installed (`make browser` installs it): it asks the question")
-    port = free_port()
-    browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={workdir / 'chromium'}",
-                                f"--remote-debugging-port={port}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        pages = wait_until(lambda: [t for t in http_json(f"http://127.0.0.1:{port}/json/list")
-                                    if t.get("type") == "page"], "chromium's DevTools endpoint", timeout=60)
-        tools = DevTools(pages[0]["webSocketDebuggerUrl"])
-        tools.send("Page.enable")
-        tools.send("Runtime.enable")
+    with chromium(workdir / "chromium") as tools:
         tools.send("Page.navigate", url=url)
         tools.wait_text("Ask your knowledge base", timeout=120)
         tools.type_question(QUESTION)
         tools.wait_text(CITATION, timeout=180)
-        shown = tools.eval("document.body.innerText") or ""
-        tools.close()
-        return shown
-    finally:
-        browser.terminate()
-        browser.wait(30)
+        return tools.eval("document.body.innerText") or ""
 
 
 def stop(process: subprocess.Popen) -> None:

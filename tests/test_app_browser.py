@@ -8,6 +8,7 @@ Streamlit draws after the page load, so a plain `chromium --screenshot` would ca
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -166,12 +168,13 @@ def app_url(sample_kb, tmp_path_factory):
         log.close()
 
 
-@pytest.fixture
-def browser(tmp_path):
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator[DevTools]:
+    """Headless Chromium with its first page open over the DevTools protocol; stopped on exit."""
     port = free_port()
-    chromium = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                                 f"--remote-debugging-port={port}", "--window-size=1400,1200", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                f"--remote-debugging-port={port}", "--window-size=1400,1200", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         pages = wait_until(lambda: [t for t in http_json(f"http://127.0.0.1:{port}/json/list")
                                     if t.get("type") == "page"], "chromium's DevTools endpoint", timeout=60)
@@ -181,8 +184,14 @@ def browser(tmp_path):
         yield tools
         tools.close()
     finally:
-        chromium.terminate()
-        chromium.wait(30)
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    with chromium(tmp_path / "profile") as tools:
+        yield tools
 
 
 def test_ask_and_library_in_a_real_browser(app_url, browser):

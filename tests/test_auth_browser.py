@@ -16,7 +16,7 @@ import pytest
 
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from tests.conftest import ROOT, write_pdf
-from tests.test_app_browser import CHROMIUM, CHROMIUM_FLAGS, DevTools, free_port, http_json, wait_until
+from tests.test_app_browser import CHROMIUM, DevTools, chromium, free_port, http_json, wait_until
 
 PROVIDER = Path(sys.executable).parent / "oidc-provider-mock"
 pytestmark = [pytest.mark.slow,
@@ -117,21 +117,8 @@ server_metadata_url = "{provider}/.well-known/openid-configuration"
 
 @pytest.fixture
 def browser(tmp_path):
-    port = free_port()
-    chromium = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                                 f"--remote-debugging-port={port}", "--window-size=1400,1200", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        pages = wait_until(lambda: [t for t in http_json(f"http://127.0.0.1:{port}/json/list")
-                                    if t.get("type") == "page"], "chromium's DevTools endpoint", timeout=60)
-        tools = DevTools(pages[0]["webSocketDebuggerUrl"])
-        tools.send("Page.enable")
-        tools.send("Runtime.enable")
+    with chromium(tmp_path / "profile") as tools:
         yield tools
-        tools.close()
-    finally:
-        chromium.terminate()
-        chromium.wait(30)
 
 
 def click(browser: DevTools, label: str) -> None:
