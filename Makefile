@@ -8,7 +8,7 @@ PORT ?= 8501
 ADDRESS ?= $(or $(KB_ADDRESS),127.0.0.1)
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: run test venv samples ingest-samples app lint browser speech-tools clean image image-test lock
+.PHONY: run test venv samples ingest-samples app lint typecheck browser speech-tools clean image image-test lock
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ run: ingest-samples app
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# Strict type checking of kb/ and ingest/ (settings in pyproject.toml).
+typecheck: venv
+	$(VENV)/bin/mypy
 
 # The browser test drives Debian's chromium; it is installed here, as CI runs `make test` on a bare machine.
 browser:
