@@ -112,22 +112,24 @@ def _ruled_table(page, rng: random.Random, top: float) -> None:
 
 # timing the pipeline -----------------------------------------------------------------------------------------
 class PhaseClock:
-    """Seconds per phase, by wrapping what the pipeline calls."""
+    """Seconds per phase, by wrapping what the pipeline calls. A phase's time excludes the wrapped calls inside it
+    (the store write that runs before an engine batch is store time, not ocr time)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self.active: dict[str, int] = defaultdict(int)
+        self._stack: list[list] = []  # [phase, started, seconds of wrapped calls inside]
 
     def wrap(self, phase: str, func):
         def timed(*args, **kwargs):
-            started = time.perf_counter()
-            self.active[phase] += 1
+            self._stack.append([phase, time.perf_counter(), 0.0])
             try:
                 return func(*args, **kwargs)
             finally:
-                self.active[phase] -= 1
-                if not self.active[phase]:  # nested calls count once
-                    self.seconds[phase] += time.perf_counter() - started
+                _, started, inner = self._stack.pop()
+                elapsed = time.perf_counter() - started
+                self.seconds[phase] += elapsed - inner
+                if self._stack:
+                    self._stack[-1][2] += elapsed
         return timed
 
 
@@ -140,13 +142,13 @@ def ingest_set(name: str, files: list[Path], embed_model: str) -> dict:
     settings = load_settings({"home": work / "kb", "engine": "ocr", "embed_model": embed_model}, env={})
     store = open_store(settings)
     clock = PhaseClock()
-    originals = (pipeline.read_file, pipeline.make_chunks, pipeline.Ingestor._enrich, store.replace_source)
+    originals = (pipeline.read_file, pipeline.make_chunks, pipeline.Ingestor._enrich, store.replace_sources)
     embed_documents = store.embedder.embed_documents
     store.embedder.embed_documents = clock.wrap("embed", embed_documents)
     pipeline.read_file = clock.wrap("read", pipeline.read_file)
     pipeline.make_chunks = clock.wrap("chunk", pipeline.make_chunks)
     pipeline.Ingestor._enrich = clock.wrap("ocr", pipeline.Ingestor._enrich)
-    store.replace_source = clock.wrap("store", store.replace_source)
+    store.replace_sources = clock.wrap("store", store.replace_sources)
     load_before = load()
     try:
         started = time.perf_counter()
@@ -155,10 +157,9 @@ def ingest_set(name: str, files: list[Path], embed_model: str) -> dict:
         pages = sum(r.pages or 0 for r in store.manifest.all())
         chunks = store.count()
     finally:
-        pipeline.read_file, pipeline.make_chunks, pipeline.Ingestor._enrich, store.replace_source = originals
+        pipeline.read_file, pipeline.make_chunks, pipeline.Ingestor._enrich, store.replace_sources = originals
         store.embedder.embed_documents = embed_documents
         store.close()
-    clock.seconds["store"] -= clock.seconds["embed"]  # the store write embeds inside; count that as embed
     return {"set": name, "files": len(files), "pages": pages, "chunks": chunks, "seconds": seconds,
             "ocr_pages": report.pages_read, "phases": dict(clock.seconds), "load": f"{load_before} → {load()}",
             "failed": [r.path for r in report.failed]}
@@ -174,6 +175,52 @@ def row(result: dict) -> list:
 
 HEADER = ["set", "files", "pages", "OCR'd pages", "chunks"] + [f"{p} pages/s" for p in PHASES] + \
     ["end to end pages/s", "seconds", "load avg 1/5 min (before → after)"]
+
+
+# the embedder alone -------------------------------------------------------------------------------------------
+def chunk_texts(files: list[Path], limit: int) -> list[str]:
+    """Chunk texts as ingest makes them (title and section header included), from the first files, up to `limit`."""
+    from ingest.chunk import make_chunks
+    from ingest.read import read_file
+    from kb.config import load_settings
+    from kb.types import Source
+
+    settings = load_settings({"home": Path(tempfile.mkdtemp(prefix="bench-chunks-")), "engine": "ocr"}, env={})
+    texts: list[str] = []
+    for path in files:
+        read = read_file(path, Source(rel=path.name, abs=str(path), sha256="0" * 64), settings)
+        texts += [c.text for c in make_chunks([u for u in read.units if u.text], "none", "", settings.chunk_chars)]
+        if len(texts) >= limit:
+            break
+    return texts[:limit]
+
+
+def embed_speed(texts: list[str]) -> list[str]:
+    """chunks/s and CPU per chunk of the bundled model through sentence-transformers (torch, what ran before)
+    and through ONNX Runtime (what runs now on a CPU), on the same chunks; cosine of each vector to torch's."""
+    import numpy as np
+
+    from kb.config import BUNDLED_EMBED_MODEL
+    from kb.embed import Embedder
+
+    embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
+    embedder.load()
+    backends = {"sentence-transformers (torch)": lambda batch: embedder.model.encode_document(
+        batch, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)}
+    if embedder.onnx is not None:
+        backends["ONNX Runtime, int8 (kb/embed.py)"] = lambda batch: embedder.onnx.encode(batch)
+    rows, reference = [], None
+    for name, encode in backends.items():
+        encode(texts[:16])  # warm-up
+        load_before, wall, cpu = load(), time.perf_counter(), time.process_time()
+        vectors = np.asarray(encode(texts))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        reference = vectors if reference is None else reference
+        cosines = (vectors * reference).sum(axis=1)
+        rows.append([name, len(texts), f"{len(texts) / wall:.1f}", f"{1000 * cpu / len(texts):.1f}",
+                     f"{cosines.min():.4f}", f"{cosines.mean():.4f}", f"{load_before} → {load()}"])
+    return [markdown_table(["embedder", "chunks", "chunks/s", "CPU ms per chunk", "cosine to torch, min",
+                            "cosine to torch, mean", "load avg 1/5 min"], rows)]
 
 
 # the cheap table test ------------------------------------------------------------------------------------------
@@ -236,13 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-model", default=BUNDLED_EMBED_MODEL)
     parser.add_argument("--probe", action="store_true", help="also measure the cheap table test (slow the first "
                         "time: the reference finder runs on every sampled page; cached in .cache/bench)")
+    parser.add_argument("--embed-speed", type=int, default=0, metavar="N", help="also time the embedder alone, "
+                        "torch against ONNX Runtime, on N chunks of the MMLongBench documents")
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
     sets = {"report": lambda: ("generated report", [generated_report(args.report_pages)]),
             "mmlongbench": lambda: ("MMLongBench documents", mmlongbench_pdfs()),
             "shared": lambda: ("shared born-digital PDFs", shared_pdfs())}
     rows, notes = [], []
-    for key in args.sets.split(","):
+    for key in filter(None, args.sets.split(",")):
         name, files = sets[key.strip()]()
         result = ingest_set(name, files, args.embed_model)
         rows.append(row(result))
@@ -259,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
              "in reader processes for long files; ocr: RapidOCR on pages without a text layer; store: Chroma, "
              "lexical index and manifest without the embedding). The MMLongBench set is its documents with a text "
              "layer on at least 90 % of the pages.", "", markdown_table(HEADER, rows), ""] + notes
+    if args.embed_speed:
+        table = embed_speed(chunk_texts(mmlongbench_pdfs(), args.embed_speed))
+        print("\n".join(table), flush=True)
+        lines += ["", "### The embedder alone", "", f"The bundled all-MiniLM-L6-v2 on {args.embed_speed} chunks of the "
+                  "MMLongBench documents (as ingest makes them, 1200 characters with their title header: about 245 "
+                  "tokens, a third past the model's 256 and truncated), batches of 32 sorted by length, "
+                  f"{len(os.sched_getaffinity(0))} cores. CPU ms per chunk moves less with the machine's load than "
+                  "chunks/s.", ""] + table
     if args.probe:
         table = probe()
         print("\n".join(table))

@@ -7,9 +7,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import select
+import threading
+import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -140,14 +144,84 @@ def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[Pag
             try:
                 page = doc[index]
                 out.append(PageRead(index + 1, page_markdown(page),
-                                    [tuple(r) for r in _figure_rects(page, min_side_pt)]))
+                                    [(r.x0, r.y0, r.x1, r.y1) for r in _figure_rects(page, min_side_pt)]))
             except Exception as err:  # one damaged page must not lose the file
                 out.append(PageRead(index + 1, error=f"page {index + 1}: cannot read the page ({err})"))
     return out
 
 
+def _die_with(ingest_pid: int) -> None:
+    """Reader-process initializer: end this process as soon as the ingest process `ingest_pid` has ended, however
+    it ended (kill -9 too), instead of reading pages for nobody. Its parent is multiprocessing's fork server, which
+    waits for its children before it exits itself, so nothing else would end them: a thread waits on the ingest
+    process (a pidfd, Linux; elsewhere polled every second)."""
+    try:
+        handle = os.pidfd_open(ingest_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here: poll
+        handle = -1
+    threading.Thread(target=_exit_when_gone, args=(ingest_pid, handle), daemon=True, name="die-with-ingest").start()
+
+
+def _exit_when_gone(ingest_pid: int, handle: int) -> None:
+    if handle >= 0:
+        select.select([handle], [], [])  # readable once the process has ended
+    else:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(ingest_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, as another user
+                continue
+    os._exit(1)
+
+
 def _read_workers() -> int:
     return max(1, min(MAX_READ_WORKERS, len(os.sched_getaffinity(0))))
+
+
+class _SharedReaders:
+    """Reader processes kept for every long PDF of one ingest run: started once, not once per file."""
+
+    def __init__(self) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+
+    def get(self, workers: int) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool = _reader_pool(workers)
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+_run = threading.local()  # the shared readers of the ingest run in this thread, if one is open
+
+
+@contextmanager
+def reader_processes() -> Iterator[None]:
+    """Long PDFs read inside share one set of reader processes, ended when the block ends (the app's next run
+    starts its own). Outside such a block each long file starts and ends its own."""
+    if getattr(_run, "readers", None) is not None:  # nested: the outer block owns them
+        yield
+        return
+    _run.readers = _SharedReaders()
+    try:
+        yield
+    finally:
+        _run.readers.close()
+        _run.readers = None
+
+
+def _reader_pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_die_with,
+                               initargs=(os.getpid(),))
 
 
 def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[PageRead]:
@@ -156,26 +230,32 @@ def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[Page
     workers = _read_workers()
     ranges = deque((start, min(start + PAGES_PER_TASK, page_count)) for start in range(0, page_count, PAGES_PER_TASK))
     if page_count >= PARALLEL_MIN_PAGES and workers > 1:
+        shared: _SharedReaders | None = getattr(_run, "readers", None)
         try:
-            yield from _read_in_processes(str(path), ranges, workers, min_side_pt)
+            if shared is None:
+                with _reader_pool(workers) as pool:
+                    yield from _read_in_processes(pool, str(path), ranges, workers, min_side_pt)
+            else:
+                yield from _read_in_processes(shared.get(workers), str(path), ranges, workers, min_side_pt)
         except BrokenProcessPool as err:
             # e.g. a script without `if __name__ == "__main__":` calls this: its processes cannot start
             log.warning("reading %s in one process: reader processes failed (%s)", path, err)
+            if shared is not None:
+                shared.pool = None  # the next long file tries fresh ones
     for start, stop in ranges:  # the ranges no process has read
         yield from read_pages(str(path), start, stop, min_side_pt)
 
 
-def _read_in_processes(path: str, ranges: deque, workers: int, min_side_pt: float) -> Iterator[PageRead]:
+def _read_in_processes(pool: ProcessPoolExecutor, path: str, ranges: deque[tuple[int, int]], workers: int,
+                       min_side_pt: float) -> Iterator[PageRead]:
     """Pops each range from `ranges` once its pages are handed on, so the caller can finish what is left."""
-    # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        in_flight: deque = deque()
-        pending = iter(list(ranges))
-        for start, stop in pending:
-            in_flight.append(pool.submit(read_pages, path, start, stop, min_side_pt))
-            if len(in_flight) >= 2 * workers:
-                break
+    in_flight: deque[Future[list[PageRead]]] = deque()
+    pending = iter(list(ranges))
+    for start, stop in pending:
+        in_flight.append(pool.submit(read_pages, path, start, stop, min_side_pt))
+        if len(in_flight) >= 2 * workers:
+            break
+    try:
         while in_flight:
             pages = in_flight.popleft().result()
             ranges.popleft()
@@ -183,6 +263,9 @@ def _read_in_processes(path: str, ranges: deque, workers: int, min_side_pt: floa
             if next_range:
                 in_flight.append(pool.submit(read_pages, path, *next_range, min_side_pt))
             yield from pages
+    finally:  # left early (an error, a consumer that stopped): a shared pool must not keep reading this file
+        for future in in_flight:
+            future.cancel()
 
 
 def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:

@@ -31,9 +31,13 @@ from kb.errors import EngineError, EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
 from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
-from kb.types import Progress, ProgressFn, Request, Source, Unit, no_progress
+from kb.types import Chunk, Progress, ProgressFn, Request, Source, Unit, no_progress
 
 log = logging.getLogger(__name__)
+# Files read are written together, in one embedding call and one lexical-index commit (a commit costs 20-120 ms,
+# as much as indexing ~200 chunks): up to this many chunks or files per write, and before each engine batch.
+STORE_BATCH_CHUNKS = 1024
+STORE_BATCH_FILES = 64
 PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.OCR_IMAGE,
            ("caption", "image_caption"): prompts.CAPTION, ("caption", "pdf_figure"): prompts.CAPTION,
            ("video", "video_segment"): prompts.VIDEO_WINDOW}
@@ -116,6 +120,15 @@ class _Job:
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
     speech_checkpoint: Checkpoint | None = None  # the transcript's blocks (ingest/audio.py)
+
+
+@dataclass
+class _Write:
+    """A file ready for the store: its job (manifest row, checkpoints), chunks, and the result once written."""
+
+    job: _Job
+    chunks: list[Chunk]
+    result: FileResult
 
 
 def sha256_of(path: Path) -> str:
@@ -277,6 +290,7 @@ class Ingestor:
         self._video_seconds = [0.0, 0.0]  # read by the engine so far, known in all
         self._speech: SpeechEngine | None = None
         self._speech_down: EngineError | None = None  # why the speech engine cannot run, once known
+        self._writes: list[_Write] = []  # files read and chunked, not yet written (see _flush)
 
     @property
     def engine(self) -> Engine:
@@ -302,7 +316,10 @@ class Ingestor:
             job = self._plan(path, root, report, force)
             if job:
                 jobs.append(job)
-        self._process(jobs, report)
+        from ingest.pdf import reader_processes  # late: PyMuPDF is a heavy import
+
+        with reader_processes():  # started once for all long PDFs of the run, and ended with it
+            self._process(jobs, report)
         if prune:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
@@ -328,6 +345,8 @@ class Ingestor:
         source = Source(rel=to_stored(rel), abs=to_stored(str(path)), sha256=sha)
         known = self.store.manifest.get(source.abs)
         if known and known.sha256 == sha and known.status in ("ok", "empty") and not force:
+            # Stored: a checkpoint of it is left only by a run killed between the write and its cleanup.
+            Checkpoint(self.settings.home, sha, "", "").clear()
             report.results.append(FileResult(rel, "skipped", known.chunks))
             return None
         twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.abs), None)
@@ -388,6 +407,7 @@ class Ingestor:
         for start in range(0, len(pending), size):
             self._enrich(pending[start:start + size], report)
         self._finish_ready(open_jobs, report)
+        self._flush(report)
 
     # speech: a file's sound track, block by block, before its visual units queue for the engine -----------------
     def speech_engine(self) -> SpeechEngine:
@@ -484,6 +504,7 @@ class Ingestor:
 
     # enrich: one engine call for a batch of units from any number of files ------------------------------
     def _enrich(self, batch: list[tuple[_Job, Unit]], report: IngestReport) -> None:
+        self._flush(report)  # files read so far are written before the engine's (slow) batch: none waits on it
         ready: list[tuple[_Job, Unit, Request]] = []
         for job, unit in batch:
             try:
@@ -540,17 +561,24 @@ class Ingestor:
         unit.text = ""
         job.waiting -= 1
 
-    # store ----------------------------------------------------------------------------------------------
+    # store: files are written in groups (one embedding call, one lexical commit), each still its own commit ---
     def _finish_ready(self, jobs: list[_Job], report: IngestReport) -> list[_Job]:
         still_open = []
         for job in jobs:
             if job.waiting > 0:
                 still_open.append(job)
             else:
-                report.results.append(self._store(job))
+                prepared = self._prepare(job)
+                if isinstance(prepared, FileResult):
+                    report.results.append(prepared)
+                else:
+                    self._writes.append(prepared)
+        if sum(len(w.chunks) for w in self._writes) >= STORE_BATCH_CHUNKS or len(self._writes) >= STORE_BATCH_FILES:
+            self._flush(report)
         return still_open
 
-    def _store(self, job: _Job) -> FileResult:
+    def _prepare(self, job: _Job) -> _Write | FileResult:
+        """A read file's chunks and manifest row, ready to write; or its result when there is nothing to write."""
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
         if job.read.kind == "audio" and self._speech:  # an audio file is read by the speech engine alone
@@ -572,18 +600,42 @@ class Ingestor:
         record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
         record.engine, record.model, record.errors = engine, model, errors
         record.status, record.ingested_at = status, time.time()
-        self.progress(Progress("store", len(chunks), len(chunks), "chunks", job.name))
-        try:
-            self.store.replace_source(record, chunks)
-        except Exception as err:
-            log.exception("storing %s failed", job.source.rel)
-            return FileResult(job.name, "failed", errors=errors + [f"cannot store: {err}"], notes=notes)
-        for checkpoint in (job.checkpoint, job.speech_checkpoint):
-            if checkpoint:
-                checkpoint.clear()
+        job.read.units = []  # the chunks hold the text now; a long queue of written-to-be files keeps less
         shown = status if status != "ok" else job.status
         fix = NO_TEXT_FIX[kind] if status == "empty" else job.fix
-        return FileResult(job.name, shown, len(chunks), errors, notes, fix)
+        return _Write(job, chunks, FileResult(job.name, shown, len(chunks), errors, notes, fix))
+
+    def _flush(self, report: IngestReport) -> None:
+        """Write the files read so far: their chunks embedded together (sorted by length across files), then one
+        `Store.replace_sources`. If that fails, each file is written alone, so one bad file fails alone."""
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        for write in writes:
+            self.progress(Progress("store", len(write.chunks), len(write.chunks), "chunks", write.job.name))
+        try:
+            self._write(writes)
+        except Exception as err:
+            if len(writes) > 1:
+                for write in writes:
+                    self._writes = [write]
+                    self._flush(report)
+                return
+            log.exception("storing %s failed", writes[0].job.source.rel)
+            failed = writes[0].result
+            report.results.append(FileResult(failed.path, "failed", errors=[*failed.errors, f"cannot store: {err}"],
+                                             notes=failed.notes))
+            return
+        for write in writes:
+            for checkpoint in (write.job.checkpoint, write.job.speech_checkpoint):
+                if checkpoint:
+                    checkpoint.clear()
+            report.results.append(write.result)
+
+    def _write(self, writes: list[_Write]) -> None:
+        texts = [c.text for w in writes for c in w.chunks]
+        vectors = iter(self.store.embedder.embed_documents(texts) if texts else [])
+        self.store.replace_sources([(w.job.record, w.chunks, [next(vectors) for _ in w.chunks]) for w in writes])
 
     @staticmethod
     def _blank_pages(job: _Job) -> list[str]:

@@ -3,15 +3,23 @@ reading order, long files read by several processes with the pages still in orde
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pymupdf
+import pytest
 
 from ingest import pdf
 from ingest.pdf import page_markdown, read_pages, read_pdf
 from ingest.pdf_tables import table_signals
 from kb.types import Source
 from tests.conftest import write_pdf
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PROSE = ("Seekframe reads the text layer of each page and keeps every paragraph with the page it came from. "
          "Nothing on this page is laid out in rows and columns; it is ordinary running text. ")
@@ -77,6 +85,30 @@ def test_a_long_file_read_in_processes_gives_the_pages_in_order(tmp_path, monkey
     assert all(f"Page marker {u.page}." in u.text for u in units)
 
 
+def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, monkeypatch):
+    """Reader processes start once per ingest run, not once per long file, and are gone after it."""
+    from ingest.pipeline import Ingestor
+
+    library = tmp_path / "library"
+    library.mkdir()
+    for name in ("a", "b"):
+        write_pdf(library / f"{name}.pdf", [f"{name} page {n}. " + PROSE for n in range(1, 31)])
+    monkeypatch.setattr(pdf, "PAGES_PER_TASK", 4)
+    monkeypatch.setattr(pdf, "_read_workers", lambda: 2)
+    started = []
+    real = pdf._reader_pool
+    monkeypatch.setattr(pdf, "_reader_pool", lambda workers: started.append(real(workers)) or started[-1])
+    store = open_kb()
+    report = Ingestor(store.settings, store).run([library])
+    assert [(r.path, r.status) for r in report.results] == [("a.pdf", "added"), ("b.pdf", "added")]
+    assert len(started) == 1
+    assert started[0]._shutdown_thread  # shut down when the run ended
+    for record in store.manifest.all():  # every page, in order, under its own number
+        chunks, _ = store.chunks_of(record.path)
+        assert [c.page for c in chunks] == list(range(1, 31))
+        assert all(f"{record.rel[0]} page {c.page}." in c.text for c in chunks)
+
+
 def test_a_short_file_is_read_in_process(tmp_path, monkeypatch, make_settings):
     """Short files never start reader processes (their start-up would cost more than the reading)."""
     path = tmp_path / "short.pdf"
@@ -88,20 +120,100 @@ def test_a_short_file_is_read_in_process(tmp_path, monkeypatch, make_settings):
     assert [u.page for u in read_pdf(path, _source(path), make_settings()).units] == [1, 2, 3]
 
 
-def test_each_born_digital_file_is_stored_before_the_next_is_read(open_kb, tmp_path):
-    """Nothing waits for the engine, so nothing piles up in memory: a crash keeps the files already read."""
+def test_born_digital_files_are_written_together_in_bounded_groups(open_kb, tmp_path, monkeypatch):
+    """Files that need no engine are written several at a time (one embedding call, one index commit), at most
+    STORE_BATCH_FILES per write, so memory stays bounded and a crash loses at most one group's reading."""
+    from ingest import pipeline
+
+    library = tmp_path / "library"
+    library.mkdir()
+    for name in "abcde":
+        write_pdf(library / f"{name}.pdf", [f"{name} first page. " + PROSE, f"{name} second page. " + PROSE])
+    store = open_kb()
+    writes: list[list[str]] = []
+    real = store.replace_sources
+    monkeypatch.setattr(store, "replace_sources", lambda items: (writes.append([r.rel for r, _, _ in items]),
+                                                                 real(items))[1])
+    monkeypatch.setattr(pipeline, "STORE_BATCH_FILES", 2)
+    report = pipeline.Ingestor(store.settings, store).run([library])
+    assert writes == [["a.pdf", "b.pdf"], ["c.pdf", "d.pdf"], ["e.pdf"]]
+    assert [(r.path, r.status) for r in report.results] == [(f"{n}.pdf", "added") for n in "abcde"]
+    assert {r.rel: r.chunks for r in store.manifest.all()} == {f"{n}.pdf": 2 for n in "abcde"}
+    hit = store.query(store.embedder.embed_query("c second page"), k=1)[0]
+    assert (hit.source, hit.page) == ("c.pdf", 2)
+
+
+def test_a_file_the_store_refuses_fails_alone(open_kb, tmp_path, monkeypatch):
     from ingest.pipeline import Ingestor
 
     library = tmp_path / "library"
     library.mkdir()
-    for name in ("a.pdf", "b.pdf", "c.pdf"):
-        write_pdf(library / name, [f"{name} " + PROSE])
+    for name in "abc":
+        write_pdf(library / f"{name}.pdf", [f"{name} " + PROSE])
     store = open_kb()
-    stored_when_read: dict[str, set[str]] = {}
+    real = store.replace_sources
 
-    def progress(event) -> None:
-        if event.stage == "read":
-            stored_when_read[event.detail] = {r.rel for r in store.manifest.all()}
+    def refuse_b(items):
+        if any(r.rel == "b.pdf" for r, _, _ in items):
+            raise OSError("disk full while writing b.pdf")
+        return real(items)
 
-    Ingestor(store.settings, store, progress=progress).run([library])
-    assert stored_when_read == {"a.pdf": set(), "b.pdf": {"a.pdf"}, "c.pdf": {"a.pdf", "b.pdf"}}
+    monkeypatch.setattr(store, "replace_sources", refuse_b)
+    report = Ingestor(store.settings, store).run([library])
+    assert {r.path: r.status for r in report.results} == {"a.pdf": "added", "b.pdf": "failed", "c.pdf": "added"}
+    assert "cannot store: disk full" in report.failed[0].errors[-1]
+    assert {r.rel for r in store.manifest.all()} == {"a.pdf", "c.pdf"}
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Process id -> generation (1: a child) of every process under `pid`."""
+    children: dict[int, set[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while listed
+            continue
+        children.setdefault(int(fields[1]), set()).add(int(stat.parent.name))
+    found: dict[int, int] = {}
+    todo = [(pid, 0)]
+    while todo:
+        parent, generation = todo.pop()
+        for child in children.get(parent, set()) - set(found):
+            found[child] = generation + 1
+            todo.append((child, generation + 1))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie has ended; only its parent's reaping is left
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_ingest_leaves_no_reader_process_behind(tmp_path, make_settings):
+    """kill -9 of `python -m ingest` while reader processes read a long PDF: none of them keeps running."""
+    path = tmp_path / "long.pdf"
+    write_pdf(path, [f"Page {n}. " + PROSE * 4 for n in range(1, 1201)])
+    settings = make_settings()
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", str(path), "--home", str(settings.home), "--engine",
+                             "ocr", "--embed-model", settings.embed_model], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240  # a hang guard, not a timing assert
+        family = _descendants(proc.pid)
+        while not any(generation == 2 for generation in family.values()):  # readers, under the fork server
+            assert proc.poll() is None, "ingest ended before its reader processes were seen"
+            assert time.monotonic() < deadline, "no reader processes were started"
+            time.sleep(0.05)
+            family = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_running(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in family if _running(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
