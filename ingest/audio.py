@@ -8,14 +8,13 @@ end, so a word is rarely cut in two; blocks are the unit of the pipeline's check
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import av
 import numpy as np
 
-from ingest.read import ReadResult
+from ingest.read_result import AudioTrack, ReadResult
 from kb.config import Settings
 from kb.engines.asr import SAMPLE_RATE, Word
 from kb.errors import InputError
@@ -28,14 +27,6 @@ CUT_SEARCH_SECONDS = 5.0  # a block ends at the quietest 100 ms of its last seco
 # passage is PASSAGE_MIN long, at any silence of LONG_PAUSE, always by PASSAGE_MAX, like a video's windows.
 PASSAGE_MIN, PASSAGE_MAX, PAUSE, LONG_PAUSE = 10.0, 30.0, 1.0, 4.0
 DAMAGED_FIX = "the file may be damaged: play it, or convert it again (ffmpeg -i in -c:a flac out.flac)"
-
-
-@dataclass
-class AudioTrack:
-    """A file's first audio stream, found when the file was read; decoded only when it is transcribed."""
-
-    path: Path
-    duration: float
 
 
 def probe(path: Path, label: str) -> AudioTrack | None:

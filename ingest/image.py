@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ingest.png_strips import decode_reduced, streamable
-from ingest.read import ReadResult
+from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
 from kb.imaging import keep_size, shrink, to_rgb

@@ -19,7 +19,7 @@ import pymupdf
 from PIL import Image
 
 from ingest.pdf_tables import find_tables, reading_order
-from ingest.read import ReadResult
+from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
 from kb.types import Source, Unit

@@ -21,7 +21,8 @@ from typing import Iterable, Sequence
 from ingest.audio import blocks, lay_on_windows, speech_units
 from ingest.checkpoint import Checkpoint, unit_key
 from ingest.chunk import chunk_id, make_chunks
-from ingest.read import ReadResult, read_file, supported_extensions
+from ingest.read import read_file, supported_extensions
+from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
 from kb.engines import Engine, batch_size_for, load_engine
@@ -105,7 +106,7 @@ class IngestReport:
 class _Job:
     """A file being read: its units wait for the engine, then it is chunked and stored."""
 
-    source: Source  # rel and abs in the stored form (kb/paths.py)
+    source: Source  # rel and path in the stored form (kb/paths.py)
     name: str  # rel as the filesystem has it: results and progress events are named by it
     record: SourceRecord
     read: ReadResult
@@ -325,16 +326,16 @@ class Ingestor:
                                                                     f"{err.strerror or err}"],
                                              fix="check the file's permissions (ls -l, chmod)"))
             return None
-        source = Source(rel=to_stored(rel), abs=to_stored(str(path)), sha256=sha)
-        known = self.store.manifest.get(source.abs)
+        source = Source(rel=to_stored(rel), path=to_stored(str(path)), sha256=sha)
+        known = self.store.manifest.get(source.path)
         if known and known.sha256 == sha and known.status in ("ok", "empty") and not force:
             report.results.append(FileResult(rel, "skipped", known.chunks))
             return None
-        twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.abs), None)
+        twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.path), None)
         if twin and not force:
             report.results.append(self._copy(twin, source, rel, path))
             return None
-        record = SourceRecord(path=source.abs, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
+        record = SourceRecord(path=source.path, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
                               status="ok", chunks=0, engine="", model="")
         return _Job(source, rel, record, ReadResult(kind=""), status="updated" if known else "added")
 
@@ -342,8 +343,8 @@ class Ingestor:
         """Same content under a new path: reuse the twin's text and vectors; a rename removes the old path."""
         chunks, vectors = self.store.chunks_of(twin.path, with_embeddings=True)
         for n, c in enumerate(chunks):
-            c.id, c.source, c.source_abs, c.position = chunk_id(source.abs, source.sha256, n), source.rel, source.abs, n
-        record = SourceRecord(**{**twin.to_json(), "path": source.abs, "rel": source.rel, "size": path.stat().st_size,
+            c.id, c.rel, c.path, c.position = chunk_id(source.path, source.sha256, n), source.rel, source.path, n
+        record = SourceRecord(**{**twin.to_json(), "path": source.path, "rel": source.rel, "size": path.stat().st_size,
                                  "ingested_at": time.time()})
         self.store.replace_source(record, chunks, vectors)
         renamed = not os.path.lexists(fs_path(twin.path))
@@ -357,7 +358,7 @@ class Ingestor:
         for n, job in enumerate(jobs, 1):
             self.progress(Progress("read", n, len(jobs), "files", job.name))
             try:
-                job.read = read_file(fs_path(job.source.abs), job.source, self.settings)
+                job.read = read_file(fs_path(job.source.path), job.source, self.settings)
                 left_out = self._transcribe(job)
             except SeekframeError as err:
                 report.results.append(FileResult(job.name, "failed", errors=[str(err)], fix=err.fix))

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from ingest.audio import probe
-from ingest.read import ReadResult
+from ingest.read_result import ReadResult
 from ingest.video_sampling import (
     DAMAGED_FIX,
     DEFAULT_PARAMS,
