@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.engine_gpu import RowStop
 from kb.config import VISUAL_TOKEN_PIXELS
 from kb.engines import Engine, cuda_available
 from kb.engines.guard import repeating_tail
-from kb.engines.transformers_qwen import RowStop, TransformersEngine
+from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import ConfigError, EngineError
 from kb.types import Request, VideoClip
 
@@ -201,13 +202,13 @@ def test_streams_from_any_thread_generate_on_one_thread(engine):
     import threading
 
     used = set()
-    generate = engine._net.generate
+    forward = engine._net.forward
 
     def recording(*args, **kwargs):
         used.add(threading.get_ident())
-        return generate(*args, **kwargs)
+        return forward(*args, **kwargs)
 
-    engine._net.generate = recording
+    engine._net.forward = recording
     assert engine.warm_up() > 0
     request = Request(task="answer", prompt="Question?", max_new_tokens=6)
     texts = []

@@ -1,0 +1,202 @@
+"""A preallocated KV cache ("slab") for Qwen3-VL's language model, and a decode step over it that can be captured
+as a CUDA graph.
+
+Why: transformers' forward is launch-bound when decoding (about 1 000 small kernels per step, 50-60 ms a step on
+an H200 whatever the batch), and its static cache compiles per batch shape and cannot take rows that join
+mid-decode. Here every row of the slab holds its own tokens at columns [0, length of the row); a step writes each
+row's new key/value at that row's own length, so rows that finished are refilled in place (continuous batching)
+without reshaping anything, and the step has fixed shapes: on a GPU it is recorded once per attention width
+(a multiple of WIDTH_STEP) and replayed, with no host sync inside. On a CPU the same step runs eagerly.
+
+Decoding only: the prompt (images, video, multimodal RoPE) goes through the model's own forward, and its cache is
+copied into the slab. Generated tokens are text, whose three RoPE positions are equal, so plain RoPE is exact.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# Attention reads the first `width` columns of every row, width a multiple of this: a few recorded steps cover all
+# lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
+WIDTH_STEP = 256
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class KvSlab:
+    """`rows` rows of keys and values for every layer, `length` columns each, plus the decode state of each row:
+    the token to feed next, its RoPE position, the row's length (its next free column) and tokens generated.
+
+    Greedy picks honour `banned` (tokens never generated) and `eos` before `min_new` tokens.
+    """
+
+    def __init__(self, net: Any, rows: int, length: int, *, banned: torch.Tensor | None, eos: list[int],
+                 min_new: int, graphs: bool) -> None:
+        text = net.config.text_config
+        self.lm = net.model.language_model
+        self.lm_head = net.lm_head
+        self.rows = rows
+        self.length = _round_up(length, WIDTH_STEP)
+        self.kv_heads = text.num_key_value_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        device, dtype = net.lm_head.weight.device, net.lm_head.weight.dtype
+        self.device, self.dtype = device, dtype
+        shape = (rows, self.kv_heads, self.length, self.head_dim)
+        # Zeros, not empty: masked columns still meet the values (0 x NaN would poison a row).
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.lm.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.lm.layers]
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.pos = torch.zeros(rows, dtype=torch.long, device=device)
+        self.lens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.count = torch.zeros(rows, dtype=torch.long, device=device)
+        self.row_index = torch.arange(rows, device=device)
+        self.columns = torch.arange(self.length, device=device)
+        vocab = net.lm_head.weight.shape[0]
+        self.banned = banned
+        self.eos_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+        if eos:
+            self.eos_mask[torch.tensor(eos, device=device)] = True
+        self.min_new = min_new
+        self.rules: tuple[Any, ...] = ()  # what the owner made it for (rows, stopping rules): remade when they change
+        self.graphs_on = graphs and device.type == "cuda"
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (rows stepped, width)
+        self._pool: Any = None
+        self._logits: dict[tuple[int, int], torch.Tensor] = {}  # each recorded step's logits buffer
+        self.logits: torch.Tensor | None = None  # the last step's logits (rows, vocab), for sampling
+
+    @property
+    def bytes(self) -> int:
+        return 2 * len(self.keys) * self.keys[0].numel() * self.keys[0].element_size()
+
+    def fits(self, columns: int) -> bool:
+        return columns <= self.length
+
+    # ---- rows in and out ----------------------------------------------------------------------------------------
+    def load(self, slots: list[int], cache: Any, widths: list[int], first: torch.Tensor, next_pos: torch.Tensor
+             ) -> None:
+        """Copy a prefilled group into `slots`: each row's last `width` cache columns (the group is left-padded)
+        go to columns [0, width); the row then feeds `first` at RoPE position `next_pos`."""
+        for n, layer in enumerate(cache.layers):
+            group_width = layer.keys.shape[2]
+            for row, (slot, width) in enumerate(zip(slots, widths)):
+                self.keys[n][slot, :, :width] = layer.keys[row, :, group_width - width:]
+                self.values[n][slot, :, :width] = layer.values[row, :, group_width - width:]
+        index = torch.tensor(slots, device=self.device)
+        self.tokens[index] = first
+        self.pos[index] = next_pos
+        self.lens[index] = torch.tensor(widths, device=self.device)
+        self.count[index] = 1
+
+    def move(self, source: int, target: int, width: int) -> None:
+        """Move a row's first `width` columns and its state to another slot (compacting the rows before the tail
+        of a run, so fewer rows are stepped)."""
+        for keys, values in zip(self.keys, self.values):
+            keys[target, :, :width] = keys[source, :, :width]
+            values[target, :, :width] = values[source, :, :width]
+        for state in (self.tokens, self.pos, self.lens, self.count):
+            state[target] = state[source]
+
+    # ---- the step -----------------------------------------------------------------------------------------------
+    def step(self, width: int, rows: int = 0) -> torch.Tensor:
+        """One decode step of the first `rows` rows (all when 0) over the first `width` columns (a multiple of
+        WIDTH_STEP, at least the longest live row + 1); returns the picked tokens of all rows (also kept as the next
+        input). Replays the recorded step on a GPU, recording it the first time this shape is used."""
+        rows = rows or self.rows
+        if not self.graphs_on:
+            self._forward(width, rows)
+            return self.tokens
+        graph = self._graphs.get((rows, width))
+        if graph is None:
+            graph = self._record(width, rows)
+        graph.replay()
+        self.logits = self._logits[(rows, width)]
+        return self.tokens
+
+    def _record(self, width: int, rows: int) -> torch.cuda.CUDAGraph:
+        # Warm-up runs change the state; it is put back before recording (recording itself computes nothing).
+        saved = [t.clone() for t in (self.tokens, self.pos, self.lens, self.count)]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(width, rows)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for tensor, value in zip((self.tokens, self.pos, self.lens, self.count), saved):
+            tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._forward(width, rows)
+        assert self.logits is not None
+        self._graphs[(rows, width)], self._logits[(rows, width)] = graph, self.logits
+        return graph
+
+    def record_all(self, up_to: int, rows: int = 0) -> int:
+        """Record the step of the first `rows` rows (all when 0) for every width up to `up_to` columns ahead of
+        use (the app's warm-up); steps recorded in all."""
+        if not self.graphs_on:
+            return 0
+        rows = rows or self.rows
+        for width in range(WIDTH_STEP, min(up_to, self.length) + 1, WIDTH_STEP):
+            if (rows, width) not in self._graphs:
+                self._record(width, rows)
+        return len(self._graphs)
+
+    def _forward(self, width: int, rows: int) -> None:
+        lm = self.lm
+        tokens, pos, lens, count = (t[:rows] for t in (self.tokens, self.pos, self.lens, self.count))
+        hidden = lm.embed_tokens(tokens)[:, None]  # (rows, 1, hidden)
+        cos, sin = lm.rotary_emb(hidden, pos.view(1, rows, 1).expand(3, rows, 1))
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim): broadcast over heads
+        write = lens.clamp(max=self.length - 1)  # finished rows keep stepping until refilled: stay inside
+        hidden_mask = self.columns[:width][None] > write[:, None]  # (rows, width): columns a row must not see
+        bias = torch.zeros(rows, 1, 1, width, dtype=torch.float32, device=self.device)
+        bias = bias.masked_fill(hidden_mask[:, None, None], float("-inf"))
+        for n, layer in enumerate(lm.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            query = attn.q_norm(attn.q_proj(x).view(rows, 1, -1, self.head_dim)).transpose(1, 2)
+            key = attn.k_norm(attn.k_proj(x).view(rows, 1, -1, self.head_dim)).transpose(1, 2)
+            value = attn.v_proj(x).view(rows, 1, -1, self.head_dim).transpose(1, 2)
+            query = query * cos + rotate_half(query) * sin
+            key = key * cos + rotate_half(key) * sin
+            keys, values = self.keys[n][:rows], self.values[n][:rows]
+            keys[self.row_index[:rows], :, write] = key[:, :, 0]
+            values[self.row_index[:rows], :, write] = value[:, :, 0]
+            out = self._attend(query, keys[:, :, :width], values[:, :, :width], bias, attn.scaling)
+            hidden = hidden + attn.o_proj(out)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        logits = self.lm_head(lm.norm(hidden)[:, 0])
+        self.logits = logits
+        if self.banned is not None:
+            logits = logits.masked_fill(self.banned[None], float("-inf"))
+        if self.min_new:
+            logits = logits.masked_fill((count < self.min_new)[:, None] & self.eos_mask[None], float("-inf"))
+        tokens.copy_(logits.argmax(-1))
+        pos.add_(1)
+        lens.add_(1)
+        count.add_(1)
+
+    def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        """One query token per row against the row's cache, query heads grouped per key/value head, so the cache
+        is read once (torch's fused kernels take a mask or grouped heads, not both)."""
+        rows, heads, _, dim = query.shape
+        groups = heads // self.kv_heads
+        scores = torch.matmul(query.view(rows, self.kv_heads, groups, dim), keys.transpose(-1, -2)).float() * scale
+        weights = (scores + bias).softmax(-1).to(values.dtype)
+        return torch.matmul(weights, values).reshape(rows, 1, heads * dim)
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def width_for(columns: int, length: int) -> int:
+    """The recorded width that covers `columns` columns."""
+    return min(_round_up(max(1, columns), WIDTH_STEP), length)
