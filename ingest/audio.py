@@ -125,10 +125,11 @@ def speech_units(source: Source, words: list[Word], language: str) -> list[Unit]
 
 def lay_on_windows(units: list[Unit], words: list[Word], language: str) -> None:
     """Give each video window the words said during it (by a word's middle), to be stored with what it shows."""
-    windows = sorted((u for u in units if u.t_start is not None), key=lambda u: u.t_start)
-    if not windows or not words:
+    timed = sorted(((u.t_start, u) for u in units if u.t_start is not None), key=lambda pair: pair[0])
+    if not timed or not words:
         return
-    starts = [u.t_start for u in windows]
+    starts = [start for start, _ in timed]
+    windows = [unit for _, unit in timed]
     said: dict[int, list[Word]] = {id(u): [] for u in windows}
     for word in words:
         # the last window that starts at or before the word's middle; words before the first window go to it
