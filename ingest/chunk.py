@@ -133,7 +133,7 @@ def make_chunks(units: Iterable[Unit], engine: str, model: str, max_chars: int) 
             piece = with_context(context, piece)
             src = unit.source
             chunks.append(Chunk(
-                id=chunk_id(src.abs, src.sha256, len(chunks)), text=piece, source=src.rel, source_abs=src.abs,
+                id=chunk_id(src.path, src.sha256, len(chunks)), text=piece, rel=src.rel, path=src.path,
                 sha256=src.sha256, modality=unit.modality, page=unit.page, t_start=unit.t_start, t_end=unit.t_end,
                 keyframe=unit.keyframe, engine=engine if unit.task else "none", model=model if unit.task else "",
                 position=len(chunks), language=unit.language or None))

@@ -71,7 +71,7 @@ def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
     explicitly, that one is used, so an old knowledge base keeps working. A default that cannot be
     fetched falls back to the bundled model, loudly (the offline profile).
     """
-    explicit = "embed_model" in settings.sources
+    explicit = "embed_model" in settings.origins
     name = settings.embed_model if (explicit or not recorded) else recorded
     embedder = Embedder(name, settings.device)
     try:

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kb.errors import NotFound
 from kb.paths import display, from_stored, to_stored
@@ -66,7 +67,7 @@ class SourceRecord:
     ingested_at: float = field(default_factory=time.time)
     errors: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -102,10 +103,10 @@ class NameQuery:
         rel = stored.removeprefix("./")  # "./sub/a.pdf" as a shell completes it; nothing else is folded
         return cls(rel, tuple(sorted(to_stored(p) for p in paths)), base)
 
-    def sql(self) -> tuple[str, list]:
+    def sql(self) -> tuple[str, list[object]]:
         marks = ", ".join("?" for _ in self.paths)
         condition = f"path IN ({marks}) OR rel = ?"
-        args: list = [*self.paths, self.name]
+        args: list[object] = [*self.paths, self.name]
         if self.base:
             condition += " OR substr(path, -?) = ?"  # the last path segment, compared with `=` (case-sensitive)
             args += [len(self.base) + 1, "/" + self.base]

@@ -1,6 +1,6 @@
 """Extractive answers (the ocr engine): the quoted sentence is the informative one, cited by its number."""
 from kb.answer import best_sentence, extractive_answer
-from kb.types import Hit
+from kb.types import Chunk, Hit
 
 OCR_TEXT = ("The LinnSequencer\n32 Track MIDI Sequence Recorder\n\nThe LinnSequencer is a state-of-the-art\n"
             "composition and performance tool for the professional musician. It is extremely powerful.")
@@ -12,8 +12,10 @@ def test_the_quote_is_a_whole_sentence_not_a_heading_or_a_broken_line():
 
 
 def test_quotes_follow_relevance_but_cite_the_source_numbers():
-    first = Hit(id="a", text="Returns are free within 30 days.", score=0.2, source="a.md", position=0)
-    second = Hit(id="b", text="The warranty lasts 24 months from purchase.", score=0.9, source="a.md", position=1)
+    first = Hit(Chunk(id="a", text="Returns are free within 30 days.", rel="a.md", path="/a.md", sha256="s",
+                      modality="text", position=0), 0.2)
+    second = Hit(Chunk(id="b", text="The warranty lasts 24 months from purchase.", rel="a.md", path="/a.md",
+                       sha256="s", modality="text", position=1), 0.9)
     text = extractive_answer("How long is the warranty?", sources=[first, second], ranked=[second, first])
     quotes = [line for line in text.splitlines() if line.startswith(">")]
     assert quotes[0] == "> The warranty lasts 24 months from purchase. [2]"

@@ -52,6 +52,8 @@ class OCREngine:
     device = "cpu"
     can_caption = False
     generative = False
+    slots = 0
+    server_batched = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
