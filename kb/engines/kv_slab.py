@@ -119,7 +119,7 @@ class KvSlab:
     def _record(self, width: int, rows: int) -> torch.cuda.CUDAGraph:
         # Warm-up runs change the state; it is put back before recording (recording itself computes nothing).
         saved = [t.clone() for t in (self.tokens, self.pos, self.lens, self.count)]
-        side = torch.cuda.Stream(self.device)
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
@@ -154,24 +154,29 @@ class KvSlab:
         cos, sin = lm.rotary_emb(hidden, pos.view(1, rows, 1).expand(3, rows, 1))
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim): broadcast over heads
         write = lens.clamp(max=self.length - 1)  # finished rows keep stepping until refilled: stay inside
-        hidden_mask = self.columns[:width][None] > write[:, None]  # (rows, width): columns a row must not see
-        bias = torch.zeros(rows, 1, 1, width, dtype=torch.float32, device=self.device)
-        bias = bias.masked_fill(hidden_mask[:, None, None], float("-inf"))
+        visible = (self.columns[:width][None] <= write[:, None])[:, None, None]  # (rows, 1, 1, width)
         for n, layer in enumerate(lm.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            query = attn.q_norm(attn.q_proj(x).view(rows, 1, -1, self.head_dim)).transpose(1, 2)
-            key = attn.k_norm(attn.k_proj(x).view(rows, 1, -1, self.head_dim)).transpose(1, 2)
-            value = attn.v_proj(x).view(rows, 1, -1, self.head_dim).transpose(1, 2)
-            query = query * cos + rotate_half(query) * sin
-            key = key * cos + rotate_half(key) * sin
+            x = _rms_norm(layer.input_layernorm, hidden)
+            query = _rms_norm(attn.q_norm, attn.q_proj(x).view(rows, -1, self.head_dim))
+            key = _rms_norm(attn.k_norm, attn.k_proj(x).view(rows, -1, self.head_dim))
+            value = attn.v_proj(x).view(rows, -1, self.head_dim)
+            heads = query.shape[1]
+            # Queries and keys turn together: one set of kernels for both.
+            turned = torch.cat((query, key), dim=1)
+            turned = turned * cos[:, 0] + rotate_half(turned) * sin[:, 0]
+            query, key = turned[:, :heads], turned[:, heads:]
             keys, values = self.keys[n][:rows], self.values[n][:rows]
-            keys[self.row_index[:rows], :, write] = key[:, :, 0]
-            values[self.row_index[:rows], :, write] = value[:, :, 0]
-            out = self._attend(query, keys[:, :, :width], values[:, :, :width], bias, attn.scaling)
-            hidden = hidden + attn.o_proj(out)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        logits = self.lm_head(lm.norm(hidden)[:, 0])
+            keys[self.row_index[:rows], :, write] = key
+            values[self.row_index[:rows], :, write] = value
+            # One query token per row, its query heads grouped per key/value head as the "query length": the fused
+            # attention reads the cache once and takes the mask (torch's kernels take a mask or grouped heads).
+            grouped = query.view(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                grouped, keys[:, :, :width], values[:, :, :width], attn_mask=visible, scale=attn.scaling)
+            hidden = hidden + attn.o_proj(out.reshape(rows, 1, heads * self.head_dim))
+            hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
+        logits = self.lm_head(_rms_norm(lm.norm, hidden)[:, 0])
         self.logits = logits
         if self.banned is not None:
             logits = logits.masked_fill(self.banned[None], float("-inf"))
@@ -182,15 +187,12 @@ class KvSlab:
         lens.add_(1)
         count.add_(1)
 
-    def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                scale: float) -> torch.Tensor:
-        """One query token per row against the row's cache, query heads grouped per key/value head, so the cache
-        is read once (torch's fused kernels take a mask or grouped heads, not both)."""
-        rows, heads, _, dim = query.shape
-        groups = heads // self.kv_heads
-        scores = torch.matmul(query.view(rows, self.kv_heads, groups, dim), keys.transpose(-1, -2)).float() * scale
-        weights = (scores + bias).softmax(-1).to(values.dtype)
-        return torch.matmul(weights, values).reshape(rows, 1, heads * dim)
+
+def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm as torch's fused kernel (its eager form is about eight kernels), computed in float32
+    like the model's own and cast back before the weight, as it does."""
+    normed = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+    return torch.mul(norm.weight, normed)
 
 
 def _round_up(value: int, step: int) -> int:

@@ -10,6 +10,7 @@ stamps.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from kb.errors import ConfigError, EngineError
 from kb.hub import hub_reachable
 from kb.types import Request, VideoClip
 
+log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # nf4 quantizes the language model only: the vision tower and the output head stay in bf16 (they are small and
 # lose the most accuracy when quantized). Names are module-path fragments of Qwen3VLForConditionalGeneration.
@@ -69,7 +71,7 @@ def device_label(device: str) -> str:
     return device
 
 
-def nf4_config(device: str):
+def nf4_config(device: str) -> Any:
     """BitsAndBytes 4-bit settings, or a ConfigError saying what is missing."""
     if not device.startswith("cuda"):
         raise ConfigError("quant 'nf4' needs a CUDA GPU (bitsandbytes 4-bit runs on GPU only)",
@@ -79,7 +81,8 @@ def nf4_config(device: str):
                           "pip install bitsandbytes, or set KB_QUANT=none")
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                               llm_int8_skip_modules=NF4_SKIP_MODULES)
 
 
@@ -98,14 +101,14 @@ def load_error(model: str, err: Exception) -> EngineError:
                        f"to a local folder with the model; {fallback}")
 
 
-def build_messages(request: Request) -> list[dict]:
+def build_messages(request: Request) -> list[dict[str, Any]]:
     """Chat messages: system, prior turns, then the user turn with its images, video and prompt."""
     messages = []
     if request.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
     for role, text in request.history:
         messages.append({"role": role, "content": [{"type": "text", "text": text}]})
-    content: list[dict] = [{"type": "image"} for _ in request.images]
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
     if request.video is not None:
         content.append({"type": "video"})
     content.append({"type": "text", "text": request.prompt})
@@ -153,8 +156,10 @@ class TransformersEngine:
         self.last_stats: DecodeStats | None = None
         self._slabs: dict[str, KvSlab] = {}  # "bulk" and "answer" caches, kept with their recorded steps
         self._first_logits: torch.Tensor | None = None  # the last prefill's logits (answers sample from them)
+        if self._device.startswith("cuda"):  # the first question must not wait for the answer path to be recorded
+            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
 
-    def _load(self, dtype: torch.dtype, quant):
+    def _load(self, dtype: torch.dtype, quant: Any) -> tuple[Any, Any]:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
         kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
@@ -166,8 +171,10 @@ class TransformersEngine:
         # so an offline machine fails in seconds instead of after minutes of retries.
         local_only = Path(self.model).exists() or not hub_reachable()
         try:
-            model = Qwen3VLForConditionalGeneration.from_pretrained(self.model, local_files_only=local_only, **kwargs)
-            processor = AutoProcessor.from_pretrained(self.model, local_files_only=local_only)
+            model: Any = Qwen3VLForConditionalGeneration.from_pretrained(
+                self.model, local_files_only=local_only, **kwargs)  # type: ignore[arg-type]
+            processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                self.model, local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise load_error(self.model, err) from err
         return model.eval(), processor
@@ -178,19 +185,19 @@ class TransformersEngine:
         # only the pad into "<t seconds><vision_start>…<vision_end>" per frame pair, nesting the markers. The model
         # was trained on the flat layout (Qwen's processor replaced the whole wrapper): leave just the pad.
         p = self.processor
-        return text.replace(p.vision_start_token + p.video_token + p.vision_end_token, p.video_token)
+        return str(text).replace(p.vision_start_token + p.video_token + p.vision_end_token, p.video_token)
 
-    def build_inputs(self, requests: Sequence[Request]):
+    def build_inputs(self, requests: Sequence[Request]) -> Any:
         """Processor output for a batch (left-padded tensors on the model's device), with every key generate needs."""
         return self.cpu_inputs(requests).to(self._net.device)
 
-    def cpu_inputs(self, requests: Sequence[Request]):
+    def cpu_inputs(self, requests: Sequence[Request]) -> Any:
         """Processor output for a batch, left-padded, still on the CPU (built on a worker thread while decoding)."""
         texts = [self._chat_text(r) for r in requests]
         images = [img.convert("RGB") for r in requests for img in r.images]
         clips = [even_clip(r.video) for r in requests if r.video is not None]
         s = self.settings
-        kwargs: dict = {"images_kwargs": {"size": {"shortest_edge": s.image_min_pixels,
+        kwargs: dict[str, Any] = {"images_kwargs": {"size": {"shortest_edge": s.image_min_pixels,
                                                    "longest_edge": s.image_max_pixels}}}
         if clips:
             from transformers.video_utils import VideoMetadata
@@ -318,15 +325,18 @@ class TransformersEngine:
 
     def warm_up(self) -> float:
         """Generate a short answer once, so the first user does not wait for it, and on a GPU record the answer
-        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes). Seconds."""
+        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes). Seconds.
+        A GPU engine starts this by itself when it is loaded (the app loads it at start)."""
         started = time.perf_counter()
-        for _ in self.stream(Request(task="answer", prompt="Say hello.", max_new_tokens=8)):
-            pass
-        self._stream_thread.submit(self._record_answer_steps).result()
+        self._stream_thread.submit(self._warm_answers).result()
         return time.perf_counter() - started
 
-    def _record_answer_steps(self) -> None:
+    def _warm_answers(self) -> None:
+        """On the stream thread, which runs every answer."""
         with self._lock, torch.inference_mode():
+            for _ in self._answer_tokens(Request(task="answer", prompt="Say hello.", max_new_tokens=8),
+                                         threading.Event()):
+                pass
             self._slab("answer", 1, ANSWER_COLUMNS).record_all(ANSWER_COLUMNS)
 
     def stream(self, request: Request) -> Iterator[str]:
@@ -339,11 +349,11 @@ class TransformersEngine:
             try:
                 with self._lock, torch.inference_mode():
                     for token in self._answer_tokens(request, cancelled):
-                        streamer.put(torch.tensor([token]))
+                        streamer.put(torch.tensor([token]))  # type: ignore[no-untyped-call]
             except Exception as err:  # noqa: BLE001 - any failure is re-raised in the caller's thread below
                 errors.append(err)
             finally:
-                streamer.end()
+                streamer.end()  # type: ignore[no-untyped-call]
 
         worker = self._stream_thread.submit(run)
         try:
@@ -388,6 +398,11 @@ class TransformersEngine:
         token = torch.multinomial(probs, 1)[:, 0]
         slab.tokens.copy_(token)
         return int(token.item())
+
+
+def _log_failed_warm_up(done: Future[None]) -> None:
+    if done.exception() is not None:
+        log.warning("warming up the answer path failed (the first answer will try again): %s", done.exception())
 
 
 @dataclass
@@ -527,9 +542,9 @@ class _Refill:
             row.width += steps
         self.stats.steps += steps
         self.stats.row_steps += rows * steps
-        for row, new in zip(self.slots, torch.stack(produced, dim=1).tolist()):
-            if row is not None and not row.done:
-                self._accept(row, new)
+        for slot, new in zip(self.slots, torch.stack(produced, dim=1).tolist()):
+            if slot is not None and not slot.done:
+                self._accept(slot, new)
 
     def _compact(self, live: int) -> int:
         """Move the live rows into the first `rows` slots, `rows` the slab's rows halved while they hold them all."""
