@@ -80,7 +80,7 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
         sample = sample_frames(path, params, on_keep=save)
     except InputError as err:
         # Name the file as the user gave it, not by its absolute path.
-        raise InputError(source.rel, err.args[0].removeprefix(f"{path}: "), err.fix) from err
+        raise InputError(source.rel, err.message.removeprefix(f"{path}: "), err.fix) from err
     windows = group_windows(sample.frames, sample.duration, params)
     log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sample.kept,
              sample.decoded, sample.dropped)
@@ -93,7 +93,7 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
         try:
             result.audio = probe(path, source.rel)
         except InputError as err:
-            result.notes.append(f"its sound cannot be read, so speech is left out: {err.args[0]}")
+            result.notes.append(f"its sound cannot be read, so speech is left out: {err.message}")
     return result
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from ingest.pipeline import Ingestor
 from ingest.video import group_windows, read_video
-from ingest.video_sampling import SamplingParams, open_video, sample_frames
+from ingest.video_decoders import open_video
+from ingest.video_sampling import SamplingParams, sample_frames
 from kb.search import search
 from kb.types import Source
 
@@ -56,7 +57,7 @@ def slide(lines: list[str], bg=(250, 250, 250), seed: int = 0) -> np.ndarray:
 
 
 def source(path: Path) -> Source:
-    return Source(rel=path.name, abs=str(path), sha256=hashlib.sha256(str(path).encode()).hexdigest())
+    return Source(rel=path.name, path=str(path), sha256=hashlib.sha256(str(path).encode()).hexdigest())
 
 
 @pytest.fixture(scope="module")
