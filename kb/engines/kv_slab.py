@@ -13,9 +13,12 @@ copied into the slab. Generated tokens are text, whose three RoPE positions are 
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # Attention reads the first `width` columns of every row, width a multiple of this: a few recorded steps cover all
 # lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
@@ -35,7 +38,7 @@ class KvSlab:
     """
 
     def __init__(self, net: Any, rows: int, length: int, *, banned: torch.Tensor | None, eos: list[int],
-                 min_new: int, graphs: bool) -> None:
+                 min_new: int, graphs: bool, compiled: bool = True) -> None:
         text = net.config.text_config
         self.lm = net.model.language_model
         self.lm_head = net.lm_head
@@ -67,6 +70,14 @@ class KvSlab:
         self._pool: Any = None
         self._logits: dict[tuple[int, int], torch.Tensor] = {}  # each recorded step's logits buffer
         self.logits: torch.Tensor | None = None  # the last step's logits (rows, vocab), for sampling
+        self.eps = float(text.rms_norm_eps)
+        self._weights = plain_weights(self.lm)
+        # On a GPU the two halves of a layer are compiled (fused elementwise kernels: a recorded step is otherwise
+        # ~2 000 small kernels, whose launch gaps cost more than the weights' reading at one row). Sizes are
+        # symbolic, so one compiled copy serves every layer, row count and width.
+        self._compiled: tuple[Any, Any] | None = None
+        if self.graphs_on and compiled and self._weights is not None:
+            self._compiled = (torch.compile(layer_in, dynamic=True), torch.compile(layer_out, dynamic=True))
 
     @property
     def bytes(self) -> int:
@@ -122,8 +133,16 @@ class KvSlab:
         side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward(width, rows)
+            try:
+                for _ in range(2):
+                    self._forward(width, rows)
+            except Exception as err:  # noqa: BLE001 - the compiler failed: the same step uncompiled
+                if self._compiled is None:
+                    raise
+                log.warning("compiling the decode step failed, it runs uncompiled: %s", err)
+                self._compiled = None
+                for _ in range(2):
+                    self._forward(width, rows)
         torch.cuda.current_stream(self.device).wait_stream(side)
         for tensor, value in zip((self.tokens, self.pos, self.lens, self.count), saved):
             tensor.copy_(value)
@@ -155,27 +174,25 @@ class KvSlab:
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim): broadcast over heads
         write = lens.clamp(max=self.length - 1)  # finished rows keep stepping until refilled: stay inside
         visible = (self.columns[:width][None] <= write[:, None])[:, None, None]  # (rows, 1, 1, width)
+        into, out_of = (self._compiled if self.graphs_on and self._compiled else (layer_in, layer_out))
         for n, layer in enumerate(lm.layers):
             attn = layer.self_attn
-            x = _rms_norm(layer.input_layernorm, hidden)
-            query = _rms_norm(attn.q_norm, attn.q_proj(x).view(rows, -1, self.head_dim))
-            key = _rms_norm(attn.k_norm, attn.k_proj(x).view(rows, -1, self.head_dim))
-            value = attn.v_proj(x).view(rows, -1, self.head_dim)
-            heads = query.shape[1]
-            # Queries and keys turn together: one set of kernels for both.
-            turned = torch.cat((query, key), dim=1)
-            turned = turned * cos[:, 0] + rotate_half(turned) * sin[:, 0]
-            query, key = turned[:, :heads], turned[:, heads:]
+            weights = self._weights[n] if self._weights else _module_weights(layer)
+            query, key, value = into(hidden, cos[:, 0], sin[:, 0], self.eps, self.head_dim, *weights[:6])
             keys, values = self.keys[n][:rows], self.values[n][:rows]
             keys[self.row_index[:rows], :, write] = key
             values[self.row_index[:rows], :, write] = value
             # One query token per row, its query heads grouped per key/value head as the "query length": the fused
             # attention reads the cache once and takes the mask (torch's kernels take a mask or grouped heads).
+            heads = query.shape[1]
             grouped = query.view(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
             out = torch.nn.functional.scaled_dot_product_attention(
                 grouped, keys[:, :, :width], values[:, :, :width], attn_mask=visible, scale=attn.scaling)
-            hidden = hidden + attn.o_proj(out.reshape(rows, 1, heads * self.head_dim))
-            hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
+            if self._weights:
+                hidden = out_of(hidden, out.reshape(rows, 1, heads * self.head_dim), self.eps, *weights[6:])
+            else:  # a quantized or otherwise special layer: its own modules
+                hidden = hidden + attn.o_proj(out.reshape(rows, 1, heads * self.head_dim))
+                hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
         logits = self.lm_head(_rms_norm(lm.norm, hidden)[:, 0])
         self.logits = logits
         if self.banned is not None:
@@ -189,10 +206,65 @@ class KvSlab:
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm as torch's fused kernel (its eager form is about eight kernels), computed in float32
-    like the model's own and cast back before the weight, as it does."""
-    normed = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
-    return torch.mul(norm.weight, normed)
+    return rms(x, norm.weight, norm.variance_epsilon)
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The model's RMSNorm: computed in float32 and cast back before the weight, as the model does."""
+    return torch.mul(weight, torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype))
+
+
+def _module_weights(layer: Any) -> tuple[Any, ...]:
+    """`layer_in`'s arguments for a layer that is not plain: its projections as modules (linear() below)."""
+    attn = layer.self_attn
+    return (layer.input_layernorm.weight, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm.weight,
+            attn.k_norm.weight)
+
+
+def _linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight) if isinstance(weight, torch.Tensor) else weight(x)
+
+
+def layer_in(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int,
+             norm: torch.Tensor, q_proj: torch.Tensor, k_proj: torch.Tensor, v_proj: torch.Tensor,
+             q_norm: torch.Tensor, k_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decoder layer up to attention, for one token per row: the turned query and key, and the value.
+    A plain function of tensors, so one compiled copy serves every layer."""
+    rows = hidden.shape[0]
+    x = rms(hidden, norm, eps)
+    query = rms(_linear(x, q_proj).view(rows, -1, head_dim), q_norm, eps)
+    key = rms(_linear(x, k_proj).view(rows, -1, head_dim), k_norm, eps)
+    value = _linear(x, v_proj).view(rows, -1, head_dim)
+    heads = query.shape[1]
+    turned = torch.cat((query, key), dim=1)  # queries and keys turn together
+    turned = turned * cos + rotate_half(turned) * sin
+    return turned[:, :heads], turned[:, heads:], value
+
+
+def layer_out(hidden: torch.Tensor, attended: torch.Tensor, eps: float, o_proj: torch.Tensor, norm: torch.Tensor,
+              gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """A decoder layer after attention: output projection, residual, the SiLU-gated MLP, residual."""
+    linear = torch.nn.functional.linear
+    hidden = hidden + linear(attended, o_proj)
+    x = rms(hidden, norm, eps)
+    return hidden + linear(torch.nn.functional.silu(linear(x, gate)) * linear(x, up), down)
+
+
+def plain_weights(lm: Any) -> list[tuple[torch.Tensor, ...]] | None:
+    """Each layer's weights in `layer_in`/`layer_out` order, or None when a layer is not plain (a quantized or
+    biased projection, another activation): then the slab steps through the model's own modules."""
+    weights: list[tuple[torch.Tensor, ...]] = []
+    for layer in lm.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not torch.nn.Linear or m.bias is not None for m in linears) or \
+                type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            return None
+        weights.append((layer.input_layernorm.weight, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
+                        attn.q_norm.weight, attn.k_norm.weight, attn.o_proj.weight,
+                        layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
+                        mlp.down_proj.weight))
+    return weights
 
 
 def _round_up(value: int, step: int) -> int:
