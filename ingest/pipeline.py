@@ -32,7 +32,7 @@ from kb.errors import EngineError, EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
 from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
-from kb.types import Outcome, Progress, ProgressFn, Request, Source, Stage, Unit, no_progress
+from kb.types import Modality, Outcome, Progress, ProgressFn, Request, Source, SourceStatus, Stage, Unit, no_progress
 
 log = logging.getLogger(__name__)
 PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.OCR_IMAGE,
@@ -197,13 +197,8 @@ def _walk_folder(root: Path, folder: Path, found: Walk, seen: set[Path]) -> None
             _walk_link(root, path, rel, found, seen, extensions)
         elif entry.is_dir(follow_symlinks=False):
             _walk_folder(root, path, found, seen)
-        elif not entry.is_file(follow_symlinks=False):
-            found.results.append(_special(rel))
-        elif path.suffix.lower() not in extensions:
-            found.results.append(_unsupported(rel))
-        elif path not in seen:
-            seen.add(path)
-            found.files.append((path, root))
+        else:
+            _take(root, path, rel, entry.is_file(follow_symlinks=False), found, seen, extensions)
 
 
 def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], extensions: set[str]) -> None:
@@ -224,7 +219,15 @@ def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], e
         else:
             note = f"a link to the folder {display(where)}, which is walked at its own place: not followed"
         found.results.append(FileResult(rel, Outcome.LINK, notes=[note]))
-    elif not target.is_file():
+    else:
+        _take(root, path, rel, target.is_file(), found, seen, extensions)
+
+
+def _take(root: Path, path: Path, rel: str, regular: bool, found: Walk, seen: set[Path], extensions: set[str]
+          ) -> None:
+    """The end of a folder walk's way to a file: read it once if it is a regular file of a supported type (a link
+    under the link's own name), else say why not."""
+    if not regular:
         found.results.append(_special(rel))
     elif path.suffix.lower() not in extensions:
         found.results.append(_unsupported(rel))
@@ -332,7 +335,7 @@ class Ingestor:
             return None
         source = Source(rel=to_stored(rel), path=to_stored(str(path)), sha256=sha)
         known = self.store.manifest.get(source.path)
-        if known and known.sha256 == sha and known.status in ("ok", "empty") and not force:
+        if known and known.sha256 == sha and known.status in (SourceStatus.OK, SourceStatus.EMPTY) and not force:
             report.results.append(FileResult(rel, Outcome.SKIPPED, known.chunks))
             return None
         twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.path), None)
@@ -340,7 +343,7 @@ class Ingestor:
             report.results.append(self._copy(twin, source, rel, path))
             return None
         record = SourceRecord(path=source.path, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
-                              status="ok", chunks=0, engine="", model="")
+                              status=SourceStatus.OK, chunks=0, engine="", model="")
         status = Outcome.UPDATED if known else Outcome.ADDED
         return _FileInFlight(source, rel, record, ReadResult(kind=""), status=status)
 
@@ -568,16 +571,16 @@ class Ingestor:
             engine, model = self._speech.name, self._speech.model
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
         for chunk in chunks:
-            if chunk.modality == "speech" and self._speech:  # an audio file's passages: written by the speech engine
+            if chunk.modality == Modality.SPEECH and self._speech:  # an audio file's passages: by the speech engine
                 chunk.engine, chunk.model = self._speech.name, self._speech.model
         errors = list(dict.fromkeys(job.read.errors))  # OCR and caption of one bad image fail alike
         notes = job.read.notes + self._blank_pages(job)
         if errors and not chunks:
             return FileResult(job.name, Outcome.FAILED, errors=errors, notes=notes, fix=job.fix)
         # Read without errors and nothing readable on it: stored (so it is not read again), but said so.
-        status = "partial" if errors else "empty" if not chunks else "ok"
+        status = SourceStatus.PARTIAL if errors else SourceStatus.EMPTY if not chunks else SourceStatus.OK
         kind = job.read.kind if job.read.kind in ("video", "audio") else ""
-        if status == "empty":
+        if status == SourceStatus.EMPTY:
             notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
         record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
@@ -592,8 +595,8 @@ class Ingestor:
         for checkpoint in (job.checkpoint, job.speech_checkpoint):
             if checkpoint:
                 checkpoint.clear()
-        shown = Outcome(status) if status != "ok" else job.status
-        fix = NO_TEXT_FIX[kind] if status == "empty" else job.fix
+        shown = Outcome(status) if status != SourceStatus.OK else job.status
+        fix = NO_TEXT_FIX[kind] if status == SourceStatus.EMPTY else job.fix
         return FileResult(job.name, shown, len(chunks), errors, notes, fix)
 
     @staticmethod

@@ -23,6 +23,7 @@ from typing import Any
 
 from kb.errors import NotFound
 from kb.paths import display, from_stored, to_stored
+from kb.types import SourceStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS sources (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
     kind TEXT NOT NULL,         -- pdf, image, video, text
-    status TEXT NOT NULL,       -- ok, partial
+    status TEXT NOT NULL,       -- ok, partial, empty (kb.types.SourceStatus)
     chunks INTEGER NOT NULL,
     pages INTEGER,
     duration REAL,
@@ -58,7 +59,7 @@ class SourceRecord:
     sha256: str
     size: int
     kind: str
-    status: str
+    status: SourceStatus
     chunks: int
     engine: str
     model: str
@@ -133,6 +134,7 @@ class Manifest:
     def _record(self, row: sqlite3.Row) -> SourceRecord:
         values = dict(row)
         values["errors"] = json.loads(values["errors"])
+        values["status"] = SourceStatus(values["status"])
         return SourceRecord(**values)
 
     def get(self, path: str) -> SourceRecord | None:
@@ -140,7 +142,7 @@ class Manifest:
         return self._record(row) if row else None
 
     def by_sha(self, sha256: str) -> list[SourceRecord]:
-        rows = self._db.execute("SELECT * FROM sources WHERE sha256 = ? AND status = 'ok'", (sha256,))
+        rows = self._db.execute("SELECT * FROM sources WHERE sha256 = ? AND status = ?", (sha256, SourceStatus.OK))
         return [self._record(r) for r in rows]
 
     def has_sha(self, sha256: str) -> bool:

@@ -16,16 +16,16 @@ from kb.errors import ConfigError
 from kb.lexical import identifiers, tokenize
 from kb.store import Store, Where
 from kb.timeexpr import moments, time_window
-from kb.types import Hit
+from kb.types import Hit, Modality
 
 if TYPE_CHECKING:
     from kb.rerank import Reranker  # imported when a search uses one: it loads sentence-transformers
 
 log = logging.getLogger(__name__)
-DOCUMENT_MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "text")
-IMAGE_MODALITIES = ("image_ocr", "image_caption")
-VIDEO_MODALITIES = ("video_segment",)
-AUDIO_MODALITIES = ("speech",)  # an audio file's passages; a video's speech is stored in its segments
+DOCUMENT_MODALITIES = (Modality.PDF_TEXT, Modality.PDF_OCR, Modality.PDF_FIGURE, Modality.TEXT)
+IMAGE_MODALITIES = (Modality.IMAGE_OCR, Modality.IMAGE_CAPTION)
+VIDEO_MODALITIES = (Modality.VIDEO_SEGMENT,)
+AUDIO_MODALITIES = (Modality.SPEECH,)  # an audio file's passages; a video's speech is stored in its segments
 MODALITY_GROUPS = {"documents": DOCUMENT_MODALITIES, "images": IMAGE_MODALITIES, "video": VIDEO_MODALITIES,
                    "audio": AUDIO_MODALITIES}
 # The defaults (Settings.search_mode, dense_weight, ...) were measured with bench/retrieval.py
@@ -53,7 +53,7 @@ class Filters:
         if paths is not None:
             clauses.append({"source_abs": {"$in": paths or ["\0no such source"]}})
         if self.modalities:
-            names = sorted({m for g in self.modalities for m in MODALITY_GROUPS.get(g, (g,))})
+            names = sorted({str(m) for g in self.modalities for m in MODALITY_GROUPS.get(g, (g,))})
             clauses.append({"modality": {"$in": names}})
         if self.pages:
             clauses += [{"page": {"$gte": self.pages[0]}}, {"page": {"$lte": self.pages[1]}}]
@@ -61,7 +61,7 @@ class Filters:
             clauses += [{"t_end": {"$gte": float(self.seconds[0])}}, {"t_start": {"$lte": float(self.seconds[1])}}]
         if self.video_window:
             start, end = map(float, self.video_window)
-            clauses.append({"$or": [{"modality": {"$nin": list(VIDEO_MODALITIES)}},
+            clauses.append({"$or": [{"modality": {"$nin": [str(m) for m in VIDEO_MODALITIES]}},
                                     {"$and": [{"t_end": {"$gt": start}}, {"t_start": {"$lt": end}}]}]})
         if not clauses:
             return None

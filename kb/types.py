@@ -1,4 +1,5 @@
-"""The nouns that travel through Seekframe: Request (to an engine), Unit (from a reader), Chunk (to the store), Hit."""
+"""The nouns that travel through Seekframe (Request to an engine, Unit from a reader, Chunk to the store, Hit from
+a search) and the vocabularies they use (StrEnums whose values are the stored strings)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,14 @@ class Outcome(StrEnum):
     UNSUPPORTED = "unsupported"
     HIDDEN = "hidden"
     LINK = "link"  # a link a folder walk does not follow
+
+
+class SourceStatus(StrEnum):
+    """How a stored source was read (the manifest's `status`)."""
+
+    OK = "ok"
+    PARTIAL = "partial"  # some pages or windows could not be read
+    EMPTY = "empty"  # read without errors, nothing readable in it
 
 
 class JobState(StrEnum):

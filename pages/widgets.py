@@ -12,7 +12,7 @@ import streamlit as st
 
 from kb.answer import best_sentence
 from kb.paths import display, fs_path
-from kb.types import Chunk, Hit
+from kb.types import Chunk, Hit, Modality
 from pages import resources
 from pages.helpers import keyframe_paths, md_escape, time_label
 
@@ -83,7 +83,7 @@ def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> No
     source = display(chunk.rel)
     with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
         quote = best_sentence(question, chunk.text) if question else ""
-        if chunk.t_start is not None and chunk.modality == "speech":
+        if chunk.t_start is not None and chunk.modality == Modality.SPEECH:
             st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · speech")
             audio_player(chunk.path, chunk.t_start, chunk.t_end)
         elif chunk.t_start is not None:
