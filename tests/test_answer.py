@@ -20,3 +20,15 @@ def test_quotes_follow_relevance_but_cite_the_source_numbers():
     quotes = [line for line in text.splitlines() if line.startswith(">")]
     assert quotes[0] == "> The warranty lasts 24 months from purchase. [2]"
     assert quotes[1] == "> Returns are free within 30 days. [1]"
+
+
+def test_a_hit_kept_by_an_earlier_version_reads_back():
+    """Answer caches and conversations hold hits as flat rows, written before a hit held its chunk."""
+    old = {"id": "c1", "text": "The heron waits.", "score": 0.9, "source": "birds.pdf", "page": 3, "t_start": None,
+           "t_end": None, "modality": "pdf_text", "keyframe": None, "source_abs": "/srv/birds.pdf", "sha256": "ab",
+           "position": 2}
+    hit = Hit.from_record(old)
+    assert (hit.chunk.rel, hit.chunk.path, hit.chunk.page, hit.chunk.position, hit.score) == (
+        "birds.pdf", "/srv/birds.pdf", 3, 2, 0.9)
+    assert hit.where == "birds.pdf p. 3"
+    assert {k: hit.to_record()[k] for k in old} == old  # and is kept in the same form

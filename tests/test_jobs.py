@@ -47,6 +47,22 @@ def test_a_job_is_claimed_by_one_worker_and_a_shared_file_waits(tmp_path):
     assert worker_a.claim("a") is None
 
 
+def test_a_stopping_worker_hands_its_job_back_and_keeps_what_it_finished(tmp_path):
+    home, docs = tmp_path / "kb", tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", ["Alpha."])
+    write_pdf(docs / "b.pdf", ["Beta."])
+    board = JobBoard(home, allowed_folders=[docs])
+    job = board.submit([docs])
+    claimed = board.claim("stopping")
+    board.set_files(job.id, {claimed.files[0].path: FileState.DONE, claimed.files[1].path: FileState.OCR})
+    board.release(job.id, "stopping")
+    back = board.job(job.id)
+    assert (back.state, back.worker) == (JobState.QUEUED, "")
+    assert [f.state for f in back.files] == [FileState.DONE, FileState.QUEUED]  # a.pdf is not read again
+    assert board.claim("next").id == job.id
+
+
 def test_only_uploads_and_allowed_folders_are_queued_and_checked_again_per_file(tmp_path, open_kb):
     store = open_kb()
     allowed, secret = tmp_path / "allowed", tmp_path / "secret"
