@@ -162,7 +162,7 @@ def ingest_set(name: str, files: list[Path], embed_model: str) -> dict:
         store.close()
     return {"set": name, "files": len(files), "pages": pages, "chunks": chunks, "seconds": seconds,
             "ocr_pages": report.pages_read, "phases": dict(clock.seconds), "load": f"{load_before} → {load()}",
-            "failed": [r.path for r in report.failed]}
+            "failed": [r.rel for r in report.failed]}
 
 
 def row(result: dict) -> list:
@@ -188,7 +188,7 @@ def chunk_texts(files: list[Path], limit: int) -> list[str]:
     settings = load_settings({"home": Path(tempfile.mkdtemp(prefix="bench-chunks-")), "engine": "ocr"}, env={})
     texts: list[str] = []
     for path in files:
-        read = read_file(path, Source(rel=path.name, abs=str(path), sha256="0" * 64), settings)
+        read = read_file(path, Source(rel=path.name, path=str(path), sha256="0" * 64), settings)
         texts += [c.text for c in make_chunks([u for u in read.units if u.text], "none", "", settings.chunk_chars)]
         if len(texts) >= limit:
             break

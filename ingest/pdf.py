@@ -23,7 +23,7 @@ import pymupdf
 from PIL import Image
 
 from ingest.pdf_tables import find_tables, reading_order
-from ingest.read import ReadResult
+from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
 from kb.types import Source, Unit
@@ -39,7 +39,7 @@ MAX_READ_WORKERS = 8
 MAX_TITLE_CHARS = 120
 
 
-def open_document(path: str | Path, **options) -> pymupdf.Document:
+def open_document(path: str | Path, **options: str) -> pymupdf.Document:
     """pymupdf.open for any file name. MuPDF takes a name as UTF-8 text, so a name that is not valid UTF-8 (an
     undecodable byte, surrogate-escaped: kb/paths.py) is opened through /proc/self/fd, which names the same file
     (only Linux has such names: other systems keep names in Unicode)."""
@@ -116,7 +116,7 @@ def page_markdown(page: pymupdf.Page) -> str:
 
 def _figure_rects(page: pymupdf.Page, min_side_pt: float) -> list[pymupdf.Rect]:
     page_area = page.rect.get_area()
-    rects = []
+    rects: list[pymupdf.Rect] = []
     for info in page.get_image_info():
         rect = pymupdf.Rect(info["bbox"]) & page.rect
         if min(rect.width, rect.height) < min_side_pt or rect.get_area() > 0.9 * page_area:
@@ -261,7 +261,8 @@ def _read_in_processes(pool: ProcessPoolExecutor, path: str, ranges: deque[tuple
             ranges.popleft()
             next_range = next(pending, None)
             if next_range:
-                in_flight.append(pool.submit(read_pages, path, *next_range, min_side_pt))
+                start, stop = next_range
+                in_flight.append(pool.submit(read_pages, path, start, stop, min_side_pt))
             yield from pages
     finally:  # left early (an error, a consumer that stopped): a shared pool must not keep reading this file
         for future in in_flight:

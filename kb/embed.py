@@ -24,6 +24,7 @@ from kb.hub import hub_reachable
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 OFFLINE_WARNING = (
@@ -184,7 +185,7 @@ class Embedder:
         self._device = None if device == "auto" else device
 
     @cached_property
-    def model(self) -> Any:
+    def model(self) -> SentenceTransformer:
         from sentence_transformers import SentenceTransformer
 
         if self.name == BUNDLED_EMBED_MODEL:
@@ -227,7 +228,11 @@ class Embedder:
     def dimension(self) -> int:
         if self.onnx is not None:
             return self.onnx.dimension
-        return int(self.model.get_embedding_dimension())
+        size = self.model.get_embedding_dimension()
+        if size is None:  # a model whose vector size depends on its input: not a sentence embedder
+            raise ConfigError(f"the embedding model {self.name} has no fixed vector size",
+                              "set KB_EMBED_MODEL to a sentence-embedding model")
+        return size
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         if not texts:
@@ -237,14 +242,16 @@ class Embedder:
         else:
             vectors = self.model.encode_document(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                                  convert_to_numpy=True)
-        return [[float(x) for x in row] for row in vectors.tolist()]
+        rows: list[list[float]] = vectors.tolist()
+        return rows
 
     def embed_query(self, text: str) -> list[float]:
         if self.onnx is not None:  # MiniLM has no query prompt
-            return [float(x) for x in self.onnx.encode([text])[0].tolist()]
+            vector: list[float] = self.onnx.encode([text])[0].tolist()
+            return vector
         # encode_query applies the model's own "query" prompt (Qwen3-Embedding's instruction); none for MiniLM.
-        vector = self.model.encode_query([text], normalize_embeddings=True, convert_to_numpy=True)[0]
-        return [float(x) for x in vector.tolist()]
+        vector = self.model.encode_query([text], normalize_embeddings=True, convert_to_numpy=True)[0].tolist()
+        return vector
 
 
 def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
@@ -254,7 +261,7 @@ def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
     explicitly, that one is used, so an old knowledge base keeps working. A default that cannot be
     fetched falls back to the bundled model, loudly (the offline profile).
     """
-    explicit = "embed_model" in settings.sources
+    explicit = "embed_model" in settings.origins
     name = settings.embed_model if (explicit or not recorded) else recorded
     embedder = Embedder(name, settings.device)
     try:

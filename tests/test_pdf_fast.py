@@ -26,7 +26,7 @@ PROSE = ("Seekframe reads the text layer of each page and keeps every paragraph 
 
 
 def _source(path: Path) -> Source:
-    return Source(rel=path.name, abs=str(path), sha256="0" * 64)
+    return Source(rel=path.name, path=str(path), sha256="0" * 64)
 
 
 def test_a_real_ruled_table_is_kept_whole_as_markdown(test_data):
@@ -100,7 +100,7 @@ def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, m
     monkeypatch.setattr(pdf, "_reader_pool", lambda workers: started.append(real(workers)) or started[-1])
     store = open_kb()
     report = Ingestor(store.settings, store).run([library])
-    assert [(r.path, r.status) for r in report.results] == [("a.pdf", "added"), ("b.pdf", "added")]
+    assert [(r.rel, r.status) for r in report.results] == [("a.pdf", "added"), ("b.pdf", "added")]
     assert len(started) == 1
     assert started[0]._shutdown_thread  # shut down when the run ended
     for record in store.manifest.all():  # every page, in order, under its own number
@@ -137,10 +137,10 @@ def test_born_digital_files_are_written_together_in_bounded_groups(open_kb, tmp_
     monkeypatch.setattr(pipeline, "STORE_BATCH_FILES", 2)
     report = pipeline.Ingestor(store.settings, store).run([library])
     assert writes == [["a.pdf", "b.pdf"], ["c.pdf", "d.pdf"], ["e.pdf"]]
-    assert [(r.path, r.status) for r in report.results] == [(f"{n}.pdf", "added") for n in "abcde"]
+    assert [(r.rel, r.status) for r in report.results] == [(f"{n}.pdf", "added") for n in "abcde"]
     assert {r.rel: r.chunks for r in store.manifest.all()} == {f"{n}.pdf": 2 for n in "abcde"}
     hit = store.query(store.embedder.embed_query("c second page"), k=1)[0]
-    assert (hit.source, hit.page) == ("c.pdf", 2)
+    assert (hit.chunk.rel, hit.chunk.page) == ("c.pdf", 2)
 
 
 def test_a_file_the_store_refuses_fails_alone(open_kb, tmp_path, monkeypatch):
@@ -160,7 +160,7 @@ def test_a_file_the_store_refuses_fails_alone(open_kb, tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "replace_sources", refuse_b)
     report = Ingestor(store.settings, store).run([library])
-    assert {r.path: r.status for r in report.results} == {"a.pdf": "added", "b.pdf": "failed", "c.pdf": "added"}
+    assert {r.rel: r.status for r in report.results} == {"a.pdf": "added", "b.pdf": "failed", "c.pdf": "added"}
     assert "cannot store: disk full" in report.failed[0].errors[-1]
     assert {r.rel for r in store.manifest.all()} == {"a.pdf", "c.pdf"}
 
