@@ -34,6 +34,7 @@ from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
 from kb.types import (
     Chunk,
+    FileKind,
     Modality,
     Outcome,
     Progress,
@@ -51,9 +52,9 @@ log = logging.getLogger(__name__)
 # as much as indexing ~200 chunks): up to this many chunks or files per write, and before each engine batch.
 STORE_BATCH_CHUNKS = 1024
 STORE_BATCH_FILES = 64
-PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.OCR_IMAGE,
-           ("caption", "image_caption"): prompts.CAPTION, ("caption", "pdf_figure"): prompts.CAPTION,
-           ("video", "video_segment"): prompts.VIDEO_WINDOW}
+PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
+           ("caption", Modality.IMAGE_CAPTION): prompts.CAPTION, ("caption", Modality.PDF_FIGURE): prompts.CAPTION,
+           ("video", Modality.VIDEO_SEGMENT): prompts.VIDEO_WINDOW}
 
 
 # What a file's status means. Stored: in the knowledge base now. Not read: met by a folder walk and left alone
@@ -377,7 +378,7 @@ class Ingestor:
         record = SourceRecord(path=source.path, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
                               status=SourceStatus.OK, chunks=0, engine="", model="")
         status = Outcome.UPDATED if known else Outcome.ADDED
-        return _FileInFlight(source, rel, record, ReadResult(kind=""), status=status)
+        return _FileInFlight(source, rel, record, ReadResult(), status=status)
 
     def _copy(self, twin: SourceRecord, source: Source, rel: str, path: Path) -> FileResult:
         """Same content under a new path: reuse the twin's text and vectors; a rename removes the old path."""
@@ -451,7 +452,7 @@ class Ingestor:
         left out: an audio file with speech off, or with no speech model under KB_ASR=auto."""
         track = job.read.audio
         if self.settings.asr == "off" or track is None:
-            if job.read.kind != "audio":
+            if job.read.kind != FileKind.AUDIO:
                 return None
             return FileResult(job.name, Outcome.UNSUPPORTED, fix="set KB_ASR=auto to transcribe audio files",
                               notes=job.read.notes + ["an audio file, and speech is off (KB_ASR=off): skipped"])
@@ -460,14 +461,14 @@ class Ingestor:
         except EngineError as err:
             if self.settings.asr == "on":
                 raise
-            if job.read.kind != "audio":
+            if job.read.kind != FileKind.AUDIO:
                 return None  # a video is still read for what it shows
             return FileResult(job.name, Outcome.UNSUPPORTED, fix=err.fix,
                               notes=job.read.notes + [f"an audio file: {err.message}: skipped"])
         parts = self._transcript(job, engine)
         words = [w for part in parts for w in part.words]
         language = main_language(parts)
-        if job.read.kind == "audio":
+        if job.read.kind == FileKind.AUDIO:
             job.read.units = speech_units(job.source, words, language)
         else:
             lay_on_windows(job.read.units, words, language)
@@ -608,7 +609,7 @@ class Ingestor:
         """A read file's chunks and manifest row, ready to write; or its result when there is nothing to write."""
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
-        if job.read.kind == "audio" and self._speech:  # an audio file is read by the speech engine alone
+        if job.read.kind == FileKind.AUDIO and self._speech:  # an audio file is read by the speech engine alone
             engine, model = self._speech.name, self._speech.model
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
         for chunk in chunks:
@@ -624,7 +625,7 @@ class Ingestor:
         if status == SourceStatus.EMPTY:
             notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
-        record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
+        record.kind, record.pages, record.duration = job.read.kind or "", job.read.pages, job.read.duration
         record.engine, record.model, record.errors = engine, model, errors
         record.status, record.ingested_at = status, time.time()
         job.read.units = []  # the chunks hold the text now; files waiting to be written keep less
