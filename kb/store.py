@@ -34,6 +34,9 @@ from kb.types import Chunk, Hit
 log = logging.getLogger(__name__)
 COLLECTION = "seekframe_chunks"
 SCHEMA_VERSION = 1
+# HNSW ef_search: candidates a dense query visits. Measured on 1024-d clustered vectors (bench/scale.py,
+# docs/benchmarks.md "Scale"): recall@10 at 1M chunks 0.92 with 200; chosen by the sweep there.
+EF_SEARCH = 200
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
@@ -124,11 +127,11 @@ class Store:
         self._client = client
         self._lock = lock
         self._collection = client.get_or_create_collection(
-            # ef_search 200: recall@10 0.99 instead of 0.85-0.98 at 100, at no measurable cost (bench/scale.py).
-            COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": 200}},
+            COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": EF_SEARCH}},
             metadata={"embed_model": embedder.name, "embed_dim": embedder.dimension,
                       "schema_version": SCHEMA_VERSION})
         self._check_embedder()
+        self._use_ef_search()
         self._batch = max(1, min(5000, client.get_max_batch_size()))
         lexical_path = settings.home / "lexical"
         if not LexicalIndex.exists(lexical_path):
@@ -162,6 +165,13 @@ class Store:
                                  f"{self.settings.home} aside and ingest the files again")
             yield [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])], \
                 got["metadatas"]
+
+    def _use_ef_search(self) -> None:
+        """A knowledge base made with another ef_search gets this one. Chroma applies it when this process loads
+        the HNSW index (its first query), so it holds from this open on (measured in bench/scale.py)."""
+        hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
+        if hnsw.get("ef_search", EF_SEARCH) != EF_SEARCH:
+            self._collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
 
     def _check_embedder(self) -> None:
         meta = self._collection.metadata or {}
