@@ -88,7 +88,7 @@ CJK_STOP = frozenset("的了在是和与及或也都就而之其这那有我你�
 _CJK_STOP_SPLIT = regex.compile("[" + "".join(sorted(CJK_STOP)) + "]+")
 
 
-def _jieba():
+def _jieba() -> Any:
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # it prints its dictionary-loading chatter otherwise
@@ -230,7 +230,7 @@ def _typed(key: str, value: Any) -> Any:
     return float(value) if key in FLOAT_FIELDS else str(value)
 
 
-def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
+def _document(chunk: Chunk, meta: dict[str, Any]) -> tantivy.Document:
     doc = tantivy.Document()
     tokens = tokenize(chunk.text)
     doc.add_text("tokens", " ".join(tokens))
@@ -248,7 +248,8 @@ def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
 
 
 # the index -------------------------------------------------------------------------------------------------------
-Row = tuple[str, str, dict]  # (chunk id, text, Chroma metadata)
+Row = tuple[str, str, dict[str, Any]]  # (chunk id, text, Chroma metadata)
+Ranked = tuple[str, str, dict[str, Any], float]  # a Row and its BM25 score
 
 
 class _Open:
@@ -293,7 +294,7 @@ class LexicalIndex:
         return (path / "meta.json").is_file()
 
     @classmethod
-    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict]]]) -> int:
+    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict[str, Any]]]]) -> int:
         """Create the index at `path` from batches of (chunks, their metadata), all or nothing: it is built beside
         and renamed into place, so a crash while building leaves no half index (the next open builds again)."""
         building = path.with_name(path.name + ".building")
@@ -316,7 +317,7 @@ class LexicalIndex:
         return added
 
     # writing -----------------------------------------------------------------------------------------
-    def upsert(self, chunks: Sequence[Chunk], metadatas: Sequence[dict] | None = None) -> None:
+    def upsert(self, chunks: Sequence[Chunk], metadatas: Sequence[dict[str, Any]] | None = None) -> None:
         """Add chunks (replacing any with the same id), in one commit."""
         metadatas = metadatas or [c.metadata() for c in chunks]
         documents = [_document(c, m) for c, m in zip(chunks, metadatas)]  # tokenised outside the writer lock
@@ -344,7 +345,7 @@ class LexicalIndex:
         with self._writing() as writer:
             doomed = self._searcher().search(query, 1, count=True).count
             writer.delete_documents_by_query(query)
-        return doomed
+        return int(doomed)
 
     @contextmanager
     def _writing(self) -> Iterator[Any]:
@@ -399,7 +400,7 @@ class LexicalIndex:
         return out
 
     def count(self) -> int:
-        return self._searcher().num_docs
+        return int(self._searcher().num_docs)
 
     def ids(self) -> list[str]:
         """Every chunk id in the index, sorted (one twice would show twice)."""
@@ -410,7 +411,7 @@ class LexicalIndex:
         hits = searcher.search(tantivy.Query.all_query(), total).hits
         return sorted(self._row(searcher, address)[0] for _, address in hits)
 
-    def query(self, text: str, k: int, where: dict | None = None) -> list[tuple[str, str, dict, float]]:
+    def query(self, text: str, k: int, where: dict[str, Any] | None = None) -> list[Ranked]:
         """(id, text, metadata, BM25 score) of the best `k` current chunks for `text`, best first."""
         terms = query_terms(text)
         if not terms or k <= 0:
@@ -432,7 +433,7 @@ class LexicalIndex:
         return self._ranked(searcher, ranking, k, allowed, dilution)
 
     def _ranked(self, searcher: Any, query: Any, k: int, allowed: Any, dilution: float
-                ) -> list[tuple[str, str, dict, float]]:
+                ) -> list[Ranked]:
         """The best `k` current chunks of `query`'s ranking that `allowed` (a filter query, or None) admits.
 
         `dilution` is how many ranked chunks it takes, on average, for one to pass the filter: the first depth
