@@ -88,7 +88,7 @@ CJK_STOP = frozenset("的了在是和与及或也都就而之其这那有我你�
 _CJK_STOP_SPLIT = regex.compile("[" + "".join(sorted(CJK_STOP)) + "]+")
 
 
-def _jieba() -> Any:
+def _jieba() -> Any:  # the jieba module (untyped), imported on first Chinese text
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # it prints its dictionary-loading chatter otherwise
@@ -235,7 +235,7 @@ def _document(chunk: Chunk, meta: dict[str, Any]) -> tantivy.Document:
     tokens = tokenize(chunk.text)
     doc.add_text("tokens", " ".join(tokens))
     for name in STRING_FIELDS:
-        value = chunk.id if name == "id" else getattr(chunk, name)
+        value = chunk.id if name == "id" else meta.get(name)  # under the stored names (source, source_abs)
         if value is not None:
             doc.add_text(name, str(value))
     for name in INT_FIELDS + FLOAT_FIELDS:
@@ -249,7 +249,7 @@ def _document(chunk: Chunk, meta: dict[str, Any]) -> tantivy.Document:
 
 # the index -------------------------------------------------------------------------------------------------------
 Row = tuple[str, str, dict[str, Any]]  # (chunk id, text, Chroma metadata)
-Ranked = tuple[str, str, dict[str, Any], float]  # a Row and its BM25 score
+Scored = tuple[str, str, dict[str, Any], float]  # a Row and its BM25 score
 
 
 class _Open:
@@ -343,9 +343,9 @@ class LexicalIndex:
         if not self._searcher().search(query, 1, count=True).count:
             return 0  # nothing to remove (a new source): no commit
         with self._writing() as writer:
-            doomed = self._searcher().search(query, 1, count=True).count
+            doomed: int = self._searcher().search(query, 1, count=True).count
             writer.delete_documents_by_query(query)
-        return int(doomed)
+        return doomed
 
     @contextmanager
     def _writing(self) -> Iterator[Any]:
@@ -411,7 +411,7 @@ class LexicalIndex:
         hits = searcher.search(tantivy.Query.all_query(), total).hits
         return sorted(self._row(searcher, address)[0] for _, address in hits)
 
-    def query(self, text: str, k: int, where: dict[str, Any] | None = None) -> list[Ranked]:
+    def query(self, text: str, k: int, where: dict[str, Any] | None = None) -> list[Scored]:
         """(id, text, metadata, BM25 score) of the best `k` current chunks for `text`, best first."""
         terms = query_terms(text)
         if not terms or k <= 0:
@@ -433,7 +433,7 @@ class LexicalIndex:
         return self._ranked(searcher, ranking, k, allowed, dilution)
 
     def _ranked(self, searcher: Any, query: Any, k: int, allowed: Any, dilution: float
-                ) -> list[Ranked]:
+                ) -> list[Scored]:
         """The best `k` current chunks of `query`'s ranking that `allowed` (a filter query, or None) admits.
 
         `dilution` is how many ranked chunks it takes, on average, for one to pass the filter: the first depth

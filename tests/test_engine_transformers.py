@@ -5,15 +5,18 @@ video timestamps, the loop guard, streaming and the errors a user sees.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bench.engine_gpu import RowStop
 from kb.config import VISUAL_TOKEN_PIXELS
 from kb.engines import Engine, cuda_available
 from kb.engines.guard import repeating_tail
-from kb.engines.transformers_qwen import RowStop, TransformersEngine
+from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import ConfigError, EngineError
 from kb.types import Request, VideoClip
 
@@ -201,13 +204,13 @@ def test_streams_from_any_thread_generate_on_one_thread(engine):
     import threading
 
     used = set()
-    generate = engine._net.generate
+    forward = engine._net.forward
 
     def recording(*args, **kwargs):
         used.add(threading.get_ident())
-        return generate(*args, **kwargs)
+        return forward(*args, **kwargs)
 
-    engine._net.generate = recording
+    engine._net.forward = recording
     assert engine.warm_up() > 0
     request = Request(task="answer", prompt="Question?", max_new_tokens=6)
     texts = []
@@ -218,3 +221,24 @@ def test_streams_from_any_thread_generate_on_one_thread(engine):
         reader.join()
     assert len(used) == 1 and threading.get_ident() not in used
     assert texts == [engine.generate([request])[0]] * 2
+
+
+def test_sampled_answer_streams_within_its_limit_and_greedy_ones_repeat(engine):
+    # temperature > 0 draws each token from the top_p head of the distribution; 0 decodes greedily (reproducible).
+    sampled = Request(task="answer", prompt="Tell me something.", max_new_tokens=12, temperature=1.5, top_p=0.9)
+    ids = list(engine._answer_tokens(sampled, threading.Event()))
+    assert 0 < len(ids) <= 12
+    greedy = Request(task="answer", prompt="Tell me something.", max_new_tokens=12)
+    assert "".join(engine.stream(greedy)) == "".join(engine.stream(greedy)) == engine.generate([greedy])[0]
+
+
+def test_bulk_cache_is_kept_between_calls_and_remade_for_longer_requests(make_settings, tiny_model_dir):
+    two = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                           batch_size=2, **BUDGET))
+    short = [Request(task="answer", prompt="Short?", max_new_tokens=4)] * 3
+    first = two.generate_ids(short)
+    slab = two._slabs["bulk"]
+    assert two.generate_ids(short) == first and two._slabs["bulk"] is slab  # same cache, same output
+    long = Request(task="answer", prompt="Long?", max_new_tokens=slab.length + 10)
+    assert len(two.generate_ids([long])[0]) <= long.max_new_tokens  # a longer request gets a longer cache
+    assert two._slabs["bulk"].length >= slab.length + 10
