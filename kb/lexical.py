@@ -439,7 +439,7 @@ class LexicalIndex:
         `dilution` is how many ranked chunks it takes, on average, for one to pass the filter: the first depth
         and how far ties are followed grow with it."""
         depth = k + 10 if allowed is None else min(searcher.num_docs, _first_depth(k, dilution))
-        tie_depth = TIE_DEPTH * dilution
+        tie_depth = int(TIE_DEPTH * dilution)  # whole: each step below must grow the depth, or it would loop
         while True:
             hits = [(_tied(score), address) for score, address in searcher.search(query, depth, count=False).hits]
             more = len(hits) == depth
