@@ -43,6 +43,8 @@ SCHEMA_VERSION = 1
 # HNSW ef_search: candidates a dense query visits. Measured on 1024-d clustered vectors (bench/scale.py,
 # docs/benchmarks.md "Scale"): recall@10 at 1M chunks 0.92 with 200; chosen by the sweep there.
 EF_SEARCH = 200
+# Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
+CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
@@ -219,7 +221,7 @@ class Store:
                 # No documents: the text is kept once, in the lexical index (Chroma would store it and index
                 # every trigram of it, which nothing here queries; that was 70 % of fill time).
                 self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
-                                        metadatas=[c.metadata() for c, _ in part])
+                                        metadatas=[_filterable(c.metadata()) for c, _ in part])
             self.lexical.upsert([c for c, _ in pairs])
             for record, chunks, _ in items:
                 record.chunks = len(chunks)
@@ -354,7 +356,7 @@ class Store:
         fresh = [(cid, meta, dist) for cid, meta, dist in zip(got["ids"][0], got["metadatas"][0], got["distances"][0])
                  if current.get(meta.get("source_abs")) == meta.get("sha256")][:k]  # not stale, not unfinished
         texts = self.lexical.rows([cid for cid, _, _ in fresh])  # the text is kept there only
-        return [Hit(Chunk.from_stored(cid, texts[cid][1], meta), 1.0 - float(dist))
+        return [Hit(Chunk.from_stored(*texts[cid]), 1.0 - float(dist))
                 for cid, meta, dist in fresh if cid in texts]
 
     def lexical_query(self, text: str, k: int, where: Where | None = None) -> list[Hit]:
@@ -375,6 +377,13 @@ class Store:
         if self._lock:
             self._lock.release()
             self._lock = None
+
+
+def _filterable(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata Chroma keeps: what a dense query filters on and what freshness and cleanup look up. The rest
+    (engine, model, key frame, language) is in the lexical index's row only: each key Chroma keeps is a row in
+    three SQLite b-trees (12 KB of writes per chunk for engine and model, bench/scale.py notes)."""
+    return {k: v for k, v in meta.items() if k in CHROMA_KEYS}
 
 
 def _recorded_embed_model(client: ClientAPI) -> str | None:
