@@ -3,14 +3,19 @@
 No weights can be downloaded where this runs, so the real Qwen3-VL-4B architecture is built with random
 weights. A random model never ends a page by itself, so each page's output length is drawn from the length
 distribution of real pages (PAGE_TOKEN_QUANTILES) and forced as that page's token cap (the loop guard is off).
-In one run, on the same pages:
-- equal lengths, one `generate()` per batch (every row as long as the mean page: no padding by construction);
-- real lengths, one `generate()` per batch (the engine before continuous batching: a batch runs to its longest page);
-- real lengths, continuous batching (`engine.generate_ids`: finished rows are replaced by waiting pages);
-- one page at a time (`generate()` per page).
+In one run:
+- `--check`: greedy ids of a few pages decoded together, one at a time, and with the step run eagerly;
+- streamed answers (`engine.stream`, after `warm_up`): first token and tok/s, one stream and four at once;
+- real lengths, the engine (`engine.generate_ids`: KV slab, recorded decode step, finished rows refilled in place)
+  at each `--rows`, four pages per row as ingest hands them;
+- real lengths, one page at a time through the engine (one row);
+- `--baselines`: the engine before the KV slab, transformers' `generate()` per batch of equal lengths and one page
+  at a time;
+- `--video-minutes`: the windows of a video of that length.
 Timing covers the engine call as ingest makes it: processor, vision tower, generation.
 
-usage: python -m bench.engine_gpu [--pages 128] [--rows 64,128] [--length-scale 0.25] [--out FILE]
+usage: python -m bench.engine_gpu [--check] [--pages 512] [--rows 128] [--length-scale 1] [--baselines]
+                                  [--video-minutes 60] [--out FILE]
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import kb.engines.transformers_qwen as tq
-from bench.report import machine, markdown_table, write_section
+from bench.report import markdown_table, publish
 from kb import prompts
 from kb.config import load_settings
 from kb.engines import UNITS_PER_ROW
@@ -442,11 +447,7 @@ def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int]
                  f"{args.stream_tokens} tokens each):\n\n" + markdown_table(
                      ["streams", "n", "first token s (slowest)", "first token s (fastest)",
                       "tok/s (fastest stream, after its first token)", "tok/s all streams"], streams))
-    print(body)
-    if args.out:  # measured elsewhere (a lent GPU): the machine goes in with the text
-        args.out.write_text(f"{machine()}\n{body}")
-    else:
-        write_section("Engine throughput on GPU at real page lengths (transformers)", body)
+    publish("Engine throughput on GPU at real page lengths (transformers)", body, args.out)
 
 
 if __name__ == "__main__":

@@ -331,6 +331,7 @@ def test_system_page_shows_engine_size_and_settings(kb_env):
     at.run()
     engine = at.dataframe[0].value
     assert engine["engine"][0] == "ocr"
+    assert any("'ocr' chosen by KB" in c.value for c in at.caption)  # why: as load_engine decided it
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Sources"] == "4" and int(metrics["Chunks"]) >= 5 and metrics["On disk"][0] != "0"
     config = at.dataframe[-1].value

@@ -242,3 +242,36 @@ def test_bulk_cache_is_kept_between_calls_and_remade_for_longer_requests(make_se
     long = Request(task="answer", prompt="Long?", max_new_tokens=slab.length + 10)
     assert len(two.generate_ids([long])[0]) <= long.max_new_tokens  # a longer request gets a longer cache
     assert two._slabs["bulk"].length >= slab.length + 10
+
+
+def test_slab_decoding_matches_the_models_own_forward(make_settings, tiny_model_dir):
+    # The decode step over the KV slab reimplements a decoder layer for one token per row: its logits must be the
+    # model's own (transformers' forward with its cache), for rows of different prompt lengths decoded together.
+    from kb.engines.kv_slab import width_for
+
+    fresh = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                             batch_size=2, **BUDGET))
+    torch.manual_seed(0)
+    for weight in fresh._net.parameters():  # larger random weights: logits that depend on every input
+        weight.data.normal_(0, 0.3)
+    requests = three_requests()[:2]
+    feed = torch.randint(0, 200, (2, 4))
+    with torch.inference_mode():
+        slab = fresh._slab("bulk", 2, max(fresh.columns_bound(r) for r in requests))
+        prepared = fresh.prepare(requests)
+        fresh.prefill(prepared, slab, [0, 1])
+        stepped = []
+        for n in range(4):
+            slab.tokens.copy_(feed[:, n])
+            slab.step(width_for(max(prepared.widths) + n + 1, slab.length))
+            stepped.append(slab.logits.clone())
+        for row, request in enumerate(requests):
+            alone = fresh.prepare([request])
+            out = fresh._net(**alone.inputs, position_ids=alone.positions, use_cache=True)
+            cache, mask = out.past_key_values, alone.inputs["attention_mask"]
+            for n in range(4):
+                mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+                out = fresh._net(input_ids=feed[row:row + 1, n:n + 1], attention_mask=mask, past_key_values=cache,
+                                 position_ids=(alone.next_pos + n).view(1, 1, 1).expand(3, 1, 1), use_cache=True)
+                cache = out.past_key_values
+                assert torch.allclose(out.logits[0, -1], stepped[n][row], atol=1e-4), (row, n)
