@@ -516,8 +516,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         b: Build = r["build"]
-        body.append([f"{r['chunks']:,}", f"{r['sources']:,}", f"{b.total_s:.0f}", f"{b.chroma_s:.0f}",
-                     f"{b.lexical_s:.0f}", f"{b.other_s:.0f}",
+        built = b.chunks > b.resumed_at  # a row measured right after resuming has no build of its own
+        body.append([f"{r['chunks']:,}", f"{r['sources']:,}"] + [f"{x:.0f}" if built else "-" for x in (
+                     b.total_s, b.chroma_s, b.lexical_s, b.other_s)] + [
                      f"{(b.chunks - b.resumed_at) / b.total_s:,.0f}" if b.total_s else "-",
                      _cpu_per_chunk(b),
                      f"{r['disk_mib']:,.0f} ({r['disk_mib'] * (1 << 20) / r['chunks']:,.0f})",
