@@ -177,10 +177,11 @@ def check_server_path(path: Path | str, roots: Sequence[Path]) -> Path:
     """
     if not roots:
         raise InputError(str(path), "the app may not read folders on the server (no allowed folders are set)",
-                         FOLDERS_FIX)
+                         FOLDERS_FIX, code="folder.none_allowed")
     typed = Path(os.path.normpath(Path(path).expanduser()))
     if not typed.is_absolute():
-        raise InputError(str(path), "not an absolute path", "give the full path, starting with /")
+        raise InputError(str(path), "not an absolute path", "give the full path, starting with /",
+                         code="folder.not_absolute")
     lexical_roots = [Path(os.path.normpath(r)) for r in roots]
     real_roots = [r.resolve() for r in lexical_roots]
     resolved = typed.resolve()
@@ -189,13 +190,17 @@ def check_server_path(path: Path | str, roots: Sequence[Path]) -> Path:
         hidden = next((part for part in found[1] if part.startswith(".")), None) if found else None
         if hidden:
             raise InputError(str(path), f"'{hidden}' is hidden: hidden files and folders are not read from the app",
-                             "rename it, or ingest it from a shell with `python -m ingest PATH`")
+                             "rename it, or ingest it from a shell with `python -m ingest PATH`",
+                             code="folder.hidden", params={"hidden": hidden})
     if _under(resolved, real_roots) is None:
-        where = f"it leads to {resolved}, " if _under(typed, lexical_roots) else ""
-        raise InputError(str(path), f"{where}outside the folders the app may read ({allowed})", FOLDERS_FIX)
+        leads = _under(typed, lexical_roots) is not None  # a link inside the folders that leads out of them
+        where = f"it leads to {resolved}, " if leads else ""
+        raise InputError(str(path), f"{where}outside the folders the app may read ({allowed})", FOLDERS_FIX,
+                         code="folder.leads_outside" if leads else "folder.outside",
+                         params={"allowed": allowed, "target": resolved})
     if not resolved.exists():
         raise InputError(str(path), "no such file or folder on the server",
-                         "give an absolute path that the app process can read")
+                         "give an absolute path that the app process can read", code="folder.missing")
     return resolved
 
 
@@ -262,7 +267,7 @@ class JobBoard:
             for path in paths:
                 if _under(Path(os.path.normpath(path)), [uploads_folder(self.home)]) is None:
                     raise InputError(str(path), "reading folders on the server is off in this app "
-                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
+                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX, code="folder.off")
         return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots,
                              owner=owner, ocr_first=ocr_first)
 
@@ -287,10 +292,12 @@ class JobBoard:
     def reindex(self, path: str, manifest: Manifest, owner: str = "") -> Job:
         """Ingest one source again, even if unchanged (a new engine or model, a fixed reader)."""
         if manifest.get(path) is None:
-            raise NotFound(f"{path} is not a source in the knowledge base", "pick a source from the library")
+            raise NotFound(f"{path} is not a source in the knowledge base", "pick a source from the library",
+                           code="source.unknown", params={"path": path})
         if not Path(path).is_file():
             raise NotFound(f"{path} is no longer on disk, so it cannot be re-indexed",
-                           "put the file back at that path, or delete the source from the library")
+                           "put the file back at that path, or delete the source from the library",
+                           code="source.gone", params={"path": path})
         return self._enqueue([Path(path)], f"re-index {Path(path).name}", force=True, roots=None, owner=owner)
 
     def cancel(self, job_id: int) -> None:
@@ -306,7 +313,8 @@ class JobBoard:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = rows[0] if rows else None
         if row is None:
-            raise NotFound(f"there is no ingest job {job_id}", "pick a job from the list")
+            raise NotFound(f"there is no ingest job {job_id}", "pick a job from the list", code="job.unknown",
+                           params={"job": job_id})
         return self._job(row)
 
     def jobs(self, limit: int = 50) -> list[Job]:

@@ -11,14 +11,14 @@ from kb.errors import SeekframeError
 from kb.paths import display
 from pages import access, resources, widgets
 from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
+from pages.language import t, word
 
-st.title("Ask your knowledge base")
+st.title(t("ask.title"))
 store = resources.open_or_stop()
 settings = resources.settings()
 resources.start_engine()  # loads while the user reads and types
 if store.embedder.fallback_reason:
-    st.warning(md_escape("Offline profile: the bundled English embedding model is in use "
-                         f"({store.embedder.fallback_reason})."))
+    st.warning(md_escape(t("ask.offline_embedder", reason=store.embedder.fallback_reason)))
 records = store.manifest.all()
 if not records:
     widgets.empty_library()
@@ -26,36 +26,37 @@ if not records:
 
 # filters ------------------------------------------------------------------------------------------------
 with st.sidebar:
-    st.header("Filters")
-    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources", format_func=display,
-                            placeholder="all sources")
-    groups = st.multiselect("Modality", GROUPS, key="filter_groups", placeholder="documents, images and video")
+    st.header(t("ask.filters"))
+    chosen = st.multiselect(t("ask.sources"), [r.rel for r in records], key="filter_sources", format_func=display,
+                            placeholder=t("ask.all_sources"))
+    groups = st.multiselect(t("ask.modality"), GROUPS, key="filter_groups", placeholder=t("ask.all_modalities"),
+                            format_func=lambda group: word("group", group))
     durations = [r.duration for r in records if r.kind in ("video", "audio") and r.duration]
     seconds = full = None
     if durations:
         full = (0.0, float(math.ceil(max(durations))))
-        seconds = st.slider("Video and audio time range (seconds)", full[0], full[1], full, step=1.0,
+        seconds = st.slider(t("ask.time_range"), full[0], full[1], full, step=1.0,
                             key="filter_seconds")
     filters = build_filters(chosen, groups, seconds, full)
     # Generation settings live in this visitor's session (st.session_state), not in the shared settings.
-    st.header("Generation")
-    max_tokens = st.number_input("Max new tokens", min_value=1, max_value=8192, step=64, key="gen_max_tokens",
+    st.header(t("ask.generation"))
+    max_tokens = st.number_input(t("ask.max_tokens"), min_value=1, max_value=8192, step=64, key="gen_max_tokens",
                                  value=settings.max_answer_tokens)
-    temperature = st.slider("Temperature (0 = greedy)", 0.0, 1.5, float(settings.temperature), step=0.05,
+    temperature = st.slider(t("ask.temperature"), 0.0, 1.5, float(settings.temperature), step=0.05,
                             key="gen_temperature")
-    top_p = st.slider("Top-p", 0.05, 1.0, float(settings.top_p), step=0.05, key="gen_top_p",
-                      disabled=temperature == 0, help="used when sampling (temperature above 0)")
+    top_p = st.slider(t("ask.top_p"), 0.05, 1.0, float(settings.top_p), step=0.05, key="gen_top_p",
+                      disabled=temperature == 0, help=t("ask.top_p_help"))
     chosen_generation = Generation(int(max_tokens), float(temperature), float(top_p))
 
     def new_conversation() -> None:
         st.session_state.update(history=[], conversation_id=None, open_conversation=None)
 
-    st.button("New conversation", key="new_conversation", on_click=new_conversation)
+    st.button(t("ask.new_conversation"), key="new_conversation", on_click=new_conversation)
     # Earlier conversations of this user (kept in KB_HOME, visible to their owner only).
     mine = resources.conversations().of(access.user())
     if mine:
         titles = {c["id"]: c["title"] for c in mine}
-        chosen_id = st.selectbox("Your conversations", [None, *titles], key="open_conversation",
+        chosen_id = st.selectbox(t("ask.your_conversations"), [None, *titles], key="open_conversation",
                                  format_func=lambda i: "—" if i is None else titles[i])
         if chosen_id is not None and chosen_id != st.session_state.get("conversation_id"):
             try:
@@ -67,12 +68,12 @@ with st.sidebar:
 if resources.engine_ready():
     try:
         engine = resources.engine()
-        st.caption(md_escape(f"Engine: {engine.name} · model {engine.model} · {engine.device}. "
-                             f"{resources.engine_explanation()}"))
+        st.caption(md_escape(t("ask.engine", engine=engine.name, model=engine.model, device=engine.device,
+                               why=resources.engine_explanation())))
     except SeekframeError as err:
         resources.show_error(err)
 else:
-    st.caption("Loading the model engine in the background… you can type a question meanwhile.")
+    st.caption(t("ask.engine_loading"))
 
 
 def regenerate(index: int) -> None:
@@ -89,8 +90,8 @@ def show_turn(turn: dict, index: int) -> None:
         if turn["role"] == "assistant":
             st.caption(turn["timing"])
             if turn.get("cached"):
-                st.button("Regenerate", key=f"regenerate_{index}", on_click=regenerate, args=(index,),
-                          help="this answer was stored for the same question, filters and settings: write it anew")
+                st.button(t("ask.regenerate"), key=f"regenerate_{index}", on_click=regenerate, args=(index,),
+                          help=t("ask.regenerate_help"))
             for n, hit in enumerate(turn.get("hits", []), 1):
                 widgets.citation(n, hit, turn["question"], expanded=n == 1)
 
@@ -110,13 +111,14 @@ def answer(question: str, history: list[dict], fresh: bool = False) -> dict | No
             return None
         if found:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.created))
-            timing = f"cached answer (stored {when}) · {engine.name} · {engine.model} · {len(found.hits)} sources"
+            timing = t("ask.cached_timing", when=when, engine=engine.name, model=engine.model,
+                       sources=len(found.hits))
             turn = {"role": "assistant", "text": found.text, "hits": found.hits, "question": question,
                     "timing": md_escape(timing), "cached": True}
             st.markdown(safe_markdown(found.text, len(found.hits)))
             st.caption(turn["timing"])
-            st.button("Regenerate", key="regenerate_new", on_click=regenerate, args=(len(history) + 1,),
-                      help="this answer was stored for the same question, filters and settings: write it anew")
+            st.button(t("ask.regenerate"), key="regenerate_new", on_click=regenerate, args=(len(history) + 1,),
+                      help=t("ask.regenerate_help"))
             for n, hit in enumerate(found.hits, 1):
                 widgets.citation(n, hit, question, expanded=n == 1)
             return turn
@@ -133,8 +135,8 @@ def answer(question: str, history: list[dict], fresh: bool = False) -> dict | No
         except SeekframeError as err:
             resources.show_error(err)
             return None
-        timing = (f"{engine.name} · {engine.model} · retrieval {prepared.retrieval_seconds:.2f} s · "
-                  f"generation {writing:.2f} s · {len(prepared.hits)} sources")
+        timing = t("ask.timing", engine=engine.name, model=engine.model, retrieval=f"{prepared.retrieval_seconds:.2f}",
+                   generation=f"{writing:.2f}", sources=len(prepared.hits))
         st.caption(md_escape(timing))
         for n, hit in enumerate(prepared.hits, 1):
             widgets.citation(n, hit, question, expanded=n == 1)
@@ -148,7 +150,7 @@ history = st.session_state.setdefault("history", [])
 for index, turn in enumerate(history):
     show_turn(turn, index)
 
-asked = st.chat_input("Ask a question about your documents, images, videos and recordings", key="question")
+asked = st.chat_input(t("ask.placeholder"), key="question")
 again = st.session_state.pop("regenerate", None)
 question = asked or again
 if question:

@@ -14,9 +14,11 @@ from kb.config import Settings, load_settings
 from kb.conversations import Conversations
 from kb.engines import Engine, load_engine, resolve_engine_name
 from kb.errors import SeekframeError
+from kb.i18n import CATALOG, error_text
 from kb.paths import fs_path
 from kb.store import Store, open_store
 from pages.helpers import md_escape
+from pages.language import current, t
 
 
 @st.cache_resource(show_spinner=False)
@@ -24,7 +26,7 @@ def settings() -> Settings:
     return load_settings()
 
 
-@st.cache_resource(show_spinner="Opening the knowledge base…", on_release=lambda store: store.close())
+@st.cache_resource(show_spinner=False, on_release=lambda store: store.close())
 def store() -> Store:
     # The app process owns the embedded store for its lifetime (see kb.store.OwnerLock); the ingest
     # jobs write through this same object.
@@ -57,7 +59,7 @@ def engine() -> Engine:
     """The engine, waiting for it to finish loading; a failed load is forgotten so the next call retries."""
     future = _engine_loader()
     if not future.done():
-        with st.spinner("Loading the model engine…"):
+        with st.spinner(t("app.loading_engine")):
             future.exception()
     if future.exception() is not None:
         _engine_loader.clear()
@@ -65,7 +67,13 @@ def engine() -> Engine:
 
 
 def engine_explanation() -> str:
-    return resolve_engine_name(settings())[1]
+    """Which engine runs and why, in the visitor's language: the decision is kb.engines', only its words are ours."""
+    chosen = settings()
+    name, why = resolve_engine_name(chosen)
+    if chosen.engine != "auto":
+        return t("engine.why.chosen", engine=name, origin=chosen.sources.get("engine", "settings"))
+    key = f"engine.why.auto.{name}"
+    return t(key) if key in CATALOG else why
 
 
 def _stop_worker(running: tuple[Worker, object]) -> None:
@@ -101,16 +109,18 @@ def conversations() -> Conversations:
 def open_or_stop() -> Store:
     """The store, or a readable error with its fix (config problem, store locked by a CLI ingest) and stop."""
     try:
-        return store()
+        with st.spinner(t("app.opening")):
+            return store()
     except SeekframeError as err:
         show_error(err)
         st.stop()
 
 
-def show_error(err: BaseException) -> None:
-    fix = getattr(err, "fix", "")
-    message = str(err).split("\n  fix:")[0]
-    st.error(md_escape(message) + (f"\n\n**How to fix:** {md_escape(fix)}" if fix else ""))
+def show_error(err: BaseException, **params: object) -> None:
+    """The error and its fix in the visitor's language (English where the catalog has no words for it);
+    `params` replace the error's own values with ones the page can say better (a translated action name)."""
+    message, fix = error_text(err, current(), **params)
+    st.error(md_escape(message) + (f"\n\n**{t('app.how_to_fix')}** {md_escape(fix)}" if fix else ""))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -15,14 +15,12 @@ from kb.paths import display, fs_path
 from kb.types import Hit
 from pages import resources
 from pages.helpers import keyframe_paths, md_escape, time_label
-
-ADD_HINT = ("Add files on the **Add content** page (upload, or a folder on the server), or from a shell: "
-            "`python -m ingest PATH...` while the app is stopped. `make run` ingests the sample library.")
+from pages.language import t, word
 
 
 def empty_library() -> None:
-    st.info("The knowledge base is empty. " + ADD_HINT)
-    st.page_link("pages/add.py", label="Add content", icon=":material/add_circle:")
+    st.info(t("empty.info"))
+    st.page_link("pages/add.py", label=t("nav.add"), icon=":material/add_circle:")
 
 
 def _mtime(path: Path) -> float:
@@ -36,20 +34,20 @@ def pdf_page(stored: str, page: int, quote: str = "", width: int | None = None) 
     """A rendered page, the quoted text boxed when the page has a text layer."""
     path = fs_path(stored)
     if not path.is_file():
-        st.caption("The PDF is no longer at its ingest path, so the page cannot be shown.")
+        st.caption(t("widget.pdf_gone"))
         return
     if quote:
         image, found = resources.highlighted_page(stored, page, quote, _mtime(path))
     else:
         image, found = resources.page_image(stored, page, 110, _mtime(path)), False
-    st.image(image, caption=f"page {page}" + (" · cited text highlighted" if found else ""),
+    st.image(image, caption=t("widget.page_highlighted" if found else "widget.page", page=page),
              width=width if width else "stretch")
 
 
 def video_player(stored: str, start: float | None, end: float | None = None) -> None:
     path = fs_path(stored)
     if not path.is_file():
-        st.caption("The video is no longer at its ingest path, so it cannot be played.")
+        st.caption(t("widget.video_gone"))
         return
     # Streamlit's player takes whole seconds; end one second late so the cited segment plays to its end.
     st.video(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
@@ -66,7 +64,7 @@ def audio_player(stored: str, start: float | None, end: float | None = None) -> 
     """An audio source from the cited second (an audio file's passages have no frames to show)."""
     path = fs_path(stored)
     if not path.is_file():
-        st.caption("The audio file is no longer at its ingest path, so it cannot be played.")
+        st.caption(t("widget.audio_gone"))
         return
     st.audio(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
 
@@ -80,24 +78,26 @@ def keyframes(hit_or_chunk, width: int = 220) -> None:
 def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> None:
     """One numbered source: what it is, the cited text, and the page, image or video segment."""
     source = display(hit.source)
-    with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
+    where = hit.where if hit.page is None or hit.t_start is not None else t("cite.page", name=source, page=hit.page)
+    modality = word("modality", hit.modality)
+    with st.expander(md_escape(f"[{n}] {where}"), expanded=expanded):
         quote = best_sentence(question, hit.text) if question else ""
         if hit.t_start is not None and hit.modality == "speech":
-            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · speech")
+            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {modality}")
             audio_player(hit.source_abs, hit.t_start, hit.t_end)
         elif hit.t_start is not None:
-            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")
+            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {md_escape(modality)}")
             left, right = st.columns([1, 2])
             with left:
                 keyframes(hit)
             with right:
                 video_player(hit.source_abs, hit.t_start, hit.t_end)
         elif hit.page is not None and hit.source_abs.lower().endswith(".pdf"):
-            st.caption(f"{md_escape(source)} · page {hit.page} · {hit.modality}")
+            st.caption(md_escape(f"{source} · {t('widget.page', page=hit.page)} · {modality}"))
             pdf_page(hit.source_abs, hit.page, quote)
         elif hit.modality.startswith("image"):
-            st.caption(f"{md_escape(source)} · {hit.modality}")
+            st.caption(f"{md_escape(source)} · {md_escape(modality)}")
             image_file(hit.source_abs)
         else:
-            st.caption(f"{md_escape(source)} · {hit.modality}")
+            st.caption(f"{md_escape(source)} · {md_escape(modality)}")
         st.text(hit.text)  # document text: shown as text, never as Markdown or HTML

@@ -337,7 +337,7 @@ def test_system_page_shows_engine_size_and_settings(kb_env):
     config = at.dataframe[-1].value
     origin = dict(zip(config["setting"], config["from"]))
     assert origin["home"] == "KB_HOME" and origin["engine"] == "KB_ENGINE"
-    assert any("GPU" in t for t in texts(at))
+    assert any("GPU" in c.value for c in at.caption)
 
 
 # jobs and helpers (no Streamlit) -----------------------------------------------------------------------------
