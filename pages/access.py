@@ -106,10 +106,15 @@ def current() -> tuple[Identity, str]:
 
 def show_user(identity: Identity, role: str) -> None:
     with st.sidebar:
-        name = t("access.local_user") if identity.email == LOCAL_USER else identity.name or identity.email
+        name = shown_name(identity.email) if identity.email == LOCAL_USER else identity.name or identity.email
         st.caption(md_escape(t("access.signed_in_as", name=name, role=word("role", role))))
         if mode() == "oidc":
             st.button(t("access.sign_out"), key="sign_out", on_click=st.logout)
+
+
+def shown_name(user: str) -> str:
+    """A user as the page names them: the single local user in the visitor's language, others by their address."""
+    return t("access.local_user") if user == LOCAL_USER else user
 
 
 def role() -> str:

@@ -66,7 +66,9 @@ with folder_tab:
 def show_job(job: Job) -> None:
     done = job.finished_files
     total = len(job.files) or 1
-    label = t("add.job_by", label=job.label, owner=job.owner) if job.owner else job.label
+    # A re-index is named here, in the reader's language (JobBoard.reindex stores an English label).
+    label = t("add.reindex_label", name=job.paths[0].name) if job.force and job.paths else job.label
+    label = t("add.job_by", label=label, owner=access.shown_name(job.owner)) if job.owner else label
     st.markdown(t("add.job_line_pages" if job.pages_read else "add.job_line", label=md_escape(label),
                   state=word("state", job.state), done=done, total=len(job.files), seconds=f"{job.seconds:.1f}",
                   pages=job.pages_read))

@@ -1,17 +1,19 @@
 """Ask: a chat over the knowledge base; answers stream, citations [n] open the page, image or video second."""
 from __future__ import annotations
 
+import json
 import math
 import time
 
 import streamlit as st
 
 from kb.answer import Generation, cache_key, keep_real_citations, prepare, stream_answer
+from kb.engines import Engine
 from kb.errors import SeekframeError
 from kb.paths import display
 from pages import access, resources, widgets
-from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
-from pages.language import t, word
+from pages.helpers import GROUPS, build_filters, md_code, md_escape, safe_markdown
+from pages.language import t, words
 
 st.title(t("ask.title"))
 store = resources.open_or_stop()
@@ -30,7 +32,7 @@ with st.sidebar:
     chosen = st.multiselect(t("ask.sources"), [r.rel for r in records], key="filter_sources", format_func=display,
                             placeholder=t("ask.all_sources"))
     groups = st.multiselect(t("ask.modality"), GROUPS, key="filter_groups", placeholder=t("ask.all_modalities"),
-                            format_func=lambda group: word("group", group))
+                            format_func=words("group"))
     durations = [r.duration for r in records if r.kind in ("video", "audio") and r.duration]
     seconds = full = None
     if durations:
@@ -68,8 +70,8 @@ with st.sidebar:
 if resources.engine_ready():
     try:
         engine = resources.engine()
-        st.caption(md_escape(t("ask.engine", engine=engine.name, model=engine.model, device=engine.device,
-                               why=resources.engine_explanation())))
+        st.caption(t("ask.engine", engine=md_escape(engine.name), model=md_code(engine.model),
+                     device=md_escape(engine.device), why=md_escape(resources.engine_explanation())))
     except SeekframeError as err:
         resources.show_error(err)
 else:
@@ -83,12 +85,28 @@ def regenerate(index: int) -> None:
     del history[index - 1:]
 
 
+def timing(key: str, engine: Engine, **params: object) -> str:
+    """The line under an answer, kept (in the session and in saved conversations) as its catalog key and values,
+    so it is said in the language of whoever reads it later."""
+    return json.dumps({"key": key, "params": {"engine": engine.name, "model": engine.model, **params}})
+
+
+def timing_line(kept: str) -> str:
+    """A kept timing line for st.caption; a line saved as plain text (before this form) as it is."""
+    try:
+        line = json.loads(kept)
+        params = {name: md_escape(str(value)) for name, value in line["params"].items()}
+        return t(line["key"], **{**params, "model": md_code(str(line["params"]["model"]))})
+    except (ValueError, KeyError, TypeError):
+        return kept
+
+
 def show_turn(turn: dict, index: int) -> None:
     with st.chat_message(turn["role"]):
         sources = len(turn["hits"]) if turn["role"] == "assistant" else None
         st.markdown(safe_markdown(turn["text"], sources))
         if turn["role"] == "assistant":
-            st.caption(turn["timing"])
+            st.caption(timing_line(turn["timing"]))
             if turn.get("cached"):
                 st.button(t("ask.regenerate"), key=f"regenerate_{index}", on_click=regenerate, args=(index,),
                           help=t("ask.regenerate_help"))
@@ -99,7 +117,7 @@ def show_turn(turn: dict, index: int) -> None:
 def answer(question: str, history: list[dict], fresh: bool = False) -> dict | None:
     """Retrieve, stream the answer into the page, and return the turn to keep; a repeated question is answered from
     the answer cache unless `fresh` (the Regenerate button)."""
-    pairs = [(t["role"], t["text"]) for t in history]
+    pairs = [(turn["role"], turn["text"]) for turn in history]
     with st.chat_message("assistant"):
         try:
             engine = resources.engine()
@@ -111,12 +129,10 @@ def answer(question: str, history: list[dict], fresh: bool = False) -> dict | No
             return None
         if found:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.created))
-            timing = t("ask.cached_timing", when=when, engine=engine.name, model=engine.model,
-                       sources=len(found.hits))
             turn = {"role": "assistant", "text": found.text, "hits": found.hits, "question": question,
-                    "timing": md_escape(timing), "cached": True}
+                    "timing": timing("ask.cached_timing", engine, when=when, sources=len(found.hits)), "cached": True}
             st.markdown(safe_markdown(found.text, len(found.hits)))
-            st.caption(turn["timing"])
+            st.caption(timing_line(turn["timing"]))
             st.button(t("ask.regenerate"), key="regenerate_new", on_click=regenerate, args=(len(history) + 1,),
                       help=t("ask.regenerate_help"))
             for n, hit in enumerate(found.hits, 1):
@@ -135,15 +151,15 @@ def answer(question: str, history: list[dict], fresh: bool = False) -> dict | No
         except SeekframeError as err:
             resources.show_error(err)
             return None
-        timing = t("ask.timing", engine=engine.name, model=engine.model, retrieval=f"{prepared.retrieval_seconds:.2f}",
-                   generation=f"{writing:.2f}", sources=len(prepared.hits))
-        st.caption(md_escape(timing))
+        line = timing("ask.timing", engine, retrieval=f"{prepared.retrieval_seconds:.2f}", generation=f"{writing:.2f}",
+                      sources=len(prepared.hits))
+        st.caption(timing_line(line))
         for n, hit in enumerate(prepared.hits, 1):
             widgets.citation(n, hit, question, expanded=n == 1)
     if prepared.hits:
         cache.put(key, question, keep_real_citations(text, len(prepared.hits)), prepared.hits)
     return {"role": "assistant", "text": text, "hits": prepared.hits, "question": question,
-            "timing": md_escape(timing)}
+            "timing": line}
 
 
 history = st.session_state.setdefault("history", [])

@@ -4,12 +4,16 @@ The words themselves are in kb/i18n.py (no Streamlit there); this only knows whe
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import streamlit as st
 
 from kb import i18n
 from kb.i18n import LANGUAGES, Language
 
-KEY = "ui_language"
+KEY = "ui_language"  # the visitor's choice: plain session state, which no page change or widget cleanup drops
+SWITCH = "ui_language_switch"  # the sidebar widget that changes it
 
 
 def current() -> Language:
@@ -27,8 +31,18 @@ def word(group: str, value: str) -> str:
     return i18n.word(group, value, current())
 
 
+def words(group: str) -> Callable[[str], str]:
+    """A widget's format_func for a vocabulary, in the language of this run (bound now: Streamlit may call it
+    outside the run, where the session's choice cannot be read)."""
+    return partial(i18n.word, group, language=current())
+
+
+def _chosen() -> None:
+    st.session_state[KEY] = st.session_state[SWITCH]
+
+
 def switch() -> None:
-    """The sidebar's language switch; its first value is the browser's language, then it follows the visitor."""
-    language = current()
-    st.session_state[KEY] = language  # kept across pages, even on runs that stop before the sidebar is drawn
-    st.sidebar.selectbox(t("app.language"), list(LANGUAGES), key=KEY, format_func=LANGUAGES.__getitem__)
+    """The sidebar's language switch, showing the language in force (the browser's until the visitor picks one)."""
+    st.session_state[SWITCH] = current()
+    st.sidebar.selectbox(t("app.language"), list(LANGUAGES), key=SWITCH, format_func=LANGUAGES.__getitem__,
+                         on_change=_chosen)

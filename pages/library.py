@@ -12,8 +12,8 @@ from kb.outline import outline
 from kb.paths import display
 from kb.types import format_clock
 from pages import access, resources, widgets
-from pages.helpers import SORTS, chunks_by_page, md_escape, segments, source_rows, time_label
-from pages.language import t, word
+from pages.helpers import SORTS, chunks_by_page, md_code, md_escape, segments, source_rows, time_label
+from pages.language import t, word, words
 
 PAGES_PER_VIEW = 4
 SEGMENTS_PER_VIEW = 60
@@ -33,7 +33,7 @@ if not records:
 
 left, right = st.columns([3, 1])
 query = left.text_input(t("lib.search"), key="library_query", placeholder=t("lib.search_placeholder"))
-order = right.selectbox(t("lib.sort"), list(SORTS), key="library_sort", format_func=lambda s: word("sort", s))
+order = right.selectbox(t("lib.sort"), list(SORTS), key="library_sort", format_func=words("sort"))
 rows = source_rows(records, query, order)
 
 
@@ -49,7 +49,8 @@ st.dataframe([{t("lib.col_source"): display(r.rel), t("lib.col_type"): word("kin
                t("lib.col_extent"): extent(r), t("lib.col_chunks"): r.chunks,
                t("lib.col_status"): word("result", r.status),
                t("lib.col_ingested"): datetime.fromtimestamp(r.ingested_at).strftime("%Y-%m-%d %H:%M"),
-               t("lib.col_engine"): r.engine, t("lib.col_model"): r.model, t("lib.col_problems"): len(r.errors)}
+               t("lib.col_engine"): word("engine", r.engine), t("lib.col_model"): r.model,
+               t("lib.col_problems"): len(r.errors)}
               for r in rows], hide_index=True, width="stretch")
 st.caption(t("lib.counts", shown=len(rows), total=len(records), chunks=store.count()))
 if not rows:
@@ -99,9 +100,10 @@ def reindex(record: SourceRecord) -> None:
 
 
 st.subheader(md_escape(display(record.rel)))
-st.caption(md_escape(t("lib.details", kind=word("kind", record.kind), extent=extent(record) or t("lib.single_image"),
-                       chunks=record.chunks, status=word("result", record.status), engine=record.engine,
-                       model=record.model, path=display(record.path))))
+shape = extent(record) or (t("lib.single_image") if record.kind == "image" else "—")
+st.caption(t("lib.details", kind=md_escape(word("kind", record.kind)), extent=md_escape(shape), chunks=record.chunks,
+             status=md_escape(word("result", record.status)), engine=md_escape(word("engine", record.engine)),
+             model=md_code(record.model) if record.model else "", path=md_code(display(record.path))))
 for problem in record.errors:
     st.warning(md_escape(display(problem)))
 one, two, three, _ = st.columns([1, 1, 1, 3])

@@ -6,7 +6,7 @@ import streamlit as st
 from kb.auth import ADMIN
 from kb.errors import SeekframeError
 from pages import access, resources
-from pages.helpers import dir_size, gpu_info, human_bytes, md_escape
+from pages.helpers import dir_size, gpu_info, human_bytes, md_code, md_escape
 from pages.language import t, word
 
 # The columns of JobBoard.throughput(), by their catalog keys.
@@ -33,8 +33,9 @@ else:
     st.info(t("sys.engine_loading"))
 st.caption(md_escape(resources.engine_explanation()))
 embedder = store.embedder
-st.caption(md_escape(t("sys.embedder_fallback", name=embedder.name, reason=embedder.fallback_reason)
-                     if embedder.fallback_reason else t("sys.embedder", name=embedder.name)))
+model = md_code(embedder.name)  # an identifier, shown as one
+st.caption(t("sys.embedder_fallback", name=model, reason=md_escape(embedder.fallback_reason))
+           if embedder.fallback_reason else t("sys.embedder", name=model))
 
 st.subheader(t("sys.gpu"))
 gpus = gpu_info()
