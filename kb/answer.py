@@ -12,6 +12,7 @@ from kb import prompts
 from kb.answer_cache import AnswerCache, answer_key, content_version
 from kb.config import Settings
 from kb.engines import Engine
+from kb.i18n import language_of_text, text
 from kb.lexical import tokenize
 from kb.paths import fs_path
 from kb.search import Filters, expand_context, search
@@ -198,7 +199,8 @@ def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
 def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hit], quotes: int = 3) -> str:
     """The best sentence of each of the `quotes` best hits, cited by its number among `sources`."""
     number = {hit.id: n for n, hit in enumerate(sources, 1)}
-    lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
+    # The one sentence of its own the model-less engine writes, in the question's language like a model's answer.
+    lines = [text("answer.extractive_heading", language_of_text(question)), ""]
     for hit in [h for h in ranked if h.id in number][:quotes]:
         quote = keep_real_citations(best_sentence(question, hit.text), 0)  # the document's own [n] are not ours
         lines.append(f"> {quote} [{number[hit.id]}]")

@@ -10,17 +10,25 @@ text: nothing a user sees is ever lost for want of a translation.
 """
 from __future__ import annotations
 
+import re
 import string
 from typing import Literal, Mapping
 
 Language = Literal["en", "zh"]
 LANGUAGES: dict[Language, str] = {"en": "English", "zh": "中文"}
 DEFAULT_LANGUAGE: Language = "en"
+_HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
 def language_of(locale: str | None) -> Language:
     """The interface language for a browser's language tag (`zh-CN`, `zh-Hans`, `zh-TW`, `en-US`, None)."""
     return "zh" if (locale or "").lower().replace("_", "-").split("-")[0] == "zh" else DEFAULT_LANGUAGE
+
+
+def language_of_text(words: str) -> Language:
+    """The language a question is written in, as far as the interface's two go: Chinese when it holds Chinese
+    characters (a Chinese question often names English products: "LinnSequencer 是什么？"), else English."""
+    return "zh" if _HAN.search(words) else DEFAULT_LANGUAGE
 
 
 def text(key: str, language: Language, **params: object) -> str:
@@ -86,6 +94,9 @@ CATALOG: dict[str, dict[Language, str]] = {
                                   "KB_ENGINE=transformers 可在 CPU 上运行 Qwen3-VL（较慢），或设置 KB_ENGINE=openai 并"
                                   "配合 "
                                   "KB_OPENAI_BASE_URL 使用 vLLM/SGLang 服务器"},
+    "answer.extractive_heading": {"en": "The best matching passages (the ocr engine quotes; it does not write "
+                                        "answers):",
+                                  "zh": "最相关的段落（ocr 引擎只摘录原文，不撰写回答）："},
     "app.how_to_fix": {"en": "How to fix:", "zh": "解决方法："},
     # sign-in ------------------------------------------------------------------------------------------------
     "access.sign_in_intro": {"en": "Sign in to ask questions of your team's knowledge base.",
