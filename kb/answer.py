@@ -4,16 +4,15 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from kb import prompts
+from kb import i18n, prompts
 from kb.answer_cache import AnswerCache, answer_key, content_version
 from kb.config import Settings
 from kb.engines import Engine
-from kb.i18n import language_of_text, text
-from kb.lexical import tokenize
+from kb.lexical import STOPWORDS, tokenize
 from kb.paths import fs_path
 from kb.search import Filters, expand_context, search
 from kb.store import Store
@@ -28,8 +27,6 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 _NAME = re.compile(r"(?<=[\w,;:)] )[A-Z][\w&.-]*[A-Za-z0-9]|\b[A-Z]{2,}[\w-]*|\b\d[\d.,]{2,}\d\b")
 # A citation marker as the prompt asks for it ([3], several as [1][3]) or as models also write it ([1, 3]).
 _MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
-_STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
-            "does did do this that these those it its from as about into than then there their".split())
 
 
 @dataclass(frozen=True)
@@ -70,10 +67,9 @@ class Answer:
     model: str
     retrieval_seconds: float = 0.0
     generation_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
     cached: bool = False  # served from the answer cache (kb/answer_cache.py)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"answer": self.text, "citations": [h.to_json() for h in self.citations], "cached": self.cached}
 
 
@@ -98,7 +94,7 @@ def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = N
 def question_names(question: str) -> list[str]:
     """The names, acronyms and long numbers a question asks about ("Shopee", "BERT", "2019"), in order, once."""
     names = (m.group().rstrip(".").removesuffix("'s").removesuffix("’s") for m in _NAME.finditer(question))
-    return list(dict.fromkeys(n for n in names if len(n) > 1 and n.lower() not in _STOP))
+    return list(dict.fromkeys(n for n in names if len(n) > 1 and n.lower() not in STOPWORDS))
 
 
 def absent_names(question: str, store: Store, filters: Filters | None = None) -> list[str]:
@@ -115,9 +111,10 @@ def absent_names(question: str, store: Store, filters: Filters | None = None) ->
 
 def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[int], list[Image.Image]]:
     """Key frames of the cited video segments (source numbers, images): the model sees what was on screen."""
-    numbers, images = [], []
+    numbers: list[int] = []
+    images: list[Image.Image] = []
     for n, hit in enumerate(hits, 1):
-        frame_path = fs_path(hit.keyframe) if hit.keyframe else None  # stored form -> the name that opens
+        frame_path = fs_path(hit.chunk.keyframe) if hit.chunk.keyframe else None  # stored form -> the name that opens
         if frame_path and len(images) < limit and frame_path.is_file():
             with Image.open(frame_path) as frame:
                 images.append(frame.convert("RGB"))
@@ -128,7 +125,7 @@ def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[i
 def keep_real_citations(text: str, sources: int) -> str:
     """`text` with only the markers of real sources (1..sources): a document (or a model repeating one) can
     print [9], which must not read as a citation. A marker with no real number goes, with the space before it."""
-    def keep(match: re.Match) -> str:
+    def keep(match: re.Match[str]) -> str:
         real = [n for n in map(int, re.findall(r"\d+", match.group(2))) if 1 <= n <= sources]
         return match.group(1) + "".join(f"[{n}]" for n in real) if real else ""
 
@@ -179,7 +176,7 @@ def ask(question: str, store: Store, engine: Engine, k: int = 5, filters: Filter
 
 
 def _terms(text: str) -> set[str]:
-    words = {w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in _STOP}
+    words = {w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in STOPWORDS}
     return words | set(_CJK.findall(text))  # CJK has no spaces: single characters carry the overlap
 
 
@@ -198,11 +195,11 @@ def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
 
 def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hit], quotes: int = 3) -> str:
     """The best sentence of each of the `quotes` best hits, cited by its number among `sources`."""
-    number = {hit.id: n for n, hit in enumerate(sources, 1)}
+    number = {hit.chunk.id: n for n, hit in enumerate(sources, 1)}
     # The one sentence of its own the model-less engine writes, in the question's language like a model's answer.
-    lines = [text("answer.extractive_heading", language_of_text(question)), ""]
-    for hit in [h for h in ranked if h.id in number][:quotes]:
-        quote = keep_real_citations(best_sentence(question, hit.text), 0)  # the document's own [n] are not ours
-        lines.append(f"> {quote} [{number[hit.id]}]")
+    lines = [i18n.text("answer.extractive_heading", i18n.language_of_text(question)), ""]
+    for hit in [h for h in ranked if h.chunk.id in number][:quotes]:
+        quote = keep_real_citations(best_sentence(question, hit.chunk.text), 0)  # the document's own [n] are not ours
+        lines.append(f"> {quote} [{number[hit.chunk.id]}]")
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -9,7 +9,7 @@ from typing import Mapping
 
 
 class SeekframeError(Exception):
-    """Base class: `err.message` is the problem, `err.fix` the way out; `str(err)` shows both."""
+    """Base class: `err.message` is the problem, `err.fix` the way out; `str(err)` says both (for logs, CLIs)."""
 
     exit_code = 1
 
@@ -22,8 +22,7 @@ class SeekframeError(Exception):
         self.params: dict[str, object] = dict(params or {})
 
     def __str__(self) -> str:
-        text = super().__str__()
-        return f"{text}\n  fix: {self.fix}" if self.fix else text
+        return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
 
 
 class ConfigError(SeekframeError):

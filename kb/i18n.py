@@ -50,6 +50,26 @@ def placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+class Said(str):
+    """English text that also carries its catalog key and values, so an interface can say it in another language;
+    everywhere else (logs, the CLI) it is just the string."""
+
+    code: str = ""
+    params: dict[str, object]
+
+
+def said(english: str, code: str, **params: object) -> Said:
+    shown = Said(english)
+    shown.code, shown.params = code, params
+    return shown
+
+
+def say(shown: str, language: Language) -> str:
+    """`shown` in `language` when it is a Said the catalog knows, else as it is."""
+    code = getattr(shown, "code", "")
+    return text(code, language, **shown.params) if isinstance(shown, Said) and code in CATALOG else str(shown)
+
+
 def error_text(err: BaseException, language: Language, **overrides: object) -> tuple[str, str]:
     """(message, fix) of an error in `language`: from the catalog by the error's code, else its English text.
     `overrides` replace parameters the caller can say better (an action's translated name, say)."""
@@ -97,6 +117,10 @@ CATALOG: dict[str, dict[Language, str]] = {
     "answer.extractive_heading": {"en": "The best matching passages (the ocr engine quotes; it does not write "
                                         "answers):",
                                   "zh": "最相关的段落（ocr 引擎只摘录原文，不撰写回答）："},
+    "engine.why.offline": {"en": "OFFLINE PROFILE: engine auto -> 'ocr': the {engine} engine could not load "
+                                 "({problem}); RapidOCR reads text, no captions, extractive answers. Fix: {fix}",
+                           "zh": "离线配置：引擎 auto -> “ocr”：{engine} 引擎无法加载（{problem}）；"
+                                 "由 RapidOCR 读取文字，不写图片说明，回答为原文摘录。解决方法：{fix}"},
     "app.how_to_fix": {"en": "How to fix:", "zh": "解决方法："},
     # sign-in ------------------------------------------------------------------------------------------------
     "access.sign_in_intro": {"en": "Sign in to ask questions of your team's knowledge base.",

@@ -10,7 +10,7 @@ from kb.errors import SeekframeError
 from kb.manifest import SourceRecord
 from kb.outline import outline
 from kb.paths import display
-from kb.types import format_clock
+from kb.types import Modality, format_clock
 from pages import access, resources, widgets
 from pages.helpers import SORTS, chunks_by_page, md_code, md_escape, segments, source_rows, time_label
 from pages.language import t, word, words
@@ -162,8 +162,8 @@ elif record.kind == "pdf":
                 st.text(chunk.text)
 elif record.kind == "image":
     widgets.image_file(record.path)
-    for label, modality, none in (("lib.image_text", "image_ocr", "lib.no_text"),
-                                  ("lib.caption", "image_caption", "lib.no_caption")):
+    for label, modality, none in (("lib.image_text", Modality.IMAGE_OCR, "lib.no_text"),
+                                  ("lib.caption", Modality.IMAGE_CAPTION, "lib.no_caption")):
         texts = [c.text for c in chunks if c.modality == modality]
         st.markdown(f"**{t(label)}**")
         if texts:

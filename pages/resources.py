@@ -12,9 +12,9 @@ from ingest.worker import Worker, start_thread
 from kb.answer_cache import AnswerCache
 from kb.config import Settings, load_settings
 from kb.conversations import Conversations
-from kb.engines import Engine, load_engine, resolve_engine_name
+from kb.engines import Engine, load_engine, why_chosen
 from kb.errors import SeekframeError
-from kb.i18n import CATALOG, error_text
+from kb.i18n import error_text, say
 from kb.paths import fs_path
 from kb.store import Store, open_store
 from pages.helpers import md_escape
@@ -67,13 +67,8 @@ def engine() -> Engine:
 
 
 def engine_explanation() -> str:
-    """Which engine runs and why, in the visitor's language: the decision is kb.engines', only its words are ours."""
-    chosen = settings()
-    name, why = resolve_engine_name(chosen)
-    if chosen.engine != "auto":
-        return t("engine.why.chosen", engine=name, origin=chosen.sources.get("engine", "settings"))
-    key = f"engine.why.auto.{name}"
-    return t(key) if key in CATALOG else why
+    """Why the loaded engine runs (call once it is loaded: `engine_ready`), in the visitor's language."""
+    return say(why_chosen(engine()), current())
 
 
 def _stop_worker(running: tuple[Worker, object]) -> None:

@@ -27,11 +27,11 @@ if resources.engine_ready():
         st.dataframe([{t("sys.col_engine"): engine.name, t("sys.col_model"): engine.model,
                        t("sys.col_device"): engine.device, t("sys.col_captions"): engine.can_caption,
                        t("sys.col_answers"): engine.generative}], hide_index=True)
+        st.caption(md_escape(resources.engine_explanation()))  # why this engine, as loading decided it
     except SeekframeError as err:
         resources.show_error(err)
 else:
     st.info(t("sys.engine_loading"))
-st.caption(md_escape(resources.engine_explanation()))
 embedder = store.embedder
 model = md_code(embedder.name)  # an identifier, shown as one
 st.caption(t("sys.embedder_fallback", name=model, reason=md_escape(embedder.fallback_reason))
@@ -74,5 +74,5 @@ else:
 st.subheader(t("sys.config"))
 st.caption(t("sys.config_note"))
 st.dataframe([{t("sys.col_setting"): name, t("sys.col_value"): str(value),
-               t("sys.col_from"): word("origin", settings.sources.get(name, "default"))}
+               t("sys.col_from"): word("origin", settings.origins.get(name, "default"))}
               for name, value in settings.masked().items()], hide_index=True, width="stretch")
