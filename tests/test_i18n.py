@@ -107,6 +107,27 @@ def test_a_refusal_names_the_action_and_roles_in_the_visitors_language():
     assert said == ("删除需要编辑者角色；您的角色是查看者", "请管理员把您加入 KB_EDITORS")
 
 
+def test_every_word_of_the_vocabularies_the_app_shows_is_in_the_catalog():
+    from kb.types import FileState, JobState, Modality, Outcome, SourceStatus
+
+    groups = {"state": [*JobState, *FileState], "result": [*Outcome, *SourceStatus], "modality": list(Modality)}
+    missing = [f"{group}.{value}" for group, values in groups.items() for value in values
+               if f"{group}.{value}" not in i18n.CATALOG]
+    assert missing == []
+    assert i18n.word("state", FileState.CAPTIONING, "zh") == "生成说明中"
+
+
 def test_vocabulary_words_fall_back_to_the_word_itself():
     assert i18n.word("state", "done", "zh") == "完成" and i18n.word("state", "done", "en") == "done"
     assert i18n.word("state", "a-new-state", "zh") == "a-new-state"
+
+
+def test_why_an_engine_runs_is_said_in_either_language(tmp_path):
+    from kb.engines import resolve_engine_name
+
+    settings = load_settings({"home": tmp_path, "engine": "ocr"}, env={})
+    name, why = resolve_engine_name(settings)
+    assert why == "engine 'ocr' chosen by settings" or why.startswith("engine 'ocr' chosen by")
+    assert i18n.say(why, "en") == why  # the CLI's sentence, unchanged
+    assert i18n.say(why, "zh").startswith("引擎“ocr”由 ")
+    assert i18n.say("a sentence with no key", "zh") == "a sentence with no key"
