@@ -114,7 +114,7 @@ def show_user(identity: Identity, role: str) -> None:
 
 def shown_name(user: str) -> str:
     """A user as the page names them: the single local user in the visitor's language, others by their address."""
-    return t("access.local_user") if user == LOCAL_USER else user
+    return t("access.local_user") if user == LOCAL_USER else t("access.inbox") if user == "inbox" else user
 
 
 def role() -> str:

@@ -64,12 +64,20 @@ with folder_tab:
                 resources.show_error(err)
 
 
+def job_label(job: Job) -> str:
+    """What a job is called, in the reader's language: a re-index and an inbox batch are named here (JobBoard
+    stores English labels for them); an upload keeps the label its submitter's page gave it."""
+    if job.force and job.paths:
+        return t("add.reindex_label", name=job.paths[0].name)
+    if job.owner == "inbox":
+        return t("add.inbox_label", count=len(job.paths))
+    return job.label
+
+
 def show_job(job: Job) -> None:
     done = job.finished_files
     total = len(job.files) or 1
-    # A re-index is named here, in the reader's language (JobBoard.reindex stores an English label).
-    label = t("add.reindex_label", name=job.paths[0].name) if job.force and job.paths else job.label
-    label = t("add.job_by", label=label, owner=access.shown_name(job.owner)) if job.owner else label
+    label = t("add.job_by", label=job_label(job), owner=access.shown_name(job.owner)) if job.owner else job_label(job)
     st.markdown(t("add.job_line_pages" if job.pages_read else "add.job_line", label=md_escape(label),
                   state=word("state", job.state), done=done, total=len(job.files), seconds=f"{job.seconds:.1f}",
                   pages=job.pages_read))
