@@ -9,7 +9,9 @@ from pages import access, resources
 from pages.helpers import dir_size, gpu_info, human_bytes, md_code, md_escape
 from pages.language import t, word
 
-# The columns of JobBoard.throughput(), by their catalog keys.
+# The columns of helpers.gpu_info() and JobBoard.throughput(), by their catalog keys.
+GPU_HEADERS = {"gpu": "sys.col_gpu", "name": "sys.col_name", "memory_used": "sys.col_memory_used",
+               "memory_total": "sys.col_memory_total", "utilization": "sys.col_utilization"}
 THROUGHPUT_HEADERS = {"job": "sys.col_job", "state": "sys.col_state", "files": "sys.col_files",
                       "pages read": "sys.col_pages", "chunks": "add.col_chunks", "seconds": "sys.col_seconds",
                       "files/min": "sys.col_files_min", "pages/s": "sys.col_pages_s", "engine": "sys.col_engine"}
@@ -40,7 +42,7 @@ st.caption(t("sys.embedder_fallback", name=model, reason=md_escape(embedder.fall
 st.subheader(t("sys.gpu"))
 gpus = gpu_info()
 if gpus:
-    st.dataframe([{t(f"sys.col_{name}"): value for name, value in gpu.items()} for gpu in gpus], hide_index=True)
+    st.dataframe([{t(GPU_HEADERS[name]): value for name, value in gpu.items()} for gpu in gpus], hide_index=True)
 else:
     st.caption(t("sys.no_gpu"))
 

@@ -6,6 +6,7 @@ video views are tested even where ingest/video.py is not in the tree).
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -458,7 +459,7 @@ def test_every_page_of_an_empty_knowledge_base_speaks_one_language(language, tmp
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_every_page_of_a_populated_knowledge_base_speaks_one_language(language, kb_env):
+def test_every_page_of_a_populated_knowledge_base_speaks_one_language(language, kb_env, tmp_path, monkeypatch):
     at = app_in(language)
     assert_speaks(at, language, "ask")
     ask(at, "Where does the purple elephant parade happen?")  # citations, page captions, timing
@@ -493,11 +494,21 @@ def test_every_page_of_a_populated_knowledge_base_speaks_one_language(language, 
                                    else ["file", "status", "chunks", "result", "reason"])
     assert list(table[table.columns[1]]) == (["完成"] if language == "zh" else ["done"])
 
+    # The GPU table too: an nvidia-smi that reports one device, as the real one prints it.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/bin/sh\necho '0, NVIDIA H200, 1024, 143771, 5'\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     at.switch_page("pages/system.py").run()
     from pages import resources
 
     resources.engine()
     assert_speaks(at.run(), language, "system")
+    gpu = at.dataframe[1].value
+    assert list(gpu.columns)[2:] == (["已用显存", "总显存", "利用率"] if language == "zh"
+                                     else ["memory used", "memory total", "utilization"])
+    assert gpu.iloc[0, 1] == "NVIDIA H200"
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
