@@ -18,6 +18,14 @@ from pages.language import t, word, words
 PAGES_PER_VIEW = 4
 SEGMENTS_PER_VIEW = 60
 
+
+def extent(record: SourceRecord) -> str:
+    """`03:25`, `pages: 12` or '' (an image)."""
+    if record.duration:
+        return format_clock(record.duration)
+    return t("lib.pages", count=record.pages) if record.pages else ""
+
+
 st.title(t("lib.title"))
 store = resources.open_or_stop()
 flashed = st.session_state.pop("library_flash", None)
@@ -35,15 +43,6 @@ left, right = st.columns([3, 1])
 query = left.text_input(t("lib.search"), key="library_query", placeholder=t("lib.search_placeholder"))
 order = right.selectbox(t("lib.sort"), list(SORTS), key="library_sort", format_func=words("sort"))
 rows = source_rows(records, query, order)
-
-
-def extent(record: SourceRecord) -> str:
-    """`03:25`, `pages: 12` or '' (an image)."""
-    if record.duration:
-        return format_clock(record.duration)
-    return t("lib.pages", count=record.pages) if record.pages else ""
-
-
 # Dates as ISO (2026-12-01 19:30): read the same way in both languages.
 st.dataframe([{t("lib.col_source"): display(r.rel), t("lib.col_type"): word("kind", r.kind),
                t("lib.col_extent"): extent(r), t("lib.col_chunks"): r.chunks,
