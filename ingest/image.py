@@ -88,12 +88,14 @@ def decoding(label: str, limits: Limits) -> Iterator[None]:
             raise too_large(label, None, int(found.group(1)) if found else 0, limits) from err
         except UnidentifiedImageError as err:
             raise InputError(label, "not an image (its content is not a known image format)",
-                             "check the file: it may be another type with an image extension") from err
+                             "check the file: it may be another type with an image extension",
+                             code="image.not_image") from err
         except MemoryError as err:
             raise InputError(label, "the image does not fit in memory while decoding",
                              "lower KB_IMAGE_DECODE_MAX_PIXELS so such files are refused, or downscale it") from err
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as err:
-            raise InputError(label, f"the image is damaged or truncated ({err})", DAMAGED_FIX) from err
+            raise InputError(label, f"the image is damaged or truncated ({err})", DAMAGED_FIX, code="image.damaged",
+                             params={"detail": str(err)}) from err
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS job_files (
     reason TEXT NOT NULL DEFAULT '',
     chunks INTEGER NOT NULL DEFAULT 0,
     result TEXT NOT NULL DEFAULT '',
+    cause TEXT NOT NULL DEFAULT '',  -- the reason's error code and values as JSON (kb/i18n.py says it)
     PRIMARY KEY (job_id, path)
 );
 CREATE INDEX IF NOT EXISTS job_files_path ON job_files(path);
@@ -90,6 +91,7 @@ class FileStatus:
     reason: str = ""
     chunks: int = 0
     result: str = ""  # the pipeline's word (an Outcome): added, updated, skipped, partial, failed, ...
+    cause: str = ""  # the reason as {"code", "params"} JSON when an error with a code gave it, for the app to say
 
     @property
     def final(self) -> bool:
@@ -226,6 +228,9 @@ class JobBoard:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(job_files)")}
+        if "cause" not in columns:  # a job table written before errors carried codes
+            self._db.execute("ALTER TABLE job_files ADD COLUMN cause TEXT NOT NULL DEFAULT ''")
 
     @classmethod
     def open(cls, settings: Settings) -> JobBoard:
@@ -322,7 +327,7 @@ class JobBoard:
 
     def _job(self, row: sqlite3.Row) -> Job:
         files = [FileStatus(path=f["path"], rel=f["rel"], state=FileState(f["state"]), reason=f["reason"],
-                            chunks=f["chunks"], result=f["result"])
+                            chunks=f["chunks"], result=f["result"], cause=f["cause"])
                  for f in self._read("SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (row["id"],))]
         roots = None if row["roots"] is None else tuple(Path(r) for r in json.loads(row["roots"]))
         return Job(id=row["id"], label=row["label"], files=files, paths=[Path(p) for p in json.loads(row["paths"])],
@@ -411,8 +416,8 @@ class JobBoard:
         with self._write() as db:
             # INSERT OR REPLACE: the run may add rows (files the walk left out, with the reason).
             db.executemany("INSERT OR REPLACE INTO job_files (job_id, position, path, rel, state, reason, chunks, "
-                           "result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(job.id, n, f.path, f.rel, f.state, f.reason, f.chunks, f.result)
+                           "result, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(job.id, n, f.path, f.rel, f.state, f.reason, f.chunks, f.result, f.cause)
                             for n, f in enumerate(job.files)])
             db.execute("UPDATE jobs SET state = ?, error = ?, finished = ?, pages_read = ?, chunks = ?, engine = ?, "
                        "lease_until = 0 WHERE id = ?",

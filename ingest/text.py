@@ -40,7 +40,7 @@ def decode_text(data: bytes, label: str) -> tuple[str, str]:
     """(text, the encoding when it is not UTF-8, else ""); InputError when the bytes are not text."""
     text, encoding = _decode(data)
     if text is None or _control_share(text) > MAX_CONTROL_SHARE:
-        raise InputError(label, "not text: its bytes are binary data, not characters", NOT_TEXT_FIX)
+        raise InputError(label, "not text: its bytes are binary data, not characters", NOT_TEXT_FIX, code="text.binary")
     return text, encoding
 
 

@@ -90,6 +90,11 @@ FOLDERS_FIX_EN = ("to let the app read it, add its folder to KB_ALLOWED_FOLDERS 
 FOLDERS_FIX_ZH = ("如需让应用读取，请把它所在的文件夹加入 KB_ALLOWED_FOLDERS（文件夹以“:”分隔；或在 seekframe.toml 中写"
                   " "
                   "allowed_folders = [...]）并重启应用；或在应用停止时从命令行用 `python -m ingest PATH` 导入")
+# The fix for a plain-text file under another type's extension (ingest/read.py), shared by five errors.
+TEXT_NOT_FIX: dict[Language, str] = {
+    "en": "download or copy it again (a failed download saves its error message); if it is meant as text, rename "
+          "it to .txt",
+    "zh": "请重新下载或复制（下载失败时保存下来的往往是错误信息）；如果它本来就是文本，请改名为 .txt"}
 
 CATALOG: dict[str, dict[Language, str]] = {
     # app and navigation -------------------------------------------------------------------------------------
@@ -531,4 +536,47 @@ CATALOG: dict[str, dict[Language, str]] = {
     "err.folder.none_allowed.fix": {"en": FOLDERS_FIX_EN, "zh": FOLDERS_FIX_ZH},
     "err.folder.outside.fix": {"en": FOLDERS_FIX_EN, "zh": FOLDERS_FIX_ZH},
     "err.folder.leads_outside.fix": {"en": FOLDERS_FIX_EN, "zh": FOLDERS_FIX_ZH},
+    # what an ingest reader says about a file (shown per file on the Add page) -----------------------------
+    "err.read.empty": {"en": "{path}: the file is empty (0 bytes)", "zh": "{path}：文件是空的（0 字节）"},
+    "err.read.empty.fix": {"en": "copy or download it again", "zh": "请重新复制或下载"},
+    "err.read.text_not_pdf": {"en": "{path}: this is a plain-text file, not a PDF",
+                              "zh": "{path}：这是纯文本文件，不是PDF 文件"},
+    "err.read.text_not_image": {"en": "{path}: this is a plain-text file, not an image",
+                              "zh": "{path}：这是纯文本文件，不是图片"},
+    "err.read.text_not_video": {"en": "{path}: this is a plain-text file, not a video",
+                              "zh": "{path}：这是纯文本文件，不是视频"},
+    "err.read.text_not_audio": {"en": "{path}: this is a plain-text file, not an audio file",
+                              "zh": "{path}：这是纯文本文件，不是音频文件"},
+    "err.read.text_not_text": {"en": "{path}: this is a plain-text file, not a text file",
+                              "zh": "{path}：这是纯文本文件，不是文本文件"},
+    **{f"err.read.text_not_{kind}.fix": TEXT_NOT_FIX for kind in ("pdf", "image", "video", "audio", "text")},
+    "err.pdf.unreadable": {"en": "{path}: not a readable PDF ({detail})", "zh": "{path}：不是可读取的 PDF（{detail}）"},
+    "err.pdf.unreadable.fix": {"en": "check that it really is a PDF (not another type renamed to .pdf); re-export or "
+                                     "re-download it",
+                               "zh": "请确认它确实是 PDF（而不是改了扩展名的其他文件）；重新导出或重新下载"},
+    "err.pdf.encrypted": {"en": "{path}: the PDF is encrypted with a password", "zh": "{path}：PDF 有密码加密"},
+    "err.pdf.encrypted.fix": {"en": "decrypt it first, e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`, "
+                                    "and ingest the copy",
+                              "zh": "请先解密，例如 `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`，再导入解密后的"
+                                    "副本"},
+    "err.pdf.no_pages": {"en": "{path}: the PDF has no readable pages (damaged or truncated)",
+                         "zh": "{path}：PDF 没有可读取的页面（已损坏或不完整）"},
+    "err.pdf.no_pages.fix": {"en": "re-download or re-export it", "zh": "请重新下载或重新导出"},
+    "err.pdf.truncated": {"en": "{path}: the PDF is truncated (it ends before its %%EOF marker)",
+                          "zh": "{path}：PDF 不完整（在 %%EOF 标记之前就结束了）"},
+    "err.pdf.truncated.fix": {"en": "the copy is incomplete: download or copy it again", "zh": "副本不完整：请重新下载"
+                                                                                               "或复制"},
+    "err.image.not_image": {"en": "{path}: not an image (its content is not a known image format)",
+                            "zh": "{path}：不是图片（内容不是已知的图片格式）"},
+    "err.image.not_image.fix": {"en": "check the file: it may be another type with an image extension",
+                                "zh": "请检查文件：它可能是带着图片扩展名的其他类型"},
+    "err.image.damaged": {"en": "{path}: the image is damaged or truncated ({detail})",
+                          "zh": "{path}：图片已损坏或不完整（{detail}）"},
+    "err.image.damaged.fix": {"en": "the copy is damaged or incomplete: copy, download or export it again",
+                              "zh": "副本已损坏或不完整：请重新复制、下载或导出"},
+    "err.text.binary": {"en": "{path}: not text: its bytes are binary data, not characters",
+                        "zh": "{path}：不是文本：内容是二进制数据，不是字符"},
+    "err.text.binary.fix": {"en": "check what the file is (e.g. `file NAME`): it is binary data with a text extension",
+                            "zh": "请检查文件的实际类型（例如 `file NAME`）：它是带着文本扩展名的二进制数据"},
+    "add.reason_fix": {"en": "{reason}\n  fix: {fix}", "zh": "{reason}\n  解决方法：{fix}"},
 }

@@ -1,17 +1,20 @@
 """Add content: upload files or name a server folder; ingestion runs in the background, per-file status."""
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
-from ingest.jobs import Job, uploads_folder
+from ingest.jobs import FileStatus, Job, uploads_folder
 from ingest.read import supported_extensions
 from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
+from kb.i18n import error_text
 from kb.paths import display
 from kb.types import FileState
 from pages import access, resources
 from pages.helpers import md_code, md_escape, save_upload
-from pages.language import t, word
+from pages.language import current, t, word
 
 st.title(t("add.title"))
 access.require_role(EDITOR, "action.add_content")  # also when the page is opened by its address
@@ -74,6 +77,17 @@ def job_label(job: Job) -> str:
     return job.label
 
 
+def reason(item: FileStatus) -> str:
+    """Why a file failed or was skipped, in the reader's language where the error gave its code (else as the
+    ingest wrote it)."""
+    try:
+        cause = json.loads(item.cause) if item.cause else {}
+        message, fix = error_text(SeekframeError(item.reason, code=cause["code"], params=cause["params"]), current())
+    except (ValueError, KeyError, TypeError):
+        return word("reason", display(item.reason))
+    return display(t("add.reason_fix", reason=message, fix=fix) if fix else message)
+
+
 def show_job(job: Job) -> None:
     done = job.finished_files
     total = len(job.files) or 1
@@ -90,11 +104,11 @@ def show_job(job: Job) -> None:
     if job.files:
         st.dataframe([{t("add.col_file"): display(f.rel), t("add.col_status"): word("state", f.state),
                        t("add.col_chunks"): f.chunks, t("add.col_result"): word("result", f.result),
-                       t("add.col_reason"): word("reason", display(f.reason))} for f in job.files],
+                       t("add.col_reason"): reason(f)} for f in job.files],
                      hide_index=True, width="stretch")
     for item in job.files:
         if item.state == FileState.FAILED:
-            st.error(md_escape(t("add.file_failed", file=display(item.rel), reason=display(item.reason))))
+            st.error(md_escape(t("add.file_failed", file=display(item.rel), reason=reason(item))))
 
 
 def jobs_panel() -> None:

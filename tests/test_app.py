@@ -483,16 +483,19 @@ def test_every_page_of_a_populated_knowledge_base_speaks_one_language(language, 
 
     at.switch_page("pages/add.py").run()
     at.file_uploader(key="uploads").set_value([("tool.exe", b"MZ\x90", "application/octet-stream"),
+                                               ("broken.pdf", b"this is not a PDF at all", "application/pdf"),
                                                ("walrus.md", b"# Walrus\n\nThe walrus choir sings at dawn.\n",
                                                 "text/markdown")]).run()
     at.button(key="ingest_uploads").click().run()
     wait_for_jobs(at)
-    texts = assert_speaks(at, language, "add: jobs and an upload refused")
+    texts = assert_speaks(at, language, "add: jobs, an upload refused, a file the reader refused")
     assert any(("不支持的文件类型" if language == "zh" else "unsupported file type") in t for t in texts), texts
+    assert any(("这是纯文本文件，不是PDF 文件" if language == "zh" else "this is a plain-text file, not a PDF") in t
+               for t in texts), texts
     table = at.dataframe[0].value
     assert list(table.columns) == (["文件", "状态", "片段数", "结果", "原因"] if language == "zh"
                                    else ["file", "status", "chunks", "result", "reason"])
-    assert list(table[table.columns[1]]) == (["完成"] if language == "zh" else ["done"])
+    assert list(table[table.columns[1]]) == (["失败", "完成"] if language == "zh" else ["failed", "done"])
 
     # The GPU table too: an nvidia-smi that reports one device, as the real one prints it.
     tools = tmp_path / "bin"

@@ -73,6 +73,14 @@ def coded_errors(tmp_path: Path) -> list[SeekframeError]:
     catch(identity_from_headers, {}, "10.0.0.1", settings)
     catch(identity_from_headers, {"X-Seekframe-User": "eve@example.com"}, "203.0.113.9", settings)
     catch(check_no_sign_in, "0.0.0.0")
+    # What a reader says of a bad upload (shown per file on the Add page).
+    from ingest.read import read_file
+    from kb.types import Source
+
+    for name, data in (("zero.md", b""), ("download.pdf", b"404 Not Found: the server could not find it\n"),
+                       ("garbage.png", bytes(range(256)) * 4), ("binary.md", b"\x00\x01\x02\xff" * 100)):
+        (tmp_path / name).write_bytes(data)
+        catch(read_file, tmp_path / name, Source(name, str(tmp_path / name), ""), settings)
     return errors
 
 
