@@ -139,3 +139,24 @@ def test_why_an_engine_runs_is_said_in_either_language(tmp_path):
     assert i18n.say(why, "en") == why  # the CLI's sentence, unchanged
     assert i18n.say(why, "zh").startswith("引擎“ocr”由 ")
     assert i18n.say("a sentence with no key", "zh") == "a sentence with no key"
+
+
+def test_a_job_table_written_before_errors_had_codes_still_opens(tmp_path):
+    import sqlite3
+
+    from ingest.jobs import SCHEMA, JobBoard
+
+    old = SCHEMA.replace("    cause TEXT NOT NULL DEFAULT '',  -- the reason's error code and values as JSON "
+                         "(kb/i18n.py says it)\n", "")
+    assert old != SCHEMA
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as db:
+        db.executescript(old)
+        db.execute("INSERT INTO jobs (label, paths, state, created) VALUES ('old', '[]', 'done', 0)")
+        db.execute("INSERT INTO job_files (job_id, position, path, rel, state, reason) "
+                   "VALUES (1, 0, '/x/a.pdf', 'a.pdf', 'failed', 'a.pdf: not a readable PDF')")
+    board = JobBoard(tmp_path)
+    try:
+        item = board.jobs()[0].files[0]
+        assert (item.reason, item.cause) == ("a.pdf: not a readable PDF", "")
+    finally:
+        board.close()
