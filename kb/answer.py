@@ -135,10 +135,11 @@ def keep_real_citations(text: str, sources: int) -> str:
 def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
     """The answer text, piece by piece; extractive quotes when the engine has no language model."""
     if not prepared.hits:
-        yield prompts.NO_SOURCES
+        yield prompts.no_sources(prepared.question)
     elif not engine.generative and prepared.absent:
         # Quoting the nearest page would answer another question; the model-less engine says what is missing.
-        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0])
+        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0],
+                                     prepared.question)
     elif not engine.generative:
         yield extractive_answer(prepared.question, prepared.hits, prepared.ranked or prepared.hits)
     else:

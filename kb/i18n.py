@@ -126,6 +126,12 @@ CATALOG: dict[str, dict[Language, str]] = {
                                  "({problem}); RapidOCR reads text, no captions, extractive answers. Fix: {fix}",
                            "zh": "离线配置：引擎 auto -> “ocr”：{engine} 引擎无法加载（{problem}）；"
                                  "由 RapidOCR 读取文字，不写图片说明，回答为原文摘录。解决方法：{fix}"},
+    "answer.no_sources": {"en": "Nothing in the knowledge base matches this question.",
+                          "zh": "知识库中没有与这个问题相符的内容。"},
+    "answer.not_in_sources": {"en": "The knowledge base does not answer this: no source mentions {names}. The "
+                                    "closest passage ({where}) is about something else, so it is not quoted.",
+                              "zh": "知识库无法回答这个问题：没有任何来源提到 {names}。最接近的段落（{where}）"
+                                    "讲的是别的内容，因此不引用。"},
     "app.how_to_fix": {"en": "How to fix:", "zh": "解决方法："},
     # sign-in ------------------------------------------------------------------------------------------------
     "access.sign_in_intro": {"en": "Sign in to ask questions of your team's knowledge base.",

@@ -160,3 +160,11 @@ def test_a_job_table_written_before_errors_had_codes_still_opens(tmp_path):
         assert (item.reason, item.cause) == ("a.pdf: not a readable PDF", "")
     finally:
         board.close()
+
+
+def test_answers_written_without_a_model_follow_the_questions_language():
+    from kb import prompts
+
+    assert prompts.no_sources("What is the budget?") == "Nothing in the knowledge base matches this question."
+    assert prompts.no_sources("预算是多少？") == "知识库中没有与这个问题相符的内容。"
+    assert i18n.language_of_text("LinnSequencer 是什么？") == "zh" and i18n.language_of_text("What?") == "en"
