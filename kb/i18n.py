@@ -585,4 +585,17 @@ CATALOG: dict[str, dict[Language, str]] = {
     "err.text.binary.fix": {"en": "check what the file is (e.g. `file NAME`): it is binary data with a text extension",
                             "zh": "请检查文件的实际类型（例如 `file NAME`）：它是带着文本扩展名的二进制数据"},
     "add.reason_fix": {"en": "{reason}\n  fix: {fix}", "zh": "{reason}\n  解决方法：{fix}"},
+    "err.image.too_large": {"en": "{path}: the image is {size}, above the decode limit of {limit} Mpx",
+                            "zh": "{path}：图片为 {size}，超过解码上限 {limit} Mpx"},
+    "err.image.too_large.fix": {"en": "to read it, set KB_IMAGE_DECODE_MAX_PIXELS={needed} (decoding it takes up to "
+                                      "{memory} GB of memory), or downscale the image",
+                                "zh": "如需读取，请设置 KB_IMAGE_DECODE_MAX_PIXELS={needed}（解码最多需要 {memory} GB "
+                                      "内存），"
+                                      "或缩小图片"},
+    "err.text.too_big": {"en": "{path}: the text file is {size} MB, above the limit of {limit} MB for one text file",
+                         "zh": "{path}：文本文件为 {size} MB，超过单个文本文件 {limit} MB 的上限"},
+    "err.text.too_big.fix": {"en": "split it into smaller files, or set KB_TEXT_MAX_BYTES={bytes} to read it whole "
+                                   "(about {chunks} chunks to embed)",
+                             "zh": "请拆分成较小的文件，或设置 KB_TEXT_MAX_BYTES={bytes} 以整体读取（约 {chunks} 个片段"
+                                   "需要向量化）"},
 }

@@ -81,6 +81,14 @@ def coded_errors(tmp_path: Path) -> list[SeekframeError]:
                        ("garbage.png", bytes(range(256)) * 4), ("binary.md", b"\x00\x01\x02\xff" * 100)):
         (tmp_path / name).write_bytes(data)
         catch(read_file, tmp_path / name, Source(name, str(tmp_path / name), ""), settings)
+    # Limits: a text file above KB_TEXT_MAX_BYTES, an image above KB_IMAGE_DECODE_MAX_PIXELS.
+    from PIL import Image
+
+    (tmp_path / "long.md").write_text("words " * 400)
+    Image.new("RGB", (400, 300), "white").save(tmp_path / "wide.png")
+    tight = load_settings({"home": tmp_path / "kb", "text_max_bytes": 1000, "image_decode_max_pixels": 10_000}, env={})
+    for name in ("long.md", "wide.png"):
+        catch(read_file, tmp_path / name, Source(name, str(tmp_path / name), ""), tight)
     return errors
 
 
