@@ -124,9 +124,10 @@ def test_a_refusal_names_the_action_and_roles_in_the_visitors_language():
 
 
 def test_every_word_of_the_vocabularies_the_app_shows_is_in_the_catalog():
-    from kb.types import FileState, JobState, Modality, Outcome, SourceStatus
+    from kb.types import FileKind, FileState, JobState, Modality, Outcome, SourceStatus
 
-    groups = {"state": [*JobState, *FileState], "result": [*Outcome, *SourceStatus], "modality": list(Modality)}
+    groups = {"state": [*JobState, *FileState], "result": [*Outcome, *SourceStatus], "modality": list(Modality),
+              "kind": list(FileKind)}
     missing = [f"{group}.{value}" for group, values in groups.items() for value in values
                if f"{group}.{value}" not in i18n.CATALOG]
     assert missing == []
