@@ -113,12 +113,13 @@ def longdoc_cases() -> list[LongCase]:
     return cases
 
 
-def _pages(pdf: Path) -> tuple[bool, int]:
-    """Sort key: documents with a text layer first (the three slide decks of scans need OCR), short ones first."""
+def _pages_per_question(pdf: Path, questions: Counter) -> float:
+    """Build order: the documents with the most questions per page first, so a build stopped half way (a busy
+    machine) already covers most questions; OCR'd slide decks are no slower per question than a 468-page manual."""
     import pymupdf
 
     with pymupdf.open(pdf) as doc:
-        return len(doc[0].get_text().strip()) < 40, doc.page_count
+        return doc.page_count / max(1, questions[pdf.name])
 
 
 def longdoc_store(args):
@@ -147,10 +148,11 @@ def longdoc_store(args):
     started = time.perf_counter()
     engine, counts = "ocr", "not run (--cached-only)"
     if not args.cached_only:
-        # One document per run, shortest first: each is stored as soon as it is read, so an interrupted build
+        # One document per run: each is stored as soon as it is read, so an interrupted build
         # keeps what it did (unchanged files are skipped: a cached run ingests nothing).
-        results = Counter()
-        for pdf in sorted(corpus.glob("*.pdf"), key=_pages):
+        results: Counter[str] = Counter()
+        questions = Counter(c.doc for c in longdoc_cases())
+        for pdf in sorted(corpus.glob("*.pdf"), key=lambda pdf: _pages_per_question(pdf, questions)):
             report = Ingestor(settings, store).run([pdf.resolve()])
             engine = report.engine if report.engine != "none needed" else engine
             results.update(report.counts())
@@ -167,6 +169,7 @@ class LongScores:
     cases: list[LongCase] = field(default_factory=list)
     top_scores: list[float] = field(default_factory=list)
     absent: list[list[str]] = field(default_factory=list)  # kb.answer.absent_names per question
+    top_pages: list[list[int | None]] = field(default_factory=list)  # the pages of the first 5 hits
 
     def subset(self, keep: Callable[[LongCase], bool]) -> Scores:
         return Scores([r for r, c in zip(self.ranks, self.cases) if keep(c)])
@@ -185,6 +188,7 @@ def evaluate_longdoc(store, cases: list[LongCase], modes: dict[str, dict], scope
             hits = search(store, case.question, k=10, filters=filters, **kwargs)
             out[label].cases.append(case)
             out[label].top_scores.append(hits[0].score if hits else 0.0)
+            out[label].top_pages.append([h.page for h in hits[:5]])
             out[label].ranks.append(next((n for n, h in enumerate(hits, 1)
                                           if h.source == case.doc and h.page in case.pages), None))
     return out
@@ -224,6 +228,16 @@ def longdoc_table(results: dict[str, LongScores], info: dict, scope: str) -> lis
     return lines
 
 
+def per_question(results: dict[str, LongScores]) -> list[dict]:
+    """One row a question: what it asked, where the answer is, and where each mode found it (None: not in 10)."""
+    first = next(iter(results.values()))
+    return [{"question": c.question, "doc": c.doc, "pages": sorted(c.pages), "kinds": sorted(c.kinds),
+             "answerable": c.answerable, "absent": first.absent[n],
+             "ranks": {mode: scores.ranks[n] for mode, scores in results.items()},
+             "top_pages": {mode: scores.top_pages[n] for mode, scores in results.items()}}
+            for n, c in enumerate(first.cases)]
+
+
 def run_longdoc(args, modes: dict[str, dict]) -> list[str]:
     store, info = longdoc_store(args)
     try:
@@ -232,6 +246,8 @@ def run_longdoc(args, modes: dict[str, dict]) -> list[str]:
         cases = [c for c in longdoc_cases() if c.doc in only and c.doc in info["documents"]]
         for scope in args.scope.split(","):
             results = evaluate_longdoc(store, cases, modes, scope)
+            if args.per_question:
+                Path(args.per_question).write_text(json.dumps(per_question(results), indent=1))
             table_lines = longdoc_table(results, info, scope)
             print("\n".join(table_lines), flush=True)
             lines += table_lines + [""]
@@ -369,35 +385,46 @@ LONGDOC_NOTE = ("MMLongBench-Doc development split (../shared/data/qa/mmlongbenc
                 "section below.")
 
 
+def options(chunk_chars: int, embed_model: str) -> list[tuple[str, str | int | bool, str]]:
+    """The command line: (flag, default, help); a False default is an on/off switch."""
+    return [
+        ("--datasets", "squad,pdf,mmlongbench", "comma-separated: squad, pdf, mmlongbench"),
+        ("--scope", "document", "mmlongbench: search within the question's document (document), across all "
+         "documents (all), or both (document,all)"),
+        ("--longdoc-home", "", "mmlongbench: use this folder's knowledge base (KB in FOLDER/kb) instead of the "
+         "cached one for these settings"),
+        ("--no-context", False, "chunks without their document title and section line (the ablation; for "
+         "mmlongbench its own cached knowledge base)"),
+        ("--per-question", "", "mmlongbench: also write each question's rank per mode, top page and absent "
+         "names to this JSON file (for reading the misses)"),
+        ("--cached-only", False, "mmlongbench: do not ingest; evaluate the questions of the documents already in "
+         "the cached knowledge base"),
+        ("--only-documents", "", "mmlongbench: comma-separated document names to evaluate (default: all that are "
+         "ingested)"),
+        ("--chunk-chars", chunk_chars, "mmlongbench chunk size"),
+        ("--engine", "ocr", "ingest engine (ocr reads born-digital PDFs without a model)"),
+        ("--embed-model", embed_model, "embedder (id, folder or bundled:NAME)"),
+        ("--rerank-model", "", "cross-encoder for hybrid+rerank (id or folder); default: BAAI/bge-reranker-v2-m3 "
+         "when a CUDA GPU is present, else none"),
+        ("--workdir", "", "keep the knowledge bases here (re-runs skip ingest)"),
+        ("--sweep", "", "extra hybrid variants, e.g. '0.5:1,1:0.5' (dense:lexical weights) and 'noexact' "
+         "(without putting hits that hold the question's codes first)"),
+        ("--lexical-compare", False, "also compare Tantivy with exact BM25 (bm25s) on SQuAD"),
+        ("--write", False, "write the tables into docs/benchmarks.md"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from kb.config import BUNDLED_EMBED_MODEL, Settings
 
     defaults = Settings()
 
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="squad,pdf,mmlongbench", help="comma-separated: squad, pdf, "
-                        "mmlongbench")
-    parser.add_argument("--scope", default="document", help="mmlongbench: search within the question's document "
-                        "(document), across all documents (all), or both (document,all)")
-    parser.add_argument("--longdoc-home", default="", help="mmlongbench: use this folder's knowledge base "
-                        "(KB in FOLDER/kb) instead of the cached one for these settings")
-    parser.add_argument("--no-context", action="store_true", help="chunks without their document title and "
-                        "section line (the ablation; for mmlongbench its own cached knowledge base)")
-    parser.add_argument("--cached-only", action="store_true", help="mmlongbench: do not ingest; evaluate the "
-                        "questions of the documents already in the cached knowledge base")
-    parser.add_argument("--only-documents", default="", help="mmlongbench: comma-separated document names to "
-                        "evaluate (default: all that are ingested)")
-    parser.add_argument("--chunk-chars", type=int, default=defaults.chunk_chars, help="mmlongbench chunk size")
-    parser.add_argument("--engine", default="ocr", help="ingest engine (ocr reads born-digital PDFs without a model)")
-    parser.add_argument("--embed-model", default=BUNDLED_EMBED_MODEL)
-    parser.add_argument("--rerank-model", default="", help="cross-encoder for hybrid+rerank (id or folder); "
-                        "default: BAAI/bge-reranker-v2-m3 when a CUDA GPU is present, else none")
-    parser.add_argument("--workdir", default="", help="keep the knowledge bases here (re-runs skip ingest)")
-    parser.add_argument("--sweep", default="", help="extra hybrid variants, e.g. '0.5:1,1:0.5' (dense:lexical "
-                        "weights) and 'noexact' (without putting hits that hold the question's codes first)")
-    parser.add_argument("--lexical-compare", action="store_true", help="also compare Tantivy with exact BM25 "
-                        "(bm25s) on SQuAD")
-    parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
+    for flag, default, help_text in options(defaults.chunk_chars, BUNDLED_EMBED_MODEL):
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, default=default, type=type(default), help=help_text)
     args = parser.parse_args(argv)
     modes: dict[str, dict] = {m: {"mode": m, "rerank": False} for m in ("dense", "lexical", "hybrid")}
     for variant in filter(None, args.sweep.split(",")):

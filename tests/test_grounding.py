@@ -63,3 +63,36 @@ def test_chunks_carry_the_document_title_and_section(open_kb, tmp_path):
     hits = search(store, "pension scheme output", k=1, filters=Filters(sources=["report.pdf"]))
     assert hits[0].page == 2
     assert hits[0].text.startswith("[Northwind Annual Report 2023 › Employee Pension Scheme]")
+
+
+def _stamped_scan(path) -> None:
+    """A scanned page (the words are pixels) with a court-filing stamp in its text layer, as e-filed scans have."""
+    from io import BytesIO
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    scan = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi
+    draw = ImageDraw.Draw(scan)
+    font = ImageFont.load_default(size=44)
+    lines = ["The agents seized 37 crates of", "counterfeit Mont Blanc pens", "at the Rotterdam depot."]
+    for n, line in enumerate(lines):
+        draw.text((120, 300 + 80 * n), line, fill="black", font=font)
+    buffer = BytesIO()
+    scan.save(buffer, format="PNG")
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_image(page.rect, stream=buffer.getvalue())
+    page.insert_text((40, 20), "Case 2:18-cv-12857-DML-RSW ECF No. 1 filed 09/13/18 PageID.15 Page 1 of 1", fontsize=8)
+    doc.save(path)
+
+
+def test_a_scan_with_a_stamped_text_line_is_read_by_ocr(open_kb, tmp_path):
+    """The stamp alone is a text layer of 70 characters; the page's own words are only in the picture."""
+    library = tmp_path / "library"
+    library.mkdir()
+    _stamped_scan(library / "complaint.pdf")
+    store = open_kb()
+    Ingestor(store.settings, store).run([library])
+    hits = search(store, "counterfeit pens Rotterdam depot", k=1)
+    assert hits and hits[0].page == 1
+    assert "Rotterdam" in hits[0].text and "counterfeit" in hits[0].text.lower()
