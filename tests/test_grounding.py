@@ -6,7 +6,7 @@ import shutil
 import pymupdf
 
 from ingest.pipeline import Ingestor
-from kb.answer import ask, question_names
+from kb.answer import absent_names, ask, question_names
 from kb.engines import load_engine
 from kb.search import Filters, search
 
@@ -37,6 +37,26 @@ def test_names_are_what_the_question_asks_about():
     assert question_names("According to table II, which datasets did Lebron Brennan use in 2019?") == [
         "II", "Lebron", "Brennan", "2019"]
     assert question_names("What does the map in the report show?") == []
+    assert question_names("What are the incident and report dates? Save your answer as a list, with each date "
+                          "formatted as 'YYYY-MM-DD'.") == []  # how to answer is not what is asked about
+
+
+def test_a_typing_slip_or_one_word_of_a_longer_name_is_not_taken_for_absence(open_kb, tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "survey.txt").write_text(
+        "Pew survey of Democratic and Republican voters. Markets of the "
+        "College Board Search service: CA03 is in the San Francisco Bay Area. Tweets being sent by the hour. "
+        "Agent Brennan signed the complaint.")
+    store = open_kb()
+    Ingestor(store.settings, store).run([library])
+    assert absent_names("How many Demoncratic voters were polled?", store) == []  # one letter too many
+    assert absent_names("How many Repbulican voters were polled?", store) == []  # two letters swapped
+    assert absent_names("Is CA03 in the College Board Search Platform?", store) == []  # 3 of its 4 words are there
+    # ... but a short name one letter from a common word, or half of a two-word name, is still missing
+    assert absent_names("How many Tweets are attributed to Boeing?", store) == ["Boeing"]
+    assert absent_names("Which agency does Lebron Brennan belong to?", store) == ["Lebron"]
+    assert absent_names("How many Shopee datasets? Please write the answer in int format.", store) == ["Shopee"]
 
 
 def _report(path, sections: list[tuple[str, str]]) -> None:
