@@ -26,29 +26,10 @@ SIZES = {"base": dict(d_model=512, layers=6, heads=8, ffn=2048), "small": dict(d
 
 def build(size: str, out: Path) -> tuple[Path, Path]:
     """Random weights of the real shape, converted for CTranslate2 as a downloaded checkpoint would be."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    from tests.tiny_whisper import build_tokenizer
+    from tests.tiny_whisper import build_whisper
 
     dims = SIZES[size]
-    tok = build_tokenizer()
-    cfg = WhisperConfig(vocab_size=51866, num_mel_bins=80, d_model=dims["d_model"], encoder_layers=dims["layers"],
-                        decoder_layers=dims["layers"], encoder_attention_heads=dims["heads"],
-                        decoder_attention_heads=dims["heads"], encoder_ffn_dim=dims["ffn"],
-                        decoder_ffn_dim=dims["ffn"], pad_token_id=50257, bos_token_id=50257, eos_token_id=50257,
-                        decoder_start_token_id=50258, suppress_tokens=[], begin_suppress_tokens=[220, 50257])
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg).eval()
-    hf, ct2 = out / "hf", out / "ct2"
-    model.save_pretrained(hf)
-    tok.save_pretrained(hf)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(hf)
-    from ctranslate2.converters import TransformersConverter
-
-    TransformersConverter(str(hf), copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(
-        str(ct2), quantization="int8", force=True)
-    return hf, ct2
+    return build_whisper(out, d_model=dims["d_model"], layers=dims["layers"], heads=dims["heads"], ffn=dims["ffn"])
 
 
 def features():

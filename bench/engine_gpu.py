@@ -3,14 +3,19 @@
 No weights can be downloaded where this runs, so the real Qwen3-VL-4B architecture is built with random
 weights. A random model never ends a page by itself, so each page's output length is drawn from the length
 distribution of real pages (PAGE_TOKEN_QUANTILES) and forced as that page's token cap (the loop guard is off).
-In one run, on the same pages:
-- equal lengths, one `generate()` per batch (every row as long as the mean page: no padding by construction);
-- real lengths, one `generate()` per batch (the engine before continuous batching: a batch runs to its longest page);
-- real lengths, continuous batching (`engine.generate_ids`: finished rows are replaced by waiting pages);
-- one page at a time (`generate()` per page).
+In one run:
+- `--check`: greedy ids of a few pages decoded together, one at a time, and with the step run eagerly;
+- streamed answers (`engine.stream`, after `warm_up`): first token and tok/s, one stream and four at once;
+- real lengths, the engine (`engine.generate_ids`: KV slab, recorded decode step, finished rows refilled in place)
+  at each `--rows`, four pages per row as ingest hands them;
+- real lengths, one page at a time through the engine (one row);
+- `--baselines`: the engine before the KV slab, transformers' `generate()` per batch of equal lengths and one page
+  at a time;
+- `--video-minutes`: the windows of a video of that length.
 Timing covers the engine call as ingest makes it: processor, vision tower, generation.
 
-usage: python -m bench.engine_gpu [--pages 128] [--rows 64,128] [--length-scale 0.25] [--out FILE]
+usage: python -m bench.engine_gpu [--check] [--pages 512] [--rows 128] [--length-scale 1] [--baselines]
+                                  [--video-minutes 60] [--out FILE]
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from transformers import AttentionInterface, StoppingCriteria, StoppingCriteriaList
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import kb.engines.transformers_qwen as tq
 from bench.report import machine, markdown_table, write_section
@@ -41,6 +49,88 @@ PAGE_TOKEN_QUANTILES = [14, 87, 202, 283, 348, 421, 473, 511, 549, 578, 610, 633
                         1189, 1310, 2048]
 WINDOW_TOKENS = 160  # summary + on-screen text + entities of one video window
 WINDOW_SECONDS, FRAMES_PER_WINDOW = 20, 10  # 1 frame/s sampling after scene-change dropping keeps about half
+
+
+# ---- the engine before the KV slab: transformers' generate() per batch (the baseline rows) --------------------------
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                             **kwargs):
+    """sdpa, except for one-token decoding with a padding mask: there transformers' sdpa copies every key/value head
+    once per query head sharing it (4x the KV cache per layer per step for Qwen3-VL-4B), because torch's fused
+    kernels take either a mask or grouped heads. Rows of a refilled batch always carry padding, so decoding reads
+    the cache once here, with the query heads grouped per key/value head."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1 or attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else dim ** -0.5
+    scores = torch.matmul(query.view(batch, kv_heads, groups, dim), key.transpose(-1, -2)).float() * scale
+    mask = attention_mask.reshape(batch, 1, 1, length)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(scores.softmax(-1).to(value.dtype), value)  # (batch, kv_heads, groups, dim)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+GROUPED_ATTENTION = "kb_grouped_sdpa"
+AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
+AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+
+
+GROUPED_ATTENTION = "kb_grouped_sdpa"
+AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
+AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+
+
+class RowStop(StoppingCriteria):
+    """Stops each batch row on its own: at its token limit, at end of turn, or when its tail loops.
+
+    Records where each row stopped, so the row's output is cut exactly there (rows that finish early are
+    padded by generate() until the whole batch is done).
+    """
+
+    def __init__(self, prompt_len: int, limits: list[int], eos_ids: list[int], ngram: int = 12, repeats: int = 4):
+        self.prompt_len = prompt_len
+        self.limits = limits
+        self.eos_ids = set(eos_ids)
+        self.ngram, self.repeats = ngram, repeats
+        self.stopped_at: list[int | None] = [None] * len(limits)
+        self.cancelled = False  # set when a stream's reader goes away: the whole batch stops at the next token
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.cancelled:
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        generated = input_ids.shape[1] - self.prompt_len
+        span = self.ngram * self.repeats
+        # Only the generated part may loop-check: the prompt itself can repeat (table headers, frames).
+        # One device-to-host copy per step for the whole batch, not one per row.
+        tails = input_ids[:, -min(span, generated):].tolist() if generated > 0 else []
+        for row, limit in enumerate(self.limits):
+            if self.stopped_at[row] is not None or generated <= 0:
+                continue
+            tail = tails[row]
+            if generated >= limit or tail[-1] in self.eos_ids or tq.repeating_tail(tail, self.ngram, self.repeats):
+                self.stopped_at[row] = generated
+        done = [stop is not None for stop in self.stopped_at]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def row_ids(self, row: int, new_tokens: list[int]) -> list[int]:
+        """The tokens row `row` really generated: cut where it stopped and at its limit, end-of-turn dropped."""
+        stop = self.stopped_at[row]
+        ids = new_tokens[:stop if stop is not None else len(new_tokens)][:self.limits[row]]
+        return ids[:-1] if ids and ids[-1] in self.eos_ids else ids
+
+
+def generate_kwargs(engine: tq.TransformersEngine, requests: list[Request]) -> tuple[dict, RowStop]:
+    """transformers' generate() arguments for a batch, as the engine built them before the KV slab."""
+    inputs = engine.build_inputs(requests)
+    limits = [r.max_new_tokens for r in requests]
+    stop = RowStop(inputs["input_ids"].shape[1], limits, engine.eos_ids)
+    kwargs = dict(**inputs, max_new_tokens=max(limits), do_sample=False, temperature=None, top_p=None,
+                  top_k=None, stopping_criteria=StoppingCriteriaList([stop]),
+                  pad_token_id=engine.tokenizer.pad_token_id)
+    return kwargs, stop
 
 
 def page_lengths(count: int, scale: float, seed: int = 0) -> list[int]:
@@ -144,7 +234,7 @@ def one_generate_per_batch(engine: tq.TransformersEngine, requests: list[Request
     tokens = row_steps = 0
     for start in range(0, len(requests), batch):
         chunk = requests[start:start + batch]
-        kwargs, stop = engine._generate_kwargs(chunk)
+        kwargs, stop = generate_kwargs(engine, chunk)
         with torch.inference_mode():
             sequences = engine._net.generate(**kwargs)
         new = sequences[:, stop.prompt_len:].tolist()
@@ -194,33 +284,63 @@ def stream_answers(engine: tq.TransformersEngine, concurrent: int, tokens: int) 
     return seconds, time.perf_counter() - started
 
 
-def measure_streams(engine: tq.TransformersEngine, args) -> list[list]:
+def measure_streams(engine: tq.TransformersEngine, args: argparse.Namespace) -> list[list]:
     """First token (a one-token answer, start to end) and tok/s of streamed answers, one alone then four at once,
     after the warm-up the app does at start."""
-    engine.settings = engine.settings.replace(generation_cache=args.stream_cache)
     warm = engine.warm_up()
     rows = []
     for concurrent in (1, 4):
         first, _ = stream_answers(engine, concurrent, 1)
         full, wall = stream_answers(engine, concurrent, args.stream_tokens)
         per_stream = (args.stream_tokens - 1) / (min(full) - min(first))
-        rows.append([f"{concurrent} at once ({args.stream_cache} cache, warm-up at start {warm:.0f} s)", concurrent,
+        rows.append([f"{concurrent} at once (warm-up at start {warm:.1f} s)", concurrent,
                      max(first), min(first), per_stream, concurrent * args.stream_tokens / wall])
         print(rows[-1], flush=True)
-    engine.settings = engine.settings.replace(generation_cache="dynamic")
     return rows
+
+
+def check_graphs(engine: tq.TransformersEngine) -> None:
+    """Greedy ids of 6 pages: 4 rows with recorded steps, one row at a time, and 4 rows run eagerly."""
+    requests = pages([40, 9, 23, 31, 17, 12])
+    engine.settings = engine.settings.replace(batch_size=4)
+    batched = engine.generate_ids(requests)
+    engine._slabs["bulk"].graphs_on = False
+    eager = engine.generate_ids(requests)
+    engine.settings = engine.settings.replace(batch_size=1)
+    alone = [engine.generate_ids([r])[0] for r in requests]
+    engine._slabs.clear()
+    print(f"check: recorded == eager {batched == eager}, batched == alone "
+          f"{sum(a == b for a, b in zip(batched, alone))}/{len(requests)}, lengths {[len(i) for i in batched]}",
+          flush=True)
+
+
+def record_bulk_steps(engine: tq.TransformersEngine, requests: list[Request]) -> float:
+    """Make the bulk slab for these requests and record its decode steps (every width, every halving of the rows)
+    before timing: a long ingest records them once. Seconds it took."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        slab = engine._slab("bulk", engine.slots, max(engine.columns_bound(r) for r in requests))
+        rows = slab.rows
+        while rows >= 1:
+            slab.record_all(slab.length, rows)
+            if rows % 2:
+                break
+            rows //= 2
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pages", type=int, default=128, help="pages per realistic workload")
-    parser.add_argument("--rows", default="64,128", help="batch rows; the first also runs one generate() per batch")
-    parser.add_argument("--length-scale", type=float, default=0.25,
-                        help="scale of the drawn lengths (1 = real; 0.25 fits the device time of one run)")
+    parser.add_argument("--pages", type=int, default=512, help="pages per realistic workload")
+    parser.add_argument("--rows", default="128", help="batch rows of the engine (KB_BATCH_SIZE), comma-separated")
+    parser.add_argument("--length-scale", type=float, default=1.0,
+                        help="scale of the drawn lengths (1 = real)")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also the engine before the KV slab: one transformers generate() per batch")
     parser.add_argument("--single-pages", type=int, default=3, help="pages run one at a time")
     parser.add_argument("--stream-tokens", type=int, default=128, help="0 skips the streaming answers")
-    parser.add_argument("--stream-cache", default="dynamic", choices=["dynamic", "static"],
-                        help="KB_GENERATION_CACHE for the streams (static: compiled at start, before any stream)")
+    parser.add_argument("--check", action="store_true", help="first compare recorded and eager decoding")
     parser.add_argument("--streams-only", action="store_true", help="only the streaming answers")
     parser.add_argument("--video-minutes", type=int, default=0, help="0 skips the video workload")
     parser.add_argument("--out", type=Path, help="write the markdown section to this file, not docs/benchmarks.md")
@@ -232,7 +352,8 @@ def main() -> None:
     lengths = page_lengths(args.pages, args.length_scale)
     mean = int(round(sum(lengths) / len(lengths)))
     busy = GpuBusy()
-    rows = []
+    rows: list[list] = []
+    stats: dict[str, tq.DecodeStats] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or Path(tmp)
         started = time.perf_counter()
@@ -245,56 +366,77 @@ def main() -> None:
         load_s = time.perf_counter() - started
         print(f"model loaded: {torch.cuda.memory_allocated() / 2**30:.2f} GiB on the GPU, default rows "
               f"{engine.slots}", flush=True)
+        # The baselines ran with the grouped decode attention (transformers' sdpa copies the KV heads under a mask).
+        engine._net.config.text_config._attn_implementation = GROUPED_ATTENTION
         engine.eos_ids = []  # a random model must not end a page early by chance: lengths are the drawn ones
         engine._net.generation_config.eos_token_id = None
-        first = rows_list[0]
-        engine.settings = engine.settings.replace(batch_size=first)
-        stats, streams = {}, []
-        if args.stream_tokens:
-            streams = measure_streams(engine, args)
+        if args.check:
+            check_graphs(engine)
+        streams = measure_streams(engine, args) if args.stream_tokens else []
         if args.streams_only:
-            return finish(rows, args, build_s, load_s, engine, lengths, stats, streams)
-        engine.generate_ids(pages([8] * 2))  # warm-up: kernels, allocator, processor
-        requests = pages(lengths)
-        rows.append(measure(f"equal lengths ({mean} tokens), one generate() per batch of {first}",
-                            lambda: one_generate_per_batch(engine, pages([mean] * first), first), busy, first))
-        rows.append(measure(f"real lengths, one generate() per batch of {first} (before)",
-                            lambda: one_generate_per_batch(engine, requests, first), busy, len(requests)))
+            return finish(rows, args, build_s, load_s, engine, lengths, stats, streams, {})
+        recorded = {}
         for slots in rows_list:
             engine.settings = engine.settings.replace(batch_size=slots)
             # As ingest calls it: four times as many pages as rows per engine call.
             requests = pages(page_lengths(max(args.pages, UNITS_PER_ROW * slots), args.length_scale))
+            recorded[slots] = record_bulk_steps(engine, requests)
 
-            def refill(requests=requests, slots=slots) -> tuple[int, int]:
+            def refill(requests: list[Request] = requests, slots: int = slots) -> tuple[int, int]:
                 engine.generate_ids(requests)
-                stats[slots] = engine.last_stats
-                return stats[slots].tokens, stats[slots].row_steps
+                stats[f"{slots} rows"] = engine.last_stats
+                return engine.last_stats.tokens, engine.last_stats.row_steps
 
-            rows.append(measure(f"real lengths, continuous batching, {slots} rows", refill, busy, len(requests)))
-            print(stats[slots], flush=True)
-        single = requests[:args.single_pages]
-        rows.append(measure("real lengths, one page at a time",
-                            lambda: one_generate_per_batch(engine, single, 1), busy, len(single)))
-        if args.video_minutes:
+            rows.append(measure(f"real lengths, KV slab + recorded decode step, {slots} rows", refill, busy,
+                                len(requests)))
+            print(stats[f"{slots} rows"], flush=True)
+        engine.settings = engine.settings.replace(batch_size=1)
+        single = pages(lengths[:args.single_pages])
+        record_bulk_steps(engine, single)
+
+        def one_by_one() -> tuple[int, int]:
+            ids = [engine.generate_ids([r])[0] for r in single]
+            return sum(map(len, ids)), sum(map(len, ids))
+
+        rows.append(measure("real lengths, one page at a time (KV slab, 1 row)", one_by_one, busy, len(single)))
+        if args.baselines:
+            first = rows_list[0]
             engine.settings = engine.settings.replace(batch_size=first)
+            engine._slabs.clear()
+            torch.cuda.empty_cache()
+            rows.append(measure(f"before: equal lengths ({mean} tokens), one generate() per batch of {first}",
+                                lambda: one_generate_per_batch(engine, pages([mean] * first), first), busy, first))
+            rows.append(measure("before: real lengths, one page at a time, generate()",
+                                lambda: one_generate_per_batch(engine, single[:1], 1), busy, 1))
+        if args.video_minutes:
+            engine.settings = engine.settings.replace(batch_size=rows_list[0])
             windows = [Request("video", prompts.VIDEO_WINDOW, video=video_window(w * WINDOW_SECONDS),
                                max_new_tokens=WINDOW_TOKENS) for w in range(args.video_minutes * 60 // WINDOW_SECONDS)]
-            rows.append(measure(f"video windows of a {args.video_minutes}-min video, continuous batching",
-                                lambda: (lambda ids: (sum(map(len, ids)), engine.last_stats.row_steps))(
-                                    engine.generate_ids(windows)), busy, len(windows)))
-    finish(rows, args, build_s, load_s, engine, lengths, stats, streams)
+            record_bulk_steps(engine, windows)
+
+            def video() -> tuple[int, int]:
+                ids = engine.generate_ids(windows)
+                stats["video"] = engine.last_stats
+                return sum(map(len, ids)), engine.last_stats.row_steps
+
+            rows.append(measure(f"video windows of a {args.video_minutes}-min video, KV slab", video, busy,
+                                len(windows)))
+    finish(rows, args, build_s, load_s, engine, lengths, stats, streams, recorded)
 
 
 def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int], stats: dict,
-           streams: list) -> None:
+           streams: list, recorded: dict) -> None:
     header = ["workload", "pages", "seconds", "pages/min", "useful tok/s", "padding share", "GPU busy", "peak GiB"]
     table = markdown_table(header, rows)
     q = np.percentile(lengths, [10, 50, 90, 100]).astype(int).tolist()
-    refills = "; ".join(f"{k} rows: {s.steps} decode steps, {s.refills} refills, prefill {s.prefill_s:.1f} s, "
+    refills = "; ".join(f"{k}: {s.steps} decode steps, {s.refills} refills, prefill {s.prefill_s:.1f} s, "
                         f"waited for the processor {s.wait_s:.1f} s" for k, s in stats.items())
+    refills += "".join(f"; decode steps recorded before timing ({k} rows, every width and halving): {v:.1f} s"
+                       for k, v in recorded.items())
     body = (f"`python -m bench.engine_gpu --pages {args.pages} --rows {args.rows} --length-scale {args.length_scale}`"
             f": Qwen3-VL-4B architecture, random bf16 weights (built in {build_s:.0f} s, loaded in {load_s:.0f} s), "
-            f"dynamic KV cache, scanned pages at 150 dpi (A4, letter, slide and half-page sizes; up to "
+            f"KV slab with the decode step recorded as CUDA graphs (kb/engines/kv_slab.py), "
+            f"scanned pages at 150 dpi (A4, letter, slide and half-page sizes; up to "
             f"{engine.settings.image_max_pixels // 1024} visual tokens). Output lengths drawn from real pages "
             f"(bench/engine_gpu.py: PAGE_TOKEN_QUANTILES) at "
             f"{args.length_scale} x scale: p10 {q[0]}, median {q[1]}, p90 {q[2]}, max {q[3]} tokens. Useful tok/s "

@@ -161,7 +161,7 @@ def ingest_set(name: str, files: list[Path], embed_model: str) -> dict:
     clock.seconds["store"] -= clock.seconds["embed"]  # the store write embeds inside; count that as embed
     return {"set": name, "files": len(files), "pages": pages, "chunks": chunks, "seconds": seconds,
             "ocr_pages": report.pages_read, "phases": dict(clock.seconds), "load": f"{load_before} → {load()}",
-            "failed": [r.path for r in report.failed]}
+            "failed": [r.rel for r in report.failed]}
 
 
 def row(result: dict) -> list:

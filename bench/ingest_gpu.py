@@ -8,7 +8,12 @@ a page by itself, so each page's output length is drawn from the real distributi
 as its token cap, and its tokens are kept to printable characters so chunks hold text; the loop guard is off.
 Everything else is the real `python -m ingest` (run in this process, so each stage can be timed).
 
+With `--video-minutes N --clips DIR` the folder is instead one N-minute 1280x720 MP4 made by cycling the real clips
+in DIR (each pass stamped with its number, so passes differ), ingested the same way: decoding, sampling, the engine,
+embedding and the store, each timed.
+
 usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--work DIR] [--model-dir DIR] [--out FILE]
+       python -m bench.ingest_gpu --video-minutes 60 --clips DIR [--fps 25] [...]
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import dataclasses
 import json
 import os
 import runpy
+import shutil
 import sys
 import time
 import zlib
@@ -68,6 +74,37 @@ def make_scans(pdfs: Path, out: Path, pages: int) -> int:
             written += 1
         scan.save(out / f"scan-{f.stem}.pdf")
     return written
+
+
+def make_video(clips: Path, out: Path, minutes: float, fps: int, size: tuple[int, int] = (1280, 720)) -> float:
+    """An MP4 of `minutes` cycling the video files under `clips` (resized, each played whole, every pass stamped
+    with its number so no two passes are the same picture). Seconds of video written."""
+    import cv2
+
+    from ingest.video import VIDEO_EXTENSIONS
+
+    files = sorted(p for p in clips.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not files:
+        raise SystemExit(f"no video files under {clips}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    total, written, cycle = int(minutes * 60 * fps), 0, 0
+    while written < total:
+        for f in files:
+            capture = cv2.VideoCapture(str(f))
+            while written < total:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                frame = cv2.resize(frame, size)
+                cv2.putText(frame, f"pass {cycle} - {f.stem}", (40, 680), cv2.FONT_HERSHEY_SIMPLEX, 1.2,
+                            (255, 255, 255), 2)
+                writer.write(frame)
+                written += 1
+            capture.release()
+        cycle += 1
+    writer.release()
+    return written / fps
 
 
 def printable_only(model_dir: Path) -> None:
@@ -140,6 +177,8 @@ def instrument(stages: Stages, scale: float) -> list:
 
     def request(self, unit):
         made = original_request(self, unit)
+        if unit.task == "video":  # a window keeps its own token cap (KB_MAX_VIDEO_TOKENS)
+            return made
         seed = zlib.crc32(f"{unit.source.rel}:{unit.page}".encode())
         return dataclasses.replace(made, max_new_tokens=page_lengths(1, scale, seed=seed)[0])
 
@@ -153,8 +192,8 @@ def instrument(stages: Stages, scale: float) -> list:
         return ids
 
     tq.TransformersEngine.generate_ids = generate_ids
-    stages.wrap(pipeline, "read_file", "read (open, text layer, plan)")
-    stages.wrap(pipeline.Ingestor, "_request", "render page images (CPU, before each engine call)")
+    stages.wrap(pipeline, "read_file", "read (open, text layer, plan; video: decode and sample)")
+    stages.wrap(pipeline.Ingestor, "_request", "render pages / decode window frames (CPU, before each engine call)")
     stages.wrap(tq.TransformersEngine, "generate", "engine (processor, vision, decode)", sync=True)
     stages.wrap(Embedder, "embed_documents", "embed chunks (GPU)", sync=True)
     stages.wrap(Store, "replace_source", "store (embed + Chroma + lexical + manifest)")
@@ -163,7 +202,10 @@ def instrument(stages: Stages, scale: float) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pdfs", type=Path, required=True, help="folder of real PDFs to rasterise")
+    parser.add_argument("--pdfs", type=Path, help="folder of real PDFs to rasterise")
+    parser.add_argument("--video-minutes", type=float, default=0, help="ingest one video this long instead")
+    parser.add_argument("--clips", type=Path, help="folder of real video clips the video is made of")
+    parser.add_argument("--fps", type=int, default=25, help="frame rate of the made video")
     parser.add_argument("--pages", type=int, default=240)
     parser.add_argument("--length-scale", type=float, default=1.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ingest_gpu"))
@@ -174,9 +216,20 @@ def main() -> None:
     args = parser.parse_args()
     prep = {}
     started = time.perf_counter()
-    scans = args.work / "scans"
-    pages = make_scans(args.pdfs, scans, args.pages)
-    prep["rasterise"] = time.perf_counter() - started
+    if args.video_minutes:
+        if not args.clips:
+            parser.error("--video-minutes needs --clips DIR")
+        scans = args.work / "video"
+        shutil.rmtree(scans, ignore_errors=True)
+        video_s = make_video(args.clips, scans / f"video-{args.video_minutes:g}min.mp4", args.video_minutes, args.fps)
+        pages = 0
+        prep["make the video"] = time.perf_counter() - started
+    elif args.pdfs:
+        scans = args.work / "scans"
+        pages = make_scans(args.pdfs, scans, args.pages)
+        prep["rasterise"] = time.perf_counter() - started
+    else:
+        parser.error("give --pdfs DIR or --video-minutes N --clips DIR")
     model_dir = args.model_dir or args.work / "qwen3-vl-4b-random"
     started = time.perf_counter()
     if not (model_dir / "config.json").exists():
@@ -186,7 +239,7 @@ def main() -> None:
     if not args.embed_model and not (embed_dir / "modules.json").exists():
         build_random_embedder(embed_dir)
     prep["models"] = time.perf_counter() - started
-    print(f"{pages} scanned pages in {scans}; prepared in {prep}", flush=True)
+    print(f"{pages} scanned pages or a video in {scans}; prepared in {prep}", flush=True)
 
     home = args.work / "kb"
     os.environ.update({"KB_HOME": str(home), "KB_ENGINE": "transformers", "KB_MODEL": str(model_dir),
@@ -215,15 +268,24 @@ def main() -> None:
     store = open_store(load_settings({}, env=dict(os.environ)))
     chunks = store.count()
     store.close()
-    summary = (f"{pages} scanned pages (from {len(list(args.pdfs.glob('*.pdf')))} PDFs of mmlongbench_dev) -> "
-               f"{chunks} chunks in Chroma, exit code {code}: **{pages * 60 / total:.0f} pages/min end to end** "
-               f"({pages * 60 / engine_s:.0f} pages/min of engine time); engine: {tokens} tokens kept "
-               f"({tokens / engine_s:.0f} tok/s), padding share {1 - tokens / max(1, row_steps):.1%}, "
+    if args.video_minutes:
+        what = (f"a {args.video_minutes:g}-minute 1280x720 video at {args.fps} fps ({video_s:.0f} s, made from the "
+                f"clips in {args.clips.name}/, {prep['make the video']:.0f} s to make, not timed)")
+        speed = f"**{total:.1f} s end to end** ({video_s / total:.0f} video seconds per second)"
+    else:
+        what = f"{pages} scanned pages (from {len(list(args.pdfs.glob('*.pdf')))} PDFs of mmlongbench_dev)"
+        speed = (f"**{pages * 60 / total:.0f} pages/min end to end** ({pages * 60 / max(engine_s, 1e-9):.0f} "
+                 f"pages/min of engine time)")
+    untimed = ", ".join(k for k in prep if k != "models")
+    summary = (f"{what} -> {chunks} chunks in Chroma, exit code {code}: {speed}; engine: {tokens} tokens kept "
+               f"({tokens / max(engine_s, 1e-9):.0f} tok/s), padding share {1 - tokens / max(1, row_steps):.1%}, "
                f"{sum(s.refills for s in stats)} refills, processor waits {sum(s.wait_s for s in stats):.1f} s; "
                f"GPU busy {busy.share:.0%} of the whole run. Output lengths drawn at {args.length_scale} x the real "
-               f"distribution. Not timed: rasterising the PDFs ({prep['rasterise']:.0f} s) and building the random "
-               f"models ({prep['models']:.0f} s).")
-    body = (f"`python -m bench.ingest_gpu --pdfs DIR --pages {args.pages}`: {summary}\n\n"
+               f"distribution (pages; video windows keep their token cap). Not timed: {untimed} and "
+               f"building the random models ({prep['models']:.0f} s).")
+    command = (f"--video-minutes {args.video_minutes:g} --clips DIR --fps {args.fps}" if args.video_minutes
+               else f"--pdfs DIR --pages {args.pages}")
+    body = (f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
             + markdown_table(["stage", "seconds", "share of the run", "calls"], rows))
     print(body)
     if args.out:  # measured elsewhere (a lent GPU): the machine goes in with the text

@@ -68,7 +68,7 @@ def squad_cases(corpus: Path) -> list[Case]:
         q = json.loads(line)
         if not q["is_impossible"]:
             name = q["gold_pid"].replace("#", "_") + ".txt"
-            cases.append(Case(q["question"], lambda h, name=name: h.source == name))
+            cases.append(Case(q["question"], lambda h, name=name: h.chunk.rel == name))
     return cases
 
 
@@ -81,7 +81,7 @@ def pdf_cases(corpus: Path) -> list[Case]:
     for line in (ROOT / "bench" / "pdf_questions.jsonl").read_text().splitlines():
         q = json.loads(line)
         name, page = Path(q["file"]).name, int(q["page"])
-        cases.append(Case(q["question"], lambda h, name=name, page=page: (h.source, h.page) == (name, page)))
+        cases.append(Case(q["question"], lambda h, name=name, page=page: (h.chunk.rel, h.chunk.page) == (name, page)))
     return cases
 
 
@@ -92,7 +92,8 @@ KINDS = {"Pure-text (Plain-text)": "text", "Table": "table", "Chart": "chart/fig
          "Generalized-text (Layout)": "layout"}
 KIND_ORDER = ("text", "table", "chart/figure", "layout")
 # what decides the long-document knowledge base's content: a change to any of these re-ingests
-INDEX_CODE = ("ingest/pdf.py", "ingest/pdf_tables.py", "ingest/chunk.py", "kb/lexical.py", "kb/engines/ocr.py")
+INDEX_CODE = ("ingest/pdf.py", "ingest/pdf_tables.py", "ingest/chunk.py", "kb/lexical.py", "kb/engines/ocr.py",
+              "kb/engines/ocr_layout.py", "kb/engines/ocr_orientation.py")
 
 
 @dataclass
@@ -188,9 +189,9 @@ def evaluate_longdoc(store, cases: list[LongCase], modes: dict[str, dict], scope
             hits = search(store, case.question, k=10, filters=filters, **kwargs)
             out[label].cases.append(case)
             out[label].top_scores.append(hits[0].score if hits else 0.0)
-            out[label].top_pages.append([h.page for h in hits[:5]])
+            out[label].top_pages.append([h.chunk.page for h in hits[:5]])
             out[label].ranks.append(next((n for n, h in enumerate(hits, 1)
-                                          if h.source == case.doc and h.page in case.pages), None))
+                                          if h.chunk.rel == case.doc and h.chunk.page in case.pages), None))
     return out
 
 
@@ -318,7 +319,7 @@ def compare_lexical() -> list[str]:
     index = LexicalIndex(work / "lexical", lambda paths: {p: "x" for p in paths}, exclusive=True)
     add_s = []
     for p in passages:
-        chunk = Chunk(id=p["pid"], text=p["text"], source=p["pid"], source_abs=p["pid"], sha256="x", modality="text")
+        chunk = Chunk(id=p["pid"], text=p["text"], rel=p["pid"], path=p["pid"], sha256="x", modality="text")
         started = time.perf_counter()
         index.upsert([chunk])
         add_s.append(time.perf_counter() - started)

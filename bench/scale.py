@@ -237,7 +237,7 @@ def fill(store, corpus: Corpus, build: Build, target: int, deadline: float, per_
                 path = f"/synthetic/doc-{n:07d}.pdf"
                 sha = hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()
                 texts, vectors = corpus.texts(n), corpus.vectors(n).tolist()
-                chunks = [Chunk(id=f"{sha[:16]}:{i}", text=t, source=Path(path).name, source_abs=path, sha256=sha,
+                chunks = [Chunk(id=f"{sha[:16]}:{i}", text=t, rel=Path(path).name, path=path, sha256=sha,
                                 modality="pdf_text", page=i // 3 + 1, engine="ocr", position=i)
                           for i, t in enumerate(texts)]
                 items.append((SourceRecord(path=path, rel=Path(path).name, sha256=sha, size=len(texts) * 1000,
@@ -387,7 +387,7 @@ def store_agreement(store, corpus: Corpus, build: Build, texts: list[str]) -> tu
         for i, text in enumerate(corpus.texts(n)):
             ids.append(f"{sha[:16]}:{i}")
             tokens.append(tokenize(text))
-    return bm25_agreement(lambda t: [h.id for h in store.lexical_query(t, 10)], ids, tokens, texts)
+    return bm25_agreement(lambda t: [h.chunk.id for h in store.lexical_query(t, 10)], ids, tokens, texts)
 
 
 def lexical_only_agreement(corpus: Corpus, chunks: int, queries: int, seed: int) -> tuple[float, float]:
@@ -400,7 +400,7 @@ def lexical_only_agreement(corpus: Corpus, chunks: int, queries: int, seed: int)
     try:
         ids, tokens = [], []
         for n in range(chunks // corpus.per_source):
-            batch = [Chunk(id=f"{n}:{i}", text=t, source="s", source_abs=f"/s{n}", sha256="v", modality="text",
+            batch = [Chunk(id=f"{n}:{i}", text=t, rel="s", path=f"/s{n}", sha256="v", modality="text",
                            position=i) for i, t in enumerate(corpus.texts(n))]
             index.upsert(batch)
             ids += [c.id for c in batch]
@@ -419,7 +419,7 @@ def dense_recall(store, corpus: Corpus, build: Build, vectors: list[np.ndarray])
     found = 0
     for vector, exact in zip(vectors, truth):
         hits = store.query(vector.tolist(), 10)
-        found += len(exact & {chunk_number(h.id, corpus.per_source, shas) for h in hits})
+        found += len(exact & {chunk_number(h.chunk.id, corpus.per_source, shas) for h in hits})
     return found / (10 * len(vectors))
 
 

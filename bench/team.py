@@ -111,7 +111,7 @@ def main() -> int:
                     prepared = prepare(f"Where was the {animal} seen?", store, k=settings.top_k,
                                        max_tokens=settings.max_answer_tokens)
                     text = "".join(stream_answer(prepared, engine))
-                    if animal not in text.lower() and not any(animal in h.source for h in prepared.hits):
+                    if animal not in text.lower() and not any(animal in h.chunk.rel for h in prepared.hits):
                         raise AssertionError(f"no {animal} in the answer or its sources")
                     with guard:
                         latencies.append(time.monotonic() - started)

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -20,10 +21,10 @@ from ingest.pipeline import NOT_READ, FileResult, Ingestor, IngestReport
 from ingest.worker import Worker
 from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
 from kb.config import Settings
-from kb.engines import load_engine, resolve_engine_name
+from kb.engines import Engine, load_engine
 from kb.paths import display
 from kb.store import open_store
-from kb.types import Progress
+from kb.types import Outcome, Progress, Stage
 
 
 class ProgressBars:
@@ -36,17 +37,17 @@ class ProgressBars:
         self.speech: tqdm | None = None
 
     def __call__(self, event: Progress) -> None:
-        if event.stage in ("read", "plan"):
+        if event.stage in (Stage.READ, Stage.PLAN):
             if self.files is None or self.files.desc != event.stage:
                 self.close()
                 self.files = tqdm(total=event.total, desc=event.stage, unit="file", file=sys.stderr, leave=False)
             self.files.set_postfix_str(display(event.detail)[-40:], refresh=False)
             self.files.update(event.done - self.files.n)
-        elif event.stage == "model":
+        elif event.stage == Stage.MODEL:
             if self.pages is None:
                 self.pages = tqdm(desc=f"pages ({event.detail})", unit="page", file=sys.stderr, leave=False)
             self.pages.update(event.done - self.pages.n)
-        elif event.stage == "speech":  # seconds of sound transcribed in the current file, with tqdm's ETA
+        elif event.stage == Stage.SPEECH:  # seconds of sound transcribed in the current file, with tqdm's ETA
             if self.speech is None or self.speech.desc != f"speech {display(event.detail)[-30:]}":
                 if self.speech is not None:
                     self.speech.close()
@@ -54,7 +55,7 @@ class ProgressBars:
                                    leave=False)
             self.speech.total = event.total
             self.speech.update(event.done - self.speech.n)
-        elif event.stage == "video":  # minutes of video read by the engine, with tqdm's ETA
+        elif event.stage == Stage.VIDEO:  # minutes of video read by the engine, with tqdm's ETA
             if self.video is None:
                 self.video = tqdm(desc="video", unit="s", file=sys.stderr, leave=False)
             self.video.total = event.total
@@ -67,28 +68,29 @@ class ProgressBars:
         self.files = self.pages = self.video = self.speech = None
 
 
-STATUSES = ("added", "updated", "renamed", "copied", "skipped", "partial", "empty", "failed", "pruned",
-            "unsupported", "hidden", "link")
+# The summary's order: what was stored first, then what went wrong, then what was left alone.
+STATUSES = (Outcome.ADDED, Outcome.UPDATED, Outcome.RENAMED, Outcome.COPIED, Outcome.SKIPPED, Outcome.PARTIAL,
+            Outcome.EMPTY, Outcome.FAILED, Outcome.PRUNED, Outcome.UNSUPPORTED, Outcome.HIDDEN, Outcome.LINK)
 FIRST_FEW = 5  # names listed per "not read" status without --verbose
 
 
-def print_report(report: IngestReport, verbose: bool = False, out=sys.stdout) -> None:
+def print_report(report: IngestReport, verbose: bool = False, out: TextIO = sys.stdout) -> None:
     """The summary table, then one block per file that needs a look (failed, partial, empty, read as another
     type, links), then the names of files not read (all with --verbose, the first few without)."""
     counts = report.counts()
     print(f"\n{'status':12} {'files':>6}", file=out)
     for status in STATUSES:
         if counts.get(status):
-            by_ext = report.extensions(status) if status == "unsupported" else {}
+            by_ext = report.extensions(status) if status == Outcome.UNSUPPORTED else {}
             kinds = ", ".join(f"{ext} ×{n}" for ext, n in sorted(by_ext.items(), key=lambda kv: (-kv[1], kv[0])))
             print(f"{status:12} {counts[status]:6}" + (f"  ({kinds})" if kinds else ""), file=out)
     print(f"{'chunks':12} {report.chunks:6}\n{'seconds':12} {report.seconds:6.1f}\n"
           f"engine: {report.engine}, pages read by it: {report.pages_read}", file=out)
-    for result in sorted(report.results, key=lambda r: r.path):
-        if result.status in ("failed", "partial", "empty", "link") or (result.notes and result.status not in
-                                                                         NOT_READ):
+    look = (Outcome.FAILED, Outcome.PARTIAL, Outcome.EMPTY, Outcome.LINK)  # outcomes shown file by file
+    for result in sorted(report.results, key=lambda r: r.rel):
+        if result.status in look or (result.notes and result.status not in NOT_READ):
             _print_result(result)
-    for status in ("unsupported", "hidden"):
+    for status in (Outcome.UNSUPPORTED, Outcome.HIDDEN):
         names = [r.shown for r in report.results if r.status == status]
         if names:
             shown = names if verbose else names[:FIRST_FEW]
@@ -106,7 +108,7 @@ def _print_result(result: FileResult) -> None:
 
 def print_json(report: IngestReport) -> None:
     """Every file's outcome, for scripts: one JSON object on stdout."""
-    files = [r.to_json() for r in sorted(report.results, key=lambda r: r.path)]
+    files = [r.to_json() for r in sorted(report.results, key=lambda r: r.rel)]
     summary = {"files": files, "counts": dict(report.counts()), "chunks": report.chunks,
                "seconds": round(report.seconds, 3), "engine": report.engine, "pages_read": report.pages_read,
                "exit_code": report.exit_code}
@@ -118,9 +120,9 @@ def run_worker(settings: Settings, name: str) -> int:
     """Take jobs until SIGTERM/SIGINT; a job in progress is handed back and resumes from its checkpoints."""
     store = open_store(settings)
     board = JobBoard(settings.home, lease=settings.job_lease)
-    engine: list = []
+    engine: list[Engine] = []
 
-    def engine_once():
+    def engine_once() -> Engine:
         if not engine:
             engine.append(load_engine(settings))
         return engine[0]
@@ -179,7 +181,6 @@ def main() -> int:
     settings = settings_from_args(args)
     if args.ocr_first:
         settings = settings.replace(ocr_first=True)
-    print(resolve_engine_name(settings)[1], file=sys.stderr)
     store = open_store(settings)
     if store.embedder.fallback_reason:
         print(f"OFFLINE PROFILE: bundled embedding model in use ({store.embedder.fallback_reason})", file=sys.stderr)
@@ -189,6 +190,8 @@ def main() -> int:
     finally:
         bars.close()
         store.close()
+    if report.engine_why:  # the engine loads only when a file needs one
+        print(report.engine_why, file=sys.stderr)
     if args.json:
         print_json(report)
     print_report(report, verbose=args.verbose, out=sys.stderr if args.json else sys.stdout)

@@ -8,14 +8,13 @@ end, so a word is rarely cut in two; blocks are the unit of the pipeline's check
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import av
 import numpy as np
 
-from ingest.read import ReadResult
+from ingest.read_result import AudioTrack, ReadResult
 from kb.config import Settings
 from kb.engines.asr import SAMPLE_RATE, Word
 from kb.errors import InputError
@@ -28,14 +27,6 @@ CUT_SEARCH_SECONDS = 5.0  # a block ends at the quietest 100 ms of its last seco
 # passage is PASSAGE_MIN long, at any silence of LONG_PAUSE, always by PASSAGE_MAX, like a video's windows.
 PASSAGE_MIN, PASSAGE_MAX, PAUSE, LONG_PAUSE = 10.0, 30.0, 1.0, 4.0
 DAMAGED_FIX = "the file may be damaged: play it, or convert it again (ffmpeg -i in -c:a flac out.flac)"
-
-
-@dataclass
-class AudioTrack:
-    """A file's first audio stream, found when the file was read; decoded only when it is transcribed."""
-
-    path: Path
-    duration: float
 
 
 def probe(path: Path, label: str) -> AudioTrack | None:
@@ -134,10 +125,11 @@ def speech_units(source: Source, words: list[Word], language: str) -> list[Unit]
 
 def lay_on_windows(units: list[Unit], words: list[Word], language: str) -> None:
     """Give each video window the words said during it (by a word's middle), to be stored with what it shows."""
-    windows = sorted((u for u in units if u.t_start is not None), key=lambda u: u.t_start)
-    if not windows or not words:
+    timed = sorted(((u.t_start, u) for u in units if u.t_start is not None), key=lambda pair: pair[0])
+    if not timed or not words:
         return
-    starts = [u.t_start for u in windows]
+    starts = [start for start, _ in timed]
+    windows = [unit for _, unit in timed]
     said: dict[int, list[Word]] = {id(u): [] for u in windows}
     for word in words:
         # the last window that starts at or before the word's middle; words before the first window go to it

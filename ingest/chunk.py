@@ -41,13 +41,20 @@ def _split_long(block: str, max_chars: int) -> list[str]:
         return [block]
     if _is_table(block):
         return _split_table(block, max_chars)
-    pieces, current = [], ""
-    for sentence in _SENTENCE_END.split(block):
-        for part in _wrap(sentence, max_chars):  # a run-on without sentence ends (OCR of a form, CJK text)
-            if current and len(current) + len(part) + 1 > max_chars:
-                pieces.append(current)
-                current = ""
-            current = f"{current} {part}" if current else part
+    # _wrap: a run-on without sentence ends (OCR of a form, CJK text)
+    return _pack((part for sentence in _SENTENCE_END.split(block) for part in _wrap(sentence, max_chars)),
+                 max_chars, " ")
+
+
+def _pack(parts: Iterable[str], max_chars: int, sep: str) -> list[str]:
+    """Consecutive parts joined by `sep` into pieces of at most `max_chars` (a longer part is a piece alone)."""
+    pieces: list[str] = []
+    current = ""
+    for part in parts:
+        if current and len(current) + len(sep) + len(part) > max_chars:
+            pieces.append(current)
+            current = ""
+        current = f"{current}{sep}{part}" if current else part
     if current:
         pieces.append(current)
     return pieces
@@ -56,7 +63,8 @@ def _split_long(block: str, max_chars: int) -> list[str]:
 def _wrap(text: str, max_chars: int) -> list[str]:
     """`text` in pieces of at most `max_chars`, cut at the last space of each window when there is one in its
     second half (words stay whole), else at the limit (a single 5 MB "word")."""
-    pieces, start = [], 0
+    pieces: list[str] = []
+    start = 0
     while len(text) - start > max_chars:
         end = start + max_chars
         cut = max(text.rfind(" ", start + max_chars // 2, end + 1), text.rfind("\n", start + max_chars // 2, end + 1))
@@ -85,30 +93,14 @@ def _split_table(block: str, max_chars: int) -> list[str]:
     header = "\n".join(head)
     if len(header) > max_chars // 2:  # a header too long to repeat: pieces go without it
         head, header = [], ""
-    pieces, current = [], header
-    for row in rows[len(head):]:
-        for part in _wrap(row, max_chars - len(header) - 1):
-            if current != header and len(current) + len(part) + 1 > max_chars:
-                pieces.append(current)
-                current = header
-            current = f"{current}\n{part}" if current else part
-    if current != header:
-        pieces.append(current)
-    return pieces
+    room = max_chars - len(header) - 1 if header else max_chars  # for the rows of a piece, after its header
+    parts = (part for row in rows[len(head):] for part in _wrap(row, max_chars - len(header) - 1))
+    return [f"{header}\n{body}" if header else body for body in _pack(parts, room, "\n")]
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
     """Pack paragraphs into pieces of at most `max_chars` (a table up to TABLE_WHOLE times that stays whole)."""
-    pieces, current = [], ""
-    for block in _blocks(text):
-        for part in _split_long(block, max_chars):
-            if current and len(current) + len(part) + 2 > max_chars:
-                pieces.append(current)
-                current = ""
-            current = f"{current}\n\n{part}" if current else part
-    if current:
-        pieces.append(current)
-    return pieces
+    return _pack((part for block in _blocks(text) for part in _split_long(block, max_chars)), max_chars, "\n\n")
 
 
 def chunk_id(source_abs: str, sha256: str, position: int) -> str:
@@ -133,7 +125,7 @@ def make_chunks(units: Iterable[Unit], engine: str, model: str, max_chars: int) 
             piece = with_context(context, piece)
             src = unit.source
             chunks.append(Chunk(
-                id=chunk_id(src.abs, src.sha256, len(chunks)), text=piece, source=src.rel, source_abs=src.abs,
+                id=chunk_id(src.path, src.sha256, len(chunks)), text=piece, rel=src.rel, path=src.path,
                 sha256=src.sha256, modality=unit.modality, page=unit.page, t_start=unit.t_start, t_end=unit.t_end,
                 keyframe=unit.keyframe, engine=engine if unit.task else "none", model=model if unit.task else "",
                 position=len(chunks), language=unit.language or None))

@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ingest.png_strips import decode_reduced, streamable
-from ingest.read import ReadResult
+from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
 from kb.imaging import keep_size, shrink, to_rgb
@@ -107,7 +107,7 @@ def too_large(label: str, size: tuple[int, int] | None, pixels: int, limits: Lim
                       f"{needed * 4 / 2**30:.1f} GB of memory), or downscale the image")
 
 
-def _checked(img: Image.Image, label: str, limits: Limits) -> Image.Image:
+def _checked(img: ImageFile.ImageFile, label: str, limits: Limits) -> ImageFile.ImageFile:
     width, height = img.size
     if width * height > limits.decode_pixels:
         raise too_large(label, (width, height), width * height, limits)
@@ -115,7 +115,7 @@ def _checked(img: Image.Image, label: str, limits: Limits) -> Image.Image:
 
 
 @contextmanager
-def _opened(path: str | Path, label: str, limits: Limits) -> Iterator[Image.Image]:
+def _opened(path: str | Path, label: str, limits: Limits) -> Iterator[ImageFile.ImageFile]:
     """The file opened (header only) with its claimed size checked; call inside `decoding`."""
     Image.MAX_IMAGE_PIXELS = None  # checked just below, where the message can give the width and height
     try:
@@ -140,7 +140,7 @@ def _verify(path: Path, label: str) -> None:
             _check_png_data(fh, label)
 
 
-def _check_png_data(fh, label: str) -> None:
+def _check_png_data(fh: BinaryIO, label: str) -> None:
     """A PNG whose compressed pixel data is too short to hold what its header claims (deflate packs at most
     ~1032:1) is truncated: said before decoding, which would allocate the full claimed size first."""
     header, compressed, animated = b"", 0, False
@@ -171,9 +171,9 @@ def read_image(path: Path, source: Source, settings: Settings) -> ReadResult:
     with decoding(source.rel, limits):
         _verify(path, source.rel)
         with _opened(path, source.rel, limits) as img:
-            count = getattr(img, "n_frames", 1)
+            count: int = getattr(img, "n_frames", 1)  # only multi-frame formats have it
             if img.format in ANIMATED_FORMATS and count > 1:
-                return _read_animation(img, source, limits)
+                return _read_animation(img, count, source, limits)
             if img.format not in PAGED_FORMATS:
                 count = 1
             for page in range(1, count):  # each TIFF page has its own size
@@ -186,7 +186,7 @@ def read_image(path: Path, source: Source, settings: Settings) -> ReadResult:
     return result
 
 
-def _add_units(result: ReadResult, source: Source, page: int | None, loader) -> None:
+def _add_units(result: ReadResult, source: Source, page: int | None, loader: Callable[[], Image.Image]) -> None:
     result.units.append(Unit(source, "image_ocr", page=page, task="ocr", load_image=loader))
     result.units.append(Unit(source, "image_caption", page=page, task="caption", load_image=loader))
 
@@ -207,7 +207,7 @@ def load_frame(path: str, frame: int, label: str, limits: Limits) -> Image.Image
     return small.transpose(turn) if turn is not None else small
 
 
-def _decoded(img: Image.Image, path: str, frame: int, size: tuple[int, int]) -> Image.Image:
+def _decoded(img: ImageFile.ImageFile, path: str, frame: int, size: tuple[int, int]) -> Image.Image:
     """The pixels, as small as the decoder allows: a big PNG strip by strip and box-reduced on the way (to at
     most twice `size`), a JPEG at 1/2, 1/4 or 1/8 scale straight from its DCT, anything else whole."""
     factor = min(img.width // size[0], img.height // size[1]) // 2
@@ -228,7 +228,7 @@ class _Kept:
     png: bytes  # the frame at engine size, PNG-encoded: small, decoded again when its batch runs
 
 
-def _read_animation(img: Image.Image, source: Source, limits: Limits) -> ReadResult:
+def _read_animation(img: ImageFile.ImageFile, count: int, source: Source, limits: Limits) -> ReadResult:
     """Distinct frames of a GIF/WebP/APNG as pages (page = frame number).
 
     Frames are decoded once, in order (later frames are drawn over earlier ones, so none can be skipped), each
@@ -236,7 +236,6 @@ def _read_animation(img: Image.Image, source: Source, limits: Limits) -> ReadRes
     `max_frames` remain, `max_frames` are read spread evenly over the animation, first and last included, and a
     note says so. At most 2 x `max_frames` shrunk frames are held (halved by keeping every other one).
     """
-    count = img.n_frames
     result = ReadResult(kind="image", pages=count)
     kept: list[_Kept] = []
     recent: deque[np.ndarray] = deque(maxlen=RECENT_FRAMES)
@@ -289,7 +288,7 @@ def _thumbnail(frame: Image.Image) -> np.ndarray:
 def _differs(a: np.ndarray, b: np.ndarray) -> bool:
     if a.shape != b.shape:
         return True
-    return np.count_nonzero(np.abs(a - b) > THUMB_LEVELS) > a.size * THUMB_CHANGED
+    return bool(np.count_nonzero(np.abs(a - b) > THUMB_LEVELS) > a.size * THUMB_CHANGED)
 
 
 def _encode(frame: Image.Image) -> bytes:

@@ -22,17 +22,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from ingest.pipeline import walk
 from kb.config import Settings
 from kb.errors import InputError, NotFound
 from kb.manifest import Manifest
+from kb.types import FileState, JobState
 
-QUEUED, READING, OCR, CAPTIONING, VIDEO, EMBEDDING = "queued", "reading", "OCR", "captioning", "video", "embedding"
-SPEECH = "transcribing"
-RUNNING, DONE, FAILED, CANCELLED, SKIPPED = "running", "done", "failed", "cancelled", "skipped"
-FINAL = (DONE, FAILED, CANCELLED, SKIPPED)
 LEASE_SECONDS = 60.0  # a worker renews its claim every third of this; a dead worker's job waits this long
 
 SCHEMA = """
@@ -89,14 +86,14 @@ CREATE TABLE IF NOT EXISTS inbox_seen (
 class FileStatus:
     path: str  # absolute
     rel: str  # as the pipeline names it (relative to the folder it was found in)
-    state: str = QUEUED
+    state: FileState = FileState.QUEUED
     reason: str = ""
     chunks: int = 0
-    result: str = ""  # the pipeline's word: added, updated, skipped, partial, failed, ...
+    result: str = ""  # the pipeline's word (an Outcome): added, updated, skipped, partial, failed, ...
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL
+        return self.state.final
 
 
 @dataclass
@@ -111,10 +108,9 @@ class Job:
     force: bool = False
     ocr_first: bool = False  # the submitter's choice: text only, no captions (faster)
     owner: str = ""
-    created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
-    state: str = QUEUED
+    state: JobState = JobState.QUEUED
     error: str = ""
     pages_read: int = 0
     chunks: int = 0
@@ -125,7 +121,7 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.state in (QUEUED, RUNNING)
+        return self.state in (JobState.QUEUED, JobState.RUNNING)
 
     @property
     def finished_files(self) -> int:
@@ -242,7 +238,7 @@ class JobBoard:
                 raise
             self._db.execute("COMMIT")
 
-    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
@@ -271,15 +267,17 @@ class JobBoard:
         files = plan_files(resolved)
         label = label or ", ".join(p.name for p in resolved)
         now = time.time()
-        state, error = (QUEUED, "") if files else (DONE, "no supported files found")
+        state, error = (JobState.QUEUED, "") if files else (JobState.DONE, "no supported files found")
         with self._write() as db:
-            job_id = db.execute(
+            cursor = db.execute(
                 "INSERT INTO jobs (label, paths, roots, force, ocr_first, owner, state, created, finished, error) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (label, json.dumps([str(p) for p in resolved]),
                  None if roots is None else json.dumps([str(r) for r in roots]), int(force), int(ocr_first), owner,
                  state, now,
-                 None if files else now, error)).lastrowid
+                 None if files else now, error))
+            job_id = cursor.lastrowid
+            assert job_id is not None  # an INSERT into a rowid table always sets it
             db.executemany("INSERT OR IGNORE INTO job_files (job_id, position, path, rel) VALUES (?, ?, ?, ?)",
                            [(job_id, n, f.path, f.rel) for n, f in enumerate(files)])
         return self.job(job_id)
@@ -297,10 +295,11 @@ class JobBoard:
         """A queued job never starts; a running one stops before its next file or page batch."""
         with self._write() as db:
             db.execute("UPDATE jobs SET state = ?, finished = ?, error = 'cancelled before it started' "
-                       "WHERE id = ? AND state = ?", (CANCELLED, time.time(), job_id, QUEUED))
+                       "WHERE id = ? AND state = ?", (JobState.CANCELLED, time.time(), job_id, JobState.QUEUED))
             db.execute("UPDATE job_files SET state = ?, reason = 'cancelled' WHERE job_id = ? AND state = ? "
-                       "AND (SELECT state FROM jobs WHERE id = ?) = ?", (CANCELLED, job_id, QUEUED, job_id, CANCELLED))
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = ?", (job_id, RUNNING))
+                       "AND (SELECT state FROM jobs WHERE id = ?) = ?",
+                       (FileState.CANCELLED, job_id, FileState.QUEUED, job_id, JobState.CANCELLED))
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = ?", (job_id, JobState.RUNNING))
 
     def job(self, job_id: int) -> Job:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -314,20 +313,19 @@ class JobBoard:
         return [self._job(r) for r in self._read("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
 
     def _job(self, row: sqlite3.Row) -> Job:
-        files = [FileStatus(path=f["path"], rel=f["rel"], state=f["state"], reason=f["reason"], chunks=f["chunks"],
-                            result=f["result"])
+        files = [FileStatus(path=f["path"], rel=f["rel"], state=FileState(f["state"]), reason=f["reason"],
+                            chunks=f["chunks"], result=f["result"])
                  for f in self._read("SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (row["id"],))]
         roots = None if row["roots"] is None else tuple(Path(r) for r in json.loads(row["roots"]))
         return Job(id=row["id"], label=row["label"], files=files, paths=[Path(p) for p in json.loads(row["paths"])],
                    roots=roots, force=bool(row["force"]), ocr_first=bool(row["ocr_first"]), owner=row["owner"],
-                   created=row["created"],
-                   started=row["started"], finished=row["finished"], state=row["state"], error=row["error"],
-                   pages_read=row["pages_read"], chunks=row["chunks"], engine=row["engine"],
+                   started=row["started"], finished=row["finished"], state=JobState(row["state"]),
+                   error=row["error"], pages_read=row["pages_read"], chunks=row["chunks"], engine=row["engine"],
                    cancel_requested=bool(row["cancel_requested"]), worker=row["worker"], attempts=row["attempts"])
 
     @property
     def busy(self) -> bool:
-        return bool(self._read("SELECT 1 FROM jobs WHERE state IN (?, ?) LIMIT 1", (QUEUED, RUNNING)))
+        return bool(self._read("SELECT 1 FROM jobs WHERE state IN (?, ?) LIMIT 1", (JobState.QUEUED, JobState.RUNNING)))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no job is queued or running; False if `timeout` ran out first."""
@@ -338,7 +336,7 @@ class JobBoard:
             time.sleep(0.1)
         return True
 
-    def throughput(self, last: int = 5) -> list[dict]:
+    def throughput(self, last: int = 5) -> list[dict[str, Any]]:
         """Speed of the last finished jobs, for the System page."""
         rows = []
         for job in [j for j in self.jobs() if j.finished and j.started][:last]:
@@ -370,25 +368,26 @@ class JobBoard:
                 "AND NOT EXISTS (SELECT 1 FROM job_files mine JOIN job_files other ON other.path = mine.path "
                 "  JOIN jobs r ON r.id = other.job_id WHERE mine.job_id = j.id AND r.id != j.id "
                 "  AND r.state = ? AND r.lease_until >= ?) "
-                "ORDER BY j.id LIMIT 1", (QUEUED, RUNNING, now, RUNNING, now)).fetchone()
+                "ORDER BY j.id LIMIT 1", (JobState.QUEUED, JobState.RUNNING, now, JobState.RUNNING, now)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = ?, worker = ?, lease_until = ?, started = COALESCE(started, ?), "
-                       "attempts = attempts + 1 WHERE id = ?", (RUNNING, worker, now + self.lease, now, row["id"]))
+                       "attempts = attempts + 1 WHERE id = ?",
+                       (JobState.RUNNING, worker, now + self.lease, now, row["id"]))
         return self.job(row["id"])
 
     def renew(self, job_id: int, worker: str) -> bool:
         """Extend this worker's lease; False when the job is no longer this worker's (taken over, or gone)."""
         with self._write() as db:
             changed = db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND state = ?",
-                                 (time.time() + self.lease, job_id, worker, RUNNING)).rowcount
+                                 (time.time() + self.lease, job_id, worker, JobState.RUNNING)).rowcount
         return changed == 1
 
     def cancel_requested(self, job_id: int) -> bool:
         rows = self._read("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
         return bool(rows and rows[0][0])
 
-    def set_files(self, job_id: int, states: dict[str, str]) -> None:
+    def set_files(self, job_id: int, states: dict[str, FileState]) -> None:
         """New states for files of a job (by absolute path), as the pipeline reaches them."""
         if states:
             with self._write() as db:
@@ -399,7 +398,7 @@ class JobBoard:
         with self._write() as db:
             db.execute("UPDATE jobs SET pages_read = ? WHERE id = ?", (pages_read, job_id))
 
-    def finish(self, job: Job, state: str, error: str = "") -> None:
+    def finish(self, job: Job, state: JobState, error: str = "") -> None:
         """Record a job's outcome and its files' results (from `job`, as the worker filled them in)."""
         with self._write() as db:
             # INSERT OR REPLACE: the run may add rows (files the walk left out, with the reason).
@@ -415,9 +414,11 @@ class JobBoard:
         """Hand a job back unfinished (the worker is stopping): the next claim resumes it from its checkpoints."""
         with self._write() as db:
             db.execute("UPDATE jobs SET state = ?, worker = '', lease_until = 0 WHERE id = ? AND worker = ? "
-                       "AND state = ?", (QUEUED, job_id, worker, RUNNING))
-            db.execute("UPDATE job_files SET state = ? WHERE job_id = ? AND state NOT IN (?, ?, ?)",
-                       (QUEUED, job_id, *FINAL))
+                       "AND state = ?", (JobState.QUEUED, job_id, worker, JobState.RUNNING))
+            final = [s for s in FileState if s.final]
+            marks = ", ".join("?" for _ in final)
+            db.execute(f"UPDATE job_files SET state = ? WHERE job_id = ? AND state NOT IN ({marks})",
+                       (FileState.QUEUED, job_id, *final))
 
     # the watched inbox -------------------------------------------------------------------------------------
     def submit_inbox(self, inbox: Path, settle: float = 2.0) -> Job | None:

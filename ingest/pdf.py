@@ -8,7 +8,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +19,7 @@ import pymupdf
 from PIL import Image
 
 from ingest.pdf_tables import find_tables, reading_order
-from ingest.read import ReadResult
+from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
 from kb.types import Source, Unit
@@ -37,7 +37,7 @@ SCAN_COVER = 0.9  # an image over 90 % of the page is a scan of it
 STAMP_TEXT_COVER = 0.1  # a scan's text layer below 10 % of the page is a stamp on it, not the page's text
 
 
-def open_document(path: str | Path, **options) -> pymupdf.Document:
+def open_document(path: str | Path, **options: str) -> pymupdf.Document:
     """pymupdf.open for any file name. MuPDF takes a name as UTF-8 text, so a name that is not valid UTF-8 (an
     undecodable byte, surrogate-escaped: kb/paths.py) is opened through /proc/self/fd, which names the same file
     (only Linux has such names: other systems keep names in Unicode)."""
@@ -114,7 +114,7 @@ def page_markdown(page: pymupdf.Page) -> str:
 
 def _figure_rects(page: pymupdf.Page, min_side_pt: float) -> list[pymupdf.Rect]:
     page_area = page.rect.get_area()
-    rects = []
+    rects: list[pymupdf.Rect] = []
     for info in page.get_image_info():
         rect = pymupdf.Rect(info["bbox"]) & page.rect
         if min(rect.width, rect.height) < min_side_pt or rect.get_area() > 0.9 * page_area:
@@ -158,7 +158,7 @@ def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[Pag
             try:
                 page = doc[index]
                 out.append(PageRead(index + 1, page_markdown(page),
-                                    [tuple(r) for r in _figure_rects(page, min_side_pt)],
+                                    [(r.x0, r.y0, r.x1, r.y1) for r in _figure_rects(page, min_side_pt)],
                                     stamped_scan=is_stamped_scan(page)))
             except Exception as err:  # one damaged page must not lose the file
                 out.append(PageRead(index + 1, error=f"page {index + 1}: cannot read the page ({err})"))
@@ -184,12 +184,13 @@ def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[Page
         yield from read_pages(str(path), start, stop, min_side_pt)
 
 
-def _read_in_processes(path: str, ranges: deque, workers: int, min_side_pt: float) -> Iterator[PageRead]:
+def _read_in_processes(path: str, ranges: deque[tuple[int, int]], workers: int,
+                       min_side_pt: float) -> Iterator[PageRead]:
     """Pops each range from `ranges` once its pages are handed on, so the caller can finish what is left."""
     # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        in_flight: deque = deque()
+        in_flight: deque[Future[list[PageRead]]] = deque()
         pending = iter(list(ranges))
         for start, stop in pending:
             in_flight.append(pool.submit(read_pages, path, start, stop, min_side_pt))
@@ -200,7 +201,8 @@ def _read_in_processes(path: str, ranges: deque, workers: int, min_side_pt: floa
             ranges.popleft()
             next_range = next(pending, None)
             if next_range:
-                in_flight.append(pool.submit(read_pages, path, *next_range, min_side_pt))
+                start, stop = next_range
+                in_flight.append(pool.submit(read_pages, path, start, stop, min_side_pt))
             yield from pages
 
 

@@ -11,7 +11,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pymupdf
+from pymupdf.table import Table
 
+# PyMuPDF's tuples: page.get_text("words") and page.get_text("blocks").
+Word = tuple[float, float, float, float, str, int, int, int]  # x0, y0, x1, y1, text, block, line, word number
+Block = tuple[float, float, float, float, str, int, int]  # x0, y0, x1, y1, text, block number, type (0: text)
 MIN_RULE_LENGTH = 30.0  # points: shorter strokes are underlines, bullets, chart ticks
 RULE_THICKNESS = 2.5  # a filled rectangle thinner than this is drawn as a line
 ROW_TOLERANCE = 3.0  # words whose vertical centres are this close sit on one row
@@ -38,7 +42,7 @@ class TableSignals:
         return ruled or aligned
 
 
-def _rules(page: pymupdf.Page, words: list[tuple]) -> tuple[int, int]:
+def _rules(page: pymupdf.Page, words: list[Word]) -> tuple[int, int]:
     """(most horizontal rules of one width around text, vertical rules among them).
 
     A table's rules share their left and right ends and hold words between them (a chart's grid holds few).
@@ -86,12 +90,12 @@ def _rules(page: pymupdf.Page, words: list[tuple]) -> tuple[int, int]:
     return best, best_vertical
 
 
-def _aligned_columns(words: list[tuple], page_width: float) -> tuple[int, int]:
+def _aligned_columns(words: list[Word], page_width: float) -> tuple[int, int]:
     """(rows with 3+ cells, 2 of them short, column edges shared by 3+ such rows): a table's rows, ruled or not.
 
     Short cells (numbers, labels) tell a table row from a line of multi-column text, whose cells are wide.
     """
-    rows: dict[int, list[tuple]] = {}
+    rows: dict[int, list[Word]] = {}
     for word in words:
         rows.setdefault(round((word[1] + word[3]) / 2 / ROW_TOLERANCE), []).append(word)
     aligned = 0
@@ -113,24 +117,25 @@ def _aligned_columns(words: list[tuple], page_width: float) -> tuple[int, int]:
     return aligned, sum(1 for count in edges.values() if count >= MIN_TABLE_ROWS)
 
 
-def table_signals(page: pymupdf.Page, words: list[tuple] | None = None) -> TableSignals:
+def table_signals(page: pymupdf.Page, words: list[Word] | None = None) -> TableSignals:
     words = words if words is not None else page.get_text("words")
     horizontal, vertical = _rules(page, words)
     aligned, shared = _aligned_columns(words, page.rect.width)
     return TableSignals(horizontal, vertical, aligned, shared)
 
 
-def find_tables(page: pymupdf.Page) -> list:
+def find_tables(page: pymupdf.Page) -> list[Table]:
     """The page's tables (PyMuPDF's finder with its layout model), or none when the cheap test rules them out."""
     if not table_signals(page).may_hold_table:
         return []
     try:
-        return page.find_tables().tables
+        tables: list[Table] = page.find_tables().tables
+        return tables
     except Exception:  # table detection is best effort; the text is still there
         return []
 
 
-def reading_order(blocks: list[tuple], page_width: float) -> list[tuple]:
+def reading_order(blocks: list[Block], page_width: float) -> list[Block]:
     """Text blocks in reading order: on a two-column page, the left column before the right one.
 
     Blocks that cross the page's middle (a title, an abstract, a wide figure caption) cut the page into bands;
@@ -144,8 +149,8 @@ def reading_order(blocks: list[tuple], page_width: float) -> list[tuple]:
     total = sum(len(b[4]) for b in ordered) or 1
     if min(left, right) < 0.25 * total:  # one column (a short line or a number at the right is no column)
         return ordered
-    out: list[tuple] = []
-    band: list[tuple] = []
+    out: list[Block] = []
+    band: list[Block] = []
     for block in ordered:
         if block[0] < middle - 2 and block[2] > middle + 2:  # crosses the gutter: ends the band
             out += _band_order(band, middle) + [block]
@@ -155,5 +160,5 @@ def reading_order(blocks: list[tuple], page_width: float) -> list[tuple]:
     return out + _band_order(band, middle)
 
 
-def _band_order(band: list[tuple], middle: float) -> list[tuple]:
+def _band_order(band: list[Block], middle: float) -> list[Block]:
     return ([b for b in band if b[2] <= middle + 2] + [b for b in band if b[2] > middle + 2])

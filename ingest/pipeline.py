@@ -16,22 +16,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ingest.audio import blocks, lay_on_windows, speech_units
 from ingest.checkpoint import Checkpoint, unit_key
 from ingest.chunk import chunk_id, make_chunks
-from ingest.read import ReadResult, read_file, supported_extensions
+from ingest.read import read_file, supported_extensions
+from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
-from kb.engines import Engine, batch_size_for, load_engine
+from kb.engines import Engine, batch_size_for, load_engine, why_chosen
 from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineError, EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
 from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
-from kb.types import Progress, ProgressFn, Request, Source, Unit, no_progress
+from kb.types import Modality, Outcome, Progress, ProgressFn, Request, Source, SourceStatus, Stage, Unit, no_progress
 
 log = logging.getLogger(__name__)
 PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.OCR_IMAGE,
@@ -41,9 +42,10 @@ PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.O
 
 # What a file's status means. Stored: in the knowledge base now. Not read: met by a folder walk and left alone
 # on purpose (counted in the summary). Failed ones make the exit code 1.
-STORED = ("added", "updated", "copied", "renamed", "skipped", "partial", "empty")
-NOT_READ = ("unsupported", "hidden", "link")
-FAILED = ("failed", "partial")
+STORED = frozenset({Outcome.ADDED, Outcome.UPDATED, Outcome.COPIED, Outcome.RENAMED, Outcome.SKIPPED, Outcome.PARTIAL,
+                    Outcome.EMPTY})
+NOT_READ = (Outcome.UNSUPPORTED, Outcome.HIDDEN, Outcome.LINK)
+FAILED = frozenset({Outcome.FAILED, Outcome.PARTIAL})
 NO_TEXT = {"video": "no text found in it: it was read without errors but shows no text the engine could read",
            "audio": "no speech found in it: it was read without errors but holds silence, music or noise only",
            "": "no text found on it: it was read without errors but holds nothing readable (blank, or a picture "
@@ -57,8 +59,8 @@ NO_TEXT_FIX = {"video": "nothing to do if it shows no writing; a Qwen3-VL engine
 
 @dataclass
 class FileResult:
-    path: str  # relative to its ingest root, as the filesystem names it (surrogate-escaped); see `shown`
-    status: str  # added, updated, copied, renamed, skipped, partial, empty, failed, pruned, unsupported, hidden, link
+    rel: str  # relative to its ingest root, as the filesystem names it (surrogate-escaped); see `shown`
+    status: Outcome
     chunks: int = 0
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not errors: read as another type, no text on a page, ...
@@ -66,9 +68,9 @@ class FileResult:
 
     @property
     def shown(self) -> str:
-        return display(self.path)
+        return display(self.rel)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"path": self.shown, "status": self.status, "chunks": self.chunks,
                 "errors": [display(e.split("\n  fix: ")[0]) for e in self.errors],
                 "notes": [display(n) for n in self.notes], "fix": display(self.fix)}
@@ -79,18 +81,19 @@ class IngestReport:
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
     engine: str = ""
+    engine_why: str = ""  # why that engine ran (kb.engines.why_chosen); empty when no file needed one
     pages_read: int = 0
 
-    def counts(self) -> Counter:
+    def counts(self) -> Counter[Outcome]:
         return Counter(r.status for r in self.results)
 
     @property
     def failed(self) -> list[FileResult]:
         return [r for r in self.results if r.status in FAILED]
 
-    def extensions(self, status: str) -> Counter:
+    def extensions(self, status: Outcome) -> Counter[str]:
         """How many files of each extension got `status` (for `unsupported 3 (.docx ×2, .mp3 ×1)`)."""
-        return Counter(os.path.splitext(r.path)[1].lower() or "(none)" for r in self.results if r.status == status)
+        return Counter(os.path.splitext(r.rel)[1].lower() or "(none)" for r in self.results if r.status == status)
 
     @property
     def chunks(self) -> int:
@@ -102,14 +105,14 @@ class IngestReport:
 
 
 @dataclass
-class _Job:
+class _FileInFlight:
     """A file being read: its units wait for the engine, then it is chunked and stored."""
 
-    source: Source  # rel and abs in the stored form (kb/paths.py)
+    source: Source  # rel and path in the stored form (kb/paths.py)
     name: str  # rel as the filesystem has it: results and progress events are named by it
     record: SourceRecord
     read: ReadResult
-    status: str
+    status: Outcome  # what storing it will be: added or updated
     waiting: int = 0
     failed_units: set[int] = field(default_factory=set)  # id(unit) of units the engine could not read
     fix: str = ""  # the way out of the first unit failure that has one
@@ -170,7 +173,7 @@ def _follow(given: Path, label: str = "") -> tuple[Path, FileResult | None]:
             return given, _link_loop(name)
         if os.path.islink(given) or isinstance(err, FileNotFoundError) and os.path.lexists(given):
             return given, _dangling(name, given)
-        return given, FileResult(name, "failed", errors=[f"{display(name)}: cannot open: {err.strerror or err}"],
+        return given, FileResult(name, Outcome.FAILED, errors=[f"{display(name)}: cannot open: {err.strerror or err}"],
                                  fix="check that it exists and that you may read it")
 
 
@@ -180,7 +183,7 @@ def _walk_folder(root: Path, folder: Path, found: Walk, seen: set[Path]) -> None
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
         rel = _rel(folder, root) or folder.name
-        found.results.append(FileResult(rel, "failed", errors=[f"{rel}: cannot list the folder: {err.strerror}"],
+        found.results.append(FileResult(rel, Outcome.FAILED, errors=[f"{rel}: cannot list the folder: {err.strerror}"],
                                         fix="check the folder's permissions (ls -ld, chmod)"))
         return
     for entry in entries:
@@ -188,18 +191,14 @@ def _walk_folder(root: Path, folder: Path, found: Walk, seen: set[Path]) -> None
         rel = _rel(path, root)
         if entry.name.startswith("."):
             kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
-            found.results.append(FileResult(rel, "hidden", notes=[f"a hidden {kind} (name starts with '.'): skipped"]))
+            note = f"a hidden {kind} (name starts with '.'): skipped"
+            found.results.append(FileResult(rel, Outcome.HIDDEN, notes=[note]))
         elif entry.is_symlink():
             _walk_link(root, path, rel, found, seen, extensions)
         elif entry.is_dir(follow_symlinks=False):
             _walk_folder(root, path, found, seen)
-        elif not entry.is_file(follow_symlinks=False):
-            found.results.append(_special(rel))
-        elif path.suffix.lower() not in extensions:
-            found.results.append(_unsupported(rel))
-        elif path not in seen:
-            seen.add(path)
-            found.files.append((path, root))
+        else:
+            _take(root, path, rel, entry.is_file(follow_symlinks=False), found, seen, extensions)
 
 
 def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], extensions: set[str]) -> None:
@@ -210,7 +209,7 @@ def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], e
     if problem:
         found.results.append(problem)
     elif not target.is_relative_to(root):
-        found.results.append(FileResult(rel, "link", notes=[
+        found.results.append(FileResult(rel, Outcome.LINK, notes=[
             f"a link to {display(str(target))}, outside the folder being ingested: not followed"],
             fix=f"ingest {display(str(target))} itself if you want it"))
     elif target.is_dir():
@@ -219,8 +218,16 @@ def _walk_link(root: Path, path: Path, rel: str, found: Walk, seen: set[Path], e
             note = f"a link back to {display(where)}, a folder that contains it (a loop): not followed"
         else:
             note = f"a link to the folder {display(where)}, which is walked at its own place: not followed"
-        found.results.append(FileResult(rel, "link", notes=[note]))
-    elif not target.is_file():
+        found.results.append(FileResult(rel, Outcome.LINK, notes=[note]))
+    else:
+        _take(root, path, rel, target.is_file(), found, seen, extensions)
+
+
+def _take(root: Path, path: Path, rel: str, regular: bool, found: Walk, seen: set[Path], extensions: set[str]
+          ) -> None:
+    """The end of a folder walk's way to a file: read it once if it is a regular file of a supported type (a link
+    under the link's own name), else say why not."""
+    if not regular:
         found.results.append(_special(rel))
     elif path.suffix.lower() not in extensions:
         found.results.append(_unsupported(rel))
@@ -245,25 +252,25 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _link_loop(rel: str) -> FileResult:
-    return FileResult(rel, "failed", errors=[
+    return FileResult(rel, Outcome.FAILED, errors=[
         f"{display(rel)}: the link loops (it leads back to itself through other links)"],
         fix="remove the link, or point it at the real file")
 
 
 def _dangling(rel: str, path: Path) -> FileResult:
     pointee = display(os.readlink(path)) if os.path.islink(path) else "a file that is gone"
-    return FileResult(rel, "failed", errors=[
+    return FileResult(rel, Outcome.FAILED, errors=[
         f"{display(rel)}: a broken link: it points to {pointee}, which does not exist"],
         fix="restore the file it points to, or remove the link")
 
 
 def _special(rel: str) -> FileResult:
-    return FileResult(rel, "unsupported", notes=["not a regular file (a pipe, socket or device): skipped"])
+    return FileResult(rel, Outcome.UNSUPPORTED, notes=["not a regular file (a pipe, socket or device): skipped"])
 
 
 def _unsupported(rel: str) -> FileResult:
     ext = os.path.splitext(rel)[1] or "(no extension)"
-    return FileResult(rel, "unsupported", notes=[f"unsupported file type {ext}: skipped"])
+    return FileResult(rel, Outcome.UNSUPPORTED, notes=[f"unsupported file type {ext}: skipped"])
 
 
 class Ingestor:
@@ -296,9 +303,9 @@ class Ingestor:
         found = scan(paths)
         report.results += found.results
         files = found.files
-        jobs: list[_Job] = []
+        jobs: list[_FileInFlight] = []
         for n, (path, root) in enumerate(files, 1):
-            self.progress(Progress("plan", n, len(files), "files", path.name))
+            self.progress(Progress(Stage.PLAN, n, len(files), "files", path.name))
             job = self._plan(path, root, report, force)
             if job:
                 jobs.append(job)
@@ -307,69 +314,71 @@ class Ingestor:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
         report.engine = f"{self._engine.name} ({self._engine.model})" if self._engine else "none needed"
+        report.engine_why = why_chosen(self._engine) if self._engine else ""
         if self._speech:
             report.engine += f"; speech: {self._speech.name} ({self._speech.model})"
         return report
 
-    def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _Job | None:
+    def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _FileInFlight | None:
         rel = path.relative_to(root).as_posix() if path != root else path.name
         if not storable(str(path)):
-            report.results.append(FileResult(rel, "failed", errors=[
+            report.results.append(FileResult(rel, Outcome.FAILED, errors=[
                 f"{display(rel)}: its name holds private-use characters (U+10FF80..U+10FFFF) that Seekframe uses "
                 "to store bytes that are not UTF-8"], fix="rename the file"))
             return None
         try:
             sha = sha256_of(path)
         except OSError as err:
-            report.results.append(FileResult(rel, "failed", errors=[f"{display(rel)}: cannot read the file: "
+            report.results.append(FileResult(rel, Outcome.FAILED, errors=[f"{display(rel)}: cannot read the file: "
                                                                     f"{err.strerror or err}"],
                                              fix="check the file's permissions (ls -l, chmod)"))
             return None
-        source = Source(rel=to_stored(rel), abs=to_stored(str(path)), sha256=sha)
-        known = self.store.manifest.get(source.abs)
-        if known and known.sha256 == sha and known.status in ("ok", "empty") and not force:
-            report.results.append(FileResult(rel, "skipped", known.chunks))
+        source = Source(rel=to_stored(rel), path=to_stored(str(path)), sha256=sha)
+        known = self.store.manifest.get(source.path)
+        if known and known.sha256 == sha and known.status in (SourceStatus.OK, SourceStatus.EMPTY) and not force:
+            report.results.append(FileResult(rel, Outcome.SKIPPED, known.chunks))
             return None
-        twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.abs), None)
+        twin = next((r for r in self.store.manifest.by_sha(sha) if r.path != source.path), None)
         if twin and not force:
             report.results.append(self._copy(twin, source, rel, path))
             return None
-        record = SourceRecord(path=source.abs, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
-                              status="ok", chunks=0, engine="", model="")
-        return _Job(source, rel, record, ReadResult(kind=""), status="updated" if known else "added")
+        record = SourceRecord(path=source.path, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
+                              status=SourceStatus.OK, chunks=0, engine="", model="")
+        status = Outcome.UPDATED if known else Outcome.ADDED
+        return _FileInFlight(source, rel, record, ReadResult(kind=""), status=status)
 
     def _copy(self, twin: SourceRecord, source: Source, rel: str, path: Path) -> FileResult:
         """Same content under a new path: reuse the twin's text and vectors; a rename removes the old path."""
         chunks, vectors = self.store.chunks_of(twin.path, with_embeddings=True)
         for n, c in enumerate(chunks):
-            c.id, c.source, c.source_abs, c.position = chunk_id(source.abs, source.sha256, n), source.rel, source.abs, n
-        record = SourceRecord(**{**twin.to_json(), "path": source.abs, "rel": source.rel, "size": path.stat().st_size,
+            c.id, c.rel, c.path, c.position = chunk_id(source.path, source.sha256, n), source.rel, source.path, n
+        record = SourceRecord(**{**twin.to_json(), "path": source.path, "rel": source.rel, "size": path.stat().st_size,
                                  "ingested_at": time.time()})
         self.store.replace_source(record, chunks, vectors)
         renamed = not os.path.lexists(fs_path(twin.path))
         if renamed:
             self.store.delete_source(twin.path)
-        return FileResult(rel, "renamed" if renamed else "copied", len(chunks))
+        return FileResult(rel, Outcome.RENAMED if renamed else Outcome.COPIED, len(chunks))
 
-    def _process(self, jobs: list[_Job], report: IngestReport) -> None:
-        pending: list[tuple[_Job, Unit]] = []
-        open_jobs: list[_Job] = []
+    def _process(self, jobs: list[_FileInFlight], report: IngestReport) -> None:
+        pending: list[tuple[_FileInFlight, Unit]] = []
+        open_jobs: list[_FileInFlight] = []
         for n, job in enumerate(jobs, 1):
-            self.progress(Progress("read", n, len(jobs), "files", job.name))
+            self.progress(Progress(Stage.READ, n, len(jobs), "files", job.name))
             try:
-                job.read = read_file(fs_path(job.source.abs), job.source, self.settings)
+                job.read = read_file(fs_path(job.source.path), job.source, self.settings)
                 left_out = self._transcribe(job)
             except SeekframeError as err:
-                report.results.append(FileResult(job.name, "failed", errors=[str(err)], fix=err.fix))
+                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[str(err)], fix=err.fix))
                 continue
             except OSError as err:  # gone or locked since the walk
-                report.results.append(FileResult(job.name, "failed", errors=[
+                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[
                     f"{display(job.name)}: cannot open the file: {err.strerror or err}"],
                     fix="check that it still exists and that you may read it, then run the ingest again"))
                 continue
             except Exception as err:  # a reader bug or library crash on one odd file must not stop the run
                 log.exception("reading %s failed", job.source.rel)
-                report.results.append(FileResult(job.name, "failed", errors=[f"{display(job.name)}: cannot read: "
+                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[f"{display(job.name)}: cannot read: "
                                                                              f"{err!r}"]))
                 continue
             if left_out:
@@ -400,17 +409,18 @@ class Ingestor:
                 if self.settings.asr == "auto":
                     log.warning("speech is left out: %s", err)
         if self._speech is None:
+            assert self._speech_down is not None  # set whenever loading failed
             raise self._speech_down
         return self._speech
 
-    def _transcribe(self, job: _Job) -> FileResult | None:
+    def _transcribe(self, job: _FileInFlight) -> FileResult | None:
         """Words said in the file: an audio file's units, or laid on a video's windows. A result when the file is
         left out: an audio file with speech off, or with no speech model under KB_ASR=auto."""
         track = job.read.audio
         if self.settings.asr == "off" or track is None:
             if job.read.kind != "audio":
                 return None
-            return FileResult(job.name, "unsupported", fix="set KB_ASR=auto to transcribe audio files",
+            return FileResult(job.name, Outcome.UNSUPPORTED, fix="set KB_ASR=auto to transcribe audio files",
                               notes=job.read.notes + ["an audio file, and speech is off (KB_ASR=off): skipped"])
         try:
             engine = self.speech_engine()
@@ -419,8 +429,8 @@ class Ingestor:
                 raise
             if job.read.kind != "audio":
                 return None  # a video is still read for what it shows
-            return FileResult(job.name, "unsupported", fix=err.fix,
-                              notes=job.read.notes + [f"an audio file: {err.args[0]}: skipped"])
+            return FileResult(job.name, Outcome.UNSUPPORTED, fix=err.fix,
+                              notes=job.read.notes + [f"an audio file: {err.message}: skipped"])
         parts = self._transcript(job, engine)
         words = [w for part in parts for w in part.words]
         language = main_language(parts)
@@ -430,9 +440,10 @@ class Ingestor:
             lay_on_windows(job.read.units, words, language)
         return None
 
-    def _transcript(self, job: _Job, engine: SpeechEngine) -> list[Transcript]:
+    def _transcript(self, job: _FileInFlight, engine: SpeechEngine) -> list[Transcript]:
         """The track's blocks, each from the checkpoint of an interrupted run or else from the engine."""
         track = job.read.audio
+        assert track is not None  # _transcribe asks only for files with a sound track
         job.speech_checkpoint = Checkpoint(self.settings.home, job.source.sha256, engine.name, engine.model)
         done = job.speech_checkpoint.load()
         parts: list[Transcript] = []
@@ -445,16 +456,16 @@ class Ingestor:
                     parts.append(engine.transcribe(samples, offset))
                     job.speech_checkpoint.add(key, json.dumps(parts[-1].to_json(), ensure_ascii=False))
                 heard = int(offset + samples.size / SAMPLE_RATE)
-                self.progress(Progress("speech", heard, max(int(track.duration), heard), "s", job.name))
+                self.progress(Progress(Stage.SPEECH, heard, max(int(track.duration), heard), "s", job.name))
         except SeekframeError as err:  # damaged past some point: what was heard before it is kept
-            job.read.errors.append(f"speech: {err.args[0]}")
+            job.read.errors.append(f"speech: {err.message}")
             job.fix = job.fix or err.fix
         except Exception as err:
             log.exception("transcribing %s failed", job.source.rel)
             job.read.errors.append(f"speech: the speech engine failed: {err}")
         return parts
 
-    def _visual_units(self, job: _Job) -> list[Unit]:
+    def _visual_units(self, job: _FileInFlight) -> list[Unit]:
         units = [u for u in job.read.units if u.needs_model]
         if units and (self.settings.ocr_first or not self._engine_down and not self.engine.can_caption):
             # OCR-first (the user's choice: faster) and the ocr engine read text only: captions are not an error.
@@ -462,7 +473,7 @@ class Ingestor:
             units = [u for u in units if u.task != "caption"]
         return units
 
-    def _resume(self, job: _Job, visual: list[Unit]) -> list[Unit]:
+    def _resume(self, job: _FileInFlight, visual: list[Unit]) -> list[Unit]:
         """Fill in units an interrupted run already read; return those still to read."""
         if not visual or self._engine_down:
             return visual
@@ -483,14 +494,14 @@ class Ingestor:
             self._video_seconds[0] += length if finished else 0.0
 
     # enrich: one engine call for a batch of units from any number of files ------------------------------
-    def _enrich(self, batch: list[tuple[_Job, Unit]], report: IngestReport) -> None:
-        ready: list[tuple[_Job, Unit, Request]] = []
+    def _enrich(self, batch: list[tuple[_FileInFlight, Unit]], report: IngestReport) -> None:
+        ready: list[tuple[_FileInFlight, Unit, Request]] = []
         for job, unit in batch:
             try:
                 ready.append((job, unit, self._request(unit)))
             except SeekframeError as err:  # a decoder limit met only now, when the page or frame is loaded
                 job.fix = job.fix or err.fix
-                self._fail_unit(job, unit, err.args[0], named=True)
+                self._fail_unit(job, unit, err.message, named=True)
             except Exception as err:
                 self._fail_unit(job, unit, f"cannot render: {err}")
         texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready])
@@ -498,24 +509,27 @@ class Ingestor:
             if text is not None:
                 unit.text = trim_repetition(text.strip())
                 job.waiting -= 1
+                assert job.checkpoint is not None  # _resume opened it before any unit was queued
                 job.checkpoint.add(job.keys[id(unit)], unit.text)
             if unit.t_start is not None:
                 self._video_seconds[0] += (unit.t_end or unit.t_start) - unit.t_start
         report.pages_read += len(ready)
-        self.progress(Progress("model", report.pages_read, 0, "pages", self.engine.name))
+        self.progress(Progress(Stage.MODEL, report.pages_read, 0, "pages", self.engine.name))
         if self._video_seconds[1]:
             done, total = self._video_seconds
-            self.progress(Progress("video", int(done), int(total), "s", "video read by the engine"))
+            self.progress(Progress(Stage.VIDEO, int(done), int(total), "s", "video read by the engine"))
 
     def _request(self, unit: Unit) -> Request:
-        if unit.task == "video":  # frames decoded only now: a batch holds just its own windows
+        if unit.task == "video" and unit.video is not None:  # frames decoded only now: a batch holds its windows
             return Request(task="video", prompt=PROMPTS[("video", unit.modality)], video=unit.video(),
                            max_new_tokens=self.settings.max_video_tokens)
-        limit = self.settings.max_caption_tokens if unit.task == "caption" else self.settings.max_page_tokens
-        return Request(task=unit.task or "ocr", prompt=PROMPTS[(unit.task, unit.modality)],
-                       images=[unit.load_image()], max_new_tokens=limit)
+        assert unit.load_image is not None  # a unit that needs the model has a clip or an image (kb.types.Unit)
+        task = unit.task or "ocr"
+        limit = self.settings.max_caption_tokens if task == "caption" else self.settings.max_page_tokens
+        return Request(task=task, prompt=PROMPTS[(task, unit.modality)], images=[unit.load_image()],
+                       max_new_tokens=limit)
 
-    def _generate(self, requests: list[Request], owners: list[tuple[_Job, Unit]]) -> list[str | None]:
+    def _generate(self, requests: list[Request], owners: list[tuple[_FileInFlight, Unit]]) -> list[str | None]:
         """Texts for the batch; on failure each request is retried alone so one bad page fails alone."""
         if self._engine_down:
             for job, unit in owners:
@@ -532,7 +546,7 @@ class Ingestor:
             return [None]
         return self._generate(requests, owners)
 
-    def _fail_unit(self, job: _Job, unit: Unit, reason: str, named: bool = False) -> None:
+    def _fail_unit(self, job: _FileInFlight, unit: Unit, reason: str, named: bool = False) -> None:
         """Record a unit the engine could not read; `named`: the reason already names the file (InputError)."""
         where = f"page {unit.page}: " if unit.page else ""
         job.read.errors.append(f"{where}{reason}" if named else f"{where}{unit.task}: {reason}")
@@ -541,7 +555,7 @@ class Ingestor:
         job.waiting -= 1
 
     # store ----------------------------------------------------------------------------------------------
-    def _finish_ready(self, jobs: list[_Job], report: IngestReport) -> list[_Job]:
+    def _finish_ready(self, jobs: list[_FileInFlight], report: IngestReport) -> list[_FileInFlight]:
         still_open = []
         for job in jobs:
             if job.waiting > 0:
@@ -550,43 +564,43 @@ class Ingestor:
                 report.results.append(self._store(job))
         return still_open
 
-    def _store(self, job: _Job) -> FileResult:
+    def _store(self, job: _FileInFlight) -> FileResult:
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
         if job.read.kind == "audio" and self._speech:  # an audio file is read by the speech engine alone
             engine, model = self._speech.name, self._speech.model
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
         for chunk in chunks:
-            if chunk.modality == "speech" and self._speech:  # an audio file's passages: written by the speech engine
+            if chunk.modality == Modality.SPEECH and self._speech:  # an audio file's passages: by the speech engine
                 chunk.engine, chunk.model = self._speech.name, self._speech.model
         errors = list(dict.fromkeys(job.read.errors))  # OCR and caption of one bad image fail alike
         notes = job.read.notes + self._blank_pages(job)
         if errors and not chunks:
-            return FileResult(job.name, "failed", errors=errors, notes=notes, fix=job.fix)
+            return FileResult(job.name, Outcome.FAILED, errors=errors, notes=notes, fix=job.fix)
         # Read without errors and nothing readable on it: stored (so it is not read again), but said so.
-        status = "partial" if errors else "empty" if not chunks else "ok"
+        status = SourceStatus.PARTIAL if errors else SourceStatus.EMPTY if not chunks else SourceStatus.OK
         kind = job.read.kind if job.read.kind in ("video", "audio") else ""
-        if status == "empty":
+        if status == SourceStatus.EMPTY:
             notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
         record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
         record.engine, record.model, record.errors = engine, model, errors
         record.status, record.ingested_at = status, time.time()
-        self.progress(Progress("store", len(chunks), len(chunks), "chunks", job.name))
+        self.progress(Progress(Stage.STORE, len(chunks), len(chunks), "chunks", job.name))
         try:
             self.store.replace_source(record, chunks)
         except Exception as err:
             log.exception("storing %s failed", job.source.rel)
-            return FileResult(job.name, "failed", errors=errors + [f"cannot store: {err}"], notes=notes)
+            return FileResult(job.name, Outcome.FAILED, errors=errors + [f"cannot store: {err}"], notes=notes)
         for checkpoint in (job.checkpoint, job.speech_checkpoint):
             if checkpoint:
                 checkpoint.clear()
-        shown = status if status != "ok" else job.status
-        fix = NO_TEXT_FIX[kind] if status == "empty" else job.fix
+        shown = Outcome(status) if status != SourceStatus.OK else job.status
+        fix = NO_TEXT_FIX[kind] if status == SourceStatus.EMPTY else job.fix
         return FileResult(job.name, shown, len(chunks), errors, notes, fix)
 
     @staticmethod
-    def _blank_pages(job: _Job) -> list[str]:
+    def _blank_pages(job: _FileInFlight) -> list[str]:
         """`no text found on pages 2, 5`: pages or frames the engine read without error and found nothing on."""
         blank = sorted({u.page for u in job.read.units if u.task == "ocr" and u.page is not None
                         and not (u.text or "").strip() and id(u) not in job.failed_units})
@@ -602,4 +616,4 @@ class Ingestor:
             path = fs_path(record.path)
             if not path.exists() and any(path.is_relative_to(r) for r in roots):
                 self.store.delete_source(record.path)
-                report.results.append(FileResult(fs_path(record.rel).as_posix(), "pruned", record.chunks))
+                report.results.append(FileResult(fs_path(record.rel).as_posix(), Outcome.PRUNED, record.chunks))

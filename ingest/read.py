@@ -1,4 +1,4 @@
-"""Which reader handles which file, and what a reader returns.
+"""Which reader handles which file (what a reader returns is ingest/read_result.py).
 
 The extension says which reader a file claims; its content (ingest/sniff.py) decides. A file whose content is
 another binary kind Seekframe reads (a PNG named .mp4) is read as that kind, with a note; one whose content it
@@ -7,32 +7,14 @@ name is reported, not read: it is usually a failed download's error message, and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from ingest.read_result import ReadResult
 from ingest.sniff import READABLE, Sniffed, sniff
 from kb.config import Settings
 from kb.errors import InputError
-from kb.types import Source, Unit
-
-if TYPE_CHECKING:
-    from ingest.audio import AudioTrack
-
-
-@dataclass
-class ReadResult:
-    """A file turned into units; `errors` are per-page problems that leave the rest of the file usable,
-    `notes` are facts the user should see that are not problems (read as another type than its name says)."""
-
-    kind: str  # pdf, image, video, audio, text
-    units: list[Unit] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    pages: int | None = None
-    duration: float | None = None
-    audio: AudioTrack | None = None  # a sound track for the speech engine (videos and audio files)
-
+from kb.types import Source
 
 Reader = Callable[[Path, Source, Settings], ReadResult]
 PDF_EXTENSIONS = {".pdf"}

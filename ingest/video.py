@@ -14,18 +14,9 @@ from pathlib import Path
 from PIL import Image
 
 from ingest.audio import probe
-from ingest.read import ReadResult
-from ingest.video_sampling import (
-    DAMAGED_FIX,
-    DEFAULT_PARAMS,
-    Decoder,
-    KeptFrame,
-    SampleResult,
-    SamplingParams,
-    fit,
-    open_video,
-    sample_frames,
-)
+from ingest.read_result import ReadResult
+from ingest.video_decoders import DAMAGED_FIX, Decoder, Frame, fit, open_video
+from ingest.video_sampling import DEFAULT_PARAMS, KeptFrame, SampleResult, SamplingParams, sample_frames
 from kb.config import Settings
 from kb.errors import InputError
 from kb.types import Source, Unit, VideoClip
@@ -82,14 +73,14 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
     folder = settings.keyframe_dir(source.sha256)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def save(frame: KeptFrame, rgb) -> None:
+    def save(frame: KeptFrame, rgb: Frame) -> None:
         Image.fromarray(rgb).save(keyframe_path(settings, source.sha256, frame.index), quality=KEYFRAME_QUALITY)
 
     try:
         sample = sample_frames(path, params, on_keep=save)
     except InputError as err:
         # Name the file as the user gave it, not by its absolute path.
-        raise InputError(source.rel, err.args[0].removeprefix(f"{path}: "), err.fix) from err
+        raise InputError(source.rel, err.message.removeprefix(f"{path}: "), err.fix) from err
     windows = group_windows(sample.frames, sample.duration, params)
     log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sample.kept,
              sample.decoded, sample.dropped)
@@ -102,7 +93,7 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
         try:
             result.audio = probe(path, source.rel)
         except InputError as err:
-            result.notes.append(f"its sound cannot be read, so speech is left out: {err.args[0]}")
+            result.notes.append(f"its sound cannot be read, so speech is left out: {err.message}")
     return result
 
 
@@ -115,7 +106,13 @@ class _OpenDecoder:
         self._key: tuple[str, str] | None = None
         self._decoder: Decoder | None = None
 
-    def get(self, path: Path, backend: str) -> Decoder:
+    def read(self, path: Path, backend: str, indices: list[int], size: tuple[int, int]) -> dict[int, Image.Image]:
+        """Frames `indices` of the file as images (those that decode), one caller at a time."""
+        with self._lock:
+            decoder = self._get(path, backend)
+            return {index: Image.fromarray(rgb) for index, rgb in decoder.read(indices, size)}
+
+    def _get(self, path: Path, backend: str) -> Decoder:
         key = (str(path), backend)
         if self._key != key or self._decoder is None:
             if self._decoder is not None:
@@ -131,9 +128,7 @@ def load_clip(path: Path, sample: SampleResult, frames: list[KeptFrame], max_pix
     """The window's kept frames at the engine's pixel budget, with indices that give their true times."""
     info = sample.info
     size = fit(info.width, info.height, max_pixels=max_pixels)
-    with _open._lock:
-        decoder = _open.get(path, info.backend)
-        images = {index: Image.fromarray(rgb) for index, rgb in decoder.read([f.index for f in frames], size)}
+    images = _open.read(path, info.backend, [f.index for f in frames], size)
     got = [f for f in frames if f.index in images]
     if not got:
         raise InputError(str(path), f"the frames at {frames[0].time:.1f} s cannot be decoded any more", DAMAGED_FIX)

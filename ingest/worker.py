@@ -14,16 +14,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ingest.jobs import (
-    CANCELLED,
-    CAPTIONING,
-    DONE,
-    EMBEDDING,
-    FAILED,
-    OCR,
-    READING,
-    SKIPPED,
-    SPEECH,
-    VIDEO,
     FileStatus,
     Job,
     JobBoard,
@@ -31,14 +21,14 @@ from ingest.jobs import (
     default_worker_name,
     pipeline_rel,
 )
-from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport  # STORED: statuses now in the KB
+from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport, _FileInFlight  # STORED: outcomes in the KB
 from kb.engines import Engine
 from kb.errors import InputError
 from kb.store import Store
-from kb.types import Progress, Request
+from kb.types import FileState, JobState, Outcome, Progress, Request, Stage
 
 log = logging.getLogger(__name__)
-TASK_STATE = {"ocr": OCR, "caption": CAPTIONING, "video": VIDEO}
+TASK_STATE = {"ocr": FileState.OCR, "caption": FileState.CAPTIONING, "video": FileState.VIDEO}
 
 
 class JobStopped(BaseException):
@@ -75,7 +65,7 @@ class _Tracker:
             if self.board.cancel_requested(self.job.id):
                 raise JobStopped("cancelled")
 
-    def _set(self, items: Sequence[FileStatus], state: str) -> None:
+    def _set(self, items: Sequence[FileStatus], state: FileState) -> None:
         changed = {f.path: state for f in items if f.state != state}
         for item in items:
             item.state = state
@@ -84,13 +74,13 @@ class _Tracker:
     def progress(self, event: Progress) -> None:
         self.check()
         item = self.by_rel.get(event.detail)
-        if event.stage == "read" and item:
-            self._set([item], READING)
-        elif event.stage == "speech" and item:
-            self._set([item], SPEECH)
-        elif event.stage == "store" and item:
-            self._set([item], EMBEDDING)  # the store event comes just before the chunks are embedded and written
-        elif event.stage == "model":
+        if event.stage == Stage.READ and item:
+            self._set([item], FileState.READING)
+        elif event.stage == Stage.SPEECH and item:
+            self._set([item], FileState.TRANSCRIBING)
+        elif event.stage == Stage.STORE and item:
+            self._set([item], FileState.EMBEDDING)  # the store event comes just before the chunks are embedded
+        elif event.stage == Stage.MODEL:
             self.job.pages_read = event.done
             self.board.set_progress(self.job.id, event.done)
 
@@ -102,8 +92,9 @@ class _Tracker:
         """
         self.check(always=True)
         tasks = {r.task for r in requests}
-        state = next((TASK_STATE[t] for t in ("ocr", "video", "caption") if t in tasks), OCR)
-        self._set([f for f in self.job.files if f.state in (READING, SPEECH, OCR, CAPTIONING, VIDEO)], state)
+        state = next((TASK_STATE[t] for t in ("ocr", "video", "caption") if t in tasks), FileState.OCR)
+        waiting = (FileState.READING, FileState.TRANSCRIBING, FileState.OCR, FileState.CAPTIONING, FileState.VIDEO)
+        self._set([f for f in self.job.files if f.state in waiting], state)
 
 
 class _ReportingEngine:
@@ -114,6 +105,7 @@ class _ReportingEngine:
         self._before = before_batch
         self.name, self.model, self.device = engine.name, engine.model, engine.device
         self.can_caption, self.generative = engine.can_caption, engine.generative
+        self.slots, self.server_batched = engine.slots, engine.server_batched
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         self._before(requests)
@@ -137,15 +129,15 @@ class _TrackedIngestor(Ingestor):
         self._tracker = tracker
         self._roots = roots
 
-    def _plan(self, path: Path, root: Path, report: IngestReport, *args, **kwargs):
+    def _plan(self, path: Path, root: Path, report: IngestReport, force: bool = False) -> _FileInFlight | None:
         """Each file again, as the run meets it: a file swapped for a link since the submit is refused too."""
         if self._roots is not None:
             try:
                 check_server_path(path, self._roots)
             except InputError as err:
-                report.results.append(FileResult(pipeline_rel(path, root), "failed", errors=[str(err)]))
+                report.results.append(FileResult(pipeline_rel(path, root), Outcome.FAILED, errors=[str(err)]))
                 return None
-        return super()._plan(path, root, report, *args, **kwargs)
+        return super()._plan(path, root, report, force)
 
     @property
     def engine(self) -> Engine:
@@ -205,8 +197,8 @@ class Worker:
             log.exception("ingest job %s failed", job.id)
             for item in job.files:
                 if not item.final:
-                    item.state, item.reason = FAILED, f"the ingest stopped: {err!r}"
-            self.board.finish(job, FAILED, f"the ingest stopped: {err!r}")
+                    item.state, item.reason = FileState.FAILED, f"the ingest stopped: {err!r}"
+            self.board.finish(job, JobState.FAILED, f"the ingest stopped: {err!r}")
         finally:
             self._job_id = None
         return True
@@ -241,18 +233,18 @@ class Worker:
                 self.board.release(job.id, self.name)
             return  # lost: the worker that took it over reports it
         job.pages_read, job.chunks, job.engine = report.pages_read, report.chunks, report.engine
-        results = {r.path: r for r in report.results}
+        results = {r.rel: r for r in report.results}
         for item in job.files:
             _apply(item, results.get(item.rel))
-        state = FAILED if all(f.state == FAILED for f in job.files) else DONE
+        state = JobState.FAILED if all(f.state == FileState.FAILED for f in job.files) else JobState.DONE
         # What the walk left out (hidden, links not followed, other types) gets a row too: the user sees why.
         planned = {item.rel for item in job.files}
         for result in report.results:
-            if result.path not in planned:
-                rel = getattr(result, "shown", result.path)
-                item = FileStatus(path=f"(not read) {rel}", rel=rel, state=SKIPPED)
+            if result.rel not in planned:
+                rel = result.shown
+                item = FileStatus(path=f"(not read) {rel}", rel=rel, state=FileState.SKIPPED)
                 _apply(item, result)
-                item.state = FAILED if result.status == "failed" else SKIPPED
+                item.state = FileState.FAILED if result.status == Outcome.FAILED else FileState.SKIPPED
                 job.files.append(item)
         self.board.finish(job, state)
 
@@ -261,19 +253,21 @@ class Worker:
             if item.final:
                 continue
             record = self.store.manifest.get(item.path)
-            stored = item.state == EMBEDDING and record is not None and record.ingested_at >= (job.started or 0)
-            item.state, item.reason = (DONE, "stored before the cancel") if stored else (CANCELLED, "cancelled")
-        self.board.finish(job, CANCELLED, "cancelled")
+            stored = (item.state == FileState.EMBEDDING and record is not None
+                      and record.ingested_at >= (job.started or 0))
+            item.state, item.reason = ((FileState.DONE, "stored before the cancel") if stored
+                                      else (FileState.CANCELLED, "cancelled"))
+        self.board.finish(job, JobState.CANCELLED, "cancelled")
 
 
 def _apply(item: FileStatus, result: FileResult | None) -> None:
     if result is None:
-        item.state, item.reason = FAILED, "the ingest did not report on this file"
+        item.state, item.reason = FileState.FAILED, "the ingest did not report on this file"
         return
     item.result, item.chunks = result.status, result.chunks
-    item.state = DONE if result.status in STORED else FAILED
-    item.reason = "; ".join(result.errors or getattr(result, "notes", []))  # a link not followed has a note
-    if result.status == "skipped":
+    item.state = FileState.DONE if result.status in STORED else FileState.FAILED
+    item.reason = "; ".join(result.errors or result.notes)  # a link not followed has a note
+    if result.status == Outcome.SKIPPED:
         item.reason = "unchanged since the last ingest"
 
 

@@ -5,12 +5,13 @@ import argparse
 import json
 import sys
 from datetime import datetime
+from typing import Any
 
 from kb.answer import Generation, ask, cache_key, keep_real_citations, prepare, stream_answer
 from kb.answer_cache import AnswerCache
 from kb.cli import add_settings_flags, run_cli, settings_from_args, setup_logging
 from kb.config import Settings
-from kb.engines import load_engine, resolve_engine_name
+from kb.engines import load_engine, resolve_engine_name, why_chosen
 from kb.errors import NotFound
 from kb.manifest import SourceRecord, describe
 from kb.outline import outline
@@ -73,25 +74,25 @@ def _parser() -> argparse.ArgumentParser:
 def _print_config(settings: Settings) -> int:
     _, why = resolve_engine_name(settings)
     for name, value in settings.masked().items():
-        print(f"{name:20} {value!s:48} {settings.sources.get(name, 'default')}")
+        print(f"{name:20} {value!s:48} {settings.origins.get(name, 'default')}")
     print(f"\n{why}")
     return 0
 
 
 def _print_hits(hits: list[Hit]) -> None:
     for n, hit in enumerate(hits, 1):
-        snippet = " ".join(hit.text.split())[:240]
-        print(f"[{n}] {hit.score:.3f}  {hit.where}  ({hit.modality})\n    {snippet}")
+        snippet = " ".join(hit.chunk.text.split())[:240]
+        print(f"[{n}] {hit.score:.3f}  {hit.where}  ({hit.chunk.modality})\n    {snippet}")
 
 
 # --json output is for people and scripts alike: names are shown as people see them (an undecodable byte as
 # U+FFFD, which loses the byte), and `source_path` keeps the exact stored absolute path, which --source,
 # `kb outline` and `kb delete` take back (kb/paths.py, README "Command line").
-def _hit_json(hit: Hit) -> dict:
-    return {**hit.to_json(), "source": display(hit.source), "source_path": hit.source_abs}
+def _hit_json(hit: Hit) -> dict[str, Any]:
+    return {**hit.to_json(), "source": display(hit.chunk.rel), "source_path": hit.chunk.path}
 
 
-def _source_json(record: SourceRecord) -> dict:
+def _source_json(record: SourceRecord) -> dict[str, Any]:
     return {**record.to_json(), "path": display(record.path), "rel": display(record.rel),
             "errors": [display(e) for e in record.errors], "source_path": record.path}
 
@@ -125,6 +126,7 @@ def _delete(store: Store, name: str | None, pattern: str | None, yes: bool) -> i
     """Delete the one source `name` names exactly, or, after confirmation, every source `pattern` matches."""
     if pattern is not None:
         return _delete_matching(store, pattern, yes)
+    assert name is not None  # main() requires exactly one of the two
     if not store.manifest.find(name):
         finished = store.unfinished_deletes(name)  # a delete killed half-way: finish it, and say so
         for cleanup in finished:
@@ -195,7 +197,7 @@ def main() -> int:
                 _print_hits(hits)
             return 0
         engine = load_engine(settings)
-        print(resolve_engine_name(settings)[1], file=sys.stderr)
+        print(why_chosen(engine), file=sys.stderr)
         generation, filters, cache = Generation.from_settings(settings), _filters(args), AnswerCache.of(settings)
         try:
             if args.json:

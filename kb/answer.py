@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
@@ -12,7 +12,7 @@ from kb import prompts
 from kb.answer_cache import AnswerCache, answer_key, content_version
 from kb.config import Settings
 from kb.engines import Engine
-from kb.lexical import tokenize
+from kb.lexical import STOPWORDS, tokenize
 from kb.paths import fs_path
 from kb.search import Filters, expand_context, search
 from kb.store import Store
@@ -31,8 +31,6 @@ _MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 _TYPO_WORD = re.compile(r"[A-Z][a-z]{6,}")
 _TITLE_RUN = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b")  # "College Board Search Platform": one name
 _FORMAT_SENTENCE = re.compile(r"(?i)\banswer\b.*\bformat(?:ted)?\b")  # "Please write the answer in int format"
-_STOP = set("the a an and or of to in on at for is are was were be by with what which who whom when where why how "
-            "does did do this that these those it its from as about into than then there their".split())
 
 
 @dataclass(frozen=True)
@@ -73,10 +71,9 @@ class Answer:
     model: str
     retrieval_seconds: float = 0.0
     generation_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
     cached: bool = False  # served from the answer cache (kb/answer_cache.py)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"answer": self.text, "citations": [h.to_json() for h in self.citations], "cached": self.cached}
 
 
@@ -105,7 +102,7 @@ def question_names(question: str) -> list[str]:
     about nothing in the sources: its words are not names."""
     asked = " ".join(s for s in _SENTENCE.split(question) if not _FORMAT_SENTENCE.search(s))
     names = (m.group().rstrip(".").removesuffix("'s").removesuffix("’s") for m in _NAME.finditer(asked))
-    return list(dict.fromkeys(n for n in names if len(n) > 1 and n.lower() not in _STOP))
+    return list(dict.fromkeys(n for n in names if len(n) > 1 and n.lower() not in STOPWORDS))
 
 
 def absent_names(question: str, store: Store, filters: Filters | None = None) -> list[str]:
@@ -142,9 +139,10 @@ def _slips(word: str) -> list[str]:
 
 def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[int], list[Image.Image]]:
     """Key frames of the cited video segments (source numbers, images): the model sees what was on screen."""
-    numbers, images = [], []
+    numbers: list[int] = []
+    images: list[Image.Image] = []
     for n, hit in enumerate(hits, 1):
-        frame_path = fs_path(hit.keyframe) if hit.keyframe else None  # stored form -> the name that opens
+        frame_path = fs_path(hit.chunk.keyframe) if hit.chunk.keyframe else None  # stored form -> the name that opens
         if frame_path and len(images) < limit and frame_path.is_file():
             with Image.open(frame_path) as frame:
                 images.append(frame.convert("RGB"))
@@ -155,7 +153,7 @@ def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[i
 def keep_real_citations(text: str, sources: int) -> str:
     """`text` with only the markers of real sources (1..sources): a document (or a model repeating one) can
     print [9], which must not read as a citation. A marker with no real number goes, with the space before it."""
-    def keep(match: re.Match) -> str:
+    def keep(match: re.Match[str]) -> str:
         real = [n for n in map(int, re.findall(r"\d+", match.group(2))) if 1 <= n <= sources]
         return match.group(1) + "".join(f"[{n}]" for n in real) if real else ""
 
@@ -206,7 +204,7 @@ def ask(question: str, store: Store, engine: Engine, k: int = 5, filters: Filter
 
 
 def _terms(text: str) -> set[str]:
-    words = {w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in _STOP}
+    words = {w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in STOPWORDS}
     return words | set(_CJK.findall(text))  # CJK has no spaces: single characters carry the overlap
 
 
@@ -225,10 +223,10 @@ def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
 
 def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hit], quotes: int = 3) -> str:
     """The best sentence of each of the `quotes` best hits, cited by its number among `sources`."""
-    number = {hit.id: n for n, hit in enumerate(sources, 1)}
+    number = {hit.chunk.id: n for n, hit in enumerate(sources, 1)}
     lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
-    for hit in [h for h in ranked if h.id in number][:quotes]:
-        quote = keep_real_citations(best_sentence(question, hit.text), 0)  # the document's own [n] are not ours
-        lines.append(f"> {quote} [{number[hit.id]}]")
+    for hit in [h for h in ranked if h.chunk.id in number][:quotes]:
+        quote = keep_real_citations(best_sentence(question, hit.chunk.text), 0)  # the document's own [n] are not ours
+        lines.append(f"> {quote} [{number[hit.chunk.id]}]")
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -18,10 +18,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kb.config import Settings
+from kb.manifest import SourceRecord
 from kb.types import Hit
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -41,7 +45,7 @@ class Cached:
     text: str
     hits: list[Hit]
     created: float
-    extra: dict
+    extra: dict[str, Any]
 
 
 @dataclass
@@ -56,7 +60,7 @@ class CacheStats:
         return self.hits / asked if asked else 0.0
 
 
-def content_version(records: Sequence) -> str:
+def content_version(records: Sequence[SourceRecord]) -> str:
     """Fingerprint of the sources in scope: changes with any ingest, delete or re-index among them."""
     digest = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.path):
@@ -65,7 +69,8 @@ def content_version(records: Sequence) -> str:
 
 
 def answer_key(question: str, scope_version: str, settings: Settings, engine: str, model: str, k: int,
-               filters: object = None, generation: object = None, history: Sequence[tuple[str, str]] = ()) -> str:
+               filters: DataclassInstance | None = None, generation: DataclassInstance | None = None,
+               history: Sequence[tuple[str, str]] = ()) -> str:
     """The key of an answer: everything that decides it (question spacing aside). The conversation so far is part
     of it: a follow-up is searched and answered with it, so the same words there are another question."""
     parts = {"q": " ".join(question.split()), "v": scope_version, "engine": engine, "model": model, "k": k,
@@ -102,16 +107,16 @@ class AnswerCache:
             if row is None:
                 return None
             self._db.execute("UPDATE answers SET used = ? WHERE key = ?", (time.time(), key))
-        hits = [Hit(**h) for h in json.loads(row[1])]
+        hits = [Hit.from_record(h) for h in json.loads(row[1])]
         return Cached(row[0], hits, row[2], json.loads(row[3]))
 
-    def put(self, key: str, question: str, text: str, hits: Sequence[Hit], extra: dict | None = None) -> None:
+    def put(self, key: str, question: str, text: str, hits: Sequence[Hit], extra: dict[str, Any] | None = None) -> None:
         if not self.enabled:
             return
         now = time.time()
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (key, question, text, json.dumps([h.__dict__ for h in hits], ensure_ascii=False),
+                             (key, question, text, json.dumps([h.to_record() for h in hits], ensure_ascii=False),
                               json.dumps(extra or {}), now, now))
             # Bounded: the least recently used beyond the limit go (answers of old content among them).
             self._db.execute("DELETE FROM answers WHERE key IN (SELECT key FROM answers ORDER BY used DESC "

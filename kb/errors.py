@@ -3,17 +3,17 @@ from __future__ import annotations
 
 
 class SeekframeError(Exception):
-    """Base class: `str(err)` is the problem, `err.fix` the way out."""
+    """Base class: `err.message` is the problem, `err.fix` the way out; `str(err)` says both (for logs, CLIs)."""
 
     exit_code = 1
 
     def __init__(self, message: str, fix: str = "") -> None:
         super().__init__(message)
+        self.message = message
         self.fix = fix
 
     def __str__(self) -> str:
-        text = super().__str__()
-        return f"{text}\n  fix: {self.fix}" if self.fix else text
+        return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
 
 
 class ConfigError(SeekframeError):

@@ -7,6 +7,7 @@ CMYK and YCbCr converted. No file decoding here (that is `ingest/image.py`).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -78,7 +79,7 @@ def _stretch_to_8bit(image: Image.Image) -> Image.Image:
     Converting straight to 8 bits clips everything above 255 to white (a 16-bit scan turns blank); dividing by
     257 keeps text that uses only a sliver of the range (dark grey on black) nearly invisible.
     """
-    low, high = image.getextrema()
+    low, high = cast(tuple[float, float], image.getextrema())  # one band (I;16, I, F): (lowest, highest)
     if not high > low:  # one value everywhere: nothing to read, keep its brightness
         level = 255 if high > 255 else max(0, int(high))
         return Image.new("L", image.size, level)

@@ -84,7 +84,7 @@ CJK_STOP = frozenset("的了在是和与及或也都就而之其这那有我你�
 _CJK_STOP_SPLIT = regex.compile("[" + "".join(sorted(CJK_STOP)) + "]+")
 
 
-def _jieba():
+def _jieba() -> Any:  # the jieba module (untyped), imported on first Chinese text
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # it prints its dictionary-loading chatter otherwise
@@ -188,12 +188,12 @@ def _typed(key: str, value: Any) -> Any:
     return float(value) if key in FLOAT_FIELDS else str(value)
 
 
-def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
+def _document(chunk: Chunk, meta: dict[str, Any]) -> tantivy.Document:
     doc = tantivy.Document()
     tokens = tokenize(chunk.text)
     doc.add_text("tokens", " ".join(tokens))
     for name in STRING_FIELDS:
-        value = chunk.id if name == "id" else getattr(chunk, name)
+        value = chunk.id if name == "id" else meta.get(name)  # under the stored names (source, source_abs)
         if value is not None:
             doc.add_text(name, str(value))
     for name in INT_FIELDS + FLOAT_FIELDS:
@@ -206,7 +206,8 @@ def _document(chunk: Chunk, meta: dict) -> tantivy.Document:
 
 
 # the index -------------------------------------------------------------------------------------------------------
-Row = tuple[str, str, dict]  # (chunk id, text, Chroma metadata)
+Row = tuple[str, str, dict[str, Any]]  # (chunk id, text, Chroma metadata)
+Scored = tuple[str, str, dict[str, Any], float]  # a Row and its BM25 score
 
 
 class _Open:
@@ -251,7 +252,7 @@ class LexicalIndex:
         return (path / "meta.json").is_file()
 
     @classmethod
-    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict]]]) -> int:
+    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict[str, Any]]]]) -> int:
         """Create the index at `path` from batches of (chunks, their metadata), all or nothing: it is built beside
         and renamed into place, so a crash while building leaves no half index (the next open builds again)."""
         building = path.with_name(path.name + ".building")
@@ -274,7 +275,7 @@ class LexicalIndex:
         return added
 
     # writing -----------------------------------------------------------------------------------------
-    def upsert(self, chunks: Sequence[Chunk], metadatas: Sequence[dict] | None = None) -> None:
+    def upsert(self, chunks: Sequence[Chunk], metadatas: Sequence[dict[str, Any]] | None = None) -> None:
         """Add chunks (replacing any with the same id), in one commit."""
         metadatas = metadatas or [c.metadata() for c in chunks]
         documents = [_document(c, m) for c, m in zip(chunks, metadatas)]  # tokenised outside the writer lock
@@ -300,7 +301,7 @@ class LexicalIndex:
         if not self._searcher().search(query, 1, count=True).count:
             return 0  # nothing to remove (a new source): no commit
         with self._writing() as writer:
-            doomed = self._searcher().search(query, 1, count=True).count
+            doomed: int = self._searcher().search(query, 1, count=True).count
             writer.delete_documents_by_query(query)
         return doomed
 
@@ -357,7 +358,7 @@ class LexicalIndex:
         return out
 
     def count(self) -> int:
-        return self._searcher().num_docs
+        return int(self._searcher().num_docs)
 
     def ids(self) -> list[str]:
         """Every chunk id in the index, sorted (one twice would show twice)."""
@@ -368,7 +369,7 @@ class LexicalIndex:
         hits = searcher.search(tantivy.Query.all_query(), total).hits
         return sorted(self._row(searcher, address)[0] for _, address in hits)
 
-    def query(self, text: str, k: int, where: dict | None = None) -> list[tuple[str, str, dict, float]]:
+    def query(self, text: str, k: int, where: dict[str, Any] | None = None) -> list[Scored]:
         """(id, text, metadata, BM25 score) of the best `k` current chunks for `text`, best first."""
         terms = query_terms(text)
         if not terms or k <= 0:

@@ -19,9 +19,11 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kb.errors import NotFound
 from kb.paths import display, from_stored, to_stored
+from kb.types import SourceStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS sources (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
     kind TEXT NOT NULL,         -- pdf, image, video, text
-    status TEXT NOT NULL,       -- ok, partial
+    status TEXT NOT NULL,       -- ok, partial, empty (kb.types.SourceStatus)
     chunks INTEGER NOT NULL,
     pages INTEGER,
     duration REAL,
@@ -57,7 +59,7 @@ class SourceRecord:
     sha256: str
     size: int
     kind: str
-    status: str
+    status: SourceStatus
     chunks: int
     engine: str
     model: str
@@ -66,7 +68,7 @@ class SourceRecord:
     ingested_at: float = field(default_factory=time.time)
     errors: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -102,10 +104,10 @@ class NameQuery:
         rel = stored.removeprefix("./")  # "./sub/a.pdf" as a shell completes it; nothing else is folded
         return cls(rel, tuple(sorted(to_stored(p) for p in paths)), base)
 
-    def sql(self) -> tuple[str, list]:
+    def sql(self) -> tuple[str, list[object]]:
         marks = ", ".join("?" for _ in self.paths)
         condition = f"path IN ({marks}) OR rel = ?"
-        args: list = [*self.paths, self.name]
+        args: list[object] = [*self.paths, self.name]
         if self.base:
             condition += " OR substr(path, -?) = ?"  # the last path segment, compared with `=` (case-sensitive)
             args += [len(self.base) + 1, "/" + self.base]
@@ -132,6 +134,7 @@ class Manifest:
     def _record(self, row: sqlite3.Row) -> SourceRecord:
         values = dict(row)
         values["errors"] = json.loads(values["errors"])
+        values["status"] = SourceStatus(values["status"])
         return SourceRecord(**values)
 
     def get(self, path: str) -> SourceRecord | None:
@@ -139,7 +142,7 @@ class Manifest:
         return self._record(row) if row else None
 
     def by_sha(self, sha256: str) -> list[SourceRecord]:
-        rows = self._db.execute("SELECT * FROM sources WHERE sha256 = ? AND status = 'ok'", (sha256,))
+        rows = self._db.execute("SELECT * FROM sources WHERE sha256 = ? AND status = ?", (sha256, SourceStatus.OK))
         return [self._record(r) for r in rows]
 
     def has_sha(self, sha256: str) -> bool:

@@ -14,7 +14,7 @@ from kb.engines import Engine
 from kb.manifest import SourceRecord
 from kb.paths import fs_path
 from kb.store import Store
-from kb.types import Chunk, Request
+from kb.types import Chunk, Request, format_clock
 
 GROUP_CHARS = 6000  # segment descriptions per map request: fits any Qwen3-VL context with room to answer
 MAX_CHAPTERS = 20
@@ -33,20 +33,15 @@ class OutlineEntry:
     def line(self) -> str:
         indent = "  " * (self.level - 1)
         if self.t_start is not None:
-            return f"{indent}[{format_clock_long(self.t_start)}] {self.title}"
+            return f"{indent}[{format_clock(self.t_start, hours=True)}] {self.title}"
         return f"{indent}p. {self.page}  {self.title}"
-
-
-def format_clock_long(seconds: float) -> str:
-    h, rem = divmod(int(seconds), 3600)
-    return f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
 
 
 def outline(store: Store, engine: Engine, name: str) -> list[OutlineEntry]:
     record = store.manifest.find_one(name)
     chunks = store.chunks_of(record.path)[0]
     if record.kind == "video":
-        segments = sorted((c for c in chunks if c.t_start is not None), key=lambda c: c.t_start)
+        segments = sorted((c for c in chunks if c.t_start is not None), key=_start)
         return video_outline(segments, engine) if engine.generative else text_change_chapters(segments)
     return document_outline(record, chunks, engine)
 
@@ -62,10 +57,19 @@ def _parse_chapters(text: str) -> list[OutlineEntry]:
     return entries
 
 
+def _start(segment: Chunk | OutlineEntry) -> float:
+    return segment.t_start or 0.0  # video segments and chapters always have one
+
+
+def _end(segment: Chunk) -> float:
+    return segment.t_end or _start(segment)
+
+
 def _groups(segments: list[Chunk]) -> list[str]:
-    groups, current = [], ""
+    groups: list[str] = []
+    current = ""
     for seg in segments:
-        line = f"[{format_clock_long(seg.t_start)}–{format_clock_long(seg.t_end or seg.t_start)}] " \
+        line = f"[{format_clock(_start(seg), hours=True)}–{format_clock(_end(seg), hours=True)}] " \
                f"{' '.join(seg.text.split())[:800]}\n"
         if current and len(current) + len(line) > GROUP_CHARS:
             groups.append(current)
@@ -88,12 +92,12 @@ def video_outline(segments: list[Chunk], engine: Engine) -> list[OutlineEntry]:
 
 def _clean(chapters: list[OutlineEntry], segments: list[Chunk]) -> list[OutlineEntry]:
     """Chapters in time order, inside the video, one per timestamp (models sometimes repeat or invent)."""
-    end = max((s.t_end or s.t_start for s in segments), default=0.0)
+    end = max((_end(s) for s in segments), default=0.0)
     seen: set[float] = set()
     kept = []
-    for entry in sorted(chapters, key=lambda e: e.t_start):
-        if entry.t_start <= end + 1 and entry.t_start not in seen:
-            seen.add(entry.t_start)
+    for entry in sorted(chapters, key=_start):
+        if _start(entry) <= end + 1 and _start(entry) not in seen:
+            seen.add(_start(entry))
             kept.append(entry)
     return kept
 

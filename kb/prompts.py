@@ -46,7 +46,7 @@ def answer_prompt(question: str, hits: Sequence[Hit], pictured: Sequence[int] = 
     `pictured` are the source numbers whose key frame is attached, in the order of the attached images; `absent`
     the question's names that no source in the knowledge base mentions (the model is told, so it can decline).
     """
-    blocks = [f"[{n}] ({hit.where})\n{hit.text.strip()}" for n, hit in enumerate(hits, 1)]
+    blocks = [f"[{n}] ({hit.where})\n{hit.chunk.text.strip()}" for n, hit in enumerate(hits, 1)]
     note = ""
     if pictured:
         note = ("\n\nThe attached pictures are key frames of sources " + ", ".join(f"[{n}]" for n in pictured)

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from functools import cached_property
-from typing import Sequence
+from typing import Any, Sequence
 
 from kb.config import Settings
 from kb.errors import ConfigError
@@ -34,7 +34,7 @@ class Reranker:
         self.last_seconds = 0.0
 
     @cached_property
-    def model(self):
+    def model(self) -> Any:  # sentence_transformers.CrossEncoder (imported on first use)
         from sentence_transformers import CrossEncoder
 
         return CrossEncoder(self.name, device=self._device, max_length=self._max_length)
@@ -48,10 +48,10 @@ class Reranker:
     def rerank(self, question: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """The best `k` of `hits` by the cross-encoder's score (which becomes `Hit.score`)."""
         started = time.perf_counter()
-        scored = sorted(zip(self.scores(question, [h.text for h in hits]), range(len(hits)), hits),
+        scored = sorted(zip(self.scores(question, [h.chunk.text for h in hits]), range(len(hits)), hits),
                         key=lambda t: (-t[0], t[1]))  # ties keep the fused order
         self.last_seconds = time.perf_counter() - started
-        return [Hit(**{**h.__dict__, "score": s}) for s, _, h in scored[:k]]
+        return [Hit(h.chunk, s) for s, _, h in scored[:k]]
 
 
 def reranker_for(settings: Settings, force: bool = False) -> Reranker | None:

@@ -8,21 +8,24 @@ codes, names). docs/benchmarks.md has the measurements.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from kb.config import SEARCH_MODES
 from kb.errors import ConfigError
 from kb.lexical import identifiers, tokenize
-from kb.store import Store
+from kb.store import Store, Where
 from kb.timeexpr import moments, time_window
-from kb.types import Hit
+from kb.types import Hit, Modality
+
+if TYPE_CHECKING:
+    from kb.rerank import Reranker  # imported when a search uses one: it loads sentence-transformers
 
 log = logging.getLogger(__name__)
-DOCUMENT_MODALITIES = ("pdf_text", "pdf_ocr", "pdf_figure", "text")
-IMAGE_MODALITIES = ("image_ocr", "image_caption")
-VIDEO_MODALITIES = ("video_segment",)
-AUDIO_MODALITIES = ("speech",)  # an audio file's passages; a video's speech is stored in its segments
+DOCUMENT_MODALITIES = (Modality.PDF_TEXT, Modality.PDF_OCR, Modality.PDF_FIGURE, Modality.TEXT)
+IMAGE_MODALITIES = (Modality.IMAGE_OCR, Modality.IMAGE_CAPTION)
+VIDEO_MODALITIES = (Modality.VIDEO_SEGMENT,)
+AUDIO_MODALITIES = (Modality.SPEECH,)  # an audio file's passages; a video's speech is stored in its segments
 MODALITY_GROUPS = {"documents": DOCUMENT_MODALITIES, "images": IMAGE_MODALITIES, "video": VIDEO_MODALITIES,
                    "audio": AUDIO_MODALITIES}
 # The defaults (Settings.search_mode, dense_weight, ...) were measured with bench/retrieval.py
@@ -50,7 +53,7 @@ class Filters:
         if paths is not None:
             clauses.append({"source_abs": {"$in": paths or ["\0no such source"]}})
         if self.modalities:
-            names = sorted({m for g in self.modalities for m in MODALITY_GROUPS.get(g, (g,))})
+            names = sorted({str(m) for g in self.modalities for m in MODALITY_GROUPS.get(g, (g,))})
             clauses.append({"modality": {"$in": names}})
         if self.pages:
             clauses += [{"page": {"$gte": self.pages[0]}}, {"page": {"$lte": self.pages[1]}}]
@@ -58,7 +61,7 @@ class Filters:
             clauses += [{"t_end": {"$gte": float(self.seconds[0])}}, {"t_start": {"$lte": float(self.seconds[1])}}]
         if self.video_window:
             start, end = map(float, self.video_window)
-            clauses.append({"$or": [{"modality": {"$nin": list(VIDEO_MODALITIES)}},
+            clauses.append({"$or": [{"modality": {"$nin": [str(m) for m in VIDEO_MODALITIES]}},
                                     {"$and": [{"t_end": {"$gt": start}}, {"t_start": {"$lt": end}}]}]})
         if not clauses:
             return None
@@ -66,16 +69,18 @@ class Filters:
 
     def admits(self, hit: Hit) -> bool:
         """The chunk-level restrictions, checked in Python (for neighbours pulled in as context)."""
+        chunk = hit.chunk
         names = {m for g in self.modalities for m in MODALITY_GROUPS.get(g, (g,))}
-        if names and hit.modality not in names:
+        if names and chunk.modality not in names:
             return False
-        if self.pages and not (hit.page is not None and self.pages[0] <= hit.page <= self.pages[1]):
+        if self.pages and not (chunk.page is not None and self.pages[0] <= chunk.page <= self.pages[1]):
             return False
-        start, end = hit.t_start, hit.t_end if hit.t_end is not None else hit.t_start
-        if self.seconds and not (start is not None and end >= self.seconds[0] and start <= self.seconds[1]):
+        start, end = chunk.t_start, chunk.t_end if chunk.t_end is not None else chunk.t_start
+        if self.seconds and not (start is not None and end is not None and end >= self.seconds[0]
+                                 and start <= self.seconds[1]):
             return False  # as in where(): a time range keeps only segments that overlap it
-        if self.video_window and hit.modality in VIDEO_MODALITIES and not (
-                start is not None and end > self.video_window[0] and start < self.video_window[1]):
+        if self.video_window and chunk.modality in VIDEO_MODALITIES and not (
+                start is not None and end is not None and end > self.video_window[0] and start < self.video_window[1]):
             return False
         return True
 
@@ -99,18 +104,15 @@ def rrf(rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60
     fused: dict[str, tuple[float, int, Hit]] = {}
     for hits, weight in zip(rankings, weights):
         for rank, hit in enumerate(hits, 1):
-            score, best, first = fused.get(hit.id, (0.0, rank, hit))
-            fused[hit.id] = (score + weight / (k + rank), min(best, rank), first)
+            score, best, first = fused.get(hit.chunk.id, (0.0, rank, hit))
+            fused[hit.chunk.id] = (score + weight / (k + rank), min(best, rank), first)
     ordered = sorted(fused.values(), key=lambda v: (-v[0], v[1]))  # ties: the better single rank first
-    out = []
-    for score, _, hit in ordered:
-        out.append(Hit(**{**hit.__dict__, "score": score}))
-    return out
+    return [Hit(hit.chunk, score) for score, _, hit in ordered]
 
 
 def search(store: Store, question: str, k: int = 5, filters: Filters | None = None, *, mode: str | None = None,
            rrf_k: int | None = None, dense_weight: float | None = None, lexical_weight: float | None = None,
-           rerank: Any = None, candidates: int | None = None, parse_times: bool = True,
+           rerank: bool | Reranker | None = None, candidates: int | None = None, parse_times: bool = True,
            exact_boost: bool = True) -> list[Hit]:
     """The best `k` chunks for `question`.
 
@@ -143,7 +145,7 @@ def search(store: Store, question: str, k: int = 5, filters: Filters | None = No
     return hits[:k]
 
 
-def _retrieve(store: Store, question: str, mode: str, pool: int, where: dict | None, rrf_k: int | None,
+def _retrieve(store: Store, question: str, mode: str, pool: int, where: Where | None, rrf_k: int | None,
               dense_weight: float | None, lexical_weight: float | None) -> list[Hit]:
     if mode == "lexical":
         return store.lexical_query(question, pool, where)
@@ -166,21 +168,25 @@ def exact_first(question: str, hits: list[Hit]) -> list[Hit]:
     wanted = identifiers(question)
     if not wanted:
         return hits
-    matched = [len(wanted & set(tokenize(h.text))) for h in hits]
+    matched = [len(wanted & set(tokenize(h.chunk.text))) for h in hits]
     order = sorted(range(len(hits)), key=lambda n: (-matched[n], n))
     return [hits[n] for n in order]
 
 
 def moment_first(hits: list[Hit], moment: float) -> list[Hit]:
     """Video segments that contain the moment the question names come first, nearest start first among them."""
-    def contains(hit: Hit) -> bool:
-        return hit.t_start is not None and hit.t_start <= moment <= (hit.t_end or hit.t_start)
+    def start(hit: Hit) -> float | None:
+        return hit.chunk.t_start
 
-    inside = sorted((h for h in hits if contains(h)), key=lambda h: moment - h.t_start)
+    def contains(hit: Hit) -> bool:
+        begin = start(hit)
+        return begin is not None and begin <= moment <= (hit.chunk.t_end or begin)
+
+    inside = sorted((h for h in hits if contains(h)), key=lambda h: moment - (start(h) or 0.0))
     return inside + [h for h in hits if not contains(h)]
 
 
-def _reranker(store: Store, rerank: Any):
+def _reranker(store: Store, rerank: bool | Reranker | None) -> Reranker | None:
     """The cross-encoder to use, or None. Imported lazily: most searches never load one."""
     if rerank is False:
         return None
@@ -203,16 +209,17 @@ def expand_context(store: Store, hits: Sequence[Hit], budget_chars: int, radius:
     chosen: dict[str, Hit] = {}
     used = 0
 
-    def take(chunk: Hit) -> None:
+    def take(hit: Hit) -> None:
         nonlocal used
+        chunk = hit.chunk
         if chunk.id in chosen:
             return
         if used + len(chunk.text) > budget_chars:
             if chosen:
                 return  # does not fit; a smaller later chunk still may
-            chunk = Hit(**{**chunk.__dict__, "text": chunk.text[:budget_chars]})  # the best hit alone, cut to fit
-        chosen[chunk.id] = chunk
-        used += len(chunk.text)
+            hit = Hit(replace(chunk, text=chunk.text[:budget_chars]), hit.score)  # the best hit alone, cut to fit
+        chosen[chunk.id] = hit
+        used += len(hit.chunk.text)
 
     for hit in hits:
         take(hit)
@@ -222,5 +229,5 @@ def expand_context(store: Store, hits: Sequence[Hit], budget_chars: int, radius:
                 take(neighbour)
     source_rank: dict[str, int] = {}
     for hit in hits:
-        source_rank.setdefault(hit.source_abs, len(source_rank))
-    return sorted(chosen.values(), key=lambda h: (source_rank.get(h.source_abs, len(source_rank)), h.position))
+        source_rank.setdefault(hit.chunk.path, len(source_rank))
+    return sorted(chosen.values(), key=lambda h: (source_rank.get(h.chunk.path, len(source_rank)), h.chunk.position))

@@ -20,7 +20,7 @@ import socket
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from urllib.parse import urlparse
 
 from kb.config import Settings
@@ -30,6 +30,12 @@ from kb.lexical import LexicalIndex, read_fts5
 from kb.manifest import Cleanup, Manifest, NameQuery, SourceRecord
 from kb.paths import display
 from kb.types import Chunk, Hit
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
+# A Chroma `where` filter: {"field": value}, {"field": {"$in": [...]}}, {"$and": [...]}, ...
+Where = dict[str, Any]
 
 log = logging.getLogger(__name__)
 COLLECTION = "seekframe_chunks"
@@ -92,7 +98,7 @@ class OwnerLock:
                 self._held[self.path] = (fd, count - 1)
 
 
-def _client(settings: Settings):
+def _client(settings: Settings) -> ClientAPI:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -117,13 +123,15 @@ def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class Store:
     """Chunks with vectors in Chroma, sources in the manifest. Use `open_store(settings)`."""
 
-    def __init__(self, settings: Settings, client, embedder: Embedder, lock: OwnerLock | None) -> None:
+    def __init__(self, settings: Settings, client: ClientAPI, embedder: Embedder, lock: OwnerLock | None) -> None:
         self.settings = settings
         self.embedder = embedder
         self.manifest = Manifest(settings.manifest_path)
         self._client = client
         self._lock = lock
-        self._collection = client.get_or_create_collection(
+        # Any: chromadb types every result field Optional (even those `include` asks for) and metadata values as
+        # a union; what comes back is what `Chunk.metadata` stored, read as plain JSON.
+        self._collection: Any = client.get_or_create_collection(
             # ef_search 200: recall@10 0.99 instead of 0.85-0.98 at 100, at no measurable cost (bench/scale.py).
             COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": 200}},
             metadata={"embed_model": embedder.name, "embed_dim": embedder.dimension,
@@ -142,7 +150,7 @@ class Store:
         old = self.settings.home / "lexical.sqlite"
         if old.exists():
             log.info("moving the lexical index from %s to Tantivy (once)", old)
-            batches = (([_chunk(*row) for row in rows], [row[2] for row in rows]) for rows in read_fts5(old))
+            batches = (([Chunk.from_stored(*row) for row in rows], [row[2] for row in rows]) for rows in read_fts5(old))
             LexicalIndex.build(path, batches)
             for leftover in (old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")):
                 leftover.unlink(missing_ok=True)
@@ -152,7 +160,7 @@ class Store:
             log.info("building the lexical index from %d stored chunks (once)", total)
         LexicalIndex.build(path, self._chroma_texts(total))
 
-    def _chroma_texts(self, total: int) -> Iterable[tuple[list[Chunk], list[dict]]]:
+    def _chroma_texts(self, total: int) -> Iterable[tuple[list[Chunk], list[dict[str, Any]]]]:
         for offset in range(0, total, self._batch):
             got = self._collection.get(include=["documents", "metadatas"], limit=self._batch, offset=offset)
             if any(d is None for d in got["documents"]):
@@ -160,7 +168,7 @@ class Store:
                                  "are kept only there (Chroma holds vectors and metadata)",
                                  f"restore {self.settings.home / 'lexical'} from a backup, or move "
                                  f"{self.settings.home} aside and ingest the files again")
-            yield [_chunk(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])], \
+            yield [Chunk.from_stored(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])], \
                 got["metadatas"]
 
     def _check_embedder(self) -> None:
@@ -184,11 +192,11 @@ class Store:
         all of them (a commit costs as much as indexing ~200 chunks), then each source's manifest row (its own
         commit point, so each source is still replaced atomically) and each one's old chunks removed."""
         for record, chunks, _ in items:
-            if any(c.source_abs != record.path or c.sha256 != record.sha256 for c in chunks) or \
+            if any(c.path != record.path or c.sha256 != record.sha256 for c in chunks) or \
                     sorted(c.position for c in chunks) != list(range(len(chunks))):
                 # The cleanup rule keeps exactly positions 0..chunks-1 of the manifest's hash: anything else would go.
                 raise ValueError(f"chunks of {display(record.path)} must carry its path and hash, at positions 0..n-1")
-        pairs = []
+        pairs: list[tuple[Chunk, Sequence[float]]] = []
         for _, chunks, embeddings in items:
             vectors = self.embedder.embed_documents([c.text for c in chunks]) if embeddings is None else embeddings
             pairs += zip(chunks, vectors)
@@ -218,7 +226,7 @@ class Store:
         vectors if asked."""
         current = self.manifest.get(path)
         rows = self.lexical.rows_of(path, current.sha256 if current else None)
-        chunks = [_chunk(*row) for row in rows]
+        chunks = [Chunk.from_stored(*row) for row in rows]
         if current:  # not a version being written or cleaned up beside it
             chunks = [c for c in chunks if c.position < current.chunks]
         if not with_embeddings or not chunks:
@@ -267,7 +275,7 @@ class Store:
         current = self.manifest.get(cleanup.path)
         version = (current.sha256, current.chunks) if current else None
         self.lexical.delete_source(cleanup.path, keep_version=version)
-        where: dict = {"source_abs": cleanup.path}
+        where: Where = {"source_abs": cleanup.path}
         if version:
             stale = {"$or": [{"sha256": {"$ne": version[0]}}, {"position": {"$gte": version[1]}}]}
             where = {"$and": [where, stale]}
@@ -316,7 +324,7 @@ class Store:
         if not self.manifest.has_sha(sha256):
             shutil.rmtree(self.settings.keyframe_dir(sha256), ignore_errors=True)
 
-    def _delete_where(self, where: dict) -> int:
+    def _delete_where(self, where: Where) -> int:
         ids = self._collection.get(where=where, include=[])["ids"]
         for part in _batched(ids, self._batch):
             self._collection.delete(ids=list(part))
@@ -324,9 +332,9 @@ class Store:
 
     # reading -----------------------------------------------------------------------------------------
     def count(self) -> int:
-        return self._collection.count()
+        return int(self._collection.count())
 
-    def query(self, embedding: Sequence[float], k: int, where: dict | None = None) -> list[Hit]:
+    def query(self, embedding: Sequence[float], k: int, where: Where | None = None) -> list[Hit]:
         """Nearest chunks to `embedding`, best first; only chunks of the current version of each source."""
         # No count() here: Chroma counts by scanning (95 ms at 1M chunks, bench/scale.py), and it answers an
         # empty collection or a short one with fewer results, not an error.
@@ -336,17 +344,20 @@ class Store:
         fresh = [(cid, meta, dist) for cid, meta, dist in zip(got["ids"][0], got["metadatas"][0], got["distances"][0])
                  if current.get(meta.get("source_abs")) == meta.get("sha256")][:k]  # not stale, not unfinished
         texts = self.lexical.rows([cid for cid, _, _ in fresh])  # the text is kept there only
-        return [_hit(cid, texts[cid][1], meta, score=1.0 - float(dist)) for cid, meta, dist in fresh if cid in texts]
+        return [Hit(Chunk.from_stored(cid, texts[cid][1], meta), 1.0 - float(dist))
+                for cid, meta, dist in fresh if cid in texts]
 
-    def lexical_query(self, text: str, k: int, where: dict | None = None) -> list[Hit]:
+    def lexical_query(self, text: str, k: int, where: Where | None = None) -> list[Hit]:
         """Best BM25 matches for `text`, best first; same filters and current-version rule as `query`."""
-        return [_hit(cid, doc, meta, score) for cid, doc, meta, score in self.lexical.query(text, k, where)]
+        return [Hit(Chunk.from_stored(cid, doc, meta), score)
+                for cid, doc, meta, score in self.lexical.query(text, k, where)]
 
     def neighbours(self, hit: Hit, radius: int = 1) -> list[Hit]:
         """The chunks within `radius` positions of `hit` in the same version of its source (itself included)."""
-        positions = range(max(0, hit.position - radius), hit.position + radius + 1)
-        rows = self.lexical.neighbours(hit.source_abs, hit.sha256, list(positions))
-        return [_hit(cid, doc, meta, hit.score) for cid, doc, meta in rows]
+        chunk = hit.chunk
+        positions = range(max(0, chunk.position - radius), chunk.position + radius + 1)
+        rows = self.lexical.neighbours(chunk.path, chunk.sha256, list(positions))
+        return [Hit(Chunk.from_stored(*row), hit.score) for row in rows]
 
     def close(self) -> None:
         self.lexical.close()
@@ -356,19 +367,7 @@ class Store:
             self._lock = None
 
 
-def _chunk(cid: str, text: str, meta: dict) -> Chunk:
-    fields = {k: meta.get(k) for k in Chunk.__dataclass_fields__ if k not in ("id", "text") and k in meta}
-    return Chunk(id=cid, text=text, **fields)
-
-
-def _hit(cid: str, text: str, meta: dict, score: float) -> Hit:
-    return Hit(id=cid, text=text, score=score, source=meta.get("source", ""), page=meta.get("page"),
-               t_start=meta.get("t_start"), t_end=meta.get("t_end"), modality=meta.get("modality", ""),
-               keyframe=meta.get("keyframe"), source_abs=meta.get("source_abs", ""),
-               sha256=meta.get("sha256", ""), position=int(meta.get("position", 0)))
-
-
-def _recorded_embed_model(client) -> str | None:
+def _recorded_embed_model(client: ClientAPI) -> str | None:
     try:
         collection = client.get_collection(COLLECTION, embedding_function=None)
     except Exception:  # chromadb raises NotFoundError / ValueError depending on version and mode

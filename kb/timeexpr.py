@@ -42,7 +42,7 @@ def _cn_number(text: str) -> int:
 
 
 def _clock(text: str) -> list[float]:
-    out = []
+    out: list[float] = []
     for m in _CLOCK.finditer(text):
         a, b, c = int(m.group(1)), int(m.group(2)), m.group(3)
         out.append(a * 3600 + b * 60 + int(c) if c else a * 60 + b)  # two fields in a video are mm:ss
@@ -50,7 +50,7 @@ def _clock(text: str) -> list[float]:
 
 
 def _compact(text: str) -> list[float]:
-    out = []
+    out: list[float] = []
     for m in _COMPACT.finditer(text):
         h, mins, s = m.groups()
         # a bare "45s" or "3m" is too easily a size or a unit; one stamp needs two parts or an h.
@@ -72,7 +72,7 @@ def _english(text: str) -> list[float]:
 
 
 def _cjk(text: str) -> list[float]:
-    out = []
+    out: list[float] = []
     for m in _CJK.finditer(text):
         cue, h, mins, s = m.groups()
         if not (h or mins or s):

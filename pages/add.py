@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ingest.jobs import FAILED, Job, uploads_folder
+from ingest.jobs import Job, uploads_folder
 from ingest.read import supported_extensions
 from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
 from kb.paths import display
+from kb.types import FileState
 from pages import access, resources
 from pages.helpers import md_code, md_escape, save_upload
 
@@ -91,7 +92,7 @@ def show_job(job: Job) -> None:
         st.dataframe([{"file": display(f.rel), "status": f.state, "chunks": f.chunks, "result": f.result,
                        "reason": display(f.reason)} for f in job.files], hide_index=True, width="stretch")
     for item in job.files:
-        if item.state == FAILED:
+        if item.state == FileState.FAILED:
             st.error(md_escape(display(f"{item.rel}: {item.reason}")))
 
 

@@ -78,12 +78,8 @@ def build_filters(sources: Sequence[str], groups: Sequence[str], seconds: tuple[
     return Filters(sources=list(sources), modalities=list(groups), seconds=limit)
 
 
-def mmss(seconds: float | None) -> str:
-    return format_clock(seconds or 0)
-
-
 def time_label(t_start: float | None, t_end: float | None) -> str:
-    return f"{mmss(t_start)}–{mmss(t_end if t_end is not None else t_start)}"
+    return f"{format_clock(t_start or 0)}–{format_clock((t_end if t_end is not None else t_start) or 0)}"
 
 
 # media ----------------------------------------------------------------------------------------------------

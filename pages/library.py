@@ -10,6 +10,7 @@ from kb.errors import SeekframeError
 from kb.manifest import SourceRecord
 from kb.outline import outline
 from kb.paths import display
+from kb.types import Modality
 from pages import access, resources, widgets
 from pages.helpers import SORTS, chunks_by_page, extent, md_escape, segments, source_rows, time_label
 
@@ -139,11 +140,11 @@ elif record.kind == "pdf":
                 st.text(chunk.text)
 elif record.kind == "image":
     widgets.image_file(record.path)
-    for label, modality in (("Text in the image (OCR)", "image_ocr"), ("Caption", "image_caption")):
+    for label, modality in (("Text in the image (OCR)", Modality.IMAGE_OCR), ("Caption", Modality.IMAGE_CAPTION)):
         texts = [c.text for c in chunks if c.modality == modality]
         st.markdown(f"**{label}**")
         st.text("\n\n".join(texts) if texts else "(none: the engine that read this image does not write captions)"
-                if modality == "image_caption" else "(no text found)")
+                if modality == Modality.IMAGE_CAPTION else "(no text found)")
 else:
     for chunk in chunks:
         st.text(chunk.text)

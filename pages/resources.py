@@ -12,7 +12,7 @@ from ingest.worker import Worker, start_thread
 from kb.answer_cache import AnswerCache
 from kb.config import Settings, load_settings
 from kb.conversations import Conversations
-from kb.engines import Engine, load_engine, resolve_engine_name
+from kb.engines import Engine, load_engine, why_chosen
 from kb.errors import SeekframeError
 from kb.paths import fs_path
 from kb.store import Store, open_store
@@ -65,7 +65,8 @@ def engine() -> Engine:
 
 
 def engine_explanation() -> str:
-    return resolve_engine_name(settings())[1]
+    """Why the loaded engine runs (call once it is loaded: `engine_ready`)."""
+    return why_chosen(engine())
 
 
 def _stop_worker(running: tuple[Worker, object]) -> None:
@@ -108,8 +109,7 @@ def open_or_stop() -> Store:
 
 
 def show_error(err: BaseException) -> None:
-    fix = getattr(err, "fix", "")
-    message = str(err).split("\n  fix:")[0]
+    message, fix = (err.message, err.fix) if isinstance(err, SeekframeError) else (str(err), "")
     st.error(md_escape(message) + (f"\n\n**How to fix:** {md_escape(fix)}" if fix else ""))
 
 

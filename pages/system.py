@@ -20,11 +20,11 @@ if resources.engine_ready():
         engine = resources.engine()
         st.dataframe([{"engine": engine.name, "model": engine.model, "device": engine.device,
                        "captions": engine.can_caption, "written answers": engine.generative}], hide_index=True)
+        st.caption(md_escape(resources.engine_explanation()))  # why this engine, as loading decided it
     except SeekframeError as err:
         resources.show_error(err)
 else:
     st.info("The model engine is still loading in the background.")
-st.caption(md_escape(resources.engine_explanation()))
 embedder = store.embedder
 st.text(f"Embedding model: {embedder.name}" + (f" (fallback: {embedder.fallback_reason})"
                                                 if embedder.fallback_reason else ""))
@@ -64,5 +64,5 @@ else:
 
 st.subheader("Effective configuration")
 st.caption("defaults < seekframe.toml < KB_* environment < flags; secrets are masked")
-st.dataframe([{"setting": name, "value": str(value), "from": settings.sources.get(name, "default")}
+st.dataframe([{"setting": name, "value": str(value), "from": settings.origins.get(name, "default")}
               for name, value in settings.masked().items()], hide_index=True, width="stretch")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from kb.answer import best_sentence
 from kb.paths import display, fs_path
-from kb.types import Hit
+from kb.types import Chunk, Hit, Modality
 from pages import resources
 from pages.helpers import keyframe_paths, md_escape, time_label
 
@@ -71,33 +71,34 @@ def audio_player(stored: str, start: float | None, end: float | None = None) -> 
     st.audio(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
 
 
-def keyframes(hit_or_chunk, width: int = 220) -> None:
-    frames = keyframe_paths(getattr(hit_or_chunk, "keyframe", None), resources.settings().home)
+def keyframes(chunk: Chunk, width: int = 220) -> None:
+    frames = keyframe_paths(chunk.keyframe, resources.settings().home)
     if frames:
         st.image([str(p) for p in frames[:4]], width=width)
 
 
 def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> None:
     """One numbered source: what it is, the cited text, and the page, image or video segment."""
-    source = display(hit.source)
+    chunk = hit.chunk
+    source = display(chunk.rel)
     with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
-        quote = best_sentence(question, hit.text) if question else ""
-        if hit.t_start is not None and hit.modality == "speech":
-            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · speech")
-            audio_player(hit.source_abs, hit.t_start, hit.t_end)
-        elif hit.t_start is not None:
-            st.caption(f"{md_escape(source)} · {time_label(hit.t_start, hit.t_end)} · {hit.modality}")
+        quote = best_sentence(question, chunk.text) if question else ""
+        if chunk.t_start is not None and chunk.modality == Modality.SPEECH:
+            st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · speech")
+            audio_player(chunk.path, chunk.t_start, chunk.t_end)
+        elif chunk.t_start is not None:
+            st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · {chunk.modality}")
             left, right = st.columns([1, 2])
             with left:
-                keyframes(hit)
+                keyframes(chunk)
             with right:
-                video_player(hit.source_abs, hit.t_start, hit.t_end)
-        elif hit.page is not None and hit.source_abs.lower().endswith(".pdf"):
-            st.caption(f"{md_escape(source)} · page {hit.page} · {hit.modality}")
-            pdf_page(hit.source_abs, hit.page, quote)
-        elif hit.modality.startswith("image"):
-            st.caption(f"{md_escape(source)} · {hit.modality}")
-            image_file(hit.source_abs)
+                video_player(chunk.path, chunk.t_start, chunk.t_end)
+        elif chunk.page is not None and chunk.path.lower().endswith(".pdf"):
+            st.caption(f"{md_escape(source)} · page {chunk.page} · {chunk.modality}")
+            pdf_page(chunk.path, chunk.page, quote)
+        elif chunk.modality.startswith("image"):
+            st.caption(f"{md_escape(source)} · {chunk.modality}")
+            image_file(chunk.path)
         else:
-            st.caption(f"{md_escape(source)} · {hit.modality}")
-        st.text(hit.text)  # document text: shown as text, never as Markdown or HTML
+            st.caption(f"{md_escape(source)} · {chunk.modality}")
+        st.text(chunk.text)  # document text: shown as text, never as Markdown or HTML

@@ -16,12 +16,11 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from ingest.chunk import chunk_id
-from ingest.jobs import DONE, FAILED
 from ingest.pipeline import Ingestor, sha256_of
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from kb.manifest import SourceRecord
 from kb.store import open_store
-from kb.types import Chunk
+from kb.types import Chunk, FileState
 from pages.helpers import build_filters, safe_markdown, save_upload
 from tests.conftest import ROOT, write_pdf
 
@@ -67,7 +66,7 @@ def add_video_source(store, video: Path) -> None:
     for n, (start, end, text) in enumerate(SLIDES):
         frame = frames / f"lecture_{n}.jpg"
         video_frame(video, start + 1).resize((320, 180)).save(frame)
-        chunks.append(Chunk(id=chunk_id(str(video), sha, n), text=text, source=video.name, source_abs=str(video),
+        chunks.append(Chunk(id=chunk_id(str(video), sha, n), text=text, rel=video.name, path=str(video),
                             sha256=sha, modality="video_segment", t_start=start, t_end=end, keyframe=str(frame),
                             engine="ocr", model="rapidocr", position=n))
     record = SourceRecord(path=str(video), rel=video.name, sha256=sha, size=video.stat().st_size, kind="video",
@@ -164,7 +163,7 @@ def test_follow_up_uses_the_previous_question(kb_env):
     ask(at, "and in which season?")  # names no subject: only the first question does
     assert len(at.session_state["history"]) == 4
     assert len(at.chat_message) == 4
-    assert at.session_state["history"][-1]["hits"][0].source == "guide.pdf"
+    assert at.session_state["history"][-1]["hits"][0].chunk.rel == "guide.pdf"
 
 
 def test_video_citation_has_key_frame_player_and_clock_labels(kb_env):
@@ -274,7 +273,7 @@ def test_library_delete_and_reindex(kb_env):
     from pages import resources
 
     job = resources.jobs().jobs()[0]
-    assert [(f.rel, f.state, f.result) for f in job.files] == [("guide.pdf", DONE, "updated")]
+    assert [(f.rel, f.state, f.result) for f in job.files] == [("guide.pdf", FileState.DONE, "updated")]
 
     at = app("pages/library.py")
     at.selectbox(key="library_open").set_value(guide).run()
@@ -301,7 +300,7 @@ def test_upload_shows_a_per_file_error_for_bad_files(kb_env):
     # "not a readable PDF", or what the content sniffing says it really is: either way the user reads why
     assert any("broken.pdf" in e and "not a PDF" in e.replace("readable ", "") for e in errors), errors
     statuses = dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["status"]))
-    assert statuses == {"broken.pdf": FAILED, "walrus.md": DONE}
+    assert statuses == {"broken.pdf": FileState.FAILED, "walrus.md": FileState.DONE}
     assert [p.name for p in (kb_env / "uploads").glob("*/walrus.md")] == ["walrus.md"]
     at = ask(app(), "What does the walrus choir do?")
     assert labels(at)[0] == "[1] walrus.md"
@@ -320,7 +319,7 @@ def test_add_a_server_folder_and_a_missing_one(kb_env, tmp_path, monkeypatch):
     at.text_input(key="folder_path").set_value(str(folder)).run()
     at.button(key="ingest_folder").click().run()
     wait_for_jobs(at)
-    assert dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["status"])) == {"sub/otter.md": DONE}
+    assert dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["status"])) == {"sub/otter.md": FileState.DONE}
 
 
 # system ---------------------------------------------------------------------------------------------------
@@ -332,6 +331,7 @@ def test_system_page_shows_engine_size_and_settings(kb_env):
     at.run()
     engine = at.dataframe[0].value
     assert engine["engine"][0] == "ocr"
+    assert any("'ocr' chosen by KB" in c.value for c in at.caption)  # why: as load_engine decided it
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Sources"] == "4" and int(metrics["Chunks"]) >= 5 and metrics["On disk"][0] != "0"
     config = at.dataframe[-1].value

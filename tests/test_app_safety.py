@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ingest.jobs import DONE, Job, JobBoard, check_server_path
+from ingest.jobs import Job, JobBoard, check_server_path
 from ingest.pipeline import Ingestor, IngestReport
 from ingest.worker import _TrackedIngestor, _Tracker
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from kb.engines import load_engine
 from kb.errors import ConfigError, InputError
 from kb.store import open_store
+from kb.types import FileState
 from tests.conftest import ROOT
 from tests.test_app import ENV, clear_caches
 from tests.test_app import app as run_page
@@ -181,7 +182,8 @@ def test_same_named_uploads_both_stay_searchable(app_env, monkeypatch):
     assert len({r.path for r in records}) == 2
     from pages import resources
 
-    assert [(f.rel, f.state, f.result) for f in resources.jobs().jobs()[0].files] == [("report.md", DONE, "skipped")]
+    files = resources.jobs().jobs()[0].files
+    assert [(f.rel, f.state, f.result) for f in files] == [("report.md", FileState.DONE, "skipped")]
     for question, words in (("When does the walrus choir rehearse?", "walrus choir"),
                             ("Who approved the flamingo budget?", "flamingo budget")):
         at = run_page()

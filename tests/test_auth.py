@@ -17,7 +17,7 @@ from kb.auth import (
 )
 from kb.conversations import Conversations
 from kb.errors import NotFound
-from kb.types import Hit
+from kb.types import Chunk, Hit
 
 
 def test_roles_come_from_emails_domains_and_groups(make_settings):
@@ -67,7 +67,8 @@ def test_no_sign_in_only_on_a_loopback_address():
 
 def test_conversations_are_kept_per_user_and_shown_to_their_owner_only(tmp_path):
     kept = Conversations(tmp_path / "kb")
-    hit = Hit(id="c1", text="The heron waits.", score=0.9, source="birds.pdf", page=3, source_abs="/srv/birds.pdf")
+    hit = Hit(Chunk(id="c1", text="The heron waits.", rel="birds.pdf", path="/srv/birds.pdf", sha256="s",
+                    modality="pdf_text", page=3), 0.9)
     mine = kept.start("vera@example.com", "Where does the heron wait?")
     kept.add(mine, "vera@example.com", [{"role": "user", "text": "Where does the heron wait?"},
                                         {"role": "assistant", "text": "In the shallows [1].", "hits": [hit],

@@ -317,7 +317,7 @@ def test_every_good_file_is_in_and_searchable(run: Run, kb_store):
     for name, want in run.expect.items():
         if want.find:
             got = run.outcomes[name]
-            sources = [h.source for h in search(kb_store, want.find, k=5)]
+            sources = [h.chunk.rel for h in search(kb_store, want.find, k=5)]
             if got["chunks"] < 1 or not any(display(s) == name for s in sources):
                 lost[name] = (want.find, got["status"], sources)
     assert not lost, lost
@@ -327,7 +327,7 @@ def test_nothing_from_hidden_files_or_links_out_of_the_folder_is_stored(run: Run
     from kb.search import search
 
     for word in ("OUTSIDEWORD", "HIDDENWORD", "KOALA"):
-        assert not [h for h in search(kb_store, word, k=5, mode="lexical") if word in h.text]
+        assert not [h for h in search(kb_store, word, k=5, mode="lexical") if word in h.chunk.text]
 
 
 def test_a_name_that_is_not_utf8_is_shown_with_a_replacement_character_and_stored_to_round_trip(run: Run, kb_store):

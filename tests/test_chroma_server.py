@@ -65,4 +65,4 @@ def test_ingest_and_search_through_a_chroma_server_from_two_processes(chroma_url
     assert done.returncode == 0, done.stderr
     top = json.loads(done.stdout)[0]
     assert (top["source"], top["page"]) == ("guide.pdf", 2)
-    assert search(store, "purple elephant parade", k=1)[0].page == 2
+    assert search(store, "purple elephant parade", k=1)[0].chunk.page == 2

@@ -11,10 +11,10 @@ def test_precedence_defaults_toml_env_flags(tmp_path: Path):
     toml.write_text('[seekframe]\nengine = "ocr"\ntop_k = 7\nmodel = "from-toml"\n')
     env = {"KB_MODEL": "from-env", "KB_HOME": str(tmp_path / "envhome")}
     s = load_settings({"home": tmp_path / "flaghome", "top_k": None}, env=env, toml_path=toml)
-    assert s.engine == "ocr" and s.sources["engine"] == str(toml)
+    assert s.engine == "ocr" and s.origins["engine"] == str(toml)
     assert s.top_k == 7
-    assert s.model == "from-env" and s.sources["model"] == "KB_MODEL"
-    assert s.home == tmp_path / "flaghome" and s.sources["home"] == "flag"
+    assert s.model == "from-env" and s.origins["model"] == "KB_MODEL"
+    assert s.home == tmp_path / "flaghome" and s.origins["home"] == "flag"
 
 
 def test_every_documented_variable_is_read():

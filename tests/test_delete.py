@@ -20,7 +20,7 @@ def add(store, root: Path, rel: str, texts: list[str]) -> str:
     """Store one source the way ingest does (replace_source); returns its stored absolute path."""
     path, rel = stored_path(root / rel), to_stored(rel)
     sha = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    chunks = [Chunk(id=chunk_id(path, sha, n), text=t, source=rel, source_abs=path, sha256=sha, modality="text",
+    chunks = [Chunk(id=chunk_id(path, sha, n), text=t, rel=rel, path=path, sha256=sha, modality="text",
                     position=n) for n, t in enumerate(texts)]
     store.replace_source(SourceRecord(path=path, rel=rel, sha256=sha, size=9, kind="text", status="ok", chunks=0,
                                       engine="none", model=""), chunks)
@@ -136,7 +136,7 @@ def test_outline_and_search_filters_use_the_same_exact_names(library):
     with pytest.raises(NotFound, match="no source is named"):
         outline(store, None, "%")
     hits = search(store, "text of", k=10, filters=Filters(sources=["a_b.pdf"]))
-    assert hits and {h.source for h in hits} == {"a_b.pdf"}
+    assert hits and {h.chunk.rel for h in hits} == {"a_b.pdf"}
 
 
 class Crash(BaseException):

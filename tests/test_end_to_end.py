@@ -62,7 +62,7 @@ def test_tiny_qwen3vl_reads_an_image_and_a_scanned_page_into_chroma(tmp_path, ti
     # The tiny model's words are noise; what must hold is where each chunk came from and who read it.
     for chunk in chunks:
         assert (chunk.engine, chunk.model) == ("transformers", str(tiny_model_writer))
-    assert {(c.source, c.modality, c.page) for c in chunks} == {("scan.pdf", "pdf_ocr", 1),
+    assert {(c.rel, c.modality, c.page) for c in chunks} == {("scan.pdf", "pdf_ocr", 1),
                                                                 ("photo.png", "image_ocr", None),
                                                                 ("photo.png", "image_caption", None),
                                                                 ("report.pdf", "pdf_figure", 1)}
@@ -76,7 +76,7 @@ def test_ocr_engine_answers_extractively_with_citations(tmp_path, open_kb):
     Ingestor(store.settings, store).run([folder])
     answer = ask("How long does the warranty last?", store, load_engine(store.settings), k=3)
     assert "24 months" in answer.text and "[1]" in answer.text
-    assert answer.citations[0].source == "a.md"
+    assert answer.citations[0].chunk.rel == "a.md"
 
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:

@@ -5,15 +5,18 @@ video timestamps, the loop guard, streaming and the errors a user sees.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bench.engine_gpu import RowStop
 from kb.config import VISUAL_TOKEN_PIXELS
 from kb.engines import Engine, cuda_available
 from kb.engines.guard import repeating_tail
-from kb.engines.transformers_qwen import RowStop, TransformersEngine
+from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import ConfigError, EngineError
 from kb.types import Request, VideoClip
 
@@ -201,13 +204,13 @@ def test_streams_from_any_thread_generate_on_one_thread(engine):
     import threading
 
     used = set()
-    generate = engine._net.generate
+    forward = engine._net.forward
 
     def recording(*args, **kwargs):
         used.add(threading.get_ident())
-        return generate(*args, **kwargs)
+        return forward(*args, **kwargs)
 
-    engine._net.generate = recording
+    engine._net.forward = recording
     assert engine.warm_up() > 0
     request = Request(task="answer", prompt="Question?", max_new_tokens=6)
     texts = []
@@ -218,3 +221,57 @@ def test_streams_from_any_thread_generate_on_one_thread(engine):
         reader.join()
     assert len(used) == 1 and threading.get_ident() not in used
     assert texts == [engine.generate([request])[0]] * 2
+
+
+def test_sampled_answer_streams_within_its_limit_and_greedy_ones_repeat(engine):
+    # temperature > 0 draws each token from the top_p head of the distribution; 0 decodes greedily (reproducible).
+    sampled = Request(task="answer", prompt="Tell me something.", max_new_tokens=12, temperature=1.5, top_p=0.9)
+    ids = list(engine._answer_tokens(sampled, threading.Event()))
+    assert 0 < len(ids) <= 12
+    greedy = Request(task="answer", prompt="Tell me something.", max_new_tokens=12)
+    assert "".join(engine.stream(greedy)) == "".join(engine.stream(greedy)) == engine.generate([greedy])[0]
+
+
+def test_bulk_cache_is_kept_between_calls_and_remade_for_longer_requests(make_settings, tiny_model_dir):
+    two = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                           batch_size=2, **BUDGET))
+    short = [Request(task="answer", prompt="Short?", max_new_tokens=4)] * 3
+    first = two.generate_ids(short)
+    slab = two._slabs["bulk"]
+    assert two.generate_ids(short) == first and two._slabs["bulk"] is slab  # same cache, same output
+    long = Request(task="answer", prompt="Long?", max_new_tokens=slab.length + 10)
+    assert len(two.generate_ids([long])[0]) <= long.max_new_tokens  # a longer request gets a longer cache
+    assert two._slabs["bulk"].length >= slab.length + 10
+
+
+def test_slab_decoding_matches_the_models_own_forward(make_settings, tiny_model_dir):
+    # The decode step over the KV slab reimplements a decoder layer for one token per row: its logits must be the
+    # model's own (transformers' forward with its cache), for rows of different prompt lengths decoded together.
+    from kb.engines.kv_slab import width_for
+
+    fresh = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                             batch_size=2, **BUDGET))
+    torch.manual_seed(0)
+    for weight in fresh._net.parameters():  # larger random weights: logits that depend on every input
+        weight.data.normal_(0, 0.3)
+    requests = three_requests()[:2]
+    feed = torch.randint(0, 200, (2, 4))
+    with torch.inference_mode():
+        slab = fresh._slab("bulk", 2, max(fresh.columns_bound(r) for r in requests))
+        prepared = fresh.prepare(requests)
+        fresh.prefill(prepared, slab, [0, 1])
+        stepped = []
+        for n in range(4):
+            slab.tokens.copy_(feed[:, n])
+            slab.step(width_for(max(prepared.widths) + n + 1, slab.length))
+            stepped.append(slab.logits.clone())
+        for row, request in enumerate(requests):
+            alone = fresh.prepare([request])
+            out = fresh._net(**alone.inputs, position_ids=alone.positions, use_cache=True)
+            cache, mask = out.past_key_values, alone.inputs["attention_mask"]
+            for n in range(4):
+                mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+                out = fresh._net(input_ids=feed[row:row + 1, n:n + 1], attention_mask=mask, past_key_values=cache,
+                                 position_ids=(alone.next_pos + n).view(1, 1, 1).expand(3, 1, 1), use_cache=True)
+                cache = out.past_key_values
+                assert torch.allclose(out.logits[0, -1], stepped[n][row], atol=1e-4), (row, n)

@@ -29,7 +29,7 @@ def test_the_benchmarks_unanswerable_question_is_declined_not_quoted(open_kb, te
 
     answered = ask("How many items in total of Amazon related datasets in the paper?", store, engine)
     assert answered.text.count(">") >= 1 and "does not answer" not in answered.text
-    assert any(c.source == PAPER for c in answered.citations)
+    assert any(c.chunk.rel == PAPER for c in answered.citations)
 
 
 def test_names_are_what_the_question_asks_about():
@@ -81,8 +81,8 @@ def test_chunks_carry_the_document_title_and_section(open_kb, tmp_path):
     store = open_kb()
     Ingestor(store.settings, store).run([library])
     hits = search(store, "pension scheme output", k=1, filters=Filters(sources=["report.pdf"]))
-    assert hits[0].page == 2
-    assert hits[0].text.startswith("[Northwind Annual Report 2023 › Employee Pension Scheme]")
+    assert hits[0].chunk.page == 2
+    assert hits[0].chunk.text.startswith("[Northwind Annual Report 2023 › Employee Pension Scheme]")
 
 
 def _stamped_scan(path) -> None:
@@ -114,5 +114,5 @@ def test_a_scan_with_a_stamped_text_line_is_read_by_ocr(open_kb, tmp_path):
     store = open_kb()
     Ingestor(store.settings, store).run([library])
     hits = search(store, "counterfeit pens Rotterdam depot", k=1)
-    assert hits and hits[0].page == 1
-    assert "Rotterdam" in hits[0].text and "counterfeit" in hits[0].text.lower()
+    assert hits and hits[0].chunk.page == 1
+    assert "Rotterdam" in hits[0].chunk.text and "counterfeit" in hits[0].chunk.text.lower()

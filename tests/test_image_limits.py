@@ -219,7 +219,7 @@ def test_text_on_frame_250_of_a_500_frame_gif_is_searchable(open_kb, tmp_path):
     result = Ingestor(store.settings, store).run([folder]).results[0]
     assert result.status == "added" and result.chunks >= 1
     hits = search(store, "NARWHAL", k=3)
-    assert hits and hits[0].source == "anim.gif" and hits[0].page == 250 and "NARWHAL" in hits[0].text
+    assert hits and hits[0].chunk.rel == "anim.gif" and hits[0].chunk.page == 250 and "NARWHAL" in hits[0].chunk.text
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])

@@ -30,7 +30,7 @@ def test_pdf_text_layer_keeps_page_numbers(open_kb, library):
     report = ingest(store, None, library)
     assert report.counts()["added"] == 2 and report.exit_code == 0
     top = search(store, "purple elephant parade", k=1)[0]
-    assert (top.source, top.page, top.modality) == ("guide.pdf", 2, "pdf_text")
+    assert (top.chunk.rel, top.chunk.page, top.chunk.modality) == ("guide.pdf", 2, "pdf_text")
 
 
 def test_reingest_unchanged_is_a_noop(open_kb, library):
@@ -50,7 +50,7 @@ def test_modified_file_replaces_its_chunks(open_kb, library):
     assert report.counts() == {"updated": 1, "skipped": 1}
     texts = [c.text for c in store.chunks_of(str((library / "notes.md").resolve()))[0]]
     assert texts and all("0999" in t for t in texts) and not any("0117" in t for t in texts)
-    assert all("0117" not in h.text for h in search(store, "invoice INV-2024-0117", k=5))
+    assert all("0117" not in h.chunk.text for h in search(store, "invoice INV-2024-0117", k=5))
 
 
 def test_renamed_file_is_not_embedded_again(open_kb, library, embedder, monkeypatch):
@@ -62,7 +62,7 @@ def test_renamed_file_is_not_embedded_again(open_kb, library, embedder, monkeypa
     report = ingest(store, None, library)
     assert report.counts() == {"renamed": 1, "skipped": 1} and calls == []
     assert [r.rel for r in store.manifest.all()] == ["handbook.pdf", "notes.md"]
-    assert search(store, "purple elephant parade", k=1)[0].source == "handbook.pdf"
+    assert search(store, "purple elephant parade", k=1)[0].chunk.rel == "handbook.pdf"
 
 
 def test_prune_removes_vanished_files(open_kb, library):
@@ -73,7 +73,7 @@ def test_prune_removes_vanished_files(open_kb, library):
     report = ingest(store, None, library, prune=True)
     assert report.counts()["pruned"] == 1
     assert [r.rel for r in store.manifest.all()] == ["guide.pdf"]
-    assert all(h.source != "notes.md" for h in search(store, "invoice", k=5))
+    assert all(h.chunk.rel != "notes.md" for h in search(store, "invoice", k=5))
 
 
 def _bad_inputs(folder: Path) -> dict[str, str]:
@@ -95,7 +95,7 @@ def test_bad_inputs_fail_alone_with_a_reason_and_a_fix(open_kb, library):
     store = open_kb()
     expected = _bad_inputs(library)
     report = ingest(store, None, library)
-    failed = {r.path: " ".join(r.errors) for r in report.results if r.status == "failed"}
+    failed = {r.rel: " ".join(r.errors) for r in report.results if r.status == "failed"}
     assert set(failed) == set(expected)
     for name, words in expected.items():
         assert name in failed[name] and words in failed[name] and "fix:" in failed[name]
@@ -110,6 +110,7 @@ class InterruptingEngine:
         self.engine, self.allowed, self.requests = engine, allowed, 0
         self.name, self.model, self.device = engine.name, engine.model, engine.device
         self.can_caption, self.generative = engine.can_caption, engine.generative
+        self.slots, self.server_batched = engine.slots, engine.server_batched
 
     def generate(self, requests):
         if self.allowed == 0:
@@ -172,7 +173,7 @@ def test_links_named_directly_become_results_not_an_abort(open_kb, library, tmp_
     os.symlink("loop-a.md", tmp_path / "loop-b.md")
     store = open_kb()
     report = ingest(store, None, tmp_path / "dangling.pdf", tmp_path / "loop-a.md", library / "notes.md")
-    outcome = {r.path: (r.status, " ".join(r.errors), r.fix) for r in report.results}
+    outcome = {r.rel: (r.status, " ".join(r.errors), r.fix) for r in report.results}
     assert outcome["dangling.pdf"][:2] == ("failed", f"dangling.pdf: a broken link: it points to {tmp_path}/gone.pdf,"
                                                      " which does not exist")
     assert outcome["loop-a.md"][0] == "failed" and "loops" in outcome["loop-a.md"][1] and outcome["loop-a.md"][2]
@@ -190,7 +191,7 @@ def test_a_name_that_is_not_utf8_goes_in_is_skipped_unchanged_and_pruned_when_go
     first = ingest(store, None, library)
     assert {r.shown: r.status for r in first.results}["r\ufffdsum\ufffd 2019.md"] == "added"
     hit = search(store, "zeppelin hangar", k=1)[0]
-    assert hit.source == to_stored(name) and display(hit.source) == "r\ufffdsum\ufffd 2019.md"
+    assert hit.chunk.rel == to_stored(name) and display(hit.chunk.rel) == "r\ufffdsum\ufffd 2019.md"
     assert ingest(store, None, library).counts() == {"skipped": 3}
     (library / name).unlink()
     assert ingest(store, None, library, prune=True).counts() == {"skipped": 2, "pruned": 1}

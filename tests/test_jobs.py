@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from ingest.jobs import CANCELLED, DONE, QUEUED, RUNNING, JobBoard
+from ingest.jobs import JobBoard
 from ingest.worker import Worker, start_thread
 from kb.config import BUNDLED_EMBED_MODEL
 from kb.engines import load_engine
 from kb.errors import InputError
+from kb.types import FileState, JobState
 from tests.conftest import ROOT, write_pdf
 
 
@@ -34,16 +35,32 @@ def test_a_job_is_claimed_by_one_worker_and_a_shared_file_waits(tmp_path):
     first = app.submit([docs], label="the folder")
     second = app.submit([docs / "b.pdf"])  # b.pdf is in both jobs
     third = app.submit([docs / "a.pdf"])
-    assert [f.rel for f in first.files] == ["a.pdf", "b.pdf"] and first.state == QUEUED
+    assert [f.rel for f in first.files] == ["a.pdf", "b.pdf"] and first.state == JobState.QUEUED
 
     assert worker_a.claim("a").id == first.id
     # The other worker may not take a job that shares a file with the running one: it waits.
     assert worker_b.claim("b") is None
-    assert app.job(first.id).state == RUNNING and app.job(first.id).worker == "a"
-    worker_a.finish(worker_a.job(first.id), DONE)
+    assert app.job(first.id).state == JobState.RUNNING and app.job(first.id).worker == "a"
+    worker_a.finish(worker_a.job(first.id), JobState.DONE)
     assert worker_b.claim("b").id == second.id
     assert worker_a.claim("a").id == third.id  # a.pdf is free again
     assert worker_a.claim("a") is None
+
+
+def test_a_stopping_worker_hands_its_job_back_and_keeps_what_it_finished(tmp_path):
+    home, docs = tmp_path / "kb", tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", ["Alpha."])
+    write_pdf(docs / "b.pdf", ["Beta."])
+    board = JobBoard(home, allowed_folders=[docs])
+    job = board.submit([docs])
+    claimed = board.claim("stopping")
+    board.set_files(job.id, {claimed.files[0].path: FileState.DONE, claimed.files[1].path: FileState.OCR})
+    board.release(job.id, "stopping")
+    back = board.job(job.id)
+    assert (back.state, back.worker) == (JobState.QUEUED, "")
+    assert [f.state for f in back.files] == [FileState.DONE, FileState.QUEUED]  # a.pdf is not read again
+    assert board.claim("next").id == job.id
 
 
 def test_only_uploads_and_allowed_folders_are_queued_and_checked_again_per_file(tmp_path, open_kb):
@@ -100,15 +117,15 @@ def test_cancel_stops_queued_and_running_jobs(tmp_path, open_kb):
     thread = start_thread(worker)
     try:
         deadline = time.monotonic() + 60
-        while board.job(first.id).files[0].state == QUEUED and time.monotonic() < deadline:
+        while board.job(first.id).files[0].state == FileState.QUEUED and time.monotonic() < deadline:
             time.sleep(0.02)  # the worker has started reading the image
         board.cancel(second.id)
         board.cancel(first.id)
         release.set()
         assert board.wait(60)
         first, second = board.job(first.id), board.job(second.id)
-        assert (first.state, [f.state for f in first.files]) == (CANCELLED, [CANCELLED])
-        assert (second.state, [f.state for f in second.files]) == (CANCELLED, [CANCELLED])
+        assert (first.state, [f.state for f in first.files]) == (JobState.CANCELLED, [FileState.CANCELLED])
+        assert (second.state, [f.state for f in second.files]) == (JobState.CANCELLED, [FileState.CANCELLED])
         assert store.manifest.all() == []
     finally:
         worker.stop()
@@ -128,11 +145,11 @@ def test_files_dropped_in_the_inbox_are_ingested_once(tmp_path, open_kb):
     assert worker.run_one()
     job = board.jobs()[0]
     assert (job.label, job.owner, [(f.rel, f.state, f.result) for f in job.files]) == (
-        "inbox: 1 file", "inbox", [("heron.md", DONE, "added")])
+        "inbox: 1 file", "inbox", [("heron.md", FileState.DONE, "added")])
     # Once the copy has settled, the next look queues that file alone: never a second job for heron.md.
     os.utime(inbox / "copying.md", (old, old))
     assert worker.run_one()
-    assert [(f.rel, f.state) for f in board.jobs()[0].files] == [("copying.md", DONE)]
+    assert [(f.rel, f.state) for f in board.jobs()[0].files] == [("copying.md", FileState.DONE)]
     assert not worker.run_one()
     assert [r.rel for r in store.manifest.all()] == ["copying.md", "heron.md"]
 
@@ -178,7 +195,7 @@ def test_killing_the_worker_mid_job_loses_and_duplicates_nothing(tmp_path, make_
         first.send_signal(signal.SIGKILL)  # no goodbye: its claim stays until the lease runs out
         first.wait(10)
         killed = board.job(job.id)
-        assert killed.state == RUNNING and killed.worker == "first"
+        assert killed.state == JobState.RUNNING and killed.worker == "first"
 
         second = start_worker(settings.home, "second", tmp_path / "second.log")
         try:
@@ -190,8 +207,8 @@ def test_killing_the_worker_mid_job_loses_and_duplicates_nothing(tmp_path, make_
         if first.poll() is None:
             first.kill()
     finished = board.job(job.id)
-    assert (finished.state, finished.worker, finished.attempts) == (DONE, "second", 2)
-    assert [(f.state, f.result) for f in finished.files] == [(DONE, "added")]
+    assert (finished.state, finished.worker, finished.attempts) == (JobState.DONE, "second", 2)
+    assert [(f.state, f.result) for f in finished.files] == [(FileState.DONE, "added")]
     # Resumed from the checkpoint: the second worker read fewer pages than the file has.
     assert 0 < finished.pages_read < pages
     store = open_store(settings, embedder)

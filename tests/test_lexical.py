@@ -32,7 +32,7 @@ def test_every_filter_of_kb_search_narrows_lexical_hits(open_kb):
 
     def found(**filters) -> set[tuple[str, object]]:
         hits = search(store, "harbour ice", k=20, mode="lexical", filters=Filters(**filters), parse_times=False)
-        return {(h.source, h.page if h.page is not None else h.t_start) for h in hits}
+        return {(h.chunk.rel, h.chunk.page if h.chunk.page is not None else h.chunk.t_start) for h in hits}
 
     assert len(found()) == 7
     assert found(pages=(2, 3)) == {("report.pdf", 2), ("report.pdf", 3)}
@@ -51,7 +51,7 @@ def test_bm25_puts_the_passage_with_more_rare_words_first(open_kb):
     put(store, "b.md", ["Warehouse audit: pallet 7 had crushed crates and the audit flagged crushed crates twice."])
     put(store, "c.md", ["The canteen menu changes every week."])
     hits = store.lexical_query("crushed crates audit", 10)
-    assert [h.source for h in hits] == ["b.md", "a.md"]
+    assert [h.chunk.rel for h in hits] == ["b.md", "a.md"]
     assert hits[0].score > hits[1].score > 0
 
 
@@ -60,7 +60,7 @@ def test_text_is_kept_once_in_the_lexical_index_and_dense_hits_still_carry_it(op
     put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."])
     assert store._collection.get(include=["documents"])["documents"] == [None, None]
     hits = search(store, "auditor signature", k=2, mode="dense")
-    assert {h.text for h in hits} == {"Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."}
+    assert {h.chunk.text for h in hits} == {"Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."}
     chunks, vectors = store.chunks_of("/library/ledger.md", with_embeddings=True)
     assert [c.text for c in chunks] == ["Invoice INV-2024-0117 was paid in March.", "The auditor signed on Friday."]
     assert len(vectors) == 2 and len(vectors[0]) == store.embedder.dimension
@@ -86,7 +86,7 @@ def test_a_knowledge_base_from_before_tantivy_gets_its_index_from_chroma(open_kb
     shutil.rmtree(store.settings.home / "lexical")
     again = open_store(store.settings, embedder)
     try:
-        assert [h.source for h in again.lexical_query("INV-2024-0117", 10)] == ["ledger.md"]
+        assert [h.chunk.rel for h in again.lexical_query("INV-2024-0117", 10)] == ["ledger.md"]
     finally:
         again.close()
 
@@ -108,7 +108,7 @@ def test_a_knowledge_base_with_the_old_fts5_index_moves_to_tantivy(open_kb, embe
     old.close()
     again = open_store(store.settings, embedder)
     try:
-        assert [h.text for h in again.lexical_query("E_ACCESS_4711", 10)] == ["Receipt E_ACCESS_4711 filed."]
+        assert [h.chunk.text for h in again.lexical_query("E_ACCESS_4711", 10)] == ["Receipt E_ACCESS_4711 filed."]
         assert not (store.settings.home / "lexical.sqlite").exists()
     finally:
         again.close()
@@ -136,7 +136,7 @@ from kb.lexical import LexicalIndex
 from kb.types import Chunk
 index = LexicalIndex(Path(sys.argv[1]), lambda paths: {p: "v1" for p in paths}, exclusive=True)
 def chunk(n, word):
-    return Chunk(id=f"c{n}", text=f"{word} number {n}", source="s", source_abs="/s", sha256="v1", modality="text",
+    return Chunk(id=f"c{n}", text=f"{word} number {n}", rel="s", path="/s", sha256="v1", modality="text",
                  position=n)
 index.upsert([chunk(n, "committed") for n in range(3)])
 with index._open.lock:  # what upsert does, stopped before the commit
@@ -162,7 +162,7 @@ def test_a_writer_killed_before_its_commit_leaves_the_last_commit_whole(tmp_path
         assert index.count() == 3
         assert [cid for cid, *_ in index.query("committed", 10)] != [] and index.query("uncommitted", 10) == []
         # The dead process's lock is gone with it: this one writes.
-        index.upsert([Chunk(id="c9", text="after the crash", source="s", source_abs="/s", sha256="v1",
+        index.upsert([Chunk(id="c9", text="after the crash", rel="s", path="/s", sha256="v1",
                             modality="text", position=9)])
         assert [cid for cid, *_ in index.query("crash", 10)] == ["c9"] and index.count() == 4
     finally:
@@ -173,11 +173,11 @@ def test_a_second_process_waits_for_the_writer_in_server_mode(tmp_path: Path):
     """Several processes on one knowledge base (a Chroma server): a write waits for the other's commit."""
     path = tmp_path / "lexical"
     holder = LexicalIndex(path, lambda paths: {p: "v1" for p in paths}, exclusive=True)
-    holder.upsert([Chunk(id="a", text="first writer", source="s", source_abs="/s", sha256="v1", modality="text",
+    holder.upsert([Chunk(id="a", text="first writer", rel="s", path="/s", sha256="v1", modality="text",
                          position=0)])
     script = ("import sys; from pathlib import Path; from kb.lexical import LexicalIndex; from kb.types import Chunk;"
               "i = LexicalIndex(Path(sys.argv[1]), lambda p: {x: 'v1' for x in p}, exclusive=False);"
-              "i.upsert([Chunk(id='b', text='second writer', source='s', source_abs='/s', sha256='v1', "
+              "i.upsert([Chunk(id='b', text='second writer', rel='s', path='/s', sha256='v1', "
               "modality='text', position=1)]); i.close()")
     child = subprocess.Popen([sys.executable, "-c", script, str(path)], cwd=ROOT)
     time.sleep(3)
@@ -194,7 +194,7 @@ def test_a_second_process_waits_for_the_writer_in_server_mode(tmp_path: Path):
 def test_ids_are_replaced_not_duplicated(tmp_path: Path):
     index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v1" for p in paths}, exclusive=True)
     try:
-        chunk = Chunk(id="x", text="old words", source="s", source_abs="/s", sha256="v1", modality="text", position=0)
+        chunk = Chunk(id="x", text="old words", rel="s", path="/s", sha256="v1", modality="text", position=0)
         index.upsert([chunk])
         index.upsert([Chunk(**{**chunk.__dict__, "text": "new words"})])
         assert index.count() == 1 and [row[1] for row in index.rows(["x"]).values()] == ["new words"]
@@ -210,16 +210,17 @@ def test_several_sources_written_at_once_are_each_replaced_whole(open_kb):
     def version(name: str, texts: list[str]):
         path = f"/library/{name}"
         sha = hashlib.sha256("".join(texts).encode()).hexdigest()
-        chunks = [Chunk(id=f"{sha[:16]}:{n}", text=t, source=name, source_abs=path, sha256=sha, modality="text",
+        chunks = [Chunk(id=f"{sha[:16]}:{n}", text=t, rel=name, path=path, sha256=sha, modality="text",
                         position=n) for n, t in enumerate(texts)]
         return SourceRecord(path=path, rel=name, sha256=sha, size=1, kind="text", status="ok", chunks=0,
                             engine="test", model=""), chunks, None
 
     store.replace_sources([version("a.md", ["Alpha report on turbines.", "Alpha appendix."]),
                            version("b.md", ["Beta report on turbines."])])
-    assert {h.source for h in store.lexical_query("turbines report", 10)} == {"a.md", "b.md"}
+    assert {h.chunk.rel for h in store.lexical_query("turbines report", 10)} == {"a.md", "b.md"}
     store.replace_sources([version("a.md", ["Alpha, second edition: wind farms."])])
-    assert [h.text for h in search(store, "alpha", k=10, mode="lexical")] == ["Alpha, second edition: wind farms."]
+    found = search(store, "alpha", k=10, mode="lexical")
+    assert [h.chunk.text for h in found] == ["Alpha, second edition: wind farms."]
     assert store.lexical.ids() == sorted(store._collection.get(include=[])["ids"]) and store.count() == 2
     with pytest.raises(ValueError, match="positions 0..n-1"):
         record, chunks, _ = version("c.md", ["Gamma."])

@@ -24,7 +24,7 @@ from kb.answer import key_frames
 from kb.config import BUNDLED_EMBED_MODEL, load_settings
 from kb.paths import fs_path, to_stored
 from kb.store import open_store
-from kb.types import Hit
+from kb.types import Chunk, Hit
 from pages.helpers import highlight_boxes, keyframe_paths
 from tests.test_app import ENV, app, clear_caches
 
@@ -130,7 +130,8 @@ def test_a_stored_path_opens_the_page_the_picture_and_key_frames(names_kb, tmp_p
     assert highlight_boxes(fs_path(stored_pdf), 1, "zeppelin hangar of the harbour"), "the quote is boxed"
     frame = tmp_path / os.fsdecode(b"key\xe9.jpg")
     Image.new("RGB", (32, 18), "red").save(frame, format="JPEG")
-    hit = Hit(id="x", text="", score=1.0, source="clip", keyframe=to_stored(str(frame)))
+    hit = Hit(Chunk(id="x", text="", rel="clip", path="/clip", sha256="s", modality="video_segment",
+                    keyframe=to_stored(str(frame))), 1.0)
     numbers, images = key_frames([hit])
     assert numbers == [1] and images[0].size == (32, 18)
     assert keyframe_paths(to_stored(str(frame)), tmp_path) == [frame]
@@ -178,7 +179,8 @@ def test_the_answer_prompt_names_sources_as_people_see_them() -> None:
     """The model is shown `caf\ufffd.pdf p. 1`, never the stored stand-in, so it cannot repeat it in an answer."""
     from kb.prompts import answer_prompt
 
-    hit = Hit(id="x", text="The hangar has a copper roof.", score=1.0, source=to_stored(PDF), page=1)
+    hit = Hit(Chunk(id="x", text="The hangar has a copper roof.", rel=to_stored(PDF), path="/" + to_stored(PDF),
+                    sha256="s", modality="pdf_text", page=1), 1.0)
     prompt = answer_prompt("What roof?", [hit])
     assert f"({PDF_SHOWN} p. 1)" in prompt
     assert not STORED_ESCAPES.search(prompt)

@@ -25,7 +25,7 @@ def test_video_chapters_follow_the_slides_and_answers_see_key_frames(open_kb, tm
     assert chapters[0].line().startswith("[00:00:00] ")
     # A question about the video sends the cited segments' key frames along, and the prompt says which.
     prepared = prepare("What does the slide about chunking say?", store, k=2)
-    assert prepared.hits[0].modality == "video_segment" and prepared.request.images
+    assert prepared.hits[0].chunk.modality == "video_segment" and prepared.request.images
     assert "key frames of sources [1]" in prepared.request.prompt
 
 
@@ -46,7 +46,7 @@ def test_document_outline_uses_bookmarks_with_pages(open_kb, tmp_path):
 
 def test_model_chapters_are_parsed_ordered_and_kept_inside_the_video():
     text = "Chapters:\n[00:05:20] Variable naming\n- [00:00:00] Welcome\n[1:02] Setup\n[09:59:00] Invented\nnoise"
-    segment = Chunk(id="x", text="", source="v.mp4", source_abs="/v.mp4", sha256="s", modality="video_segment",
+    segment = Chunk(id="x", text="", rel="v.mp4", path="/v.mp4", sha256="s", modality="video_segment",
                     t_start=0.0, t_end=400.0)
     kept = _clean(_parse_chapters(text), [segment])
     assert [(e.t_start, e.title) for e in kept] == [(0, "Welcome"), (62, "Setup"), (320, "Variable naming")]

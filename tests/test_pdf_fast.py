@@ -18,7 +18,7 @@ PROSE = ("Seekframe reads the text layer of each page and keeps every paragraph 
 
 
 def _source(path: Path) -> Source:
-    return Source(rel=path.name, abs=str(path), sha256="0" * 64)
+    return Source(rel=path.name, path=str(path), sha256="0" * 64)
 
 
 def test_a_real_ruled_table_is_kept_whole_as_markdown(test_data):

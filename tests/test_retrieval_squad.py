@@ -17,7 +17,7 @@ def test_squad_recall_at_5_with_bundled_embedder(test_data, open_kb, tmp_path):
     store = open_kb(chunk_chars=4000)  # one passage, one chunk: recall is measured per passage
     report = Ingestor(store.settings, store).run([corpus])
     assert report.counts()["added"] == len(passages)
-    found = sum(q["gold_pid"].replace("#", "_") + ".txt" in {h.source for h in search(store, q["question"], k=5)}
+    found = sum(q["gold_pid"].replace("#", "_") + ".txt" in {h.chunk.rel for h in search(store, q["question"], k=5)}
                 for q in questions)
     recall = found / len(questions)
     print(f"SQuAD recall@5 = {recall:.3f} over {len(questions)} answerable questions")

@@ -27,7 +27,7 @@ def put(store, name: str, texts: list[str], modality: str = "text", pages: bool 
     chunks = []
     for n, text in enumerate(texts):
         start = n * seconds if seconds else None
-        chunks.append(Chunk(id=chunk_id(path, sha, n), text=text, source=name, source_abs=path, sha256=sha,
+        chunks.append(Chunk(id=chunk_id(path, sha, n), text=text, rel=name, path=path, sha256=sha,
                             modality=modality, page=n + 1 if pages else None, t_start=start,
                             t_end=start + seconds if seconds else None, position=n))
     record = SourceRecord(path=path, rel=name, sha256=sha, size=sum(map(len, texts)), kind=modality, status="ok",
@@ -62,39 +62,39 @@ def kb(open_kb):
 @pytest.mark.parametrize("mode", MODES)
 def test_source_filter_keeps_only_that_source(kb, mode):
     hits = search(kb, "bees honey glaciers volcano magma", k=10, filters=Filters(sources=["notes.md"]), mode=mode)
-    assert hits and {h.source for h in hits} == {"notes.md"}
+    assert hits and {h.chunk.rel for h in hits} == {"notes.md"}
     assert search(kb, "bees honey", k=5, filters=Filters(sources=["nowhere.pdf"]), mode=mode) == []
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_modality_group_filter(kb, mode):
     video = search(kb, "volcanoes bees harbour glaciers bread", k=20, filters=Filters(modalities=["video"]), mode=mode)
-    assert video and {h.modality for h in video} == {"video_segment"}
+    assert video and {h.chunk.modality for h in video} == {"video_segment"}
     images = search(kb, "sourdough bread", k=5, filters=Filters(modalities=["images"]), mode=mode)
-    assert [h.source for h in images] == ["whiteboard.png"]
+    assert [h.chunk.rel for h in images] == ["whiteboard.png"]
     docs = search(kb, "sourdough bread volcano", k=20, filters=Filters(modalities=["documents"]), mode=mode)
-    assert docs and {h.source for h in docs} <= {"report.pdf", "notes.md"}
+    assert docs and {h.chunk.rel for h in docs} <= {"report.pdf", "notes.md"}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_page_range_filter(kb, mode):
     hits = search(kb, "volcanoes magma bees honey harbour", k=10, filters=Filters(pages=(2, 3)), mode=mode)
-    assert hits and {(h.source, h.page) for h in hits} <= {("report.pdf", 2), ("report.pdf", 3)}
-    assert ("report.pdf", 2) in {(h.source, h.page) for h in hits}
+    assert hits and {(h.chunk.rel, h.chunk.page) for h in hits} <= {("report.pdf", 2), ("report.pdf", 3)}
+    assert ("report.pdf", 2) in {(h.chunk.rel, h.chunk.page) for h in hits}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_time_range_filter_keeps_overlapping_segments(kb, mode):
     hits = search(kb, "segment volcanoes bees harbour glaciers trains", k=20, filters=Filters(seconds=(100, 170)),
                   mode=mode)
-    assert {(h.t_start, h.t_end) for h in hits} == {(60.0, 120.0), (120.0, 180.0)}
+    assert {(h.chunk.t_start, h.chunk.t_end) for h in hits} == {(60.0, 120.0), (120.0, 180.0)}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ingested_after_filter(kb, mode):
     hits = search(kb, "volcanoes bees glaciers sourdough segment", k=30, filters=Filters(ingested_after=2500.0),
                   mode=mode)
-    assert hits and {h.source for h in hits} == {"whiteboard.png", "demo.mp4"}
+    assert hits and {h.chunk.rel for h in hits} == {"whiteboard.png", "demo.mp4"}
     both = Filters(ingested_after=2500.0, sources=["notes.md"])  # sources and recency together: none left
     assert search(kb, "glaciers", k=5, filters=both, mode=mode) == []
 
@@ -102,19 +102,19 @@ def test_ingested_after_filter(kb, mode):
 def test_a_moment_in_the_question_narrows_video_but_not_documents(kb):
     # 12:30 -> 750 s; 720-780 s is the window, and only the segment 720-780 overlaps it (neighbours only touch).
     hits = search(kb, "What happens at 12:30 with the volcanoes and bees?", k=20, mode="lexical")
-    video = [h for h in hits if h.modality == "video_segment"]
-    assert [(h.t_start, h.t_end) for h in video] == [(720.0, 780.0)]
-    assert any(h.source == "report.pdf" for h in hits)  # documents stay eligible
+    video = [h for h in hits if h.chunk.modality == "video_segment"]
+    assert [(h.chunk.t_start, h.chunk.t_end) for h in video] == [(720.0, 780.0)]
+    assert any(h.chunk.rel == "report.pdf" for h in hits)  # documents stay eligible
     chinese = search(kb, "第3分15秒 segment", k=20, mode="lexical")
-    assert {h.t_start for h in chinese if h.modality == "video_segment"} == {120.0, 180.0}
+    assert {h.chunk.t_start for h in chinese if h.chunk.modality == "video_segment"} == {120.0, 180.0}
     unparsed = search(kb, "What happens at 12:30 with the volcanoes and bees?", k=20, mode="lexical",
                       parse_times=False)
-    assert len([h for h in unparsed if h.modality == "video_segment"]) > 1
+    assert len([h for h in unparsed if h.chunk.modality == "video_segment"]) > 1
 
 
 # the lexical index stays in step with the store -----------------------------------------------------------------
 def _lexical_sources(store, text: str) -> set[str]:
-    return {h.source for h in store.lexical_query(text, 10)}
+    return {h.chunk.rel for h in store.lexical_query(text, 10)}
 
 
 def test_lexical_index_follows_replace_and_delete(open_kb):
@@ -123,7 +123,7 @@ def test_lexical_index_follows_replace_and_delete(open_kb):
     assert _lexical_sources(store, "INV-2024-0117") == {"ledger.md"}
     put(store, "ledger.md", ["Invoice INV-2024-0999 is overdue."])  # a new version of the same source
     assert _lexical_sources(store, "0117") == set()
-    assert [h.text for h in store.lexical_query("INV-2024-0117", 10)] == ["Invoice INV-2024-0999 is overdue."]
+    assert [h.chunk.text for h in store.lexical_query("INV-2024-0117", 10)] == ["Invoice INV-2024-0999 is overdue."]
     assert store.lexical.count() == store.count() == 1  # old rows gone from both indexes
     store.delete_source("/library/ledger.md")
     assert _lexical_sources(store, "INV-2024-0999") == set() and store.lexical.count() == 0
@@ -139,7 +139,7 @@ def test_lexical_index_follows_ingest_rename_and_prune(open_kb, tmp_path: Path):
     (folder / "guide.pdf").rename(folder / "handbook.pdf")
     assert Ingestor(store.settings, store).run([folder]).counts() == {"renamed": 1, "skipped": 1}
     hit = store.lexical_query("purple elephant parade", 1)[0]
-    assert (hit.source, hit.page) == ("handbook.pdf", 2)
+    assert (hit.chunk.rel, hit.chunk.page) == ("handbook.pdf", 2)
     assert store.lexical.count() == store.count()
     (folder / "notes.md").unlink()
     Ingestor(store.settings, store).run([folder], prune=True)
@@ -164,7 +164,7 @@ def test_an_exact_code_is_found_by_hybrid_where_dense_ranks_it_lower(open_kb):
         put(store, f"help{n}.md", [text])
     put(store, "gate.log.md", [RARE])
     question = "What does access error E_ACCESS_4711 mean?"
-    rank = {mode: [h.source for h in search(store, question, k=7, mode=mode)].index("gate.log.md")
+    rank = {mode: [h.chunk.rel for h in search(store, question, k=7, mode=mode)].index("gate.log.md")
             for mode in MODES}
     assert rank["dense"] > 0  # the embedder sees a generic "access error" question
     assert rank["lexical"] == 0 and rank["hybrid"] == 0
@@ -216,8 +216,8 @@ def chinese_kb(make_settings, nano):
 
 def test_a_chinese_query_finds_a_chinese_passage_by_exact_keyword(chinese_kb):
     for mode in ("lexical", "hybrid"):
-        assert search(chinese_kb, "量子退火", k=3, mode=mode)[0].source == "quantum.md"
-        assert search(chinese_kb, "年假", k=3, mode=mode)[0].source == "leave.md"
+        assert search(chinese_kb, "量子退火", k=3, mode=mode)[0].chunk.rel == "quantum.md"
+        assert search(chinese_kb, "年假", k=3, mode=mode)[0].chunk.rel == "leave.md"
 
 
 def test_a_chinese_query_finds_a_chinese_passage_by_paraphrase(chinese_kb):
@@ -226,8 +226,8 @@ def test_a_chinese_query_finds_a_chinese_passage_by_paraphrase(chinese_kb):
     questions = {"买的东西不满意，多久之内能送回去？": "returns.md", "年底的员工聚会在哪个城市办？": "party.md"}
     assert search(chinese_kb, "买的东西不满意，多久之内能送回去？", k=3, mode="lexical") == []
     for question, source in questions.items():
-        assert search(chinese_kb, question, k=3, mode="hybrid")[0].source == source
-        assert search(chinese_kb, question, k=3, mode="dense")[0].source == source
+        assert search(chinese_kb, question, k=3, mode="hybrid")[0].chunk.rel == source
+        assert search(chinese_kb, question, k=3, mode="dense")[0].chunk.rel == source
 
 
 # time expressions ----------------------------------------------------------------------------------------------
@@ -249,15 +249,16 @@ def test_durations_numbers_and_dates_are_not_moments(text):
 
 # context assembly ------------------------------------------------------------------------------------------------
 def test_expand_context_pulls_neighbours_merges_and_orders(kb):
-    seg7 = next(h for h in search(kb, "Segment 7 octopuses", k=3, mode="lexical") if h.modality == "video_segment")
+    seg7 = next(h for h in search(kb, "Segment 7 octopuses", k=3, mode="lexical")
+                if h.chunk.modality == "video_segment")
     page1 = search(kb, "Page one volcanoes", k=1, filters=Filters(sources=["report.pdf"]), mode="lexical")[0]
     out = expand_context(kb, [seg7, page1, seg7], budget_chars=10_000)
-    assert [(h.source, h.position) for h in out] == [
+    assert [(h.chunk.rel, h.chunk.position) for h in out] == [
         ("demo.mp4", 6), ("demo.mp4", 7), ("demo.mp4", 8), ("report.pdf", 0), ("report.pdf", 1)]
-    small = expand_context(kb, [seg7, page1], budget_chars=len(seg7.text) + len(page1.text))
-    assert {h.id for h in small} == {seg7.id, page1.id}  # neighbours do not fit; the hits themselves do
+    small = expand_context(kb, [seg7, page1], budget_chars=len(seg7.chunk.text) + len(page1.chunk.text))
+    assert {h.chunk.id for h in small} == {seg7.chunk.id, page1.chunk.id}  # neighbours do not fit; the hits do
     tiny = expand_context(kb, [seg7], budget_chars=10)
-    assert [h.text for h in tiny] == [seg7.text[:10]]
+    assert [h.chunk.text for h in tiny] == [seg7.chunk.text[:10]]
 
 
 # reranker -------------------------------------------------------------------------------------------------------
@@ -283,9 +284,9 @@ def test_reranker_reorders_fused_candidates_by_its_scores(kb, tiny_cross_encoder
     question = "volcanoes bees glaciers segment"
     pool = search(kb, question, k=20, mode="hybrid", rerank=False, candidates=20)
     hits = search(kb, question, k=4, mode="hybrid", rerank=reranker, candidates=20)
-    scores = dict(zip([h.id for h in pool], reranker.scores(question, [h.text for h in pool])))
-    assert [h.id for h in hits] == sorted(scores, key=lambda i: -scores[i])[:4]
-    assert [h.score for h in hits] == pytest.approx([scores[h.id] for h in hits], rel=1e-4)
+    scores = dict(zip([h.chunk.id for h in pool], reranker.scores(question, [h.chunk.text for h in pool])))
+    assert [h.chunk.id for h in hits] == sorted(scores, key=lambda i: -scores[i])[:4]
+    assert [h.score for h in hits] == pytest.approx([scores[h.chunk.id] for h in hits], rel=1e-4)
     assert reranker.last_seconds > 0
 
 

@@ -164,7 +164,7 @@ def test_an_audio_file_goes_in_as_passages_citing_the_seconds_of_their_words(ope
     # A passage's times are those of its first and last word, inside the speech (VAD pads it by 0.4 s).
     for chunk, (start, end) in zip(chunks, spans):
         assert start - 0.6 <= chunk.t_start < chunk.t_end <= end + 0.6
-    hit = Hit(id="", text="", score=0, source=chunks[1].source, t_start=chunks[1].t_start, t_end=chunks[1].t_end)
+    hit = Hit(chunks[1], 0.0)
     assert hit.where.startswith(f"meeting{suffix} 00:2")
     assert store.manifest.get(str(path.resolve())).kind == "audio"
 
@@ -199,7 +199,7 @@ def test_silence_gives_no_chunks_and_no_error(open_kb, tiny_whisper, tmp_path):
     hum = write_audio(tmp_path / "hum.ogg", (0.001 * rng.standard_normal(RATE * 8)).astype(np.float32))
     store = speech_settings(open_kb, tiny_whisper)
     report = Ingestor(store.settings, store).run([quiet, hum])
-    got = {r.path: r for r in report.results}
+    got = {r.rel: r for r in report.results}
     assert report.exit_code == 0
     for name in ("quiet.wav", "hum.ogg"):
         assert got[name].status == "empty" and got[name].chunks == 0 and "no speech" in got[name].notes[-1]

@@ -102,9 +102,9 @@ def test_odd_encodings_go_in_and_are_searchable_and_junk_fails_alone(open_kb, tm
     (folder / "junk.txt").write_bytes(random.Random(3).randbytes(2048))
     store = open_kb()
     report = Ingestor(store.settings, store).run([folder])
-    status = {r.path: r.status for r in report.results}
+    status = {r.rel: r.status for r in report.results}
     assert status == {"latin1.txt": "added", "windows.txt": "added", "junk.txt": "failed"}
-    latin = next(r for r in report.results if r.path == "latin1.txt")
+    latin = next(r for r in report.results if r.rel == "latin1.txt")
     assert any("Windows-1252" in n for n in latin.notes)
-    assert search(store, "MOOSE", k=1)[0].text.startswith("Café crème")
-    assert search(store, "WALRUS", k=1)[0].source == "windows.txt"
+    assert search(store, "MOOSE", k=1)[0].chunk.text.startswith("Café crème")
+    assert search(store, "WALRUS", k=1)[0].chunk.rel == "windows.txt"

@@ -14,7 +14,8 @@ from PIL import Image
 
 from ingest.pipeline import Ingestor
 from ingest.video import group_windows, read_video
-from ingest.video_sampling import SamplingParams, open_video, sample_frames
+from ingest.video_decoders import open_video
+from ingest.video_sampling import SamplingParams, sample_frames
 from kb.search import search
 from kb.types import Source
 
@@ -56,7 +57,7 @@ def slide(lines: list[str], bg=(250, 250, 250), seed: int = 0) -> np.ndarray:
 
 
 def source(path: Path) -> Source:
-    return Source(rel=path.name, abs=str(path), sha256=hashlib.sha256(str(path).encode()).hexdigest())
+    return Source(rel=path.name, path=str(path), sha256=hashlib.sha256(str(path).encode()).hexdigest())
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_testcard_segment_at_7s_shows_its_timecode(test_data, open_kb):
     assert not any(re.search(r"00:00:07:\d\d", c.text) for c in chunks if c.t_start > 7 or c.t_end <= 7)
     # The timecode is searchable as text, and a search naming the moment returns its segment with a key frame.
     for mode in ("lexical", "hybrid", "dense"):  # the moment named in the question puts its segment first
-        top = search(store, "00:00:07", k=1, mode=mode)[0]
+        top = search(store, "00:00:07", k=1, mode=mode)[0].chunk
         assert top.t_start <= 7 <= top.t_end and "00:00:07" in top.text and Path(top.keyframe).is_file(), mode
     record = store.manifest.get(str(path.resolve()))
     assert record.kind == "video" and record.duration == pytest.approx(16.0, abs=0.05)
@@ -240,7 +241,7 @@ def test_damaged_videos_fail_alone(test_data, open_kb, tmp_path):
     write_video(folder / "good.mp4", (slide(["Seekframe keeps going"], seed=n) for n in range(15)))
     store = open_kb(video_max_pixels=128 * 1024)
     report = Ingestor(store.settings, store).run([folder])
-    status = {r.path: r for r in report.results}
+    status = {r.rel: r for r in report.results}
     assert status["good.mp4"].status == "added" and status["good.mp4"].chunks == 1
     assert status["noise.mp4"].status == "failed" and "fix:" in status["noise.mp4"].errors[0]
     # Half a file: what decodes is kept, and the file is flagged with the way out.

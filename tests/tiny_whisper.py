@@ -49,26 +49,24 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:])
 
 
-def build_tiny(out_dir: str) -> tuple[Path, Path]:
-    out = Path(out_dir)
+def build_whisper(out: Path, d_model: int, layers: int, heads: int, ffn: int,
+                  generation: GenerationConfig | None = None) -> tuple[Path, Path]:
+    """A Whisper of this shape with random weights (seed 0) and the byte-level tokenizer, saved for transformers in
+    out/hf and converted by CTranslate2 (int8) into out/ct2, as a downloaded checkpoint would be."""
     hf, ct2 = out / "hf", out / "ct2"
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
     assert ids["<|startoftranscript|>"] == 50258 and ids["<|notimestamps|>"] == 50364, ids
     vocab_size = len(tok) + TIMESTAMPS  # 51866, as large-v3: CTranslate2 calls a model multilingual from its size
-    cfg = WhisperConfig(vocab_size=vocab_size, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
-                        decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=448,
+    cfg = WhisperConfig(vocab_size=vocab_size, num_mel_bins=80, d_model=d_model, encoder_layers=layers,
+                        decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                        encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, max_source_positions=1500, max_target_positions=448,
                         pad_token_id=50257, bos_token_id=50257, eos_token_id=50257,
                         decoder_start_token_id=50258, suppress_tokens=[], begin_suppress_tokens=[220, 50257])
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(cfg).eval()
-    gen = GenerationConfig(decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
-                           suppress_tokens=[], begin_suppress_tokens=[220, 50257], no_timestamps_token_id=50364,
-                           lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
-                           task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-                           is_multilingual=True, max_length=448)
-    model.generation_config = gen
+    if generation is not None:
+        model.generation_config = generation
     model.save_pretrained(hf)
     tok.save_pretrained(hf)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(hf)
@@ -77,6 +75,17 @@ def build_tiny(out_dir: str) -> tuple[Path, Path]:
     TransformersConverter(str(hf), copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(
         str(ct2), quantization="int8", force=True)
     return hf, ct2
+
+
+def build_tiny(out_dir: str) -> tuple[Path, Path]:
+    """The tests' Whisper: tiny sizes, and a generation config that lets transformers pick language and task."""
+    ids = {t: i for i, t in enumerate(SPECIALS, TEXT_TOKENS)}
+    gen = GenerationConfig(decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
+                           suppress_tokens=[], begin_suppress_tokens=[220, 50257], no_timestamps_token_id=50364,
+                           lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
+                           task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+                           is_multilingual=True, max_length=448)
+    return build_whisper(Path(out_dir), d_model=64, layers=2, heads=2, ffn=128, generation=gen)
 
 
 if __name__ == "__main__":

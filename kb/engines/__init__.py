@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import weakref
 from importlib.metadata import entry_points
 from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -24,6 +25,9 @@ class Engine(Protocol):
     device: str  # where it runs, for display ("cuda:0 (NVIDIA H100)", "http://host:8000/v1", "cpu")
     can_caption: bool  # False: the engine reads text only (no captions, no video descriptions)
     generative: bool  # False: answers are extractive, written by kb.answer without a model
+    # How it batches, which sets how much work ingest hands it per call (`batch_size_for`):
+    slots: int  # > 0: it decodes this many rows at once and refills finished ones itself (continuous batching)
+    server_batched: bool  # True: it keeps KB_CONCURRENCY requests in flight and a server batches them
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         """Answer a batch of requests, one text each, in order."""
@@ -40,11 +44,6 @@ _FACTORIES: dict[str, str | EngineFactory] = {
 }
 
 
-def register_engine(name: str, factory: str | EngineFactory) -> None:
-    """Add an engine: a callable Settings -> Engine, or its 'module:attr' path (imported on first use)."""
-    _FACTORIES[name] = factory
-
-
 def _load_plugins() -> None:
     for ep in entry_points(group="seekframe.engines"):
         _FACTORIES.setdefault(ep.name, ep.value)
@@ -59,9 +58,12 @@ def cuda_available() -> bool:
 
 
 def resolve_engine_name(settings: Settings) -> tuple[str, str]:
-    """The engine `settings.engine` means, and a sentence that says why and how to change it."""
+    """The engine `settings.engine` asks for, and a sentence that says why and how to change it.
+
+    Only `load_engine` (which may still fall back) and `kb config` (which loads nothing) ask this; everything
+    else shows `why_chosen` of the engine that was loaded."""
     if settings.engine != "auto":
-        return settings.engine, f"engine '{settings.engine}' chosen by {settings.sources.get('engine', 'settings')}"
+        return settings.engine, f"engine '{settings.engine}' chosen by {settings.origins.get('engine', 'settings')}"
     if cuda_available():
         return "transformers", ("engine auto -> 'transformers' (a CUDA GPU is present); "
                                 "set KB_ENGINE=ocr for the model-free reader or KB_ENGINE=openai for a server")
@@ -92,26 +94,38 @@ def gpu_rows(settings: Settings, free_bytes: int, kv_bytes_per_token: int) -> in
 
 def batch_size_for(settings: Settings, engine: Engine) -> int:
     """Units per engine call: enough waiting work for the engine's own batching."""
-    rows = getattr(engine, "slots", 0)  # an engine that refills its own running batch
-    if rows:
-        return rows * UNITS_PER_ROW
-    if engine.name == "openai":  # the server batches what is in flight (KB_CONCURRENCY); keep it fed
+    if engine.slots:  # it refills its own running batch from the call's requests
+        return engine.slots * UNITS_PER_ROW
+    if engine.server_batched:  # the server batches what is in flight (KB_CONCURRENCY); keep it fed
         return max(DEFAULT_BATCH, settings.concurrency * UNITS_PER_ROW)
     return settings.batch_size or DEFAULT_BATCH
 
 
+# Why each loaded engine runs, decided once by `load_engine` (weak: forgotten with the engine).
+_WHY: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
 def load_engine(settings: Settings) -> Engine:
+    """The engine the settings ask for; under `auto`, the ocr engine when the GPU model cannot load here."""
     name, why = resolve_engine_name(settings)
     log.info(why)
     try:
-        return _build(name, settings)
+        engine = _build(name, settings)
     except EngineError as err:
         if settings.engine != "auto" or name == "ocr":
             raise
         # The offline profile: `auto` picked the GPU model, but its weights cannot be had here.
-        log.warning("OFFLINE PROFILE: the %s engine could not load (%s); falling back to the ocr engine "
-                    "(RapidOCR, no captions, extractive answers). Fix: %s", name, str(err).splitlines()[0], err.fix)
-        return _build("ocr", settings)
+        why = (f"OFFLINE PROFILE: engine auto -> 'ocr': the {name} engine could not load ({err.message}); "
+               f"RapidOCR reads text, no captions, extractive answers. Fix: {err.fix}")
+        log.warning(why)
+        engine = _build("ocr", settings)
+    _WHY[engine] = why
+    return engine
+
+
+def why_chosen(engine: Engine) -> str:
+    """The sentence that says why `engine` runs and how to change it, as `load_engine` decided it."""
+    return _WHY.get(engine, f"engine '{engine.name}' given directly (not chosen by the settings)")
 
 
 def _build(name: str, settings: Settings) -> Engine:

@@ -10,6 +10,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -31,11 +32,11 @@ class Word:
     end: float
     text: str  # as Whisper spells it: English words carry their leading space, Chinese characters none
 
-    def to_json(self) -> list:
+    def to_json(self) -> list[float | str]:
         return [round(self.start, 3), round(self.end, 3), self.text]
 
     @classmethod
-    def from_json(cls, row: list) -> Word:
+    def from_json(cls, row: Sequence[Any]) -> Word:  # a row parsed from JSON
         return cls(float(row[0]), float(row[1]), str(row[2]))
 
 
@@ -47,19 +48,19 @@ class Transcript:
     language: str = ""
     language_probability: float = 0.0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"language": self.language, "p": round(self.language_probability, 3),
                 "words": [w.to_json() for w in self.words]}
 
     @classmethod
-    def from_json(cls, data: dict) -> Transcript:
+    def from_json(cls, data: dict[str, Any]) -> Transcript:  # parsed from JSON
         return cls([Word.from_json(w) for w in data.get("words", [])], data.get("language", ""),
                    float(data.get("p", 0.0)))
 
 
 def main_language(parts: list[Transcript]) -> str:
     """A file's language: the one most of its words were heard in ('' when nothing was said)."""
-    counts = Counter({})
+    counts: Counter[str] = Counter()
     for part in parts:
         if part.words and part.language:
             counts[part.language] += len(part.words)

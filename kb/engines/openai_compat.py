@@ -54,6 +54,8 @@ class OpenAIEngine:
     name = "openai"
     can_caption = True
     generative = True
+    slots = 0
+    server_batched = True
 
     def __init__(self, settings: Settings, *, retries: int = 4, backoff: float = 1.0, timeout: float = 600.0,
                  connect_timeout: float = 10.0, repetition_penalty: float | None = REPETITION_PENALTY) -> None:

@@ -1,13 +1,16 @@
 """The in-process engine: Qwen3-VL (2B/4B/8B Instruct, or a local folder) through transformers 5.x.
 
-Bulk generation is continuous batching (`generate_ids`): a running batch of `slots` rows decodes greedily, and
-rows that finish (end of turn, token cap, loop guard) are replaced by waiting requests, whose processor work is
-prepared on a CPU thread while the GPU decodes. Video frames keep their true `<t seconds>` stamps. Streaming
-answers use transformers' own `generate()` (one row, optionally a static cache).
+Prompts (pictures, video, multimodal RoPE) go through transformers' forward; decoding runs over a preallocated KV
+cache (kb/engines/kv_slab.py), whose step is recorded once per cache width as a CUDA graph on a GPU. Bulk
+generation is continuous batching (`generate_ids`): `slots` rows decode greedily, and rows that finish (end of
+turn, token cap, loop guard) are replaced in place by waiting requests, whose processor work is prepared on a CPU
+thread while the GPU decodes. Answers stream from a one-row cache. Video frames keep their true `<t seconds>`
+stamps.
 """
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 import time
 from collections import deque
@@ -15,20 +18,20 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import TextIteratorStreamer
 
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.engines import DEFAULT_BATCH, gpu_rows
 from kb.engines.guard import repeating_tail, trim_repetition
+from kb.engines.kv_slab import KvSlab, width_for
 from kb.errors import ConfigError, EngineError
 from kb.hub import hub_reachable
 from kb.types import Request, VideoClip
 
+log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # nf4 quantizes the language model only: the vision tower and the output head stay in bf16 (they are small and
 # lose the most accuracy when quantized). Names are module-path fragments of Qwen3VLForConditionalGeneration.
@@ -41,31 +44,9 @@ DECODE_CHUNK = 16
 # New rows join in groups of slots // REFILL_GROUPS: big enough for an efficient prefill, small enough that few
 # rows sit finished while they wait for company.
 REFILL_GROUPS = 8
-
-
-def grouped_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                             **kwargs):
-    """sdpa, except for one-token decoding with a padding mask: there transformers' sdpa copies every key/value head
-    once per query head sharing it (4x the KV cache per layer per step for Qwen3-VL-4B), because torch's fused
-    kernels take either a mask or grouped heads. Rows of a refilled batch always carry padding, so decoding reads
-    the cache once here, with the query heads grouped per key/value head."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if query.shape[2] != 1 or groups == 1 or attention_mask is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    batch, heads, _, dim = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
-    scale = scaling if scaling is not None else dim ** -0.5
-    scores = torch.matmul(query.view(batch, kv_heads, groups, dim), key.transpose(-1, -2)).float() * scale
-    mask = attention_mask.reshape(batch, 1, 1, length)
-    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    out = torch.matmul(scores.softmax(-1).to(value.dtype), value)  # (batch, kv_heads, groups, dim)
-    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
-
-
-GROUPED_ATTENTION = "kb_grouped_sdpa"
-AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
-AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
+# Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
+ANSWER_COLUMNS = 8192
 
 
 def resolve_device(setting: str) -> str:
@@ -90,7 +71,7 @@ def device_label(device: str) -> str:
     return device
 
 
-def nf4_config(device: str):
+def nf4_config(device: str) -> Any:
     """BitsAndBytes 4-bit settings, or a ConfigError saying what is missing."""
     if not device.startswith("cuda"):
         raise ConfigError("quant 'nf4' needs a CUDA GPU (bitsandbytes 4-bit runs on GPU only)",
@@ -100,7 +81,8 @@ def nf4_config(device: str):
                           "pip install bitsandbytes, or set KB_QUANT=none")
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                               llm_int8_skip_modules=NF4_SKIP_MODULES)
 
 
@@ -119,14 +101,14 @@ def load_error(model: str, err: Exception) -> EngineError:
                        f"to a local folder with the model; {fallback}")
 
 
-def build_messages(request: Request) -> list[dict]:
+def build_messages(request: Request) -> list[dict[str, Any]]:
     """Chat messages: system, prior turns, then the user turn with its images, video and prompt."""
     messages = []
     if request.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
     for role, text in request.history:
         messages.append({"role": role, "content": [{"type": "text", "text": text}]})
-    content: list[dict] = [{"type": "image"} for _ in request.images]
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
     if request.video is not None:
         content.append({"type": "video"})
     content.append({"type": "text", "text": request.prompt})
@@ -147,49 +129,11 @@ def even_clip(clip: VideoClip) -> VideoClip:
                      fps=clip.fps, total_frames=clip.total_frames)
 
 
-class RowStop(StoppingCriteria):
-    """Stops each batch row on its own: at its token limit, at end of turn, or when its tail loops.
-
-    Records where each row stopped, so the row's output is cut exactly there (rows that finish early are
-    padded by generate() until the whole batch is done).
-    """
-
-    def __init__(self, prompt_len: int, limits: list[int], eos_ids: list[int], ngram: int = 12, repeats: int = 4):
-        self.prompt_len = prompt_len
-        self.limits = limits
-        self.eos_ids = set(eos_ids)
-        self.ngram, self.repeats = ngram, repeats
-        self.stopped_at: list[int | None] = [None] * len(limits)
-        self.cancelled = False  # set when a stream's reader goes away: the whole batch stops at the next token
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        if self.cancelled:
-            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        generated = input_ids.shape[1] - self.prompt_len
-        span = self.ngram * self.repeats
-        # Only the generated part may loop-check: the prompt itself can repeat (table headers, frames).
-        # One device-to-host copy per step for the whole batch, not one per row.
-        tails = input_ids[:, -min(span, generated):].tolist() if generated > 0 else []
-        for row, limit in enumerate(self.limits):
-            if self.stopped_at[row] is not None or generated <= 0:
-                continue
-            tail = tails[row]
-            if generated >= limit or tail[-1] in self.eos_ids or repeating_tail(tail, self.ngram, self.repeats):
-                self.stopped_at[row] = generated
-        done = [stop is not None for stop in self.stopped_at]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    def row_ids(self, row: int, new_tokens: list[int]) -> list[int]:
-        """The tokens row `row` really generated: cut where it stopped and at its limit, end-of-turn dropped."""
-        stop = self.stopped_at[row]
-        ids = new_tokens[:stop if stop is not None else len(new_tokens)][:self.limits[row]]
-        return ids[:-1] if ids and ids[-1] in self.eos_ids else ids
-
-
 class TransformersEngine:
     name = "transformers"
     can_caption = True
     generative = True
+    server_batched = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -210,8 +154,12 @@ class TransformersEngine:
         # Measured once: free memory later depends on what the caching allocator keeps.
         self._free_after_load = torch.cuda.mem_get_info(self._device)[0] if self._device.startswith("cuda") else 0
         self.last_stats: DecodeStats | None = None
+        self._slabs: dict[str, KvSlab] = {}  # "bulk" and "answer" caches, kept with their recorded steps
+        self._first_logits: torch.Tensor | None = None  # the last prefill's logits (answers sample from them)
+        if self._device.startswith("cuda"):  # the first question must not wait for the answer path to be recorded
+            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
 
-    def _load(self, dtype: torch.dtype, quant):
+    def _load(self, dtype: torch.dtype, quant: Any) -> tuple[Any, Any]:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
         kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
@@ -223,12 +171,12 @@ class TransformersEngine:
         # so an offline machine fails in seconds instead of after minutes of retries.
         local_only = Path(self.model).exists() or not hub_reachable()
         try:
-            model = Qwen3VLForConditionalGeneration.from_pretrained(self.model, local_files_only=local_only, **kwargs)
-            processor = AutoProcessor.from_pretrained(self.model, local_files_only=local_only)
+            model: Any = Qwen3VLForConditionalGeneration.from_pretrained(
+                self.model, local_files_only=local_only, **kwargs)  # type: ignore[arg-type]
+            processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                self.model, local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise load_error(self.model, err) from err
-        # The language model only: the vision tower has no padding mask and keeps plain sdpa.
-        model.config.text_config._attn_implementation = GROUPED_ATTENTION
         return model.eval(), processor
 
     def _chat_text(self, request: Request) -> str:
@@ -237,19 +185,19 @@ class TransformersEngine:
         # only the pad into "<t seconds><vision_start>…<vision_end>" per frame pair, nesting the markers. The model
         # was trained on the flat layout (Qwen's processor replaced the whole wrapper): leave just the pad.
         p = self.processor
-        return text.replace(p.vision_start_token + p.video_token + p.vision_end_token, p.video_token)
+        return str(text).replace(p.vision_start_token + p.video_token + p.vision_end_token, p.video_token)
 
-    def build_inputs(self, requests: Sequence[Request]):
+    def build_inputs(self, requests: Sequence[Request]) -> Any:
         """Processor output for a batch (left-padded tensors on the model's device), with every key generate needs."""
         return self.cpu_inputs(requests).to(self._net.device)
 
-    def cpu_inputs(self, requests: Sequence[Request]):
+    def cpu_inputs(self, requests: Sequence[Request]) -> Any:
         """Processor output for a batch, left-padded, still on the CPU (built on a worker thread while decoding)."""
         texts = [self._chat_text(r) for r in requests]
         images = [img.convert("RGB") for r in requests for img in r.images]
         clips = [even_clip(r.video) for r in requests if r.video is not None]
         s = self.settings
-        kwargs: dict = {"images_kwargs": {"size": {"shortest_edge": s.image_min_pixels,
+        kwargs: dict[str, Any] = {"images_kwargs": {"size": {"shortest_edge": s.image_min_pixels,
                                                    "longest_edge": s.image_max_pixels}}}
         if clips:
             from transformers.video_utils import VideoMetadata
@@ -268,20 +216,6 @@ class TransformersEngine:
                                 padding=True, return_tensors="pt", **kwargs)
         return inputs
 
-    def _generate_kwargs(self, requests: Sequence[Request]) -> tuple[dict, RowStop]:
-        inputs = self.build_inputs(requests)
-        limits = [r.max_new_tokens for r in requests]
-        stop = RowStop(inputs["input_ids"].shape[1], limits, self.eos_ids)
-        # Greedy: OCR must be reproducible. No repetition_penalty: it corrupts tables (| and - must repeat).
-        kwargs = dict(**inputs, max_new_tokens=max(limits), do_sample=False, temperature=None, top_p=None,
-                      top_k=None, stopping_criteria=StoppingCriteriaList([stop]),
-                      pad_token_id=self.tokenizer.pad_token_id)
-        if self.settings.generation_cache == "static" and self._device != "cpu":
-            kwargs["cache_implementation"] = "static"
-        if len(requests) == 1 and requests[0].temperature > 0:  # an answer with the user's sampling settings
-            kwargs.update(do_sample=True, temperature=requests[0].temperature, top_p=requests[0].top_p)
-        return kwargs, stop
-
     @property
     def slots(self) -> int:
         """Rows decoded at once: KB_BATCH_SIZE, or on a GPU what its free memory held after loading, else 8."""
@@ -293,7 +227,44 @@ class TransformersEngine:
         """Bytes of KV cache one token of one row takes (keys and values of every layer)."""
         text = self._net.config.text_config
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * self._net.dtype.itemsize
+        return int(2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * self._net.dtype.itemsize)
+
+    def columns_bound(self, request: Request) -> int:
+        """Cache columns a request can take at most: its text, its pictures at their pixel budget, its token cap."""
+        s = self.settings
+        words = " ".join([request.system, request.prompt, *(text for _, text in request.history)])
+        columns = len(self.tokenizer(words)["input_ids"]) + TEMPLATE_TOKENS + request.max_new_tokens + DECODE_CHUNK
+        columns += len(request.images) * (s.image_max_pixels // VISUAL_TOKEN_PIXELS)
+        if request.video is not None:  # per frame, with its time stamp: an upper bound (frames are paired)
+            columns += (len(request.video.frames) + 1) * (s.video_max_pixels // VISUAL_TOKEN_PIXELS + 16)
+        return columns
+
+    def _slab(self, kind: str, rows: int, columns: int) -> KvSlab:
+        """The slab for bulk decoding or for answers, kept between calls (its recorded steps with it); made anew
+        when the rows, the columns needed or the stopping rules changed. Called with no row live."""
+        config = self._net.generation_config
+        min_new = int(getattr(config, "min_new_tokens", 0) or 0)
+        banned = tuple(getattr(config, "suppress_tokens", None) or ())
+        rules = (rows, tuple(self.eos_ids), min_new, banned)
+        slab = self._slabs.get(kind)
+        if slab is not None and slab.rules == rules and slab.fits(columns):
+            return slab
+        if slab is not None:
+            length = max(columns, slab.length)
+            del self._slabs[kind], slab
+            if self._device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        else:
+            length = columns
+        banned_mask = None
+        if banned:
+            banned_mask = torch.zeros(self._net.lm_head.weight.shape[0], dtype=torch.bool, device=self._net.device)
+            banned_mask[torch.tensor(banned, device=self._net.device)] = True
+        slab = KvSlab(self._net, rows, length, banned=banned_mask, eos=self.eos_ids, min_new=min_new,
+                      graphs=self._device.startswith("cuda"))
+        slab.rules = rules
+        self._slabs[kind] = slab
+        return slab
 
     def generate_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         """Generated token ids per request, in order: continuous batching over `slots` rows (see `_Refill`)."""
@@ -301,7 +272,8 @@ class TransformersEngine:
             return []
         try:
             with self._lock, torch.inference_mode():
-                run = _Refill(self, requests)
+                slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
+                run = _Refill(self, requests, slab)
                 ids = run.run()
         except torch.cuda.OutOfMemoryError as err:
             raise EngineError(f"GPU out of memory while decoding {self.slots} rows at once",
@@ -323,7 +295,27 @@ class TransformersEngine:
         widths = mask.sum(-1)
         # The first generated token sits right after the prompt, in the prompt's own RoPE frame.
         next_pos = widths + deltas[:, 0].to(widths.dtype)
-        return _Prepared(inputs, positions, next_pos, widths.tolist())
+        return _Prepared(inputs, positions, next_pos, widths.tolist(), requests=list(requests))
+
+    def prefill(self, prepared: _Prepared, slab: KvSlab, slots: list[int]) -> list[int]:
+        """Run a group's prompts through the model (vision tower included) and load their cache into `slots` of
+        the slab; the first token of each row (greedy), which the slab feeds next."""
+        inputs = {k: v.to(self._net.device) for k, v in prepared.inputs.items()}
+        out = self._net(**inputs, position_ids=prepared.positions.to(self._net.device), use_cache=True,
+                        logits_to_keep=1)
+        logits = out.logits[:, -1]
+        if slab.banned is not None:
+            logits = logits.masked_fill(slab.banned[None], float("-inf"))
+        if slab.min_new:
+            logits = logits.masked_fill(slab.eos_mask[None], float("-inf"))
+        first = logits.argmax(-1)
+        for width, request in zip(prepared.widths, prepared.requests):
+            if width + request.max_new_tokens + DECODE_CHUNK > slab.length:  # columns_bound was too low
+                raise EngineError(f"a prompt of {width} tokens does not fit the {slab.length}-column cache",
+                                  "lower KB_IMAGE_MAX_PIXELS or KB_VIDEO_MAX_PIXELS, or report this as a bug")
+        slab.load(slots, out.past_key_values, prepared.widths, first, prepared.next_pos.to(self._net.device))
+        self._first_logits = out.logits[:, -1]
+        return [int(t) for t in first.tolist()]
 
     def decode(self, ids: list[int]) -> str:
         return trim_repetition(self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -332,44 +324,95 @@ class TransformersEngine:
         return [self.decode(ids) for ids in self.generate_ids(requests)]
 
     def warm_up(self) -> float:
-        """Generate a short answer once, so the first user does not wait for it: with KB_GENERATION_CACHE=static this
-        compiles the decode step (1-2.5 min on a GPU). Seconds it took."""
+        """Generate a short answer once, so the first user does not wait for it, and on a GPU record the answer
+        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes). Seconds.
+        A GPU engine starts this by itself when it is loaded (the app loads it at start)."""
         started = time.perf_counter()
-        for _ in self.stream(Request(task="answer", prompt="Say hello.", max_new_tokens=8)):
-            pass
+        self._stream_thread.submit(self._warm_answers).result()
         return time.perf_counter() - started
 
+    def _warm_answers(self) -> None:
+        """On the stream thread, which runs every answer."""
+        with self._lock, torch.inference_mode():
+            for _ in self._answer_tokens(Request(task="answer", prompt="Say hello.", max_new_tokens=8),
+                                         threading.Event()):
+                pass
+            self._slab("answer", 1, ANSWER_COLUMNS).record_all(ANSWER_COLUMNS)
+
     def stream(self, request: Request) -> Iterator[str]:
-        kwargs, stop = self._generate_kwargs([request])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        """An answer's text piece by piece, generated on the engine's stream thread over a one-row slab."""
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        cancelled = threading.Event()
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
                 with self._lock, torch.inference_mode():
-                    self._net.generate(**kwargs, streamer=streamer)
+                    for token in self._answer_tokens(request, cancelled):
+                        streamer.put(torch.tensor([token]))  # type: ignore[no-untyped-call]
             except Exception as err:  # noqa: BLE001 - any failure is re-raised in the caller's thread below
                 errors.append(err)
-                streamer.end()
+            finally:
+                streamer.end()  # type: ignore[no-untyped-call]
 
         worker = self._stream_thread.submit(run)
         try:
             yield from (piece for piece in streamer if piece)
         finally:  # also when the reader stops early: end generation instead of running to the token limit
-            stop.cancelled = True
+            cancelled.set()
             worker.result()
         if errors:
             raise EngineError(f"generation failed: {errors[0]}",
                               "see the log; lower KB_IMAGE_MAX_PIXELS if the GPU ran out of memory") from errors[0]
 
+    def _answer_tokens(self, request: Request, cancelled: threading.Event) -> Iterator[int]:
+        """The tokens of one answer as they are made: greedy, or sampled with the request's temperature/top_p."""
+        slab = self._slab("answer", 1, max(ANSWER_COLUMNS, self.columns_bound(request)))
+        prepared = self.prepare([request])
+        row = _Row(index=0, limit=request.max_new_tokens, width=prepared.widths[0])
+        token = self.prefill(prepared, slab, [0])[0]
+        if request.temperature > 0:
+            token = self._sample(slab, self._first_logits, request)
+        while not cancelled.is_set():
+            kept = len(row.tokens)
+            accept(row, [token], self.eos_ids, slab.min_new)
+            yield from row.tokens[kept:]
+            if row.done:
+                return
+            picked = slab.step(width_for(row.width + 1, slab.length))
+            row.width += 1
+            token = self._sample(slab, slab.logits, request) if request.temperature > 0 else int(picked.item())
+
+    @staticmethod
+    def _sample(slab: KvSlab, logits: torch.Tensor | None, request: Request) -> int:
+        """A token drawn from the top_p share of the distribution at the request's temperature; fed next."""
+        assert logits is not None
+        scores = logits[-1:].float() / request.temperature
+        if slab.banned is not None:
+            scores = scores.masked_fill(slab.banned[None], float("-inf"))
+        probs = scores.softmax(-1)
+        if request.top_p < 1:
+            ordered, order = probs.sort(-1, descending=True)
+            outside = ordered.cumsum(-1) - ordered > request.top_p  # keep the smallest head holding top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        token = torch.multinomial(probs, 1)[:, 0]
+        slab.tokens.copy_(token)
+        return int(token.item())
+
+
+def _log_failed_warm_up(done: Future[None]) -> None:
+    if done.exception() is not None:
+        log.warning("warming up the answer path failed (the first answer will try again): %s", done.exception())
+
 
 @dataclass
 class _Prepared:
-    inputs: dict
+    inputs: Any
     positions: torch.Tensor  # (3, rows, prompt length): the prompt's multimodal RoPE positions
     next_pos: torch.Tensor  # (rows,): RoPE position of each row's first generated token
     widths: list[int]  # real (unpadded) prompt tokens per row
     indices: list[int] = field(default_factory=list)  # which requests of the call these rows are
+    requests: list[Request] = field(default_factory=list)
 
 
 @dataclass
@@ -386,7 +429,7 @@ class DecodeStats:
 
     @property
     def padding_share(self) -> float:
-        """Share of computed row-steps that produced nothing kept (finished rows still in the batch)."""
+        """Share of computed row-steps that produced nothing kept (finished rows or empty slots in the batch)."""
         return 1.0 - self.tokens / self.row_steps if self.row_steps else 0.0
 
 
@@ -394,49 +437,50 @@ class DecodeStats:
 class _Row:
     index: int  # position in the call's requests
     limit: int
-    width: int  # cache columns this row fills (prompt + tokens fed back), counted from the right
+    width: int  # cache columns this row fills (prompt + tokens fed back)
     tokens: list[int] = field(default_factory=list)
     done: bool = False
 
 
-class _Refill:
-    """Continuous batching for one `generate_ids` call.
+def accept(row: _Row, new: list[int], eos: list[int], min_new: int) -> None:
+    """Add a row's new tokens up to where it stops: end of turn (dropped), its cap, or a loop (kept)."""
+    for token in new:
+        if token in eos and len(row.tokens) >= min_new:
+            row.done = True
+            return
+        row.tokens.append(token)
+        if len(row.tokens) >= row.limit or repeating_tail(row.tokens):
+            row.done = True
+            return
 
-    The running batch is a left-padded DynamicCache: every row's content is the last `width` columns. Decoding runs
-    in chunks of at most DECODE_CHUNK steps with no host sync inside; after each chunk the tokens come back in one
-    copy, rows stop at end of turn, their token cap or a loop (kept exactly to the same tokens a lone run gives), and
-    finished rows are cut out of the cache while prepared groups of waiting requests are prefilled and spliced in
-    (their padding trimmed to the widest row). Greedy: the same request gives the same ids alone or in any batch.
+
+class _Refill:
+    """Continuous batching for one `generate_ids` call over the engine's slab.
+
+    Each slot of the slab holds one row. Decoding runs in chunks of at most DECODE_CHUNK steps with no host sync
+    inside (recorded steps on a GPU); after each chunk the tokens come back in one copy, rows stop at end of turn,
+    their token cap or a loop (kept exactly to the same tokens a lone run gives), and the slots of finished rows
+    take prepared groups of waiting requests, prefilled and copied in. Greedy: the same request gives the same ids
+    alone or in any batch.
     """
 
-    def __init__(self, engine: TransformersEngine, requests: Sequence[Request]) -> None:
-        self.engine, self.net, self.requests = engine, engine._net, requests
-        self.device = engine._net.device
-        self.slots = max(1, engine.slots)
-        self.group = max(1, self.slots // REFILL_GROUPS)
-        self.eos = torch.tensor(engine.eos_ids, device=self.device)
-        config = self.net.generation_config
-        self.min_new = int(getattr(config, "min_new_tokens", 0) or 0)
-        suppress = list(getattr(config, "suppress_tokens", None) or [])
-        self.suppress = torch.tensor(suppress, device=self.device) if suppress else None
+    def __init__(self, engine: TransformersEngine, requests: Sequence[Request], slab: KvSlab) -> None:
+        self.engine, self.requests, self.slab = engine, requests, slab
+        self.group = max(1, slab.rows // REFILL_GROUPS)
         self.stats = DecodeStats(requests=len(requests))
         self.results: list[list[int] | None] = [None] * len(requests)
-        self.rows: list[_Row] = []
-        self.cache = None
-        self.mask = self.pos = self.last = self.count = None
+        self.slots: list[_Row | None] = [None] * slab.rows
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-processor")
         self.waiting: deque[int] = deque(range(len(requests)))
-        self.prepared: deque[Future] = deque()
+        self.prepared: deque[tuple[list[int], Future[_Prepared]]] = deque()
 
     # ---- CPU side: processor work prepared ahead ------------------------------------------------------
     def _prepare_ahead(self, rows_wanted: int) -> None:
         """Keep enough groups in preparation to fill `rows_wanted` free rows plus one group more."""
-        queued = sum(len(f.indices) for f in self.prepared)
+        queued = sum(len(indices) for indices, _ in self.prepared)
         while self.waiting and queued < rows_wanted + self.group:
             take = [self.waiting.popleft() for _ in range(min(self.group, len(self.waiting)))]
-            future = self.pool.submit(self._prepare, take)
-            future.indices = take
-            self.prepared.append(future)
+            self.prepared.append((take, self.pool.submit(self._prepare, take)))
             queued += len(take)
 
     def _prepare(self, indices: list[int]) -> _Prepared:
@@ -445,148 +489,79 @@ class _Refill:
         return prepared
 
     # ---- the loop -----------------------------------------------------------------------------------------
+    def live(self) -> list[_Row]:
+        return [r for r in self.slots if r is not None and not r.done]
+
     def run(self) -> list[list[int]]:
         try:
-            self._prepare_ahead(self.slots)
-            while self.rows or self.prepared:
+            self._prepare_ahead(self.slab.rows)
+            while self.live() or self.prepared:
                 self._refill()
-                if self.rows:
+                if self.live():
                     self._decode_chunk()
-                    self._drop_finished()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
         return [ids or [] for ids in self.results]
 
     def _refill(self) -> None:
-        live = sum(not r.done for r in self.rows)
-        free = self.slots - live
-        groups: list[_Prepared] = []
-        while self.prepared and len(self.prepared[0].indices) <= free:
+        free = [n for n, r in enumerate(self.slots) if r is None or r.done]
+        groups: list[tuple[_Prepared, list[int]]] = []
+        while self.prepared and len(self.prepared[0][0]) <= len(free):
             # A due refill waits for the processor thread (normally a group ahead, so no wait): the batch a request
             # lands in then never depends on timing, and time spent waiting shows in stats.wait_s.
             started = time.perf_counter()
-            groups.append(self.prepared.popleft().result())
+            prepared = self.prepared.popleft()[1].result()
             self.stats.wait_s += time.perf_counter() - started
-            free -= len(groups[-1].indices)
-            self._prepare_ahead(free)
+            taken, free = free[:len(prepared.indices)], free[len(prepared.indices):]
+            groups.append((prepared, taken))
+            self._prepare_ahead(len(free))
         if groups:
             started = time.perf_counter()
-            for prepared in groups:
-                self._splice(*self._prefill(prepared))
+            for prepared, taken in groups:
+                self._load(prepared, taken)
             self.stats.refills += 1
             self.stats.prefill_s += time.perf_counter() - started
 
-    def _prefill(self, prepared: _Prepared):
-        inputs = {k: v.to(self.device) for k, v in prepared.inputs.items()}
-        out = self.net(**inputs, position_ids=prepared.positions.to(self.device), use_cache=True, logits_to_keep=1)
-        count = torch.zeros(len(prepared.indices), dtype=torch.long, device=self.device)
-        first = self._pick(out.logits[:, -1], count)
-        rows = [_Row(index=i, limit=self.requests[i].max_new_tokens, width=w)
-                for i, w in zip(prepared.indices, prepared.widths)]
-        self.stats.row_steps += len(rows)
-        # The first token comes back at once (one small copy per group): rows capped at one token end here.
-        for row, token in zip(rows, first.tolist()):
-            self._accept(row, [token])
-        return rows, out.past_key_values, inputs["attention_mask"], prepared.next_pos.to(self.device), first, count + 1
-
-    def _pick(self, logits: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """Greedy choice, honouring the generation config's suppressed tokens and minimum length."""
-        if self.suppress is not None:
-            logits[:, self.suppress] = float("-inf")
-        if self.min_new:
-            young = (count < self.min_new)[:, None] & torch.isin(torch.arange(logits.shape[-1], device=logits.device),
-                                                                 self.eos)[None]
-            logits = logits.masked_fill(young, float("-inf"))
-        return logits.argmax(-1)
+    def _load(self, prepared: _Prepared, taken: list[int]) -> None:
+        first = self.engine.prefill(prepared, self.slab, taken)
+        self.stats.row_steps += len(taken)
+        for slot, index, width, token in zip(taken, prepared.indices, prepared.widths, first):
+            row = _Row(index=index, limit=self.requests[index].max_new_tokens, width=width)
+            self.slots[slot] = row
+            self._accept(row, [token])  # rows capped at one token end here
 
     def _decode_chunk(self) -> None:
-        live = [r for r in self.rows if not r.done]
-        if not live:
-            return
+        live = self.live()
+        # In the tail of the run (nothing left to join) the live rows move to the first slots and only those are
+        # stepped: finished rows stop costing a step each.
+        rows = self._compact(len(live)) if not self.prepared and not self.waiting else self.slab.rows
         steps = min(DECODE_CHUNK, min(r.limit - len(r.tokens) for r in live))
-        produced = []
-        batch = len(self.rows)
-        ones = torch.ones(batch, 1, dtype=self.mask.dtype, device=self.device)
-        for _ in range(steps):
-            self.mask = torch.cat([self.mask, ones], dim=1)
-            out = self.net(input_ids=self.last[:, None], attention_mask=self.mask,
-                           position_ids=self.pos.view(1, -1, 1).expand(3, -1, -1), past_key_values=self.cache,
-                           use_cache=True, logits_to_keep=1)
-            self.last = self._pick(out.logits[:, -1], self.count)
-            self.pos, self.count = self.pos + 1, self.count + 1
-            produced.append(self.last)
-        for row in self.rows:
+        width = width_for(max(r.width for r in live) + steps, self.slab.length)
+        produced = [self.slab.step(width, rows)[:rows].clone() for _ in range(steps)]
+        for row in live:
             row.width += steps
         self.stats.steps += steps
-        self.stats.row_steps += batch * steps
-        for row, new in zip(self.rows, torch.stack(produced, dim=1).tolist()):
-            if not row.done:
-                self._accept(row, new)
+        self.stats.row_steps += rows * steps
+        for slot, new in zip(self.slots, torch.stack(produced, dim=1).tolist()):
+            if slot is not None and not slot.done:
+                self._accept(slot, new)
+
+    def _compact(self, live: int) -> int:
+        """Move the live rows into the first `rows` slots, `rows` the slab's rows halved while they hold them all."""
+        rows = self.slab.rows
+        while rows % 2 == 0 and rows // 2 >= live:
+            rows //= 2
+        free = [n for n in range(rows) if self.slots[n] is None or self.slots[n].done]  # type: ignore[union-attr]
+        for source in range(rows, self.slab.rows):
+            row = self.slots[source]
+            if row is not None and not row.done:
+                target = free.pop()
+                self.slab.move(source, target, row.width)
+                self.slots[target], self.slots[source] = row, None
+        return rows
 
     def _accept(self, row: _Row, new: list[int]) -> None:
-        """Add a row's new tokens up to where it stops: end of turn (dropped), its cap, or a loop (kept)."""
-        eos = self.engine.eos_ids
-        for token in new:
-            if token in eos and len(row.tokens) >= self.min_new:
-                row.done = True
-                break
-            row.tokens.append(token)
-            if len(row.tokens) >= row.limit or repeating_tail(row.tokens):
-                row.done = True
-                break
+        accept(row, new, self.engine.eos_ids, self.slab.min_new)
         if row.done:
             self.results[row.index] = row.tokens
             self.stats.tokens += len(row.tokens)
-
-    # ---- the cache: cut finished rows, splice new ones --------------------------------------------------------
-    def _drop_finished(self) -> None:
-        """Cut finished rows out now when no refill will (no work left): the batch shrinks instead of idling."""
-        keep = [n for n, r in enumerate(self.rows) if not r.done]
-        if len(keep) == len(self.rows) or (keep and self.prepared):
-            return  # the next refill splices new rows in and drops the finished ones in the same copy
-        if not keep:
-            self.rows, self.cache = [], None
-            return
-        self._reshape([(self.rows, self.cache, self.mask, keep)], [self.pos, self.last, self.count], keep)
-
-    def _splice(self, rows, cache, mask, pos, last, count) -> None:
-        if self.cache is None or not self.rows:
-            self._reshape([(rows, cache, mask, None)], None, None, new=(rows, pos, last, count))
-            return
-        keep = [n for n, r in enumerate(self.rows) if not r.done]
-        self._reshape([(self.rows, self.cache, self.mask, keep), (rows, cache, mask, None)],
-                      [self.pos, self.last, self.count], keep, new=(rows, pos, last, count))
-
-    def _reshape(self, parts, state, keep, new=None) -> None:
-        """One cache of the given parts' rows, right-aligned, trimmed to the widest row (one copy per layer)."""
-        picked = []
-        for rows, cache, mask, index in parts:
-            chosen = rows if index is None else [rows[n] for n in index]
-            picked.append((chosen, cache, mask, None if index is None else torch.tensor(index, device=self.device)))
-        width = max(r.width for chosen, *_ in picked for r in chosen)
-
-        def fit(tensor: torch.Tensor, index, seq_dim: int) -> torch.Tensor:
-            if index is not None:
-                tensor = tensor.index_select(0, index)
-            length = tensor.shape[seq_dim]
-            if length >= width:
-                return tensor.narrow(seq_dim, length - width, width)
-            pad = [0, 0] * (tensor.dim() - 1 - seq_dim) + [width - length, 0]
-            return F.pad(tensor, pad)
-
-        target = picked[0][1]
-        for n, layer in enumerate(target.layers):
-            keys = [fit(c.layers[n].keys, i, 2) for _, c, _, i in picked]
-            values = [fit(c.layers[n].values, i, 2) for _, c, _, i in picked]
-            layer.keys = keys[0] if len(keys) == 1 else torch.cat(keys)
-            layer.values = values[0] if len(values) == 1 else torch.cat(values)
-        self.mask = torch.cat([fit(m, i, 1) for _, _, m, i in picked])
-        self.cache = target
-        tensors = []
-        if state is not None:
-            index = torch.tensor(keep, device=self.device)
-            tensors.append([t.index_select(0, index) for t in state])
-        if new is not None:
-            tensors.append(list(new[1:]))
-        self.pos, self.last, self.count = (torch.cat(ts) for ts in zip(*tensors))
-        self.rows = [r for chosen, *_ in picked for r in chosen]

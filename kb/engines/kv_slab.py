@@ -1,0 +1,276 @@
+"""A preallocated KV cache ("slab") for Qwen3-VL's language model, and a decode step over it that can be captured
+as a CUDA graph.
+
+Why: transformers' forward is launch-bound when decoding (about 1 000 small kernels per step, 50-60 ms a step on
+an H200 whatever the batch), and its static cache compiles per batch shape and cannot take rows that join
+mid-decode. Here every row of the slab holds its own tokens at columns [0, length of the row); a step writes each
+row's new key/value at that row's own length, so rows that finished are refilled in place (continuous batching)
+without reshaping anything, and the step has fixed shapes: on a GPU it is recorded once per attention width
+(a multiple of WIDTH_STEP) and replayed, with no host sync inside. On a CPU the same step runs eagerly.
+
+Decoding only: the prompt (images, video, multimodal RoPE) goes through the model's own forward, and its cache is
+copied into the slab. Generated tokens are text, whose three RoPE positions are equal, so plain RoPE is exact.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Attention reads the first `width` columns of every row, width a multiple of this: a few recorded steps cover all
+# lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
+WIDTH_STEP = 256
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class KvSlab:
+    """`rows` rows of keys and values for every layer, `length` columns each, plus the decode state of each row:
+    the token to feed next, its RoPE position, the row's length (its next free column) and tokens generated.
+
+    Greedy picks honour `banned` (tokens never generated) and `eos` before `min_new` tokens.
+    """
+
+    def __init__(self, net: Any, rows: int, length: int, *, banned: torch.Tensor | None, eos: list[int],
+                 min_new: int, graphs: bool, compiled: bool = True) -> None:
+        text = net.config.text_config
+        self.lm = net.model.language_model
+        self.lm_head = net.lm_head
+        self.rows = rows
+        self.length = _round_up(length, WIDTH_STEP)
+        self.kv_heads = text.num_key_value_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        device, dtype = net.lm_head.weight.device, net.lm_head.weight.dtype
+        self.device, self.dtype = device, dtype
+        shape = (rows, self.kv_heads, self.length, self.head_dim)
+        # Zeros, not empty: masked columns still meet the values (0 x NaN would poison a row).
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.lm.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.lm.layers]
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.pos = torch.zeros(rows, dtype=torch.long, device=device)
+        self.lens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.count = torch.zeros(rows, dtype=torch.long, device=device)
+        self.row_index = torch.arange(rows, device=device)
+        self.columns = torch.arange(self.length, device=device)
+        vocab = net.lm_head.weight.shape[0]
+        self.banned = banned
+        self.eos_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+        if eos:
+            self.eos_mask[torch.tensor(eos, device=device)] = True
+        self.min_new = min_new
+        self.rules: tuple[Any, ...] = ()  # what the owner made it for (rows, stopping rules): remade when they change
+        self.graphs_on = graphs and device.type == "cuda"
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (rows stepped, width)
+        self._pool: Any = None
+        self._logits: dict[tuple[int, int], torch.Tensor] = {}  # each recorded step's logits buffer
+        self.logits: torch.Tensor | None = None  # the last step's logits (rows, vocab), for sampling
+        self.eps = float(text.rms_norm_eps)
+        self._weights = plain_weights(self.lm)
+        # On a GPU the two halves of a layer are compiled (fused elementwise kernels: a recorded step is otherwise
+        # ~2 000 small kernels, whose launch gaps cost more than the weights' reading at one row). Sizes are
+        # symbolic, so one compiled copy serves every layer, row count and width.
+        self._compiled: tuple[Any, Any] | None = None
+        if self.graphs_on and compiled and self._weights is not None:
+            self._compiled = (torch.compile(layer_in, dynamic=True), torch.compile(layer_out, dynamic=True))
+
+    @property
+    def bytes(self) -> int:
+        return 2 * len(self.keys) * self.keys[0].numel() * self.keys[0].element_size()
+
+    def fits(self, columns: int) -> bool:
+        return columns <= self.length
+
+    # ---- rows in and out ----------------------------------------------------------------------------------------
+    def load(self, slots: list[int], cache: Any, widths: list[int], first: torch.Tensor, next_pos: torch.Tensor
+             ) -> None:
+        """Copy a prefilled group into `slots`: each row's last `width` cache columns (the group is left-padded)
+        go to columns [0, width); the row then feeds `first` at RoPE position `next_pos`."""
+        for n, layer in enumerate(cache.layers):
+            group_width = layer.keys.shape[2]
+            for row, (slot, width) in enumerate(zip(slots, widths)):
+                self.keys[n][slot, :, :width] = layer.keys[row, :, group_width - width:]
+                self.values[n][slot, :, :width] = layer.values[row, :, group_width - width:]
+        index = torch.tensor(slots, device=self.device)
+        self.tokens[index] = first
+        self.pos[index] = next_pos
+        self.lens[index] = torch.tensor(widths, device=self.device)
+        self.count[index] = 1
+
+    def move(self, source: int, target: int, width: int) -> None:
+        """Move a row's first `width` columns and its state to another slot (compacting the rows before the tail
+        of a run, so fewer rows are stepped)."""
+        for keys, values in zip(self.keys, self.values):
+            keys[target, :, :width] = keys[source, :, :width]
+            values[target, :, :width] = values[source, :, :width]
+        for state in (self.tokens, self.pos, self.lens, self.count):
+            state[target] = state[source]
+
+    # ---- the step -----------------------------------------------------------------------------------------------
+    def step(self, width: int, rows: int = 0) -> torch.Tensor:
+        """One decode step of the first `rows` rows (all when 0) over the first `width` columns (a multiple of
+        WIDTH_STEP, at least the longest live row + 1); returns the picked tokens of all rows (also kept as the next
+        input). Replays the recorded step on a GPU, recording it the first time this shape is used."""
+        rows = rows or self.rows
+        if not self.graphs_on:
+            self._forward(width, rows)
+            return self.tokens
+        graph = self._graphs.get((rows, width))
+        if graph is None:
+            graph = self._record(width, rows)
+        graph.replay()
+        self.logits = self._logits[(rows, width)]
+        return self.tokens
+
+    def _record(self, width: int, rows: int) -> torch.cuda.CUDAGraph:
+        # Warm-up runs change the state; it is put back before recording (recording itself computes nothing).
+        saved = [t.clone() for t in (self.tokens, self.pos, self.lens, self.count)]
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            try:
+                for _ in range(2):
+                    self._forward(width, rows)
+            except Exception as err:  # noqa: BLE001 - the compiler failed: the same step uncompiled
+                if self._compiled is None:
+                    raise
+                log.warning("compiling the decode step failed, it runs uncompiled: %s", err)
+                self._compiled = None
+                for _ in range(2):
+                    self._forward(width, rows)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for tensor, value in zip((self.tokens, self.pos, self.lens, self.count), saved):
+            tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._forward(width, rows)
+        assert self.logits is not None
+        self._graphs[(rows, width)], self._logits[(rows, width)] = graph, self.logits
+        return graph
+
+    def record_all(self, up_to: int, rows: int = 0) -> int:
+        """Record the step of the first `rows` rows (all when 0) for every width up to `up_to` columns ahead of
+        use (the app's warm-up); steps recorded in all."""
+        if not self.graphs_on:
+            return 0
+        rows = rows or self.rows
+        for width in range(WIDTH_STEP, min(up_to, self.length) + 1, WIDTH_STEP):
+            if (rows, width) not in self._graphs:
+                self._record(width, rows)
+        return len(self._graphs)
+
+    def _forward(self, width: int, rows: int) -> None:
+        lm = self.lm
+        tokens, pos, lens, count = (t[:rows] for t in (self.tokens, self.pos, self.lens, self.count))
+        hidden = lm.embed_tokens(tokens)[:, None]  # (rows, 1, hidden)
+        cos, sin = lm.rotary_emb(hidden, pos.view(1, rows, 1).expand(3, rows, 1))
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim): broadcast over heads
+        write = lens.clamp(max=self.length - 1)  # finished rows keep stepping until refilled: stay inside
+        visible = (self.columns[:width][None] <= write[:, None])[:, None, None]  # (rows, 1, 1, width)
+        into, out_of = (self._compiled if self.graphs_on and self._compiled else (layer_in, layer_out))
+        for n, layer in enumerate(lm.layers):
+            attn = layer.self_attn
+            weights = self._weights[n] if self._weights else _module_weights(layer)
+            query, key, value = into(hidden, cos[:, 0], sin[:, 0], self.eps, self.head_dim, *weights[:6])
+            keys, values = self.keys[n][:rows], self.values[n][:rows]
+            keys[self.row_index[:rows], :, write] = key
+            values[self.row_index[:rows], :, write] = value
+            # One query token per row, its query heads grouped per key/value head as the "query length": the fused
+            # attention reads the cache once and takes the mask (torch's kernels take a mask or grouped heads).
+            heads = query.shape[1]
+            grouped = query.view(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                grouped, keys[:, :, :width], values[:, :, :width], attn_mask=visible, scale=attn.scaling)
+            if self._weights:
+                hidden = out_of(hidden, out.reshape(rows, 1, heads * self.head_dim), self.eps, *weights[6:])
+            else:  # a quantized or otherwise special layer: its own modules
+                hidden = hidden + attn.o_proj(out.reshape(rows, 1, heads * self.head_dim))
+                hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
+        logits = self.lm_head(_rms_norm(lm.norm, hidden)[:, 0])
+        self.logits = logits
+        if self.banned is not None:
+            logits = logits.masked_fill(self.banned[None], float("-inf"))
+        if self.min_new:
+            logits = logits.masked_fill((count < self.min_new)[:, None] & self.eos_mask[None], float("-inf"))
+        tokens.copy_(logits.argmax(-1))
+        pos.add_(1)
+        lens.add_(1)
+        count.add_(1)
+
+
+def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    return rms(x, norm.weight, norm.variance_epsilon)
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The model's RMSNorm: computed in float32 and cast back before the weight, as the model does."""
+    return torch.mul(weight, torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype))
+
+
+def _module_weights(layer: Any) -> tuple[Any, ...]:
+    """`layer_in`'s arguments for a layer that is not plain: its projections as modules (linear() below)."""
+    attn = layer.self_attn
+    return (layer.input_layernorm.weight, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm.weight,
+            attn.k_norm.weight)
+
+
+def _linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight) if isinstance(weight, torch.Tensor) else weight(x)
+
+
+def layer_in(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int,
+             norm: torch.Tensor, q_proj: torch.Tensor, k_proj: torch.Tensor, v_proj: torch.Tensor,
+             q_norm: torch.Tensor, k_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decoder layer up to attention, for one token per row: the turned query and key, and the value.
+    A plain function of tensors, so one compiled copy serves every layer."""
+    rows = hidden.shape[0]
+    x = rms(hidden, norm, eps)
+    query = rms(_linear(x, q_proj).view(rows, -1, head_dim), q_norm, eps)
+    key = rms(_linear(x, k_proj).view(rows, -1, head_dim), k_norm, eps)
+    value = _linear(x, v_proj).view(rows, -1, head_dim)
+    heads = query.shape[1]
+    turned = torch.cat((query, key), dim=1)  # queries and keys turn together
+    turned = turned * cos + rotate_half(turned) * sin
+    return turned[:, :heads], turned[:, heads:], value
+
+
+def layer_out(hidden: torch.Tensor, attended: torch.Tensor, eps: float, o_proj: torch.Tensor, norm: torch.Tensor,
+              gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """A decoder layer after attention: output projection, residual, the SiLU-gated MLP, residual."""
+    linear = torch.nn.functional.linear
+    hidden = hidden + linear(attended, o_proj)
+    x = rms(hidden, norm, eps)
+    return hidden + linear(torch.nn.functional.silu(linear(x, gate)) * linear(x, up), down)
+
+
+def plain_weights(lm: Any) -> list[tuple[torch.Tensor, ...]] | None:
+    """Each layer's weights in `layer_in`/`layer_out` order, or None when a layer is not plain (a quantized or
+    biased projection, another activation): then the slab steps through the model's own modules."""
+    weights: list[tuple[torch.Tensor, ...]] = []
+    for layer in lm.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not torch.nn.Linear or m.bias is not None for m in linears) or \
+                type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            return None
+        weights.append((layer.input_layernorm.weight, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
+                        attn.q_norm.weight, attn.k_norm.weight, attn.o_proj.weight,
+                        layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
+                        mlp.down_proj.weight))
+    return weights
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def width_for(columns: int, length: int) -> int:
+    """The recorded width that covers `columns` columns."""
+    return min(_round_up(max(1, columns), WIDTH_STEP), length)
