@@ -385,10 +385,23 @@ LONGDOC_TITLE = "Long-document retrieval (`python -m bench.retrieval --datasets 
 LONGDOC_NOTE = ("MMLongBench-Doc development split (../shared/data/qa/mmlongbench_dev): questions written by people "
                 "about long real documents, paraphrased, not copied from the page. Page recall@k: an evidence page of "
                 "the question's document among the first k hits (chunks, as search returns them). Offline profile: "
-                "ocr engine (RapidOCR for the three slide decks without a text layer), bundled MiniLM embedder; the "
-                "default embedder (Qwen3-Embedding-0.6B) and the cross-encoder are not in this machine's model cache "
-                "and the hub is unreachable, so neither was measured. What was tried and what it did: the notes "
-                "section below.")
+                "ocr engine (RapidOCR for the five slide decks without a text layer and the scanned court filing), "
+                "bundled MiniLM embedder. The default embedder (Qwen3-Embedding-0.6B) and the cross-encoder are not "
+                "in this machine's model cache and the hub is unreachable, so neither was measured; where they can "
+                "be loaded: `python -m bench.retrieval --datasets mmlongbench --embed-model Qwen/Qwen3-Embedding-0.6B "
+                "--rerank-model BAAI/bge-reranker-v2-m3 --write`. What was tried and what it did: the notes section "
+                "below.")
+
+
+def commit() -> str:
+    """The code measured: the commit, marked when the working tree differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def options(chunk_chars: int, embed_model: str) -> list[tuple[str, str | int | bool, str]]:
@@ -455,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [name.strip() for name in args.datasets.split(",")]
     longdoc = run_longdoc(args, modes) if "mmlongbench" in datasets else []
     if longdoc and args.write:
-        write_section(LONGDOC_TITLE, "\n".join(lines[:1] + ["", LONGDOC_NOTE, ""] + lines[2:] + longdoc))
+        note = f"{LONGDOC_NOTE} Commit `{commit()}`."
+        write_section(LONGDOC_TITLE, "\n".join(lines[:1] + ["", note, ""] + lines[2:] + longdoc))
         print(f"written to {BENCHMARKS_MD}")
     datasets = [name for name in datasets if name != "mmlongbench"]
     if not datasets:
