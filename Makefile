@@ -47,7 +47,7 @@ speech-tools:
 	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) \
 		|| echo "espeak-ng could not be installed (not root?): the speech tests that need spoken words will skip"
 
-test: venv lint browser speech-tools
+test: venv lint typecheck browser speech-tools
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 # The container image (not part of `test`: it downloads GBs). FLAVOUR=cpu for CPU-only torch wheels.

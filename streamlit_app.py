@@ -6,6 +6,7 @@ the app starts, not from the first visit (Streamlit runs this script only when a
 `streamlit run streamlit_app.py` works too; it takes the lock when the first page opens.
 """
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import streamlit as st
@@ -13,10 +14,12 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 
 def serve(flags: list[str]) -> int:
-    """Lock the embedded store for this process's lifetime, then run the Streamlit server in this process."""
+    """Lock the embedded store for this process's lifetime, start loading the engine, then run the Streamlit
+    server in this process."""
     from streamlit.web import cli
 
     from kb.config import load_settings
+    from kb.engines import load_in_background
     from kb.errors import SeekframeError
     from kb.store import OwnerLock
 
@@ -27,7 +30,18 @@ def serve(flags: list[str]) -> int:
     except SeekframeError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    # The model loads (and a GPU engine warms its answer path) while the server starts, not on the first question.
+    load_in_background(settings).add_done_callback(_say_engine_ready)
     return cli.main(["run", str(Path(__file__).resolve()), *flags], prog_name="streamlit")
+
+
+def _say_engine_ready(loading: "Future[object]") -> None:
+    from kb.engines import why_chosen
+
+    if loading.exception() is not None:
+        print(f"Seekframe: the engine did not load: {loading.exception()}", file=sys.stderr, flush=True)
+    else:
+        print(f"Seekframe: engine ready. {why_chosen(loading.result())}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is None:

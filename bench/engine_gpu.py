@@ -33,7 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import kb.engines.transformers_qwen as tq
-from bench.report import machine, markdown_table, write_section
+from bench.report import markdown_table, publish
 from kb import prompts
 from kb.config import load_settings
 from kb.engines import UNITS_PER_ROW
@@ -447,11 +447,7 @@ def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int]
                  f"{args.stream_tokens} tokens each):\n\n" + markdown_table(
                      ["streams", "n", "first token s (slowest)", "first token s (fastest)",
                       "tok/s (fastest stream, after its first token)", "tok/s all streams"], streams))
-    print(body)
-    if args.out:  # measured elsewhere (a lent GPU): the machine goes in with the text
-        args.out.write_text(f"{machine()}\n{body}")
-    else:
-        write_section("Engine throughput on GPU at real page lengths (transformers)", body)
+    publish("Engine throughput on GPU at real page lengths (transformers)", body, args.out)
 
 
 if __name__ == "__main__":

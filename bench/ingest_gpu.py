@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from bench.engine_gpu import GpuBusy, build_random_4b, page_lengths
-from bench.report import machine, markdown_table, write_section
+from bench.report import markdown_table, publish
 
 DPI = 150
 
@@ -287,11 +287,7 @@ def main() -> None:
                else f"--pdfs DIR --pages {args.pages}")
     body = (f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
             + markdown_table(["stage", "seconds", "share of the run", "calls"], rows))
-    print(body)
-    if args.out:  # measured elsewhere (a lent GPU): the machine goes in with the text
-        args.out.write_text(f"{machine()}\n{body}")
-    else:
-        write_section("Ingest end to end on GPU (scanned PDFs through Chroma)", body)
+    publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
 if __name__ == "__main__":

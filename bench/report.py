@@ -48,3 +48,13 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD, where: str 
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(title: str, body: str, out: Path | None = None) -> None:
+    """Print a benchmark's section and keep it: in docs/benchmarks.md, or (measured on a lent machine whose
+    tree does not come back) in `out`, the machine's line first, to be pasted into the section here."""
+    print(body)
+    if out:
+        out.write_text(f"{machine()}\n{body}")
+    else:
+        write_section(title, body)

@@ -18,7 +18,7 @@ from ingest.read_result import AudioTrack, ReadResult
 from kb.config import Settings
 from kb.engines.asr import SAMPLE_RATE, Word
 from kb.errors import InputError
-from kb.types import Source, Unit
+from kb.types import FileKind, Modality, Source, Unit
 
 AUDIO_EXTENSIONS = {".mp3", ".wav", ".m4a", ".flac", ".ogg", ".opus"}
 BLOCK_SECONDS = 300.0
@@ -50,7 +50,7 @@ def read_audio(path: Path, source: Source, settings: Settings) -> ReadResult:
     track = probe(path, source.rel)
     if track is None:
         raise InputError(source.rel, "it holds no audio stream", DAMAGED_FIX)
-    return ReadResult(kind="audio", audio=track, duration=round(track.duration, 3))
+    return ReadResult(kind=FileKind.AUDIO, audio=track, duration=round(track.duration, 3))
 
 
 def blocks(track: AudioTrack, label: str, block_seconds: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
@@ -118,7 +118,7 @@ def passages(words: list[Word]) -> list[list[Word]]:
 
 def speech_units(source: Source, words: list[Word], language: str) -> list[Unit]:
     """An audio file's units: one per passage, its times those of its first and last word."""
-    return [Unit(source, "speech", text=join_words(group), t_start=round(group[0].start, 3),
+    return [Unit(source, Modality.SPEECH, text=join_words(group), t_start=round(group[0].start, 3),
                  t_end=round(group[-1].end, 3), language=language)
             for group in passages(words) if join_words(group)]
 

@@ -29,7 +29,7 @@ from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
 from kb.imaging import keep_size, shrink, to_rgb
-from kb.types import Source, Unit
+from kb.types import FileKind, Modality, Source, Unit
 
 try:  # HEIC/HEIF photos from phones, when pillow-heif is installed (it is in requirements.txt)
     from pillow_heif import register_heif_opener
@@ -179,7 +179,7 @@ def read_image(path: Path, source: Source, settings: Settings) -> ReadResult:
             for page in range(1, count):  # each TIFF page has its own size
                 img.seek(page)
                 _checked(img, f"{source.rel} page {page + 1}", limits)
-    result = ReadResult(kind="image", pages=count if count > 1 else None)
+    result = ReadResult(kind=FileKind.IMAGE, pages=count if count > 1 else None)
     for frame in range(count):
         loader = partial(load_frame, str(path), frame, source.rel, limits)
         _add_units(result, source, frame + 1 if count > 1 else None, loader)
@@ -187,8 +187,8 @@ def read_image(path: Path, source: Source, settings: Settings) -> ReadResult:
 
 
 def _add_units(result: ReadResult, source: Source, page: int | None, loader: Callable[[], Image.Image]) -> None:
-    result.units.append(Unit(source, "image_ocr", page=page, task="ocr", load_image=loader))
-    result.units.append(Unit(source, "image_caption", page=page, task="caption", load_image=loader))
+    result.units.append(Unit(source, Modality.IMAGE_OCR, page=page, task="ocr", load_image=loader))
+    result.units.append(Unit(source, Modality.IMAGE_CAPTION, page=page, task="caption", load_image=loader))
 
 
 def load_frame(path: str, frame: int, label: str, limits: Limits) -> Image.Image:
@@ -236,7 +236,7 @@ def _read_animation(img: ImageFile.ImageFile, count: int, source: Source, limits
     `max_frames` remain, `max_frames` are read spread evenly over the animation, first and last included, and a
     note says so. At most 2 x `max_frames` shrunk frames are held (halved by keeping every other one).
     """
-    result = ReadResult(kind="image", pages=count)
+    result = ReadResult(kind=FileKind.IMAGE, pages=count)
     kept: list[_Kept] = []
     recent: deque[np.ndarray] = deque(maxlen=RECENT_FRAMES)
     stride, distinct, last = 1, 0, None

@@ -22,7 +22,7 @@ from ingest.pdf_tables import find_tables, reading_order
 from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
-from kb.types import Source, Unit
+from kb.types import FileKind, Modality, Source, Unit
 
 log = logging.getLogger(__name__)
 pymupdf.TOOLS.mupdf_display_errors(False)  # damaged files are reported per file, not on stderr
@@ -207,7 +207,7 @@ def _read_in_processes(path: str, ranges: deque[tuple[int, int]], workers: int,
 
 
 def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
-    result = ReadResult(kind="pdf")
+    result = ReadResult(kind=FileKind.PDF)
     with open_pdf(path, source.rel) as doc:
         result.pages = doc.page_count
         contexts = page_contexts(doc, path)
@@ -216,12 +216,12 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
         if page.error:
             result.errors.append(page.error)
         elif len(page.text.strip()) >= settings.pdf_min_text_chars and not page.stamped_scan:
-            result.units.append(Unit(source, "pdf_text", page=number, text=page.text, context=contexts[number]))
+            result.units.append(Unit(source, Modality.PDF_TEXT, page=number, text=page.text, context=contexts[number]))
             for rect in page.figures:
-                result.units.append(Unit(source, "pdf_figure", page=number, task="caption",
+                result.units.append(Unit(source, Modality.PDF_FIGURE, page=number, task="caption",
                                          load_image=partial(render_page, str(path), number, FIGURE_DPI, rect)))
         else:
-            result.units.append(Unit(source, "pdf_ocr", page=number, task="ocr", context=contexts[number],
+            result.units.append(Unit(source, Modality.PDF_OCR, page=number, task="ocr", context=contexts[number],
                                      load_image=partial(render_page, str(path), number, OCR_DPI)))
     return result
 

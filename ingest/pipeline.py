@@ -32,12 +32,24 @@ from kb.errors import EngineError, EngineUnavailable, SeekframeError
 from kb.manifest import SourceRecord
 from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
-from kb.types import Modality, Outcome, Progress, ProgressFn, Request, Source, SourceStatus, Stage, Unit, no_progress
+from kb.types import (
+    FileKind,
+    Modality,
+    Outcome,
+    Progress,
+    ProgressFn,
+    Request,
+    Source,
+    SourceStatus,
+    Stage,
+    Unit,
+    no_progress,
+)
 
 log = logging.getLogger(__name__)
-PROMPTS = {("ocr", "pdf_ocr"): prompts.OCR_PAGE, ("ocr", "image_ocr"): prompts.OCR_IMAGE,
-           ("caption", "image_caption"): prompts.CAPTION, ("caption", "pdf_figure"): prompts.CAPTION,
-           ("video", "video_segment"): prompts.VIDEO_WINDOW}
+PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
+           ("caption", Modality.IMAGE_CAPTION): prompts.CAPTION, ("caption", Modality.PDF_FIGURE): prompts.CAPTION,
+           ("video", Modality.VIDEO_SEGMENT): prompts.VIDEO_WINDOW}
 
 
 # What a file's status means. Stored: in the knowledge base now. Not read: met by a folder walk and left alone
@@ -345,7 +357,7 @@ class Ingestor:
         record = SourceRecord(path=source.path, rel=source.rel, sha256=sha, size=path.stat().st_size, kind="",
                               status=SourceStatus.OK, chunks=0, engine="", model="")
         status = Outcome.UPDATED if known else Outcome.ADDED
-        return _FileInFlight(source, rel, record, ReadResult(kind=""), status=status)
+        return _FileInFlight(source, rel, record, ReadResult(), status=status)
 
     def _copy(self, twin: SourceRecord, source: Source, rel: str, path: Path) -> FileResult:
         """Same content under a new path: reuse the twin's text and vectors; a rename removes the old path."""
@@ -418,7 +430,7 @@ class Ingestor:
         left out: an audio file with speech off, or with no speech model under KB_ASR=auto."""
         track = job.read.audio
         if self.settings.asr == "off" or track is None:
-            if job.read.kind != "audio":
+            if job.read.kind != FileKind.AUDIO:
                 return None
             return FileResult(job.name, Outcome.UNSUPPORTED, fix="set KB_ASR=auto to transcribe audio files",
                               notes=job.read.notes + ["an audio file, and speech is off (KB_ASR=off): skipped"])
@@ -427,14 +439,14 @@ class Ingestor:
         except EngineError as err:
             if self.settings.asr == "on":
                 raise
-            if job.read.kind != "audio":
+            if job.read.kind != FileKind.AUDIO:
                 return None  # a video is still read for what it shows
             return FileResult(job.name, Outcome.UNSUPPORTED, fix=err.fix,
                               notes=job.read.notes + [f"an audio file: {err.message}: skipped"])
         parts = self._transcript(job, engine)
         words = [w for part in parts for w in part.words]
         language = main_language(parts)
-        if job.read.kind == "audio":
+        if job.read.kind == FileKind.AUDIO:
             job.read.units = speech_units(job.source, words, language)
         else:
             lay_on_windows(job.read.units, words, language)
@@ -567,7 +579,7 @@ class Ingestor:
     def _store(self, job: _FileInFlight) -> FileResult:
         engine = self._engine.name if self._engine else "none"
         model = self._engine.model if self._engine else ""
-        if job.read.kind == "audio" and self._speech:  # an audio file is read by the speech engine alone
+        if job.read.kind == FileKind.AUDIO and self._speech:  # an audio file is read by the speech engine alone
             engine, model = self._speech.name, self._speech.model
         chunks = make_chunks(job.read.units, engine, model, self.settings.chunk_chars)
         for chunk in chunks:
@@ -583,7 +595,7 @@ class Ingestor:
         if status == SourceStatus.EMPTY:
             notes = [n for n in notes if "no text found" not in n] + [NO_TEXT[kind]]
         record = job.record
-        record.kind, record.pages, record.duration = job.read.kind, job.read.pages, job.read.duration
+        record.kind, record.pages, record.duration = job.read.kind or "", job.read.pages, job.read.duration
         record.engine, record.model, record.errors = engine, model, errors
         record.status, record.ingested_at = status, time.time()
         self.progress(Progress(Stage.STORE, len(chunks), len(chunks), "chunks", job.name))

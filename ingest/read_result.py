@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb.types import Unit
+from kb.types import FileKind, Unit
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ReadResult:
     """A file turned into units; `errors` are per-page problems that leave the rest of the file usable,
     `notes` are facts the user should see that are not problems (read as another type than its name says)."""
 
-    kind: str  # pdf, image, video, audio, text
+    kind: FileKind | None = None  # None only before the file is read
     units: list[Unit] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -13,7 +13,7 @@ from pathlib import Path
 from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
-from kb.types import Source, Unit
+from kb.types import FileKind, Modality, Source, Unit
 
 # Longest BOMs first: the UTF-32 LE mark starts with the UTF-16 LE one.
 BOMS = [(codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32"),
@@ -33,7 +33,7 @@ def read_text(path: Path, source: Source, settings: Settings) -> ReadResult:
                          f"{size // settings.chunk_chars} chunks to embed)")
     text, encoding = decode_text(path.read_bytes(), source.rel)
     notes = [f"not UTF-8: read as {encoding}"] if encoding else []
-    return ReadResult(kind="text", units=[Unit(source, "text", text=text)], notes=notes)
+    return ReadResult(kind=FileKind.TEXT, units=[Unit(source, Modality.TEXT, text=text)], notes=notes)
 
 
 def decode_text(data: bytes, label: str) -> tuple[str, str]:

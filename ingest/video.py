@@ -19,7 +19,7 @@ from ingest.video_decoders import DAMAGED_FIX, Decoder, Frame, fit, open_video
 from ingest.video_sampling import DEFAULT_PARAMS, KeptFrame, SampleResult, SamplingParams, sample_frames
 from kb.config import Settings
 from kb.errors import InputError
-from kb.types import Source, Unit, VideoClip
+from kb.types import FileKind, Modality, Source, Unit, VideoClip
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,12 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
     windows = group_windows(sample.frames, sample.duration, params)
     log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sample.kept,
              sample.decoded, sample.dropped)
-    units = [Unit(source, "video_segment", task="video", t_start=round(w.t_start, 3), t_end=round(w.t_end, 3),
+    units = [Unit(source, Modality.VIDEO_SEGMENT, task="video", t_start=round(w.t_start, 3), t_end=round(w.t_end, 3),
                   keyframe=str(keyframe_path(settings, source.sha256, w.frames[0].index)),
                   video=partial(load_clip, path, sample, w.frames, settings.video_max_pixels))
              for w in windows]
-    result = ReadResult(kind="video", units=units, errors=list(sample.errors), duration=round(sample.duration, 3))
+    result = ReadResult(kind=FileKind.VIDEO, units=units, errors=list(sample.errors),
+                        duration=round(sample.duration, 3))
     if settings.asr != "off":  # the sound track, for the speech engine: decoded only when it is transcribed
         try:
             result.audio = probe(path, source.rel)

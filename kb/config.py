@@ -16,7 +16,8 @@ from kb.errors import ConfigError
 ENGINES = ("auto", "transformers", "openai", "ocr")
 QUANTS = ("none", "nf4")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-CACHES = ("dynamic", "static")
+# Settings that no longer do anything: a config file that still names one loads (the value is ignored).
+RETIRED = frozenset({"generation_cache"})  # the transformers engine always decodes over a preallocated KV slab
 SEARCH_MODES = ("hybrid", "dense", "lexical")
 RERANK_MODES = ("auto", "on", "off")
 ASR_MODES = ("auto", "on", "off")
@@ -40,8 +41,6 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"
-    # transformers engine: "static" pre-allocates the KV cache and compiles the decode step (GPU only).
-    generation_cache: str = "dynamic"
     chroma_url: str = ""
     # Teams: a folder whose files the ingest workers add by themselves (empty: none), and how long a worker's
     # claim on a job lasts without a heartbeat before another worker resumes the job (ingest/jobs.py).
@@ -168,8 +167,8 @@ def _coerce(name: str, raw: Any) -> Any:
 
 
 def _validate(s: Settings) -> None:
-    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "generation_cache": CACHES,
-               "search_mode": SEARCH_MODES, "rerank": RERANK_MODES, "asr": ASR_MODES, "auth": AUTH_MODES}
+    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "search_mode": SEARCH_MODES,
+               "rerank": RERANK_MODES, "asr": ASR_MODES, "auth": AUTH_MODES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{name} = {getattr(s, name)!r} is not one of {', '.join(allowed)}",
@@ -209,11 +208,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})", "fix the file or remove it") from err
     table: dict[str, Any] = data.get("seekframe", data)
-    unknown = set(table) - set(Settings.__dataclass_fields__) - {"origins"}
+    unknown = set(table) - set(Settings.__dataclass_fields__) - {"origins"} - RETIRED
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}",
                           "see `python -m kb config` for the valid names")
-    return table
+    return {name: value for name, value in table.items() if name not in RETIRED}
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,

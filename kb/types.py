@@ -28,6 +28,16 @@ class Modality(StrEnum):
     SPEECH = "speech"
 
 
+class FileKind(StrEnum):
+    """What a source is, as its reader read it (`ReadResult.kind`, the manifest's `kind`)."""
+
+    PDF = "pdf"
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    TEXT = "text"
+
+
 class Outcome(StrEnum):
     """What an ingest run did with one file (`FileResult.status`, a job file's `result`)."""
 
@@ -146,7 +156,7 @@ class Unit:
     """
 
     source: Source
-    modality: str
+    modality: Modality
     page: int | None = None
     text: str | None = None
     load_image: Callable[[], Image.Image] | None = None
@@ -182,7 +192,7 @@ class Chunk:
     rel: str
     path: str
     sha256: str
-    modality: str
+    modality: Modality
     page: int | None = None
     t_start: float | None = None
     t_end: float | None = None
@@ -197,7 +207,9 @@ class Chunk:
         meta = asdict(self)
         meta.pop("id")
         meta.pop("text")
-        return {_STORED_NAMES.get(k, k): v for k, v in meta.items() if v is not None}
+        # Vocabulary members go in as their plain strings: the indexes' native bindings want a str, not a subclass.
+        return {_STORED_NAMES.get(k, k): str(v) if isinstance(v, StrEnum) else v
+                for k, v in meta.items() if v is not None}
 
     @classmethod
     def from_stored(cls, cid: str, text: str, meta: dict[str, Any]) -> Chunk:
@@ -205,6 +217,7 @@ class Chunk:
         fields = {_FIELD_NAMES.get(k, k): v for k, v in meta.items()}
         known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__ and k not in ("id", "text")}
         known["position"] = int(known.get("position", 0))
+        known["modality"] = Modality(known["modality"])
         return cls(id=cid, text=text, **known)
 
     @property

@@ -2,7 +2,7 @@
 the engine (loaded on a background thread so pages stay usable meanwhile) and the ingest job table."""
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import streamlit as st
@@ -12,7 +12,7 @@ from ingest.worker import Worker, start_thread
 from kb.answer_cache import AnswerCache
 from kb.config import Settings, load_settings
 from kb.conversations import Conversations
-from kb.engines import Engine, load_engine, why_chosen
+from kb.engines import Engine, load_in_background, why_chosen
 from kb.errors import SeekframeError
 from kb.paths import fs_path
 from kb.store import Store, open_store
@@ -36,12 +36,9 @@ def answer_cache() -> AnswerCache:
     return AnswerCache.of(settings())
 
 
-@st.cache_resource(show_spinner=False)
-def _engine_loader() -> Future:
-    pool = ThreadPoolExecutor(1, thread_name_prefix="seekframe-engine")
-    future = pool.submit(load_engine, settings())
-    pool.shutdown(wait=False)
-    return future
+def _engine_loader() -> Future[Engine]:
+    # One per process, begun by the launcher (streamlit_app.serve) before any visitor; a failed load starts again.
+    return load_in_background(settings())
 
 
 def start_engine() -> None:
@@ -59,8 +56,6 @@ def engine() -> Engine:
     if not future.done():
         with st.spinner("Loading the model engine…"):
             future.exception()
-    if future.exception() is not None:
-        _engine_loader.clear()
     return future.result()
 
 

@@ -250,7 +250,7 @@ def outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_app_takes_the_lock_at_start_and_listens_locally(tmp_path):
+def test_app_takes_the_lock_and_loads_the_engine_at_start_and_listens_locally(tmp_path):
     home = tmp_path / "kb"
     note = tmp_path / "note.md"
     note.write_text("# Note\n\nA note for the lock test.\n")
@@ -276,6 +276,12 @@ def test_app_takes_the_lock_at_start_and_listens_locally(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert ingest.returncode != 0
         assert "open in another process" in ingest.stderr and f"pid {app.pid}" in ingest.stderr, ingest.stderr
+        # Nor has anybody asked a question: the engine loads all the same, so the first question does not wait.
+        while "Seekframe: engine ready" not in (tmp_path / "app.log").read_text():
+            assert app.poll() is None and time.monotonic() < deadline + 60, (tmp_path / "app.log").read_text()
+            time.sleep(0.2)
+        ready = next(line for line in (tmp_path / "app.log").read_text().splitlines() if "engine ready" in line)
+        assert "'ocr'" in ready, ready  # and it says which engine runs and why
         address = outside_address()
         if address:
             with pytest.raises(OSError):

@@ -42,3 +42,13 @@ def test_bad_settings_name_the_fix(env, words):
 def test_secrets_are_masked():
     s = load_settings(env={"KB_OPENAI_API_KEY": "sk-verysecretvalue"})
     assert "verysecret" not in str(s.masked())
+
+
+def test_a_config_file_naming_a_retired_setting_still_loads(tmp_path: Path):
+    toml = tmp_path / "seekframe.toml"
+    toml.write_text('[seekframe]\ngeneration_cache = "static"\ntop_k = 3\n')
+    s = load_settings(env={}, toml_path=toml)
+    assert s.top_k == 3 and "generation_cache" not in s.origins
+    toml.write_text('[seekframe]\ngeneration_cahce = "static"\n')  # a misspelt name is still refused
+    with pytest.raises(ConfigError, match="generation_cahce"):
+        load_settings(env={}, toml_path=toml)

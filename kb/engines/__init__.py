@@ -5,9 +5,12 @@ Only modules in this package import torch, transformers, openai or rapidocr.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
+import threading
 import weakref
+from concurrent.futures import Future
 from importlib.metadata import entry_points
 from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -121,6 +124,35 @@ def load_engine(settings: Settings) -> Engine:
         engine = _build("ocr", settings)
     _WHY[engine] = why
     return engine
+
+
+# The process's engine loading in the background: (the settings it was asked for, its future).
+_loading: tuple[Settings, Future[Engine]] | None = None
+_loading_lock = threading.Lock()
+
+
+def load_in_background(settings: Settings) -> Future[Engine]:
+    """The process's one engine, loading on its own thread from the first call on; later calls with the same
+    settings share it, and a failed load is tried again. The app calls this when it starts, before any visitor,
+    so that a model has loaded (and a GPU engine warmed its answer path) by the first question."""
+    global _loading
+    same = dataclasses.replace(settings, origins={})  # where a value came from does not change the engine
+    with _loading_lock:
+        if _loading is not None and _loading[0] == same:
+            future = _loading[1]
+            if not (future.done() and future.exception() is not None):
+                return future
+        future = Future()
+        _loading = (same, future)
+    threading.Thread(target=_load_into, args=(settings, future), name="seekframe-engine", daemon=True).start()
+    return future
+
+
+def _load_into(settings: Settings, future: Future[Engine]) -> None:
+    try:
+        future.set_result(load_engine(settings))
+    except BaseException as err:  # the waiting page shows it; the next call loads again
+        future.set_exception(err)
 
 
 def why_chosen(engine: Engine) -> str:
