@@ -29,6 +29,7 @@ _NAME = re.compile(r"(?<=[\w,;:)] )[A-Z][\w&.-]*[A-Za-z0-9]|\b[A-Z]{2,}[\w-]*|\b
 _MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 # A word long enough that one letter off is a typing slip, not another word ("Boeing" is one letter from "being").
 _TYPO_WORD = re.compile(r"[A-Z][a-z]{6,}")
+_FISCAL_YEAR = re.compile(r"FY(\d{4})")  # "FY2018": a report says "2018" or "fiscal 2018"
 _TITLE_RUN = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b")  # "College Board Search Platform": one name
 _FORMAT_SENTENCE = re.compile(r"(?i)\banswer\b.*\bformat(?:ted)?\b")  # "Please write the answer in int format"
 
@@ -112,8 +113,9 @@ def absent_names(question: str, store: Store, filters: Filters | None = None) ->
     passage looks: "how many Shopee datasets?" on a paper that only has Amazon ones. Looked up in the lexical index,
     so a name is absent only if no chunk holds it at all, not merely the retrieved ones. Two slips of a person
     asking do not count as absence: a long word typed with one letter too many or two letters swapped
-    ("Demoncratic", "Reasone"), and one word of a longer name the sources give in other words ("Platform" in
-    "College Board Search Platform", when College, Board and Search are there).
+    ("Demoncratic", "Reasone"), one word of a longer name the sources give in other words ("Platform" in
+    "College Board Search Platform", when College, Board and Search are there), and a fiscal year written
+    "FY2018" where the report says 2018.
     """
     where = (filters or Filters()).where(store)
 
@@ -123,6 +125,7 @@ def absent_names(question: str, store: Store, filters: Filters | None = None) ->
     names = question_names(question)
     missing = [name for name in names if not held(name)]
     missing = [name for name in missing if not (_TYPO_WORD.fullmatch(name) and held(" ".join(_slips(name))))]
+    missing = [name for name in missing if not ((year := _FISCAL_YEAR.fullmatch(name)) and held(year.group(1)))]
     for run in _TITLE_RUN.finditer(question):
         words = [word for word in run.group().split() if word in names]  # not the sentence's first word
         if 2 * sum(word in missing for word in words) < len(words):  # most of the name is there

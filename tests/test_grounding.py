@@ -47,12 +47,13 @@ def test_a_typing_slip_or_one_word_of_a_longer_name_is_not_taken_for_absence(ope
     (library / "survey.txt").write_text(
         "Pew survey of Democratic and Republican voters. Markets of the "
         "College Board Search service: CA03 is in the San Francisco Bay Area. Tweets being sent by the hour. "
-        "Agent Brennan signed the complaint.")
+        "Agent Brennan signed the complaint. Capital spending in 2018 was 1.6 billion.")
     store = open_kb()
     Ingestor(store.settings, store).run([library])
     assert absent_names("How many Demoncratic voters were polled?", store) == []  # one letter too many
     assert absent_names("How many Repbulican voters were polled?", store) == []  # two letters swapped
     assert absent_names("Is CA03 in the College Board Search Platform?", store) == []  # 3 of its 4 words are there
+    assert absent_names("What was the capital spending in FY2018?", store) == []  # the report says 2018
     # ... but a short name one letter from a common word, or half of a two-word name, is still missing
     assert absent_names("How many Tweets are attributed to Boeing?", store) == ["Boeing"]
     assert absent_names("Which agency does Lebron Brennan belong to?", store) == ["Lebron"]
