@@ -56,18 +56,21 @@ def open_pdf(path: Path, label: str) -> pymupdf.Document:
         doc = open_document(path, filetype="pdf")
     except Exception as err:
         raise InputError(label, f"not a readable PDF ({err})", "check that it really is a PDF (not another type "
-                         "renamed to .pdf); re-export or re-download it") from err
+                         "renamed to .pdf); re-export or re-download it", code="pdf.unreadable",
+                         params={"detail": str(err)}) from err
     if doc.needs_pass:
         doc.close()
         raise InputError(label, "the PDF is encrypted with a password", "decrypt it first, e.g. "
-                         "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`, and ingest the copy")
+                         "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`, and ingest the copy",
+                         code="pdf.encrypted")
     if doc.page_count == 0:
         doc.close()
-        raise InputError(label, "the PDF has no readable pages (damaged or truncated)", "re-download or re-export it")
+        raise InputError(label, "the PDF has no readable pages (damaged or truncated)", "re-download or re-export it",
+                         code="pdf.no_pages")
     if doc.is_repaired and not _has_eof_marker(path):
         doc.close()
         raise InputError(label, "the PDF is truncated (it ends before its %%EOF marker)",
-                         "the copy is incomplete: download or copy it again")
+                         "the copy is incomplete: download or copy it again", code="pdf.truncated")
     return doc
 
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from kb import prompts
+from kb import i18n, prompts
 from kb.answer_cache import AnswerCache, answer_key, content_version
 from kb.config import Settings
 from kb.engines import Engine
@@ -166,10 +166,11 @@ def keep_real_citations(text: str, sources: int) -> str:
 def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
     """The answer text, piece by piece; extractive quotes when the engine has no language model."""
     if not prepared.hits:
-        yield prompts.NO_SOURCES
+        yield prompts.no_sources(prepared.question)
     elif not engine.generative and prepared.absent:
         # Quoting the nearest page would answer another question; the model-less engine says what is missing.
-        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0])
+        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0],
+                                     prepared.question)
     elif not engine.generative:
         yield extractive_answer(prepared.question, prepared.hits, prepared.ranked or prepared.hits)
     else:
@@ -227,7 +228,8 @@ def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
 def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hit], quotes: int = 3) -> str:
     """The best sentence of each of the `quotes` best hits, cited by its number among `sources`."""
     number = {hit.chunk.id: n for n, hit in enumerate(sources, 1)}
-    lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
+    # The one sentence of its own the model-less engine writes, in the question's language like a model's answer.
+    lines = [i18n.text("answer.extractive_heading", i18n.language_of_text(question)), ""]
     for hit in [h for h in ranked if h.chunk.id in number][:quotes]:
         quote = keep_real_citations(best_sentence(question, hit.chunk.text), 0)  # the document's own [n] are not ours
         lines.append(f"> {quote} [{number[hit.chunk.id]}]")

@@ -83,7 +83,8 @@ class OwnerLock:
                     os.close(fd)
                     raise StoreLocked(f"the knowledge base at {path.parent} is open in another process (pid {owner})",
                                       "stop that process (the app or another ingest), or "
-                                      + SERVER_FIX.format(dir=path.parent)) from None
+                                      + SERVER_FIX.format(dir=path.parent),
+                                      code="store.locked", params={"folder": path.parent, "pid": owner}) from None
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
             self._held[self.path] = (fd, count + 1)
