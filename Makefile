@@ -37,10 +37,13 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# The browser test drives Debian's chromium; it is installed here, as CI runs `make test` on a bare machine.
+# The browser test drives Debian's chromium (and draws the Chinese interface with a CJK font); both are installed
+# here, as CI runs `make test` on a bare machine.
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed (not root?): the browser test will skip"
+	fc-list :lang=zh | grep -q . || (apt-get update -qq && apt-get install -y -qq fonts-wqy-microhei >/dev/null) \
+		|| echo "no Chinese font could be installed: the Chinese screenshot will show boxes"
 
 # The speech tests synthesise speech with Debian's espeak-ng (tests/test_speech.py); installed here like chromium.
 speech-tools:

@@ -52,7 +52,10 @@ from pages import resources  # noqa: E402  (after the launcher: it must not open
 st.set_page_config(page_title="Seekframe", page_icon="🔎", layout="wide")
 from kb.auth import ADMIN, EDITOR, allows  # noqa: E402
 from pages import access  # noqa: E402
+from pages.language import switch, t  # noqa: E402
 
+# The language first: every page after it, the sign-in page and the errors included, speaks the chosen one.
+switch()
 # Every page needs the store; opening it here (once per process) also takes the lock if the launcher did not.
 resources.open_or_stop()
 # Queued jobs resume with the process, not with the first visit to the Add page (a single-user app's worker
@@ -62,11 +65,11 @@ resources.jobs()
 identity, role = access.current()
 st.session_state["seekframe_user"], st.session_state["seekframe_role"] = identity.user, role
 access.show_user(identity, role)
-pages = [st.Page("pages/ask.py", title="Ask", icon=":material/chat:", default=True),
-         st.Page("pages/library.py", title="Library", icon=":material/library_books:")]
+pages = [st.Page("pages/ask.py", title=t("nav.ask"), icon=":material/chat:", default=True),
+         st.Page("pages/library.py", title=t("nav.library"), icon=":material/library_books:")]
 if allows(role, EDITOR):
-    pages.append(st.Page("pages/add.py", title="Add content", icon=":material/add_circle:"))
+    pages.append(st.Page("pages/add.py", title=t("nav.add"), icon=":material/add_circle:"))
 if allows(role, ADMIN):
-    pages.append(st.Page("pages/system.py", title="System", icon=":material/monitor_heart:"))
+    pages.append(st.Page("pages/system.py", title=t("nav.system"), icon=":material/monitor_heart:"))
 navigation = st.navigation(pages)
 navigation.run()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -114,12 +115,13 @@ def longdoc_cases() -> list[LongCase]:
     return cases
 
 
-def _pages(pdf: Path) -> tuple[bool, int]:
-    """Sort key: documents with a text layer first (the three slide decks of scans need OCR), short ones first."""
+def _pages_per_question(pdf: Path, questions: Counter) -> float:
+    """Build order: the documents with the most questions per page first, so a build stopped half way (a busy
+    machine) already covers most questions; OCR'd slide decks are no slower per question than a 468-page manual."""
     import pymupdf
 
     with pymupdf.open(pdf) as doc:
-        return len(doc[0].get_text().strip()) < 40, doc.page_count
+        return doc.page_count / max(1, questions[pdf.name])
 
 
 def longdoc_store(args):
@@ -148,10 +150,11 @@ def longdoc_store(args):
     started = time.perf_counter()
     engine, counts = "ocr", "not run (--cached-only)"
     if not args.cached_only:
-        # One document per run, shortest first: each is stored as soon as it is read, so an interrupted build
+        # One document per run: each is stored as soon as it is read, so an interrupted build
         # keeps what it did (unchanged files are skipped: a cached run ingests nothing).
-        results = Counter()
-        for pdf in sorted(corpus.glob("*.pdf"), key=_pages):
+        results: Counter[str] = Counter()
+        questions = Counter(c.doc for c in longdoc_cases())
+        for pdf in sorted(corpus.glob("*.pdf"), key=lambda pdf: _pages_per_question(pdf, questions)):
             report = Ingestor(settings, store).run([pdf.resolve()])
             engine = report.engine if report.engine != "none needed" else engine
             results.update(report.counts())
@@ -168,6 +171,7 @@ class LongScores:
     cases: list[LongCase] = field(default_factory=list)
     top_scores: list[float] = field(default_factory=list)
     absent: list[list[str]] = field(default_factory=list)  # kb.answer.absent_names per question
+    top_pages: list[list[int | None]] = field(default_factory=list)  # the pages of the first 5 hits
 
     def subset(self, keep: Callable[[LongCase], bool]) -> Scores:
         return Scores([r for r, c in zip(self.ranks, self.cases) if keep(c)])
@@ -178,6 +182,8 @@ def evaluate_longdoc(store, cases: list[LongCase], modes: dict[str, dict], scope
     from kb.search import Filters, search
 
     out = {label: LongScores() for label in modes}
+    # each question is embedded once for all modes (no latency is measured here): the set is 190 long questions
+    store.embedder.embed_query = functools.lru_cache(maxsize=None)(store.embedder.embed_query)
     for case in cases:
         filters = Filters(sources=[case.doc]) if scope == "document" else None
         absent = absent_names(case.question, store, filters)
@@ -186,6 +192,7 @@ def evaluate_longdoc(store, cases: list[LongCase], modes: dict[str, dict], scope
             hits = search(store, case.question, k=10, filters=filters, **kwargs)
             out[label].cases.append(case)
             out[label].top_scores.append(hits[0].score if hits else 0.0)
+            out[label].top_pages.append([h.chunk.page for h in hits[:5]])
             out[label].ranks.append(next((n for n, h in enumerate(hits, 1)
                                           if h.chunk.rel == case.doc and h.chunk.page in case.pages), None))
     return out
@@ -193,17 +200,19 @@ def evaluate_longdoc(store, cases: list[LongCase], modes: dict[str, dict], scope
 
 def longdoc_table(results: dict[str, LongScores], info: dict, scope: str) -> list[str]:
     cases = next(iter(results.values())).cases
-    answerable = [c for c in cases if c.answerable]
+    answerable = [c for c in cases if c.answerable and c.pages]  # no evidence page: no page to find
+    pageless = sum(c.answerable and not c.pages for c in cases)
     counts = {kind: sum(kind in c.kinds for c in answerable) for kind in KIND_ORDER}
     where = "within the question's document" if scope == "document" else "across all 25 documents"
     lines = [f"**mmlongbench** ({where}, {len({c.doc for c in cases})} of 25 documents)"
              f" — {len(answerable)} answerable questions ({', '.join(f'{k} {n}' for k, n in counts.items())}; a "
-             f"question can have several kinds), {len(cases) - len(answerable)} unanswerable, {info['files']} "
+             f"question can have several kinds; {pageless} more without an evidence page are left out), "
+             f"{sum(not c.answerable for c in cases)} unanswerable, {info['files']} "
              f"files, {info['chunks']} chunks, embedder `{info['embedder']}`, engine {info['engine']}", "",
              "| mode | evidence | n | recall@1 | recall@5 | recall@10 | MRR@10 |", "|---|---|---:|---:|---:|---:|---:|"]
     for mode, scores in results.items():
         for kind in (*KIND_ORDER, "all"):
-            sub = scores.subset(lambda c, kind=kind: c.answerable and (kind == "all" or kind in c.kinds))
+            sub = scores.subset(lambda c, kind=kind: c in answerable and (kind == "all" or kind in c.kinds))
             if sub.ranks:
                 lines.append(f"| {mode} | {kind} | {len(sub.ranks)} | {sub.recall(1):.3f} | {sub.recall(5):.3f} | "
                              f"{sub.recall(10):.3f} | {sub.mrr:.3f} |")
@@ -225,6 +234,16 @@ def longdoc_table(results: dict[str, LongScores], info: dict, scope: str) -> lis
     return lines
 
 
+def per_question(results: dict[str, LongScores]) -> list[dict]:
+    """One row a question: what it asked, where the answer is, and where each mode found it (None: not in 10)."""
+    first = next(iter(results.values()))
+    return [{"question": c.question, "doc": c.doc, "pages": sorted(c.pages), "kinds": sorted(c.kinds),
+             "answerable": c.answerable, "absent": first.absent[n],
+             "ranks": {mode: scores.ranks[n] for mode, scores in results.items()},
+             "top_pages": {mode: scores.top_pages[n] for mode, scores in results.items()}}
+            for n, c in enumerate(first.cases)]
+
+
 def run_longdoc(args, modes: dict[str, dict]) -> list[str]:
     store, info = longdoc_store(args)
     try:
@@ -233,6 +252,8 @@ def run_longdoc(args, modes: dict[str, dict]) -> list[str]:
         cases = [c for c in longdoc_cases() if c.doc in only and c.doc in info["documents"]]
         for scope in args.scope.split(","):
             results = evaluate_longdoc(store, cases, modes, scope)
+            if args.per_question:
+                Path(args.per_question).write_text(json.dumps(per_question(results), indent=1))
             table_lines = longdoc_table(results, info, scope)
             print("\n".join(table_lines), flush=True)
             lines += table_lines + [""]
@@ -364,10 +385,52 @@ LONGDOC_TITLE = "Long-document retrieval (`python -m bench.retrieval --datasets 
 LONGDOC_NOTE = ("MMLongBench-Doc development split (../shared/data/qa/mmlongbench_dev): questions written by people "
                 "about long real documents, paraphrased, not copied from the page. Page recall@k: an evidence page of "
                 "the question's document among the first k hits (chunks, as search returns them). Offline profile: "
-                "ocr engine (RapidOCR for the three slide decks without a text layer), bundled MiniLM embedder; the "
-                "default embedder (Qwen3-Embedding-0.6B) and the cross-encoder are not in this machine's model cache "
-                "and the hub is unreachable, so neither was measured. What was tried and what it did: the notes "
-                "section below.")
+                "ocr engine (RapidOCR for the five slide decks without a text layer and the scanned court filing), "
+                "bundled MiniLM embedder. The default embedder (Qwen3-Embedding-0.6B) and the cross-encoder are not "
+                "in this machine's model cache and the hub is unreachable, so neither was measured; where they can "
+                "be loaded: `python -m bench.retrieval --datasets mmlongbench --embed-model Qwen/Qwen3-Embedding-0.6B "
+                "--rerank-model BAAI/bge-reranker-v2-m3 --write`. What was tried and what it did: the notes section "
+                "below.")
+
+
+def commit() -> str:
+    """The code measured: the commit, marked when the working tree differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def options(chunk_chars: int, embed_model: str) -> list[tuple[str, str | int | bool, str]]:
+    """The command line: (flag, default, help); a False default is an on/off switch."""
+    return [
+        ("--datasets", "squad,pdf,mmlongbench", "comma-separated: squad, pdf, mmlongbench"),
+        ("--scope", "document", "mmlongbench: search within the question's document (document), across all "
+         "documents (all), or both (document,all)"),
+        ("--longdoc-home", "", "mmlongbench: use this folder's knowledge base (KB in FOLDER/kb) instead of the "
+         "cached one for these settings"),
+        ("--no-context", False, "chunks without their document title and section line (the ablation; for "
+         "mmlongbench its own cached knowledge base)"),
+        ("--per-question", "", "mmlongbench: also write each question's rank per mode, top page and absent "
+         "names to this JSON file (for reading the misses)"),
+        ("--cached-only", False, "mmlongbench: do not ingest; evaluate the questions of the documents already in "
+         "the cached knowledge base"),
+        ("--only-documents", "", "mmlongbench: comma-separated document names to evaluate (default: all that are "
+         "ingested)"),
+        ("--chunk-chars", chunk_chars, "mmlongbench chunk size"),
+        ("--engine", "ocr", "ingest engine (ocr reads born-digital PDFs without a model)"),
+        ("--embed-model", embed_model, "embedder (id, folder or bundled:NAME)"),
+        ("--rerank-model", "", "cross-encoder for hybrid+rerank (id or folder); default: BAAI/bge-reranker-v2-m3 "
+         "when a CUDA GPU is present, else none"),
+        ("--workdir", "", "keep the knowledge bases here (re-runs skip ingest)"),
+        ("--sweep", "", "extra hybrid variants, e.g. '0.5:1,1:0.5' (dense:lexical weights) and 'noexact' "
+         "(without putting hits that hold the question's codes first)"),
+        ("--lexical-compare", False, "also compare Tantivy with exact BM25 (bm25s) on SQuAD"),
+        ("--write", False, "write the tables into docs/benchmarks.md"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,29 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Settings()
 
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="squad,pdf,mmlongbench", help="comma-separated: squad, pdf, "
-                        "mmlongbench")
-    parser.add_argument("--scope", default="document", help="mmlongbench: search within the question's document "
-                        "(document), across all documents (all), or both (document,all)")
-    parser.add_argument("--longdoc-home", default="", help="mmlongbench: use this folder's knowledge base "
-                        "(KB in FOLDER/kb) instead of the cached one for these settings")
-    parser.add_argument("--no-context", action="store_true", help="chunks without their document title and "
-                        "section line (the ablation; for mmlongbench its own cached knowledge base)")
-    parser.add_argument("--cached-only", action="store_true", help="mmlongbench: do not ingest; evaluate the "
-                        "questions of the documents already in the cached knowledge base")
-    parser.add_argument("--only-documents", default="", help="mmlongbench: comma-separated document names to "
-                        "evaluate (default: all that are ingested)")
-    parser.add_argument("--chunk-chars", type=int, default=defaults.chunk_chars, help="mmlongbench chunk size")
-    parser.add_argument("--engine", default="ocr", help="ingest engine (ocr reads born-digital PDFs without a model)")
-    parser.add_argument("--embed-model", default=BUNDLED_EMBED_MODEL)
-    parser.add_argument("--rerank-model", default="", help="cross-encoder for hybrid+rerank (id or folder); "
-                        "default: BAAI/bge-reranker-v2-m3 when a CUDA GPU is present, else none")
-    parser.add_argument("--workdir", default="", help="keep the knowledge bases here (re-runs skip ingest)")
-    parser.add_argument("--sweep", default="", help="extra hybrid variants, e.g. '0.5:1,1:0.5' (dense:lexical "
-                        "weights) and 'noexact' (without putting hits that hold the question's codes first)")
-    parser.add_argument("--lexical-compare", action="store_true", help="also compare Tantivy with exact BM25 "
-                        "(bm25s) on SQuAD")
-    parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
+    for flag, default, help_text in options(defaults.chunk_chars, BUNDLED_EMBED_MODEL):
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, default=default, type=type(default), help=help_text)
     args = parser.parse_args(argv)
     modes: dict[str, dict] = {m: {"mode": m, "rerank": False} for m in ("dense", "lexical", "hybrid")}
     for variant in filter(None, args.sweep.split(",")):
@@ -423,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [name.strip() for name in args.datasets.split(",")]
     longdoc = run_longdoc(args, modes) if "mmlongbench" in datasets else []
     if longdoc and args.write:
-        write_section(LONGDOC_TITLE, "\n".join(lines[:1] + ["", LONGDOC_NOTE, ""] + lines[2:] + longdoc))
+        note = f"{LONGDOC_NOTE} Commit `{commit()}`."
+        write_section(LONGDOC_TITLE, "\n".join(lines[:1] + ["", note, ""] + lines[2:] + longdoc))
         print(f"written to {BENCHMARKS_MD}")
     datasets = [name for name in datasets if name != "mmlongbench"]
     if not datasets:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import resource
@@ -76,6 +77,12 @@ class Corpus:
         for r, c in zip(*np.nonzero(codes)):
             words[r, c] = _code(rng)
         return [" ".join(row) + "." for row in words.tolist()]
+
+    @staticmethod
+    def kind(source: int) -> str:
+        """The modality of a source's chunks: 5 % image OCR, 20 % scanned PDF, the rest born-digital PDF, so a kind
+        filter admits a small or a large share of the chunks (filtered lexical queries are measured on both)."""
+        return "image_ocr" if source % 20 == 0 else "pdf_ocr" if source % 20 < 5 else "pdf_text"
 
     def near_centroid(self, rng: np.random.Generator) -> np.ndarray:
         """A query vector: a random topic plus as much noise as a chunk has."""
@@ -143,6 +150,7 @@ class Timed:
         self._inner = inner
         self._methods = methods
         self.seconds = dict.fromkeys(methods, 0.0)
+        self.cpu_seconds = dict.fromkeys(methods, 0.0)  # of the whole process, all threads (Chroma's too)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._inner, name)
@@ -150,11 +158,12 @@ class Timed:
             return value
 
         def timed(*args, **kwargs):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             try:
                 return value(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - started
+                self.cpu_seconds[name] += time.process_time() - cpu
         return timed
 
 
@@ -198,6 +207,9 @@ class Build:
     resumed_at: int = 0  # chunks already there when this run started (their build time is not counted)
     sources: int = 0
     total_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds of the process (all its threads) during replace_sources: load-independent
+    chroma_cpu_s: float = 0.0
+    lexical_cpu_s: float = 0.0
     generate_s: float = 0.0
     chroma_s: float = 0.0  # Collection.upsert (metadata, document FTS and HNSW insert included)
     lexical_s: float = 0.0  # LexicalIndex.upsert (tokenising and FTS5)
@@ -238,15 +250,16 @@ def fill(store, corpus: Corpus, build: Build, target: int, deadline: float, per_
                 sha = hashlib.sha256(f"{corpus.seed}:{n}".encode()).hexdigest()
                 texts, vectors = corpus.texts(n), corpus.vectors(n).tolist()
                 chunks = [Chunk(id=f"{sha[:16]}:{i}", text=t, rel=Path(path).name, path=path, sha256=sha,
-                                modality="pdf_text", page=i // 3 + 1, engine="ocr", position=i)
+                                modality=corpus.kind(n), page=i // 3 + 1, engine="ocr", position=i)
                           for i, t in enumerate(texts)]
                 items.append((SourceRecord(path=path, rel=Path(path).name, sha256=sha, size=len(texts) * 1000,
                                            kind="pdf", status="ok", chunks=len(chunks), engine="ocr", model=""),
                               chunks, vectors))
-            generated = time.perf_counter()
+            generated, cpu_before = time.perf_counter(), time.process_time()
             before = collection.seconds["upsert"] + lexical.seconds["upsert"]
             store.replace_sources(items)
             done = time.perf_counter()
+            build.cpu_s += time.process_time() - cpu_before
             inner = collection.seconds["upsert"] + lexical.seconds["upsert"] - before
             build.generate_s += generated - started
             build.other_s += (done - generated) - inner
@@ -262,6 +275,8 @@ def fill(store, corpus: Corpus, build: Build, target: int, deadline: float, per_
     finally:
         build.chroma_s += collection.seconds["upsert"]
         build.lexical_s += lexical.seconds["upsert"]
+        build.chroma_cpu_s += collection.cpu_seconds["upsert"]
+        build.lexical_cpu_s += lexical.cpu_seconds["upsert"]
         store._collection, store.lexical = collection._inner, lexical._inner
 
 
@@ -307,6 +322,8 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     row["dense"] = latency(lambda v: store.query(v.tolist(), 10), vectors, cap)
     row["lexical"] = latency(lambda t: store.lexical_query(t, 10), texts, cap)
     row["hybrid"] = latency(lambda t: search(store, t, k=10, mode="hybrid", rerank=False), texts, cap)
+    row["lexical_filtered"] = {name: latency(lambda t, w=where: store.lexical_query(t, 10, w), texts, cap)
+                               for name, where in filtered_wheres(store).items()}
     # The pieces, to find what grows with N (count() is what Store.query called per query before it was removed).
     row["chroma_only"] = latency(lambda v: store._collection.query(
         query_embeddings=[v.tolist()], n_results=30, include=["documents", "metadatas", "distances"]), vectors, cap)
@@ -323,6 +340,24 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     if args.recall:
         row["recall"] = dense_recall(store, corpus, build, vectors[:args.recall])
     return row
+
+
+def filtered_wheres(store) -> dict[str, dict]:
+    """The filters kb.search builds for a kind of file (a large and a small share of the chunks) and for one
+    source (a small one): a filtered lexical query must prune like an unfiltered one, not score every match."""
+    from kb.search import Filters
+
+    one = store.manifest.all()[0].path
+    return {"kind: documents (95 %)": Filters(modalities=["documents"]).where(store),
+            "kind: images (5 %)": Filters(modalities=["images"]).where(store),
+            "one source (200 chunks)": Filters(sources=[one]).where(store)}
+
+
+def filtered_table(rows: list[dict[str, Any]]) -> str:
+    names = list(rows[0]["lexical_filtered"])
+    return markdown_table(["chunks", "lexical, no filter (p50 / p95 ms)"] + [f"{n} (p50 / p95 ms)" for n in names],
+                          [[f"{r['chunks']:,}", _pair(r["lexical"])] + [_pair(r["lexical_filtered"][n]) for n in names]
+                           for r in rows if "lexical_filtered" in r])
 
 
 def query_embedding_ms(model: str, texts: list[str]) -> tuple[float, float, int]:
@@ -466,16 +501,26 @@ def _pair(p: tuple) -> str:
     return f"{p[0]:.1f} / {p[1]:.1f}" + (f" (n={p[2]})" if len(p) > 2 and p[2] < 200 else "")
 
 
+def _cpu_per_chunk(b: Build) -> str:
+    if not b.cpu_s:
+        return "-"
+    ms = [1000 * x / (b.chunks - b.resumed_at) for x in (b.cpu_s, b.chroma_cpu_s, b.lexical_cpu_s)]
+    return f"{ms[0]:.2f} ({ms[1]:.2f} / {ms[2]:.2f} / {ms[0] - ms[1] - ms[2]:.2f})"
+
+
 def results_table(rows: list[dict[str, Any]]) -> str:
     header = ["chunks", "sources", "build s", "Chroma upsert s", "lexical upsert s", "rest of replace_source s",
-              "chunks/s", "disk MiB (bytes/chunk)", "peak RSS MiB", "dense p50 / p95 ms", "lexical p50 / p95 ms",
-              "hybrid p50 / p95 ms", "dense recall@10", "load avg (1 min)"]
+              "chunks/s", "CPU ms per chunk: all (Chroma / lexical / rest)", "disk MiB (bytes/chunk)", "peak RSS MiB",
+              "dense p50 / p95 ms", "lexical p50 / p95 ms", "hybrid p50 / p95 ms", "dense recall@10",
+              "load avg (1 min)"]
     body = []
     for r in rows:
         b: Build = r["build"]
-        body.append([f"{r['chunks']:,}", f"{r['sources']:,}", f"{b.total_s:.0f}", f"{b.chroma_s:.0f}",
-                     f"{b.lexical_s:.0f}", f"{b.other_s:.0f}",
+        built = b.chunks > b.resumed_at  # a row measured right after resuming has no build of its own
+        body.append([f"{r['chunks']:,}", f"{r['sources']:,}"] + [f"{x:.0f}" if built else "-" for x in (
+                     b.total_s, b.chroma_s, b.lexical_s, b.other_s)] + [
                      f"{(b.chunks - b.resumed_at) / b.total_s:,.0f}" if b.total_s else "-",
+                     _cpu_per_chunk(b),
                      f"{r['disk_mib']:,.0f} ({r['disk_mib'] * (1 << 20) / r['chunks']:,.0f})",
                      f"{r['peak_rss_mib']:,.0f}", _pair(r["dense"]), _pair(r["lexical"]),
                      _pair(r["hybrid"]), f"{r['recall']:.3f}" if "recall" in r else "-", f"{r['load'][0]:.1f}"])
@@ -494,6 +539,25 @@ def pieces_table(rows: list[dict[str, Any]]) -> str:
                                    for r in rows])
 
 
+def save_rows(work: Path, rows: list[dict[str, Any]]) -> None:
+    """The measured rows, kept in --workdir: a later run (a larger size, a fresh process) reports them too."""
+    kept = [{**r, "build": r["build"].__dict__} for r in rows]
+    (work / "rows.json").write_text(json.dumps(kept, indent=1))
+
+
+def load_rows(work: Path) -> list[dict[str, Any]]:
+    path = work / "rows.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    for r in rows:
+        r["build"] = Build(**r["build"])
+        for key, value in r.items():
+            if isinstance(value, list) and key not in ("load",):
+                r[key] = tuple(value)
+    return sorted(rows, key=lambda r: r["chunks"])
+
+
 def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> str:
     lines = [f"Synthetic chunks through `Store.replace_source` into an embedded Chroma + Tantivy knowledge base: "
              f"{args.dim}-d clustered unit vectors (1000 centroids), ~{WORDS_PER_CHUNK} Zipf-distributed pseudo-words "
@@ -504,7 +568,9 @@ def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> s
              "to end with a stand-in embedder (no model forward pass: add the embedder's query latency). Build time "
              "is `replace_source` only (generating text and vectors excluded); peak RSS is the whole process "
              "(Chroma runs in it). Dense recall@10 is against exact neighbours.", "",
-             results_table(rows), "", "Pieces of a query:", "", pieces_table(rows), ""]
+             results_table(rows), "", "Pieces of a query:", "", pieces_table(rows), "",
+             "Filtered lexical queries (`Store.lexical_query` with the `where` of `kb.search.Filters`):", "",
+             filtered_table(rows), ""]
     lines += [f"- **{size:,} chunks: not reached in this run** (see the notes)." for size in sizes
               if size > rows[-1]["chunks"]]
     if sweep:
@@ -541,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. bundled:all-MiniLM-L6-v2 (reported beside the table, not added to it)")
     parser.add_argument("--agreement-only", type=int, default=0, help="only compare a lexical index of this many "
                         "synthetic chunks (no Chroma) with exact BM25, and print it")
+    parser.add_argument("--report-only", action="store_true", help="only render the rows and the ef_search sweep "
+                        "kept in --workdir (with --notes, --write)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -554,8 +622,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     embed_name = DEFAULT_EMBED_MODEL if args.dim == 1024 else f"synthetic-{args.dim}d"
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    if args.report_only:
+        kept = work / "sweep.json"
+        return report(load_rows(work), sizes, [tuple(x) for x in json.loads(kept.read_text())] if kept.is_file()
+                      else [], args, corpus)
     home = work / "kb"
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = load_rows(work) if args.workdir else []
     sweep: list[tuple] = []
     try:
         store = open_kb(home, corpus, embed_name)
@@ -564,14 +636,20 @@ def main(argv: list[str] | None = None) -> int:
         if build.chunks:
             print(f"continuing {home}: {build.chunks:,} chunks already there (their build time is not counted)")
         deadline = time.perf_counter() + 60 * args.budget_min
+        measured: dict[int, dict[str, Any]] = {}
         try:
             for size in sizes:
                 print(f"filling to {size:,} chunks ({args.dim}-d, {args.per_source} chunks per source)", flush=True)
                 fill(store, corpus, build, size, deadline, args.per_write)
-                if rows and rows[-1]["chunks"] == build.chunks:
+                if build.chunks in measured:
                     break
-                rows.append(measure(store, corpus, build, home, args))
-                print(results_table(rows[-1:]), "\n\n", pieces_table(rows[-1:]), flush=True)
+                measured[build.chunks] = measure(store, corpus, build, home, args)
+                rows = sorted([r for r in rows if r["chunks"] != build.chunks] + [measured[build.chunks]],
+                              key=lambda r: r["chunks"])
+                if args.workdir:
+                    save_rows(work, rows)
+                latest = [measured[build.chunks]]
+                print(results_table(latest), "\n\n", pieces_table(latest), "\n\n", filtered_table(latest), flush=True)
                 if build.stopped:
                     print(f"stopped filling at {build.chunks:,} chunks: {build.stopped}", flush=True)
                     break
@@ -579,12 +657,19 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
         if args.ef:
             sweep = ef_sweep(home, corpus, embed_name, build, args)
+            if args.workdir:
+                (work / "sweep.json").write_text(json.dumps(sweep))
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    return report(rows, sizes, sweep, args, corpus)
+
+
+def report(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args, corpus: Corpus) -> int:
+    """Print the section (and write it into docs/benchmarks.md with --write)."""
     report = render(rows, sizes, sweep, args)
     if args.query_embedder and rows:
-        _, texts = query_sets(corpus, Build(sources=max(1, build.sources)), 100, args.seed)
+        _, texts = query_sets(corpus, Build(sources=max(1, rows[-1]["sources"])), 100, args.seed)
         p50, p95, n = query_embedding_ms(args.query_embedder, texts)
         report += (f"\n\nQuestion embedding with `{args.query_embedder}` (add it to dense and hybrid): "
                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms over {n} questions.")

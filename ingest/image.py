@@ -88,12 +88,14 @@ def decoding(label: str, limits: Limits) -> Iterator[None]:
             raise too_large(label, None, int(found.group(1)) if found else 0, limits) from err
         except UnidentifiedImageError as err:
             raise InputError(label, "not an image (its content is not a known image format)",
-                             "check the file: it may be another type with an image extension") from err
+                             "check the file: it may be another type with an image extension",
+                             code="image.not_image") from err
         except MemoryError as err:
             raise InputError(label, "the image does not fit in memory while decoding",
                              "lower KB_IMAGE_DECODE_MAX_PIXELS so such files are refused, or downscale it") from err
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as err:
-            raise InputError(label, f"the image is damaged or truncated ({err})", DAMAGED_FIX) from err
+            raise InputError(label, f"the image is damaged or truncated ({err})", DAMAGED_FIX, code="image.damaged",
+                             params={"detail": str(err)}) from err
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
@@ -102,9 +104,11 @@ def too_large(label: str, size: tuple[int, int] | None, pixels: int, limits: Lim
     """A limit reported as a limit: the file's size, the setting, the value that reads it and what it costs."""
     shown = f"{size[0]} x {size[1]} pixels ({pixels / 1e6:.0f} Mpx)" if size else f"{pixels / 1e6:.0f} Mpx"
     needed = math.ceil(pixels / 1e7) * 10_000_000
-    return InputError(label, f"the image is {shown}, above the decode limit of {limits.decode_pixels / 1e6:g} Mpx",
+    limit, memory = f"{limits.decode_pixels / 1e6:g}", f"{needed * 4 / 2**30:.1f}"
+    return InputError(label, f"the image is {shown}, above the decode limit of {limit} Mpx",
                       f"to read it, set KB_IMAGE_DECODE_MAX_PIXELS={needed} (decoding it takes up to "
-                      f"{needed * 4 / 2**30:.1f} GB of memory), or downscale the image")
+                      f"{memory} GB of memory), or downscale the image", code="image.too_large",
+                      params={"size": shown, "limit": limit, "needed": needed, "memory": memory})
 
 
 def _checked(img: ImageFile.ImageFile, label: str, limits: Limits) -> ImageFile.ImageFile:

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS job_files (
     reason TEXT NOT NULL DEFAULT '',
     chunks INTEGER NOT NULL DEFAULT 0,
     result TEXT NOT NULL DEFAULT '',
+    cause TEXT NOT NULL DEFAULT '',  -- the reason's error code and values as JSON (kb/i18n.py says it)
     PRIMARY KEY (job_id, path)
 );
 CREATE INDEX IF NOT EXISTS job_files_path ON job_files(path);
@@ -90,6 +91,7 @@ class FileStatus:
     reason: str = ""
     chunks: int = 0
     result: str = ""  # the pipeline's word (an Outcome): added, updated, skipped, partial, failed, ...
+    cause: str = ""  # the reason as {"code", "params"} JSON when an error with a code gave it, for the app to say
 
     @property
     def final(self) -> bool:
@@ -173,10 +175,11 @@ def check_server_path(path: Path | str, roots: Sequence[Path]) -> Path:
     """
     if not roots:
         raise InputError(str(path), "the app may not read folders on the server (no allowed folders are set)",
-                         FOLDERS_FIX)
+                         FOLDERS_FIX, code="folder.none_allowed")
     typed = Path(os.path.normpath(Path(path).expanduser()))
     if not typed.is_absolute():
-        raise InputError(str(path), "not an absolute path", "give the full path, starting with /")
+        raise InputError(str(path), "not an absolute path", "give the full path, starting with /",
+                         code="folder.not_absolute")
     lexical_roots = [Path(os.path.normpath(r)) for r in roots]
     real_roots = [r.resolve() for r in lexical_roots]
     resolved = typed.resolve()
@@ -185,13 +188,17 @@ def check_server_path(path: Path | str, roots: Sequence[Path]) -> Path:
         hidden = next((part for part in found[1] if part.startswith(".")), None) if found else None
         if hidden:
             raise InputError(str(path), f"'{hidden}' is hidden: hidden files and folders are not read from the app",
-                             "rename it, or ingest it from a shell with `python -m ingest PATH`")
+                             "rename it, or ingest it from a shell with `python -m ingest PATH`",
+                             code="folder.hidden", params={"hidden": hidden})
     if _under(resolved, real_roots) is None:
-        where = f"it leads to {resolved}, " if _under(typed, lexical_roots) else ""
-        raise InputError(str(path), f"{where}outside the folders the app may read ({allowed})", FOLDERS_FIX)
+        leads = _under(typed, lexical_roots) is not None  # a link inside the folders that leads out of them
+        where = f"it leads to {resolved}, " if leads else ""
+        raise InputError(str(path), f"{where}outside the folders the app may read ({allowed})", FOLDERS_FIX,
+                         code="folder.leads_outside" if leads else "folder.outside",
+                         params={"allowed": allowed, "target": resolved})
     if not resolved.exists():
         raise InputError(str(path), "no such file or folder on the server",
-                         "give an absolute path that the app process can read")
+                         "give an absolute path that the app process can read", code="folder.missing")
     return resolved
 
 
@@ -221,6 +228,9 @@ class JobBoard:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(job_files)")}
+        if "cause" not in columns:  # a job table written before errors carried codes
+            self._db.execute("ALTER TABLE job_files ADD COLUMN cause TEXT NOT NULL DEFAULT ''")
 
     @classmethod
     def open(cls, settings: Settings) -> JobBoard:
@@ -258,7 +268,7 @@ class JobBoard:
             for path in paths:
                 if _under(Path(os.path.normpath(path)), [uploads_folder(self.home)]) is None:
                     raise InputError(str(path), "reading folders on the server is off in this app "
-                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX)
+                                     "(KB_ALLOWED_FOLDERS is not set)", FOLDERS_FIX, code="folder.off")
         return self._enqueue([check_server_path(p, roots) for p in paths], label, force=False, roots=roots,
                              owner=owner, ocr_first=ocr_first)
 
@@ -285,10 +295,12 @@ class JobBoard:
     def reindex(self, path: str, manifest: Manifest, owner: str = "") -> Job:
         """Ingest one source again, even if unchanged (a new engine or model, a fixed reader)."""
         if manifest.get(path) is None:
-            raise NotFound(f"{path} is not a source in the knowledge base", "pick a source from the library")
+            raise NotFound(f"{path} is not a source in the knowledge base", "pick a source from the library",
+                           code="source.unknown", params={"path": path})
         if not Path(path).is_file():
             raise NotFound(f"{path} is no longer on disk, so it cannot be re-indexed",
-                           "put the file back at that path, or delete the source from the library")
+                           "put the file back at that path, or delete the source from the library",
+                           code="source.gone", params={"path": path})
         return self._enqueue([Path(path)], f"re-index {Path(path).name}", force=True, roots=None, owner=owner)
 
     def cancel(self, job_id: int) -> None:
@@ -305,7 +317,8 @@ class JobBoard:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = rows[0] if rows else None
         if row is None:
-            raise NotFound(f"there is no ingest job {job_id}", "pick a job from the list")
+            raise NotFound(f"there is no ingest job {job_id}", "pick a job from the list", code="job.unknown",
+                           params={"job": job_id})
         return self._job(row)
 
     def jobs(self, limit: int = 50) -> list[Job]:
@@ -314,7 +327,7 @@ class JobBoard:
 
     def _job(self, row: sqlite3.Row) -> Job:
         files = [FileStatus(path=f["path"], rel=f["rel"], state=FileState(f["state"]), reason=f["reason"],
-                            chunks=f["chunks"], result=f["result"])
+                            chunks=f["chunks"], result=f["result"], cause=f["cause"])
                  for f in self._read("SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (row["id"],))]
         roots = None if row["roots"] is None else tuple(Path(r) for r in json.loads(row["roots"]))
         return Job(id=row["id"], label=row["label"], files=files, paths=[Path(p) for p in json.loads(row["paths"])],
@@ -403,8 +416,8 @@ class JobBoard:
         with self._write() as db:
             # INSERT OR REPLACE: the run may add rows (files the walk left out, with the reason).
             db.executemany("INSERT OR REPLACE INTO job_files (job_id, position, path, rel, state, reason, chunks, "
-                           "result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(job.id, n, f.path, f.rel, f.state, f.reason, f.chunks, f.result)
+                           "result, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(job.id, n, f.path, f.rel, f.state, f.reason, f.chunks, f.result, f.cause)
                             for n, f in enumerate(job.files)])
             db.execute("UPDATE jobs SET state = ?, error = ?, finished = ?, pages_read = ?, chunks = ?, engine = ?, "
                        "lease_until = 0 WHERE id = ?",

@@ -37,6 +37,8 @@ PARALLEL_MIN_PAGES = 24  # below this, starting reader processes costs more than
 PAGES_PER_TASK = 8  # pages one reader process reads per task (small: results come back in page order)
 MAX_READ_WORKERS = 8
 MAX_TITLE_CHARS = 120
+SCAN_COVER = 0.9  # an image over 90 % of the page is a scan of it
+STAMP_TEXT_COVER = 0.1  # a scan's text layer below 10 % of the page is a stamp on it, not the page's text
 
 
 def open_document(path: str | Path, **options: str) -> pymupdf.Document:
@@ -58,18 +60,21 @@ def open_pdf(path: Path, label: str) -> pymupdf.Document:
         doc = open_document(path, filetype="pdf")
     except Exception as err:
         raise InputError(label, f"not a readable PDF ({err})", "check that it really is a PDF (not another type "
-                         "renamed to .pdf); re-export or re-download it") from err
+                         "renamed to .pdf); re-export or re-download it", code="pdf.unreadable",
+                         params={"detail": str(err)}) from err
     if doc.needs_pass:
         doc.close()
         raise InputError(label, "the PDF is encrypted with a password", "decrypt it first, e.g. "
-                         "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`, and ingest the copy")
+                         "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`, and ingest the copy",
+                         code="pdf.encrypted")
     if doc.page_count == 0:
         doc.close()
-        raise InputError(label, "the PDF has no readable pages (damaged or truncated)", "re-download or re-export it")
+        raise InputError(label, "the PDF has no readable pages (damaged or truncated)", "re-download or re-export it",
+                         code="pdf.no_pages")
     if doc.is_repaired and not _has_eof_marker(path):
         doc.close()
         raise InputError(label, "the PDF is truncated (it ends before its %%EOF marker)",
-                         "the copy is incomplete: download or copy it again")
+                         "the copy is incomplete: download or copy it again", code="pdf.truncated")
     return doc
 
 
@@ -126,6 +131,21 @@ def _figure_rects(page: pymupdf.Page, min_side_pt: float) -> list[pymupdf.Rect]:
     return rects
 
 
+def is_stamped_scan(page: pymupdf.Page) -> bool:
+    """A page image that fills the page, with a text layer covering a tenth of it at most: a scan with a line
+    stamped on it (a court filing's "Case 2:18-cv-… Page 15 of 16" header, a fax banner). Its text layer says
+    nothing of what the page shows. A searchable scan's hidden OCR text covers the page, so it stays as text."""
+    width, height = float(page.rect.width), float(page.rect.height)
+
+    def cover(bbox: tuple[float, ...]) -> float:  # the part of the page a box covers, clipped to the page
+        x0, y0, x1, y1 = (float(v) for v in bbox[:4])
+        return max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0)) / (width * height)
+
+    if not any(cover(info["bbox"]) > SCAN_COVER for info in page.get_image_info()):
+        return False
+    return sum(cover(block) for block in page.get_text("blocks") if block[6] == 0) < STAMP_TEXT_COVER
+
+
 @dataclass
 class PageRead:
     """One page's text layer and figure positions, as a reader process hands it back (small, picklable)."""
@@ -134,6 +154,7 @@ class PageRead:
     text: str = ""
     figures: list[tuple[float, float, float, float]] = field(default_factory=list)
     error: str = ""
+    stamped_scan: bool = False  # a scanned page whose text layer is only a stamp on it: read by OCR
 
 
 def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[PageRead]:
@@ -144,7 +165,8 @@ def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[Pag
             try:
                 page = doc[index]
                 out.append(PageRead(index + 1, page_markdown(page),
-                                    [(r.x0, r.y0, r.x1, r.y1) for r in _figure_rects(page, min_side_pt)]))
+                                    [(r.x0, r.y0, r.x1, r.y1) for r in _figure_rects(page, min_side_pt)],
+                                    stamped_scan=is_stamped_scan(page)))
             except Exception as err:  # one damaged page must not lose the file
                 out.append(PageRead(index + 1, error=f"page {index + 1}: cannot read the page ({err})"))
     return out
@@ -278,7 +300,7 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
         number = page.number
         if page.error:
             result.errors.append(page.error)
-        elif len(page.text.strip()) >= settings.pdf_min_text_chars:
+        elif len(page.text.strip()) >= settings.pdf_min_text_chars and not page.stamped_scan:
             result.units.append(Unit(source, Modality.PDF_TEXT, page=number, text=page.text, context=contexts[number]))
             for rect in page.figures:
                 result.units.append(Unit(source, Modality.PDF_FIGURE, page=number, task="caption",

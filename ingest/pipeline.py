@@ -82,6 +82,7 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not errors: read as another type, no text on a page, ...
     fix: str = ""
+    cause: SeekframeError | None = None  # the error behind `errors`, when one error failed the file
 
     @property
     def shown(self) -> str:
@@ -402,7 +403,7 @@ class Ingestor:
                 job.read = read_file(fs_path(job.source.path), job.source, self.settings)
                 left_out = self._transcribe(job)
             except SeekframeError as err:
-                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[str(err)], fix=err.fix))
+                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[str(err)], fix=err.fix, cause=err))
                 continue
             except OSError as err:  # gone or locked since the walk
                 report.results.append(FileResult(job.name, Outcome.FAILED, errors=[

@@ -55,7 +55,7 @@ def supported_extensions() -> set[str]:
 def read_file(path: Path, source: Source, settings: Settings) -> ReadResult:
     """Read `path` (its real name on disk) with the reader its content calls for; InputError when none fits."""
     if path.stat().st_size == 0:
-        raise InputError(source.rel, "the file is empty (0 bytes)", "copy or download it again")
+        raise InputError(source.rel, "the file is empty (0 bytes)", "copy or download it again", code="read.empty")
     claimed = kinds_by_extension().get(path.suffix.lower())
     kind, note = choose_reader(claimed, sniff(path), source.rel, path.suffix)
     result = _readers()[kind](path, source, settings)
@@ -82,7 +82,7 @@ def choose_reader(claimed: str | None, found: Sniffed, label: str, suffix: str) 
     if found.kind == "text":  # most often the error message of a failed download: not stored as a document
         raise InputError(label, f"this is a plain-text file, not {CLAIMED[claimed]}",
                          "download or copy it again (a failed download saves its error message); if it is meant "
-                         "as text, rename it to .txt")
+                         "as text, rename it to .txt", code=f"read.text_not_{claimed}")
     if found.kind in READABLE:
         return found.kind, f"this is {found.name}, not {CLAIMED[claimed]}: read as {READ_AS[found.kind]}"
     raise InputError(label, f"this is {found.name}, not {CLAIMED[claimed]}", found.fix)

@@ -27,10 +27,13 @@ NOT_TEXT_FIX = "check what the file is (e.g. `file NAME`): it is binary data wit
 def read_text(path: Path, source: Source, settings: Settings) -> ReadResult:
     size = path.stat().st_size
     if size > settings.text_max_bytes:
-        raise InputError(source.rel, f"the text file is {size / 1e6:.1f} MB, above the limit of "
-                         f"{settings.text_max_bytes / 1e6:g} MB for one text file",
+        megabytes, limit = f"{size / 1e6:.1f}", f"{settings.text_max_bytes / 1e6:g}"
+        chunks = size // settings.chunk_chars
+        raise InputError(source.rel, f"the text file is {megabytes} MB, above the limit of {limit} MB for one "
+                         "text file",
                          f"split it into smaller files, or set KB_TEXT_MAX_BYTES={size} to read it whole (about "
-                         f"{size // settings.chunk_chars} chunks to embed)")
+                         f"{chunks} chunks to embed)", code="text.too_big",
+                         params={"size": megabytes, "limit": limit, "bytes": size, "chunks": chunks})
     text, encoding = decode_text(path.read_bytes(), source.rel)
     notes = [f"not UTF-8: read as {encoding}"] if encoding else []
     return ReadResult(kind=FileKind.TEXT, units=[Unit(source, Modality.TEXT, text=text)], notes=notes)
@@ -40,7 +43,7 @@ def decode_text(data: bytes, label: str) -> tuple[str, str]:
     """(text, the encoding when it is not UTF-8, else ""); InputError when the bytes are not text."""
     text, encoding = _decode(data)
     if text is None or _control_share(text) > MAX_CONTROL_SHARE:
-        raise InputError(label, "not text: its bytes are binary data, not characters", NOT_TEXT_FIX)
+        raise InputError(label, "not text: its bytes are binary data, not characters", NOT_TEXT_FIX, code="text.binary")
     return text, encoding
 
 

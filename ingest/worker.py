@@ -7,6 +7,7 @@ progress events and from which tasks the engine is asked to run.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -267,6 +268,8 @@ def _apply(item: FileStatus, result: FileResult | None) -> None:
     item.result, item.chunks = result.status, result.chunks
     item.state = FileState.DONE if result.status in STORED else FileState.FAILED
     item.reason = "; ".join(result.errors or result.notes)  # a link not followed has a note
+    if result.cause is not None and result.cause.code:  # said in the reader's language by the app
+        item.cause = json.dumps({"code": result.cause.code, "params": result.cause.params}, default=str)
     if result.status == Outcome.SKIPPED:
         item.reason = "unchanged since the last ingest"
 

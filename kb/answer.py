@@ -8,7 +8,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from kb import prompts
+from kb import i18n, prompts
 from kb.answer_cache import AnswerCache, answer_key, content_version
 from kb.config import Settings
 from kb.engines import Engine
@@ -27,6 +27,11 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 _NAME = re.compile(r"(?<=[\w,;:)] )[A-Z][\w&.-]*[A-Za-z0-9]|\b[A-Z]{2,}[\w-]*|\b\d[\d.,]{2,}\d\b")
 # A citation marker as the prompt asks for it ([3], several as [1][3]) or as models also write it ([1, 3]).
 _MARKER = re.compile(r"([ \t]*)\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
+# A word long enough that one letter off is a typing slip, not another word ("Boeing" is one letter from "being").
+_TYPO_WORD = re.compile(r"[A-Z][a-z]{6,}")
+_FISCAL_YEAR = re.compile(r"FY(\d{4})")  # "FY2018": a report says "2018" or "fiscal 2018"
+_TITLE_RUN = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b")  # "College Board Search Platform": one name
+_FORMAT_SENTENCE = re.compile(r"(?i)\banswer\b.*\bformat(?:ted)?\b")  # "Please write the answer in int format"
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,12 @@ def prepare(question: str, store: Store, k: int = 5, filters: Filters | None = N
 
 
 def question_names(question: str) -> list[str]:
-    """The names, acronyms and long numbers a question asks about ("Shopee", "BERT", "2019"), in order, once."""
-    names = (m.group().rstrip(".").removesuffix("'s").removesuffix("’s") for m in _NAME.finditer(question))
+    """The names, acronyms and long numbers a question asks about ("Shopee", "BERT", "2019"), in order, once.
+
+    A sentence about the answer's format ("Save your answer as a list of dates formatted as 'YYYY-MM-DD'") asks
+    about nothing in the sources: its words are not names."""
+    asked = " ".join(s for s in _SENTENCE.split(question) if not _FORMAT_SENTENCE.search(s))
+    names = (m.group().rstrip(".").removesuffix("'s").removesuffix("’s") for m in _NAME.finditer(asked))
     return list(dict.fromkeys(n for n in names if len(n) > 1 and n.lower() not in STOPWORDS))
 
 
@@ -102,11 +111,33 @@ def absent_names(question: str, store: Store, filters: Filters | None = None) ->
 
     A question about something the sources never mention cannot be answered from them, however close the nearest
     passage looks: "how many Shopee datasets?" on a paper that only has Amazon ones. Looked up in the lexical index,
-    so a name is absent only if no chunk holds it at all, not merely the retrieved ones.
+    so a name is absent only if no chunk holds it at all, not merely the retrieved ones. Two slips of a person
+    asking do not count as absence: a long word typed with one letter too many or two letters swapped
+    ("Demoncratic", "Reasone"), one word of a longer name the sources give in other words ("Platform" in
+    "College Board Search Platform", when College, Board and Search are there), and a fiscal year written
+    "FY2018" where the report says 2018.
     """
     where = (filters or Filters()).where(store)
-    return [name for name in question_names(question)
-            if tokenize(name) and not store.lexical_query(name, 1, where)]  # a stopword ("II") proves nothing
+
+    def held(text: str) -> bool:  # a stopword alone ("II") proves nothing: counted as held
+        return not tokenize(text) or bool(store.lexical_query(text, 1, where))
+
+    names = question_names(question)
+    missing = [name for name in names if not held(name)]
+    missing = [name for name in missing if not (_TYPO_WORD.fullmatch(name) and held(" ".join(_slips(name))))]
+    missing = [name for name in missing if not ((year := _FISCAL_YEAR.fullmatch(name)) and held(year.group(1)))]
+    for run in _TITLE_RUN.finditer(question):
+        words = [word for word in run.group().split() if word in names]  # not the sentence's first word
+        if 2 * sum(word in missing for word in words) < len(words):  # most of the name is there
+            missing = [name for name in missing if name not in words]
+    return missing
+
+
+def _slips(word: str) -> list[str]:
+    """The words `word` may have been meant as: one letter fewer, or two neighbouring letters swapped."""
+    deleted = (word[:n] + word[n + 1:] for n in range(len(word)))
+    swapped = (word[:n] + word[n + 1] + word[n] + word[n + 2:] for n in range(len(word) - 1))
+    return list(dict.fromkeys(w for w in (*deleted, *swapped) if w != word))
 
 
 def key_frames(hits: Sequence[Hit], limit: int = MAX_KEY_FRAMES) -> tuple[list[int], list[Image.Image]]:
@@ -135,10 +166,11 @@ def keep_real_citations(text: str, sources: int) -> str:
 def stream_answer(prepared: Prepared, engine: Engine) -> Iterator[str]:
     """The answer text, piece by piece; extractive quotes when the engine has no language model."""
     if not prepared.hits:
-        yield prompts.NO_SOURCES
+        yield prompts.no_sources(prepared.question)
     elif not engine.generative and prepared.absent:
         # Quoting the nearest page would answer another question; the model-less engine says what is missing.
-        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0])
+        yield prompts.not_in_sources(prepared.absent, prepared.ranked[0] if prepared.ranked else prepared.hits[0],
+                                     prepared.question)
     elif not engine.generative:
         yield extractive_answer(prepared.question, prepared.hits, prepared.ranked or prepared.hits)
     else:
@@ -196,7 +228,8 @@ def best_sentence(question: str, text: str, max_chars: int = 300) -> str:
 def extractive_answer(question: str, sources: Sequence[Hit], ranked: Sequence[Hit], quotes: int = 3) -> str:
     """The best sentence of each of the `quotes` best hits, cited by its number among `sources`."""
     number = {hit.chunk.id: n for n, hit in enumerate(sources, 1)}
-    lines = ["The best matching passages (the ocr engine quotes; it does not write answers):", ""]
+    # The one sentence of its own the model-less engine writes, in the question's language like a model's answer.
+    lines = [i18n.text("answer.extractive_heading", i18n.language_of_text(question)), ""]
     for hit in [h for h in ranked if h.chunk.id in number][:quotes]:
         quote = keep_real_citations(best_sentence(question, hit.chunk.text), 0)  # the document's own [n] are not ours
         lines.append(f"> {quote} [{number[hit.chunk.id]}]")

@@ -71,7 +71,9 @@ def require(role: str | None, needed: str, action: str) -> None:
     """Raise AccessDenied unless `role` reaches `needed` (checked where the action happens, not only in menus)."""
     if not allows(role, needed):
         raise AccessDenied(f"{action} needs the {needed} role; you are {role or 'not allowed in'}",
-                           f"ask an admin to add you to KB_{needed.upper()}S")
+                           f"ask an admin to add you to KB_{needed.upper()}S", code="access.role",
+                           params={"action": action, "needed": needed, "role": role or "not allowed in",
+                                   "setting": f"KB_{needed.upper()}S"})
 
 
 def identity_from_claims(claims: Mapping[str, object]) -> Identity:
@@ -103,7 +105,8 @@ def identity_from_headers(headers: Mapping[str, str], remote_address: str | None
     user = lowered.get(USER_HEADER.lower(), "").strip()
     if not user:
         raise AccessDenied(f"no {USER_HEADER} header: this app expects to be reached through its sign-in proxy",
-                           "open the team's address, not the app's port")
+                           "open the team's address, not the app's port", code="access.no_header",
+                           params={"header": USER_HEADER})
     secret = lowered.get(SECRET_HEADER.lower(), "")
     by_secret = bool(settings.auth_header_secret) and hmac.compare_digest(secret.encode(),
                                                                            settings.auth_header_secret.encode())
@@ -111,7 +114,9 @@ def identity_from_headers(headers: Mapping[str, str], remote_address: str | None
     if not (by_secret or by_address):
         raise AccessDenied(f"{USER_HEADER} came from {remote_address or 'an unknown address'}, which is not a "
                            "trusted proxy, and without the shared secret: refused",
-                           "set KB_AUTH_TRUSTED_PROXIES to the proxy's address, or KB_AUTH_HEADER_SECRET on both")
+                           "set KB_AUTH_TRUSTED_PROXIES to the proxy's address, or KB_AUTH_HEADER_SECRET on both",
+                           code="access.untrusted",
+                           params={"header": USER_HEADER, "address": remote_address or "?"})
     groups = tuple(g.strip() for g in lowered.get(GROUPS_HEADER.lower(), "").split(",") if g.strip())
     return Identity(email=user, groups=groups)
 
@@ -131,4 +136,5 @@ def check_no_sign_in(address: str) -> None:
         raise AccessDenied(f"no sign-in (KB_AUTH=none, or auto with no [auth] provider) while the app listens on "
                            f"{address or 'every address'}: anyone who reaches it could delete the library",
                            "listen on 127.0.0.1 only (server.address), or set KB_AUTH=oidc with a provider in "
-                           ".streamlit/secrets.toml, or KB_AUTH=header behind an auth proxy")
+                           ".streamlit/secrets.toml, or KB_AUTH=header behind an auth proxy",
+                           code="access.open_no_sign_in", params={"address": address or "0.0.0.0"})

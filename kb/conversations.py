@@ -100,7 +100,8 @@ class Conversations:
             row = self._db.execute("SELECT 1 FROM conversations WHERE id = ? AND user = ?",
                                    (conversation_id, user)).fetchone()
         if row is None:  # the same answer for someone else's conversation and for none: nothing leaks
-            raise NotFound(f"you have no conversation {conversation_id}", "pick one of yours, or start a new one")
+            raise NotFound(f"you have no conversation {conversation_id}", "pick one of yours, or start a new one",
+                           code="conversation.unknown", params={"conversation": conversation_id})
 
     def close(self) -> None:
         self._db.close()

@@ -1,5 +1,11 @@
-"""One exception tree. Every error says what went wrong and how to fix it; the CLI maps each to an exit code."""
+"""One exception tree. Every error says what went wrong and how to fix it; the CLI maps each to an exit code.
+
+An error the web app can show also carries a stable `code` and its `params` (the values in its message), so the
+interface can say it in the visitor's language (kb/i18n.py); without a code the English text is shown.
+"""
 from __future__ import annotations
+
+from typing import Mapping
 
 
 class SeekframeError(Exception):
@@ -7,10 +13,13 @@ class SeekframeError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, fix: str = "") -> None:
+    def __init__(self, message: str, fix: str = "", *, code: str = "",
+                 params: Mapping[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
+        self.code = code
+        self.params: dict[str, object] = dict(params or {})
 
     def __str__(self) -> str:
         return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
@@ -43,10 +52,11 @@ class EmbedderMismatch(StoreError):
 
 
 class InputError(SeekframeError):
-    """One input file cannot be read (zero bytes, truncated, encrypted, wrong type)."""
+    """One input file cannot be read (zero bytes, truncated, encrypted, wrong type); `params` include its path."""
 
-    def __init__(self, path: str, message: str, fix: str = "") -> None:
-        super().__init__(f"{path}: {message}", fix)
+    def __init__(self, path: str, message: str, fix: str = "", *, code: str = "",
+                 params: Mapping[str, object] | None = None) -> None:
+        super().__init__(f"{path}: {message}", fix, code=code, params={"path": path, **(params or {})})
         self.path = path
 
 

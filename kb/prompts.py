@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kb import i18n
 from kb.types import Hit
 
 OCR_PAGE = (
@@ -74,11 +75,12 @@ OUTLINE_PDF = (
     "exactly in the form `p. N  Section title` with the page where the section starts. No other text.\n\n"
 )
 
-NO_SOURCES = "Nothing in the knowledge base matches this question."
+def no_sources(question: str) -> str:
+    """The answer when nothing matches, in the question's language (kb/i18n.py) like a model's answer."""
+    return i18n.text("answer.no_sources", i18n.language_of_text(question))
 
 
-def not_in_sources(absent: Sequence[str], nearest: Hit) -> str:
+def not_in_sources(absent: Sequence[str], nearest: Hit, question: str = "") -> str:
     """The extractive answer to a question about something no source mentions: say so, quote nothing."""
     names = ", ".join(f"“{a}”" for a in absent)
-    return (f"The knowledge base does not answer this: no source mentions {names}. The closest passage "
-            f"({nearest.where}) is about something else, so it is not quoted.")
+    return i18n.text("answer.not_in_sources", i18n.language_of_text(question), names=names, where=nearest.where)

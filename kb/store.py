@@ -40,6 +40,11 @@ Where = dict[str, Any]
 log = logging.getLogger(__name__)
 COLLECTION = "seekframe_chunks"
 SCHEMA_VERSION = 1
+# HNSW ef_search: candidates a dense query visits. Measured on 1024-d clustered vectors (bench/scale.py,
+# docs/benchmarks.md "Scale"): recall@10 0.984 at 381k chunks with 200, and the same with 400 at +1.7 ms p50.
+EF_SEARCH = 200
+# Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
+CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
@@ -83,7 +88,8 @@ class OwnerLock:
                     os.close(fd)
                     raise StoreLocked(f"the knowledge base at {path.parent} is open in another process (pid {owner})",
                                       "stop that process (the app or another ingest), or "
-                                      + SERVER_FIX.format(dir=path.parent)) from None
+                                      + SERVER_FIX.format(dir=path.parent),
+                                      code="store.locked", params={"folder": path.parent, "pid": owner}) from None
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
             self._held[self.path] = (fd, count + 1)
@@ -132,11 +138,11 @@ class Store:
         # Any: chromadb types every result field Optional (even those `include` asks for) and metadata values as
         # a union; what comes back is what `Chunk.metadata` stored, read as plain JSON.
         self._collection: Any = client.get_or_create_collection(
-            # ef_search 200: recall@10 0.99 instead of 0.85-0.98 at 100, at no measurable cost (bench/scale.py).
-            COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": 200}},
+            COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": EF_SEARCH}},
             metadata={"embed_model": embedder.name, "embed_dim": embedder.dimension,
                       "schema_version": SCHEMA_VERSION})
         self._check_embedder()
+        self._use_ef_search()
         self._batch = max(1, min(5000, client.get_max_batch_size()))
         lexical_path = settings.home / "lexical"
         if not LexicalIndex.exists(lexical_path):
@@ -170,6 +176,13 @@ class Store:
                                  f"{self.settings.home} aside and ingest the files again")
             yield [Chunk.from_stored(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])], \
                 got["metadatas"]
+
+    def _use_ef_search(self) -> None:
+        """A knowledge base made with another ef_search gets this one. Chroma applies it when this process loads
+        the HNSW index (its first query), so it holds from this open on (measured in bench/scale.py)."""
+        hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
+        if hnsw.get("ef_search", EF_SEARCH) != EF_SEARCH:
+            self._collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
 
     def _check_embedder(self) -> None:
         meta = self._collection.metadata or {}
@@ -209,7 +222,7 @@ class Store:
                 # No documents: the text is kept once, in the lexical index (Chroma would store it and index
                 # every trigram of it, which nothing here queries; that was 70 % of fill time).
                 self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
-                                        metadatas=[c.metadata() for c, _ in part])
+                                        metadatas=[_filterable(c.metadata()) for c, _ in part])
             self.lexical.upsert([c for c, _ in pairs])
             for record, chunks, _ in items:
                 record.chunks = len(chunks)
@@ -344,7 +357,7 @@ class Store:
         fresh = [(cid, meta, dist) for cid, meta, dist in zip(got["ids"][0], got["metadatas"][0], got["distances"][0])
                  if current.get(meta.get("source_abs")) == meta.get("sha256")][:k]  # not stale, not unfinished
         texts = self.lexical.rows([cid for cid, _, _ in fresh])  # the text is kept there only
-        return [Hit(Chunk.from_stored(cid, texts[cid][1], meta), 1.0 - float(dist))
+        return [Hit(Chunk.from_stored(*texts[cid]), 1.0 - float(dist))
                 for cid, meta, dist in fresh if cid in texts]
 
     def lexical_query(self, text: str, k: int, where: Where | None = None) -> list[Hit]:
@@ -365,6 +378,13 @@ class Store:
         if self._lock:
             self._lock.release()
             self._lock = None
+
+
+def _filterable(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata Chroma keeps: what a dense query filters on and what freshness and cleanup look up. The rest
+    (engine, model, key frame, language) is in the lexical index's row only: each key Chroma keeps is a row in
+    three SQLite b-trees (12 KB of writes per chunk for engine and model, bench/scale.py notes)."""
+    return {k: v for k, v in meta.items() if k in CHROMA_KEYS}
 
 
 def _recorded_embed_model(client: ClientAPI) -> str | None:

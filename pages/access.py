@@ -7,6 +7,7 @@ import sys
 
 import streamlit as st
 
+from kb import i18n
 from kb.auth import (
     ADMIN,
     LOCAL_USER,
@@ -21,6 +22,7 @@ from kb.auth import (
 )
 from pages import resources
 from pages.helpers import md_escape
+from pages.language import t, word
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +49,15 @@ def _nothing() -> None:
     pass
 
 
-def _stop_with(err: AccessDenied) -> None:
-    resources.show_error(err)
+def _stop_with(err: AccessDenied, **params: object) -> None:
+    resources.show_error(err, **params)
     _stop()
 
 
 def _sign_in_page() -> None:
     st.title("Seekframe")
-    st.write("Sign in to ask questions of your team's knowledge base.")
-    st.button("Sign in", key="sign_in", type="primary", on_click=st.login)
+    st.write(t("access.sign_in_intro"))
+    st.button(t("access.sign_in"), key="sign_in", type="primary", on_click=st.login)
     _stop()
 
 
@@ -79,7 +81,7 @@ def current() -> tuple[Identity, str]:
         except AccessDenied as err:
             _stop_with(err)
         _say_no_sign_in(address)
-        st.sidebar.warning("No sign-in: single-user mode, reachable from this machine only (KB_AUTH).")
+        st.sidebar.warning(t("access.no_sign_in"))
         return Identity(email=LOCAL_USER, name="local user"), ADMIN
     if how == "oidc":
         if not st.user.is_logged_in:
@@ -94,19 +96,25 @@ def current() -> tuple[Identity, str]:
             _stop_with(err)
     role = role_of(identity, settings)
     if role is None:
-        st.error(md_escape(f"{identity.email} is signed in but has no role in this knowledge base."))
-        st.caption("Ask an admin to add you to KB_VIEWERS, KB_EDITORS or KB_ADMINS.")
+        st.error(md_escape(t("access.no_role", email=identity.email)))
+        st.caption(t("access.no_role_fix"))
         if how == "oidc":
-            st.button("Sign out", key="sign_out", on_click=st.logout)
+            st.button(t("access.sign_out"), key="sign_out", on_click=st.logout)
         _stop()
     return identity, role
 
 
 def show_user(identity: Identity, role: str) -> None:
     with st.sidebar:
-        st.caption(md_escape(f"Signed in as {identity.name or identity.email} · {role}"))
+        name = shown_name(identity.email) if identity.email == LOCAL_USER else identity.name or identity.email
+        st.caption(md_escape(t("access.signed_in_as", name=name, role=word("role", role))))
         if mode() == "oidc":
-            st.button("Sign out", key="sign_out", on_click=st.logout)
+            st.button(t("access.sign_out"), key="sign_out", on_click=st.logout)
+
+
+def shown_name(user: str) -> str:
+    """A user as the page names them: the single local user in the visitor's language, others by their address."""
+    return t("access.local_user") if user == LOCAL_USER else t("access.inbox") if user == "inbox" else user
 
 
 def role() -> str:
@@ -123,8 +131,12 @@ def can(needed: str) -> bool:
 
 
 def require_role(needed: str, action: str) -> None:
-    """Refuse the action (an error on the page and stop) unless the visitor's role reaches `needed`."""
+    """Refuse the action (an error on the page and stop) unless the visitor's role reaches `needed`; `action`
+    is its catalog key (`action.add_content`), said in English in the error and in the visitor's language on
+    the page."""
     try:
-        require(role(), needed, action)
+        require(role(), needed, i18n.text(action, "en"))
     except AccessDenied as err:
-        _stop_with(err)
+        mine = role()
+        _stop_with(err, action=t(action), needed=word("role", needed),
+                   role=word("role", mine) if mine else t("access.not_allowed"))

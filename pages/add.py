@@ -1,109 +1,123 @@
 """Add content: upload files or name a server folder; ingestion runs in the background, per-file status."""
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
-from ingest.jobs import Job, uploads_folder
+from ingest.jobs import FileStatus, Job, uploads_folder
 from ingest.read import supported_extensions
 from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
+from kb.i18n import error_text
 from kb.paths import display
 from kb.types import FileState
 from pages import access, resources
 from pages.helpers import md_code, md_escape, save_upload
+from pages.language import current, t, word
 
-st.title("Add content")
-access.require_role(EDITOR, "adding content")  # also when the page is opened by its address
+st.title(t("add.title"))
+access.require_role(EDITOR, "action.add_content")  # also when the page is opened by its address
 store = resources.open_or_stop()
 settings = resources.settings()
 queue = resources.jobs()
 extensions = sorted(supported_extensions())
 limit_mb = st.get_option("server.maxUploadSize")
-st.markdown(
-    f"Seekframe reads {md_escape(', '.join(extensions))}. Files are ingested in the background by the ingest "
-    "worker: you can leave this page, or close the browser, and come back. Each upload is saved under "
-    f"{md_code(str(uploads_folder(settings.home)))}, in a folder named after its content, so files with the "
-    "same name never replace each other.")
-st.caption(f"Upload limit: {limit_mb} MB per file. Raise it when starting the app, e.g. "
-           "`streamlit run streamlit_app.py --server.maxUploadSize 2000`, or set `maxUploadSize` under "
-           "`[server]` in `.streamlit/config.toml`. For very large files, give a folder on the server instead.")
+st.markdown(t("add.intro", extensions=md_escape(", ".join(extensions)),
+               folder=md_code(str(uploads_folder(settings.home)))))
+st.caption(t("add.limit", limit=limit_mb))
 
 # Kept in this visitor's session (st.session_state): each user chooses for their own uploads.
-ocr_first = st.checkbox("OCR-first: text only, no captions of figures and photos (faster)", key="ocr_first",
-                        value=settings.ocr_first,
-                        help="Pages, photos and video frames are still read for their text; what a figure or photo "
-                             "shows is not described. Re-index a source later to add its captions.")
+ocr_first = st.checkbox(t("add.ocr_first"), key="ocr_first", value=settings.ocr_first, help=t("add.ocr_first_help"))
 
-upload_tab, folder_tab = st.tabs(["Upload files", "Folder on the server"])
+upload_tab, folder_tab = st.tabs([t("add.tab_upload"), t("add.tab_folder")])
 with upload_tab:
-    files = st.file_uploader("Files to add", accept_multiple_files=True, key="uploads")
-    if st.button("Ingest uploaded files", key="ingest_uploads", disabled=not files, type="primary"):
+    files = st.file_uploader(t("add.files"), accept_multiple_files=True, key="uploads")
+    if st.button(t("add.ingest_uploads"), key="ingest_uploads", disabled=not files, type="primary"):
         saved, problems = [], []
         for upload in files or []:
             try:
                 saved.append(save_upload(upload.name, upload.getvalue(), uploads_folder(settings.home), extensions))
             except InputError as err:
-                problems.append(str(err))
+                problems.append(err)
         st.session_state["upload_problems"] = problems
         if saved:
             try:
-                queue.submit(saved, label=f"upload of {len(saved)} file" + ("s" if len(saved) != 1 else ""),
-                             owner=access.user(), ocr_first=ocr_first)
+                queue.submit(saved, label=t("add.upload_label", count=len(saved)), owner=access.user(),
+                             ocr_first=ocr_first)
             except SeekframeError as err:
-                problems.append(str(err))
-    for problem in st.session_state.get("upload_problems", []):
-        st.error(md_escape(problem))
+                problems.append(err)
+    for problem in st.session_state.get("upload_problems", []):  # errors, said in the language of this run
+        resources.show_error(problem)
 
 with folder_tab:
     if not access.can(ADMIN):
-        st.info("Reading folders on the server is for admins only.")
+        st.info(t("add.folders_admin_only"))
     elif not settings.allowed_folders:
-        st.info("Reading folders on the server is off: anyone who can open this app could read the server's "
-                "files through it. To allow it, set `KB_ALLOWED_FOLDERS` to the folders the app may read "
-                "(absolute paths separated by `:`, or `allowed_folders = [...]` in `seekframe.toml`) and restart "
-                "the app. Only files under those folders are read; hidden files and links that lead out of them "
-                "are not.")
+        st.info(t("add.folders_off"))
     else:
-        st.caption("Allowed folders: " + ", ".join(md_code(str(r)) for r in settings.allowed_folders)
-                   + " (`KB_ALLOWED_FOLDERS`). Hidden files and links that lead out of them are not read.")
-        folder = st.text_input("Folder or file path on the server", key="folder_path",
-                               placeholder=f"{settings.allowed_folders[0]}/...  (walked recursively)")
-        if st.button("Ingest folder", key="ingest_folder", disabled=not folder.strip()):
+        st.caption(t("add.allowed_folders", folders=", ".join(md_code(str(r)) for r in settings.allowed_folders)))
+        folder = st.text_input(t("add.folder"), key="folder_path",
+                               placeholder=t("add.folder_placeholder", folder=settings.allowed_folders[0]))
+        if st.button(t("add.ingest_folder"), key="ingest_folder", disabled=not folder.strip()):
             try:
-                access.require_role(ADMIN, "reading server folders")
+                access.require_role(ADMIN, "action.read_folders")
                 queue.submit([folder.strip()], owner=access.user(), ocr_first=ocr_first)
             except SeekframeError as err:
                 resources.show_error(err)
 
 
+def job_label(job: Job) -> str:
+    """What a job is called, in the reader's language: a re-index and an inbox batch are named here (JobBoard
+    stores English labels for them); an upload keeps the label its submitter's page gave it."""
+    if job.force and job.paths:
+        return t("add.reindex_label", name=job.paths[0].name)
+    if job.owner == "inbox":
+        return t("add.inbox_label", count=len(job.paths))
+    return job.label
+
+
+def reason(item: FileStatus) -> str:
+    """Why a file failed or was skipped, in the reader's language where the error gave its code (else as the
+    ingest wrote it)."""
+    try:
+        cause = json.loads(item.cause) if item.cause else {}
+        message, fix = error_text(SeekframeError(item.reason, code=cause["code"], params=cause["params"]), current())
+    except (ValueError, KeyError, TypeError):
+        return word("reason", display(item.reason))
+    return display(t("add.reason_fix", reason=message, fix=fix) if fix else message)
+
+
 def show_job(job: Job) -> None:
     done = job.finished_files
     total = len(job.files) or 1
-    by = f" · by {job.owner}" if job.owner else ""
-    st.markdown(f"**{md_escape(job.label + by)}** · {job.state} · {done}/{len(job.files)} files · "
-                f"{job.seconds:.1f} s" + (f" · {job.pages_read} pages read by the engine" if job.pages_read else ""))
+    label = t("add.job_by", label=job_label(job), owner=access.shown_name(job.owner)) if job.owner else job_label(job)
+    st.markdown(t("add.job_line_pages" if job.pages_read else "add.job_line", label=md_escape(label),
+                  state=word("state", job.state), done=done, total=len(job.files), seconds=f"{job.seconds:.1f}",
+                  pages=job.pages_read))
     if job.error:
-        st.caption(md_escape(display(job.error)))
+        st.caption(md_escape(word("reason", display(job.error))))
     st.progress(done / total)
     if job.active:
-        st.button("Cancel", key=f"cancel_{job.id}", on_click=queue.cancel, args=(job.id,),
-                  help="Stops before the next file or page batch; files already stored stay.")
+        st.button(t("add.cancel"), key=f"cancel_{job.id}", on_click=queue.cancel, args=(job.id,),
+                  help=t("add.cancel_help"))
     if job.files:
-        st.dataframe([{"file": display(f.rel), "status": f.state, "chunks": f.chunks, "result": f.result,
-                       "reason": display(f.reason)} for f in job.files], hide_index=True, width="stretch")
+        st.dataframe([{t("add.col_file"): display(f.rel), t("add.col_status"): word("state", f.state),
+                       t("add.col_chunks"): f.chunks, t("add.col_result"): word("result", f.result),
+                       t("add.col_reason"): reason(f)} for f in job.files],
+                     hide_index=True, width="stretch")
     for item in job.files:
         if item.state == FileState.FAILED:
-            st.error(md_escape(display(f"{item.rel}: {item.reason}")))
+            st.error(md_escape(t("add.file_failed", file=display(item.rel), reason=reason(item))))
 
 
 def jobs_panel() -> None:
     jobs = queue.jobs()
     if not jobs:
-        st.caption("No ingest jobs yet.")
+        st.caption(t("add.no_jobs"))
         return
     if queue.busy and not queue.live_workers():
-        st.warning("Jobs are waiting, but no ingest worker has reported in the last minute: start one with "
-                   "`python -m ingest --worker` (same KB_HOME and KB_CHROMA_URL as this app).")
+        st.warning(t("add.no_worker"))
     for job in jobs[:10]:
         with st.container(border=True):
             show_job(job)
@@ -113,7 +127,7 @@ def jobs_panel() -> None:
     st.session_state["jobs_were_busy"] = queue.busy
 
 
-st.subheader("Ingest jobs")
+st.subheader(t("add.jobs"))
 if queue.busy:
     st.fragment(run_every=1.0)(jobs_panel)()  # redraw the statuses every second while something runs
 else:

@@ -1,24 +1,26 @@
 """Ask: a chat over the knowledge base; answers stream, citations [n] open the page, image or video second."""
 from __future__ import annotations
 
+import json
 import math
 import time
 
 import streamlit as st
 
 from kb.answer import Generation, cache_key, keep_real_citations, prepare, stream_answer
+from kb.engines import Engine
 from kb.errors import SeekframeError
 from kb.paths import display
 from pages import access, resources, widgets
-from pages.helpers import GROUPS, build_filters, md_escape, safe_markdown
+from pages.helpers import GROUPS, build_filters, md_code, md_escape, safe_markdown
+from pages.language import t, words
 
-st.title("Ask your knowledge base")
+st.title(t("ask.title"))
 store = resources.open_or_stop()
 settings = resources.settings()
 resources.start_engine()  # loads while the user reads and types
 if store.embedder.fallback_reason:
-    st.warning(md_escape("Offline profile: the bundled English embedding model is in use "
-                         f"({store.embedder.fallback_reason})."))
+    st.warning(md_escape(t("ask.offline_embedder", reason=store.embedder.fallback_reason)))
 records = store.manifest.all()
 if not records:
     widgets.empty_library()
@@ -26,36 +28,37 @@ if not records:
 
 # filters ------------------------------------------------------------------------------------------------
 with st.sidebar:
-    st.header("Filters")
-    chosen = st.multiselect("Sources", [r.rel for r in records], key="filter_sources", format_func=display,
-                            placeholder="all sources")
-    groups = st.multiselect("Modality", GROUPS, key="filter_groups", placeholder="documents, images and video")
+    st.header(t("ask.filters"))
+    chosen = st.multiselect(t("ask.sources"), [r.rel for r in records], key="filter_sources", format_func=display,
+                            placeholder=t("ask.all_sources"))
+    groups = st.multiselect(t("ask.modality"), GROUPS, key="filter_groups", placeholder=t("ask.all_modalities"),
+                            format_func=words("group"))
     durations = [r.duration for r in records if r.kind in ("video", "audio") and r.duration]
     seconds = full = None
     if durations:
         full = (0.0, float(math.ceil(max(durations))))
-        seconds = st.slider("Video and audio time range (seconds)", full[0], full[1], full, step=1.0,
+        seconds = st.slider(t("ask.time_range"), full[0], full[1], full, step=1.0,
                             key="filter_seconds")
     filters = build_filters(chosen, groups, seconds, full)
     # Generation settings live in this visitor's session (st.session_state), not in the shared settings.
-    st.header("Generation")
-    max_tokens = st.number_input("Max new tokens", min_value=1, max_value=8192, step=64, key="gen_max_tokens",
+    st.header(t("ask.generation"))
+    max_tokens = st.number_input(t("ask.max_tokens"), min_value=1, max_value=8192, step=64, key="gen_max_tokens",
                                  value=settings.max_answer_tokens)
-    temperature = st.slider("Temperature (0 = greedy)", 0.0, 1.5, float(settings.temperature), step=0.05,
+    temperature = st.slider(t("ask.temperature"), 0.0, 1.5, float(settings.temperature), step=0.05,
                             key="gen_temperature")
-    top_p = st.slider("Top-p", 0.05, 1.0, float(settings.top_p), step=0.05, key="gen_top_p",
-                      disabled=temperature == 0, help="used when sampling (temperature above 0)")
+    top_p = st.slider(t("ask.top_p"), 0.05, 1.0, float(settings.top_p), step=0.05, key="gen_top_p",
+                      disabled=temperature == 0, help=t("ask.top_p_help"))
     chosen_generation = Generation(int(max_tokens), float(temperature), float(top_p))
 
     def new_conversation() -> None:
         st.session_state.update(history=[], conversation_id=None, open_conversation=None)
 
-    st.button("New conversation", key="new_conversation", on_click=new_conversation)
+    st.button(t("ask.new_conversation"), key="new_conversation", on_click=new_conversation)
     # Earlier conversations of this user (kept in KB_HOME, visible to their owner only).
     mine = resources.conversations().of(access.user())
     if mine:
         titles = {c["id"]: c["title"] for c in mine}
-        chosen_id = st.selectbox("Your conversations", [None, *titles], key="open_conversation",
+        chosen_id = st.selectbox(t("ask.your_conversations"), [None, *titles], key="open_conversation",
                                  format_func=lambda i: "—" if i is None else titles[i])
         if chosen_id is not None and chosen_id != st.session_state.get("conversation_id"):
             try:
@@ -67,12 +70,12 @@ with st.sidebar:
 if resources.engine_ready():
     try:
         engine = resources.engine()
-        st.caption(md_escape(f"Engine: {engine.name} · model {engine.model} · {engine.device}. "
-                             f"{resources.engine_explanation()}"))
+        st.caption(t("ask.engine", engine=md_escape(engine.name), model=md_code(engine.model),
+                     device=md_escape(engine.device), why=md_escape(resources.engine_explanation())))
     except SeekframeError as err:
         resources.show_error(err)
 else:
-    st.caption("Loading the model engine in the background… you can type a question meanwhile.")
+    st.caption(t("ask.engine_loading"))
 
 
 def regenerate(index: int) -> None:
@@ -82,15 +85,31 @@ def regenerate(index: int) -> None:
     del history[index - 1:]
 
 
+def timing(key: str, engine: Engine, **params: object) -> str:
+    """The line under an answer, kept (in the session and in saved conversations) as its catalog key and values,
+    so it is said in the language of whoever reads it later."""
+    return json.dumps({"key": key, "params": {"engine": engine.name, "model": engine.model, **params}})
+
+
+def timing_line(kept: str) -> str:
+    """A kept timing line for st.caption; a line saved as plain text (before this form) as it is."""
+    try:
+        line = json.loads(kept)
+        params = {name: md_escape(str(value)) for name, value in line["params"].items()}
+        return t(line["key"], **{**params, "model": md_code(str(line["params"]["model"]))})
+    except (ValueError, KeyError, TypeError):
+        return kept
+
+
 def show_turn(turn: dict, index: int) -> None:
     with st.chat_message(turn["role"]):
         sources = len(turn["hits"]) if turn["role"] == "assistant" else None
         st.markdown(safe_markdown(turn["text"], sources))
         if turn["role"] == "assistant":
-            st.caption(turn["timing"])
+            st.caption(timing_line(turn["timing"]))
             if turn.get("cached"):
-                st.button("Regenerate", key=f"regenerate_{index}", on_click=regenerate, args=(index,),
-                          help="this answer was stored for the same question, filters and settings: write it anew")
+                st.button(t("ask.regenerate"), key=f"regenerate_{index}", on_click=regenerate, args=(index,),
+                          help=t("ask.regenerate_help"))
             for n, hit in enumerate(turn.get("hits", []), 1):
                 widgets.citation(n, hit, turn["question"], expanded=n == 1)
 
@@ -98,7 +117,7 @@ def show_turn(turn: dict, index: int) -> None:
 def answer(question: str, history: list[dict], fresh: bool = False) -> dict | None:
     """Retrieve, stream the answer into the page, and return the turn to keep; a repeated question is answered from
     the answer cache unless `fresh` (the Regenerate button)."""
-    pairs = [(t["role"], t["text"]) for t in history]
+    pairs = [(turn["role"], turn["text"]) for turn in history]
     with st.chat_message("assistant"):
         try:
             engine = resources.engine()
@@ -110,13 +129,12 @@ def answer(question: str, history: list[dict], fresh: bool = False) -> dict | No
             return None
         if found:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.created))
-            timing = f"cached answer (stored {when}) · {engine.name} · {engine.model} · {len(found.hits)} sources"
             turn = {"role": "assistant", "text": found.text, "hits": found.hits, "question": question,
-                    "timing": md_escape(timing), "cached": True}
+                    "timing": timing("ask.cached_timing", engine, when=when, sources=len(found.hits)), "cached": True}
             st.markdown(safe_markdown(found.text, len(found.hits)))
-            st.caption(turn["timing"])
-            st.button("Regenerate", key="regenerate_new", on_click=regenerate, args=(len(history) + 1,),
-                      help="this answer was stored for the same question, filters and settings: write it anew")
+            st.caption(timing_line(turn["timing"]))
+            st.button(t("ask.regenerate"), key="regenerate_new", on_click=regenerate, args=(len(history) + 1,),
+                      help=t("ask.regenerate_help"))
             for n, hit in enumerate(found.hits, 1):
                 widgets.citation(n, hit, question, expanded=n == 1)
             return turn
@@ -133,22 +151,22 @@ def answer(question: str, history: list[dict], fresh: bool = False) -> dict | No
         except SeekframeError as err:
             resources.show_error(err)
             return None
-        timing = (f"{engine.name} · {engine.model} · retrieval {prepared.retrieval_seconds:.2f} s · "
-                  f"generation {writing:.2f} s · {len(prepared.hits)} sources")
-        st.caption(md_escape(timing))
+        line = timing("ask.timing", engine, retrieval=f"{prepared.retrieval_seconds:.2f}", generation=f"{writing:.2f}",
+                      sources=len(prepared.hits))
+        st.caption(timing_line(line))
         for n, hit in enumerate(prepared.hits, 1):
             widgets.citation(n, hit, question, expanded=n == 1)
     if prepared.hits:
         cache.put(key, question, keep_real_citations(text, len(prepared.hits)), prepared.hits)
     return {"role": "assistant", "text": text, "hits": prepared.hits, "question": question,
-            "timing": md_escape(timing)}
+            "timing": line}
 
 
 history = st.session_state.setdefault("history", [])
 for index, turn in enumerate(history):
     show_turn(turn, index)
 
-asked = st.chat_input("Ask a question about your documents, images, videos and recordings", key="question")
+asked = st.chat_input(t("ask.placeholder"), key="question")
 again = st.session_state.pop("regenerate", None)
 question = asked or again
 if question:

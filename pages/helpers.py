@@ -130,15 +130,6 @@ def source_rows(records: Sequence[SourceRecord], query: str = "", sort: str = "n
     return sorted(kept, key=SORTS.get(sort, SORTS["name"]))
 
 
-def extent(record: SourceRecord) -> str:
-    """`12 pages`, `03:25` or '' (an image)."""
-    if record.duration:
-        return format_clock(record.duration)
-    if record.pages:
-        return f"{record.pages} page" + ("s" if record.pages != 1 else "")
-    return ""
-
-
 def chunks_by_page(chunks: Sequence[Chunk]) -> dict[int, list[Chunk]]:
     pages: dict[int, list[Chunk]] = {}
     for chunk in chunks:
@@ -161,13 +152,15 @@ def save_upload(name: str, data: bytes, folder: Path, extensions: Iterable[str])
     """
     clean = Path(name.replace("\\", "/")).name.strip()
     if not clean or clean.startswith("."):
-        raise InputError(name or "(no name)", "the file has no usable name", "rename it and upload it again")
+        raise InputError(name or "(no name)", "the file has no usable name", "rename it and upload it again",
+                         code="upload.no_name")
     allowed = sorted(extensions)
     if Path(clean).suffix.lower() not in allowed:
-        raise InputError(clean, f"unsupported file type {Path(clean).suffix or '(no extension)'}",
-                         f"Seekframe reads {', '.join(allowed)}")
+        suffix = Path(clean).suffix or "(no extension)"
+        raise InputError(clean, f"unsupported file type {suffix}", f"Seekframe reads {', '.join(allowed)}",
+                         code="upload.unsupported", params={"suffix": suffix, "extensions": ", ".join(allowed)})
     if not data:
-        raise InputError(clean, "the file is empty (0 bytes)", "upload the complete file")
+        raise InputError(clean, "the file is empty (0 bytes)", "upload the complete file", code="upload.empty")
     target = folder / hashlib.sha256(data).hexdigest()[:16] / clean
     if target.is_file() and target.stat().st_size == len(data):
         return target  # this very file was uploaded before
@@ -215,6 +208,6 @@ def gpu_info() -> list[dict]:
     for line in out.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 5:
-            gpus.append({"gpu": parts[0], "name": parts[1], "memory used": f"{parts[2]} MiB",
-                         "memory total": f"{parts[3]} MiB", "utilization": f"{parts[4]} %"})
+            gpus.append({"gpu": parts[0], "name": parts[1], "memory_used": f"{parts[2]} MiB",
+                         "memory_total": f"{parts[3]} MiB", "utilization": f"{parts[4]} %"})
     return gpus

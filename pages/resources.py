@@ -14,9 +14,11 @@ from kb.config import Settings, load_settings
 from kb.conversations import Conversations
 from kb.engines import Engine, load_in_background, why_chosen
 from kb.errors import SeekframeError
+from kb.i18n import error_text, say
 from kb.paths import fs_path
 from kb.store import Store, open_store
 from pages.helpers import md_escape
+from pages.language import current, t
 
 
 @st.cache_resource(show_spinner=False)
@@ -24,7 +26,7 @@ def settings() -> Settings:
     return load_settings()
 
 
-@st.cache_resource(show_spinner="Opening the knowledge base…", on_release=lambda store: store.close())
+@st.cache_resource(show_spinner=False, on_release=lambda store: store.close())
 def store() -> Store:
     # The app process owns the embedded store for its lifetime (see kb.store.OwnerLock); the ingest
     # jobs write through this same object.
@@ -54,14 +56,14 @@ def engine() -> Engine:
     """The engine, waiting for it to finish loading; a failed load is forgotten so the next call retries."""
     future = _engine_loader()
     if not future.done():
-        with st.spinner("Loading the model engine…"):
+        with st.spinner(t("app.loading_engine")):
             future.exception()
     return future.result()
 
 
 def engine_explanation() -> str:
-    """Why the loaded engine runs (call once it is loaded: `engine_ready`)."""
-    return why_chosen(engine())
+    """Why the loaded engine runs (call once it is loaded: `engine_ready`), in the visitor's language."""
+    return say(why_chosen(engine()), current())
 
 
 def _stop_worker(running: tuple[Worker, object]) -> None:
@@ -97,15 +99,18 @@ def conversations() -> Conversations:
 def open_or_stop() -> Store:
     """The store, or a readable error with its fix (config problem, store locked by a CLI ingest) and stop."""
     try:
-        return store()
+        with st.spinner(t("app.opening")):
+            return store()
     except SeekframeError as err:
         show_error(err)
         st.stop()
 
 
-def show_error(err: BaseException) -> None:
-    message, fix = (err.message, err.fix) if isinstance(err, SeekframeError) else (str(err), "")
-    st.error(md_escape(message) + (f"\n\n**How to fix:** {md_escape(fix)}" if fix else ""))
+def show_error(err: BaseException, **params: object) -> None:
+    """The error and its fix in the visitor's language (English where the catalog has no words for it);
+    `params` replace the error's own values with ones the page can say better (a translated action name)."""
+    message, fix = error_text(err, current(), **params)
+    st.error(md_escape(message) + (f"\n\n**{t('app.how_to_fix')}** {md_escape(fix)}" if fix else ""))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

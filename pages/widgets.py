@@ -15,14 +15,12 @@ from kb.paths import display, fs_path
 from kb.types import Chunk, Hit, Modality
 from pages import resources
 from pages.helpers import keyframe_paths, md_escape, time_label
-
-ADD_HINT = ("Add files on the **Add content** page (upload, or a folder on the server), or from a shell: "
-            "`python -m ingest PATH...` while the app is stopped. `make run` ingests the sample library.")
+from pages.language import t, word
 
 
 def empty_library() -> None:
-    st.info("The knowledge base is empty. " + ADD_HINT)
-    st.page_link("pages/add.py", label="Add content", icon=":material/add_circle:")
+    st.info(t("empty.info"))
+    st.page_link("pages/add.py", label=t("nav.add"), icon=":material/add_circle:")
 
 
 def _mtime(path: Path) -> float:
@@ -36,20 +34,20 @@ def pdf_page(stored: str, page: int, quote: str = "", width: int | None = None) 
     """A rendered page, the quoted text boxed when the page has a text layer."""
     path = fs_path(stored)
     if not path.is_file():
-        st.caption("The PDF is no longer at its ingest path, so the page cannot be shown.")
+        st.caption(t("widget.pdf_gone"))
         return
     if quote:
         image, found = resources.highlighted_page(stored, page, quote, _mtime(path))
     else:
         image, found = resources.page_image(stored, page, 110, _mtime(path)), False
-    st.image(image, caption=f"page {page}" + (" · cited text highlighted" if found else ""),
+    st.image(image, caption=t("widget.page_highlighted" if found else "widget.page", page=page),
              width=width if width else "stretch")
 
 
 def video_player(stored: str, start: float | None, end: float | None = None) -> None:
     path = fs_path(stored)
     if not path.is_file():
-        st.caption("The video is no longer at its ingest path, so it cannot be played.")
+        st.caption(t("widget.video_gone"))
         return
     # Streamlit's player takes whole seconds; end one second late so the cited segment plays to its end.
     st.video(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
@@ -66,7 +64,7 @@ def audio_player(stored: str, start: float | None, end: float | None = None) -> 
     """An audio source from the cited second (an audio file's passages have no frames to show)."""
     path = fs_path(stored)
     if not path.is_file():
-        st.caption("The audio file is no longer at its ingest path, so it cannot be played.")
+        st.caption(t("widget.audio_gone"))
         return
     st.audio(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
 
@@ -81,24 +79,27 @@ def citation(n: int, hit: Hit, question: str = "", expanded: bool = False) -> No
     """One numbered source: what it is, the cited text, and the page, image or video segment."""
     chunk = hit.chunk
     source = display(chunk.rel)
-    with st.expander(md_escape(f"[{n}] {hit.where}"), expanded=expanded):
+    where = hit.where if chunk.page is None or chunk.t_start is not None else t("cite.page", name=source,
+                                                                                page=chunk.page)
+    modality = md_escape(word("modality", chunk.modality))
+    with st.expander(md_escape(f"[{n}] {where}"), expanded=expanded):
         quote = best_sentence(question, chunk.text) if question else ""
         if chunk.t_start is not None and chunk.modality == Modality.SPEECH:
-            st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · speech")
+            st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · {modality}")
             audio_player(chunk.path, chunk.t_start, chunk.t_end)
         elif chunk.t_start is not None:
-            st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · {chunk.modality}")
+            st.caption(f"{md_escape(source)} · {time_label(chunk.t_start, chunk.t_end)} · {modality}")
             left, right = st.columns([1, 2])
             with left:
                 keyframes(chunk)
             with right:
                 video_player(chunk.path, chunk.t_start, chunk.t_end)
         elif chunk.page is not None and chunk.path.lower().endswith(".pdf"):
-            st.caption(f"{md_escape(source)} · page {chunk.page} · {chunk.modality}")
+            st.caption(f"{md_escape(source)} · {md_escape(t('widget.page', page=chunk.page))} · {modality}")
             pdf_page(chunk.path, chunk.page, quote)
         elif chunk.modality.startswith("image"):
-            st.caption(f"{md_escape(source)} · {chunk.modality}")
+            st.caption(f"{md_escape(source)} · {modality}")
             image_file(chunk.path)
         else:
-            st.caption(f"{md_escape(source)} · {chunk.modality}")
+            st.caption(f"{md_escape(source)} · {modality}")
         st.text(chunk.text)  # document text: shown as text, never as Markdown or HTML

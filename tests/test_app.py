@@ -6,6 +6,7 @@ video views are tested even where ingest/video.py is not in the tree).
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -337,7 +338,7 @@ def test_system_page_shows_engine_size_and_settings(kb_env):
     config = at.dataframe[-1].value
     origin = dict(zip(config["setting"], config["from"]))
     assert origin["home"] == "KB_HOME" and origin["engine"] == "KB_ENGINE"
-    assert any("GPU" in t for t in texts(at))
+    assert any("GPU" in c.value for c in at.caption)
 
 
 # jobs and helpers (no Streamlit) -----------------------------------------------------------------------------
@@ -356,3 +357,203 @@ def test_filters_and_uploads_helpers(tmp_path):
     assert saved.parent.parent == tmp_path and saved.name == "notes.md" and saved.read_bytes() == b"hi"
     with pytest.raises(Exception, match="empty"):
         save_upload("a.md", b"", tmp_path, [".md"])
+
+
+# 中文 / English -------------------------------------------------------------------------------------------------
+# What may stay in Latin letters on a Chinese page: names (product, engines, models, formats, settings), units.
+LATIN_ALLOWED = {"Seekframe", "OCR", "PDF", "GPU", "CPU", "cpu", "cuda", "CUDA", "NVIDIA", "nvidia", "smi", "Chroma",
+                 "RapidOCR", "ocr", "rapidocr", "openai", "transformers", "auto", "Qwen", "VL", "vLLM", "SGLang",
+                 "token", "Top", "B", "MB", "KB", "GB", "MiB", "pid", "s", "p",
+                 "Vera"}  # the signed-in user's own name
+CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+# Stripped before looking for English words: code spans, paths and file names, settings, numbers with units.
+NOT_WORDS = re.compile(r"`[^`]*`|\S*[/\\]\S*|[\w.-]*\.[A-Za-z0-9]{2,8}\b|\b[A-Z]+_[A-Z_]+\b|[\w.+-]+@[\w.-]+")
+_SHOWN_FIELDS = ("body", "label", "help", "placeholder", "caption", "text", "page_name")
+
+
+def shown_texts(at: AppTest) -> list[str]:
+    """Everything a visitor reads on the page the app drew: each element's text, label, help and placeholder,
+    tab and expander labels, widget options, metric labels, image captions, table headers.
+
+    Left out: document text (st.text, shown verbatim), the chat turns' own words (the question, and the answer,
+    which follows the question's language), the titles of past conversations (the visitor's questions) and the
+    language switch's options (each language's name in its own script)."""
+    found: list[str] = []
+
+    def strings(message, depth: int = 0) -> None:
+        for field, value in message.ListFields():
+            if field.name in _SHOWN_FIELDS and isinstance(value, str):
+                found.append(value)
+            elif field.name in ("options", "captions"):
+                found.extend(str(v) for v in value)
+            elif hasattr(value, "ListFields") and depth < 3:  # nested: a heading, an alert, an expander's label
+                strings(value, depth + 1)
+
+    def walk(node, in_chat: bool = False) -> None:
+        kind = getattr(node, "type", "")
+        if kind == "text" or (in_chat and kind == "markdown") or getattr(node, "key", None) == "ui_language_switch":
+            return
+        if getattr(node, "key", None) == "open_conversation":
+            found.append(node.label)
+            return
+        proto = getattr(node, "proto", None)
+        if kind == "dataframe":
+            found.extend(str(c) for c in node.value.columns)
+        elif proto is not None:
+            strings(proto)
+        for child in getattr(node, "children", {}).values():
+            walk(child, in_chat or kind == "chat_message")
+
+    walk(at._tree)
+    return [text.replace("\\", "").replace("\u200b", "") for text in found if text]  # escapes, inert links
+
+
+def english_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[A-Za-z]+", NOT_WORDS.sub(" ", text)) if w not in LATIN_ALLOWED]
+
+
+def assert_speaks(at: AppTest, language: str, where: str) -> list[str]:
+    assert not at.exception, [e.value for e in at.exception]
+    texts = shown_texts(at)
+    assert len(texts) >= 2, (where, texts)
+    if language == "zh":
+        wrong = {text: english_words(text) for text in texts if english_words(text)}
+        assert not wrong, f"{where}: English words on the Chinese page: {wrong}"
+        assert sum(bool(CJK.search(text)) for text in texts) >= len(texts) // 2, (where, texts)
+    else:
+        wrong = {text: CJK.findall(text) for text in texts if CJK.search(text)}
+        assert not wrong, f"{where}: Chinese on the English page: {wrong}"
+    return texts
+
+
+def app_in(language: str, page: str = "", **session) -> AppTest:
+    """The app as a browser set to `language` sees it (st.context.locale)."""
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.context = {"locale": "zh-CN" if language == "zh" else "en-US"}
+    for name, value in session.items():
+        setattr(at, name, value)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+LANGUAGES = ("en", "zh")
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_page_of_an_empty_knowledge_base_speaks_one_language(language, tmp_path, monkeypatch):
+    for name, value in {**ENV, "KB_HOME": str(tmp_path / "empty"), "KB_CONFIG": str(tmp_path / "x.toml")}.items():
+        monkeypatch.setenv(name, value)
+    clear_caches()
+    try:
+        at = app_in(language)
+        texts = assert_speaks(at, language, "ask (empty)")
+        sidebar = " ".join(shown_texts(at))  # the entry script's sidebar: who is signed in, no-sign-in warning
+        assert ("本机用户" if language == "zh" else "local user") in sidebar and "KB_AUTH" in sidebar
+        assert any(("知识库是空的" if language == "zh" else "knowledge base is empty") in t for t in texts)
+        for page in ("pages/library.py", "pages/add.py", "pages/system.py"):
+            assert_speaks(at.switch_page(page).run(), language, f"{page} (empty)")
+    finally:
+        clear_caches()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_page_of_a_populated_knowledge_base_speaks_one_language(language, kb_env, tmp_path, monkeypatch):
+    at = app_in(language)
+    assert_speaks(at, language, "ask")
+    ask(at, "Where does the purple elephant parade happen?")  # citations, page captions, timing
+    texts = assert_speaks(at, language, "ask with an answer")
+    assert any(("第 2 页" if language == "zh" else "p. 2") in t for t in texts), texts
+    at.multiselect(key="filter_groups").set_value(["video"]).run()
+    ask(at, "When are PDFs chunked by page?")  # a video citation
+    assert_speaks(at, language, "ask with a video citation")
+
+    at.switch_page("pages/library.py").run()
+    assert_speaks(at, language, "library")
+    for source in ("guide.pdf", "whiteboard.png", "lecture_clip.mp4"):
+        at.selectbox(key="library_open").set_value(_path(at, source)).run()
+        assert_speaks(at, language, f"library: {source}")
+    at.button(key="library_delete").click().run()  # the confirmation
+    texts = assert_speaks(at, language, "library: confirm delete")
+    at.button(key="library_delete_cancel").click().run()
+    at.button(key="library_reindex").click().run()  # a flash message, and a job for the Add page
+    assert_speaks(at, language, "library: re-index")
+    wait_for_jobs(at)
+
+    at.switch_page("pages/add.py").run()
+    at.file_uploader(key="uploads").set_value([("tool.exe", b"MZ\x90", "application/octet-stream"),
+                                               ("broken.pdf", b"this is not a PDF at all", "application/pdf"),
+                                               ("walrus.md", b"# Walrus\n\nThe walrus choir sings at dawn.\n",
+                                                "text/markdown")]).run()
+    at.button(key="ingest_uploads").click().run()
+    wait_for_jobs(at)
+    texts = assert_speaks(at, language, "add: jobs, an upload refused, a file the reader refused")
+    assert any(("不支持的文件类型" if language == "zh" else "unsupported file type") in t for t in texts), texts
+    assert any(("这是纯文本文件，不是PDF 文件" if language == "zh" else "this is a plain-text file, not a PDF") in t
+               for t in texts), texts
+    table = at.dataframe[0].value
+    assert list(table.columns) == (["文件", "状态", "片段数", "结果", "原因"] if language == "zh"
+                                   else ["file", "status", "chunks", "result", "reason"])
+    assert list(table[table.columns[1]]) == (["失败", "完成"] if language == "zh" else ["failed", "done"])
+
+    # The GPU table too: an nvidia-smi that reports one device, as the real one prints it.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/bin/sh\necho '0, NVIDIA H200, 1024, 143771, 5'\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    at.switch_page("pages/system.py").run()
+    from pages import resources
+
+    resources.engine()
+    assert_speaks(at.run(), language, "system")
+    gpu = at.dataframe[1].value
+    assert list(gpu.columns)[2:] == (["已用显存", "总显存", "利用率"] if language == "zh"
+                                     else ["memory used", "memory total", "utilization"])
+    assert gpu.iloc[0, 1] == "NVIDIA H200"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_signed_in_pages_speak_one_language(language, kb_env, monkeypatch):
+    """With a sign-in provider: the sign-in page, a viewer refused a delete and the Add page, a user with no role."""
+    monkeypatch.setenv("KB_AUTH", "oidc")
+    clear_caches()
+    texts = assert_speaks(app_in(language, user={"is_logged_in": False}), language, "sign-in page")
+    assert ("登录" if language == "zh" else "Sign in") in texts
+
+    viewer = {"is_logged_in": True, "email": "vera@example.com", "name": "Vera"}
+    at = app_in(language, user=viewer)
+    texts = assert_speaks(at, language, "ask, signed in")
+    assert ("退出登录" if language == "zh" else "Sign out") in texts
+    at.switch_page("pages/library.py").run()
+    at.button(key="library_delete").click().run()
+    texts = assert_speaks(at, language, "library, viewer refused")
+    assert any(("已拒绝：删除需要编辑者角色" if language == "zh" else "Refused: delete needs the editor role") in t
+               for t in texts), texts
+    at.switch_page("pages/add.py").run()
+    texts = assert_speaks(at, language, "add, viewer refused")
+    assert any(("添加内容需要编辑者角色" if language == "zh" else "adding content needs the editor role") in t
+               for t in texts), texts
+
+    monkeypatch.setenv("KB_VIEWERS", "someone-else@example.com")
+    clear_caches()
+    texts = assert_speaks(app_in(language, user=viewer), language, "no role")
+    assert any(("没有角色" if language == "zh" else "has no role") in t for t in texts), texts
+
+
+def test_the_sidebar_switch_overrides_the_browser_language(kb_env):
+    at = app_in("zh")
+    assert at.title[0].value == "向知识库提问" and at.selectbox(key="ui_language_switch").value == "zh"
+    assert at.selectbox(key="ui_language_switch").label == "语言"
+    at.selectbox(key="ui_language_switch").set_value("en").run()
+    assert at.title[0].value == "Ask your knowledge base"
+    at.switch_page("pages/library.py").run()  # the choice holds for the session, on every page
+    assert at.title[0].value == "Library" and "source" in at.dataframe[0].value.columns
+
+    at = app_in("en")
+    assert at.title[0].value == "Ask your knowledge base" and at.selectbox(key="ui_language_switch").value == "en"
+    at.selectbox(key="ui_language_switch").set_value("zh").run()
+    assert at.title[0].value == "向知识库提问"
+    at.switch_page("pages/system.py").run()
+    assert at.title[0].value == "系统"

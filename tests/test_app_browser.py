@@ -2,7 +2,8 @@
 
 Part of the sample library (data/make_samples.py) is ingested with the ocr engine; the browser asks about the
 LinnSequencer and about the lecture clip, waits for the citations, and saves docs/img/ask.png and
-docs/img/library.png (the README's screenshots). Every step waits for the text it needs before acting:
+docs/img/library.png (the README's screenshots); a browser set to Chinese gets the Chinese interface
+(docs/img/ask-zh.png). Every step waits for the text it needs before acting:
 Streamlit draws after the page load, so a plain `chromium --screenshot` would capture an empty page.
 """
 from __future__ import annotations
@@ -214,3 +215,28 @@ def test_ask_and_library_in_a_real_browser(app_url, browser):
     browser.wait_text("Slide 2: Chunking PDFs by page", timeout=60)
     browser.screenshot(SHOTS / "library.png")
     assert (SHOTS / "ask.png").stat().st_size > 10_000 and (SHOTS / "library.png").stat().st_size > 10_000
+
+
+def test_a_browser_set_to_chinese_gets_the_chinese_interface(app_url, browser):
+    """navigator.language zh-CN (what st.context.locale reads) chooses Chinese; a CJK font draws it (Debian:
+    fonts-wqy-microhei, installed by `make browser`)."""
+    agent = browser.eval("navigator.userAgent")
+    browser.send("Network.setUserAgentOverride", userAgent=agent, acceptLanguage="zh-CN")
+    browser.send("Emulation.setLocaleOverride", locale="zh-CN")
+    browser.send("Page.navigate", url=app_url)
+    browser.wait_text("向知识库提问", timeout=90)
+    browser.type_question("LinnSequencer 是什么？")
+    browser.wait_text("linnsequencer_manual.pdf 第", timeout=90)
+    browser.wait_text("检索", timeout=30)
+    wait_until(lambda: browser.eval("[...document.querySelectorAll('img')].some(i => i.complete && "
+                                    "i.naturalWidth > 300)"), "the cited page's image")
+    # The top of the conversation (title, engine, question, answer, first citation) rather than its end: one
+    # window's height, scrolled up once the page stopped scrolling itself to the newest message.
+    browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=1100, deviceScaleFactor=1, mobile=False)
+    browser.wait_images()
+    time.sleep(1.0)
+    browser.eval("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+    time.sleep(0.5)
+    (SHOTS / "ask-zh.png").write_bytes(base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"]))
+    browser.send("Emulation.clearDeviceMetricsOverride")
+    assert (SHOTS / "ask-zh.png").stat().st_size > 10_000

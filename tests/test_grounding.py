@@ -6,7 +6,7 @@ import shutil
 import pymupdf
 
 from ingest.pipeline import Ingestor
-from kb.answer import ask, question_names
+from kb.answer import absent_names, ask, question_names
 from kb.engines import load_engine
 from kb.search import Filters, search
 
@@ -37,6 +37,27 @@ def test_names_are_what_the_question_asks_about():
     assert question_names("According to table II, which datasets did Lebron Brennan use in 2019?") == [
         "II", "Lebron", "Brennan", "2019"]
     assert question_names("What does the map in the report show?") == []
+    assert question_names("What are the incident and report dates? Save your answer as a list, with each date "
+                          "formatted as 'YYYY-MM-DD'.") == []  # how to answer is not what is asked about
+
+
+def test_a_typing_slip_or_one_word_of_a_longer_name_is_not_taken_for_absence(open_kb, tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "survey.txt").write_text(
+        "Pew survey of Democratic and Republican voters. Markets of the "
+        "College Board Search service: CA03 is in the San Francisco Bay Area. Tweets being sent by the hour. "
+        "Agent Brennan signed the complaint. Capital spending in 2018 was 1.6 billion.")
+    store = open_kb()
+    Ingestor(store.settings, store).run([library])
+    assert absent_names("How many Demoncratic voters were polled?", store) == []  # one letter too many
+    assert absent_names("How many Repbulican voters were polled?", store) == []  # two letters swapped
+    assert absent_names("Is CA03 in the College Board Search Platform?", store) == []  # 3 of its 4 words are there
+    assert absent_names("What was the capital spending in FY2018?", store) == []  # the report says 2018
+    # ... but a short name one letter from a common word, or half of a two-word name, is still missing
+    assert absent_names("How many Tweets are attributed to Boeing?", store) == ["Boeing"]
+    assert absent_names("Which agency does Lebron Brennan belong to?", store) == ["Lebron"]
+    assert absent_names("How many Shopee datasets? Please write the answer in int format.", store) == ["Shopee"]
 
 
 def _report(path, sections: list[tuple[str, str]]) -> None:
@@ -63,3 +84,36 @@ def test_chunks_carry_the_document_title_and_section(open_kb, tmp_path):
     hits = search(store, "pension scheme output", k=1, filters=Filters(sources=["report.pdf"]))
     assert hits[0].chunk.page == 2
     assert hits[0].chunk.text.startswith("[Northwind Annual Report 2023 › Employee Pension Scheme]")
+
+
+def _stamped_scan(path) -> None:
+    """A scanned page (the words are pixels) with a court-filing stamp in its text layer, as e-filed scans have."""
+    from io import BytesIO
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    scan = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi
+    draw = ImageDraw.Draw(scan)
+    font = ImageFont.load_default(size=44)
+    lines = ["The agents seized 37 crates of", "counterfeit Mont Blanc pens", "at the Rotterdam depot."]
+    for n, line in enumerate(lines):
+        draw.text((120, 300 + 80 * n), line, fill="black", font=font)
+    buffer = BytesIO()
+    scan.save(buffer, format="PNG")
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_image(page.rect, stream=buffer.getvalue())
+    page.insert_text((40, 20), "Case 2:18-cv-12857-DML-RSW ECF No. 1 filed 09/13/18 PageID.15 Page 1 of 1", fontsize=8)
+    doc.save(path)
+
+
+def test_a_scan_with_a_stamped_text_line_is_read_by_ocr(open_kb, tmp_path):
+    """The stamp alone is a text layer of 70 characters; the page's own words are only in the picture."""
+    library = tmp_path / "library"
+    library.mkdir()
+    _stamped_scan(library / "complaint.pdf")
+    store = open_kb()
+    Ingestor(store.settings, store).run([library])
+    hits = search(store, "counterfeit pens Rotterdam depot", k=1)
+    assert hits and hits[0].chunk.page == 1
+    assert "Rotterdam" in hits[0].chunk.text and "counterfeit" in hits[0].chunk.text.lower()

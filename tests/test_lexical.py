@@ -226,3 +226,56 @@ def test_several_sources_written_at_once_are_each_replaced_whole(open_kb):
         record, chunks, _ = version("c.md", ["Gamma."])
         store.replace_sources([(record, [Chunk(**{**chunks[0].__dict__, "position": 3})], None)])
     assert store.manifest.get("/library/c.md") is None
+
+
+FILTERS = {"a common kind": {"modality": {"$in": ["pdf_text", "pdf_ocr"]}},
+           "a rare kind": {"modality": {"$in": ["image_ocr"]}},
+           "one source": {"source_abs": {"$in": ["/s7"]}},
+           "a folder and pages": {"$and": [{"source_abs": {"$in": [f"/s{n}" for n in range(0, 40, 2)]}},
+                                           {"page": {"$gte": 2}}, {"page": {"$lte": 5}}]},
+           "not a kind": {"modality": {"$nin": ["image_ocr"]}}}
+
+
+def _admits(where: dict, meta: dict) -> bool:
+    """The test's own reading of the filters above, on a chunk's metadata."""
+    if "$and" in where:
+        return all(_admits(w, meta) for w in where["$and"])
+    (key, cond), = where.items()
+    (op, arg), = cond.items()
+    value = meta.get(key)
+    return {"$in": lambda: value in arg, "$nin": lambda: value not in arg, "$gte": lambda: value >= arg,
+            "$lte": lambda: value <= arg}[op]()
+
+
+@pytest.mark.parametrize("row_cost", [0, 3, 10**9], ids=["rank-then-filter", "switches-to-scoring", "scores-filtered"])
+def test_a_filtered_query_returns_the_filtered_top_10_of_the_unfiltered_ranking(tmp_path: Path, monkeypatch,
+                                                                                  row_cost: int):
+    """Whichever way a filtered query runs (ranking everything and dropping what the filter refuses, which prunes,
+    or scoring only what it admits), its top 10 is the unfiltered ranking's best 10 that pass the filter."""
+    import random
+
+    import kb.lexical
+
+    monkeypatch.setattr(kb.lexical, "ROW_COST_IN_SCORES", row_cost)
+    rng = random.Random(5)
+    words = [f"w{n}" for n in range(60)]
+    index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
+    try:
+        for n in range(40):
+            kind = "image_ocr" if n % 20 == 0 else "pdf_ocr" if n % 20 < 5 else "pdf_text"
+            index.upsert([Chunk(id=f"{n}:{i}", text=" ".join(rng.choices(words, k=rng.randint(5, 40))),
+                                rel=f"s{n}.pdf", path=f"/s{n}", sha256="v", modality=kind, page=i + 1,
+                                position=i) for i in range(15)])
+        # Chunks that tie exactly (same words, same length): the top 10 then ends inside a run of equal scores.
+        index.upsert([Chunk(id=f"tie:{i}", text="w99 w98 w97", rel="tie.pdf", path="/tie", sha256="v",
+                            modality="image_ocr" if i % 20 == 0 else "pdf_text", position=i) for i in range(300)])
+        admitting: set[str] = set()
+        for query in ["w1 w7 w30", "w2", "w45 w3 w3 w59", "w0 w11", "w99"]:
+            everything = index.query(query, 600)
+            for name, where in FILTERS.items():
+                expected = [cid for cid, _, meta, _ in everything if _admits(where, meta)][:10]
+                assert [cid for cid, *_ in index.query(query, 10, where)] == expected, (query, name)
+                admitting.update([name] if expected else [])
+        assert admitting == set(FILTERS)  # each filter admits some of the matches of some query
+    finally:
+        index.close()

@@ -69,3 +69,18 @@ def test_only_cleanups_of_gone_processes_are_taken_over(open_kb):
         assert not store._abandoned(Cleanup("/a", "a", [], "garbled", 0.0))
     finally:
         store._lock = lock
+
+
+def test_a_knowledge_base_made_with_another_ef_search_gets_the_current_one(open_kb):
+    """ef_search is how far a dense query looks (recall against speed, docs/benchmarks.md "Scale"): a knowledge
+    base from a version with another value searches with the current one once reopened."""
+    from chromadb.api.client import SharedSystemClient
+
+    from kb.store import EF_SEARCH
+
+    store = open_kb()
+    store._collection.modify(configuration={"hnsw": {"ef_search": 10}})
+    store.close()
+    SharedSystemClient.clear_system_cache()
+    again = open_kb()
+    assert again._collection.configuration_json["hnsw"]["ef_search"] == EF_SEARCH != 10

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.errors import ConfigError, EngineError
+from kb.i18n import said
 from kb.types import Request
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,16 @@ def resolve_engine_name(settings: Settings) -> tuple[str, str]:
     Only `load_engine` (which may still fall back) and `kb config` (which loads nothing) ask this; everything
     else shows `why_chosen` of the engine that was loaded."""
     if settings.engine != "auto":
-        return settings.engine, f"engine '{settings.engine}' chosen by {settings.origins.get('engine', 'settings')}"
+        origin = settings.origins.get("engine", "settings")
+        return settings.engine, said(f"engine '{settings.engine}' chosen by {origin}", "engine.why.chosen",
+                                     engine=settings.engine, origin=origin)
     if cuda_available():
-        return "transformers", ("engine auto -> 'transformers' (a CUDA GPU is present); "
-                                "set KB_ENGINE=ocr for the model-free reader or KB_ENGINE=openai for a server")
-    return "ocr", ("engine auto -> 'ocr' (no CUDA GPU: RapidOCR reads text, no captions, extractive answers); "
-                   "set KB_ENGINE=transformers to run Qwen3-VL on the CPU (slow) or KB_ENGINE=openai "
-                   "with KB_OPENAI_BASE_URL for a vLLM/SGLang server")
+        return "transformers", said("engine auto -> 'transformers' (a CUDA GPU is present); set KB_ENGINE=ocr for "
+                                    "the model-free reader or KB_ENGINE=openai for a server",
+                                    "engine.why.auto.transformers")
+    return "ocr", said("engine auto -> 'ocr' (no CUDA GPU: RapidOCR reads text, no captions, extractive answers); "
+                       "set KB_ENGINE=transformers to run Qwen3-VL on the CPU (slow) or KB_ENGINE=openai "
+                       "with KB_OPENAI_BASE_URL for a vLLM/SGLang server", "engine.why.auto.ocr")
 
 
 DEFAULT_BATCH = 8
@@ -118,8 +122,9 @@ def load_engine(settings: Settings) -> Engine:
         if settings.engine != "auto" or name == "ocr":
             raise
         # The offline profile: `auto` picked the GPU model, but its weights cannot be had here.
-        why = (f"OFFLINE PROFILE: engine auto -> 'ocr': the {name} engine could not load ({err.message}); "
-               f"RapidOCR reads text, no captions, extractive answers. Fix: {err.fix}")
+        why = said(f"OFFLINE PROFILE: engine auto -> 'ocr': the {name} engine could not load ({err.message}); "
+                   f"RapidOCR reads text, no captions, extractive answers. Fix: {err.fix}", "engine.why.offline",
+                   engine=name, problem=err.message, fix=err.fix)
         log.warning(why)
         engine = _build("ocr", settings)
     _WHY[engine] = why

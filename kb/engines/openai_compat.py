@@ -190,9 +190,11 @@ class OpenAIEngine:
         url = self.device
         if isinstance(err, openai.APITimeoutError):
             return EngineUnavailable(f"the model server at {url} did not answer in time",
-                                     "check the server's load and log; lower KB_CONCURRENCY or KB_BATCH_SIZE")
+                                     "check the server's load and log; lower KB_CONCURRENCY or KB_BATCH_SIZE",
+                                     code="engine.timeout", params={"url": url})
         if isinstance(err, openai.APIConnectionError):
-            return EngineUnavailable(f"cannot reach the model server at {url} ({_short(err)})", START_SERVER_FIX)
+            return EngineUnavailable(f"cannot reach the model server at {url} ({_short(err)})", START_SERVER_FIX,
+                                     code="engine.unreachable", params={"url": url, "detail": _short(err)})
         assert isinstance(err, openai.APIStatusError)
         status, detail = err.status_code, _short(err)
         if status in (401, 403):
@@ -202,7 +204,8 @@ class OpenAIEngine:
             return self._not_found(detail)
         if status == 429 or status >= 500:
             return EngineUnavailable(f"the model server at {url} keeps failing ({status}: {detail})",
-                                     "read the server's log; lower KB_CONCURRENCY if it is overloaded")
+                                     "read the server's log; lower KB_CONCURRENCY if it is overloaded",
+                                     code="engine.failing", params={"url": url, "status": status, "detail": detail})
         return EngineError(f"the server at {url} rejected the request ({status}: {detail})", _bad_request_fix(detail))
 
     def _not_found(self, detail: str) -> EngineError:
