@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench.report import BENCHMARKS_MD, markdown_table, write_section
+from bench.report import markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SEEKFRAME_TEST_DATA", ROOT.parent / "shared" / "data"))
@@ -368,11 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = section(args.embed_model, cores, rows, cpu_rows, notes) + extra
     if args.write:
         write_section(TITLE, "\n".join(lines))
-        print(f"written to {BENCHMARKS_MD}")
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     sys.exit(main())

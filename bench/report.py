@@ -48,6 +48,7 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD, where: str 
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    print(f"written to {path}")
 
 
 def publish(title: str, body: str, out: Path | None = None) -> None:

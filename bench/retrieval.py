@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench.report import BENCHMARKS_MD, write_section
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SEEKFRAME_TEST_DATA", ROOT.parent / "shared" / "data"))
@@ -470,7 +470,6 @@ def main(argv: list[str] | None = None) -> int:
     if longdoc and args.write:
         note = f"{LONGDOC_NOTE} Commit `{commit()}`."
         write_section(LONGDOC_TITLE, "\n".join(lines[:1] + ["", note, ""] + lines[2:] + longdoc))
-        print(f"written to {BENCHMARKS_MD}")
     datasets = [name for name in datasets if name != "mmlongbench"]
     if not datasets:
         return 0
@@ -492,7 +491,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(compare))
     if args.write:
         write_section(TITLE, "\n".join(lines))
-        print(f"written to {BENCHMARKS_MD}")
     return 0
 
 
@@ -512,6 +510,4 @@ def _reranker(model: str):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     sys.exit(main())
