@@ -41,7 +41,8 @@ def probe(path: Path, label: str) -> AudioTrack | None:
             else:
                 duration = (container.duration or 0) / av.time_base
     except av.error.FFmpegError as err:
-        raise InputError(label, f"cannot open the audio: {err}", DAMAGED_FIX) from err
+        raise InputError(label, f"cannot open the audio: {err}", DAMAGED_FIX, code="audio.unopenable",
+                         params={"detail": str(err)}) from err
     return AudioTrack(path, max(duration, 0.0))
 
 
@@ -49,7 +50,7 @@ def read_audio(path: Path, source: Source, settings: Settings) -> ReadResult:
     """An audio file is a source of its own: its units come from what the speech engine hears in it."""
     track = probe(path, source.rel)
     if track is None:
-        raise InputError(source.rel, "it holds no audio stream", DAMAGED_FIX)
+        raise InputError(source.rel, "it holds no audio stream", DAMAGED_FIX, code="audio.no_stream")
     return ReadResult(kind=FileKind.AUDIO, audio=track, duration=round(track.duration, 3))
 
 
@@ -74,8 +75,9 @@ def blocks(track: AudioTrack, label: str, block_seconds: float | None = None) ->
             for out in resampler.resample(None):
                 held.append(out.to_ndarray().reshape(-1))
     except av.error.FFmpegError as err:
-        raise InputError(label, f"the audio cannot be decoded after {offset / SAMPLE_RATE:.0f} s: {err}",
-                         DAMAGED_FIX) from err
+        after = f"{offset / SAMPLE_RATE:.0f}"
+        raise InputError(label, f"the audio cannot be decoded after {after} s: {err}", DAMAGED_FIX,
+                         code="audio.undecodable", params={"seconds": after, "detail": str(err)}) from err
     if held and sum(h.size for h in held):
         yield offset / SAMPLE_RATE, np.concatenate(held)
 

@@ -14,6 +14,7 @@ from ingest.read_result import ReadResult
 from ingest.sniff import READABLE, Sniffed, sniff
 from kb.config import Settings
 from kb.errors import InputError
+from kb.i18n import said
 from kb.types import Source
 
 Reader = Callable[[Path, Source, Settings], ReadResult]
@@ -68,8 +69,10 @@ def choose_reader(claimed: str | None, found: Sniffed, label: str, suffix: str) 
     """(kind to read it as, note for the user) for a file whose name claims `claimed` and whose content is `found`."""
     if claimed is None:  # only a file named on the command line gets here; a folder walk counts it instead
         if found.kind in READABLE and found.kind != "text":
-            return found.kind, f"this is {found.name} (its extension {suffix or '(none)'} is not one Seekframe " \
-                               f"knows): read as {READ_AS[found.kind]}"
+            extension = suffix or "(none)"
+            return found.kind, said(f"this is {found.name} (its extension {extension} is not one Seekframe knows): "
+                                    f"read as {READ_AS[found.kind]}", "said.read.unknown_extension",
+                                    what=found.name, extension=extension, read_as=READ_AS[found.kind])
         what = f" ({found.name})" if found.kind != "unknown" else ""
         raise InputError(label, f"unsupported file type {suffix or '(no extension)'}{what}",
                          found.fix or f"Seekframe reads {', '.join(sorted(supported_extensions()))}")
@@ -84,5 +87,8 @@ def choose_reader(claimed: str | None, found: Sniffed, label: str, suffix: str) 
                          "download or copy it again (a failed download saves its error message); if it is meant "
                          "as text, rename it to .txt", code=f"read.text_not_{claimed}")
     if found.kind in READABLE:
-        return found.kind, f"this is {found.name}, not {CLAIMED[claimed]}: read as {READ_AS[found.kind]}"
-    raise InputError(label, f"this is {found.name}, not {CLAIMED[claimed]}", found.fix)
+        return found.kind, said(f"this is {found.name}, not {CLAIMED[claimed]}: read as {READ_AS[found.kind]}",
+                                "said.read.read_as", what=found.name, claimed=CLAIMED[claimed],
+                                read_as=READ_AS[found.kind])
+    raise InputError(label, f"this is {found.name}, not {CLAIMED[claimed]}", found.fix, code="read.not_claimed",
+                     params={"what": found.name, "claimed": CLAIMED[claimed], "fix": found.fix})

@@ -19,6 +19,7 @@ from ingest.video_decoders import DAMAGED_FIX, Decoder, Frame, fit, open_video
 from ingest.video_sampling import DEFAULT_PARAMS, KeptFrame, SampleResult, SamplingParams, sample_frames
 from kb.config import Settings
 from kb.errors import InputError
+from kb.i18n import said
 from kb.types import FileKind, Modality, Source, Unit, VideoClip
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
         sample = sample_frames(path, params, on_keep=save)
     except InputError as err:
         # Name the file as the user gave it, not by its absolute path.
-        raise InputError(source.rel, err.message.removeprefix(f"{path}: "), err.fix) from err
+        raise InputError(source.rel, err.message.removeprefix(f"{path}: "), err.fix, code=err.code,
+                         params={k: v for k, v in err.params.items() if k != "path"}) from err
     windows = group_windows(sample.frames, sample.duration, params)
     log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sample.kept,
              sample.decoded, sample.dropped)
@@ -94,7 +96,8 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
         try:
             result.audio = probe(path, source.rel)
         except InputError as err:
-            result.notes.append(f"its sound cannot be read, so speech is left out: {err.message}")
+            result.notes.append(said(f"its sound cannot be read, so speech is left out: {err.message}",
+                                     "said.video.sound_unreadable", problem=err.message))
     return result
 
 
@@ -132,7 +135,9 @@ def load_clip(path: Path, sample: SampleResult, frames: list[KeptFrame], max_pix
     images = _open.read(path, info.backend, [f.index for f in frames], size)
     got = [f for f in frames if f.index in images]
     if not got:
-        raise InputError(str(path), f"the frames at {frames[0].time:.1f} s cannot be decoded any more", DAMAGED_FIX)
+        at = f"{frames[0].time:.1f}"
+        raise InputError(str(path), f"the frames at {at} s cannot be decoded any more", DAMAGED_FIX,
+                         code="video.frames_lost", params={"time": at})
     indices = [info.clip_index(f.time) for f in got]
     return VideoClip(frames=[images[f.index] for f in got], frame_indices=indices, fps=info.clip_fps,
                      total_frames=max(info.total_frames, info.clip_index(info.duration), indices[-1] + 1))

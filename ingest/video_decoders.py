@@ -111,7 +111,7 @@ class DecordDecoder(Decoder):
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
         n = len(reader)
         if n == 0:
-            raise InputError(str(path), "the video has no frames", DAMAGED_FIX)
+            raise InputError(str(path), "the video has no frames", DAMAGED_FIX, code="video.no_frames")
         stamps = reader.get_frame_timestamp(range(n))
         start = float(stamps[0, 0])
         times = stamps[:, 0].astype(np.float64) - start
@@ -155,7 +155,7 @@ class PyAVDecoder(Decoder):
                     pts.append(packet.pts)
                     last_duration = packet.duration or 0
         if not pts:
-            raise InputError(str(path), "no video frames could be read", DAMAGED_FIX)
+            raise InputError(str(path), "no video frames could be read", DAMAGED_FIX, code="video.no_frames_read")
         tb = probe.time_base
         self._pts = sorted(set(pts))
         times = (np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * tb
@@ -226,7 +226,8 @@ class ContainerProbe:
         except InputError:
             raise
         except Exception as err:  # av.error.* : not a video FFmpeg can open
-            raise InputError(str(path), f"not a readable video ({err})", DAMAGED_FIX) from err
+            raise InputError(str(path), f"not a readable video ({err})", DAMAGED_FIX, code="video.unreadable",
+                             params={"detail": str(err)}) from err
 
     def open(self) -> InputContainer:
         import av
@@ -236,7 +237,8 @@ class ContainerProbe:
     def _read(self) -> None:
         with self.open() as container:
             if not container.streams.video:
-                raise InputError(str(self.path), "the file has no video stream", "ingest audio-only files elsewhere")
+                raise InputError(str(self.path), "the file has no video stream", "ingest audio-only files elsewhere",
+                                 code="video.no_video_stream")
             stream = container.streams.video[0]
             self.time_base = float(stream.time_base or 0)
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -285,6 +287,7 @@ def open_video(path: Path, prefer: str = "decord") -> Decoder:
     try:
         return PyAVDecoder(path, probe)
     except ImportError as err:
-        raise InputError(str(path), "no video decoder is installed", "pip install decord av") from err
+        raise InputError(str(path), "no video decoder is installed", "pip install decord av",
+                         code="video.no_decoder") from err
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from ingest.video_changes import Change, Features, compare, features
 from ingest.video_decoders import DAMAGED_FIX, Decoder, Frame, PyAVDecoder, VideoInfo, fit, open_video
 from kb.errors import InputError
+from kb.i18n import said
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def sample_frames(path: Path, params: SamplingParams = DEFAULT_PARAMS, on_keep: 
         raise
     except Exception as err:
         if isinstance(decoder, PyAVDecoder):
-            raise InputError(str(path), f"the video cannot be decoded ({err})", DAMAGED_FIX) from err
+            raise InputError(str(path), f"the video cannot be decoded ({err})", DAMAGED_FIX, code="video.undecodable",
+                             params={"detail": str(err)}) from err
         log.info("decord failed on %s (%s): decoding it with PyAV", path.name, err)
     finally:
         decoder.close()
@@ -128,7 +130,8 @@ def sample_frames(path: Path, params: SamplingParams = DEFAULT_PARAMS, on_keep: 
     except InputError:
         raise
     except Exception as err:
-        raise InputError(str(path), f"the video cannot be decoded ({err})", DAMAGED_FIX) from err
+        raise InputError(str(path), f"the video cannot be decoded ({err})", DAMAGED_FIX, code="video.undecodable",
+                             params={"detail": str(err)}) from err
     finally:
         decoder.close()
 
@@ -161,7 +164,8 @@ def _sample(decoder: Decoder, params: SamplingParams, on_keep: OnKeep | None) ->
         if on_keep:
             on_keep(kept, frame)
     if not result.frames:
-        raise InputError(str(decoder.path), "no frame of the video could be decoded", DAMAGED_FIX)
+        raise InputError(str(decoder.path), "no frame of the video could be decoded", DAMAGED_FIX,
+                         code="video.no_frame_decoded")
     _check_complete(decoder, result, len(picks))
     log.info("%s: %.1f s, %d candidates decoded, %d kept, %d dropped, %d cuts (%s)", decoder.path,
              info.duration, result.decoded, result.kept, result.dropped, len(result.cuts), info.backend)
@@ -176,5 +180,8 @@ def _check_complete(decoder: Decoder, result: SampleResult, requested: int) -> N
     short = declared - info.duration > max(1.0, 0.05 * declared)
     missing = requested - result.decoded
     if short or missing > max(1, requested // 20) or decoder.skipped_packets:
-        result.errors.append(f"the video is damaged or truncated: {result.decoded} of {requested} sampled frames "
-                             f"decoded, up to {result.frames[-1].time:.1f} s of {declared:.1f} s; fix: {DAMAGED_FIX}")
+        decoded_until, declared_s = f"{result.frames[-1].time:.1f}", f"{declared:.1f}"
+        result.errors.append(said(f"the video is damaged or truncated: {result.decoded} of {requested} sampled frames "
+                                  f"decoded, up to {decoded_until} s of {declared_s} s; fix: {DAMAGED_FIX}",
+                                  "said.video.truncated", decoded=result.decoded, requested=requested,
+                                  until=decoded_until, declared=declared_s))

@@ -270,6 +270,10 @@ def _apply(item: FileStatus, result: FileResult | None) -> None:
     item.reason = "; ".join(result.errors or result.notes)  # a link not followed has a note
     if result.cause is not None and result.cause.code:  # said in the reader's language by the app
         item.cause = json.dumps({"code": result.cause.code, "params": result.cause.params}, default=str)
+    elif any(getattr(line, "code", "") for line in result.errors or result.notes):  # a reader's Said lines
+        item.cause = json.dumps({"said": [{"code": getattr(line, "code", ""), "params": getattr(line, "params", {}),
+                                           "text": str(line)} for line in result.errors or result.notes]},
+                                default=str)
     if result.status == Outcome.SKIPPED:
         item.reason = "unchanged since the last ingest"
 

@@ -69,7 +69,16 @@ def said(english: str, code: str, **params: object) -> Said:
 def say(shown: str, language: Language) -> str:
     """`shown` in `language` when it is a Said the catalog knows, else as it is."""
     code = getattr(shown, "code", "")
-    return text(code, language, **shown.params) if isinstance(shown, Said) and code in CATALOG else str(shown)
+    if isinstance(shown, Said) and code in CATALOG:
+        return text(code, language, **phrased(shown.params, language))
+    return str(shown)
+
+
+def phrased(params: Mapping[str, object], language: Language) -> dict[str, object]:
+    """`params` with each value that is a catalog phrase ("a video", "a PNG image": what a reader calls a file)
+    in `language`; other values (names, numbers, a library's own message) stay as they are."""
+    return {name: word("phrase", value, language) if isinstance(value, str) else value
+            for name, value in params.items()}
 
 
 def error_text(err: BaseException, language: Language, **overrides: object) -> tuple[str, str]:
@@ -80,7 +89,7 @@ def error_text(err: BaseException, language: Language, **overrides: object) -> t
     fix = str(getattr(err, "fix", "") or "")
     if not code or f"err.{code}" not in CATALOG:
         return message, fix
-    params: Mapping[str, object] = {**getattr(err, "params", {}), **overrides}
+    params: Mapping[str, object] = {**phrased(getattr(err, "params", {}), language), **overrides}
     translated_fix = text(f"err.{code}.fix", language, **params) if f"err.{code}.fix" in CATALOG else fix
     return text(f"err.{code}", language, **params), translated_fix
 

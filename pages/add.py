@@ -9,7 +9,7 @@ from ingest.jobs import FileStatus, Job, uploads_folder
 from ingest.read import supported_extensions
 from kb.auth import ADMIN, EDITOR
 from kb.errors import InputError, SeekframeError
-from kb.i18n import error_text
+from kb.i18n import error_text, said, say
 from kb.paths import display
 from kb.types import FileState
 from pages import access, resources
@@ -82,6 +82,9 @@ def reason(item: FileStatus) -> str:
     ingest wrote it)."""
     try:
         cause = json.loads(item.cause) if item.cause else {}
+        if "said" in cause:  # notes or errors the reader wrote as catalog sentences (read as another type, ...)
+            return display("; ".join(say(said(line["text"], line["code"], **line["params"]), current())
+                                     for line in cause["said"]))
         message, fix = error_text(SeekframeError(item.reason, code=cause["code"], params=cause["params"]), current())
     except (ValueError, KeyError, TypeError):
         return word("reason", display(item.reason))

@@ -1,12 +1,14 @@
 """The message catalog (kb/i18n.py) and the error codes the web app translates; no Streamlit here."""
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from ingest.jobs import check_server_path
+from ingest.jobs import FileStatus, check_server_path
 from kb import i18n
 from kb.auth import AccessDenied, check_no_sign_in, identity_from_headers, require
 from kb.config import load_settings
@@ -89,7 +91,48 @@ def coded_errors(tmp_path: Path) -> list[SeekframeError]:
     tight = load_settings({"home": tmp_path / "kb", "text_max_bytes": 1000, "image_decode_max_pixels": 10_000}, env={})
     for name in ("long.md", "wide.png"):
         catch(read_file, tmp_path / name, Source(name, str(tmp_path / name), ""), tight)
+    # Video and audio: a cut MP4 (its index is at the end), noise with an MP3 header, a ZIP named .mp4, a silent
+    # video named .m4a, sound alone named .mp4.
+    write_mp4(tmp_path / "whole.mp4", faststart=False)
+    whole = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "noise.mp3").write_bytes(b"ID3" + bytes(range(256)) * 20)
+    with zipfile.ZipFile(tmp_path / "bundle.mp4", "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    (tmp_path / "silent.m4a").write_bytes(whole)
+    write_sound(tmp_path / "sound.mp4")
+    for name in ("cut.mp4", "noise.mp3", "bundle.mp4", "silent.m4a", "sound.mp4"):
+        catch(read_file, tmp_path / name, Source(name, str(tmp_path / name), ""), settings)
     return errors
+
+
+def write_mp4(path: Path, faststart: bool, frames: int = 60) -> None:
+    """A 6-second 64x48 MPEG-4 video of noise (its index first with `faststart`, so a cut copy still opens)."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(frames):
+            picture = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def write_sound(path: Path) -> None:
+    """One second of AAC silence in an MP4 container, with no video stream."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
 
 
 def test_errors_a_visitor_can_cause_are_translated_and_their_english_is_unchanged(tmp_path):
@@ -101,6 +144,10 @@ def test_errors_a_visitor_can_cause_are_translated_and_their_english_is_unchange
         assert i18n.error_text(err, "en") == (err.message, err.fix), err.code
         message, fix = i18n.error_text(err, "zh")
         assert CJK.search(message) and CJK.search(fix), (err.code, message, fix)
+    said = {err.code: i18n.error_text(err, "zh") for err in errors}
+    assert said["read.not_claimed"] == ("bundle.mp4：这是ZIP 压缩包，不是视频", "请先解压，再导入解压出的文件夹")
+    assert said["video.unreadable"][0].startswith("cut.mp4：不是可读取的视频（")
+    assert said["audio.no_stream"][0] == "silent.m4a：其中没有音频流"
     upload = next(err for err in errors if err.code == "upload.unsupported")
     assert isinstance(upload, InputError) and upload.params["path"] == "tool.exe"
     assert i18n.error_text(upload, "zh")[0] == "tool.exe：不支持的文件类型 .exe"
@@ -177,3 +224,35 @@ def test_answers_written_without_a_model_follow_the_questions_language():
     assert prompts.no_sources("What is the budget?") == "Nothing in the knowledge base matches this question."
     assert prompts.no_sources("预算是多少？") == "知识库中没有与这个问题相符的内容。"
     assert i18n.language_of_text("LinnSequencer 是什么？") == "zh" and i18n.language_of_text("What?") == "en"
+
+
+def test_what_a_reader_notes_about_a_file_reaches_the_add_page_in_either_language(tmp_path):
+    """A PNG named .mp3 is read as an image with a note; half a video is kept with an error: both are sentences
+    of the catalog, and the job table keeps their keys and values for the Add page to say."""
+    from PIL import Image
+
+    from ingest.pipeline import FileResult
+    from ingest.read import read_file
+    from ingest.worker import _apply
+    from kb.types import FileState, Outcome, Source
+
+    settings = load_settings({"home": tmp_path / "kb"}, env={})
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "photo.mp3", format="PNG")
+    write_mp4(tmp_path / "whole.mp4", faststart=True)
+    whole = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "half.mp4").write_bytes(whole[:len(whole) // 2])
+    note = read_file(tmp_path / "photo.mp3", Source("photo.mp3", str(tmp_path / "photo.mp3"), ""), settings).notes[0]
+    damaged = read_file(tmp_path / "half.mp4", Source("half.mp4", str(tmp_path / "half.mp4"), ""), settings).errors[0]
+    assert note == "this is a PNG image, not an audio file: read as an image"  # the CLI's sentence, unchanged
+    assert i18n.say(note, "en") == note and i18n.say(note, "zh") == "这是PNG 图片，不是音频文件：按图片读取"
+    assert damaged.startswith("the video is damaged or truncated: ") and "fix: " in damaged
+    assert i18n.say(damaged, "en") == damaged
+    assert i18n.say(damaged, "zh").startswith("视频已损坏或不完整：") and "解决方法" in i18n.say(damaged, "zh")
+    for result, expected in ((FileResult("photo.mp3", Outcome.ADDED, 1, notes=[note]), "这是PNG 图片"),
+                             (FileResult("half.mp4", Outcome.PARTIAL, 1, errors=[damaged]), "视频已损坏")):
+        item = FileStatus(path=str(tmp_path / result.rel), rel=result.rel, state=FileState.QUEUED)
+        _apply(item, result)
+        assert item.reason == str(result.errors[0] if result.errors else result.notes[0])  # the CLI's English
+        lines = json.loads(item.cause)["said"]  # what pages/add.py says in the visitor's language
+        shown = [i18n.say(i18n.said(line["text"], line["code"], **line["params"]), "zh") for line in lines]
+        assert shown[0].startswith(expected), shown
