@@ -29,6 +29,7 @@ from kb.engines import Engine, batch_size_for, load_engine, why_chosen
 from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineError, EngineUnavailable, SeekframeError
+from kb.i18n import said
 from kb.manifest import SourceRecord
 from kb.paths import display, fs_path, storable, to_stored
 from kb.store import Store
@@ -456,7 +457,8 @@ class Ingestor:
             if job.read.kind != FileKind.AUDIO:
                 return None
             return FileResult(job.name, Outcome.UNSUPPORTED, fix="set KB_ASR=auto to transcribe audio files",
-                              notes=job.read.notes + ["an audio file, and speech is off (KB_ASR=off): skipped"])
+                              notes=job.read.notes + [said("an audio file, and speech is off (KB_ASR=off): skipped",
+                                                                "said.audio.asr_off")])
         try:
             engine = self.speech_engine()
         except EngineError as err:
@@ -465,7 +467,8 @@ class Ingestor:
             if job.read.kind != FileKind.AUDIO:
                 return None  # a video is still read for what it shows
             return FileResult(job.name, Outcome.UNSUPPORTED, fix=err.fix,
-                              notes=job.read.notes + [f"an audio file: {err.message}: skipped"])
+                              notes=job.read.notes + [said(f"an audio file: {err.message}: skipped",
+                                                                "said.audio.no_engine", problem=err.message)])
         parts = self._transcript(job, engine)
         words = [w for part in parts for w in part.words]
         language = main_language(parts)

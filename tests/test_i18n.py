@@ -103,6 +103,13 @@ def coded_errors(tmp_path: Path) -> list[SeekframeError]:
     write_sound(tmp_path / "sound.mp4")
     for name in ("cut.mp4", "noise.mp3", "bundle.mp4", "silent.m4a", "sound.mp4"):
         catch(read_file, tmp_path / name, Source(name, str(tmp_path / name), ""), settings)
+    # The speech engine under KB_ASR=on (it fails the file): a model not on this machine, a folder that is not one.
+    from kb.engines.asr import SpeechEngine, locate_model
+
+    (tmp_path / "not-a-model").mkdir()
+    catch(locate_model, load_settings({"home": tmp_path / "kb", "asr": "on", "asr_model": "no-such/whisper"}, env={}))
+    catch(SpeechEngine, load_settings({"home": tmp_path / "kb", "asr": "on", "asr_model": str(tmp_path / "not-a-model"),
+                                       "device": "cpu"}, env={}))
     return errors
 
 
@@ -256,3 +263,22 @@ def test_what_a_reader_notes_about_a_file_reaches_the_add_page_in_either_languag
         lines = json.loads(item.cause)["said"]  # what pages/add.py says in the visitor's language
         shown = [i18n.say(i18n.said(line["text"], line["code"], **line["params"]), "zh") for line in lines]
         assert shown[0].startswith(expected), shown
+
+
+def test_an_audio_file_left_out_is_said_in_either_language(open_kb, tmp_path):
+    """Speech off, or no speech model under KB_ASR=auto: the note on the Add page follows the visitor's language;
+    under KB_ASR=on the missing model fails the file with an error the catalog translates."""
+    from ingest.pipeline import Ingestor
+
+    write_sound(tmp_path / "talk.m4a")
+    store = open_kb(asr="off")
+    note = Ingestor(store.settings, store).run([tmp_path / "talk.m4a"]).results[0].notes[-1]
+    assert i18n.say(note, "en") == note == "an audio file, and speech is off (KB_ASR=off): skipped"
+    assert i18n.say(note, "zh") == "这是音频文件，而语音识别已关闭（KB_ASR=off）：已跳过"
+    store = open_kb(asr="auto", asr_model="no-such/whisper", home=tmp_path / "auto")
+    note = Ingestor(store.settings, store).run([tmp_path / "talk.m4a"]).results[0].notes[-1]
+    assert i18n.say(note, "zh").startswith("这是音频文件：") and "no-such/whisper" in i18n.say(note, "zh")
+    store = open_kb(asr="on", asr_model="no-such/whisper", home=tmp_path / "on")
+    failed = Ingestor(store.settings, store).run([tmp_path / "talk.m4a"]).results[0]
+    assert failed.cause is not None
+    assert i18n.error_text(failed.cause, "zh")[0] == "本机上没有语音模型 'no-such/whisper'（导入时从不下载模型权重）"

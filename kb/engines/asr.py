@@ -90,7 +90,8 @@ def locate_model(settings: Settings) -> Path:
     try:
         from faster_whisper.utils import download_model
     except ImportError as err:
-        raise EngineError("faster-whisper is not installed", "pip install -r requirements.txt") from err
+        raise EngineError("faster-whisper is not installed", "pip install -r requirements.txt",
+                          code="asr.not_installed") from err
     try:
         return Path(download_model(name, local_files_only=True))
     except Exception as err:  # huggingface_hub says "not in the cache" in several ways
@@ -98,7 +99,7 @@ def locate_model(settings: Settings) -> Path:
             f"the speech model {name!r} is not on this machine (weights are never downloaded while ingesting)",
             f"fetch it once where the hub is reachable: python -c \"from faster_whisper import download_model; "
             f"download_model('{name}')\", or set KB_ASR_MODEL to a faster-whisper model folder; KB_ASR=off leaves "
-            "speech out") from err
+            "speech out", code="asr.model_missing", params={"model": repr(name), "name": name}) from err
 
 
 class SpeechEngine:
@@ -121,7 +122,8 @@ class SpeechEngine:
             self._whisper = WhisperModel(str(folder), device=self.device, device_index=index, compute_type=compute)
         except Exception as err:
             raise EngineError(f"cannot load the speech model {folder}: {err}",
-                              "check that KB_ASR_MODEL names a faster-whisper (CTranslate2) model folder") from err
+                              "check that KB_ASR_MODEL names a faster-whisper (CTranslate2) model folder",
+                              code="asr.load_failed", params={"folder": str(folder), "detail": str(err)}) from err
         log.info("speech: faster-whisper %s on %s (%s)", self.model, self.device, compute)
 
     def transcribe(self, samples: np.ndarray, offset: float) -> Transcript:
