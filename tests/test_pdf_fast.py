@@ -44,6 +44,63 @@ def test_a_real_ruled_table_is_kept_whole_as_markdown(test_data):
     assert text.count("2012_2") == 1  # the table is not also written as loose text
 
 
+TABLE_ROWS = [["Region", "2022", "2023", "2024", "Change"],
+              ["North", "1,204", "1,377", "1,512", "+9.8%"],
+              ["South", "2,915", "2,804", "3,020", "+7.7%"],
+              ["East", "640", "702", "688", "-2.0%"],
+              ["West", "4,118", "4,260", "4,391", "+3.1%"]]
+
+
+def _ruled_table_page(doc: pymupdf.Document) -> pymupdf.Page:
+    """A page of prose with a ruled grid under it, every cell bounded by lines (a generated report's table)."""
+    page = doc.new_page()
+    page.insert_textbox(pymupdf.Rect(50, 50, 550, 300), PROSE * 4, fontsize=11)
+    columns, top, height = [50, 190, 280, 370, 460, 545], 350, 20
+    for r, row in enumerate(TABLE_ROWS):
+        for c, cell in enumerate(row):
+            page.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
+    for r in range(len(TABLE_ROWS) + 1):
+        page.draw_line((columns[0], top + r * height), (columns[-1], top + r * height), width=0.6)
+    for x in columns:
+        page.draw_line((x, top), (x, top + len(TABLE_ROWS) * height), width=0.6)
+    return page
+
+
+def test_a_ruled_grid_is_read_without_the_layout_model_and_keeps_its_markdown(monkeypatch):
+    doc = pymupdf.open()
+    page = _ruled_table_page(doc)
+    with_layout = [t.to_markdown().strip() for t in page.find_tables(use_layout=True).tables]
+    finder = pymupdf.Page.find_tables
+    calls: list[dict[str, object]] = []
+
+    def spy(self: pymupdf.Page, **kw: object) -> object:
+        calls.append(kw)
+        return finder(self, **kw)
+
+    monkeypatch.setattr(pymupdf.Page, "find_tables", spy)
+    text = page_markdown(page)
+    assert calls == [{"use_layout": False}]
+    expected = "\n".join(["|" + "|".join(TABLE_ROWS[0]) + "|", "|---|---|---|---|---|"]
+                         + ["|" + "|".join(row) + "|" for row in TABLE_ROWS[1:]])
+    assert with_layout == [expected]  # the layout model's Markdown: the whole table, header row first
+    assert expected in text  # the same Markdown, found from the rulings alone
+    assert text.count("4,391") == 1 and "ordinary running text" in text
+
+
+def test_a_table_without_rulings_still_uses_the_layout_model(monkeypatch):
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(kw) or
+                        type("Found", (), {"tables": []})())
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for r, row in enumerate(TABLE_ROWS):  # the same figures in aligned columns, no line drawn
+        for c, cell in enumerate(row):
+            page.insert_text(([50, 190, 280, 370, 460][c] + 4, 100 + r * 20), cell, fontsize=9)
+    assert not table_signals(page).ruled_grid and table_signals(page).may_hold_table
+    page_markdown(page)
+    assert calls == [{"use_layout": True}]
+
+
 def test_prose_pages_skip_table_detection(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(self.number))
