@@ -28,6 +28,7 @@ from ingest.png_strips import decode_reduced, streamable
 from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
+from kb.i18n import said
 from kb.imaging import keep_size, shrink, to_rgb
 from kb.types import FileKind, Modality, Source, Unit
 
@@ -270,8 +271,10 @@ def _read_animation(img: ImageFile.ImageFile, count: int, source: Source, limits
         kept.append(_Kept(last[0], last[1], _encode(last[2])))
     chosen = _spread(kept, limits.max_frames)
     if len(chosen) < distinct:
-        result.notes.append(f"an animation of {count} frames with {distinct} distinct ones: {len(chosen)} of them "
-                            f"read, spread over it (KB_IMAGE_MAX_FRAMES={limits.max_frames}; raise it to read more)")
+        result.notes.append(said(f"an animation of {count} frames with {distinct} distinct ones: {len(chosen)} of "
+                                 f"them read, spread over it (KB_IMAGE_MAX_FRAMES={limits.max_frames}; raise it to "
+                                 "read more)", "said.image.animation", count=count, distinct=distinct,
+                                 read=len(chosen), limit=limits.max_frames))
     for frame in chosen:
         _add_units(result, source, frame.index + 1, partial(_decode_png, frame.png))
     return result

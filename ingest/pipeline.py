@@ -64,10 +64,11 @@ STORED = frozenset({Outcome.ADDED, Outcome.UPDATED, Outcome.COPIED, Outcome.RENA
                     Outcome.EMPTY})
 NOT_READ = (Outcome.UNSUPPORTED, Outcome.HIDDEN, Outcome.LINK)
 FAILED = frozenset({Outcome.FAILED, Outcome.PARTIAL})
-NO_TEXT = {"video": "no text found in it: it was read without errors but shows no text the engine could read",
-           "audio": "no speech found in it: it was read without errors but holds silence, music or noise only",
-           "": "no text found on it: it was read without errors but holds nothing readable (blank, or a picture "
-               "without writing)"}
+NO_TEXT = {kind: said(english, f"said.no_text.{kind or 'page'}") for kind, english in {
+    "video": "no text found in it: it was read without errors but shows no text the engine could read",
+    "audio": "no speech found in it: it was read without errors but holds silence, music or noise only",
+    "": "no text found on it: it was read without errors but holds nothing readable (blank, or a picture without "
+        "writing)"}.items()}
 NO_TEXT_FIX = {"video": "nothing to do if it shows no writing; a Qwen3-VL engine (--engine transformers or openai) "
                         "also describes what is shown",
                "audio": "nothing to do if nobody speaks in it",
@@ -678,7 +679,9 @@ class Ingestor:
         blank = [p for p in blank if p not in readable]
         if not blank:
             return []
-        return [f"no text found on page{'s' if len(blank) > 1 else ''} {_ranges(blank)}"]
+        pages = _ranges(blank)
+        return [said(f"no text found on page{'s' if len(blank) > 1 else ''} {pages}",
+                     "said.blank_pages" if len(blank) > 1 else "said.blank_page", pages=pages)]
 
     def _prune(self, paths: Iterable[Path], report: IngestReport) -> None:
         roots = [Path(p).resolve() for p in paths if Path(p).is_dir()]

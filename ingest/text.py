@@ -13,6 +13,7 @@ from pathlib import Path
 from ingest.read_result import ReadResult
 from kb.config import Settings
 from kb.errors import InputError
+from kb.i18n import said
 from kb.types import FileKind, Modality, Source, Unit
 
 # Longest BOMs first: the UTF-32 LE mark starts with the UTF-16 LE one.
@@ -35,7 +36,9 @@ def read_text(path: Path, source: Source, settings: Settings) -> ReadResult:
                          f"{chunks} chunks to embed)", code="text.too_big",
                          params={"size": megabytes, "limit": limit, "bytes": size, "chunks": chunks})
     text, encoding = decode_text(path.read_bytes(), source.rel)
-    notes = [f"not UTF-8: read as {encoding}"] if encoding else []
+    notes: list[str] = []
+    if encoding:
+        notes.append(said(f"not UTF-8: read as {encoding}", "said.text.not_utf8", encoding=encoding))
     return ReadResult(kind=FileKind.TEXT, units=[Unit(source, Modality.TEXT, text=text)], notes=notes)
 
 

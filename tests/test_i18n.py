@@ -282,3 +282,20 @@ def test_an_audio_file_left_out_is_said_in_either_language(open_kb, tmp_path):
     failed = Ingestor(store.settings, store).run([tmp_path / "talk.m4a"]).results[0]
     assert failed.cause is not None
     assert i18n.error_text(failed.cause, "zh")[0] == "本机上没有语音模型 'no-such/whisper'（导入时从不下载模型权重）"
+
+
+def test_what_the_ingest_notes_about_a_file_it_read_is_said_in_either_language(open_kb, tmp_path):
+    """A Latin-1 text file and a blank picture are stored with a note each; both notes have their Chinese."""
+    from PIL import Image
+
+    from ingest.pipeline import Ingestor
+
+    (tmp_path / "latin.txt").write_bytes("Café crème, déjà vu à Genève.\n".encode("latin-1"))
+    Image.new("RGB", (200, 120), "white").save(tmp_path / "blank.png")
+    store = open_kb()
+    results = {r.rel: r for r in Ingestor(store.settings, store).run([tmp_path]).results}
+    encoding, blank = results["latin.txt"].notes[0], results["blank.png"].notes[-1]
+    assert encoding.startswith("not UTF-8: read as ") and i18n.say(encoding, "en") == encoding
+    assert i18n.say(encoding, "zh").startswith("不是 UTF-8 编码：按 ")
+    assert blank.startswith("no text found on it") and i18n.say(blank, "en") == blank
+    assert i18n.say(blank, "zh").startswith("上面没有找到文字")
