@@ -44,32 +44,36 @@ def _say_engine_ready(loading: "Future[object]") -> None:
         print(f"Seekframe: engine ready. {why_chosen(loading.result())}", file=sys.stderr, flush=True)
 
 
-if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is None:
-    sys.exit(serve(sys.argv[1:]))
+def app() -> None:
+    """One run of the page script (Streamlit runs it per interaction, with __name__ == "__main__")."""
+    from kb.auth import ADMIN, EDITOR, allows
+    from pages import access, resources
+    from pages.language import switch, t
 
-from pages import resources  # noqa: E402  (after the launcher: it must not open anything twice)
+    st.set_page_config(page_title="Seekframe", page_icon="🔎", layout="wide")
+    # The language first: every page after it, the sign-in page and the errors included, speaks the chosen one.
+    switch()
+    # Every page needs the store; opening it here (once per process) also takes the lock if the launcher did not.
+    resources.open_or_stop()
+    # Queued jobs resume with the process, not with the first visit to the Add page (a single-user app's worker
+    # thread starts here; with a Chroma server the worker processes do it).
+    resources.jobs()
+    # Who is here, before any page: a sign-in page (and stop) until they are; each page offered only to its role.
+    identity, role = access.current()
+    st.session_state["seekframe_user"], st.session_state["seekframe_role"] = identity.user, role
+    access.show_user(identity, role)
+    pages = [st.Page("pages/ask.py", title=t("nav.ask"), icon=":material/chat:", default=True),
+             st.Page("pages/library.py", title=t("nav.library"), icon=":material/library_books:")]
+    if allows(role, EDITOR):
+        pages.append(st.Page("pages/add.py", title=t("nav.add"), icon=":material/add_circle:"))
+    if allows(role, ADMIN):
+        pages.append(st.Page("pages/system.py", title=t("nav.system"), icon=":material/monitor_heart:"))
+    st.navigation(pages).run()
 
-st.set_page_config(page_title="Seekframe", page_icon="🔎", layout="wide")
-from kb.auth import ADMIN, EDITOR, allows  # noqa: E402
-from pages import access  # noqa: E402
-from pages.language import switch, t  # noqa: E402
 
-# The language first: every page after it, the sign-in page and the errors included, speaks the chosen one.
-switch()
-# Every page needs the store; opening it here (once per process) also takes the lock if the launcher did not.
-resources.open_or_stop()
-# Queued jobs resume with the process, not with the first visit to the Add page (a single-user app's worker
-# thread starts here; with a Chroma server the worker processes do it).
-resources.jobs()
-# Who is here, before any page: a sign-in page (and stop) until they are; each page offered only to its role.
-identity, role = access.current()
-st.session_state["seekframe_user"], st.session_state["seekframe_role"] = identity.user, role
-access.show_user(identity, role)
-pages = [st.Page("pages/ask.py", title=t("nav.ask"), icon=":material/chat:", default=True),
-         st.Page("pages/library.py", title=t("nav.library"), icon=":material/library_books:")]
-if allows(role, EDITOR):
-    pages.append(st.Page("pages/add.py", title=t("nav.add"), icon=":material/add_circle:"))
-if allows(role, ADMIN):
-    pages.append(st.Page("pages/system.py", title=t("nav.system"), icon=":material/monitor_heart:"))
-navigation = st.navigation(pages)
-navigation.run()
+# Only as the main script: a process that re-imports it (multiprocessing's reader processes do, as __mp_main__)
+# must not open the store, whose lock this process holds.
+if __name__ == "__main__":
+    if get_script_run_ctx(suppress_warning=True) is None:  # `python streamlit_app.py`: the launcher
+        sys.exit(serve(sys.argv[1:]))
+    app()

@@ -241,9 +241,13 @@ def reader_processes() -> Iterator[None]:
 
 
 def _reader_pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_die_with,
-                               initargs=(os.getpid(),))
+    # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way.
+    # Its default preload re-imports the caller's __main__ in the fork server: in the web app that is the app
+    # script, which would open the store there (and die on its lock), breaking every reader process. Preload
+    # this module instead: the readers need nothing else, and start without importing PyMuPDF each.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with, initargs=(os.getpid(),))
 
 
 def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[PageRead]:
