@@ -85,7 +85,7 @@ def error_text(err: BaseException, language: Language, **overrides: object) -> t
     """(message, fix) of an error in `language`: from the catalog by the error's code, else its English text.
     `overrides` replace parameters the caller can say better (an action's translated name, say)."""
     code = getattr(err, "code", "")
-    message = str(getattr(err, "message", "") or str(err).split("\n  fix:")[0])
+    message = str(getattr(err, "message", "") or err)  # errors from outside the library have no .message
     fix = str(getattr(err, "fix", "") or "")
     if not code or f"err.{code}" not in CATALOG:
         return message, fix

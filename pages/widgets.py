@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import streamlit as st
 
@@ -45,12 +46,7 @@ def pdf_page(stored: str, page: int, quote: str = "", width: int | None = None) 
 
 
 def video_player(stored: str, start: float | None, end: float | None = None) -> None:
-    path = fs_path(stored)
-    if not path.is_file():
-        st.caption(t("widget.video_gone"))
-        return
-    # Streamlit's player takes whole seconds; end one second late so the cited segment plays to its end.
-    st.video(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
+    _play(st.video, "widget.video_gone", stored, start, end)
 
 
 def image_file(stored: str, width: int = 480) -> None:
@@ -62,11 +58,16 @@ def image_file(stored: str, width: int = 480) -> None:
 
 def audio_player(stored: str, start: float | None, end: float | None = None) -> None:
     """An audio source from the cited second (an audio file's passages have no frames to show)."""
+    _play(st.audio, "widget.audio_gone", stored, start, end)
+
+
+def _play(player: Callable[..., object], gone: str, stored: str, start: float | None, end: float | None) -> None:
     path = fs_path(stored)
     if not path.is_file():
-        st.caption(t("widget.audio_gone"))
+        st.caption(t(gone))
         return
-    st.audio(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
+    # Streamlit's players take whole seconds; end one second late so the cited segment plays to its end.
+    player(str(path), start_time=int(start or 0), end_time=int(end) + 1 if end is not None else None)
 
 
 def keyframes(chunk: Chunk, width: int = 220) -> None:
