@@ -34,6 +34,12 @@ import numpy as np
 from bench.report import markdown_table, write_section
 
 TITLE = "Scale (`python -m bench.scale`)"
+
+
+def title(dim: int) -> str:
+    """The section a run writes: the 1024-d rows (the default embedder's size) and other sizes each in their own,
+    so that runs at two vector sizes never overwrite each other's rows."""
+    return TITLE if dim == 1024 else f"Scale at {dim}-d vectors (`python -m bench.scale --dim {dim}`)"
 VOCAB_SIZE = 20_000
 WORDS_PER_CHUNK = 150
 CODE_RATE = 0.02  # share of tokens that are numbers or codes (INV-2024-0117, E_ACCESS_4711, 4711)
@@ -214,15 +220,29 @@ class Build:
     chroma_s: float = 0.0  # Collection.upsert (metadata, document FTS and HNSW insert included)
     lexical_s: float = 0.0  # LexicalIndex.upsert (tokenising and FTS5)
     other_s: float = 0.0  # the rest of replace_source: manifest commit, looking for old chunks to delete
+    hnsw: str = ""  # the collection's HNSW settings (M, ef_construction): fixed when the knowledge base was made
     stopped: str = ""  # why filling stopped early, if it did
 
 
-def open_kb(home: Path, corpus: Corpus, embed_name: str):
+def open_kb(home: Path, corpus: Corpus, embed_name: str, hnsw: dict[str, Any] | None = None):
+    """Open (or make) the benchmark's knowledge base; `hnsw` overrides the settings a new collection gets
+    (kb.store.NEW_COLLECTION_HNSW; an existing knowledge base keeps its own)."""
+    import kb.store
     from kb.config import load_settings
-    from kb.store import open_store
 
     settings = load_settings({"home": home, "embed_model": embed_name}, env={})
-    return open_store(settings, embedder=CentroidEmbedder(embed_name, corpus))
+    defaults = dict(kb.store.NEW_COLLECTION_HNSW)
+    kb.store.NEW_COLLECTION_HNSW.update(hnsw or {})
+    try:
+        return kb.store.open_store(settings, embedder=CentroidEmbedder(embed_name, corpus))
+    finally:
+        kb.store.NEW_COLLECTION_HNSW.clear()
+        kb.store.NEW_COLLECTION_HNSW.update(defaults)
+
+
+def hnsw_settings(store) -> str:
+    hnsw = (store._collection.configuration_json or {}).get("hnsw") or {}
+    return f"M {hnsw.get('max_neighbors', '?')}, ef_construction {hnsw.get('ef_construction', '?')}"
 
 
 def fill(store, corpus: Corpus, build: Build, target: int, deadline: float, per_write: int = 5) -> None:
@@ -234,6 +254,7 @@ def fill(store, corpus: Corpus, build: Build, target: int, deadline: float, per_
     collection = Timed(store._collection, ("upsert",))
     lexical = Timed(store.lexical, ("upsert",))
     store._collection, store.lexical = collection, lexical
+    build.hnsw = hnsw_settings(store)
     last_report, last_chunks, last_total = time.perf_counter(), build.chunks, build.total_s
     try:
         while build.chunks < target:
@@ -567,7 +588,8 @@ def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> s
              "`Store.lexical_query` with 3-5 words of a stored chunk, hybrid = `kb.search.search(mode=\"hybrid\")` end "
              "to end with a stand-in embedder (no model forward pass: add the embedder's query latency). Build time "
              "is `replace_source` only (generating text and vectors excluded); peak RSS is the whole process "
-             "(Chroma runs in it). Dense recall@10 is against exact neighbours.", "",
+             "(Chroma runs in it). Dense recall@10 is against exact neighbours."
+             + (f" HNSW: {rows[-1]['build'].hnsw}." if rows and rows[-1]["build"].hnsw else ""), "",
              results_table(rows), "", "Pieces of a query:", "", pieces_table(rows), "",
              "Filtered lexical queries (`Store.lexical_query` with the `where` of `kb.search.Filters`):", "",
              filtered_table(rows), ""]
@@ -593,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=1024, help="embedding dimension (1024: Qwen3-Embedding-0.6B)")
     parser.add_argument("--per-source", type=int, default=200, help="chunks per synthetic source")
     parser.add_argument("--per-write", type=int, default=5, help="sources per Store.replace_sources call")
+    parser.add_argument("--hnsw", default="", help="HNSW settings for a new knowledge base (JSON, Chroma's names), "
+                        "e.g. '{\"ef_construction\": 50}'; an existing one keeps its own")
     parser.add_argument("--queries", type=int, default=200, help="queries per mode")
     parser.add_argument("--mode-seconds", type=float, default=60, help="stop a mode's queries after this long")
     parser.add_argument("--recall", type=int, default=50, help="dense queries checked against exact neighbours "
@@ -630,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = load_rows(work) if args.workdir else []
     sweep: list[tuple] = []
     try:
-        store = open_kb(home, corpus, embed_name)
+        store = open_kb(home, corpus, embed_name, json.loads(args.hnsw) if args.hnsw else None)
         build = Build(sources=len(store.manifest.all()), chunks=store.count())
         build.resumed_at = build.chunks
         if build.chunks:
@@ -675,7 +699,7 @@ def report(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args, corp
                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms over {n} questions.")
     print(report)
     if args.write:
-        write_section(TITLE, report)
+        write_section(title(args.dim), report)
     return 0
 
 

@@ -33,6 +33,7 @@ from kb.types import Chunk, Hit
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
+    from chromadb.api.collection_configuration import CreateHNSWConfiguration
 
 # A Chroma `where` filter: {"field": value}, {"field": {"$in": [...]}}, {"$and": [...]}, ...
 Where = dict[str, Any]
@@ -43,6 +44,9 @@ SCHEMA_VERSION = 1
 # HNSW ef_search: candidates a dense query visits. Measured on 1024-d clustered vectors (bench/scale.py,
 # docs/benchmarks.md "Scale"): recall@10 0.984 at 381k chunks with 200, and the same with 400 at +1.7 ms p50.
 EF_SEARCH = 200
+# The HNSW settings a new knowledge base's collection is created with (an existing one keeps its own: Chroma fixes
+# them at creation).
+NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
 # Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
 CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
@@ -138,7 +142,7 @@ class Store:
         # Any: chromadb types every result field Optional (even those `include` asks for) and metadata values as
         # a union; what comes back is what `Chunk.metadata` stored, read as plain JSON.
         self._collection: Any = client.get_or_create_collection(
-            COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": EF_SEARCH}},
+            COLLECTION, embedding_function=None, configuration={"hnsw": NEW_COLLECTION_HNSW.copy()},
             metadata={"embed_model": embedder.name, "embed_dim": embedder.dimension,
                       "schema_version": SCHEMA_VERSION})
         self._check_embedder()
@@ -217,13 +221,15 @@ class Store:
             old = self.manifest.get(record.path)
             self.manifest.begin_cleanup(record.path, record.rel,
                                         {record.sha256} | ({old.sha256} if old else set()), _owner())
+        metadatas = [c.metadata() for c, _ in pairs]  # once for both indexes (dataclasses.asdict is not cheap)
         try:
-            for part in _batched(pairs, self._batch):
+            for start in range(0, len(pairs), self._batch):
+                part = pairs[start:start + self._batch]
                 # No documents: the text is kept once, in the lexical index (Chroma would store it and index
                 # every trigram of it, which nothing here queries; that was 70 % of fill time).
                 self._collection.upsert(ids=[c.id for c, _ in part], embeddings=[list(e) for _, e in part],
-                                        metadatas=[_filterable(c.metadata()) for c, _ in part])
-            self.lexical.upsert([c for c, _ in pairs])
+                                        metadatas=[_filterable(m) for m in metadatas[start:start + self._batch]])
+            self.lexical.upsert([c for c, _ in pairs], metadatas)
             for record, chunks, _ in items:
                 record.chunks = len(chunks)
                 self.manifest.put(record)  # the commit point: from here on searches see the new chunks only

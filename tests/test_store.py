@@ -84,3 +84,43 @@ def test_a_knowledge_base_made_with_another_ef_search_gets_the_current_one(open_
     SharedSystemClient.clear_system_cache()
     again = open_kb()
     assert again._collection.configuration_json["hnsw"]["ef_search"] == EF_SEARCH != 10
+
+
+def test_collection_settings_are_fixed_when_a_knowledge_base_is_made(open_kb, make_settings, embedder, tmp_path,
+                                                                     monkeypatch):
+    """HNSW settings (M, ef_construction: fill speed against recall, docs/benchmarks.md "Scale") apply to new
+    knowledge bases; one made with other settings (an older version's) keeps them and still fills, finds and
+    deletes."""
+    from chromadb.api.client import SharedSystemClient
+
+    import kb.store
+    from kb.manifest import SourceRecord
+    from kb.types import Chunk
+
+    def add(store, name: str, texts: list[str]) -> None:
+        path, sha = f"/docs/{name}", f"{name:0>64}"
+        chunks = [Chunk(id=f"{name}:{n}", text=t, rel=name, path=path, sha256=sha, modality="text", position=n)
+                  for n, t in enumerate(texts)]
+        store.replace_source(SourceRecord(path=path, rel=name, sha256=sha, size=9, kind="text", status="ok",
+                                          chunks=0, engine="none", model=""), chunks)
+
+    older = {"space": "cosine", "ef_search": kb.store.EF_SEARCH, "max_neighbors": 12, "ef_construction": 77}
+    with monkeypatch.context() as patch:
+        patch.setattr(kb.store, "NEW_COLLECTION_HNSW", older)
+        store = open_kb(home=tmp_path / "older")
+        add(store, "a.txt", ["invoices are paid within thirty days", "the warehouse opens at nine"])
+        store.close()
+    SharedSystemClient.clear_system_cache()
+
+    store = open_kb(home=tmp_path / "older")
+    hnsw = store._collection.configuration_json["hnsw"]
+    assert (hnsw["max_neighbors"], hnsw["ef_construction"]) == (12, 77)  # kept, whatever new ones get
+    add(store, "b.txt", ["the ferry leaves the harbour at dawn"])
+    hits = store.query(embedder.embed_query("when are invoices paid?"), 1)
+    assert [h.chunk.text for h in hits] == ["invoices are paid within thirty days"]
+    assert store.delete_source("/docs/a.txt") == 2
+    assert [h.chunk.text for h in store.query(embedder.embed_query("invoices"), 3)] == [
+        "the ferry leaves the harbour at dawn"]
+
+    fresh = open_kb(home=tmp_path / "fresh")._collection.configuration_json["hnsw"]
+    assert {k: fresh[k] for k in kb.store.NEW_COLLECTION_HNSW} == kb.store.NEW_COLLECTION_HNSW
