@@ -113,16 +113,6 @@ def _bigrams(run: str) -> list[str]:
     return [run] if len(run) < 2 else [run[i:i + 2] for i in range(len(run) - 1)]
 
 
-@functools.lru_cache(maxsize=1 << 17)
-def _word_tokens(word: str) -> tuple[str, ...]:
-    """A word's index tokens. Memoised: words repeat (Zipf), and this was most of the fill's Python time."""
-    if word in STOPWORDS:
-        return ()
-    if "-" in word or "_" in word or "." in word:  # INV-2024-0117 also answers a search for 0117
-        return (_stem(word), *(_stem(p) for p in _PARTS.findall(word) if p not in STOPWORDS))
-    return (_stem(word),)
-
-
 def tokenize(text: str) -> list[str]:
     """Text -> index tokens: lower-cased, NFKC (full-width forms folded), stopwords dropped, CJK segmented."""
     text = _ARABIC_MARKS.sub("", unicodedata.normalize("NFKC", text).casefold())
@@ -136,8 +126,10 @@ def tokenize(text: str) -> list[str]:
             tokens += words + [b for p in pieces for b in _bigrams(p) if b not in words]
         elif kana or hangul:
             tokens += _bigrams(kana or hangul)
-        else:
-            tokens += _word_tokens(word)
+        elif word not in STOPWORDS:
+            tokens.append(_stem(word))
+            if "-" in word or "_" in word or "." in word:  # INV-2024-0117 also answers a search for 0117
+                tokens += [_stem(p) for p in _PARTS.findall(word) if p not in STOPWORDS]
     # Tantivy splits only at whitespace (none inside a token), so tokens go in as they are, combining marks too.
     return tokens
 
