@@ -47,6 +47,10 @@ REFILL_GROUPS = 8
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
+# In a process that answers (the app), the bulk cache is given back after this long without bulk decoding: calls
+# of one ingest job follow each other closely and keep it; remaking it costs about a second
+# (docs/benchmarks.md, "Decode step on GPU"), holding it idle keeps ~67 GB of an H200 from everything else.
+BULK_IDLE_S = 30.0
 
 
 def resolve_device(setting: str) -> str:
@@ -156,8 +160,10 @@ class TransformersEngine:
         self.last_stats: DecodeStats | None = None
         self._slabs: dict[str, KvSlab] = {}  # "bulk" and "answer" caches, kept with their recorded steps
         self._first_logits: torch.Tensor | None = None  # the last prefill's logits (answers sample from them)
-        if self._device.startswith("cuda"):  # the first question must not wait for the answer path to be recorded
-            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
+        # Set by `prepare_to_answer` (a process that answers: the app): the bulk cache is then given back when bulk
+        # decoding idles; a command-line ingest keeps it from one call to the next.
+        self._answering = False
+        self._bulk_calls = 0  # generate_ids calls so far: an idle release checks that none came since
 
     def _load(self, dtype: torch.dtype, quant: Any) -> tuple[Any, Any]:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
@@ -272,14 +278,43 @@ class TransformersEngine:
             return []
         try:
             with self._lock, torch.inference_mode():
+                self._bulk_calls += 1
                 slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
                 run = _Refill(self, requests, slab)
                 ids = run.run()
         except torch.cuda.OutOfMemoryError as err:
             raise EngineError(f"GPU out of memory while decoding {self.slots} rows at once",
                               "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4") from err
+        finally:
+            if self._answering:
+                self._release_bulk_when_idle()
         self.last_stats = run.stats
         return ids
+
+    def prepare_to_answer(self) -> None:
+        """This process answers questions (the app calls this through `load_in_background`): on a GPU, record the
+        answer path now on the stream thread, so the first question compiles nothing; and give the bulk cache
+        (most of the GPU's free memory) back once bulk decoding has idled BULK_IDLE_S seconds. A command-line
+        ingest never calls this: it warms nothing it will not use and keeps its bulk cache between calls."""
+        self._answering = True
+        if self._device.startswith("cuda"):
+            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
+
+    def _release_bulk_when_idle(self) -> None:
+        calls = self._bulk_calls
+        timer = threading.Timer(BULK_IDLE_S, self._release_bulk, args=(calls,))
+        timer.daemon = True
+        timer.start()
+
+    def _release_bulk(self, calls: int) -> None:
+        with self._lock:
+            if calls != self._bulk_calls or "bulk" not in self._slabs:
+                return  # a later call ran (its own timer decides), or nothing to give back
+            slab = self._slabs.pop("bulk")
+            log.info("bulk decoding idle for %s s: gave back its KV cache (%.1f GB)", BULK_IDLE_S, slab.bytes / 1e9)
+            del slab
+            if self._device.startswith("cuda"):
+                torch.cuda.empty_cache()
 
     def prepare(self, requests: Sequence[Request]) -> _Prepared:
         """CPU work for a group of new rows: processor output and each row's multimodal RoPE positions."""
@@ -325,8 +360,8 @@ class TransformersEngine:
 
     def warm_up(self) -> float:
         """Generate a short answer once, so the first user does not wait for it, and on a GPU record the answer
-        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes). Seconds.
-        A GPU engine starts this by itself when it is loaded (the app loads it at start)."""
+        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes); seconds, once
+        done. The app starts this without waiting (`prepare_to_answer`)."""
         started = time.perf_counter()
         self._stream_thread.submit(self._warm_answers).result()
         return time.perf_counter() - started
