@@ -48,8 +48,9 @@ TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers,
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
 # In a process that answers (the app), the bulk cache is given back after this long without bulk decoding: calls
-# of one ingest job follow each other closely and keep it; remaking it costs about a second
-# (docs/benchmarks.md, "Decode step on GPU"), holding it idle keeps ~67 GB of an H200 from everything else.
+# of one ingest job follow each other closely and keep it. Remaking it costs ~6 s on an H200 (4.2 s to allocate the
+# 68 GB, 0.8-1.6 s to record its steps; docs/benchmarks.md, "Decode step on GPU"), while holding it idle keeps half
+# the card from the embedder, the answers' pictures and any other process.
 BULK_IDLE_S = 30.0
 
 
@@ -360,8 +361,9 @@ class TransformersEngine:
 
     def warm_up(self) -> float:
         """Generate a short answer once, so the first user does not wait for it, and on a GPU record the answer
-        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes); seconds, once
-        done. The app starts this without waiting (`prepare_to_answer`)."""
+        decode step for every cache width up to ANSWER_COLUMNS (one step where the per-row attention kernel runs;
+        no recording when a question comes); seconds, once done. The app starts this without waiting
+        (`prepare_to_answer`)."""
         started = time.perf_counter()
         self._stream_thread.submit(self._warm_answers).result()
         return time.perf_counter() - started
@@ -408,15 +410,32 @@ class TransformersEngine:
         token = self.prefill(prepared, slab, [0])[0]
         if request.temperature > 0:
             token = self._sample(slab, self._first_logits, request)
+        # Greedy: the step after the one whose token the host waits for is already queued (its input stays on the
+        # GPU), so the GPU never idles while the host checks and hands out a token; one step past the end is
+        # computed and dropped.
+        ahead: torch.Tensor | None = None
         while not cancelled.is_set():
             kept = len(row.tokens)
             accept(row, [token], self.eos_ids, slab.min_new)
             yield from row.tokens[kept:]
             if row.done:
                 return
-            picked = slab.step(width_for(row.width + 1, slab.length))
-            row.width += 1
-            token = self._sample(slab, slab.logits, request) if request.temperature > 0 else int(picked.item())
+            if request.temperature > 0:
+                slab.step(width_for(row.width + 1, slab.length))
+                row.width += 1
+                token = self._sample(slab, slab.logits, request)
+                continue
+            if ahead is None:
+                ahead = self._queue_step(slab, row)
+            following = self._queue_step(slab, row)
+            token, ahead = int(ahead.item()), following
+
+    @staticmethod
+    def _queue_step(slab: KvSlab, row: _Row) -> torch.Tensor:
+        """Queue one decode step of the answer row; its token, still on the GPU."""
+        picked = slab.step(width_for(row.width + 1, slab.length))[:1].clone()
+        row.width += 1
+        return picked
 
     @staticmethod
     def _sample(slab: KvSlab, logits: torch.Tensor | None, request: Request) -> int:
