@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,7 +413,7 @@ class TransformersEngine:
         # Greedy: the step after the one whose token the host waits for is already queued (its input stays on the
         # GPU), so the GPU never idles while the host checks and hands out a token; one step past the end is
         # computed and dropped.
-        ahead: torch.Tensor | None = None
+        ahead: Callable[[], int] | None = None
         while not cancelled.is_set():
             kept = len(row.tokens)
             accept(row, [token], self.eos_ids, slab.min_new)
@@ -428,14 +428,28 @@ class TransformersEngine:
             if ahead is None:
                 ahead = self._queue_step(slab, row)
             following = self._queue_step(slab, row)
-            token, ahead = int(ahead.item()), following
+            token, ahead = ahead(), following
 
     @staticmethod
-    def _queue_step(slab: KvSlab, row: _Row) -> torch.Tensor:
-        """Queue one decode step of the answer row; its token, still on the GPU."""
-        picked = slab.step(width_for(row.width + 1, slab.length))[:1].clone()
+    def _queue_step(slab: KvSlab, row: _Row) -> Callable[[], int]:
+        """Queue one decode step of the answer row; a call that waits for its token, and only for it: on a GPU the
+        token is copied to pinned host memory right behind the step (`.item()` would also wait for every step
+        queued after it)."""
+        picked = slab.step(width_for(row.width + 1, slab.length))[:1]
         row.width += 1
-        return picked
+        if slab.device.type != "cuda":
+            token = int(picked.item())
+            return lambda: token
+        host = torch.empty(1, dtype=picked.dtype, pin_memory=True)
+        host.copy_(picked, non_blocking=True)
+        copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        copied.record(torch.cuda.current_stream(slab.device))
+
+        def wait() -> int:
+            copied.synchronize()
+            return int(host[0])
+
+        return wait
 
     @staticmethod
     def _sample(slab: KvSlab, logits: torch.Tensor | None, request: Request) -> int:
