@@ -5,8 +5,10 @@ Why: transformers' forward is launch-bound when decoding (about 1 000 small kern
 an H200 whatever the batch), and its static cache compiles per batch shape and cannot take rows that join
 mid-decode. Here every row of the slab holds its own tokens at columns [0, length of the row); a step writes each
 row's new key/value at that row's own length, so rows that finished are refilled in place (continuous batching)
-without reshaping anything, and the step has fixed shapes: on a GPU it is recorded once per attention width
-(a multiple of WIDTH_STEP) and replayed, with no host sync inside. On a CPU the same step runs eagerly.
+without reshaping anything, and the step has fixed shapes: on a GPU it is recorded once per row count and
+replayed, with no host sync inside; attention reads each row only to its own length (decode_attention.py). Where
+that kernel cannot run (a CPU, no Triton) attention reads every row to a width (a multiple of WIDTH_STEP) under a
+mask, and a GPU step is recorded per width; on a CPU the step runs eagerly.
 
 Decoding only: the prompt (images, video, multimodal RoPE) goes through the model's own forward, and its cache is
 copied into the slab. Generated tokens are text, whose three RoPE positions are equal, so plain RoPE is exact.
@@ -22,8 +24,8 @@ from kb.engines import decode_attention as spans
 
 log = logging.getLogger(__name__)
 
-# Attention reads the first `width` columns of every row, width a multiple of this: a few recorded steps cover all
-# lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
+# Masked attention (no per-row kernel) reads the first `width` columns of every row, width a multiple of this: a
+# few recorded steps cover all lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
 WIDTH_STEP = 256
 
 
