@@ -44,11 +44,12 @@ SCHEMA_VERSION = 1
 # HNSW ef_search: candidates a dense query visits. Measured on 1024-d clustered vectors (bench/scale.py,
 # docs/benchmarks.md "Scale"): recall@10 0.984 at 381k chunks with 200, and the same with 400 at +1.7 ms p50.
 EF_SEARCH = 200
-# The HNSW settings a new knowledge base's collection is created with (an existing one keeps its own: Chroma fixes
-# them at creation).
-NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
 # Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
 CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
+# What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
+# keeps its own. Chroma's M 16 and ef_construction 100 stay: HNSW insertion is most of the fill's CPU, and
+# ef_construction 50 halves it but costs recall (0.910 -> 0.872 at 100k 384-d chunks; docs/benchmarks.md "Scale").
+NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
