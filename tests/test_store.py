@@ -124,3 +124,38 @@ def test_collection_settings_are_fixed_when_a_knowledge_base_is_made(open_kb, ma
 
     fresh = open_kb(home=tmp_path / "fresh")._collection.configuration_json["hnsw"]
     assert {k: fresh[k] for k in kb.store.NEW_COLLECTION_HNSW} == kb.store.NEW_COLLECTION_HNSW
+
+
+def test_a_replace_after_an_unfinished_write_removes_the_chunks_only_chroma_got(open_kb):
+    """A replace removes the old version by the ids the lexical index holds, unless the path has an unfinished
+    write or delete in the journal: then Chroma may hold chunks the lexical index never got, and they go too."""
+    from kb.manifest import SourceRecord
+    from kb.store import _owner
+    from kb.types import Chunk
+
+    store = open_kb()
+    path = "/docs/report.txt"
+
+    def version(tag: str, texts: list[str]) -> tuple[SourceRecord, list[Chunk]]:
+        sha = f"{tag:0>64}"
+        chunks = [Chunk(id=f"{tag}:{n}", text=t, rel="report.txt", path=path, sha256=sha, modality="text",
+                        position=n) for n, t in enumerate(texts)]
+        return SourceRecord(path=path, rel="report.txt", sha256=sha, size=9, kind="text", status="ok", chunks=0,
+                            engine="none", model=""), chunks
+
+    def chroma_ids() -> set[str]:
+        return set(store._collection.get(include=[])["ids"])
+
+    store.replace_source(*version("a", ["first draft of the report", "its appendix"]))
+    assert chroma_ids() == {"a:0", "a:1"}
+    store.replace_source(*version("b", ["second draft of the report"]))  # an ordinary replace: by id
+    assert chroma_ids() == {"b:0"} and {r[0] for r in store.lexical.rows_of(path)} == {"b:0"}
+
+    # A write that got into Chroma and no further (its lexical upsert failed, and so did its cleanup).
+    _, half = version("c", ["third draft", "never committed"])
+    store.manifest.begin_cleanup(path, "report.txt", {half[0].sha256}, _owner())
+    store._collection.upsert(ids=[c.id for c in half], embeddings=store.embedder.embed_documents(
+        [c.text for c in half]), metadatas=[c.metadata() for c in half])
+    store.replace_source(*version("d", ["final report"]))
+    assert chroma_ids() == {"d:0"} and store.manifest.cleanups_of(path) is None
+    assert [h.chunk.text for h in store.query(store.embedder.embed_query("report draft"), 5)] == ["final report"]
