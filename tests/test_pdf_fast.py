@@ -15,7 +15,7 @@ import pytest
 
 from ingest import pdf
 from ingest.pdf import page_markdown, read_pages, read_pdf
-from ingest.pdf_tables import table_signals
+from ingest.pdf_tables import find_tables, table_signals
 from kb.types import Source
 from tests.conftest import write_pdf
 
@@ -85,6 +85,29 @@ def test_a_ruled_grid_is_read_without_the_layout_model_and_keeps_its_markdown(mo
     assert with_layout == [expected]  # the layout model's Markdown: the whole table, header row first
     assert expected in text  # the same Markdown, found from the rulings alone
     assert text.count("4,391") == 1 and "ordinary running text" in text
+
+
+def test_each_table_of_a_page_keeps_its_own_cells(test_data):
+    """The tables of a page are written from one extraction of the page's text (PyMuPDF's own `to_markdown` extracts
+    it again per cell): each table's Markdown is still exactly what PyMuPDF writes for it, its own cells only."""
+    doc = pymupdf.open()
+    page = _ruled_table_page(doc)
+    second = [["Plant", "Output", "Staff"], ["Lyon", "9,310", "212"], ["Porto", "7,045", "187"]]
+    columns, top, height = [50, 250, 400, 545], 500, 20
+    for r, row in enumerate(second):
+        for c, cell in enumerate(row):
+            page.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
+    for r in range(len(second) + 1):
+        page.draw_line((columns[0], top + r * height), (columns[-1], top + r * height), width=0.6)
+    for x in columns:
+        page.draw_line((x, top), (x, top + len(second) * height), width=0.6)
+    camelot = pymupdf.open(test_data / "pdfs" / "born_digital" / "camelot" / "foo.pdf")
+    for sample in (page, camelot[0]):
+        own = [t.to_markdown().strip() for t in find_tables(sample)]  # PyMuPDF's own, text extracted per cell
+        text = page_markdown(sample)
+        assert own and all(text.count(table) == 1 for table in own)
+    assert len(own_two := [t.to_markdown().strip() for t in find_tables(page)]) == 2
+    assert "Porto" in own_two[1] and "Porto" not in own_two[0] and "4,391" not in own_two[1]
 
 
 def test_a_table_without_rulings_still_uses_the_layout_model(monkeypatch):
