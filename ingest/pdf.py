@@ -187,7 +187,6 @@ class PageRead:
 
 def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[PageRead]:
     """Pages start..stop-1 (0-based) of a PDF; a damaged page becomes its error, the others are still read."""
-    _layout_model_on_one_thread()
     out = []
     with open_document(path, filetype="pdf") as doc:
         for index in range(start, stop):
@@ -205,19 +204,22 @@ def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[Pag
     return out
 
 
-_layout_threads = {"single": False}
+_replaced_layout_models: list[object] = []
 
 
 def _layout_model_on_one_thread() -> None:
     """Rebuild PyMuPDF's layout model (its table finder's) with ONNX Runtime sessions of one thread that does not
-    spin, once per process. `import pymupdf` builds them with a thread per core, spinning between runs; pages are
-    read by one process per core already, so those threads only wait for each other: the same table pages cost
-    0.70 CPU s each that way and 0.45 on one thread (docs/benchmarks.md). Sessions are made by
-    `onnxruntime.InferenceSession` only while the model is rebuilt, which is what is wrapped."""
+    spin. `import pymupdf` builds them with a thread per core, spinning between runs; pages are read by one process
+    per core already, so those threads only wait for each other: the same table pages cost 0.70 CPU s each that way
+    and 0.45 on one thread (docs/benchmarks.md). Done when this module is imported, so the reader processes' fork
+    server hands the rebuilt model to every reader. Sessions are made by `onnxruntime.InferenceSession` only while
+    the model is rebuilt, which is what is wrapped. The replaced model is kept, never freed: in a process forked
+    from one that built it, freeing its sessions waits forever on thread-pool state whose threads a fork leaves
+    behind."""
     layout = sys.modules.get("pymupdf.layout")
-    if _layout_threads["single"] or layout is None or not callable(getattr(pymupdf, "_get_layout", None)):
+    previous = getattr(pymupdf, "_get_layout", None)
+    if layout is None or not callable(previous):
         return
-    _layout_threads["single"] = True
     import onnxruntime as ort
 
     original = ort.InferenceSession
@@ -229,7 +231,7 @@ def _layout_model_on_one_thread() -> None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return original(path, options, *args, **kwargs)
 
-    previous = pymupdf._get_layout
+    _replaced_layout_models.append(previous)
     ort.InferenceSession = one_thread
     try:
         pymupdf._get_layout = None
@@ -239,6 +241,9 @@ def _layout_model_on_one_thread() -> None:
         pymupdf._get_layout = previous
     finally:
         ort.InferenceSession = original
+
+
+_layout_model_on_one_thread()
 
 
 def _die_with(ingest_pid: int) -> None:
