@@ -120,3 +120,31 @@ def test_a_loader_that_cannot_be_pickled_is_loaded_on_the_main_thread():
         assert [ahead.take(u).picture for u in units] == pictures
     finally:
         ahead.close()
+
+
+def _picture_unless_in_a_worker(main_pid: int, shade: int) -> Image.Image:
+    """A loader that crashes the process it runs in unless that is the ingest itself (like a library crashing
+    on one page)."""
+    import os
+
+    if os.getpid() != main_pid:
+        os._exit(1)
+    return Image.new("RGB", (8, 8), (shade, shade, shade))
+
+
+def test_a_crashed_loading_process_leaves_the_pictures_to_the_main_thread():
+    import os
+    from functools import partial
+
+    from kb.types import Modality, Source, Unit
+
+    source = Source(rel="x.pdf", path="/x.pdf", sha256="0")
+    units = [Unit(source, Modality.PDF_OCR, page=n + 1, task="ocr",
+                  load_image=partial(_picture_unless_in_a_worker, os.getpid(), n)) for n in range(3)]
+    ahead = pipeline._LoadAhead(workers=2)
+    try:
+        ahead.add(units, limit=3)
+        shades = [ahead.take(u).picture.getpixel((0, 0))[0] for u in units]
+    finally:
+        ahead.close()
+    assert shades == [0, 1, 2] and ahead.workers == 0
