@@ -158,6 +158,10 @@ def longdoc_store(args):
             report = Ingestor(settings, store).run([pdf.resolve()])
             engine = report.engine if report.engine != "none needed" else engine
             results.update(report.counts())
+            for result in report.results:  # what each document cost, and why one was left out
+                print(f"{pdf.name}: {result.status}, {result.chunks} chunks, {report.pages_read} pages read in "
+                      f"{report.seconds:.0f} s{'; ' + '; '.join(result.errors) if result.errors else ''}",
+                      file=sys.stderr, flush=True)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(results.items()))
     info = {"files": len(store.manifest.all()), "chunks": store.count(), "embedder": store.embedder.name,
             "ingest_s": time.perf_counter() - started, "engine": engine, "home": work, "ingest_counts": counts,
