@@ -7,6 +7,7 @@ full finder on the shared PDFs and the MMLongBench documents.
 """
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ GUTTER = 15.0  # points: side-by-side rules at most this far apart are cut at a 
 BELOW_RULE = 120.0  # points under a header's rule where the table's first rows are
 MARGIN_GAP = 10.0  # points of empty space across the whole page: a running header or footer starts past it
 MARGIN_SHARE = 0.15  # of the page's text: a header or footer is at most this much of it
+SMALL_PRINT = 0.9  # a header's or footer's lines are at most this high, of the page's usual line
+MARGIN_HEIGHT = 40.0  # points: a header or footer is this tall at most (three lines of small type)
 SHORT_CELL = 0.15  # of the page width: a cell this narrow holds a number or a label, not a line of prose
 
 
@@ -205,7 +208,7 @@ def reading_order(blocks: list[Block], page_width: float) -> list[Block]:
     total = sum(len(b[4]) for b in ordered) or 1
     if min(left, right) < 0.25 * total:  # one column (a short line or a number at the right is no column)
         return ordered
-    head, body, foot = _margin_bands(ordered, total)
+    head, body, foot = _margin_bands(ordered, total, middle)
     return _column_order(head, middle) + _column_order(body, middle) + _column_order(foot, middle)
 
 
@@ -221,21 +224,34 @@ def _column_order(ordered: list[Block], middle: float) -> list[Block]:
     return out + _band_order(band, middle)
 
 
-def _margin_bands(ordered: list[Block], total: int) -> tuple[list[Block], list[Block], list[Block]]:
+def _margin_bands(ordered: list[Block], total: int, middle: float) -> tuple[list[Block], list[Block], list[Block]]:
     """(header, body, footer) of blocks sorted top to bottom: the header is what lies above the first gap that
     runs across the whole page, the footer what lies below the last one, each only when it is short (a few
-    lines: a running head, an address, a page's ISSN); otherwise it is part of the body."""
+    lines of smaller type than the page's, MARGIN_HEIGHT tall at most: a running head, an address, a page's
+    ISSN) and has text in both halves of the page. Otherwise it is part of the body: a column's last reference
+    or section under a figure, or a column that starts higher than the other, also lies past such a gap."""
     cuts = []  # indices i where blocks[:i] all end at least MARGIN_GAP above the top of blocks[i:]
     lowest = float("-inf")
     for index, block in enumerate(ordered):
         if index and block[1] - lowest >= MARGIN_GAP:
             cuts.append(index)
         lowest = max(lowest, block[3])
-    head_end = next((i for i in cuts if sum(len(b[4]) for b in ordered[:i]) <= MARGIN_SHARE * total), 0)
-    foot_start = next((i for i in reversed(cuts) if sum(len(b[4]) for b in ordered[i:]) <= MARGIN_SHARE * total),
-                      len(ordered))
-    foot_start = max(foot_start, head_end)
+
+    body_line = statistics.median(_line_height(b) for b in ordered)
+
+    def margin(part: list[Block]) -> bool:
+        return (sum(len(b[4]) for b in part) <= MARGIN_SHARE * total
+                and max(_line_height(b) for b in part) < SMALL_PRINT * body_line
+                and max(b[3] for b in part) - min(b[1] for b in part) <= MARGIN_HEIGHT
+                and any(b[2] <= middle + 2 for b in part) and any(b[0] >= middle - 2 for b in part))
+
+    head_end = cuts[0] if cuts and margin(ordered[:cuts[0]]) else 0
+    foot_start = cuts[-1] if cuts and cuts[-1] > head_end and margin(ordered[cuts[-1]:]) else len(ordered)
     return ordered[:head_end], ordered[head_end:foot_start], ordered[foot_start:]
+
+
+def _line_height(block: Block) -> float:
+    return (block[3] - block[1]) / (block[4].strip().count("\n") + 1)
 
 
 def _band_order(band: list[Block], middle: float) -> list[Block]:
