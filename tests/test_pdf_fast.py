@@ -175,6 +175,20 @@ def test_a_two_column_pages_footer_is_read_after_both_columns():
     assert text.index("left29") < text.index("right0")  # the columns themselves are still read one by one
 
 
+def test_the_last_lines_of_both_columns_are_no_footer():
+    """A paper's reference list: each column's last entry, in the body's type, sits past a gap at the foot of
+    the page. The left one is still read before the right column."""
+    doc = pymupdf.open()
+    _two_column_page(doc)
+    page = doc[0]
+    entries = {50: "Rashkin and Aroyo. 2021. Measuring attribution in natural language generation models.",
+               310: "Williams and Bowman. 2018. A broad-coverage challenge corpus for sentence understanding."}
+    for x, entry in entries.items():
+        page.insert_textbox(pymupdf.Rect(x, 760, x + 240, 800), entry, fontsize=10)
+    text = page_markdown(page)
+    assert text.index("left29") < text.index("Rashkin") < text.index("right0") < text.index("Williams")
+
+
 def test_a_long_file_read_in_processes_gives_the_pages_in_order(tmp_path, monkeypatch, make_settings):
     path = tmp_path / "long.pdf"
     doc = pymupdf.open()
