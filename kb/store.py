@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 COLLECTION = "seekframe_chunks"
 SCHEMA_VERSION = 1
 # HNSW ef_search: candidates a dense query visits. Measured on 1024-d clustered vectors (bench/scale.py,
-# docs/benchmarks.md "Scale"): recall@10 0.984 at 381k chunks with 200, and the same with 400 at +1.7 ms p50.
-EF_SEARCH = 200
+# docs/benchmarks.md "Scale"), reopened 1M-chunk store: recall@10 0.910 with 200, 0.948 with 400, 0.954 with 800
+# (Chroma query p50 5.4 ms with 400, 8.3 with 800): 800 is the one that reaches the 0.95 target.
+EF_SEARCH = 800
 # Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
 CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
