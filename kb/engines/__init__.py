@@ -139,7 +139,8 @@ _loading_lock = threading.Lock()
 def load_in_background(settings: Settings) -> Future[Engine]:
     """The process's one engine, loading on its own thread from the first call on; later calls with the same
     settings share it, and a failed load is tried again. The app calls this when it starts, before any visitor,
-    so that a model has loaded (and a GPU engine warmed its answer path) by the first question."""
+    so that a model has loaded (and a GPU engine warmed its answer path: `prepare_to_answer`) by the first
+    question."""
     global _loading
     same = dataclasses.replace(settings, origins={})  # where a value came from does not change the engine
     with _loading_lock:
@@ -155,7 +156,13 @@ def load_in_background(settings: Settings) -> Future[Engine]:
 
 def _load_into(settings: Settings, future: Future[Engine]) -> None:
     try:
-        future.set_result(load_engine(settings))
+        engine = load_engine(settings)
+        # Only this (the app's) loader readies the answer path: a command-line ingest or a worker process loads
+        # through load_engine and warms nothing it will not use (an engine with no such step needs none).
+        prepare = getattr(engine, "prepare_to_answer", None)
+        if callable(prepare):
+            prepare()
+        future.set_result(engine)
     except BaseException as err:  # the waiting page shows it; the next call loads again
         future.set_exception(err)
 

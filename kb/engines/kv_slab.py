@@ -5,8 +5,10 @@ Why: transformers' forward is launch-bound when decoding (about 1 000 small kern
 an H200 whatever the batch), and its static cache compiles per batch shape and cannot take rows that join
 mid-decode. Here every row of the slab holds its own tokens at columns [0, length of the row); a step writes each
 row's new key/value at that row's own length, so rows that finished are refilled in place (continuous batching)
-without reshaping anything, and the step has fixed shapes: on a GPU it is recorded once per attention width
-(a multiple of WIDTH_STEP) and replayed, with no host sync inside. On a CPU the same step runs eagerly.
+without reshaping anything, and the step has fixed shapes: on a GPU it is recorded once per row count and
+replayed, with no host sync inside; attention reads each row only to its own length (decode_attention.py). Where
+that kernel cannot run (a CPU, no Triton) attention reads every row to a width (a multiple of WIDTH_STEP) under a
+mask, and a GPU step is recorded per width; on a CPU the step runs eagerly.
 
 Decoding only: the prompt (images, video, multimodal RoPE) goes through the model's own forward, and its cache is
 copied into the slab. Generated tokens are text, whose three RoPE positions are equal, so plain RoPE is exact.
@@ -18,10 +20,12 @@ from typing import Any
 
 import torch
 
+from kb.engines import decode_attention as spans
+
 log = logging.getLogger(__name__)
 
-# Attention reads the first `width` columns of every row, width a multiple of this: a few recorded steps cover all
-# lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
+# Masked attention (no per-row kernel) reads the first `width` columns of every row, width a multiple of this: a
+# few recorded steps cover all lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
 WIDTH_STEP = 256
 
 
@@ -57,7 +61,6 @@ class KvSlab:
         self.lens = torch.zeros(rows, dtype=torch.long, device=device)
         self.count = torch.zeros(rows, dtype=torch.long, device=device)
         self.row_index = torch.arange(rows, device=device)
-        self.columns = torch.arange(self.length, device=device)
         vocab = net.lm_head.weight.shape[0]
         self.banned = banned
         self.eos_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
@@ -66,7 +69,13 @@ class KvSlab:
         self.min_new = min_new
         self.rules: tuple[Any, ...] = ()  # what the owner made it for (rows, stopping rules): remade when they change
         self.graphs_on = graphs and device.type == "cuda"
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (rows stepped, width)
+        # Attention reads each row only to its own length (decode_attention.py) where the kernel runs; elsewhere
+        # (a CPU, no Triton) torch's attention reads every row to the step's width under a mask. `interpret` runs
+        # the kernel in Triton's interpreter (the CPU tests).
+        group = text.num_attention_heads // self.kv_heads
+        self.spans = spans.available(device, dtype, self.head_dim, group)
+        self.interpret = False
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (rows stepped, width read)
         self._pool: Any = None
         self._logits: dict[tuple[int, int], torch.Tensor] = {}  # each recorded step's logits buffer
         self.logits: torch.Tensor | None = None  # the last step's logits (rows, vocab), for sampling
@@ -117,6 +126,7 @@ class KvSlab:
         WIDTH_STEP, at least the longest live row + 1); returns the picked tokens of all rows (also kept as the next
         input). Replays the recorded step on a GPU, recording it the first time this shape is used."""
         rows = rows or self.rows
+        width = self.read_width(width)
         if not self.graphs_on:
             self._forward(width, rows)
             return self.tokens
@@ -126,6 +136,11 @@ class KvSlab:
         graph.replay()
         self.logits = self._logits[(rows, width)]
         return self.tokens
+
+    def read_width(self, width: int) -> int:
+        """The width a step is recorded for: with the per-row kernel, the slab's whole length (rows read only their
+        own columns, so one recorded step serves every width); else the step's own width."""
+        return self.length if self.spans else width
 
     def _record(self, width: int, rows: int) -> torch.cuda.CUDAGraph:
         # Warm-up runs change the state; it is put back before recording (recording itself computes nothing).
@@ -161,7 +176,7 @@ class KvSlab:
         if not self.graphs_on:
             return 0
         rows = rows or self.rows
-        for width in range(WIDTH_STEP, min(up_to, self.length) + 1, WIDTH_STEP):
+        for width in {self.read_width(w) for w in range(WIDTH_STEP, min(up_to, self.length) + 1, WIDTH_STEP)}:
             if (rows, width) not in self._graphs:
                 self._record(width, rows)
         return len(self._graphs)
@@ -173,25 +188,32 @@ class KvSlab:
         cos, sin = lm.rotary_emb(hidden, pos.view(1, rows, 1).expand(3, rows, 1))
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim): broadcast over heads
         write = lens.clamp(max=self.length - 1)  # finished rows keep stepping until refilled: stay inside
-        visible = (self.columns[:width][None] <= write[:, None])[:, None, None]  # (rows, 1, 1, width)
+        seen = write + 1  # columns each row attends to, its new token's included
+        visible = None if self.spans else spans.visible_columns(seen, width)
         into, out_of = (self._compiled if self.graphs_on and self._compiled else (layer_in, layer_out))
         for n, layer in enumerate(lm.layers):
             attn = layer.self_attn
-            weights = self._weights[n] if self._weights else _module_weights(layer)
-            query, key, value = into(hidden, cos[:, 0], sin[:, 0], self.eps, self.head_dim, *weights[:6])
+            if self._weights:
+                weights = self._weights[n]
+                query, key, value = into(hidden, cos[:, 0], sin[:, 0], self.eps, self.head_dim, self.kv_heads,
+                                         *weights[:4])
+            else:  # a quantized or otherwise special layer: its own modules
+                query, key, value = _module_layer_in(layer, hidden, cos[:, 0], sin[:, 0], self.head_dim)
             keys, values = self.keys[n][:rows], self.values[n][:rows]
             keys[self.row_index[:rows], :, write] = key
             values[self.row_index[:rows], :, write] = value
-            # One query token per row, its query heads grouped per key/value head as the "query length": the fused
-            # attention reads the cache once and takes the mask (torch's kernels take a mask or grouped heads).
+            # One query token per row, its query heads grouped per key/value head: the cache is read once.
             heads = query.shape[1]
             grouped = query.view(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
-            out = torch.nn.functional.scaled_dot_product_attention(
-                grouped, keys[:, :, :width], values[:, :, :width], attn_mask=visible, scale=attn.scaling)
+            if visible is None:
+                out = spans.decode_attention(grouped, keys, values, seen, attn.scaling, interpret=self.interpret)
+            else:
+                out = spans.masked_attention(grouped, keys[:, :, :width], values[:, :, :width], visible, attn.scaling)
+            attended = out.reshape(rows, 1, heads * self.head_dim)
             if self._weights:
-                hidden = out_of(hidden, out.reshape(rows, 1, heads * self.head_dim), self.eps, *weights[6:])
-            else:  # a quantized or otherwise special layer: its own modules
-                hidden = hidden + attn.o_proj(out.reshape(rows, 1, heads * self.head_dim))
+                hidden = out_of(hidden, attended, self.eps, *weights[4:])
+            else:
+                hidden = hidden + attn.o_proj(attended)
                 hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
         logits = self.lm_head(_rms_norm(lm.norm, hidden)[:, 0])
         self.logits = logits
@@ -214,40 +236,49 @@ def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.mul(weight, torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype))
 
 
-def _module_weights(layer: Any) -> tuple[Any, ...]:
-    """`layer_in`'s arguments for a layer that is not plain: its projections as modules (linear() below)."""
-    attn = layer.self_attn
-    return (layer.input_layernorm.weight, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm.weight,
-            attn.k_norm.weight)
+def _module_layer_in(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer_in` through a layer's own modules (a quantized or biased projection)."""
+    attn, rows = layer.self_attn, hidden.shape[0]
+    x = _rms_norm(layer.input_layernorm, hidden)
+    query = _rms_norm(attn.q_norm, attn.q_proj(x).view(rows, -1, head_dim))
+    key = _rms_norm(attn.k_norm, attn.k_proj(x).view(rows, -1, head_dim))
+    value = attn.v_proj(x).view(rows, -1, head_dim)
+    return turn(query, key, cos, sin) + (value,)
 
 
-def _linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
-    return torch.nn.functional.linear(x, weight) if isinstance(weight, torch.Tensor) else weight(x)
+def turn(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE: queries and keys turn together."""
+    heads = query.shape[1]
+    turned = torch.cat((query, key), dim=1)
+    turned = turned * cos + rotate_half(turned) * sin
+    return turned[:, :heads], turned[:, heads:]
 
 
-def layer_in(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int,
-             norm: torch.Tensor, q_proj: torch.Tensor, k_proj: torch.Tensor, v_proj: torch.Tensor,
-             q_norm: torch.Tensor, k_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def layer_in(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int, kv_heads: int,
+             norm: torch.Tensor, qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A decoder layer up to attention, for one token per row: the turned query and key, and the value.
-    A plain function of tensors, so one compiled copy serves every layer."""
+    The query, key and value projections are one matrix product (`fuse_projections`). A plain function of
+    tensors, so one compiled copy serves every layer."""
     rows = hidden.shape[0]
     x = rms(hidden, norm, eps)
-    query = rms(_linear(x, q_proj).view(rows, -1, head_dim), q_norm, eps)
-    key = rms(_linear(x, k_proj).view(rows, -1, head_dim), k_norm, eps)
-    value = _linear(x, v_proj).view(rows, -1, head_dim)
-    heads = query.shape[1]
-    turned = torch.cat((query, key), dim=1)  # queries and keys turn together
-    turned = turned * cos + rotate_half(turned) * sin
-    return turned[:, :heads], turned[:, heads:], value
+    mixed = torch.nn.functional.linear(x, qkv).view(rows, -1, head_dim)  # (rows, heads + 2 kv_heads, head_dim)
+    heads = mixed.shape[1] - 2 * kv_heads
+    query = rms(mixed[:, :heads], q_norm, eps)
+    key = rms(mixed[:, heads:heads + kv_heads], k_norm, eps)
+    return turn(query, key, cos, sin) + (mixed[:, heads + kv_heads:],)
 
 
 def layer_out(hidden: torch.Tensor, attended: torch.Tensor, eps: float, o_proj: torch.Tensor, norm: torch.Tensor,
-              gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """A decoder layer after attention: output projection, residual, the SiLU-gated MLP, residual."""
+              gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """A decoder layer after attention: output projection, residual, the SiLU-gated MLP (gate and up one matrix
+    product), residual."""
     linear = torch.nn.functional.linear
     hidden = hidden + linear(attended, o_proj)
-    x = rms(hidden, norm, eps)
-    return hidden + linear(torch.nn.functional.silu(linear(x, gate)) * linear(x, up), down)
+    gate, up = linear(rms(hidden, norm, eps), gate_up).chunk(2, dim=-1)
+    return hidden + linear(torch.nn.functional.silu(gate) * up, down)
 
 
 def plain_weights(lm: Any) -> list[tuple[torch.Tensor, ...]] | None:
@@ -260,11 +291,42 @@ def plain_weights(lm: Any) -> list[tuple[torch.Tensor, ...]] | None:
         if any(type(m) is not torch.nn.Linear or m.bias is not None for m in linears) or \
                 type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return None
-        weights.append((layer.input_layernorm.weight, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
-                        attn.q_norm.weight, attn.k_norm.weight, attn.o_proj.weight,
-                        layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
-                        mlp.down_proj.weight))
+        qkv = fuse_projections([attn.q_proj, attn.k_proj, attn.v_proj])
+        gate_up = fuse_projections([mlp.gate_proj, mlp.up_proj])
+        weights.append((layer.input_layernorm.weight, qkv, attn.q_norm.weight, attn.k_norm.weight,
+                        attn.o_proj.weight, layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
     return weights
+
+
+def fuse_projections(linears: list[torch.nn.Linear]) -> torch.Tensor:
+    """One weight matrix holding these projections' outputs one after another, so that one token's decode step
+    reads them in one matrix product instead of several small ones (at one row, each product is a launch and a
+    partly idle read). The modules' own weights become views into it: no second copy of the weights."""
+    owner = linears[0]
+    fused: torch.Tensor | None = getattr(owner, FUSED, None)
+    if fused is not None and _views_into(fused, linears):
+        return fused  # fused when an earlier slab was made
+    with torch.inference_mode(False), torch.no_grad():
+        fused = torch.cat([m.weight for m in linears])
+        at = 0
+        for m in linears:
+            rows = m.weight.shape[0]
+            m.weight = torch.nn.Parameter(fused[at:at + rows], requires_grad=False)
+            at += rows
+    setattr(owner, FUSED, fused)
+    return fused
+
+
+FUSED = "_kb_fused_weight"  # where the first of the fused projections keeps the fused matrix
+
+
+def _views_into(fused: torch.Tensor, linears: list[torch.nn.Linear]) -> bool:
+    at = fused.data_ptr()
+    for m in linears:
+        if m.weight.data_ptr() != at:
+            return False
+        at += m.weight.numel() * m.weight.element_size()
+    return at == fused.data_ptr() + fused.numel() * fused.element_size()
 
 
 def _round_up(value: int, step: int) -> int:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,11 @@ REFILL_GROUPS = 8
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
+# In a process that answers (the app), the bulk cache is given back after this long without bulk decoding: calls
+# of one ingest job follow each other closely and keep it. Remaking it costs ~6 s on an H200 (4.2 s to allocate the
+# 68 GB, 0.8-1.6 s to record its steps; docs/benchmarks.md, "Decode step on GPU"), while holding it idle keeps half
+# the card from the embedder, the answers' pictures and any other process.
+BULK_IDLE_S = 30.0
 
 
 def resolve_device(setting: str) -> str:
@@ -156,8 +161,10 @@ class TransformersEngine:
         self.last_stats: DecodeStats | None = None
         self._slabs: dict[str, KvSlab] = {}  # "bulk" and "answer" caches, kept with their recorded steps
         self._first_logits: torch.Tensor | None = None  # the last prefill's logits (answers sample from them)
-        if self._device.startswith("cuda"):  # the first question must not wait for the answer path to be recorded
-            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
+        # Set by `prepare_to_answer` (a process that answers: the app): the bulk cache is then given back when bulk
+        # decoding idles; a command-line ingest keeps it from one call to the next.
+        self._answering = False
+        self._bulk_calls = 0  # generate_ids calls so far: an idle release checks that none came since
 
     def _load(self, dtype: torch.dtype, quant: Any) -> tuple[Any, Any]:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
@@ -272,14 +279,43 @@ class TransformersEngine:
             return []
         try:
             with self._lock, torch.inference_mode():
+                self._bulk_calls += 1
                 slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
                 run = _Refill(self, requests, slab)
                 ids = run.run()
         except torch.cuda.OutOfMemoryError as err:
             raise EngineError(f"GPU out of memory while decoding {self.slots} rows at once",
                               "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4") from err
+        finally:
+            if self._answering:
+                self._release_bulk_when_idle()
         self.last_stats = run.stats
         return ids
+
+    def prepare_to_answer(self) -> None:
+        """This process answers questions (the app calls this through `load_in_background`): on a GPU, record the
+        answer path now on the stream thread, so the first question compiles nothing; and give the bulk cache
+        (most of the GPU's free memory) back once bulk decoding has idled BULK_IDLE_S seconds. A command-line
+        ingest never calls this: it warms nothing it will not use and keeps its bulk cache between calls."""
+        self._answering = True
+        if self._device.startswith("cuda"):
+            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
+
+    def _release_bulk_when_idle(self) -> None:
+        calls = self._bulk_calls
+        timer = threading.Timer(BULK_IDLE_S, self._release_bulk, args=(calls,))
+        timer.daemon = True
+        timer.start()
+
+    def _release_bulk(self, calls: int) -> None:
+        with self._lock:
+            if calls != self._bulk_calls or "bulk" not in self._slabs:
+                return  # a later call ran (its own timer decides), or nothing to give back
+            slab = self._slabs.pop("bulk")
+            log.info("bulk decoding idle for %s s: gave back its KV cache (%.1f GB)", BULK_IDLE_S, slab.bytes / 1e9)
+            del slab
+            if self._device.startswith("cuda"):
+                torch.cuda.empty_cache()
 
     def prepare(self, requests: Sequence[Request]) -> _Prepared:
         """CPU work for a group of new rows: processor output and each row's multimodal RoPE positions."""
@@ -325,8 +361,9 @@ class TransformersEngine:
 
     def warm_up(self) -> float:
         """Generate a short answer once, so the first user does not wait for it, and on a GPU record the answer
-        decode step for every cache width up to ANSWER_COLUMNS (no recording when a question comes). Seconds.
-        A GPU engine starts this by itself when it is loaded (the app loads it at start)."""
+        decode step for every cache width up to ANSWER_COLUMNS (one step where the per-row attention kernel runs;
+        no recording when a question comes); seconds, once done. The app starts this without waiting
+        (`prepare_to_answer`)."""
         started = time.perf_counter()
         self._stream_thread.submit(self._warm_answers).result()
         return time.perf_counter() - started
@@ -373,15 +410,46 @@ class TransformersEngine:
         token = self.prefill(prepared, slab, [0])[0]
         if request.temperature > 0:
             token = self._sample(slab, self._first_logits, request)
+        # Greedy: the step after the one whose token the host waits for is already queued (its input stays on the
+        # GPU), so the GPU never idles while the host checks and hands out a token; one step past the end is
+        # computed and dropped.
+        ahead: Callable[[], int] | None = None
         while not cancelled.is_set():
             kept = len(row.tokens)
             accept(row, [token], self.eos_ids, slab.min_new)
             yield from row.tokens[kept:]
             if row.done:
                 return
-            picked = slab.step(width_for(row.width + 1, slab.length))
-            row.width += 1
-            token = self._sample(slab, slab.logits, request) if request.temperature > 0 else int(picked.item())
+            if request.temperature > 0:
+                slab.step(width_for(row.width + 1, slab.length))
+                row.width += 1
+                token = self._sample(slab, slab.logits, request)
+                continue
+            if ahead is None:
+                ahead = self._queue_step(slab, row)
+            following = self._queue_step(slab, row)
+            token, ahead = ahead(), following
+
+    @staticmethod
+    def _queue_step(slab: KvSlab, row: _Row) -> Callable[[], int]:
+        """Queue one decode step of the answer row; a call that waits for its token, and only for it: on a GPU the
+        token is copied to pinned host memory right behind the step (`.item()` would also wait for every step
+        queued after it)."""
+        picked = slab.step(width_for(row.width + 1, slab.length))[:1]
+        row.width += 1
+        if slab.device.type != "cuda":
+            token = int(picked.item())
+            return lambda: token
+        host = torch.empty(1, dtype=picked.dtype, pin_memory=True)
+        host.copy_(picked, non_blocking=True)
+        copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        copied.record(torch.cuda.current_stream(slab.device))
+
+        def wait() -> int:
+            copied.synchronize()
+            return int(host[0])
+
+        return wait
 
     @staticmethod
     def _sample(slab: KvSlab, logits: torch.Tensor | None, request: Request) -> int:
