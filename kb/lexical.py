@@ -47,9 +47,10 @@ FLOAT_FIELDS = ("t_start", "t_end")
 WRITER_HEAP = 64_000_000  # bytes buffered before Tantivy writes a segment on its own
 TIE_DEPTH = 200  # how far a query follows a run of equal scores at the k-th place
 FEW_VALUES = 16  # a filter on more values than this marks its chunks up front (a term set query)
-# Checking a ranked chunk against a filter (its key looked up in each segment, ~20 us at 1M chunks; it was reading
-# its stored row, ~40 us at 100k) costs as much as scoring ~1000 chunks in Tantivy (~10-40 ns each): it decides
-# whether a filtered query scores what the filter admits or ranks past the rest.
+# Checking a ranked chunk against a filter was reading its stored row (~40 us, measured at 100k chunks), as much as
+# scoring ~1000 chunks in Tantivy (~40 ns each): it decides whether a filtered query scores what the filter admits
+# or ranks past the rest. The check is now a look-up of its key in each segment, not re-measured on its own (the
+# filtered queries at 1M got faster: docs/benchmarks.md, Scale).
 ROW_COST_IN_SCORES = 1000
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
