@@ -14,6 +14,9 @@ re-encoding), ingested the same way: decoding, sampling, the engine, embedding a
 
 `--load-workers N` sets the processes that load page images and window frames ahead of the engine
 (ingest/pipeline.py LOAD_WORKERS; 0: each is loaded on the main thread when its engine batch is made, as before).
+`--slice-workers N` sets the processes that sample a long video in time slices (ingest/video_slices.py
+SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
+sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 
 usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--work DIR] [--model-dir DIR] [--out FILE]
        python -m bench.ingest_gpu --video-minutes 60 --clips DIR [--fps 25] [...]
@@ -277,6 +280,10 @@ def main() -> None:
     parser.add_argument("--embed-model", help="an embedder instead of the random Qwen3-Embedding-0.6B (smoke tests)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--load-workers", type=int, help="processes loading pictures ahead (default: the pipeline's)")
+    parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
+                        "ingest/video_slices.py's; 0: one pass)")
+    parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
+                        "keeping them while sampling")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
     args = parser.parse_args()
     prep = {}
@@ -322,6 +329,15 @@ def main() -> None:
     if args.load_workers is not None:
         pipeline.LOAD_WORKERS = args.load_workers
     workers = pipeline.load_workers()
+    import ingest.video_sampling as video_sampling
+    import ingest.video_slices as video_slices
+
+    if args.slice_workers is not None:
+        video_slices.SLICE_WORKERS = args.slice_workers
+    if args.seek_frames:
+        video_sampling.PICTURE_BUDGET = 0
+    sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
+                f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
     sys.argv = ["ingest", str(scans)]
     busy = GpuBusy()
     started = time.perf_counter()
@@ -357,11 +373,14 @@ def main() -> None:
                f"({tokens / max(engine_s, 1e-9):.0f} tok/s), padding share {1 - tokens / max(1, row_steps):.1%}, "
                f"{sum(s.refills for s in stats)} refills, processor waits {sum(s.wait_s for s in stats):.1f} s; "
                f"{workers} processes loading pictures ahead ({sum(loads):.1f} s of loading in all); "
+               f"{sampling if args.video_minutes else ''}"
                f"GPU busy {busy.share:.0%} of the whole run. Output lengths drawn at {args.length_scale} x the real "
                f"distribution (pages; video windows keep their token cap). Not timed: {untimed} and "
                f"building the random models ({prep['models']:.0f} s).")
     command = (f"--video-minutes {args.video_minutes:g} --clips DIR --fps {args.fps}" if args.video_minutes
                else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
+    if args.video_minutes:
+        command += f" --slice-workers {video_slices.slice_workers()}" + (" --seek-frames" if args.seek_frames else "")
     body = (f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
             + markdown_table(["stage", "seconds", "share of the run", "calls"], rows))
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)

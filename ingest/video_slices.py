@@ -38,8 +38,9 @@ from kb.errors import InputError
 log = logging.getLogger(__name__)
 
 SLICE_SECONDS = 60.0  # one process's task: a minute of video (one seek, then decoding forward)
-# Processes that sample one video's slices. None: every core (at most 16) on a host of at least 4 cores, none
-# below (a pool costs more than it frees there); 0: always one pass.
+# Processes that sample one video's slices. None: the host's cores less two (the main thread and the engine's
+# processor thread, busy with the files before this one, keep theirs; at most 16) on a host of at least 4 cores,
+# none below (a pool costs more than it frees there); 0: always one pass.
 SLICE_WORKERS: int | None = None
 MIN_CORES = 4
 MAX_SLICE_WORKERS = 16
@@ -73,7 +74,7 @@ def slice_workers() -> int:
     if SLICE_WORKERS is not None:
         return SLICE_WORKERS
     cores = len(os.sched_getaffinity(0))
-    return min(MAX_SLICE_WORKERS, cores) if cores >= MIN_CORES else 0
+    return min(MAX_SLICE_WORKERS, cores - 2) if cores >= MIN_CORES else 0
 
 
 def sample(path: Path, params: SamplingParams, on_keep: OnKeep | None = None) -> SampleResult:

@@ -103,4 +103,14 @@ def test_small_hosts_sample_in_one_pass(monkeypatch):
     monkeypatch.setattr(video_slices.os, "sched_getaffinity", lambda pid: {0, 1})
     assert video_slices.slice_workers() == 0
     monkeypatch.setattr(video_slices.os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert video_slices.slice_workers() == 8
+    assert video_slices.slice_workers() == 6  # the main thread and the engine's processor thread keep a core
+
+
+def test_a_failed_slice_process_falls_back_to_one_pass(lecture, in_slices, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise BrokenPipeError("a sampling process died")
+
+    monkeypatch.setattr(video_slices, "_sample_in_processes", broken)
+    sampled = video_slices.sample(lecture, PARAMS)
+    assert sampled.frames == sample_frames(lecture, PARAMS).frames
+    assert "sampling it in one pass" in caplog.text
