@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import pymupdf
 from PIL import Image
 
+from ingest.chunk import is_file_code
 from ingest.pdf_tables import find_tables, reading_order
 from ingest.read_result import ReadResult
 from kb.config import Settings
@@ -392,11 +393,12 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
 def document_title(doc: pymupdf.Document, path: Path) -> str:
     """The title the PDF declares, else the largest text on its first page, else the file name."""
     declared = " ".join((doc.metadata or {}).get("title", "").split())
-    if len(declared) >= 4 and not declared.lower().startswith(("microsoft word", "untitled")):
+    if len(declared) >= 4 and not declared.lower().startswith(("microsoft word", "untitled")) \
+            and not is_file_code(declared):  # an accession number or a file name is no title
         return declared[:MAX_TITLE_CHARS]
-    try:  # horizontal lines only: not arXiv's margin stamp
+    try:  # horizontal lines with words only: not arXiv's margin stamp, not a transcript's line numbers
         lines = [line["spans"] for b in doc[0].get_text("dict")["blocks"] for line in b.get("lines", [])
-                 if abs(line["dir"][1]) < 0.1 and any(s["text"].strip() for s in line["spans"])]
+                 if abs(line["dir"][1]) < 0.1 and any(c.isalpha() for s in line["spans"] for c in s["text"])]
     except Exception:  # the title is a search aid; a page that cannot be parsed still gets the file name
         lines = []
     if lines:
@@ -404,7 +406,7 @@ def document_title(doc: pymupdf.Document, path: Path) -> str:
         # whole lines that hold the largest type (small capitals are set in smaller spans of the same line)
         title = " ".join(" ".join("".join(s["text"] for s in spans).split()) for spans in lines
                          if any(s["size"] >= largest - 0.5 and s["text"].strip() for s in spans))
-        if len(title) >= 4:
+        if len(title) >= 4 and not is_file_code(title):
             return title[:MAX_TITLE_CHARS]
     return path.stem.replace("_", " ").replace("-", " ")
 

@@ -124,6 +124,40 @@ def test_a_table_without_rulings_still_uses_the_layout_model(monkeypatch):
     assert calls == [{"use_layout": True}]
 
 
+EXHIBITS = [("31.1*", "Rule 13a-14(a) / 15d-14(a) Certification of Chief Executive Officer."),
+            ("32.1**", "Section 1350 Certifications of Chief Executive Officer and Chief Financial Officer."),
+            ("101*", "Inline XBRL Document Set for the condensed consolidated financial statements."),
+            ("104*", "Inline XBRL for the cover page of this Quarterly Report on Form 10-Q.")]
+
+
+def _exhibit_page(doc: pymupdf.Document, rules: bool) -> pymupdf.Page:
+    """A 10-Q's exhibit list: two filled cells a row, and under the header a rule cut at each column's gap, drawn
+    (as EDGAR's HTML converter does) as a run of 6-point filled rectangles."""
+    page = doc.new_page()
+    columns = [(18, 75), (80, 443), (449, 486), (491, 532), (537, 594)]
+    for (x0, _), heading in zip(columns, ["Number", "Exhibit Description", "Form", "Exhibit", "Date"]):
+        page.insert_text((x0 + 1, 300), heading, fontsize=8)
+    for x0, x1 in columns if rules else []:
+        for x in range(x0, x1, 6):
+            page.draw_rect(pymupdf.Rect(x, 306, min(x + 6, x1), 307.3), color=None, fill=(0, 0, 0), width=0)
+    for n, (number, text) in enumerate(EXHIBITS):
+        page.insert_text((19, 320 + 14 * n), number, fontsize=8)
+        page.insert_text((81, 320 + 14 * n), text, fontsize=8)
+    return page
+
+
+def test_a_header_rule_drawn_in_pieces_is_a_table_kept_whole(monkeypatch):
+    """The 10-Q's exhibit table was read as loose lines, and one of them outranked the cover page in search."""
+    doc = pymupdf.open()
+    text = page_markdown(_exhibit_page(doc, rules=True))
+    assert "|31.1*|Rule 13a-14(a) / 15d-14(a) Certification of Chief Executive Officer.|" in text
+    assert "|104*|Inline XBRL for the cover page" in text
+    calls: list[int] = []  # without the rules the same words are two columns of text: no table finder
+    monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(self.number))
+    page_markdown(_exhibit_page(doc, rules=False))
+    assert calls == []
+
+
 def test_prose_pages_skip_table_detection(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(self.number))
@@ -148,6 +182,34 @@ def test_two_columns_are_read_one_after_the_other():
     text = page_markdown(doc[0])
     assert text.index("A Study of Column Order") < text.index("left0")
     assert text.index("left29") < text.index("right0")  # the whole left column before the right one
+
+
+def test_a_two_column_pages_footer_is_read_after_both_columns():
+    """A Korean policy brief's address line at the foot of the left column was read between the columns, so it
+    fell into a long chunk with half the page; a footer is read last."""
+    doc = pymupdf.open()
+    _two_column_page(doc)
+    page = doc[0]
+    page.insert_text((65, 815), "07233 Seoul, Uisadang-daero 1", fontsize=8)
+    page.insert_text((65, 830), "Tel. 02-788-4510", fontsize=8)
+    page.insert_text((360, 815), "ISSN 2005-744X", fontsize=8)
+    text = page_markdown(page)
+    assert text.index("right29") < text.index("07233 Seoul") < text.index("Tel. 02-788-4510")
+    assert text.index("left29") < text.index("right0")  # the columns themselves are still read one by one
+
+
+def test_the_last_lines_of_both_columns_are_no_footer():
+    """A paper's reference list: each column's last entry, in the body's type, sits past a gap at the foot of
+    the page. The left one is still read before the right column."""
+    doc = pymupdf.open()
+    _two_column_page(doc)
+    page = doc[0]
+    entries = {50: "Rashkin and Aroyo. 2021. Measuring attribution in natural language generation models.",
+               310: "Williams and Bowman. 2018. A broad-coverage challenge corpus for sentence understanding."}
+    for x, entry in entries.items():
+        page.insert_textbox(pymupdf.Rect(x, 760, x + 240, 800), entry, fontsize=10)
+    text = page_markdown(page)
+    assert text.index("left29") < text.index("Rashkin") < text.index("right0") < text.index("Williams")
 
 
 def test_a_long_file_read_in_processes_gives_the_pages_in_order(tmp_path, monkeypatch, make_settings):
