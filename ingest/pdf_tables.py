@@ -2,7 +2,8 @@
 
 PyMuPDF's table finder runs a layout model (about 1 s a page on one core); most pages of a report or a paper
 hold no table, so it only runs where the page shows a table's traces: ruling lines, or words lined up in
-three or more columns over several rows. docs/benchmarks.md has the test's precision and recall against the
+three or more columns over several rows. A framed block of text (a manual's code listing in a box, with no
+rule inside it) is no table. docs/benchmarks.md has the test's precision and recall against the
 full finder on the shared PDFs and the MMLongBench documents.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ MARGIN_GAP = 10.0  # points of empty space across the whole page: a running head
 MARGIN_SHARE = 0.15  # of the page's text: a header or footer is at most this much of it
 SMALL_PRINT = 0.9  # a header's or footer's lines are at most this high, of the page's usual line
 MARGIN_HEIGHT = 40.0  # points: a header or footer is this tall at most (three lines of small type)
+EDGE = 2.0  # points: a box's edge drawn this near its side or corner is that edge (line widths, fills)
 SHORT_CELL = 0.15  # of the page width: a cell this narrow holds a number or a label, not a line of prose
 
 
@@ -68,9 +70,11 @@ def _rules(page: pymupdf.Page, words: list[Word]) -> tuple[int, int, int]:
     the top of a shaded band (zebra rows); grouped by their (left, right) ends so that underlines, a header
     rule and a footnote rule of different widths do not add up to a table. Pieces that touch on one line are
     one rule: HTML-to-PDF converters (SEC filings) draw a rule as a run of short filled rectangles, one a cell.
+    The edges of framed blocks of text do not count (`_without_framed_blocks`).
     """
     pieces: list[tuple[float, float, float]] = []  # (left, right, y) of every horizontal stroke, however short
-    vertical: set[int] = set()
+    uprights: list[tuple[float, float, float]] = []  # (x, top, bottom) of every vertical stroke
+    outlines: list[tuple[float, float, float, float]] = []  # stroked rectangles: boxes drawn in one piece
     for path in page.get_cdrawings():
         filled = path.get("type", "") == "f"
         for item in path["items"]:
@@ -81,17 +85,20 @@ def _rules(page: pymupdf.Page, words: list[Word]) -> tuple[int, int, int]:
             else:
                 continue
             width, height = abs(x1 - x0), abs(y1 - y0)
-            left, right = min(x0, x1), max(x0, x1)
+            left, right, top, bottom = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
             if height <= RULE_THICKNESS:
                 pieces.append((left, right, (y0 + y1) / 2))
             elif width <= RULE_THICKNESS:
                 if height >= MIN_RULE_LENGTH / 3:
-                    vertical.add(round((x0 + x1) / 4))
+                    uprights.append(((x0 + x1) / 2, top, bottom))
             elif item[0] == "re" and (not filled or height <= MAX_BAND_HEIGHT):
-                pieces.append((left, right, min(y0, y1)))
+                pieces.append((left, right, top))
                 if not filled:
-                    pieces.append((left, right, max(y0, y1)))
-                    vertical.update((round(x0 / 2), round(x1 / 2)))
+                    pieces.append((left, right, bottom))
+                    uprights += [(left, top, bottom), (right, top, bottom)]
+                    outlines.append((left, top, right, bottom))
+    pieces, uprights = _without_framed_blocks(pieces, uprights, outlines, words, page.rect.width)
+    vertical = {round(x / 2) for x, _, _ in uprights}
     horizontal: dict[tuple[int, int], set[int]] = {}
     side_by_side = 0
     for y, runs in _joined_rules(pieces).items():
@@ -109,6 +116,75 @@ def _rules(page: pymupdf.Page, words: list[Word]) -> tuple[int, int, int]:
             best = len(heights)
             best_vertical = sum(1 for x in vertical if x0 - 6 <= 2 * x <= x1 + 6)
     return best, best_vertical, side_by_side
+
+
+def _without_framed_blocks(pieces: list[tuple[float, float, float]], uprights: list[tuple[float, float, float]],
+                           outlines: list[tuple[float, float, float, float]], words: list[Word], page_width: float
+                           ) -> tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]:
+    """The rules less the edges of framed blocks: a box around a code listing or a note, with no rule inside it,
+    no other box touching it and no aligned cells in it, is no table (a software manual's stacked code boxes sent
+    129 of its 468 pages to the table finder). A grid's outer frame holds its inner rules, and a grid drawn cell by
+    cell or row by row is boxes that touch, so both keep their rules."""
+    boxes = outlines + _boxes_of_lines(pieces, uprights)
+    framed = [box for box in boxes if _is_framed_block(box, boxes, pieces, uprights, words, page_width)]
+    if not framed:
+        return pieces, uprights
+
+    def edge_of_frame(x0: float, x1: float, y: float) -> bool:  # a top or bottom edge, or a fill's top, of one
+        return any(abs(y - top) <= EDGE or abs(y - bottom) <= EDGE for left, top, right, bottom in framed
+                   if x0 >= left - EDGE and x1 <= right + EDGE)
+
+    def side_of_frame(x: float, y0: float, y1: float) -> bool:
+        return any((abs(x - left) <= EDGE or abs(x - right) <= EDGE) and y0 >= top - EDGE and y1 <= bottom + EDGE
+                   for left, top, right, bottom in framed)
+
+    return ([p for p in pieces if not edge_of_frame(*p)], [u for u in uprights if not side_of_frame(*u)])
+
+
+def _boxes_of_lines(pieces: list[tuple[float, float, float]], uprights: list[tuple[float, float, float]]
+                    ) -> list[tuple[float, float, float, float]]:
+    """Rectangles drawn as four lines (Sphinx's code boxes): two sides of one height, a rule across their tops and
+    one across their bottoms."""
+    boxes = []
+    of_one_height: dict[tuple[int, int], list[tuple[float, float, float]]] = {}  # pairs looked for only within
+    for side in sorted(uprights):  # one height: a chart's hundreds of ticks would make all pairs slow
+        of_one_height.setdefault((round(side[1] / EDGE), round(side[2] / EDGE)), []).append(side)
+    for sides in of_one_height.values():
+        boxes += _boxes_between(sides, pieces)
+    return boxes
+
+
+def _boxes_between(sides: list[tuple[float, float, float]], pieces: list[tuple[float, float, float]]
+                   ) -> list[tuple[float, float, float, float]]:
+    """Each side with the nearest side of the same height to its right that rules join at the top and bottom."""
+    boxes = []
+    for n, (x0, top, bottom) in enumerate(sides):
+        for x1, top1, bottom1 in sides[n + 1:]:
+            if x1 - x0 < MIN_RULE_LENGTH or abs(top1 - top) > EDGE or abs(bottom1 - bottom) > EDGE:
+                continue
+            spans = [y for left, right, y in pieces if left <= x0 + EDGE and right >= x1 - EDGE]
+            if any(abs(y - top) <= EDGE for y in spans) and any(abs(y - bottom) <= EDGE for y in spans):
+                boxes.append((x0, top, x1, bottom))
+                break
+    return boxes
+
+
+def _is_framed_block(box: tuple[float, float, float, float], boxes: list[tuple[float, float, float, float]],
+                     pieces: list[tuple[float, float, float]], uprights: list[tuple[float, float, float]],
+                     words: list[Word], page_width: float) -> bool:
+    left, top, right, bottom = box
+    inner = (left + EDGE, top + EDGE, right - EDGE, bottom - EDGE)
+    if any(inner[1] < y < inner[3] and x1 > inner[0] and x0 < inner[2] and x1 - x0 >= MIN_COLUMN_RULE
+           for x0, x1, y in pieces):
+        return False  # a rule across its inside: rows
+    if any(inner[0] < x < inner[2] and y1 > inner[1] and y0 < inner[3] for x, y0, y1 in uprights):
+        return False  # a rule down its inside: columns
+    if any(other != box and other[0] <= right + EDGE and other[2] >= left - EDGE
+           and other[1] <= bottom + EDGE and other[3] >= top - EDGE for other in boxes):
+        return False  # another box touches or holds it: a cell of a grid drawn box by box
+    inside = [w for w in words if left <= w[0] and w[2] <= right and top <= w[1] and w[3] <= bottom]
+    aligned, shared = _aligned_columns(inside, page_width)
+    return not (aligned >= MIN_TABLE_ROWS and shared >= 3)
 
 
 def _joined_rules(pieces: list[tuple[float, float, float]]) -> dict[int, list[tuple[float, float]]]:

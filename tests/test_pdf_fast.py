@@ -359,3 +359,64 @@ def test_killing_ingest_leaves_no_reader_process_behind(tmp_path, make_settings)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+CODE_LINES = ["python tools/test.py \\", "    configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py \\",
+              "    checkpoints/faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth \\", "    --show"]
+
+
+def _code_box(page: pymupdf.Page, top: float, in_one_piece: bool) -> float:
+    """A manual's framed code listing (Sphinx draws a white fill and four lines around it); returns its bottom."""
+    box = pymupdf.Rect(94, top, 543, top + 14 * len(CODE_LINES) + 12)
+    if in_one_piece:
+        page.draw_rect(box, color=(0, 0, 0), width=0.4)
+    else:
+        page.draw_rect(box, color=None, fill=(1, 1, 1), width=0)
+        for start, end in [(box.tl, box.tr), (box.bl, box.br), (box.tl, box.bl), (box.tr, box.br)]:
+            page.draw_line(start, end, width=0.4)
+    for n, line in enumerate(CODE_LINES):
+        page.insert_text((98, top + 16 + 14 * n), line, fontsize=8, fontname="cour")
+    return box.y1
+
+
+def _manual_page(doc: pymupdf.Document) -> pymupdf.Page:
+    """A page of stacked code boxes under numbered steps, between a running header's rule and a footer's rule."""
+    page = doc.new_page()
+    page.draw_line((72, 47), (540, 47), width=0.4)
+    page.insert_text((404, 44), "MMDetection, Release 2.18.0", fontsize=9)
+    top = 70.0
+    for step in range(1, 6):
+        page.insert_text((84, top + 12), f"{step}. Test Faster R-CNN and visualize the results.", fontsize=10)
+        top = _code_box(page, top + 22, in_one_piece=step % 2 == 0) + 30
+    page.draw_line((72, 738), (540, 738), width=0.4)
+    page.insert_text((72, 750), "5.2. Test existing models on standard datasets", fontsize=9)
+    return page
+
+
+def test_stacked_code_boxes_are_no_table_and_skip_the_table_finder(monkeypatch):
+    """A software manual's pages of framed code listings went to the table finder (197 of 468 pages), for nothing."""
+    calls: list[int] = []
+    monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(self.number))
+    doc = pymupdf.open()
+    page = _manual_page(doc)
+    assert not table_signals(page).may_hold_table
+    text = page_markdown(page)
+    assert calls == [] and text.count("faster_rcnn_r50_fpn_1x_coco.py") == 5
+
+
+def test_a_ruled_grid_beside_code_boxes_or_drawn_cell_by_cell_is_still_a_table():
+    doc = pymupdf.open()
+    page = _ruled_table_page(doc)  # the grid's outer frame holds inner rules: not a framed block of text
+    _code_box(page, 500, in_one_piece=False)
+    _code_box(page, 600, in_one_piece=True)
+    assert table_signals(page).ruled_grid
+    assert "|North|1,204|1,377|1,512|+9.8%|" in page_markdown(page)
+    cells = doc.new_page()  # every cell its own stroked rectangle: boxes that touch are a grid
+    columns, top, height = [50, 190, 280, 370, 460, 545], 350, 20
+    for r, row in enumerate(TABLE_ROWS):
+        for c, cell in enumerate(row):
+            cells.draw_rect(pymupdf.Rect(columns[c], top + r * height, columns[c + 1], top + (r + 1) * height),
+                            color=(0, 0, 0), width=0.6)
+            cells.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
+    assert table_signals(cells).ruled_grid
+    assert "|West|4,118|4,260|4,391|+3.1%|" in page_markdown(cells)
