@@ -45,6 +45,9 @@ COPY --chown=root:root data/__init__.py data/make_samples.py data/README.md data
 COPY --chown=root:root streamlit_app.py .
 # The sample library, so `python -m ingest /app/data/samples` shows what Seekframe does on a fresh install.
 RUN python -m data.make_samples data/samples
+# The bundled embedder's ONNX Runtime graph, exported here once (into /opt/seekframe/share/seekframe/onnx) instead
+# of inside the first ingest or search of every container.
+RUN python -m kb.embed
 USER seekframe
 VOLUME ["/data", "/cache"]
 EXPOSE 8501

@@ -16,7 +16,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.installed
+# The bundled embedder's ONNX Runtime graph, exported once at install time (20-45 s) instead of inside the first
+# ingest or search; kept inside the environment, made again when kb/embed.py changes its recipe.
+$(VENV)/.embed-graph: $(VENV)/.installed kb/embed.py
+	$(PY) -m kb.embed
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.embed-graph
 
 samples: venv
 	$(PY) -m data.make_samples data/samples

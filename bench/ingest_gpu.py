@@ -9,8 +9,14 @@ as its token cap, and its tokens are kept to printable characters so chunks hold
 Everything else is the real `python -m ingest` (run in this process, so each stage can be timed).
 
 With `--video-minutes N --clips DIR` the folder is instead one N-minute 1280x720 MP4 made by cycling the real clips
-in DIR (each pass stamped with its number, so passes differ), ingested the same way: decoding, sampling, the engine,
-embedding and the store, each timed.
+in DIR (each pass stamped with its number, so passes differ; written in parallel segments, then joined without
+re-encoding), ingested the same way: decoding, sampling, the engine, embedding and the store, each timed.
+
+`--load-workers N` sets the processes that load page images and window frames ahead of the engine
+(ingest/pipeline.py LOAD_WORKERS; 0: each is loaded on the main thread when its engine batch is made, as before).
+`--slice-workers N` sets the processes that sample a long video in time slices (ingest/video_slices.py
+SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
+sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 
 usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--work DIR] [--model-dir DIR] [--out FILE]
        python -m bench.ingest_gpu --video-minutes 60 --clips DIR [--fps 25] [...]
@@ -76,34 +82,84 @@ def make_scans(pdfs: Path, out: Path, pages: int) -> int:
     return written
 
 
-def make_video(clips: Path, out: Path, minutes: float, fps: int, size: tuple[int, int] = (1280, 720)) -> float:
-    """An MP4 of `minutes` cycling the video files under `clips` (resized, each played whole, every pass stamped
-    with its number so no two passes are the same picture). Seconds of video written."""
+def _clip_frames(path: Path) -> list:
     import cv2
 
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def write_segment(task: tuple[list[str], str, int, int, int, tuple[int, int]]) -> int:
+    """Frames [first, first + count) of the endless cycle of the clips, as an MP4 (mp4v) of its own."""
+    import cv2
+
+    files, out, first, count, fps, size = task
+    clips = [[cv2.resize(f, size) for f in _clip_frames(Path(name))] for name in files]
+    cycle_length = sum(len(c) for c in clips)
+    writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for n in range(first, first + count):
+        cycle, at = divmod(n, cycle_length)
+        for name, frames in zip(files, clips):
+            if at < len(frames):
+                frame = frames[at].copy()
+                cv2.putText(frame, f"pass {cycle} - {Path(name).stem}", (40, 680), cv2.FONT_HERSHEY_SIMPLEX, 1.2,
+                            (255, 255, 255), 2)
+                writer.write(frame)
+                break
+            at -= len(frames)
+    writer.release()
+    return count
+
+
+def join_segments(parts: list[Path], out: Path) -> None:
+    """One MP4 of the segments, packets copied (no re-encoding), each segment's timestamps moved after the last."""
+    import av
+
+    with av.open(str(out), "w") as joined:
+        stream, offset = None, 0
+        for part in parts:
+            with av.open(str(part)) as source:
+                video = source.streams.video[0]
+                if stream is None:
+                    stream = joined.add_stream_from_template(video)
+                last = 0
+                for packet in source.demux(video):
+                    if packet.dts is None:
+                        continue
+                    packet.pts += offset
+                    packet.dts += offset
+                    last = max(last, packet.pts + (packet.duration or 0))
+                    packet.stream = stream
+                    joined.mux(packet)
+                offset = last
+
+
+def make_video(clips: Path, out: Path, minutes: float, fps: int, size: tuple[int, int] = (1280, 720)) -> float:
+    """An MP4 of `minutes` cycling the video files under `clips` (resized, each played whole, every pass stamped
+    with its number so no two passes are the same picture), written in segments by all cores. Seconds written."""
     from ingest.video import VIDEO_EXTENSIONS
 
-    files = sorted(p for p in clips.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    files = sorted(str(p) for p in clips.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
         raise SystemExit(f"no video files under {clips}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    total, written, cycle = int(minutes * 60 * fps), 0, 0
-    while written < total:
-        for f in files:
-            capture = cv2.VideoCapture(str(f))
-            while written < total:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                frame = cv2.resize(frame, size)
-                cv2.putText(frame, f"pass {cycle} - {f.stem}", (40, 680), cv2.FONT_HERSHEY_SIMPLEX, 1.2,
-                            (255, 255, 255), 2)
-                writer.write(frame)
-                written += 1
-            capture.release()
-        cycle += 1
-    writer.release()
+    total = int(minutes * 60 * fps)
+    workers = os.cpu_count() or 1
+    step = -(-total // workers)
+    tasks = [(files, str(out.parent / f"part-{n:03d}.mp4"), first, min(step, total - first), fps, size)
+             for n, first in enumerate(range(0, total, step))]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        written = sum(pool.map(write_segment, tasks))
+    parts = [Path(t[1]) for t in tasks]
+    join_segments(parts, out)
+    for part in parts:
+        part.unlink()
     return written / fps
 
 
@@ -175,8 +231,8 @@ def instrument(stages: Stages, scale: float) -> list:
     tq.repeating_tail = lambda *a, **k: False  # random weights loop; the guard would cut pages short
     original_request = pipeline.Ingestor._request
 
-    def request(self, unit):
-        made = original_request(self, unit)
+    def request(self, unit, picture):
+        made = original_request(self, unit, picture)
         if unit.task == "video":  # a window keeps its own token cap (KB_MAX_VIDEO_TOKENS)
             return made
         seed = zlib.crc32(f"{unit.source.rel}:{unit.page}".encode())
@@ -184,6 +240,7 @@ def instrument(stages: Stages, scale: float) -> list:
 
     pipeline.Ingestor._request = request
     stats: list = []
+    loads: list[float] = []  # seconds spent loading pictures (summed over processes), per run
     original_generate = tq.TransformersEngine.generate_ids
 
     def generate_ids(self, requests):
@@ -193,11 +250,21 @@ def instrument(stages: Stages, scale: float) -> list:
 
     tq.TransformersEngine.generate_ids = generate_ids
     stages.wrap(pipeline, "read_file", "read (open, text layer, plan; video: decode and sample)")
-    stages.wrap(pipeline.Ingestor, "_request", "render pages / decode window frames (CPU, before each engine call)")
+    stages.wrap(pipeline._LoadAhead, "take", WAIT_STAGE)
+    original_close = pipeline._LoadAhead.close
+
+    def close(self):
+        loads.append(self.load_s)
+        original_close(self)
+
+    pipeline._LoadAhead.close = close
     stages.wrap(tq.TransformersEngine, "generate", "engine (processor, vision, decode)", sync=True)
     stages.wrap(Embedder, "embed_documents", "embed chunks (GPU)", sync=True)
-    stages.wrap(Store, "replace_source", "store (embed + Chroma + lexical + manifest)")
-    return stats
+    stages.wrap(Store, "replace_sources", "store (Chroma + lexical + manifest; embedding above)")
+    return stats, loads
+
+
+WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
 
 def main() -> None:
@@ -212,6 +279,11 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="random Qwen3-VL-4B folder (built if missing)")
     parser.add_argument("--embed-model", help="an embedder instead of the random Qwen3-Embedding-0.6B (smoke tests)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--load-workers", type=int, help="processes loading pictures ahead (default: the pipeline's)")
+    parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
+                        "ingest/video_slices.py's; 0: one pass)")
+    parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
+                        "keeping them while sampling")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
     args = parser.parse_args()
     prep = {}
@@ -220,12 +292,18 @@ def main() -> None:
         if not args.clips:
             parser.error("--video-minutes needs --clips DIR")
         scans = args.work / "video"
-        shutil.rmtree(scans, ignore_errors=True)
-        video_s = make_video(args.clips, scans / f"video-{args.video_minutes:g}min.mp4", args.video_minutes, args.fps)
+        video = scans / f"video-{args.video_minutes:g}min-{args.fps}fps.mp4"
+        if video.exists():  # made by an earlier call (a lent machine's calls are short): reused as it is
+            video_s = args.video_minutes * 60
+        else:
+            shutil.rmtree(scans, ignore_errors=True)
+            video_s = make_video(args.clips, video, args.video_minutes, args.fps)
+        shutil.rmtree(args.work / "kb", ignore_errors=True)  # a fresh knowledge base: every file is read
         pages = 0
         prep["make the video"] = time.perf_counter() - started
     elif args.pdfs:
         scans = args.work / "scans"
+        shutil.rmtree(args.work / "kb", ignore_errors=True)  # a fresh knowledge base: every file is read
         pages = make_scans(args.pdfs, scans, args.pages)
         prep["rasterise"] = time.perf_counter() - started
     else:
@@ -245,7 +323,21 @@ def main() -> None:
     os.environ.update({"KB_HOME": str(home), "KB_ENGINE": "transformers", "KB_MODEL": str(model_dir),
                        "KB_EMBED_MODEL": args.embed_model or str(embed_dir), "KB_DEVICE": args.device})
     stages = Stages()
-    stats = instrument(stages, args.length_scale)
+    stats, loads = instrument(stages, args.length_scale)
+    import ingest.pipeline as pipeline
+
+    if args.load_workers is not None:
+        pipeline.LOAD_WORKERS = args.load_workers
+    workers = pipeline.load_workers()
+    import ingest.video_sampling as video_sampling
+    import ingest.video_slices as video_slices
+
+    if args.slice_workers is not None:
+        video_slices.SLICE_WORKERS = args.slice_workers
+    if args.seek_frames:
+        video_sampling.PICTURE_BUDGET = 0
+    sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
+                f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
     sys.argv = ["ingest", str(scans)]
     busy = GpuBusy()
     started = time.perf_counter()
@@ -280,11 +372,15 @@ def main() -> None:
     summary = (f"{what} -> {chunks} chunks in Chroma, exit code {code}: {speed}; engine: {tokens} tokens kept "
                f"({tokens / max(engine_s, 1e-9):.0f} tok/s), padding share {1 - tokens / max(1, row_steps):.1%}, "
                f"{sum(s.refills for s in stats)} refills, processor waits {sum(s.wait_s for s in stats):.1f} s; "
+               f"{workers} processes loading pictures ahead ({sum(loads):.1f} s of loading in all); "
+               f"{sampling if args.video_minutes else ''}"
                f"GPU busy {busy.share:.0%} of the whole run. Output lengths drawn at {args.length_scale} x the real "
                f"distribution (pages; video windows keep their token cap). Not timed: {untimed} and "
                f"building the random models ({prep['models']:.0f} s).")
     command = (f"--video-minutes {args.video_minutes:g} --clips DIR --fps {args.fps}" if args.video_minutes
-               else f"--pdfs DIR --pages {args.pages}")
+               else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
+    if args.video_minutes:
+        command += f" --slice-workers {video_slices.slice_workers()}" + (" --seek-frames" if args.seek_frames else "")
     body = (f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
             + markdown_table(["stage", "seconds", "share of the run", "calls"], rows))
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)

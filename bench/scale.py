@@ -193,17 +193,20 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latency(fn: Callable[[Any], Any], inputs: list[Any], max_s: float = 1e9) -> tuple[float, float, int]:
-    """p50 and p95 in ms over `inputs` (stopping after `max_s` seconds, at least 20 queries), and how many ran."""
+def latency(fn: Callable[[Any], Any], inputs: list[Any], max_s: float = 1e9) -> tuple[float, float, int, float]:
+    """p50 and p95 in ms over `inputs` (stopping after `max_s` seconds, at least 20 queries), how many ran, and the
+    mean CPU ms per query (the whole process, all threads): wall time waits for the cores others use, CPU does not."""
     fn(inputs[0])  # warm-up: the first query loads the HNSW index and SQLite pages
     seconds: list[float] = []
+    cpu = time.process_time()
     for item in inputs:
         if len(seconds) >= 20 and sum(seconds) > max_s:
             break
         started = time.perf_counter()
         fn(item)
         seconds.append(time.perf_counter() - started)
-    return percentile_ms(seconds, 0.5), percentile_ms(seconds, 0.95), len(seconds)
+    cpu_ms = 1000 * (time.process_time() - cpu) / len(seconds)
+    return percentile_ms(seconds, 0.5), percentile_ms(seconds, 0.95), len(seconds), cpu_ms
 
 
 # the knowledge base ----------------------------------------------------------------------------------------------
@@ -351,15 +354,15 @@ def measure(store, corpus: Corpus, build: Build, home: Path, args) -> dict[str, 
     some_paths = [r.path for r in store.manifest.all()[:30]]
     row["current_shas"] = latency(lambda _: store.manifest.current_shas(some_paths), texts[:50])
     row.update(lexical_pieces(store, texts, row["chunks"], cap))
-    if row["chunks"] <= args.agreement_max:
-        row["agreement"] = store_agreement(store, corpus, build, texts[:100])
     row["disk_mib"] = disk_mib(home)
     row["lexical_mib"] = disk_mib(home / "lexical")
     row["load"] = os.getloadavg()
-    row["peak_rss_mib"] = peak_rss_mib()
+    row["peak_rss_mib"] = peak_rss_mib()  # before exact BM25 below holds every chunk's tokens in this process
     row["build"] = Build(**build.__dict__)
     if args.recall:
         row["recall"] = dense_recall(store, corpus, build, vectors[:args.recall])
+    if row["chunks"] <= args.agreement_max:
+        row["agreement"] = store_agreement(store, corpus, build, texts[:100])
     return row
 
 
@@ -381,7 +384,7 @@ def filtered_table(rows: list[dict[str, Any]]) -> str:
                            for r in rows if "lexical_filtered" in r])
 
 
-def query_embedding_ms(model: str, texts: list[str]) -> tuple[float, float, int]:
+def query_embedding_ms(model: str, texts: list[str]) -> tuple[float, float, int, float]:
     """p50/p95 of embedding one question with a real model (what hybrid and dense add to the numbers above)."""
     from kb.embed import Embedder
 
@@ -480,15 +483,26 @@ def dense_recall(store, corpus: Corpus, build: Build, vectors: list[np.ndarray])
 
 
 def reopen_with_ef(home: Path, corpus: Corpus, embed_name: str, ef: int):
-    """Set ef_search and reopen: Chroma stores the change at once but a loaded HNSW index keeps its old ef
-    until the client is rebuilt (measured: recall did not move until then)."""
+    """Open the store as if kb/store.py's EF_SEARCH were `ef`: the store sets it on open (`_use_ef_search`, which
+    undid a `collection.modify` made here before: the earlier sweep measured 200 twice), and Chroma applies it when
+    this client loads the HNSW index, so the client is rebuilt first."""
     from chromadb.api.client import SharedSystemClient
 
-    store = open_kb(home, corpus, embed_name)
-    store._collection.modify(configuration={"hnsw": {"ef_search": ef}})
-    store.close()
+    import kb.store
+    from kb.store import COLLECTION
+
     SharedSystemClient.clear_system_cache()
-    return open_kb(home, corpus, embed_name)
+    default, kb.store.EF_SEARCH = kb.store.EF_SEARCH, ef
+    try:
+        store = open_kb(home, corpus, embed_name)
+    finally:
+        kb.store.EF_SEARCH = default
+    stored = store._client.get_collection(COLLECTION, embedding_function=None)  # as modified, not as first read
+    configured = (stored.configuration_json or {}).get("hnsw", {}).get("ef_search")
+    if configured != ef:
+        store.close()
+        raise RuntimeError(f"the collection has ef_search {configured}, not {ef}: the sweep would measure another")
+    return store
 
 
 def ef_sweep(home: Path, corpus: Corpus, embed_name: str, build: Build, args) -> list[tuple]:
@@ -497,13 +511,15 @@ def ef_sweep(home: Path, corpus: Corpus, embed_name: str, build: Build, args) ->
 
     vectors, _ = query_sets(corpus, build, args.queries, args.seed + 1)
     out = []
-    for ef in args.ef + [100]:  # back to Chroma's default at the end, for a kept --workdir
+    from kb.store import EF_SEARCH
+
+    for ef in args.ef + [EF_SEARCH]:  # back to Seekframe's default at the end, for a kept --workdir
         store = reopen_with_ef(home, corpus, embed_name, ef)
         try:
             if len(out) < len(args.ef):
                 for v in vectors[:20]:  # a reopened index is paged in by the first queries: not query latency
                     store.query(v.tolist(), 10)
-                p50, p95, _ = latency(lambda v, store=store: store.query(v.tolist(), 10), vectors)
+                p50, p95, *_ = latency(lambda v, store=store: store.query(v.tolist(), 10), vectors)
                 alone = latency(lambda v, store=store: store._collection.query(
                     query_embeddings=[v.tolist()], n_results=30, include=["documents", "metadatas", "distances"]),
                     vectors)
@@ -529,11 +545,17 @@ def _cpu_per_chunk(b: Build) -> str:
     return f"{ms[0]:.2f} ({ms[1]:.2f} / {ms[2]:.2f} / {ms[0] - ms[1] - ms[2]:.2f})"
 
 
+def _cpu_per_query(r: dict[str, Any]) -> str:
+    """Mean CPU ms per query of each mode (rows measured before it was recorded have none)."""
+    modes = [r[m] for m in ("dense", "lexical", "hybrid")]
+    return " / ".join(f"{m[3]:.1f}" for m in modes) if all(len(m) > 3 for m in modes) else "-"
+
+
 def results_table(rows: list[dict[str, Any]]) -> str:
     header = ["chunks", "sources", "build s", "Chroma upsert s", "lexical upsert s", "rest of replace_source s",
               "chunks/s", "CPU ms per chunk: all (Chroma / lexical / rest)", "disk MiB (bytes/chunk)", "peak RSS MiB",
-              "dense p50 / p95 ms", "lexical p50 / p95 ms", "hybrid p50 / p95 ms", "dense recall@10",
-              "load avg (1 min)"]
+              "dense p50 / p95 ms", "lexical p50 / p95 ms", "hybrid p50 / p95 ms",
+              "CPU ms per query: dense / lexical / hybrid", "dense recall@10", "load avg (1 min)"]
     body = []
     for r in rows:
         b: Build = r["build"]
@@ -544,7 +566,8 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                      _cpu_per_chunk(b),
                      f"{r['disk_mib']:,.0f} ({r['disk_mib'] * (1 << 20) / r['chunks']:,.0f})",
                      f"{r['peak_rss_mib']:,.0f}", _pair(r["dense"]), _pair(r["lexical"]),
-                     _pair(r["hybrid"]), f"{r['recall']:.3f}" if "recall" in r else "-", f"{r['load'][0]:.1f}"])
+                     _pair(r["hybrid"]), _cpu_per_query(r), f"{r['recall']:.3f}" if "recall" in r else "-",
+                     f"{r['load'][0]:.1f}"])
     return markdown_table(header, body)
 
 
@@ -596,8 +619,9 @@ def render(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args) -> s
     lines += [f"- **{size:,} chunks: not reached in this run** (see the notes)." for size in sizes
               if size > rows[-1]["chunks"]]
     if sweep:
-        lines += ["", f"HNSW ef_search at {rows[-1]['chunks']:,} chunks (`collection.modify(configuration="
-                  "{\"hnsw\": {\"ef_search\": ef}})`, then the client reopened; Chroma's default is 100):", "",
+        lines += ["", f"HNSW ef_search at {rows[-1]['chunks']:,} chunks (the store opened in a fresh client with "
+                  "`kb/store.py` EF_SEARCH set to it; 20 queries first to page the index in; Chroma's default is 100):",
+                  "",
                   markdown_table(["ef_search", "Store.query p50 / p95 ms", "Chroma query alone p50 / p95 ms",
                                   "recall@10"],
                                  [[ef, f"{p50:.1f} / {p95:.1f}", f"{a50:.1f} / {a95:.1f}",
@@ -668,6 +692,11 @@ def main(argv: list[str] | None = None) -> int:
                 if build.chunks in measured:
                     break
                 measured[build.chunks] = measure(store, corpus, build, home, args)
+                earlier = [r for r in rows if r["chunks"] == build.chunks]
+                if build.chunks == build.resumed_at and earlier:  # measured again, not built: keep how it was built
+                    measured[build.chunks]["build"] = earlier[0]["build"]  # and what this run skipped measuring
+                    measured[build.chunks].update({key: earlier[0][key] for key in ("agreement", "recall")
+                                                   if key in earlier[0] and key not in measured[build.chunks]})
                 rows = sorted([r for r in rows if r["chunks"] != build.chunks] + [measured[build.chunks]],
                               key=lambda r: r["chunks"])
                 if args.workdir:
@@ -694,7 +723,7 @@ def report(rows: list[dict[str, Any]], sizes: list[int], sweep: list, args, corp
     report = render(rows, sizes, sweep, args)
     if args.query_embedder and rows:
         _, texts = query_sets(corpus, Build(sources=max(1, rows[-1]["sources"])), 100, args.seed)
-        p50, p95, n = query_embedding_ms(args.query_embedder, texts)
+        p50, p95, n, _ = query_embedding_ms(args.query_embedder, texts)
         report += (f"\n\nQuestion embedding with `{args.query_embedder}` (add it to dense and hybrid): "
                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms over {n} questions.")
     print(report)

@@ -35,11 +35,14 @@ class ProgressBars:
         self.pages: tqdm | None = None
         self.video: tqdm | None = None
         self.speech: tqdm | None = None
+        # Kept here, not read back from the bar: a bar disabled by TQDM_DISABLE=1 has no `desc`.
+        self.files_label = self.speech_label = ""
 
     def __call__(self, event: Progress) -> None:
         if event.stage in (Stage.READ, Stage.PLAN):
-            if self.files is None or self.files.desc != event.stage:
+            if self.files is None or self.files_label != event.stage:
                 self.close()
+                self.files_label = event.stage
                 self.files = tqdm(total=event.total, desc=event.stage, unit="file", file=sys.stderr, leave=False)
             self.files.set_postfix_str(display(event.detail)[-40:], refresh=False)
             self.files.update(event.done - self.files.n)
@@ -48,11 +51,12 @@ class ProgressBars:
                 self.pages = tqdm(desc=f"pages ({event.detail})", unit="page", file=sys.stderr, leave=False)
             self.pages.update(event.done - self.pages.n)
         elif event.stage == Stage.SPEECH:  # seconds of sound transcribed in the current file, with tqdm's ETA
-            if self.speech is None or self.speech.desc != f"speech {display(event.detail)[-30:]}":
+            label = f"speech {display(event.detail)[-30:]}"
+            if self.speech is None or self.speech_label != label:
                 if self.speech is not None:
                     self.speech.close()
-                self.speech = tqdm(desc=f"speech {display(event.detail)[-30:]}", unit="s", file=sys.stderr,
-                                   leave=False)
+                self.speech_label = label
+                self.speech = tqdm(desc=label, unit="s", file=sys.stderr, leave=False)
             self.speech.total = event.total
             self.speech.update(event.done - self.speech.n)
         elif event.stage == Stage.VIDEO:  # minutes of video read by the engine, with tqdm's ETA

@@ -8,6 +8,7 @@ from typing import Iterable
 
 from kb.types import Chunk, Unit
 
+_FILE_EXTENSION = re.compile(r"\.(pdf|docx?|xlsx?|pptx?|rtf|txt|tex|dvi|ps|indd|qxd|qxp|exe|html?|tmp)$", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 _SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}")  # the |---|---| line under a Markdown table's header
 TABLE_WHOLE = 8  # tables up to 8 chunks long stay one chunk: a question about a row needs the whole table
@@ -112,6 +113,17 @@ def with_context(context: str | None, piece: str) -> str:
     """The chunk's text with its document's title and section first: a passage that never names its document
     ("revenue rose 4 %") is then found by questions that do ("3M's 2018 revenue"), by both retrievers."""
     return f"[{context}]\n{piece}" if context else piece
+
+
+def is_file_code(title: str) -> bool:
+    """A "title" that names a file or a filing, not what the document is about: an SEC accession number
+    ("0000320193-22-000070"), a job code ("905_Precinct_NoOU"), a file name ("10811.exe", "2312.10997v5").
+    Put in front of every chunk it would only add a word no question uses; the first heading says more."""
+    words = title.split()
+    if sum(c.isalpha() for c in title) < 3 or _FILE_EXTENSION.search(title):
+        return True
+    # one "word" joined by underscores, or mostly digits: a code (not "COVID-19" nor "MMDetection")
+    return len(words) == 1 and ("_" in title or sum(c.isdigit() for c in title) >= 0.3 * len(title))
 
 
 def make_chunks(units: Iterable[Unit], engine: str, model: str, max_chars: int) -> list[Chunk]:

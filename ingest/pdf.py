@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import select
+import sys
 import threading
 import time
 from collections import deque
@@ -17,11 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pymupdf
 from PIL import Image
 
+from ingest.chunk import is_file_code
 from ingest.pdf_tables import find_tables, reading_order
 from ingest.read_result import ReadResult
 from kb.config import Settings
@@ -95,17 +97,21 @@ def render_page(path: str | Path, page: int, dpi: int = OCR_DPI, clip: tuple[flo
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
 
-def page_markdown(page: pymupdf.Page) -> str:
+def page_markdown(page: pymupdf.Page, textpage: pymupdf.TextPage | None = None) -> str:
     """The page's text layer in reading order (columns kept apart), with each table written once, whole, as Markdown.
 
     Table detection only runs on pages that can hold a table (ingest/pdf_tables.py): the slow part of reading
-    a born-digital page.
+    a born-digital page. `textpage`: the page's text, when the caller has extracted it already.
     """
     tables = find_tables(page)
+    if tables:
+        shared = _RawDictOnce(tables[0].textpage)  # the tables of one page share one text page
+        for table in tables:
+            table.textpage = shared
     table_rects = [pymupdf.Rect(t.bbox) for t in tables]
     emitted: set[int] = set()
     parts: list[str] = []
-    blocks = [b for b in page.get_text("blocks") if b[6] == 0]
+    blocks = [b for b in page.get_text("blocks", textpage=textpage) if b[6] == 0]
     for x0, y0, x1, y1, text, _no, _type in reading_order(blocks, page.rect.width):
         rect = pymupdf.Rect(x0, y0, x1, y1)
         inside = next((n for n, t in enumerate(table_rects)
@@ -119,10 +125,29 @@ def page_markdown(page: pymupdf.Page) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def _figure_rects(page: pymupdf.Page, min_side_pt: float) -> list[pymupdf.Rect]:
+class _RawDictOnce:
+    """A table's text page whose raw dictionary is built once. PyMuPDF's `Table.to_markdown` asks for the whole
+    page's raw dictionary again for every cell (cells x characters): on the MMLongBench documents that was half
+    of all reading time. The same dictionary, so the same Markdown."""
+
+    def __init__(self, textpage: Any) -> None:
+        self._textpage = textpage
+        self._raw: dict[str, Any] | None = None
+
+    def extractRAWDICT(self) -> dict[str, Any]:  # noqa: N802 - PyMuPDF's name
+        if self._raw is None:
+            self._raw = self._textpage.extractRAWDICT()
+        return self._raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._textpage, name)
+
+
+def _figure_rects(page: pymupdf.Page, min_side_pt: float,
+                  image_info: list[dict[str, Any]] | None = None) -> list[pymupdf.Rect]:
     page_area = page.rect.get_area()
     rects: list[pymupdf.Rect] = []
-    for info in page.get_image_info():
+    for info in image_info if image_info is not None else page.get_image_info():
         rect = pymupdf.Rect(info["bbox"]) & page.rect
         if min(rect.width, rect.height) < min_side_pt or rect.get_area() > 0.9 * page_area:
             continue  # icons and rules are too small to describe; a full-page image is a scan, read as a page
@@ -131,19 +156,23 @@ def _figure_rects(page: pymupdf.Page, min_side_pt: float) -> list[pymupdf.Rect]:
     return rects
 
 
-def is_stamped_scan(page: pymupdf.Page) -> bool:
+def is_stamped_scan(page: pymupdf.Page, image_info: list[dict[str, Any]] | None = None,
+                    textpage: pymupdf.TextPage | None = None) -> bool:
     """A page image that fills the page, with a text layer covering a tenth of it at most: a scan with a line
     stamped on it (a court filing's "Case 2:18-cv-… Page 15 of 16" header, a fax banner). Its text layer says
-    nothing of what the page shows. A searchable scan's hidden OCR text covers the page, so it stays as text."""
+    nothing of what the page shows. A searchable scan's hidden OCR text covers the page, so it stays as text.
+    `image_info` and `textpage`: what the caller has extracted from the page already."""
     width, height = float(page.rect.width), float(page.rect.height)
 
     def cover(bbox: tuple[float, ...]) -> float:  # the part of the page a box covers, clipped to the page
         x0, y0, x1, y1 = (float(v) for v in bbox[:4])
         return max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0)) / (width * height)
 
-    if not any(cover(info["bbox"]) > SCAN_COVER for info in page.get_image_info()):
+    images = image_info if image_info is not None else page.get_image_info()
+    if not any(cover(info["bbox"]) > SCAN_COVER for info in images):
         return False
-    return sum(cover(block) for block in page.get_text("blocks") if block[6] == 0) < STAMP_TEXT_COVER
+    blocks = page.get_text("blocks", textpage=textpage)
+    return sum(cover(block) for block in blocks if block[6] == 0) < STAMP_TEXT_COVER
 
 
 @dataclass
@@ -164,12 +193,58 @@ def read_pages(path: str, start: int, stop: int, min_side_pt: float) -> list[Pag
         for index in range(start, stop):
             try:
                 page = doc[index]
-                out.append(PageRead(index + 1, page_markdown(page),
-                                    [(r.x0, r.y0, r.x1, r.y1) for r in _figure_rects(page, min_side_pt)],
-                                    stamped_scan=is_stamped_scan(page)))
+                # one text page and one image list for the text, the figures and the scan test (each call without
+                # them parses the page's content again)
+                textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_BLOCKS)
+                images = page.get_image_info()
+                out.append(PageRead(index + 1, page_markdown(page, textpage),
+                                    [(r.x0, r.y0, r.x1, r.y1) for r in _figure_rects(page, min_side_pt, images)],
+                                    stamped_scan=is_stamped_scan(page, images, textpage)))
             except Exception as err:  # one damaged page must not lose the file
                 out.append(PageRead(index + 1, error=f"page {index + 1}: cannot read the page ({err})"))
     return out
+
+
+_replaced_layout_models: list[object] = []
+
+
+def _layout_model_on_one_thread() -> None:
+    """Rebuild PyMuPDF's layout model (its table finder's) with ONNX Runtime sessions of one thread that does not
+    spin. `import pymupdf` builds them with a thread per core, spinning between runs; pages are read by one process
+    per core already, so those threads only wait for each other: the same table pages cost 0.70 CPU s each that way
+    and 0.45 on one thread (docs/benchmarks.md). Done when this module is imported, so the reader processes' fork
+    server hands the rebuilt model to every reader. Sessions are made by `onnxruntime.InferenceSession` only while
+    the model is rebuilt, which is what is wrapped. The replaced model is kept, never freed: in a process forked
+    from one that built it, freeing its sessions waits forever on thread-pool state whose threads a fork leaves
+    behind."""
+    layout = sys.modules.get("pymupdf.layout")
+    previous = getattr(pymupdf, "_get_layout", None)
+    if layout is None or not callable(previous):
+        return
+    import onnxruntime as ort
+
+    original = ort.InferenceSession
+
+    def one_thread(path: Any, sess_options: Any = None, *args: Any, **kwargs: Any) -> Any:
+        options = sess_options if sess_options is not None else ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return original(path, options, *args, **kwargs)
+
+    _replaced_layout_models.append(previous)
+    ort.InferenceSession = one_thread
+    try:
+        pymupdf._get_layout = None
+        layout.activate()
+    except Exception as err:  # the model as PyMuPDF built it: slower, never wrong
+        log.warning("PyMuPDF's layout model keeps its default threads (%s: %s)", type(err).__name__, err)
+        pymupdf._get_layout = previous
+    finally:
+        ort.InferenceSession = original
+
+
+_layout_model_on_one_thread()
 
 
 def _die_with(ingest_pid: int) -> None:
@@ -318,11 +393,12 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
 def document_title(doc: pymupdf.Document, path: Path) -> str:
     """The title the PDF declares, else the largest text on its first page, else the file name."""
     declared = " ".join((doc.metadata or {}).get("title", "").split())
-    if len(declared) >= 4 and not declared.lower().startswith(("microsoft word", "untitled")):
+    if len(declared) >= 4 and not declared.lower().startswith(("microsoft word", "untitled")) \
+            and not is_file_code(declared):  # an accession number or a file name is no title
         return declared[:MAX_TITLE_CHARS]
-    try:  # horizontal lines only: not arXiv's margin stamp
+    try:  # horizontal lines with words only: not arXiv's margin stamp, not a transcript's line numbers
         lines = [line["spans"] for b in doc[0].get_text("dict")["blocks"] for line in b.get("lines", [])
-                 if abs(line["dir"][1]) < 0.1 and any(s["text"].strip() for s in line["spans"])]
+                 if abs(line["dir"][1]) < 0.1 and any(c.isalpha() for s in line["spans"] for c in s["text"])]
     except Exception:  # the title is a search aid; a page that cannot be parsed still gets the file name
         lines = []
     if lines:
@@ -330,7 +406,7 @@ def document_title(doc: pymupdf.Document, path: Path) -> str:
         # whole lines that hold the largest type (small capitals are set in smaller spans of the same line)
         title = " ".join(" ".join("".join(s["text"] for s in spans).split()) for spans in lines
                          if any(s["size"] >= largest - 0.5 and s["text"].strip() for s in spans))
-        if len(title) >= 4:
+        if len(title) >= 4 and not is_file_code(title):
             return title[:MAX_TITLE_CHARS]
     return path.stem.replace("_", " ").replace("-", " ")
 

@@ -1,5 +1,9 @@
 """plan (walk, hash, diff against the manifest) -> read -> enrich (engine batches across files) -> chunk -> store.
 
+Page images and video windows' frames are loaded ahead of the engine by worker processes (`_LoadAhead`), in the
+order the engine asks for them and at most one engine batch ahead, so an engine call does not wait for a render
+done on the main thread; the file order into the store and each file's errors stay what they were.
+
 A file's problems become its result (failed, or partial when some pages failed); they never stop the run. So do
 the things a folder walk meets and does not read: files of other types, hidden files, links that loop, dangle or
 leave the ingest root. Names are kept as the filesystem has them (bytes, surrogate-escaped) and stored in the
@@ -12,11 +16,16 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
+
+from PIL import Image
 
 from ingest.audio import blocks, lay_on_windows, speech_units
 from ingest.checkpoint import Checkpoint, unit_key
@@ -45,6 +54,7 @@ from kb.types import (
     SourceStatus,
     Stage,
     Unit,
+    VideoClip,
     no_progress,
 )
 
@@ -53,6 +63,11 @@ log = logging.getLogger(__name__)
 # as much as indexing ~200 chunks): up to this many chunks or files per write, and before each engine batch.
 STORE_BATCH_CHUNKS = 1024
 STORE_BATCH_FILES = 64
+# Processes that load page images and video frames ahead of the engine. None: the host's cores less two (the main
+# thread and the engine's processor thread keep theirs), none below 4 cores, where a process pool costs more than
+# it frees; 0: each picture is loaded on the main thread when its engine batch is made.
+LOAD_WORKERS: int | None = None
+MAX_LOAD_WORKERS = 16
 PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
            ("caption", Modality.IMAGE_CAPTION): prompts.CAPTION, ("caption", Modality.PDF_FIGURE): prompts.CAPTION,
            ("video", Modality.VIDEO_SEGMENT): prompts.VIDEO_WINDOW}
@@ -303,6 +318,120 @@ def _unsupported(rel: str) -> FileResult:
     return FileResult(rel, Outcome.UNSUPPORTED, notes=[f"unsupported file type {ext}: skipped"])
 
 
+def load_workers() -> int:
+    """Processes that load pictures ahead of the engine (LOAD_WORKERS)."""
+    if LOAD_WORKERS is not None:
+        return LOAD_WORKERS
+    cores = len(os.sched_getaffinity(0))
+    return min(MAX_LOAD_WORKERS, cores - 2) if cores >= 4 else 0
+
+
+def _loader(unit: Unit) -> Callable[[], Image.Image | VideoClip]:
+    """What loads a unit's picture: a video window's frames, or a page or image."""
+    if unit.task == "video" and unit.video is not None:
+        return unit.video
+    assert unit.load_image is not None  # a unit that needs the model has a clip or an image (kb.types.Unit)
+    return unit.load_image
+
+
+@dataclass
+class _Loaded:
+    """A unit's picture, or why it could not be loaded. A worker sends this, not the exception: an error's own
+    arguments do not survive pickling (InputError's constructor takes others than it keeps)."""
+
+    picture: Image.Image | VideoClip | None = None
+    problem: str = ""
+    fix: str = ""
+    named: bool = False  # the problem is a SeekframeError's message, which names the file
+    seconds: float = 0.0  # spent loading it
+
+
+def load(loader: Callable[[], Image.Image | VideoClip]) -> _Loaded:
+    started = time.perf_counter()
+    try:
+        loaded = _Loaded(loader())
+    except SeekframeError as err:  # a decoder limit met only now, when the page or frame is loaded
+        loaded = _Loaded(problem=err.message, fix=err.fix, named=True)
+    except Exception as err:
+        loaded = _Loaded(problem=f"cannot render: {err}")
+    loaded.seconds = time.perf_counter() - started
+    return loaded
+
+
+def _load_pickled(blob: bytes) -> _Loaded:
+    """In a worker process: load the picture of a pickled loader."""
+    return load(pickle.loads(blob))
+
+
+class _LoadAhead:
+    """Pictures of the units queued for the engine, loaded by worker processes in queue order, at most `limit`
+    loaded or loading at a time (a page at 200 dpi is ~12 MB; the limit is one engine batch). A loader that
+    cannot be pickled, or one left after the workers broke, is loaded on the main thread when it is taken."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.limit = 0  # set from the engine's batch size when the first units are queued
+        self._pool: ProcessPoolExecutor | None = None
+        self._queued: deque[Unit] = deque()
+        self._started: dict[int, Future[_Loaded] | None] = {}  # id(unit) -> its load (None: on the main thread)
+        self.wait_s = 0.0  # time the main thread waited for pictures (the engine's next batch waited with it)
+        self.load_s = 0.0  # time spent loading them, summed over processes
+
+    def add(self, units: Iterable[Unit], limit: int) -> None:
+        self.limit = max(self.limit, limit)
+        self._queued.extend(units)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._queued and len(self._started) < self.limit:
+            unit = self._queued.popleft()
+            self._started[id(unit)] = self._submit(_loader(unit))
+
+    def _submit(self, loader: Callable[[], Image.Image | VideoClip]) -> Future[_Loaded] | None:
+        if self.workers <= 0:
+            return None
+        try:
+            blob = pickle.dumps(loader)
+        except Exception:  # e.g. a loader defined inside a function: loaded on the main thread
+            return None
+        if self._pool is None:
+            from ingest.pdf import _reader_pool  # forkserver processes that end with this one
+
+            self._pool = _reader_pool(self.workers)
+        return self._pool.submit(_load_pickled, blob)
+
+    def take(self, unit: Unit) -> _Loaded:
+        """The unit's picture (loaded now if no worker has it), and the next queued unit's load started."""
+        started = time.perf_counter()
+        if id(unit) in self._started:
+            future = self._started.pop(id(unit))
+        else:  # taken before its turn came (not queued, or beyond the limit)
+            self._queued = deque(u for u in self._queued if u is not unit)
+            future = None
+        self._top_up()
+        loaded = self._result(future, unit)
+        self.wait_s += time.perf_counter() - started
+        self.load_s += loaded.seconds
+        return loaded
+
+    def _result(self, future: Future[_Loaded] | None, unit: Unit) -> _Loaded:
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool as err:  # a worker died (killed, or a library crashed on a page)
+                log.warning("picture loading processes failed (%s): loading the rest on the main thread", err)
+                self.workers = 0
+                self._started = {key: None for key in self._started}
+        return load(_loader(unit))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._queued.clear()
+        self._started.clear()
+
+
 class Ingestor:
     def __init__(self, settings: Settings, store: Store, engine: Engine | None = None,
                  progress: ProgressFn = no_progress) -> None:
@@ -315,6 +444,7 @@ class Ingestor:
         self._speech: SpeechEngine | None = None
         self._speech_down: EngineError | None = None  # why the speech engine cannot run, once known
         self._writes: list[_Write] = []  # files read and chunked, not yet written (see _flush)
+        self._ahead = _LoadAhead(0)  # pictures loaded ahead of the engine: one per run (see run)
 
     @property
     def engine(self) -> Engine:
@@ -342,8 +472,12 @@ class Ingestor:
                 jobs.append(job)
         from ingest.pdf import reader_processes  # late: PyMuPDF is a heavy import
 
+        self._ahead = _LoadAhead(load_workers())
         with reader_processes():  # started once for all long PDFs of the run, and ended with it
-            self._process(jobs, report)
+            try:
+                self._process(jobs, report)
+            finally:
+                self._ahead.close()
         if prune:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
@@ -423,8 +557,13 @@ class Ingestor:
             visual = self._resume(job, self._visual_units(job))
             job.waiting = len(visual)
             pending += [(job, u) for u in visual]
+            if visual:
+                self._ahead.add(visual, self.batch_size)
             open_jobs.append(job)
-            while pending and len(pending) >= self.batch_size:
+            # With pictures loaded ahead, a batch goes to the engine once the next one is read too: its pictures
+            # load while the engine reads this one.
+            ahead = self.batch_size if pending and self._ahead.workers else 0
+            while pending and len(pending) >= self.batch_size + ahead:
                 self._enrich(pending[:self.batch_size], report)
                 pending = pending[self.batch_size:]
                 open_jobs = self._finish_ready(open_jobs, report)
@@ -537,13 +676,14 @@ class Ingestor:
         self._flush(report)  # files read so far are written before the engine's (slow) batch: none waits on it
         ready: list[tuple[_FileInFlight, Unit, Request]] = []
         for job, unit in batch:
-            try:
-                ready.append((job, unit, self._request(unit)))
-            except SeekframeError as err:  # a decoder limit met only now, when the page or frame is loaded
-                job.fix = job.fix or err.fix
-                self._fail_unit(job, unit, err.message, named=True)
-            except Exception as err:
-                self._fail_unit(job, unit, f"cannot render: {err}")
+            loaded = self._ahead.take(unit)
+            if loaded.picture is not None:
+                ready.append((job, unit, self._request(unit, loaded.picture)))
+            elif loaded.named:  # a decoder limit met only now, when the page or frame is loaded
+                job.fix = job.fix or loaded.fix
+                self._fail_unit(job, unit, loaded.problem, named=True)
+            else:
+                self._fail_unit(job, unit, loaded.problem)
         texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready])
         for (job, unit, _), text in zip(ready, texts):
             if text is not None:
@@ -559,15 +699,14 @@ class Ingestor:
             done, total = self._video_seconds
             self.progress(Progress(Stage.VIDEO, int(done), int(total), "s", "video read by the engine"))
 
-    def _request(self, unit: Unit) -> Request:
-        if unit.task == "video" and unit.video is not None:  # frames decoded only now: a batch holds its windows
-            return Request(task="video", prompt=PROMPTS[("video", unit.modality)], video=unit.video(),
+    def _request(self, unit: Unit, picture: Image.Image | VideoClip) -> Request:
+        """What the engine is asked about a unit, its picture loaded (a page or image, or a window's frames)."""
+        if isinstance(picture, VideoClip):
+            return Request(task="video", prompt=PROMPTS[("video", unit.modality)], video=picture,
                            max_new_tokens=self.settings.max_video_tokens)
-        assert unit.load_image is not None  # a unit that needs the model has a clip or an image (kb.types.Unit)
         task = unit.task or "ocr"
         limit = self.settings.max_caption_tokens if task == "caption" else self.settings.max_page_tokens
-        return Request(task=task, prompt=PROMPTS[(task, unit.modality)], images=[unit.load_image()],
-                       max_new_tokens=limit)
+        return Request(task=task, prompt=PROMPTS[(task, unit.modality)], images=[picture], max_new_tokens=limit)
 
     def _generate(self, requests: list[Request], owners: list[tuple[_FileInFlight, Unit]]) -> list[str | None]:
         """Texts for the batch; on failure each request is retried alone so one bad page fails alone."""

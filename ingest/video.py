@@ -1,10 +1,14 @@
 """Video reader: scene-aware sampled frames grouped into timestamped windows, one engine unit per window.
 
-Reading a video decodes it once at thumbnail size (sampling, key-frame JPEGs); the frames a window sends to the
-engine are decoded again, lazily, when the pipeline asks for that window, so memory stays bounded for any length.
+Reading a video decodes it once, at the engine's frame size (sampling on thumbnails, key-frame JPEGs); the kept
+frames are held as JPEGs at the engine's size (ingest/video_sampling.py PICTURE_BUDGET), so a window's frames
+need no second decode. Past that budget a window's frames are decoded again, lazily, when the pipeline asks for
+them, so memory stays bounded for any length. Long videos are sampled in time slices by several processes
+(ingest/video_slices.py).
 """
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from dataclasses import dataclass, replace
@@ -15,8 +19,9 @@ from PIL import Image
 
 from ingest.audio import probe
 from ingest.read_result import ReadResult
-from ingest.video_decoders import DAMAGED_FIX, Decoder, Frame, fit, open_video
-from ingest.video_sampling import DEFAULT_PARAMS, KeptFrame, SampleResult, SamplingParams, sample_frames
+from ingest.video_decoders import DAMAGED_FIX, Decoder, VideoInfo, fit, open_video
+from ingest.video_sampling import DEFAULT_PARAMS, KeptFrame, SamplingParams
+from ingest.video_slices import sample
 from kb.config import Settings
 from kb.errors import InputError
 from kb.i18n import said
@@ -26,7 +31,6 @@ log = logging.getLogger(__name__)
 
 # Not .ts (MPEG transport streams): in a folder of code that is TypeScript.
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv"}
-KEYFRAME_QUALITY = 85
 
 
 @dataclass
@@ -65,7 +69,7 @@ def keyframe_path(settings: Settings, sha256: str, index: int) -> Path:
 def params_from(settings: Settings) -> SamplingParams:
     return replace(DEFAULT_PARAMS, fps=settings.video_fps, max_gap=settings.video_max_gap,
                    window_min=settings.video_window_min, window_max=settings.video_window_max,
-                   window_max_frames=settings.video_window_frames)
+                   window_max_frames=settings.video_window_frames, frame_pixels=settings.video_max_pixels)
 
 
 def read_video(path: Path, source: Source, settings: Settings, params: SamplingParams | None = None) -> ReadResult:
@@ -74,24 +78,27 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
     folder = settings.keyframe_dir(source.sha256)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def save(frame: KeptFrame, rgb: Frame) -> None:
-        Image.fromarray(rgb).save(keyframe_path(settings, source.sha256, frame.index), quality=KEYFRAME_QUALITY)
+    def save(frame: KeptFrame) -> None:
+        assert frame.keyframe is not None  # the sampler encodes every kept frame's key frame
+        keyframe_path(settings, source.sha256, frame.index).write_bytes(frame.keyframe)
+        frame.keyframe = None  # written: not held for the rest of the run
 
     try:
-        sample = sample_frames(path, params, on_keep=save)
+        sampled = sample(path, params, on_keep=save)
     except InputError as err:
         # Name the file as the user gave it, not by its absolute path.
         raise InputError(source.rel, err.message.removeprefix(f"{path}: "), err.fix, code=err.code,
                          params={k: v for k, v in err.params.items() if k != "path"}) from err
-    windows = group_windows(sample.frames, sample.duration, params)
-    log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sample.kept,
-             sample.decoded, sample.dropped)
+    windows = group_windows(sampled.frames, sampled.duration, params)
+    log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sampled.kept,
+             sampled.decoded, sampled.dropped)
+    place = ClipPlace.of(sampled.info)
     units = [Unit(source, Modality.VIDEO_SEGMENT, task="video", t_start=round(w.t_start, 3), t_end=round(w.t_end, 3),
                   keyframe=str(keyframe_path(settings, source.sha256, w.frames[0].index)),
-                  video=partial(load_clip, path, sample, w.frames, settings.video_max_pixels))
+                  video=partial(load_clip, path, place, w.frames, settings.video_max_pixels))
              for w in windows]
-    result = ReadResult(kind=FileKind.VIDEO, units=units, errors=list(sample.errors),
-                        duration=round(sample.duration, 3))
+    result = ReadResult(kind=FileKind.VIDEO, units=units, errors=list(sampled.errors),
+                        duration=round(sampled.duration, 3))
     if settings.asr != "off":  # the sound track, for the speech engine: decoded only when it is transcribed
         try:
             result.audio = probe(path, source.rel)
@@ -128,16 +135,45 @@ class _OpenDecoder:
 _open = _OpenDecoder()
 
 
-def load_clip(path: Path, sample: SampleResult, frames: list[KeptFrame], max_pixels: int) -> VideoClip:
-    """The window's kept frames at the engine's pixel budget, with indices that give their true times."""
-    info = sample.info
-    size = fit(info.width, info.height, max_pixels=max_pixels)
-    images = _open.read(path, info.backend, [f.index for f in frames], size)
+@dataclass(frozen=True)
+class ClipPlace:
+    """What a window's loader needs of the video (small: it travels to a loading process with each window)."""
+
+    backend: str
+    width: int
+    height: int
+    clip_fps: float
+    total_frames: int
+    duration: float
+
+    @classmethod
+    def of(cls, info: VideoInfo) -> ClipPlace:
+        return cls(info.backend, info.width, info.height, info.clip_fps, info.total_frames, info.duration)
+
+    def clip_index(self, time: float) -> int:
+        return int(round(time * self.clip_fps))
+
+
+def load_clip(path: Path, place: ClipPlace, frames: list[KeptFrame], max_pixels: int) -> VideoClip:
+    """The window's kept frames at the engine's pixel budget, with indices that give their true times: those the
+    sampling kept as JPEGs opened, the others decoded again from the file."""
+    size = fit(place.width, place.height, max_pixels=max_pixels)
+    images = {f.index: _opened(f.picture, size) for f in frames if f.picture is not None}
+    missing = [f.index for f in frames if f.picture is None]
+    if missing:
+        images.update(_open.read(path, place.backend, missing, size))
     got = [f for f in frames if f.index in images]
     if not got:
         at = f"{frames[0].time:.1f}"
         raise InputError(str(path), f"the frames at {at} s cannot be decoded any more", DAMAGED_FIX,
                          code="video.frames_lost", params={"time": at})
-    indices = [info.clip_index(f.time) for f in got]
-    return VideoClip(frames=[images[f.index] for f in got], frame_indices=indices, fps=info.clip_fps,
-                     total_frames=max(info.total_frames, info.clip_index(info.duration), indices[-1] + 1))
+    indices = [place.clip_index(f.time) for f in got]
+    return VideoClip(frames=[images[f.index] for f in got], frame_indices=indices, fps=place.clip_fps,
+                     total_frames=max(place.total_frames, place.clip_index(place.duration), indices[-1] + 1))
+
+
+def _opened(picture: bytes, size: tuple[int, int]) -> Image.Image:
+    image = Image.open(io.BytesIO(picture))
+    image.load()
+    # Kept at another size (settings changed between reading and loading): the engine's size all the same.
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)

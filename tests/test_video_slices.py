@@ -1,0 +1,116 @@
+"""A long video sampled in time slices by processes keeps what one pass keeps; kept frames need no second decode."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import ingest.video_sampling as video_sampling
+import ingest.video_slices as video_slices
+from ingest.video import read_video
+from ingest.video_sampling import SamplingParams, sample_frames
+from kb.types import Source
+
+FPS = 10
+SECONDS = 36
+CUTS = {8.0: (200, 230, 250), 21.0: (250, 240, 200), 30.0: (230, 250, 230)}  # background colour from then on
+LINES = {0.0: "Agenda", 3.0: "1. Sampling in slices", 13.0: "2. Keep the frames", 16.0: "3. No second decode",
+         25.0: "4. Measure it"}  # a line of text appears at each time; a cut clears the slide
+PARAMS = SamplingParams(fps=2.0, max_gap=4.0, frame_pixels=320 * 180)
+
+
+def _frame(t: float) -> np.ndarray:
+    start = max([0.0] + [c for c in CUTS if c <= t])
+    img = np.full((270, 480, 3), CUTS.get(start, (250, 250, 250)), np.uint8)
+    shown = [text for at, text in sorted(LINES.items()) if start <= at <= t]
+    for i, line in enumerate(shown):
+        cv2.putText(img, line, (30, 50 + 40 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (20, 20, 20), 2, cv2.LINE_AA)
+    cv2.putText(img, f"{int(t):02d}", (420, 250), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (120, 120, 120), 1)  # a clock
+    return img
+
+
+@pytest.fixture(scope="module")
+def lecture(tmp_path_factory) -> Path:
+    """36 s of slides (OpenCV, MPEG-4): lines of text appear at known times, three cuts, a small clock."""
+    path = tmp_path_factory.mktemp("slices") / "lecture.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (480, 270))
+    for n in range(SECONDS * FPS):
+        writer.write(cv2.cvtColor(_frame(n / FPS), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def in_slices(monkeypatch):
+    """Slices of 5 s (8 of them, boundaries inside scenes and right after text changes) read by 2 processes."""
+    monkeypatch.setattr(video_slices, "SLICE_SECONDS", 5.0)
+    monkeypatch.setattr(video_slices, "SLICE_WORKERS", 2)
+
+
+def test_slices_keep_the_frames_one_pass_keeps(lecture, in_slices):
+    one_pass = sample_frames(lecture, PARAMS)
+    sliced = video_slices.sample(lecture, PARAMS)
+    assert sliced.frames == one_pass.frames  # index, time, cut and reason of every kept frame
+    assert [f.picture for f in sliced.frames] == [f.picture for f in one_pass.frames]
+    assert [f.keyframe for f in sliced.frames] == [f.keyframe for f in one_pass.frames]
+    assert (sliced.decoded, sliced.dropped, sliced.errors) == (one_pass.decoded, one_pass.dropped, [])
+    # What the slides show is kept: every cut starts a scene, every new line of text is kept within a candidate
+    # (0.5 s), and a still slide keeps a frame every max_gap seconds, also across slice boundaries (where each
+    # slice's frames before its first cut were decided with the frames before the slice).
+    kept = [f.time for f in sliced.frames]
+    assert {0.0, *CUTS} <= {round(t, 1) for t in sliced.cuts}
+    assert any("still" == f.reason for f in sliced.frames)
+    for at in LINES:
+        assert any(at <= t < at + 0.5 for t in kept), at
+    assert max(np.diff(kept)) <= PARAMS.max_gap + 1e-6
+    assert len(kept) < 0.6 * one_pass.decoded  # near-duplicates were dropped in the slices too
+
+
+def test_windows_frames_come_from_the_sampling_not_the_file(lecture, in_slices, make_settings, tmp_path):
+    """The engine's frames are kept while sampling: a window's frames load after the video is gone, and they are
+    the frames at the window's times (the burned-in clock)."""
+    settings = make_settings(video_max_pixels=320 * 180)
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(lecture.read_bytes())
+    source = Source(rel=copy.name, path=str(copy), sha256=hashlib.sha256(b"copy").hexdigest())
+    units = read_video(copy, source, settings, replace(PARAMS, frame_pixels=settings.video_max_pixels)).units
+    copy.unlink()
+    assert len(units) >= 4
+    for unit in units:
+        clip = unit.video()
+        assert clip.frames and all(f.size == (320, 180) for f in clip.frames)
+        for frame, stamp in zip(clip.frames, clip.timestamps):
+            expected = cv2.resize(_frame(stamp), (320, 180), interpolation=cv2.INTER_AREA).astype(np.int16)
+            assert np.abs(np.asarray(frame, np.int16) - expected).mean() < 6, stamp
+        assert Path(unit.keyframe).is_file()
+
+
+def test_over_the_budget_frames_are_decoded_again(lecture, make_settings, monkeypatch):
+    monkeypatch.setattr(video_sampling, "PICTURE_BUDGET", 0)
+    settings = make_settings(video_max_pixels=320 * 180)
+    source = Source(rel=lecture.name, path=str(lecture), sha256=hashlib.sha256(b"budget").hexdigest())
+    units = read_video(lecture, source, settings, replace(PARAMS, frame_pixels=settings.video_max_pixels)).units
+    clip = units[1].video()
+    expected = cv2.resize(_frame(clip.timestamps[0]), (320, 180), interpolation=cv2.INTER_AREA).astype(np.int16)
+    assert np.abs(np.asarray(clip.frames[0], np.int16) - expected).mean() < 6
+
+
+def test_small_hosts_sample_in_one_pass(monkeypatch):
+    monkeypatch.setattr(video_slices.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert video_slices.slice_workers() == 0
+    monkeypatch.setattr(video_slices.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert video_slices.slice_workers() == 6  # the main thread and the engine's processor thread keep a core
+
+
+def test_a_failed_slice_process_falls_back_to_one_pass(lecture, in_slices, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise BrokenPipeError("a sampling process died")
+
+    monkeypatch.setattr(video_slices, "_sample_in_processes", broken)
+    sampled = video_slices.sample(lecture, PARAMS)
+    assert sampled.frames == sample_frames(lecture, PARAMS).frames
+    assert "sampling it in one pass" in caplog.text
