@@ -288,7 +288,7 @@ class _SharedReaders:
 
     def get(self, workers: int) -> ProcessPoolExecutor:
         if self.pool is None:
-            self.pool = _reader_pool(workers)
+            self.pool = process_pool(workers)
         return self.pool
 
     def close(self) -> None:
@@ -315,7 +315,14 @@ def reader_processes() -> Iterator[None]:
         _run.readers = None
 
 
-def _reader_pool(workers: int) -> ProcessPoolExecutor:
+def shared_pool(workers: int) -> ProcessPoolExecutor | None:
+    """The ingest run's shared reader processes, when a `reader_processes` block is open in this thread."""
+    shared: _SharedReaders | None = getattr(_run, "readers", None)
+    return shared.get(workers) if shared is not None else None
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """New worker processes that end with this one (the readers of long PDFs, video slices, pictures ahead)."""
     # forkserver, not fork: the caller may hold threads (the app, the embedder) that a fork copies mid-way.
     # Its default preload re-imports the caller's __main__ in the fork server: in the web app that is the app
     # script, which would open the store there (and die on its lock), breaking every reader process. Preload
@@ -331,18 +338,18 @@ def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[Page
     workers = _read_workers()
     ranges = deque((start, min(start + PAGES_PER_TASK, page_count)) for start in range(0, page_count, PAGES_PER_TASK))
     if page_count >= PARALLEL_MIN_PAGES and workers > 1:
-        shared: _SharedReaders | None = getattr(_run, "readers", None)
+        readers: _SharedReaders | None = getattr(_run, "readers", None)
         try:
-            if shared is None:
-                with _reader_pool(workers) as pool:
+            if readers is None:
+                with process_pool(workers) as pool:
                     yield from _read_in_processes(pool, str(path), ranges, workers, min_side_pt)
             else:
-                yield from _read_in_processes(shared.get(workers), str(path), ranges, workers, min_side_pt)
+                yield from _read_in_processes(readers.get(workers), str(path), ranges, workers, min_side_pt)
         except BrokenProcessPool as err:
             # e.g. a script without `if __name__ == "__main__":` calls this: its processes cannot start
             log.warning("reading %s in one process: reader processes failed (%s)", path, err)
-            if shared is not None:
-                shared.pool = None  # the next long file tries fresh ones
+            if readers is not None:
+                readers.pool = None  # the next long file tries fresh ones
     for start, stop in ranges:  # the ranges no process has read
         yield from read_pages(str(path), start, stop, min_side_pt)
 

@@ -395,9 +395,9 @@ class _LoadAhead:
         except Exception:  # e.g. a loader defined inside a function: loaded on the main thread
             return None
         if self._pool is None:
-            from ingest.pdf import _reader_pool  # forkserver processes that end with this one
+            from ingest.pdf import process_pool  # forkserver processes that end with this one
 
-            self._pool = _reader_pool(self.workers)
+            self._pool = process_pool(self.workers)
         return self._pool.submit(_load_pickled, blob)
 
     def take(self, unit: Unit) -> _Loaded:

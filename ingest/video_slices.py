@@ -109,13 +109,9 @@ def _slices(picks: list[int], times: list[float]) -> list[list[int]]:
 
 def _pool(workers: int, stack: ExitStack) -> ProcessPoolExecutor:
     """The ingest run's reader processes when one is open (ingest/pdf.py), else processes for this file alone."""
-    from ingest.pdf import _reader_pool, _run  # the forkserver processes long PDFs are read with
+    from ingest.pdf import process_pool, shared_pool  # the forkserver processes long PDFs are read with
 
-    shared = getattr(_run, "readers", None)
-    if shared is not None:
-        pool: ProcessPoolExecutor = shared.get(workers)
-        return pool
-    return stack.enter_context(_reader_pool(workers))
+    return shared_pool(workers) or stack.enter_context(process_pool(workers))
 
 
 def _sample_in_processes(decoder: Decoder, params: SamplingParams, slices: list[list[int]],

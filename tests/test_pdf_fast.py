@@ -238,8 +238,8 @@ def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, m
     monkeypatch.setattr(pdf, "PAGES_PER_TASK", 4)
     monkeypatch.setattr(pdf, "_read_workers", lambda: 2)
     started = []
-    real = pdf._reader_pool
-    monkeypatch.setattr(pdf, "_reader_pool", lambda workers: started.append(real(workers)) or started[-1])
+    real = pdf.process_pool
+    monkeypatch.setattr(pdf, "process_pool", lambda workers: started.append(real(workers)) or started[-1])
     store = open_kb()
     report = Ingestor(store.settings, store).run([library])
     assert [(r.rel, r.status) for r in report.results] == [("a.pdf", "added"), ("b.pdf", "added")]
