@@ -142,7 +142,17 @@ def cached_graph(model_dir: Path, cache: Path) -> Path:
         _fuse(model_dir, exported, fused)
         _quantize(fused, quantized)
         os.replace(quantized, graph)
+    _remove_older_graphs(graph, model_dir.parent.name)
     return graph
+
+
+def _remove_older_graphs(graph: Path, model: str) -> None:
+    """Graphs of the same model under an older key (a reinstalled wheel, another ONNX Runtime or recipe) are never
+    read again by this install; each is ~33 MB, and every reinstall would leave one more. A process still running
+    on one keeps its loaded copy; another install sharing this cache exports again at its next start."""
+    for older in graph.parent.glob(f"{model}-*.onnx"):
+        if older != graph:
+            older.unlink(missing_ok=True)
 
 
 def _export(model_dir: Path, target: Path) -> None:

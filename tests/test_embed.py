@@ -130,8 +130,14 @@ def test_without_the_install_step_the_first_use_exports_into_the_user_cache(tmp_
     exported: list[object] = []
     real_export = kb.embed._export
     monkeypatch.setattr(kb.embed, "_export", lambda *args: exported.append(args) or real_export(*args))
+    cache = tmp_path / "user-cache" / "seekframe" / "onnx"
+    cache.mkdir(parents=True)
+    model = kb.embed.bundled_model_path().parent.name
+    stale = cache / f"{model}-1-2-ort0.0-r0.onnx"  # what a reinstall of the wheel leaves behind
+    stale.write_bytes(b"an older graph")
     embedder = Embedder(BUNDLED_EMBED_MODEL, "cpu")
     with caplog.at_level(logging.INFO, logger="kb.embed"):
         assert embedder.onnx is not None
     assert exported and "exporting" in caplog.text
-    assert list((tmp_path / "user-cache" / "seekframe" / "onnx").glob("*.onnx"))
+    assert [path.name for path in cache.glob("*.onnx")] == [kb.embed.graph_path(kb.embed.bundled_model_path(),
+                                                                                cache).name]  # the older one is gone
