@@ -8,6 +8,7 @@ codes, names). docs/benchmarks.md has the measurements.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -145,14 +146,20 @@ def search(store: Store, question: str, k: int = 5, filters: Filters | None = No
     return hits[:k]
 
 
+# Tantivy's search and ONNX Runtime release the GIL, so a hybrid query's lexical half runs on another core while the
+# question is embedded and the vector index searched: it takes about the longer of the two, not their sum.
+_LEXICAL_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lexical-search")
+
+
 def _retrieve(store: Store, question: str, mode: str, pool: int, where: Where | None, rrf_k: int | None,
               dense_weight: float | None, lexical_weight: float | None) -> list[Hit]:
     if mode == "lexical":
         return store.lexical_query(question, pool, where)
+    lexical_search = _LEXICAL_THREADS.submit(store.lexical_query, question, pool, where) if mode == "hybrid" else None
     dense = store.query(store.embedder.embed_query(question), pool, where)
-    if mode == "dense":
+    if lexical_search is None:
         return dense
-    lexical = store.lexical_query(question, pool, where)
+    lexical = lexical_search.result()
     s = store.settings
     weights = (s.dense_weight if dense_weight is None else dense_weight,
                s.lexical_weight if lexical_weight is None else lexical_weight)
