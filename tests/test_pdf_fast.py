@@ -55,15 +55,19 @@ def _ruled_table_page(doc: pymupdf.Document) -> pymupdf.Page:
     """A page of prose with a ruled grid under it, every cell bounded by lines (a generated report's table)."""
     page = doc.new_page()
     page.insert_textbox(pymupdf.Rect(50, 50, 550, 300), PROSE * 4, fontsize=11)
-    columns, top, height = [50, 190, 280, 370, 460, 545], 350, 20
-    for r, row in enumerate(TABLE_ROWS):
+    _draw_grid(page, TABLE_ROWS, [50, 190, 280, 370, 460, 545], top=350)
+    return page
+
+
+def _draw_grid(page: pymupdf.Page, rows: list[list[str]], columns: list[int], top: int, height: int = 20) -> None:
+    """`rows` written into a grid whose every cell is bounded by lines, `columns` its x positions."""
+    for r, row in enumerate(rows):
         for c, cell in enumerate(row):
             page.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
-    for r in range(len(TABLE_ROWS) + 1):
+    for r in range(len(rows) + 1):
         page.draw_line((columns[0], top + r * height), (columns[-1], top + r * height), width=0.6)
     for x in columns:
-        page.draw_line((x, top), (x, top + len(TABLE_ROWS) * height), width=0.6)
-    return page
+        page.draw_line((x, top), (x, top + len(rows) * height), width=0.6)
 
 
 def test_a_ruled_grid_is_read_without_the_layout_model_and_keeps_its_markdown(monkeypatch):
@@ -93,14 +97,7 @@ def test_each_table_of_a_page_keeps_its_own_cells(test_data):
     doc = pymupdf.open()
     page = _ruled_table_page(doc)
     second = [["Plant", "Output", "Staff"], ["Lyon", "9,310", "212"], ["Porto", "7,045", "187"]]
-    columns, top, height = [50, 250, 400, 545], 500, 20
-    for r, row in enumerate(second):
-        for c, cell in enumerate(row):
-            page.insert_text((columns[c] + 4, top + r * height + 14), cell, fontsize=9)
-    for r in range(len(second) + 1):
-        page.draw_line((columns[0], top + r * height), (columns[-1], top + r * height), width=0.6)
-    for x in columns:
-        page.draw_line((x, top), (x, top + len(second) * height), width=0.6)
+    _draw_grid(page, second, [50, 250, 400, 545], top=500)
     camelot = pymupdf.open(test_data / "pdfs" / "born_digital" / "camelot" / "foo.pdf")
     for sample in (page, camelot[0]):
         own = [t.to_markdown().strip() for t in find_tables(sample)]  # PyMuPDF's own, text extracted per cell
