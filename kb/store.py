@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -50,6 +51,8 @@ CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "
 # What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
 # keeps its own. Chroma's M 16 and ef_construction 100 stay: HNSW insertion is most of the fill's CPU, and
 # ef_construction 50 halves it but costs recall (0.910 -> 0.872 at 100k 384-d chunks; docs/benchmarks.md "Scale").
+# Seconds waited between tries of the ef_search update while Chroma's database is busy (about 6 s in all).
+EF_SEARCH_RETRY_WAITS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0)
 NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
@@ -185,10 +188,27 @@ class Store:
 
     def _use_ef_search(self) -> None:
         """A knowledge base made with another ef_search gets this one. Chroma applies it when this process loads
-        the HNSW index (its first query), so it holds from this open on (measured in bench/scale.py)."""
+        the HNSW index (its first query), so it holds from this open on (measured in bench/scale.py).
+
+        It is the one write of an open, so it is the one that can meet Chroma's SQLite still busy with a write of
+        this process's previous client (seen in CI under load: "database is locked"). A busy database is waited
+        for a few seconds; after that the knowledge base opens with its old value, which only costs recall, and
+        the next open tries again."""
         hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
-        if hnsw.get("ef_search", EF_SEARCH) != EF_SEARCH:
-            self._collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+        if hnsw.get("ef_search", EF_SEARCH) == EF_SEARCH:
+            return
+        for wait in (*EF_SEARCH_RETRY_WAITS, None):
+            try:
+                self._collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+                return
+            except Exception as err:  # chromadb raises its own InternalError, or sqlite3's, for a busy database
+                if "locked" not in str(err).lower():
+                    raise
+                if wait is None:
+                    log.warning("%s: kept ef_search %s this time, the database stayed busy (%s); the next open "
+                                "sets %s", display(str(self.settings.home)), hnsw.get("ef_search"), err, EF_SEARCH)
+                    return
+                time.sleep(wait)
 
     def _check_embedder(self) -> None:
         meta = self._collection.metadata or {}
