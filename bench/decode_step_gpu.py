@@ -71,11 +71,13 @@ def kernel_rows() -> list[list]:
     masked = spans.masked_attention(q, k[:, :, :width], v[:, :, :width], mask, scale)
     ms = median_ms(lambda: spans.masked_attention(q, k[:, :, :width], v[:, :, :width], mask, scale))
     rows.append([f"bf16, torch masked sdpa, width {width}", gb["bf16"], ms, gb["bf16"] / ms * 1e3, error(masked), ""])
-    defaults = spans.SPLIT, spans.BLOCK, spans.WARPS
+    defaults = spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_VIA_FP16
     variants = [("bf16", 256, 64, 4), ("fp8", 256, 64, 4), ("fp8", 256, 128, 4), ("fp8", 256, 128, 8),
-                ("fp8", 512, 128, 8), ("fp8", 512, 64, 4)]
-    for cache, split, block, warps in variants:
-        spans.SPLIT, spans.BLOCK, spans.WARPS = split, block, warps
+                ("fp8", 512, 128, 8), ("fp8", 512, 64, 4), ("fp8 via fp16", 256, 64, 4),
+                ("fp8 via fp16", 512, 64, 4), ("fp8 via fp16", 256, 128, 8)]
+    for label, split, block, warps in variants:
+        cache = label.split()[0]
+        spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_VIA_FP16 = split, block, warps, label == "fp8 via fp16"
         if cache == "fp8":
             def attend(r: slice) -> torch.Tensor:
                 return spans.decode_attention(q[r], k8[r], v8[r], seen[r], scale, key_scales=ks[r],
@@ -86,10 +88,10 @@ def kernel_rows() -> list[list]:
         out = attend(slice(None))
         alone = all(torch.equal(attend(slice(r, r + 1)), out[r:r + 1]) for r in (0, 17, 101))
         ms = median_ms(partial(attend, slice(None)))
-        rows.append([f"{cache}, spans {split}, block {block}, {warps} warps", gb[cache], ms, gb[cache] / ms * 1e3,
+        rows.append([f"{label}, spans {split}, block {block}, {warps} warps", gb[cache], ms, gb[cache] / ms * 1e3,
                      error(out), alone])
         print(rows[-1], flush=True)
-    spans.SPLIT, spans.BLOCK, spans.WARPS = defaults
+    spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_VIA_FP16 = defaults
     return rows
 
 

@@ -42,8 +42,9 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"
-    # The transformers engine's bulk decode cache (ingest): fp8 halves the bytes a decode step reads (auto: fp8 on
-    # a CUDA GPU of compute capability 8.9+, else bf16); answers always decode over the model's dtype.
+    # The transformers engine's bulk decode cache (ingest): fp8 halves its memory and the bytes a decode step reads
+    # (a CUDA GPU of compute capability 8.9+); auto is bf16 while fp8 measures slower (kb/engines/kv_slab.py:
+    # FP8_BY_DEFAULT). Answers always decode over the model's dtype.
     kv_cache: str = "auto"
     chroma_url: str = ""
     # Teams: a folder whose files the ingest workers add by themselves (empty: none), and how long a worker's

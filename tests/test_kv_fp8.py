@@ -71,7 +71,7 @@ def test_kv_cache_setting_names_its_values_and_fp8_needs_a_gpu_that_has_it():
     with pytest.raises(ConfigError, match="kv_cache"):
         load_settings({"kv_cache": "int4"}, env={})
     cpu = torch.device("cpu")
-    assert not use_fp8("auto", cpu, kernel=True)  # auto: fp8 only where the device has it
+    assert not use_fp8("auto", cpu, kernel=True)  # auto: never fp8 where the device lacks it
     assert not use_fp8("bf16", cpu, kernel=True)
     with pytest.raises(ConfigError) as err:
         use_fp8("fp8", cpu, kernel=True)
@@ -113,13 +113,21 @@ def test_kernel_on_an_fp8_cache_matches_its_dequantised_reference_and_rows_are_i
         for t, s in ((mixed_k, k8), (mixed_v, v8), (mixed_ks, ks), (mixed_vs, vs)):
             t[2] = s[2]
         row_2 = torch.equal(fp8(query, mixed_k, mixed_v, mixed_ks, mixed_vs, seen)[2], out[2])
+        d.FP8_VIA_FP16 = True  # the variant that converts to fp16 (query and probabilities rounded to fp16)
+        half = fp8(query, k8, v8, ks, vs, seen)
+        half_alone = [torch.equal(fp8(query[r:r + 1], k8[r:r + 1], v8[r:r + 1], ks[r:r + 1], vs[r:r + 1],
+                                      seen[r:r + 1]), half[r:r + 1]) for r in range(rows)]
+        half_rel = float((half.double() - ref).norm() / ref.norm())
         print(json.dumps({"to_reference": float((out.double() - ref).abs().max()), "to_unquantised": rel,
-                          "alone": alone, "row_2_among_others": row_2}))
+                          "alone": alone, "row_2_among_others": row_2, "half_to_reference": half_rel,
+                          "half_alone": half_alone}))
     """)
-    assert result["to_reference"] < 1e-5  # the kernel computes exactly the dequantised cache's attention
+    assert result["to_reference"] < 5e-5  # float32 rounding: exactly the dequantised cache's attention
     assert max(result["to_unquantised"]) < 0.06  # e4m3 rounding of keys and values, an outlier channel included
     assert result["alone"] == [True] * 4
     assert result["row_2_among_others"]
+    assert result["half_to_reference"] < 1e-3  # fp16 rounding of the query and the probabilities
+    assert result["half_alone"] == [True] * 4
 
 
 def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):

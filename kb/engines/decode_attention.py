@@ -36,6 +36,11 @@ SPLIT = 256  # columns per span: one program's share of a row (a multiple of BLO
 BLOCK = 64  # columns loaded at once by a program
 GROUP_PAD = 16  # the query heads of one key/value head, padded to the smallest matrix-unit tile
 WARPS = 4  # per program (bench/decode_step_gpu.py times the alternatives)
+# An fp8 cache is converted to the query's dtype (bf16) before the matrix products. On Hopper e4m3 -> bf16 takes
+# several instructions an element (through fp16 and fp32), e4m3 -> fp16 one per pair: the suspect for the fp8
+# kernel's 1.7 TB/s (docs/benchmarks.md). True: query, keys, values and probabilities meet in fp16 instead; not yet
+# timed on a GPU (bench/decode_step_gpu.py times both), so off.
+FP8_VIA_FP16 = False
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int, group: int) -> bool:
@@ -80,7 +85,7 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         *k_scale_strides, *v_scale_strides,
         scale, kv_heads, splits,
         GROUP=group, GROUP_PAD=GROUP_PAD, DIM=head_dim, SPLIT=SPLIT, BLOCK=BLOCK, IEEE=ieee, QUANT=quantized,
-        num_warps=WARPS)
+        HALF=quantized and FP8_VIA_FP16, num_warps=WARPS)
     merge[(rows * kv_heads,)](
         partial, top, total, seen, out, kv_heads, splits,
         GROUP=group, DIM=head_dim, SPLIT=SPLIT, SPLITS_PAD=triton.next_power_of_2(splits))
@@ -116,9 +121,9 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
                     ks_row, ks_head, vs_row, vs_head,
                     scale, kv_heads, splits,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, SPLIT: tl.constexpr,
-                    BLOCK: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr):
+                    BLOCK: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr, HALF: tl.constexpr):
     """One (row, key/value head, span): the span's unnormalised output, its running maximum and its sum. QUANT:
-    keys and values are fp8 with a scale per column (ks_ptr, vs_ptr), dequantised here."""
+    keys and values are fp8 with a scale per column (ks_ptr, vs_ptr), dequantised here; HALF: in fp16."""
     row_head = tl.program_id(0)
     span = tl.program_id(1)
     row = row_head // kv_heads
@@ -130,6 +135,8 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
         d = tl.arange(0, DIM)
         q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * q_group + d[None, :],
                     mask=g[:, None] < GROUP, other=0.0)
+        if HALF:
+            q = q.to(tl.float16)
         k_base = k_ptr + row.to(tl.int64) * k_row + head.to(tl.int64) * k_head
         v_base = v_ptr + row.to(tl.int64) * v_row + head.to(tl.int64) * v_head
         ks_base = ks_ptr + row.to(tl.int64) * ks_row + head.to(tl.int64) * ks_head
@@ -143,7 +150,7 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
             inside = c < end
             k = tl.load(k_base + c[:, None] * k_col + d[None, :], mask=inside[:, None], other=0.0)
             if QUANT:
-                k = k.to(q.dtype)  # exact: every e4m3 value is a bf16 (and an fp32) value
+                k = k.to(q.dtype)  # exact: every e4m3 value is an fp16, a bf16 and an fp32 value
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:

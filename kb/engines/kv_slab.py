@@ -13,19 +13,22 @@ mask, and a GPU step is recorded per width; on a CPU the step runs eagerly.
 Decoding only: the prompt (images, video, multimodal RoPE) goes through the model's own forward, and its cache is
 copied into the slab. Generated tokens are text, whose three RoPE positions are equal, so plain RoPE is exact.
 
-fp8 cache (`kv_cache`, settings' KB_KV_CACHE): at 128 rows a step reads ~3.5x more bytes of keys and values than of
-weights, and the kernel already reads them at the card's bandwidth, so the step's time is the cache's bytes. An
-fp8 slab stores keys and values as float8_e4m3fn with one bf16 scale per (row, key/value head, column), i.e. per
-token and head, computed from that vector's own maximum when it is written (`quantize`): the prompt's cache in
-`load`, each step's new key/value in the step. Why that granularity: vLLM's default fp8 cache and TensorRT-LLM's
-use one static scale per tensor (1.0, or calibrated offline on a data set), which needs calibration data we do not
-have and clips where a layer's keys range past e4m3's 448 (vLLM measured Qwen2-7B's perplexity 34.8 with unit
-scales against 22.6 with measured ones); vLLM's and FlashInfer's newer `fp8_per_token_head` mode computes one
-scale per token and head at write time, as here. It needs no calibration, never clips (each vector's largest
-element maps to 448, whatever Qwen's outlier key channels reach; e4m3 being a float, the other channels keep their
-~3 % precision beside a 50x outlier: tests/test_kv_fp8.py), is batch-invariant (a row's scales depend on that row
-alone) and costs 2 bytes per 128: 1.6 % more than half of the bf16 cache. The kernel dequantises in
-registers; the masked path (no kernel) dequantises the columns it reads.
+fp8 cache (`kv_cache`, settings' KB_KV_CACHE=fp8; "auto" keeps bf16 for now, see FP8_BY_DEFAULT): at 128 rows a
+step reads ~3.5x more bytes of keys and values than of weights, and the bf16 kernel reads them at the card's
+bandwidth, so halving the cache's bytes was meant to take ~4 ms off a 12 ms step. An fp8 slab stores keys and
+values as float8_e4m3fn with one bf16 scale per (row, key/value head, column), i.e. per token and head, computed
+from that vector's own maximum when it is written (`quantize`): the prompt's cache in `load`, each step's new
+key/value in the step. Why that granularity: vLLM's default fp8 cache and TensorRT-LLM's use one static scale per
+tensor (1.0, or calibrated offline on a data set), which needs calibration data we do not have and clips where a
+layer's keys range past e4m3's 448 (vLLM measured Qwen2-7B's perplexity 34.8 with unit scales against 22.6 with
+scales measured at run time); vLLM's newer `fp8_per_token_head` mode (its Triton backend; FlashInfer's is under
+review) computes one scale per token and head at write time, as here. It needs no calibration, never clips (each
+vector's largest element maps to 448, whatever Qwen's outlier key channels reach; e4m3 being a float, the other
+channels keep their ~3 % precision beside a 50x outlier: tests/test_kv_fp8.py), is batch-invariant (a row's
+scales depend on that row alone) and costs 2 bytes per 128: 1.6 % more than half of the bf16 cache. The kernel
+dequantises in registers; the masked path (no kernel) dequantises the columns it reads. Measured on the H200
+(docs/benchmarks.md): half the memory, but a slower step (the kernel's fp8 path moves half the bf16 kernel's
+bytes/s), so it is opt-in.
 """
 from __future__ import annotations
 
@@ -45,6 +48,11 @@ log = logging.getLogger(__name__)
 WIDTH_STEP = 256
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest finite value
+# What "auto" picks where the GPU has fp8: off, because on the H200 the fp8 step measured slower than bf16 (13.0 vs
+# 12.1 ms at 128 rows: the kernel reads half the bytes at half the rate, and quantizing the step's new key/value adds
+# ~0.45 ms) and greedy ids batched == alone held for 4 of 6 pages (docs/benchmarks.md, "Decode step on GPU with an
+# fp8 KV cache"). Turn on once the kernel reads fp8 at the card's bandwidth.
+FP8_BY_DEFAULT = False
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +93,7 @@ class KvSlab:
 
     Greedy picks honour `banned` (tokens never generated) and `eos` before `min_new` tokens. `kv_cache`: "bf16"
     keeps keys and values in the model's dtype, "fp8" as float8_e4m3fn with a scale per token and head (module
-    docstring; an error where the device lacks fp8), "auto" fp8 where the device has it and the per-row kernel
-    runs, else bf16.
+    docstring; an error where the device lacks fp8), "auto" the engine's choice (`use_fp8`: bf16 today).
     """
 
     def __init__(self, net: Any, rows: int, length: int, *, banned: torch.Tensor | None, eos: list[int],
@@ -308,14 +315,15 @@ class KvSlab:
 
 def use_fp8(kv_cache: str, device: torch.device, kernel: bool) -> bool:
     """Whether a slab stores fp8 keys and values: `kv_cache` is the setting (KV_CACHES); `kernel`, whether the
-    per-row kernel runs here (without it, "auto" keeps bf16: dequantising whole rows per step gains nothing)."""
+    per-row kernel runs here (without it, "auto" keeps bf16: dequantising whole rows per step gains nothing).
+    "auto" is bf16 while FP8_BY_DEFAULT is off."""
     if kv_cache not in KV_CACHES:
         raise ConfigError(f"kv_cache = {kv_cache!r} is not one of {', '.join(KV_CACHES)}",
                           "set KB_KV_CACHE to auto, bf16 or fp8")
     if kv_cache == "fp8" and not fp8_supported(device):
         raise ConfigError(f"kv_cache = 'fp8' needs a CUDA GPU of compute capability 8.9 or newer (device {device})",
-                          "set KB_KV_CACHE to auto (fp8 where the GPU has it) or bf16")
-    return kv_cache == "fp8" or (kv_cache == "auto" and kernel and fp8_supported(device))
+                          "set KB_KV_CACHE to auto or bf16")
+    return kv_cache == "fp8" or (kv_cache == "auto" and FP8_BY_DEFAULT and kernel and fp8_supported(device))
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
