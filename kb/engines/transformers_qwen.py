@@ -580,8 +580,8 @@ class TransformersEngine:
         all the group's tokens, its two halves compiled on a GPU (the layer functions the decode step uses:
         kv_slab.layer_in/layer_out), and causal attention within each prompt through one varlen flash-attention
         call. transformers' forward instead padded every prompt to the group's longest, ran attention under a
-        padding mask over the whole square, and each RMSNorm, RoPE and SiLU as separate kernels (about 40 % of
-        its prefill on an H200: docs/benchmarks.md)."""
+        padding mask over the whole square, and each RMSNorm, RoPE and SiLU as separate kernels (over a third of
+        its prefill's GPU time on an H200: docs/benchmarks.md)."""
         for width, request in zip(prepared.widths, prepared.requests):
             if width + request.max_new_tokens + DECODE_CHUNK > slab.length:  # columns_bound was too low
                 raise EngineError(f"a prompt of {width} tokens does not fit the {slab.length}-column cache",
