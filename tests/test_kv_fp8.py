@@ -165,9 +165,19 @@ def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):
         slab.spans = slab.interpret = True
         kernel = engine.generate_ids(requests)
         assert engine._slabs["bulk"] is slab
-        print(json.dumps({"masked": masked, "kernel": kernel, "stored": stored, "share": share / scales_share}))
+        # The setting reaches the engine's slabs: the bulk one follows it, answers keep the model's dtype.
+        chosen = {}
+        for setting in ("fp8", "auto", "bf16"):
+            engine.settings = engine.settings.replace(kv_cache=setting)
+            engine._slabs.clear()
+            with torch.inference_mode():
+                chosen[setting] = [engine._slab("bulk", 2, 64).fp8, engine._slab("answer", 1, 64).fp8]
+        print(json.dumps({"masked": masked, "kernel": kernel, "stored": stored, "share": share / scales_share,
+                          "chosen": chosen}))
     """, str(tiny_model_dir))
     assert result["stored"] == ["torch.float8_e4m3fn", "torch.float8_e4m3fn", "torch.bfloat16"]
     assert result["share"] == pytest.approx(1.0)  # a quarter of float32 (half of bf16), plus the scales
     assert [len(ids) for ids in result["masked"]] == [7, 4, 6]
     assert result["kernel"] == result["masked"]
+    # fp8 when asked (answers never); auto is bf16 here (no kernel on a CPU, and FP8_BY_DEFAULT is off)
+    assert result["chosen"] == {"fp8": [True, False], "auto": [False, False], "bf16": [False, False]}
