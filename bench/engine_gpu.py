@@ -457,6 +457,15 @@ def measure_processor(engine: tq.TransformersEngine, windows: int, per_task: int
               f"({windows / took:.1f} windows/s; torch threads {torch.get_num_threads()})", flush=True)
 
 
+def one_time(stats: tq.DecodeStats) -> str:
+    """A call's one-time work against its steady work (DecodeStats: steps recorded, the first prefill group's
+    excess), and its drained tail."""
+    first = f"{stats.group_s[0]:.2f} s for {stats.group_rows[0]} rows" if stats.group_s else "none"
+    return (f"warm-up {stats.warm_up_s:.1f} s ({stats.recorded} decode steps recorded in {stats.record_s:.1f} s; "
+            f"first prefill group {first}, later groups {stats.later_group_s_per_row * 1e3:.1f} ms a row), "
+            f"tail after the last group joined {stats.tail_s:.1f} s")
+
+
 def record_bulk_steps(engine: tq.TransformersEngine, requests: list[Request]) -> float:
     """Make the bulk slab for these requests, record its decode steps (every halving of the rows; every width too
     where the per-row attention kernel does not run) and compile the prefill before timing: a long ingest does it
@@ -473,7 +482,9 @@ def record_bulk_steps(engine: tq.TransformersEngine, requests: list[Request]) ->
         # The prefill's compiled layer halves and vision blocks too (symbolic sizes: compiled once).
         engine.generate_ids([dataclasses.replace(r, max_new_tokens=2) for r in requests[:2]])
     torch.cuda.synchronize()
-    return time.perf_counter() - started
+    took = time.perf_counter() - started
+    print(f"recorded before timing in {took:.1f} s; its prefill call: {one_time(engine.last_stats)}", flush=True)
+    return took
 
 
 def main() -> None:
@@ -590,7 +601,7 @@ def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int]
     q = np.percentile(lengths, [10, 50, 90, 100]).astype(int).tolist()
     refills = "; ".join(f"{k}: {s.steps} decode steps, {s.refills} refills, prefill {s.prefill_s:.1f} s "
                         f"({s.prefill_s * 1e3 / max(1, s.requests):.1f} ms/page), waited for the processor "
-                        f"{s.wait_s:.1f} s" for k, s in stats.items())
+                        f"{s.wait_s:.1f} s, {one_time(s)}" for k, s in stats.items())
     refills += "".join(f"; decode steps recorded before timing ({k} rows, every halving): {v:.1f} s"
                        for k, v in recorded.items())
     body = (f"`python -m bench.engine_gpu --pages {args.pages} --rows {args.rows} --length-scale {args.length_scale}`"

@@ -3,7 +3,8 @@
 
 The packed prefill (prompts one after another, no padding; the vision tower's own block forward) must read a
 group exactly as transformers' own padded forward does, and preparing requests on several threads must not
-change a single output.
+change a single output. A call's one-time work (recording decode steps, the first prefill group) is counted
+apart from its steady work, once per slab.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from PIL import Image
 
 from bench.engine_gpu import use_transformers_prefill
 from kb.config import VISUAL_TOKEN_PIXELS
-from kb.engines.transformers_qwen import TransformersEngine, processor_threads
+from kb.engines.kv_slab import KvSlab
+from kb.engines.transformers_qwen import DecodeStats, TransformersEngine, processor_threads
 from kb.types import Request, VideoClip
 
 BUDGET = {"image_min_pixels": 4 * VISUAL_TOKEN_PIXELS, "image_max_pixels": 16 * VISUAL_TOKEN_PIXELS,
@@ -107,3 +109,61 @@ def test_several_processor_threads_prepare_at_once_and_change_no_output(make_set
 
 def test_processor_threads_follow_the_host_cores():
     assert [processor_threads(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
+
+
+class EagerGraph:
+    """Stands in for a recorded CUDA graph on the CPU (no graphs there): a replay runs the step eagerly."""
+
+    def __init__(self, slab: KvSlab, width: int, rows: int) -> None:
+        self.slab, self.width, self.rows = slab, width, rows
+
+    def replay(self) -> None:
+        self.slab._forward(self.width, self.rows)
+
+
+def record_eagerly(slab: KvSlab, width: int, rows: int) -> EagerGraph:
+    """KvSlab._record on the CPU: leaves what a capture leaves (the step kept under its shape), computes nothing."""
+    graph = EagerGraph(slab, width, rows)
+    slab._graphs[(rows, width)] = graph  # type: ignore[assignment]
+    slab._logits[(rows, width)] = torch.empty(0)
+    return graph
+
+
+def test_a_call_counts_the_steps_it_records_and_a_later_call_on_the_same_slab_records_none(
+        make_settings, tiny_model_dir, monkeypatch):
+    engine = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                              batch_size=4, **BUDGET))
+    requests = mixed_requests() + [Request("ocr", "Read.", [noise_image(k, (100 + 20 * k, 80))],
+                                           max_new_tokens=3 + 2 * k) for k in range(4, 8)]
+    eager = engine.generate_ids(requests)
+    assert engine.last_stats is not None
+    assert (engine.last_stats.recorded, engine.last_stats.record_s) == (0, 0.0)  # a CPU slab records nothing
+
+    monkeypatch.setattr(KvSlab, "_record", record_eagerly)
+    slab = engine._slab("bulk", engine.slots, max(engine.columns_bound(r) for r in requests))  # the call's slab
+    slab.graphs_on = True
+    assert engine.generate_ids(requests) == eager
+    stats = engine.last_stats
+    # Every step shape the call needed was recorded by it, the tail's fewer rows included, and counted once.
+    assert stats.recorded == len(slab._graphs) > 0
+    assert any(rows < slab.rows for rows, _ in slab._graphs)
+    assert stats.record_s > 0
+    assert stats.warm_up_s == pytest.approx(stats.record_s + stats.prefill_warm_up_s)
+    # One prefill group per refill group of rows (4 rows // 8: one row a group), every request in one of them.
+    assert stats.group_rows == [1] * len(requests)
+    assert len(stats.group_s) == len(requests) and sum(stats.group_s) <= stats.prefill_s
+    assert 0 < stats.tail_s
+
+    assert engine.generate_ids(requests) == eager
+    again = engine.last_stats
+    assert again is not stats and (again.recorded, again.record_s) == (0, 0.0)
+    assert len(slab._graphs) == stats.recorded
+
+
+def test_prefill_warm_up_is_the_first_groups_time_beyond_a_later_groups_for_as_many_rows():
+    # Later groups: 0.75 s for 24 rows, so 0.5 s for the first group's 16: 2.5 s of it was one-time work.
+    stats = DecodeStats(group_s=[3.0, 0.5, 0.25], group_rows=[16, 16, 8], record_s=1.5)
+    assert stats.prefill_warm_up_s == pytest.approx(2.5)
+    assert stats.warm_up_s == pytest.approx(4.0)
+    assert DecodeStats(group_s=[0.4, 0.5], group_rows=[16, 16]).prefill_warm_up_s == 0.0  # a warm first group
+    assert DecodeStats(group_s=[3.0], group_rows=[16]).prefill_warm_up_s == 0.0  # nothing to compare with

@@ -769,6 +769,12 @@ class TransformersEngine:
         return int(token.item())
 
 
+def recorded_steps(slab: KvSlab) -> int:
+    """Decode steps the slab has recorded so far (0 where steps run eagerly): `record_all` up to no width records
+    nothing and answers the count."""
+    return slab.record_all(0)
+
+
 def _log_failed_warm_up(done: Future[None]) -> None:
     if done.exception() is not None:
         log.warning("warming up the answer path failed (the first answer will try again): %s", done.exception())
@@ -787,7 +793,15 @@ class _Prepared:
 
 @dataclass
 class DecodeStats:
-    """What one `generate_ids` call did: the work kept against the work computed (for the benchmark)."""
+    """What one `generate_ids` call did: the work kept against the work computed, and the one-time work of a
+    call that found nothing ready (for the benchmarks).
+
+    One-time work: the decode steps a call records (CUDA graph captures, and on the first the compile of the
+    step's layer halves), counted where the slab lacks them: all rows at the start, each halving of the rows in
+    the tail; a later call on the same slab records none. And the first prefill group of a process, which compiles
+    the prefill's layer halves and the vision tower's functions: `prefill_warm_up_s` is what it took beyond a
+    later group's time for as many rows. Every figure is read where the loop already waits for the GPU (recording
+    synchronises, a group's first tokens come back to the host), so measuring adds no sync."""
 
     requests: int = 0
     tokens: int = 0  # generated tokens kept in the outputs
@@ -796,11 +810,35 @@ class DecodeStats:
     refills: int = 0  # times new rows were prefilled into the running batch
     prefill_s: float = 0.0
     wait_s: float = 0.0  # time the GPU loop waited for the processor threads
+    recorded: int = 0  # decode steps recorded by this call (none where steps run eagerly: a CPU)
+    record_s: float = 0.0  # seconds spent recording them, the compile they trigger included
+    group_s: list[float] = field(default_factory=list)  # seconds of each prefill group, in order
+    group_rows: list[int] = field(default_factory=list)  # rows each prefill group loaded
+    tail_s: float = 0.0  # seconds after the last group joined: the rows left draining, none waiting to join
 
     @property
     def padding_share(self) -> float:
         """Share of computed row-steps that produced nothing kept (finished rows or empty slots in the batch)."""
         return 1.0 - self.tokens / self.row_steps if self.row_steps else 0.0
+
+    @property
+    def later_group_s_per_row(self) -> float:
+        """Mean seconds per row of the prefill groups after the first (0 with a single group)."""
+        rows = sum(self.group_rows[1:])
+        return sum(self.group_s[1:]) / rows if rows else 0.0
+
+    @property
+    def prefill_warm_up_s(self) -> float:
+        """What the first prefill group took beyond a later group's time for as many rows (its compile, in a fresh
+        process); 0 with a single group, where nothing tells the two apart."""
+        if len(self.group_s) < 2:
+            return 0.0
+        return max(0.0, self.group_s[0] - self.group_rows[0] * self.later_group_s_per_row)
+
+    @property
+    def warm_up_s(self) -> float:
+        """The call's one-time seconds: recording decode steps and the first prefill group's excess."""
+        return self.record_s + self.prefill_warm_up_s
 
 
 @dataclass
@@ -846,6 +884,7 @@ class _Refill:
         self.pool = ThreadPoolExecutor(max_workers=engine.processor_threads, thread_name_prefix="kb-processor")
         self.waiting: deque[int] = deque(range(len(requests)))
         self.prepared: deque[tuple[list[int], Future[_Prepared]]] = deque()
+        self.tail_from: float | None = None  # when the last group had joined (stats.tail_s)
 
     # ---- CPU side: processor work prepared ahead ------------------------------------------------------
     def _prepare_ahead(self, rows_wanted: int) -> None:
@@ -869,16 +908,32 @@ class _Refill:
         # The processor threads copy prepared groups to the GPU: no decode step may be recorded (a CUDA graph
         # capture, which other threads' copies and allocations would break) while they run. Steps of all rows are
         # recorded now; those of fewer rows only in the tail of the call, when nothing is being prepared.
-        self.slab.record_all(self.slab.length, self.slab.rows)
+        self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows))
         try:
             self._prepare_ahead(self.slab.rows)
             while self.live() or self.prepared:
                 self._refill()
+                if not self.prepared and not self.waiting and self.tail_from is None:
+                    self.tail_from = time.perf_counter()
                 if self.live():
                     self._decode_chunk()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.tail_from is not None:  # the last chunk's tokens came back to the host: its steps are done
+            self.stats.tail_s = time.perf_counter() - self.tail_from
         return [ids or [] for ids in self.results]
+
+    def _recording(self, work: Callable[[], object]) -> None:
+        """Run `work` (which may record decode steps on the slab) and count the steps it recorded and its seconds.
+        Recording synchronises with the GPU (a capture starts from an idle device), so the clock needs no sync of
+        its own; work that recorded nothing adds no seconds."""
+        before = recorded_steps(self.slab)
+        started = time.perf_counter()
+        work()
+        recorded = recorded_steps(self.slab) - before
+        if recorded:
+            self.stats.recorded += recorded
+            self.stats.record_s += time.perf_counter() - started
 
     def _refill(self) -> None:
         free = [n for n, r in enumerate(self.slots) if r is None or r.done]
@@ -900,7 +955,12 @@ class _Refill:
             self.stats.prefill_s += time.perf_counter() - started
 
     def _load(self, prepared: _Prepared, taken: list[int]) -> None:
+        # Timed alone: the group's first tokens come back to the host at its end, and what ran before it (a decode
+        # chunk, the group before) ended the same way, so the clock holds this group's GPU work and no other.
+        started = time.perf_counter()
         first = self.engine.prefill(prepared, self.slab, taken)
+        self.stats.group_s.append(time.perf_counter() - started)
+        self.stats.group_rows.append(len(taken))
         self.stats.row_steps += len(taken)
         for slot, index, width, token in zip(taken, prepared.indices, prepared.widths, first):
             row = _Row(index=index, limit=self.requests[index].max_new_tokens, width=width)
@@ -914,7 +974,10 @@ class _Refill:
         rows = self._compact(len(live)) if not self.prepared and not self.waiting else self.slab.rows
         steps = min(DECODE_CHUNK, min(r.limit - len(r.tokens) for r in live))
         width = width_for(max(r.width for r in live) + steps, self.slab.length)
-        produced = [self.slab.step(width, rows)[:rows].clone() for _ in range(steps)]
+        # The chunk's first step records the step on a slab that lacks this shape (the tail's fewer rows).
+        produced: list[torch.Tensor] = []
+        self._recording(lambda: produced.append(self.slab.step(width, rows)[:rows].clone()))
+        produced += [self.slab.step(width, rows)[:rows].clone() for _ in range(steps - 1)]
         for row in live:
             row.width += steps
         self.stats.steps += steps
