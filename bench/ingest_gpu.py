@@ -18,19 +18,20 @@ re-encoding), ingested the same way: decoding, sampling, the engine, embedding a
 SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
 sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 
-`--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME: WORK/kb,
-then WORK/kb-run2, ...), one row per run (end to end, pages/min, engine s, the engine's warm-up s from its
-DecodeStats: seconds recording decode steps plus the first prefill group's excess over a later group, steps
-recorded, the drained tail, padding, GPU busy, rows) and each run's per-stage table. The first run is a fresh
-process's; a later run loads everything again as `python -m ingest` does (the engine's weights, processor and
-KV cache, its decode steps recorded anew; the embedder; the store), after the earlier run's engine is collected
-and the GPU's cached memory emptied (a warning says so if an engine is still held), and reuses only what a process
-keeps: imported modules, the CUDA context, torch.compile's compiled code for the engine's functions (in memory
-and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on disk). So run 1 against run 2 is the compile's share; the
-rest of run 2's warm-up is recording. `--keep-engine`: runs after the first take the first run's engine instead,
-as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache and recorded steps kept): no load, no
-recording. `--fresh-compile-cache` points both compile caches at an empty folder first, so run 1 compiles
-everything even on a machine where an earlier process compiled (a lent machine keeps them between calls).
+`--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
+WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
+its DecodeStats: seconds making the KV cache, recording decode steps and the first prefill group's excess over a
+later group; steps recorded, the drained tail, padding, GPU busy, rows) and each run's per-stage table. The first
+run is a fresh process's. A later run loads everything again as `python -m ingest` does (the engine's weights,
+processor and KV cache, its decode steps recorded anew; the embedder; the store), once the earlier run's engine
+is collected and the GPU's cached memory emptied (a line says whether an engine is still held), and reuses only
+what a process keeps: imported modules, the CUDA context, torch.compile's code for the engine's functions (in
+memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on disk). So run 1 against run 2 is the compile's
+share; what run 2 still spends warming up is the cache and the recording. `--keep-engine`: runs after the first
+take the first run's engine instead, as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache
+and recorded steps kept): no load, no recording. `--fresh-compile-cache` points both compile caches at an empty
+folder first, so run 1 compiles everything even where an earlier process compiled (a lent machine keeps them
+between calls).
 
 On a CPU (a smoke test, no GPU figures): `--device cpu --model-dir COPY_OF_TINY_MODEL --embed-model FOLDER
 --length-scale 0.01`, e.g. the tiny Qwen3-VL of tests/tiny_qwen3vl.py copied to a folder of its own (the bench
@@ -500,13 +501,14 @@ def main() -> None:
 
     run_rows = [[run.number, run.how, f"{run.seconds:.1f}", rate(run), f"{run.stages.get(ENGINE_STAGE, 0):.1f}",
                  f"{run.stages.get(LOAD_ENGINE_STAGE, 0):.1f}",
-                 f"{run.warm_up_s:.1f} ({run.total('record_s'):.1f} + {run.total('prefill_warm_up_s'):.1f})",
+                 f"{run.warm_up_s:.1f} ({run.total('slab_s'):.1f} + {run.total('record_s'):.1f} + "
+                 f"{run.total('prefill_warm_up_s'):.1f})",
                  int(run.total("recorded")), f"{run.total('tail_s'):.1f}", f"{run.padding:.1%}",
                  f"{run.busy:.0%}", ",".join(str(r) for r in sorted({c.rows for c in run.engine_calls})),
                  run.chunks, run.code] for run in runs]
     header = ["run", "found", "end to end s", "pages/min (video s per s)", "engine s", "engine load s",
-              "warm-up s (recording + first prefill group)", "steps recorded", "tail s", "padding", "GPU busy",
-              "rows", "chunks", "exit code"]
+              "warm-up s (KV cache + recording + first prefill group)", "steps recorded", "tail s", "padding",
+              "GPU busy", "rows", "chunks", "exit code"]
     if args.video_minutes:
         what = (f"a {args.video_minutes:g}-minute 1280x720 video at {args.fps} fps ({video_s:.0f} s, made from the "
                 f"clips in {args.clips.name}/, {prep['make the video']:.0f} s to make, not timed)")
@@ -517,8 +519,9 @@ def main() -> None:
                f"{workers} processes loading pictures ahead; {sampling if args.video_minutes else ''}"
                f"GPU busy over each whole run. Output lengths drawn at {args.length_scale} x the real "
                f"distribution (pages; video windows keep their token cap). Warm-up = the engine's one-time work "
-               f"(DecodeStats: seconds recording decode steps, the compile they trigger included, plus the first "
-               f"prefill group's time beyond a later group's for as many rows); tail = after the last group joined. "
+               f"(DecodeStats: seconds making the KV cache, recording decode steps, the compile they trigger "
+               f"included, and the first prefill group's time beyond a later group's for as many rows); tail = "
+               f"after the last group joined. "
                f"Not timed: {untimed} and building the random models ({prep['models']:.0f} s).")
     body = f"`python -m bench.ingest_gpu {command_line(args, workers, video_slices.slice_workers())}`: {summary}\n\n"
     body += markdown_table(header, run_rows)

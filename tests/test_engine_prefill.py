@@ -3,8 +3,8 @@
 
 The packed prefill (prompts one after another, no padding; the vision tower's own block forward) must read a
 group exactly as transformers' own padded forward does, and preparing requests on several threads must not
-change a single output. A call's one-time work (recording decode steps, the first prefill group) is counted
-apart from its steady work, once per slab.
+change a single output. A call's one-time work (making the KV cache, recording decode steps, the first prefill
+group) is counted apart from its steady work, once per slab.
 """
 from __future__ import annotations
 
@@ -136,8 +136,10 @@ def test_a_call_counts_the_steps_it_records_and_a_later_call_on_the_same_slab_re
     requests = mixed_requests() + [Request("ocr", "Read.", [noise_image(k, (100 + 20 * k, 80))],
                                            max_new_tokens=3 + 2 * k) for k in range(4, 8)]
     eager = engine.generate_ids(requests)
-    assert engine.last_stats is not None
-    assert (engine.last_stats.recorded, engine.last_stats.record_s) == (0, 0.0)  # a CPU slab records nothing
+    made = engine.last_stats
+    assert made is not None
+    assert (made.recorded, made.record_s) == (0, 0.0)  # a CPU slab records nothing
+    assert made.slab_s > 0 and made.warm_up_s >= made.slab_s  # but this call made the bulk cache
 
     monkeypatch.setattr(KvSlab, "_record", record_eagerly)
     slab = engine._slab("bulk", engine.slots, max(engine.columns_bound(r) for r in requests))  # the call's slab
@@ -148,6 +150,7 @@ def test_a_call_counts_the_steps_it_records_and_a_later_call_on_the_same_slab_re
     assert stats.recorded == len(slab._graphs) > 0
     assert any(rows < slab.rows for rows, _ in slab._graphs)
     assert stats.record_s > 0
+    assert stats.slab_s == 0.0  # the first call's cache, kept
     assert stats.warm_up_s == pytest.approx(stats.record_s + stats.prefill_warm_up_s)
     # One prefill group per refill group of rows (4 rows // 8: one row a group), every request in one of them.
     assert stats.group_rows == [1] * len(requests)
@@ -156,14 +159,14 @@ def test_a_call_counts_the_steps_it_records_and_a_later_call_on_the_same_slab_re
 
     assert engine.generate_ids(requests) == eager
     again = engine.last_stats
-    assert again is not stats and (again.recorded, again.record_s) == (0, 0.0)
+    assert again is not stats and (again.recorded, again.record_s, again.slab_s) == (0, 0.0, 0.0)
     assert len(slab._graphs) == stats.recorded
 
 
 def test_prefill_warm_up_is_the_first_groups_time_beyond_a_later_groups_for_as_many_rows():
     # Later groups: 0.75 s for 24 rows, so 0.5 s for the first group's 16: 2.5 s of it was one-time work.
-    stats = DecodeStats(group_s=[3.0, 0.5, 0.25], group_rows=[16, 16, 8], record_s=1.5)
+    stats = DecodeStats(group_s=[3.0, 0.5, 0.25], group_rows=[16, 16, 8], record_s=1.5, slab_s=0.25)
     assert stats.prefill_warm_up_s == pytest.approx(2.5)
-    assert stats.warm_up_s == pytest.approx(4.0)
+    assert stats.warm_up_s == pytest.approx(4.25)
     assert DecodeStats(group_s=[0.4, 0.5], group_rows=[16, 16]).prefill_warm_up_s == 0.0  # a warm first group
     assert DecodeStats(group_s=[3.0], group_rows=[16]).prefill_warm_up_s == 0.0  # nothing to compare with

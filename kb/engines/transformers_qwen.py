@@ -504,8 +504,9 @@ class TransformersEngine:
         try:
             with self._lock, torch.inference_mode():
                 self._bulk_calls += 1
-                slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
+                slab, made_s = self._bulk_slab(requests)
                 run = _Refill(self, requests, slab)
+                run.stats.slab_s = made_s
                 ids = run.run()
         except torch.cuda.OutOfMemoryError as err:
             raise EngineError(f"GPU out of memory while decoding {self.slots} rows at once",
@@ -515,6 +516,18 @@ class TransformersEngine:
                 self._release_bulk_when_idle()
         self.last_stats = run.stats
         return ids
+
+    def _bulk_slab(self, requests: Sequence[Request]) -> tuple[KvSlab, float]:
+        """The bulk slab for these requests, and the seconds it took to make it (allocated and zeroed: the GPU
+        waited for, once per slab made) or 0 where the call found it made."""
+        started = time.perf_counter()
+        kept = self._slabs.get("bulk")
+        slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
+        if slab is kept:
+            return slab, 0.0
+        if self._device.startswith("cuda"):
+            torch.cuda.synchronize(self._device)
+        return slab, time.perf_counter() - started
 
     def prepare_to_answer(self) -> None:
         """This process answers questions (the app calls this through `load_in_background`): on a GPU, record the
@@ -796,12 +809,13 @@ class DecodeStats:
     """What one `generate_ids` call did: the work kept against the work computed, and the one-time work of a
     call that found nothing ready (for the benchmarks).
 
-    One-time work: the decode steps a call records (CUDA graph captures, and on the first the compile of the
-    step's layer halves), counted where the slab lacks them: all rows at the start, each halving of the rows in
-    the tail; a later call on the same slab records none. And the first prefill group of a process, which compiles
-    the prefill's layer halves and the vision tower's functions: `prefill_warm_up_s` is what it took beyond a
-    later group's time for as many rows. Every figure is read where the loop already waits for the GPU (recording
-    synchronises, a group's first tokens come back to the host), so measuring adds no sync."""
+    One-time work: making the bulk KV cache (a call that finds it made by an earlier call skips it); the decode
+    steps a call records (CUDA graph captures, and on the first the compile of the step's layer halves), counted
+    where the slab lacks them: all rows at the start, each halving of the rows in the tail, so a later call on the
+    same slab records none; and the first prefill group of a process, which compiles the prefill's layer halves
+    and the vision tower's functions: `prefill_warm_up_s` is what it took beyond a later group's time for as many
+    rows. Each figure is read where the call already waits for the GPU (a new cache is waited for once, recording
+    synchronises, a group's first tokens come back to the host): the decode loop gains no sync."""
 
     requests: int = 0
     tokens: int = 0  # generated tokens kept in the outputs
@@ -810,10 +824,12 @@ class DecodeStats:
     refills: int = 0  # times new rows were prefilled into the running batch
     prefill_s: float = 0.0
     wait_s: float = 0.0  # time the GPU loop waited for the processor threads
+    slab_s: float = 0.0  # seconds making the bulk KV cache (allocated, zeroed); 0 where the call found it made
     recorded: int = 0  # decode steps recorded by this call (none where steps run eagerly: a CPU)
     record_s: float = 0.0  # seconds spent recording them, the compile they trigger included
-    group_s: list[float] = field(default_factory=list)  # seconds of each prefill group, in order
-    group_rows: list[int] = field(default_factory=list)  # rows each prefill group loaded
+    # Seconds of each prefill group, in order, and the rows each loaded (left out of the printed form: long).
+    group_s: list[float] = field(default_factory=list, repr=False)
+    group_rows: list[int] = field(default_factory=list, repr=False)
     tail_s: float = 0.0  # seconds after the last group joined: the rows left draining, none waiting to join
 
     @property
@@ -837,8 +853,8 @@ class DecodeStats:
 
     @property
     def warm_up_s(self) -> float:
-        """The call's one-time seconds: recording decode steps and the first prefill group's excess."""
-        return self.record_s + self.prefill_warm_up_s
+        """The call's one-time seconds: making the KV cache, recording decode steps, the first group's excess."""
+        return self.slab_s + self.record_s + self.prefill_warm_up_s
 
 
 @dataclass
