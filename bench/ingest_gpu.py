@@ -27,17 +27,17 @@ processor and KV cache, its decode steps recorded anew; the embedder; the store)
 is collected and the GPU's cached memory emptied (a line says whether an engine is still held), and reuses only
 what a process keeps: imported modules, the CUDA context, torch.compile's code for the engine's functions (in
 memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on disk). So run 1 against run 2 is the compile's
-share; what run 2 still spends warming up is the cache and the recording. `--keep-engine`: runs after the first
-take the first run's engine instead, as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache
-and recorded steps kept): no load, no recording. `--fresh-compile-cache` points both compile caches at an empty
-folder first, so run 1 compiles everything even where an earlier process compiled (a lent machine keeps them
-between calls).
+share; what run 2 still spends warming up is the cache and the recording. `--kept-runs K`: then K more runs that
+take the engine of the run before, as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache
+and recorded steps kept): no load, no recording; `--runs 2 --kept-runs 1` gives all three in one call.
+`--fresh-compile-cache` points both compile caches at an empty folder first, so run 1 compiles everything even
+where an earlier process compiled (a lent machine keeps them between calls).
 
-On a CPU (a smoke test, no GPU figures): `--device cpu --model-dir COPY_OF_TINY_MODEL --embed-model FOLDER
---length-scale 0.01`, e.g. the tiny Qwen3-VL of tests/tiny_qwen3vl.py copied to a folder of its own (the bench
-rewrites its generation config) and the test suite's embedder; nothing is recorded or compiled there.
+On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
+`python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then
+`--device cpu --model-dir DIR --embed-model bundled:all-MiniLM-L6-v2 --length-scale 0.01 --pages 6 --out FILE`.
 
-usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--runs 1] [--keep-engine] [--fresh-compile-cache]
+usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--runs 1] [--kept-runs 0] [--fresh-compile-cache]
                                   [--work DIR] [--model-dir DIR] [--out FILE]
        python -m bench.ingest_gpu --video-minutes 60 --clips DIR [--fps 25] [...]
 """
@@ -245,6 +245,7 @@ class Stages:
 
 ENGINE_STAGE = "engine (processor, vision, decode)"
 LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
+WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
 
 @dataclasses.dataclass
@@ -255,10 +256,9 @@ class EngineCall:
     rows: int
 
 
-def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[float], list]:
+def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[float]]:
     """Timers around each stage; each page's token cap drawn from the real distribution (seeded by the page).
-    Also: each engine call's stats, the seconds of picture loading per run, and a weak reference to each engine
-    loaded (to check that a run's engine is gone before the next run loads its own)."""
+    Also: each engine call's stats and the seconds of picture loading per run."""
     import ingest.pipeline as pipeline
     import kb.engines.transformers_qwen as tq
     from kb.embed import Embedder
@@ -277,12 +277,9 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
     pipeline.Ingestor._request = request
     calls: list[EngineCall] = []
     loads: list[float] = []  # seconds spent loading pictures (summed over processes), per run
-    engines: list = []  # weak references to the engines loaded
     original_generate = tq.TransformersEngine.generate_ids
 
     def generate_ids(self, requests):
-        if not any(ref() is self for ref in engines):
-            engines.append(weakref.ref(self))
         ids = original_generate(self, requests)
         calls.append(EngineCall(self.last_stats, self.slots))
         return ids
@@ -301,22 +298,42 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
     stages.wrap(tq.TransformersEngine, "generate", ENGINE_STAGE, sync=True)
     stages.wrap(Embedder, "embed_documents", "embed chunks (GPU)", sync=True)
     stages.wrap(Store, "replace_sources", "store (Chroma + lexical + manifest; embedding above)")
-    return calls, loads, engines
+    return calls, loads
 
 
-def keep_one_engine() -> None:
-    """Every run after the first takes the first run's engine, as a worker does (ingest/__main__.py run_worker:
-    loaded once, its bulk KV cache and recorded decode steps kept between jobs)."""
-    import ingest.pipeline as pipeline
+class EngineLoads:
+    """Between `python -m ingest` and the engine it loads (ingest.pipeline.load_engine): holds the engine the last
+    run loaded, lets go of it before a run that loads its own (`let_go`), or hands it to a run that keeps it, as a
+    worker does (ingest/__main__.py run_worker: loaded once, its KV cache and recorded decode steps kept)."""
 
-    original_load, kept = pipeline.load_engine, []
+    def __init__(self) -> None:
+        import ingest.pipeline as pipeline
 
-    def load_once(settings):
-        if not kept:
-            kept.append(original_load(settings))
-        return kept[0]
+        self.last = None
+        self.keep = False
+        self.loaded: list = []  # weak references to every engine loaded
+        load = pipeline.load_engine
 
-    pipeline.load_engine = load_once
+        def load_or_keep(settings):
+            if self.keep and self.last is not None:
+                return self.last
+            self.last = load(settings)
+            self.loaded.append(weakref.ref(self.last))
+            return self.last
+
+        pipeline.load_engine = load_or_keep
+
+    def let_go(self) -> None:
+        """Free the last run's engine, as the end of its process would: the next engine then sizes its rows from
+        the same free memory. Says whether an engine is still held (the next would load beside it)."""
+        self.last = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        held = sum(ref() is not None for ref in self.loaded)
+        print(f"{len(self.loaded)} engine(s) loaded so far, {held} still in memory"
+              + (": WARNING, the next run loads beside them (fewer free bytes, maybe fewer rows)" if held else ""),
+              flush=True)
 
 
 @dataclasses.dataclass
@@ -379,21 +396,6 @@ def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, 
                calls[first_call:], sum(loads[first_load:]))
 
 
-def let_go_of_engines(engines: list) -> None:
-    """Free what the last run loaded, as the end of its process would: the next run's engine then sizes its rows
-    from the same free memory. Says so if an engine is still held (the next would load beside it)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    held = sum(ref() is not None for ref in engines)
-    print(f"{len(engines)} engine(s) loaded so far, {held} still in memory"
-          + (": WARNING, the next run loads beside them (fewer free bytes, maybe fewer rows)" if held else ""),
-          flush=True)
-
-
-WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pdfs", type=Path, help="folder of real PDFs to rasterise")
@@ -413,14 +415,14 @@ def main() -> None:
                         "keeping them while sampling")
     parser.add_argument("--runs", type=int, default=1, help="runs of `python -m ingest` in this process, each into "
                         "a fresh knowledge base (the first is cold, later ones find the compiled code warm)")
-    parser.add_argument("--keep-engine", action="store_true", help="runs after the first keep the first run's "
-                        "engine, as a worker does (no reload, no recording)")
+    parser.add_argument("--kept-runs", type=int, default=0, help="then this many runs that keep the engine of the "
+                        "run before, as a worker does (no reload, no recording)")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
     parser.add_argument("--fresh-compile-cache", action="store_true", help="empty compile caches for run 1 "
                         "(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR under --work)")
     args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs takes 1 or more")
+    if args.runs < 1 or args.kept_runs < 0:
+        parser.error("--runs takes 1 or more, --kept-runs 0 or more")
     if args.fresh_compile_cache:  # read when torch first compiles, which is later
         caches = args.work / "compile-cache"
         shutil.rmtree(caches, ignore_errors=True)
@@ -462,13 +464,12 @@ def main() -> None:
     os.environ.update({"KB_ENGINE": "transformers", "KB_MODEL": str(model_dir),
                        "KB_EMBED_MODEL": args.embed_model or str(embed_dir), "KB_DEVICE": args.device})
     stages = Stages()
-    calls, loads, engines = instrument(stages, args.length_scale)
+    calls, loads = instrument(stages, args.length_scale)
     import ingest.pipeline as pipeline
 
     if args.load_workers is not None:
         pipeline.LOAD_WORKERS = args.load_workers
-    if args.keep_engine:
-        keep_one_engine()
+    engines = EngineLoads()
     workers = pipeline.load_workers()
     import ingest.video_sampling as video_sampling
     import ingest.video_slices as video_slices
@@ -481,14 +482,15 @@ def main() -> None:
                 f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
     busy = GpuBusy()
     runs: list[Run] = []
-    for number in range(1, args.runs + 1):
+    for number in range(1, args.runs + args.kept_runs + 1):
+        engines.keep = number > args.runs
         if number == 1:
             how = "first in the process (compiles, records)"
-        elif args.keep_engine:
-            how = "same process, the first run's engine kept (a worker)"
+        elif engines.keep:
+            how = "same process, the run before's engine kept (a worker)"
         else:
             how = "same process, engine loaded again (compiled code warm)"
-            let_go_of_engines(engines)
+            engines.let_go()
         home = args.work / ("kb" if number == 1 else f"kb-run{number}")
         runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy))
         print(f"run {number} ({how}): {runs[-1].seconds:.1f} s, engine {runs[-1].stages.get(ENGINE_STAGE, 0):.1f} "
@@ -515,7 +517,7 @@ def main() -> None:
     else:
         what = f"{pages} scanned pages (from {len(list(args.pdfs.glob('*.pdf')))} PDFs of mmlongbench_dev)"
     untimed = ", ".join(k for k in prep if k != "models")
-    summary = (f"{what}, {args.runs} run(s) of `python -m ingest` in one process, each into a fresh knowledge base; "
+    summary = (f"{what}, {len(runs)} run(s) of `python -m ingest` in one process, each into a fresh knowledge base; "
                f"{workers} processes loading pictures ahead; {sampling if args.video_minutes else ''}"
                f"GPU busy over each whole run. Output lengths drawn at {args.length_scale} x the real "
                f"distribution (pages; video windows keep their token cap). Warm-up = the engine's one-time work "
@@ -540,8 +542,8 @@ def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> 
                else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
     if args.video_minutes:
         command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
-    if args.runs != 1:
-        command += f" --runs {args.runs}" + (" --keep-engine" if args.keep_engine else "")
+    if args.runs != 1 or args.kept_runs:
+        command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
     if args.fresh_compile_cache:
         command += " --fresh-compile-cache"
     return command
