@@ -461,9 +461,10 @@ def one_time(stats: tq.DecodeStats) -> str:
     """A call's one-time work against its steady work (DecodeStats: the KV cache made, steps recorded, the first
     prefill group's excess), and its drained tail."""
     first = f"{stats.group_s[0]:.2f} s for {stats.group_rows[0]} rows" if stats.group_s else "none"
+    later = (f"later groups {stats.later_group_s_per_row * 1e3:.1f} ms a row (slowest {max(stats.group_s[1:]):.2f} s)"
+             if len(stats.group_s) > 1 else "no later group")
     return (f"warm-up {stats.warm_up_s:.1f} s (KV cache made in {stats.slab_s:.1f} s; {stats.recorded} decode steps "
-            f"recorded in {stats.record_s:.1f} s; "
-            f"first prefill group {first}, later groups {stats.later_group_s_per_row * 1e3:.1f} ms a row), "
+            f"recorded in {stats.record_s:.1f} s; first prefill group {first}, {later}), "
             f"tail after the last group joined {stats.tail_s:.1f} s")
 
 

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import torch
 
-from bench.engine_gpu import GpuBusy, build_random_4b, page_lengths
+from bench.engine_gpu import GpuBusy, build_random_4b, one_time, page_lengths
 from bench.report import markdown_table, publish
 
 DPI = 150
@@ -533,7 +533,10 @@ def main() -> None:
         body += (f"\n\nRun {run.number} ({run.how}), per stage: engine {tokens:.0f} tokens kept "
                  f"({tokens / engine_s:.0f} tok/s of engine time), {run.total('refills'):.0f} refills, processor "
                  f"waits {run.total('wait_s'):.1f} s, prefill {run.total('prefill_s'):.1f} s; "
-                 f"{run.load_s:.1f} s of picture loading in all.\n\n{run.stage_table()}")
+                 f"{run.load_s:.1f} s of picture loading in all. Engine calls: "
+                 + "; ".join(f"{c.stats.requests} requests on {c.rows} rows, "
+                             f"{one_time(c.stats)}" for c in run.engine_calls)
+                 + f".\n\n{run.stage_table()}")
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
