@@ -48,8 +48,10 @@ EF_SEARCH = 800
 # Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
 CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
 # What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
-# keeps its own. Chroma's M 16 and ef_construction 100 stay: HNSW insertion is most of the fill's CPU, and
-# ef_construction 50 halves it but costs recall (0.910 -> 0.872 at 100k 384-d chunks; docs/benchmarks.md "Scale").
+# keeps its own. Chroma's M 16 and ef_construction 100 stay: a cheaper graph loses recall that ef_search 800 does not
+# win back (384-d, 252k chunks, recall@10: 0.985; ef_construction 64 0.960, 50 0.896; M 12 0.980) for 11-26 % less
+# fill CPU, and at 1M the default keeps only 0.967 (docs/benchmarks.md "HNSW build settings against recall").
+# sync_threshold stays 1,000: 20,000 saves 0.4 ms per chunk at 1M, but every open re-inserts the vectors not persisted.
 NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
