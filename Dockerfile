@@ -1,34 +1,33 @@
 # Seekframe image: the web app by default; the same image runs the ingest worker (`python -m ingest --worker`).
 #   docker build -t seekframe .                              GPU flavour: PyPI's CUDA torch (runs on a CPU too)
 #   docker build -t seekframe:cpu --build-arg FLAVOUR=cpu .   CPU flavour: CPU-only torch wheels, ~5 GB smaller
-# Two stages: the build stage makes a virtual environment with exact versions (requirements.lock); the runtime
-# stage copies it, adds the code and runs as an unprivileged user. Knowledge base and model caches are volumes.
+# One stage: a virtual environment with exact versions (requirements.lock), the code, the sample library and the
+# embedder's graph; it runs as an unprivileged user. Knowledge base and model caches are volumes. Every dependency is
+# a wheel (no compiler), so a separate build stage removed nothing and only copied the 7.5 GB environment once more:
+# a build then needed twice the disk (it ran out with 33 GB free) and minutes longer.
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE}
 # gpu: torch from PyPI (CUDA 13 wheels); cpu: torch from TORCH_INDEX_URL (PyTorch's CPU-only wheel index).
 ARG FLAVOUR=gpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# libgomp1: onnxruntime and torch threads; libglib2.0-0: OpenCV. No compilers, no curl: the health check is Python.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/seekframe seekframe \
+    && mkdir -p /data/kb /data/inbox /cache && chown -R seekframe:seekframe /data /cache
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/seekframe
 COPY requirements.txt requirements.lock /tmp/
 RUN set -eu; \
+    python -m venv /opt/seekframe; \
     case "$FLAVOUR" in \
       gpu) ;; \
       cpu) torch=$(grep -E '^(torch|torchvision)==' /tmp/requirements.lock); \
            /opt/seekframe/bin/pip install --index-url "$TORCH_INDEX_URL" $torch ;; \
       *) echo "FLAVOUR must be gpu or cpu, not '$FLAVOUR'" >&2; exit 2 ;; \
     esac; \
-    /opt/seekframe/bin/pip install -r /tmp/requirements.txt -c /tmp/requirements.lock
-
-FROM ${PYTHON_IMAGE} AS runtime
-ARG FLAVOUR=gpu
-# libgomp1: onnxruntime and torch threads; libglib2.0-0: OpenCV. No compilers, no curl: the health check is Python.
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/seekframe seekframe \
-    && mkdir -p /data/kb /data/inbox /cache && chown -R seekframe:seekframe /data /cache
-COPY --from=build /opt/seekframe /opt/seekframe
+    /opt/seekframe/bin/pip install -r /tmp/requirements.txt -c /tmp/requirements.lock; \
+    rm /tmp/requirements.txt /tmp/requirements.lock
 # Settings live in the environment (KB_*, STREAMLIT_*), secrets in a mounted .streamlit/secrets.toml: none in here.
 # The file watcher is off: a production app never reloads its code, and watching site-packages exhausts inotify.
 ENV PATH=/opt/seekframe/bin:$PATH \

@@ -20,9 +20,11 @@ usage: python -m bench.engine_gpu [--check] [--pages 512] [--rows 128] [--length
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -314,10 +316,162 @@ def check_graphs(engine: tq.TransformersEngine) -> None:
           flush=True)
 
 
+def transformers_prefill(engine: tq.TransformersEngine, prepared, slab, slots: list[int]) -> list[int]:
+    """The prefill before packing (the 'before' rows): the group left-padded to its longest prompt through
+    transformers' forward (attention under a padding mask, unfused norms and RoPE), its cache copied into the
+    slab."""
+    net = engine._net
+    inputs = {k: v.to(net.device) for k, v in prepared.inputs.items()}
+    out = net(**inputs, position_ids=prepared.positions.to(net.device), use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1]
+    if slab.banned is not None:
+        logits = logits.masked_fill(slab.banned[None], float("-inf"))
+    if slab.min_new:
+        logits = logits.masked_fill(slab.eos_mask[None], float("-inf"))
+    first = logits.argmax(-1)
+    slab.load(slots, out.past_key_values, prepared.widths, first, prepared.next_pos.to(net.device))
+    engine._first_logits = out.logits[:, -1]
+    return [int(t) for t in first.tolist()]
+
+
+_ENGINE_FORWARDS: dict = {}  # the engine's own forwards of the vision modules, while the old ones run
+
+
+def use_transformers_prefill(engine: tq.TransformersEngine, old: bool) -> None:
+    """The bench's switch to the prefill as it was (`transformers_prefill`, transformers' vision tower: Conv3d
+    patch embedding, unfused blocks; one processor thread), or back to the engine's own (packed prompts copied to
+    the GPU by the processor threads, `speed_up_vision`)."""
+    visual = engine._net.model.visual
+    modules = [visual.patch_embed, *visual.blocks]
+    if old:
+        for module in modules:
+            if "forward" in module.__dict__:
+                _ENGINE_FORWARDS[module] = module.__dict__.pop("forward")
+        engine.prefill = types.MethodType(transformers_prefill, engine)
+        engine._to_device = lambda packed: packed  # the packed copy is not used: no copy to the GPU ahead
+        engine.processor_threads = 1
+    else:
+        for module in modules:
+            if module in _ENGINE_FORWARDS:
+                module.forward = _ENGINE_FORWARDS.pop(module)
+        engine.__dict__.pop("prefill", None)
+        engine.__dict__.pop("_to_device", None)
+        engine.processor_threads = tq.processor_threads()
+
+
+def timed(run, repeat: int = 2) -> float:
+    """Median seconds of `run` on the GPU after one warm-up run."""
+    run()
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def prefill_pieces(engine: tq.TransformersEngine, prepared, slab, group: int, old: bool) -> str:
+    """One line: a prefill group's milliseconds, whole and in pieces (each timed alone, after a warm-up)."""
+    net, device, slots = engine._net, engine._net.device, list(range(group))
+    visual = net.model.visual
+    gpu = {k: v.to(device) for k, v in prepared.inputs.items()}
+    pixels, grid = gpu["pixel_values"].to(visual.dtype), gpu["image_grid_thw"]
+    whole = timed(lambda: engine.prefill(prepared, slab, slots))
+    if old:
+        copy = timed(lambda: {k: v.to(device) for k, v in prepared.inputs.items()})
+        positions = prepared.positions.to(device)
+
+        def forward():
+            return net(**gpu, position_ids=positions, use_cache=True, logits_to_keep=1).past_key_values
+    else:
+        packed = tq.pack(prepared.inputs, prepared.positions, net.config)
+        copy = timed(lambda: engine._to_device(packed))
+
+        def forward():
+            return engine._prompt_forward(prepared.packed)[1]
+    vision = timed(lambda: visual(pixels, grid_thw=grid))
+    patch = timed(lambda: visual.patch_embed(pixels))
+    prompt = timed(forward)
+    cache = forward()
+    first = torch.zeros(group, dtype=torch.long, device=device)
+    load = timed(lambda: slab.load(slots, cache, prepared.widths, first, prepared.next_pos.to(device)))
+    label = "before (transformers' forward, padded)" if old else "after (packed)"
+    where = "in the prefill" if old else "on the processor thread"
+    return (f"{label}: prefill {whole * 1e3:.1f} ms/group = {whole * 1e3 / group:.1f} ms/page; inputs to GPU "
+            f"{copy * 1e3:.1f} ms ({where}); vision tower {vision * 1e3:.1f} ms (patch embedding {patch * 1e3:.1f}); "
+            f"vision + language model {prompt * 1e3:.1f} ms, so language model {(prompt - vision) * 1e3:.1f} ms; "
+            f"copy into the slab {load * 1e3:.1f} ms")
+
+
+def profile_prefill(engine: tq.TransformersEngine, out: Path, group: int = 16) -> None:
+    """Where one prefill group's time goes (`--profile-prefill`): the processor on the CPU, the copy to the GPU,
+    the vision tower, the language model's prompt forward, padding, the copy into the slab; old and new vision
+    path; a torch.profiler table of the whole prefill (written to `out`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    requests = pages([64] * group)
+    cpu = [time.perf_counter()]
+    for _ in range(2):
+        prepared = engine.prepare(requests)
+        cpu.append(time.perf_counter())
+    print(f"processor (CPU, one thread): {(cpu[2] - cpu[1]) * 1e3 / group:.1f} ms/page "
+          f"(first call {(cpu[1] - cpu[0]) * 1e3 / group:.1f})", flush=True)
+    widths = prepared.widths
+    print(f"prompt tokens: {widths}; padded to {max(widths)}: padding {1 - sum(widths) / (max(widths) * group):.3f}",
+          flush=True)
+    slab = engine._slab("bulk", group, max(engine.columns_bound(r) for r in requests))
+    slots = list(range(group))
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    with torch.inference_mode():
+        for old in (True, False):
+            use_transformers_prefill(engine, old)
+            lines.append(prefill_pieces(engine, prepared, slab, group, old))
+            print(lines[-1], flush=True)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                engine.prefill(prepared, slab, slots)
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=70)
+            own = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
+            (out / f"prefill_profile_{'old' if old else 'new'}.txt").write_text(
+                "\n".join(lines) + "\n\n" + table + "\n\n" + own)
+            print(own, flush=True)
+    measure_processor(engine, windows=48, per_task=4)
+
+
+def measure_processor(engine: tq.TransformersEngine, windows: int, per_task: int) -> None:
+    """The video processor's throughput (windows' frames to pixel values) with 1, 2, 4 and 8 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    video = [Request("video", prompts.VIDEO_WINDOW, video=video_window(w * WINDOW_SECONDS),
+                     max_new_tokens=WINDOW_TOKENS) for w in range(windows)]
+    engine.prepare(video[:per_task])
+    for threads in (1, 2, 4, 8):
+        with ThreadPoolExecutor(threads) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda k: engine.prepare(video[k:k + per_task]), range(0, windows, per_task)))
+            took = time.perf_counter() - started
+        print(f"video processor, {threads} threads: {took * 1e3 / windows:.1f} ms/window "
+              f"({windows / took:.1f} windows/s; torch threads {torch.get_num_threads()})", flush=True)
+
+
+def one_time(stats: tq.DecodeStats) -> str:
+    """A call's one-time work against its steady work (DecodeStats: the KV cache made, steps recorded, the first
+    prefill group's excess), and its drained tail."""
+    first = f"{stats.group_s[0]:.2f} s for {stats.group_rows[0]} rows" if stats.group_s else "none"
+    later = (f"later groups {stats.later_group_s_per_row * 1e3:.1f} ms a row (slowest {max(stats.group_s[1:]):.2f} s)"
+             if len(stats.group_s) > 1 else "no later group")
+    return (f"warm-up {stats.warm_up_s:.1f} s (KV cache made in {stats.slab_s:.1f} s; {stats.recorded} decode steps "
+            f"recorded in {stats.record_s:.1f} s; first prefill group {first}, {later}), "
+            f"tail after the last group joined {stats.tail_s:.1f} s")
+
+
 def record_bulk_steps(engine: tq.TransformersEngine, requests: list[Request]) -> float:
-    """Make the bulk slab for these requests and record its decode steps (every halving of the rows; every width too
-    where the per-row attention kernel does not run)
-    before timing: a long ingest records them once. Seconds it took."""
+    """Make the bulk slab for these requests, record its decode steps (every halving of the rows; every width too
+    where the per-row attention kernel does not run) and compile the prefill before timing: a long ingest does it
+    once. Seconds it took."""
     started = time.perf_counter()
     with torch.inference_mode():
         slab = engine._slab("bulk", engine.slots, max(engine.columns_bound(r) for r in requests))
@@ -327,8 +481,12 @@ def record_bulk_steps(engine: tq.TransformersEngine, requests: list[Request]) ->
             if rows % 2:
                 break
             rows //= 2
+        # The prefill's compiled layer halves and vision blocks too (symbolic sizes: compiled once).
+        engine.generate_ids([dataclasses.replace(r, max_new_tokens=2) for r in requests[:2]])
     torch.cuda.synchronize()
-    return time.perf_counter() - started
+    took = time.perf_counter() - started
+    print(f"recorded before timing in {took:.1f} s; its prefill call: {one_time(engine.last_stats)}", flush=True)
+    return took
 
 
 def main() -> None:
@@ -346,6 +504,12 @@ def main() -> None:
     parser.add_argument("--video-minutes", type=int, default=0, help="0 skips the video workload")
     parser.add_argument("--out", type=Path, help="write the markdown section to this file, not docs/benchmarks.md")
     parser.add_argument("--model-dir", type=Path, help="where the random checkpoint is built (reused if present)")
+    parser.add_argument("--prefill-before", action="store_true",
+                        help="also run the realistic workload with the prefill as it was (transformers' padded "
+                             "forward), for a before/after in one run")
+    parser.add_argument("--profile-prefill", type=Path, metavar="DIR",
+                        help="first profile one prefill group, before and after (tables written to DIR), and time "
+                             "the video processor on 1-8 threads")
     args = parser.parse_args()
     # Random weights loop easily; the loop guard would then stop rows early and flatter the numbers.
     tq.repeating_tail = lambda *a, **k: False
@@ -373,6 +537,8 @@ def main() -> None:
         engine._net.generation_config.eos_token_id = None
         if args.check:
             check_graphs(engine)
+        if args.profile_prefill:
+            profile_prefill(engine, args.profile_prefill)
         streams = measure_streams(engine, args) if args.stream_tokens else []
         if args.streams_only:
             return finish(rows, args, build_s, load_s, engine, lengths, stats, streams, {})
@@ -382,15 +548,20 @@ def main() -> None:
             # As ingest calls it: four times as many pages as rows per engine call.
             requests = pages(page_lengths(max(args.pages, UNITS_PER_ROW * slots), args.length_scale))
             recorded[slots] = record_bulk_steps(engine, requests)
+            for old in (False, True) if args.prefill_before else (False,):
+                use_transformers_prefill(engine, old)
+                key = f"{slots} rows" + (", prefill before" if old else "")
 
-            def refill(requests: list[Request] = requests, slots: int = slots) -> tuple[int, int]:
-                engine.generate_ids(requests)
-                stats[f"{slots} rows"] = engine.last_stats
-                return engine.last_stats.tokens, engine.last_stats.row_steps
+                def refill(requests: list[Request] = requests, key: str = key) -> tuple[int, int]:
+                    engine.generate_ids(requests)
+                    stats[key] = engine.last_stats
+                    return engine.last_stats.tokens, engine.last_stats.row_steps
 
-            rows.append(measure(f"real lengths, KV slab + recorded decode step, {slots} rows", refill, busy,
-                                len(requests)))
-            print(stats[f"{slots} rows"], flush=True)
+                label = (f"before: transformers' padded prefill, {slots} rows" if old else
+                         f"real lengths, KV slab + recorded decode step, packed prefill, {slots} rows")
+                rows.append(measure(label, refill, busy, len(requests)))
+                print(stats[key], flush=True)
+            use_transformers_prefill(engine, False)
         engine.settings = engine.settings.replace(batch_size=1)
         single = pages(lengths[:args.single_pages])
         record_bulk_steps(engine, single)
@@ -430,8 +601,9 @@ def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int]
     header = ["workload", "pages", "seconds", "pages/min", "useful tok/s", "padding share", "GPU busy", "peak GiB"]
     table = markdown_table(header, rows)
     q = np.percentile(lengths, [10, 50, 90, 100]).astype(int).tolist()
-    refills = "; ".join(f"{k}: {s.steps} decode steps, {s.refills} refills, prefill {s.prefill_s:.1f} s, "
-                        f"waited for the processor {s.wait_s:.1f} s" for k, s in stats.items())
+    refills = "; ".join(f"{k}: {s.steps} decode steps, {s.refills} refills, prefill {s.prefill_s:.1f} s "
+                        f"({s.prefill_s * 1e3 / max(1, s.requests):.1f} ms/page), waited for the processor "
+                        f"{s.wait_s:.1f} s, {one_time(s)}" for k, s in stats.items())
     refills += "".join(f"; decode steps recorded before timing ({k} rows, every halving): {v:.1f} s"
                        for k, v in recorded.items())
     body = (f"`python -m bench.engine_gpu --pages {args.pages} --rows {args.rows} --length-scale {args.length_scale}`"

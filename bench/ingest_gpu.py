@@ -18,19 +18,41 @@ re-encoding), ingested the same way: decoding, sampling, the engine, embedding a
 SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
 sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 
-usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--work DIR] [--model-dir DIR] [--out FILE]
+`--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
+WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
+its DecodeStats: seconds making the KV cache, recording decode steps and the first prefill group's excess over a
+later group; steps recorded, the drained tail, padding, GPU busy, rows) and each run's per-stage table. The first
+run is a fresh process's. A later run loads everything again as `python -m ingest` does (the engine's weights,
+processor and KV cache, its decode steps recorded anew; the embedder; the store), once the earlier run's engine
+is collected and the GPU's cached memory emptied (a line says whether an engine is still held), and reuses only
+what a process keeps: imported modules, the CUDA context, torch.compile's code for the engine's functions (in
+memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on disk). So run 1 against run 2 is the compile's
+share; what run 2 still spends warming up is the cache and the recording. `--kept-runs K`: then K more runs that
+take the engine of the run before, as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache
+and recorded steps kept): no load, no recording; `--runs 2 --kept-runs 1` gives all three in one call.
+`--fresh-compile-cache` points both compile caches at an empty folder first, so run 1 compiles everything even
+where an earlier process compiled (a lent machine keeps them between calls).
+
+On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
+`python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then
+`--device cpu --model-dir DIR --embed-model bundled:all-MiniLM-L6-v2 --length-scale 0.01 --pages 6 --out FILE`.
+
+usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--runs 1] [--kept-runs 0] [--fresh-compile-cache]
+                                  [--work DIR] [--model-dir DIR] [--out FILE]
        python -m bench.ingest_gpu --video-minutes 60 --clips DIR [--fps 25] [...]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import runpy
 import shutil
 import sys
 import time
+import weakref
 import zlib
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +60,7 @@ from pathlib import Path
 
 import torch
 
-from bench.engine_gpu import GpuBusy, build_random_4b, page_lengths
+from bench.engine_gpu import GpuBusy, build_random_4b, one_time, page_lengths
 from bench.report import markdown_table, publish
 
 DPI = 150
@@ -221,8 +243,22 @@ class Stages:
         setattr(owner, name, timed)
 
 
-def instrument(stages: Stages, scale: float) -> list:
-    """Timers around each stage; each page's token cap drawn from the real distribution (seeded by the page)."""
+ENGINE_STAGE = "engine (processor, vision, decode)"
+LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
+WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
+
+
+@dataclasses.dataclass
+class EngineCall:
+    """One engine call of a run: its DecodeStats and the rows it decoded at once."""
+
+    stats: object
+    rows: int
+
+
+def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[float]]:
+    """Timers around each stage; each page's token cap drawn from the real distribution (seeded by the page).
+    Also: each engine call's stats and the seconds of picture loading per run."""
     import ingest.pipeline as pipeline
     import kb.engines.transformers_qwen as tq
     from kb.embed import Embedder
@@ -239,16 +275,17 @@ def instrument(stages: Stages, scale: float) -> list:
         return dataclasses.replace(made, max_new_tokens=page_lengths(1, scale, seed=seed)[0])
 
     pipeline.Ingestor._request = request
-    stats: list = []
+    calls: list[EngineCall] = []
     loads: list[float] = []  # seconds spent loading pictures (summed over processes), per run
     original_generate = tq.TransformersEngine.generate_ids
 
     def generate_ids(self, requests):
         ids = original_generate(self, requests)
-        stats.append(self.last_stats)
+        calls.append(EngineCall(self.last_stats, self.slots))
         return ids
 
     tq.TransformersEngine.generate_ids = generate_ids
+    stages.wrap(pipeline, "load_engine", LOAD_ENGINE_STAGE, sync=True)
     stages.wrap(pipeline, "read_file", "read (open, text layer, plan; video: decode and sample)")
     stages.wrap(pipeline._LoadAhead, "take", WAIT_STAGE)
     original_close = pipeline._LoadAhead.close
@@ -258,13 +295,105 @@ def instrument(stages: Stages, scale: float) -> list:
         original_close(self)
 
     pipeline._LoadAhead.close = close
-    stages.wrap(tq.TransformersEngine, "generate", "engine (processor, vision, decode)", sync=True)
+    stages.wrap(tq.TransformersEngine, "generate", ENGINE_STAGE, sync=True)
     stages.wrap(Embedder, "embed_documents", "embed chunks (GPU)", sync=True)
     stages.wrap(Store, "replace_sources", "store (Chroma + lexical + manifest; embedding above)")
-    return stats, loads
+    return calls, loads
 
 
-WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
+class EngineLoads:
+    """Between `python -m ingest` and the engine it loads (ingest.pipeline.load_engine): holds the engine the last
+    run loaded, lets go of it before a run that loads its own (`let_go`), or hands it to a run that keeps it, as a
+    worker does (ingest/__main__.py run_worker: loaded once, its KV cache and recorded decode steps kept)."""
+
+    def __init__(self) -> None:
+        import ingest.pipeline as pipeline
+
+        self.last = None
+        self.keep = False
+        self.loaded: list = []  # weak references to every engine loaded
+        load = pipeline.load_engine
+
+        def load_or_keep(settings):
+            if self.keep and self.last is not None:
+                return self.last
+            self.last = load(settings)
+            self.loaded.append(weakref.ref(self.last))
+            return self.last
+
+        pipeline.load_engine = load_or_keep
+
+    def let_go(self) -> None:
+        """Free the last run's engine, as the end of its process would: the next engine then sizes its rows from
+        the same free memory. Says whether an engine is still held (the next would load beside it)."""
+        self.last = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        held = sum(ref() is not None for ref in self.loaded)
+        print(f"{len(self.loaded)} engine(s) loaded so far, {held} still in memory"
+              + (": WARNING, the next run loads beside them (fewer free bytes, maybe fewer rows)" if held else ""),
+              flush=True)
+
+
+@dataclasses.dataclass
+class Run:
+    """One `python -m ingest` of the folder into its own fresh knowledge base."""
+
+    number: int
+    how: str  # what it found loaded
+    seconds: float
+    code: int
+    chunks: int
+    busy: float
+    stages: dict[str, float]
+    calls: dict[str, int]
+    engine_calls: list[EngineCall]
+    load_s: float  # picture loading, summed over processes
+
+    def total(self, field: str) -> float:
+        return sum(getattr(c.stats, field) for c in self.engine_calls)
+
+    @property
+    def padding(self) -> float:
+        return 1 - self.total("tokens") / max(1, self.total("row_steps"))
+
+    @property
+    def warm_up_s(self) -> float:
+        return self.total("warm_up_s")
+
+    def stage_table(self) -> str:
+        rows = [[stage, f"{seconds:.1f}", f"{100 * seconds / self.seconds:.0f} %", self.calls[stage]]
+                for stage, seconds in self.stages.items()]
+        rows.append(["total `python -m ingest` (model loading included)", f"{self.seconds:.1f}", "100 %", 1])
+        return markdown_table(["stage", "seconds", "share of the run", "calls"], rows)
+
+
+def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, calls: list[EngineCall],
+                loads: list[float], busy: GpuBusy) -> Run:
+    """The real `python -m ingest SCANS` in this process, into the fresh knowledge base `home`."""
+    from kb.config import load_settings
+    from kb.store import open_store
+
+    shutil.rmtree(home, ignore_errors=True)  # a fresh knowledge base: every file is read
+    os.environ["KB_HOME"] = str(home)
+    stages.seconds.clear()
+    stages.calls.clear()
+    first_call, first_load = len(calls), len(loads)
+    sys.argv = ["ingest", str(scans)]
+    started = time.perf_counter()
+    code = 0
+    with busy:
+        try:
+            runpy.run_module("ingest", run_name="__main__", alter_sys=True)
+        except SystemExit as done:
+            code = done.code or 0
+    seconds = time.perf_counter() - started
+    store = open_store(load_settings({}, env=dict(os.environ)))
+    chunks = store.count()
+    store.close()
+    return Run(number, how, seconds, code, chunks, busy.share, dict(stages.seconds), dict(stages.calls),
+               calls[first_call:], sum(loads[first_load:]))
 
 
 def main() -> None:
@@ -284,8 +413,21 @@ def main() -> None:
                         "ingest/video_slices.py's; 0: one pass)")
     parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
                         "keeping them while sampling")
+    parser.add_argument("--runs", type=int, default=1, help="runs of `python -m ingest` in this process, each into "
+                        "a fresh knowledge base (the first is cold, later ones find the compiled code warm)")
+    parser.add_argument("--kept-runs", type=int, default=0, help="then this many runs that keep the engine of the "
+                        "run before, as a worker does (no reload, no recording)")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
+    parser.add_argument("--fresh-compile-cache", action="store_true", help="empty compile caches for run 1 "
+                        "(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR under --work)")
     args = parser.parse_args()
+    if args.runs < 1 or args.kept_runs < 0:
+        parser.error("--runs takes 1 or more, --kept-runs 0 or more")
+    if args.fresh_compile_cache:  # read when torch first compiles, which is later
+        caches = args.work / "compile-cache"
+        shutil.rmtree(caches, ignore_errors=True)
+        os.environ.update({"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
+                           "TRITON_CACHE_DIR": str(caches / "triton")})
     prep = {}
     started = time.perf_counter()
     if args.video_minutes:
@@ -319,15 +461,15 @@ def main() -> None:
     prep["models"] = time.perf_counter() - started
     print(f"{pages} scanned pages or a video in {scans}; prepared in {prep}", flush=True)
 
-    home = args.work / "kb"
-    os.environ.update({"KB_HOME": str(home), "KB_ENGINE": "transformers", "KB_MODEL": str(model_dir),
+    os.environ.update({"KB_ENGINE": "transformers", "KB_MODEL": str(model_dir),
                        "KB_EMBED_MODEL": args.embed_model or str(embed_dir), "KB_DEVICE": args.device})
     stages = Stages()
-    stats, loads = instrument(stages, args.length_scale)
+    calls, loads = instrument(stages, args.length_scale)
     import ingest.pipeline as pipeline
 
     if args.load_workers is not None:
         pipeline.LOAD_WORKERS = args.load_workers
+    engines = EngineLoads()
     workers = pipeline.load_workers()
     import ingest.video_sampling as video_sampling
     import ingest.video_slices as video_slices
@@ -338,52 +480,76 @@ def main() -> None:
         video_sampling.PICTURE_BUDGET = 0
     sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
                 f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
-    sys.argv = ["ingest", str(scans)]
     busy = GpuBusy()
-    started = time.perf_counter()
-    code = 0
-    with busy:
-        try:
-            runpy.run_module("ingest", run_name="__main__", alter_sys=True)
-        except SystemExit as done:
-            code = done.code or 0
-    total = time.perf_counter() - started
-    tokens = sum(s.tokens for s in stats)
-    row_steps = sum(s.row_steps for s in stats)
-    engine_s = stages.seconds["engine (processor, vision, decode)"]
-    rows = [[stage, f"{seconds:.1f}", f"{100 * seconds / total:.0f} %", stages.calls[stage]]
-            for stage, seconds in stages.seconds.items()]
-    rows.append(["total `python -m ingest` (model loading included)", f"{total:.1f}", "100 %", 1])
-    from kb.config import load_settings
-    from kb.store import open_store
+    runs: list[Run] = []
+    for number in range(1, args.runs + args.kept_runs + 1):
+        engines.keep = number > args.runs
+        if number == 1:
+            how = "first in the process (compiles, records)"
+        elif engines.keep:
+            how = "same process, the run before's engine kept (a worker)"
+        else:
+            how = "same process, engine loaded again (compiled code warm)"
+            engines.let_go()
+        home = args.work / ("kb" if number == 1 else f"kb-run{number}")
+        runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy))
+        print(f"run {number} ({how}): {runs[-1].seconds:.1f} s, engine {runs[-1].stages.get(ENGINE_STAGE, 0):.1f} "
+              f"s, warm-up {runs[-1].warm_up_s:.1f} s", flush=True)
 
-    store = open_store(load_settings({}, env=dict(os.environ)))
-    chunks = store.count()
-    store.close()
+    def rate(run: Run) -> str:
+        if args.video_minutes:
+            return f"({video_s / run.seconds:.0f})"
+        return f"{pages * 60 / run.seconds:.0f}"
+
+    run_rows = [[run.number, run.how, f"{run.seconds:.1f}", rate(run), f"{run.stages.get(ENGINE_STAGE, 0):.1f}",
+                 f"{run.stages.get(LOAD_ENGINE_STAGE, 0):.1f}",
+                 f"{run.warm_up_s:.1f} ({run.total('slab_s'):.1f} + {run.total('record_s'):.1f} + "
+                 f"{run.total('prefill_warm_up_s'):.1f})",
+                 int(run.total("recorded")), f"{run.total('tail_s'):.1f}", f"{run.padding:.1%}",
+                 f"{run.busy:.0%}", ",".join(str(r) for r in sorted({c.rows for c in run.engine_calls})),
+                 run.chunks, run.code] for run in runs]
+    header = ["run", "found", "end to end s", "pages/min (video s per s)", "engine s", "engine load s",
+              "warm-up s (KV cache + recording + first prefill group)", "steps recorded", "tail s", "padding",
+              "GPU busy", "rows", "chunks", "exit code"]
     if args.video_minutes:
         what = (f"a {args.video_minutes:g}-minute 1280x720 video at {args.fps} fps ({video_s:.0f} s, made from the "
                 f"clips in {args.clips.name}/, {prep['make the video']:.0f} s to make, not timed)")
-        speed = f"**{total:.1f} s end to end** ({video_s / total:.0f} video seconds per second)"
     else:
         what = f"{pages} scanned pages (from {len(list(args.pdfs.glob('*.pdf')))} PDFs of mmlongbench_dev)"
-        speed = (f"**{pages * 60 / total:.0f} pages/min end to end** ({pages * 60 / max(engine_s, 1e-9):.0f} "
-                 f"pages/min of engine time)")
     untimed = ", ".join(k for k in prep if k != "models")
-    summary = (f"{what} -> {chunks} chunks in Chroma, exit code {code}: {speed}; engine: {tokens} tokens kept "
-               f"({tokens / max(engine_s, 1e-9):.0f} tok/s), padding share {1 - tokens / max(1, row_steps):.1%}, "
-               f"{sum(s.refills for s in stats)} refills, processor waits {sum(s.wait_s for s in stats):.1f} s; "
-               f"{workers} processes loading pictures ahead ({sum(loads):.1f} s of loading in all); "
-               f"{sampling if args.video_minutes else ''}"
-               f"GPU busy {busy.share:.0%} of the whole run. Output lengths drawn at {args.length_scale} x the real "
-               f"distribution (pages; video windows keep their token cap). Not timed: {untimed} and "
-               f"building the random models ({prep['models']:.0f} s).")
+    summary = (f"{what}, {len(runs)} run(s) of `python -m ingest` in one process, each into a fresh knowledge base; "
+               f"{workers} processes loading pictures ahead; {sampling if args.video_minutes else ''}"
+               f"GPU busy over each whole run. Output lengths drawn at {args.length_scale} x the real "
+               f"distribution (pages; video windows keep their token cap). Warm-up = the engine's one-time work "
+               f"(DecodeStats: seconds making the KV cache, recording decode steps, the compile they trigger "
+               f"included, and the first prefill group's time beyond a later group's for as many rows); tail = "
+               f"after the last group joined. "
+               f"Not timed: {untimed} and building the random models ({prep['models']:.0f} s).")
+    body = f"`python -m bench.ingest_gpu {command_line(args, workers, video_slices.slice_workers())}`: {summary}\n\n"
+    body += markdown_table(header, run_rows)
+    for run in runs:
+        engine_s = max(run.stages.get(ENGINE_STAGE, 0), 1e-9)
+        tokens = run.total("tokens")
+        body += (f"\n\nRun {run.number} ({run.how}), per stage: engine {tokens:.0f} tokens kept "
+                 f"({tokens / engine_s:.0f} tok/s of engine time), {run.total('refills'):.0f} refills, processor "
+                 f"waits {run.total('wait_s'):.1f} s, prefill {run.total('prefill_s'):.1f} s; "
+                 f"{run.load_s:.1f} s of picture loading in all. Engine calls: "
+                 + "; ".join(f"{c.stats.requests} requests on {c.rows} rows, "
+                             f"{one_time(c.stats)}" for c in run.engine_calls)
+                 + f".\n\n{run.stage_table()}")
+    publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
+
+
+def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> str:
     command = (f"--video-minutes {args.video_minutes:g} --clips DIR --fps {args.fps}" if args.video_minutes
                else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
     if args.video_minutes:
-        command += f" --slice-workers {video_slices.slice_workers()}" + (" --seek-frames" if args.seek_frames else "")
-    body = (f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
-            + markdown_table(["stage", "seconds", "share of the run", "calls"], rows))
-    publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
+        command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
+    if args.runs != 1 or args.kept_runs:
+        command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
+    if args.fresh_compile_cache:
+        command += " --fresh-compile-cache"
+    return command
 
 
 if __name__ == "__main__":

@@ -282,11 +282,15 @@ def record(built: dict, tested: dict | None) -> None:
                   f"{tested['ingest_seconds']:.0f} s"],
                  ["app start to healthy", f"{tested['startup_seconds']:.0f} s"],
                  ["question over HTTP to a cited answer (browser)", f"{tested['answer_seconds']:.0f} s"]]
-    body = (f"`make image-test`, {datetime.datetime.now():%Y-%m-%d %H:%M}: builds the image and runs the team "
-            "topology from it as processes: a Chroma server, an ingest worker (the sample library is dropped "
-            "into its inbox), the app; runs the image's HEALTHCHECK command and the worker's, and asks "
-            f"\"{QUESTION}\" in a browser until the answer cites `{CITATION}…`. A build with cached layers is "
-            "faster; the first one downloads the wheels.\n\n" + markdown_table(["what", "measured"], rows))
+    if tested:
+        what = (f"`make image-test`, {datetime.datetime.now():%Y-%m-%d %H:%M}: builds the image and runs the team "
+                "topology from it as processes: a Chroma server, an ingest worker (the sample library is dropped "
+                "into its inbox), the app; runs the image's HEALTHCHECK command and the worker's, and asks "
+                f"\"{QUESTION}\" in a browser until the answer cites `{CITATION}…`.")
+    else:  # `make image`: a build only, nothing was run from the image
+        what = f"`make image`, {datetime.datetime.now():%Y-%m-%d %H:%M}: builds the image only."
+    body = (what + " A build with cached layers is faster; the first one downloads the wheels.\n\n"
+            + markdown_table(["what", "measured"], rows))
     write_section("Image, measured", body, path=DEPLOY_MD, where=machine())
 
 

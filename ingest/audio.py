@@ -11,7 +11,6 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Iterator
 
-import av
 import numpy as np
 
 from ingest.read_result import AudioTrack, ReadResult
@@ -31,6 +30,8 @@ DAMAGED_FIX = "the file may be damaged: play it, or convert it again (ffmpeg -i 
 
 def probe(path: Path, label: str) -> AudioTrack | None:
     """The file's audio track, None when it has none (a silent screen recording)."""
+    import av  # here, not at the top: a folder without sound never loads FFmpeg's libraries (~60 ms a process)
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -56,6 +57,8 @@ def read_audio(path: Path, source: Source, settings: Settings) -> ReadResult:
 
 def blocks(track: AudioTrack, label: str, block_seconds: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """(offset in seconds, 16 kHz mono float32 samples) for consecutive stretches of the track."""
+    import av
+
     size = int((block_seconds or BLOCK_SECONDS) * SAMPLE_RATE)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     held: list[np.ndarray] = []

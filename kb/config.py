@@ -16,6 +16,7 @@ from kb.errors import ConfigError
 ENGINES = ("auto", "transformers", "openai", "ocr")
 QUANTS = ("none", "nf4")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+KV_CACHES = ("auto", "bf16", "fp8")  # the bulk decode's KV cache (kb/engines/kv_slab.py); bf16 = the model's dtype
 # Settings that no longer do anything: a config file that still names one loads (the value is ignored).
 RETIRED = frozenset({"generation_cache"})  # the transformers engine always decodes over a preallocated KV slab
 SEARCH_MODES = ("hybrid", "dense", "lexical")
@@ -41,6 +42,10 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"
+    # The transformers engine's bulk decode cache (ingest): fp8 halves its memory and the bytes a decode step reads
+    # (a CUDA GPU of compute capability 8.9+); auto is bf16 while fp8 measures slower (kb/engines/kv_slab.py:
+    # FP8_BY_DEFAULT). Answers always decode over the model's dtype.
+    kv_cache: str = "auto"
     chroma_url: str = ""
     # Teams: a folder whose files the ingest workers add by themselves (empty: none), and how long a worker's
     # claim on a job lasts without a heartbeat before another worker resumes the job (ingest/jobs.py).
@@ -167,8 +172,8 @@ def _coerce(name: str, raw: Any) -> Any:
 
 
 def _validate(s: Settings) -> None:
-    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "search_mode": SEARCH_MODES,
-               "rerank": RERANK_MODES, "asr": ASR_MODES, "auth": AUTH_MODES}
+    choices = {"engine": ENGINES, "quant": QUANTS, "dtype": DTYPES, "kv_cache": KV_CACHES,
+               "search_mode": SEARCH_MODES, "rerank": RERANK_MODES, "asr": ASR_MODES, "auth": AUTH_MODES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{name} = {getattr(s, name)!r} is not one of {', '.join(allowed)}",

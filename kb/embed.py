@@ -124,7 +124,10 @@ def graph_path(model_dir: Path, folder: Path) -> Path:
     import onnxruntime as ort
 
     stat = (model_dir / "model.safetensors").stat()
-    key = f"{model_dir.parent.name}-{stat.st_size}-{stat.st_mtime_ns}-ort{ort.__version__}-r{ONNX_RECIPE}"
+    # Whole seconds: an image layer keeps only those, so a graph made while an image is built (docker, buildah
+    # without --layers) must not be named by nanoseconds the built image no longer has.
+    seconds = stat.st_mtime_ns // 1_000_000_000
+    key = f"{model_dir.parent.name}-{stat.st_size}-{seconds}-ort{ort.__version__}-r{ONNX_RECIPE}"
     return folder / f"{key}.onnx"
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -47,6 +48,8 @@ SCHEMA_VERSION = 1
 EF_SEARCH = 800
 # Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
 CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
+# Seconds waited between tries of the ef_search update while Chroma's database is busy (about 6 s in all).
+EF_SEARCH_RETRY_WAITS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0)
 # What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
 # keeps its own. Chroma's M 16 and ef_construction 100 stay: a cheaper graph loses recall that ef_search 800 does not
 # win back (384-d, 252k chunks, recall@10: 0.985; ef_construction 64 0.960, 50 0.896; M 12 0.980) for 11-26 % less
@@ -187,10 +190,27 @@ class Store:
 
     def _use_ef_search(self) -> None:
         """A knowledge base made with another ef_search gets this one. Chroma applies it when this process loads
-        the HNSW index (its first query), so it holds from this open on (measured in bench/scale.py)."""
+        the HNSW index (its first query), so it holds from this open on (measured in bench/scale.py).
+
+        It is the one write of an open, so it is the one that can meet Chroma's SQLite still busy with a write of
+        this process's previous client (seen in CI under load: "database is locked"). A busy database is waited
+        for a few seconds; after that the knowledge base opens with its old value, which only costs recall, and
+        the next open tries again."""
         hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
-        if hnsw.get("ef_search", EF_SEARCH) != EF_SEARCH:
-            self._collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+        if hnsw.get("ef_search", EF_SEARCH) == EF_SEARCH:
+            return
+        for wait in (*EF_SEARCH_RETRY_WAITS, None):
+            try:
+                self._collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+                return
+            except Exception as err:  # chromadb raises its own InternalError, or sqlite3's, for a busy database
+                if "locked" not in str(err).lower():
+                    raise
+                if wait is None:
+                    log.warning("%s: kept ef_search %s this time, the database stayed busy (%s); the next open "
+                                "sets %s", display(str(self.settings.home)), hnsw.get("ef_search"), err, EF_SEARCH)
+                    return
+                time.sleep(wait)
 
     def _check_embedder(self) -> None:
         meta = self._collection.metadata or {}

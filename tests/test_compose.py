@@ -128,9 +128,14 @@ def test_app_replicas_and_workers_share_one_knowledge_base_and_one_chroma_server
     assert "seekframe-app" in app["networks"]["default"]["aliases"]
 
 
+def final_stage(dockerfile: str) -> str:
+    """The instructions of the image that is built: those after the last FROM."""
+    return dockerfile[list(re.finditer(r"^FROM ", dockerfile, re.M))[-1].start():]
+
+
 def test_the_image_runs_unprivileged_with_its_health_check_and_no_file_watcher():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    runtime = dockerfile[dockerfile.index("AS runtime"):]
+    runtime = final_stage(dockerfile)
     user = re.findall(r"^USER (\S+)", runtime, re.M)
     assert user and user[-1] not in ("root", "0")
     assert "/_stcore/health" in re.search(r"^HEALTHCHECK .*$", runtime, re.M).group(0)
@@ -141,3 +146,14 @@ def test_the_image_runs_unprivileged_with_its_health_check_and_no_file_watcher()
     # The build context is only what the image needs: no venv, knowledge base, .env or secrets.
     assert "*" in ignored and not any(x in line for line in ignored if line.startswith("!")
                                       for x in (".venv", "data/kb", ".env", "secrets"))
+
+
+def test_the_image_exports_the_embedders_graph_at_build_time():
+    """The bundled embedder's ONNX graph is made while the image is built (kb/embed.py's install step), into the
+    environment, so no container exports it at its first search (20-45 s, into /cache). It must run after the code
+    is copied and before USER: the unprivileged user cannot write into /opt/seekframe."""
+    runtime = final_stage((ROOT / "Dockerfile").read_text())
+    export = re.search(r"^RUN python -m kb\.embed$", runtime, re.M)
+    assert export, "the Dockerfile does not run `python -m kb.embed`"
+    assert runtime.index("pip install -r /tmp/requirements.txt") < runtime.index("COPY --chown=root:root kb kb") \
+        < export.start() < re.search(r"^USER ", runtime, re.M).start()

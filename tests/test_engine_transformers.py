@@ -204,13 +204,13 @@ def test_streams_from_any_thread_generate_on_one_thread(engine):
     import threading
 
     used = set()
-    forward = engine._net.forward
+    forward = engine._prompt_forward  # every answer's prompt runs through it
 
     def recording(*args, **kwargs):
         used.add(threading.get_ident())
         return forward(*args, **kwargs)
 
-    engine._net.forward = recording
+    engine._prompt_forward = recording
     assert engine.warm_up() > 0
     request = Request(task="answer", prompt="Question?", max_new_tokens=6)
     texts = []

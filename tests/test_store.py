@@ -86,6 +86,78 @@ def test_a_knowledge_base_made_with_another_ef_search_gets_the_current_one(open_
     assert again._collection.configuration_json["hnsw"]["ef_search"] == EF_SEARCH != 10
 
 
+def _reopen_with_busy_modify(open_kb, monkeypatch, busy_tries: int):
+    """A knowledge base with an older ef_search, reopened while Chroma's database answers the first `busy_tries`
+    configuration writes with SQLITE_BUSY (as it did in CI when the previous client of the process was still
+    writing; another process's lock is waited for by Chroma itself)."""
+    from chromadb.api.client import SharedSystemClient
+    from chromadb.api.models.Collection import Collection
+    from chromadb.errors import InternalError
+
+    import kb.store
+
+    store = open_kb()
+    store._collection.modify(configuration={"hnsw": {"ef_search": 10}})
+    store.close()
+    SharedSystemClient.clear_system_cache()
+    real_modify, tries = Collection.modify, []
+
+    def busy_modify(self, *args, **kwargs):
+        tries.append(1)
+        if len(tries) <= busy_tries:
+            raise InternalError("error returned from database: (code: 5) database is locked")
+        return real_modify(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "modify", busy_modify)
+    monkeypatch.setattr(kb.store, "EF_SEARCH_RETRY_WAITS", (0.01, 0.01, 0.01))
+    return open_kb(), len(tries)
+
+
+def test_a_busy_database_at_open_is_waited_for(open_kb, monkeypatch):
+    from kb.store import EF_SEARCH
+
+    store, tries = _reopen_with_busy_modify(open_kb, monkeypatch, busy_tries=2)
+    assert tries == 3
+    assert store._collection.configuration_json["hnsw"]["ef_search"] == EF_SEARCH
+
+
+def test_a_database_that_stays_busy_still_opens_and_searches(open_kb, embedder, monkeypatch, caplog):
+    """The ef_search update is not worth failing an open for: the knowledge base opens with its old value,
+    answers searches, says so in the log, and the next open tries again."""
+    from kb.manifest import SourceRecord
+    from kb.types import Chunk
+
+    store, tries = _reopen_with_busy_modify(open_kb, monkeypatch, busy_tries=99)
+    assert tries == 4
+    assert store._collection.configuration_json["hnsw"]["ef_search"] == 10
+    assert "kept ef_search 10" in caplog.text and "database stayed busy" in caplog.text
+    sha = "a" * 64
+    store.replace_source(SourceRecord(path="/docs/a.txt", rel="a.txt", sha256=sha, size=9, kind="text",
+                                      status="ok", chunks=0, engine="none", model=""),
+                         [Chunk(id="a:0", text="the lighthouse keeper's log", rel="a.txt", path="/docs/a.txt",
+                                sha256=sha, modality="text", position=0)])
+    hits = store.query(embedder.embed_query("who kept the lighthouse?"), 3)
+    assert [hit.chunk.text for hit in hits] == ["the lighthouse keeper's log"]
+
+
+def test_other_errors_of_the_ef_search_update_are_not_hidden(open_kb, monkeypatch):
+    from chromadb.api.client import SharedSystemClient
+    from chromadb.api.models.Collection import Collection
+    from chromadb.errors import InternalError
+
+    store = open_kb()
+    store._collection.modify(configuration={"hnsw": {"ef_search": 10}})
+    store.close()
+    SharedSystemClient.clear_system_cache()
+
+    def broken_modify(self, *args, **kwargs):
+        raise InternalError("disk I/O error")
+
+    monkeypatch.setattr(Collection, "modify", broken_modify)
+    with pytest.raises(InternalError, match="disk I/O error"):
+        open_kb()
+
+
 def test_collection_settings_are_fixed_when_a_knowledge_base_is_made(open_kb, make_settings, embedder, tmp_path,
                                                                      monkeypatch):
     """HNSW settings (M, ef_construction: fill speed against recall, docs/benchmarks.md "Scale") apply to new

@@ -12,6 +12,23 @@ mask, and a GPU step is recorded per width; on a CPU the step runs eagerly.
 
 Decoding only: the prompt (images, video, multimodal RoPE) goes through the model's own forward, and its cache is
 copied into the slab. Generated tokens are text, whose three RoPE positions are equal, so plain RoPE is exact.
+
+fp8 cache (`kv_cache`, settings' KB_KV_CACHE=fp8; "auto" keeps bf16 for now, see FP8_BY_DEFAULT): at 128 rows a
+step reads ~3.5x more bytes of keys and values than of weights, and the bf16 kernel reads them at the card's
+bandwidth, so halving the cache's bytes was meant to take ~4 ms off a 12 ms step. An fp8 slab stores keys and
+values as float8_e4m3fn with one bf16 scale per (row, key/value head, column), i.e. per token and head, computed
+from that vector's own maximum when it is written (`quantize`): the prompt's cache in `load`, each step's new
+key/value in the step. Why that granularity: vLLM's default fp8 cache and TensorRT-LLM's use one static scale per
+tensor (1.0, or calibrated offline on a data set), which needs calibration data we do not have and clips where a
+layer's keys range past e4m3's 448 (vLLM measured Qwen2-7B's perplexity 34.8 with unit scales against 22.6 with
+scales measured at run time); vLLM's newer `fp8_per_token_head` mode (its Triton backend; FlashInfer's is under
+review) computes one scale per token and head at write time, as here. It needs no calibration, never clips (each
+vector's largest element maps to 448, whatever Qwen's outlier key channels reach; e4m3 being a float, the other
+channels keep their ~3 % precision beside a 50x outlier: tests/test_kv_fp8.py), is batch-invariant (a row's
+scales depend on that row alone) and costs 2 bytes per 128: 1.6 % more than half of the bf16 cache. The kernel
+dequantises in registers; the masked path (no kernel) dequantises the columns it reads. Measured on the H200
+(docs/benchmarks.md): half the memory, but a slower step (the kernel's fp8 path moves half the bf16 kernel's
+bytes/s), so it is opt-in.
 """
 from __future__ import annotations
 
@@ -20,13 +37,22 @@ from typing import Any
 
 import torch
 
+from kb.config import KV_CACHES
 from kb.engines import decode_attention as spans
+from kb.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Masked attention (no per-row kernel) reads the first `width` columns of every row, width a multiple of this: a
 # few recorded steps cover all lengths, and no step reads more than WIDTH_STEP - 1 columns past the longest row.
 WIDTH_STEP = 256
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # e4m3's largest finite value
+# What "auto" picks where the GPU has fp8: off, because on the H200 the fp8 step measured slower than bf16 (13.0 vs
+# 12.1 ms at 128 rows: the kernel reads half the bytes at half the rate, and quantizing the step's new key/value adds
+# ~0.45 ms) and greedy ids batched == alone held for 4 of 6 pages (docs/benchmarks.md, "Decode step on GPU with an
+# fp8 KV cache"). Turn on once the kernel reads fp8 at the card's bandwidth.
+FP8_BY_DEFAULT = False
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -34,15 +60,44 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def fp8_supported(device: torch.device) -> bool:
+    """Whether this device computes with float8_e4m3fn: a CUDA GPU of compute capability 8.9 (Ada) or newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., head_dim) as float8_e4m3fn and one bf16 scale per vector (...,): x ~ fp8 * scale. The scale is
+    rounded up to a bf16 value (so no element passes FP8_MAX); a vector of zeros gets a tiny scale, not 0/0."""
+    top = x.abs().amax(-1).float()
+    scale = (top * ((1 + 2 ** -7) / FP8_MAX)).clamp_min(1e-30).to(torch.bfloat16)
+    stored = (x.float() / scale.float()[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return stored, scale
+
+
+def dequantize(stored: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`quantize`'s inverse, in `dtype` (the masked attention's path and the tests)."""
+    return (stored.float() * scale.float()[..., None]).to(dtype)
+
+
+def layer_in_fp8(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int,
+                 kv_heads: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`layer_in` with its key and value quantized for an fp8 slab: query, key fp8, key scales, value fp8, value
+    scales. One function, so that the compiled step fuses the quantizing into layer_in's own kernels."""
+    query, key, value = layer_in(hidden, cos, sin, eps, head_dim, kv_heads, *weights)
+    return (query, *quantize(key), *quantize(value))
+
+
 class KvSlab:
     """`rows` rows of keys and values for every layer, `length` columns each, plus the decode state of each row:
     the token to feed next, its RoPE position, the row's length (its next free column) and tokens generated.
 
-    Greedy picks honour `banned` (tokens never generated) and `eos` before `min_new` tokens.
+    Greedy picks honour `banned` (tokens never generated) and `eos` before `min_new` tokens. `kv_cache`: "bf16"
+    keeps keys and values in the model's dtype, "fp8" as float8_e4m3fn with a scale per token and head (module
+    docstring; an error where the device lacks fp8), "auto" the engine's choice (`use_fp8`: bf16 today).
     """
 
     def __init__(self, net: Any, rows: int, length: int, *, banned: torch.Tensor | None, eos: list[int],
-                 min_new: int, graphs: bool, compiled: bool = True) -> None:
+                 min_new: int, graphs: bool, compiled: bool = True, kv_cache: str = "bf16") -> None:
         text = net.config.text_config
         self.lm = net.model.language_model
         self.lm_head = net.lm_head
@@ -52,10 +107,20 @@ class KvSlab:
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         device, dtype = net.lm_head.weight.device, net.lm_head.weight.dtype
         self.device, self.dtype = device, dtype
+        group = text.num_attention_heads // self.kv_heads
+        self.spans = spans.available(device, dtype, self.head_dim, group)
+        self.fp8 = use_fp8(kv_cache, device, self.spans)
         shape = (rows, self.kv_heads, self.length, self.head_dim)
         # Zeros, not empty: masked columns still meet the values (0 x NaN would poison a row).
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.lm.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.lm.layers]
+        stored = FP8 if self.fp8 else dtype
+        self.keys = [torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
+        self.values = [torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
+        # fp8: each column's scale per row and key/value head (empty lists for a bf16 slab).
+        scales = shape[:3] if self.fp8 else None
+        self.key_scales = [torch.zeros(scales, dtype=torch.bfloat16, device=device)
+                           for _ in self.lm.layers] if scales else []
+        self.value_scales = [torch.zeros(scales, dtype=torch.bfloat16, device=device)
+                             for _ in self.lm.layers] if scales else []
         self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)
         self.lens = torch.zeros(rows, dtype=torch.long, device=device)
@@ -69,11 +134,9 @@ class KvSlab:
         self.min_new = min_new
         self.rules: tuple[Any, ...] = ()  # what the owner made it for (rows, stopping rules): remade when they change
         self.graphs_on = graphs and device.type == "cuda"
-        # Attention reads each row only to its own length (decode_attention.py) where the kernel runs; elsewhere
-        # (a CPU, no Triton) torch's attention reads every row to the step's width under a mask. `interpret` runs
-        # the kernel in Triton's interpreter (the CPU tests).
-        group = text.num_attention_heads // self.kv_heads
-        self.spans = spans.available(device, dtype, self.head_dim, group)
+        # Attention reads each row only to its own length (decode_attention.py) where the kernel runs (`spans`,
+        # set above); elsewhere (a CPU, no Triton) torch's attention reads every row to the step's width under a
+        # mask. `interpret` runs the kernel in Triton's interpreter (the CPU tests).
         self.interpret = False
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (rows stepped, width read)
         self._pool: Any = None
@@ -86,11 +149,13 @@ class KvSlab:
         # symbolic, so one compiled copy serves every layer, row count and width.
         self._compiled: tuple[Any, Any] | None = None
         if self.graphs_on and compiled and self._weights is not None:
-            self._compiled = (torch.compile(layer_in, dynamic=True), torch.compile(layer_out, dynamic=True))
+            self._compiled = (torch.compile(layer_in_fp8 if self.fp8 else layer_in, dynamic=True),
+                              torch.compile(layer_out, dynamic=True))
 
     @property
     def bytes(self) -> int:
-        return 2 * len(self.keys) * self.keys[0].numel() * self.keys[0].element_size()
+        tensors = [*self.keys, *self.values, *self.key_scales, *self.value_scales]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def fits(self, columns: int) -> bool:
         return columns <= self.length
@@ -102,9 +167,15 @@ class KvSlab:
         go to columns [0, width); the row then feeds `first` at RoPE position `next_pos`."""
         for n, layer in enumerate(cache.layers):
             group_width = layer.keys.shape[2]
+            keys, values = layer.keys, layer.values
+            if self.fp8:  # the whole group at once: one quantize per layer, not per row
+                (keys, key_scales), (values, value_scales) = quantize(keys), quantize(values)
             for row, (slot, width) in enumerate(zip(slots, widths)):
-                self.keys[n][slot, :, :width] = layer.keys[row, :, group_width - width:]
-                self.values[n][slot, :, :width] = layer.values[row, :, group_width - width:]
+                self.keys[n][slot, :, :width] = keys[row, :, group_width - width:]
+                self.values[n][slot, :, :width] = values[row, :, group_width - width:]
+                if self.fp8:
+                    self.key_scales[n][slot, :, :width] = key_scales[row, :, group_width - width:]
+                    self.value_scales[n][slot, :, :width] = value_scales[row, :, group_width - width:]
         index = torch.tensor(slots, device=self.device)
         self.tokens[index] = first
         self.pos[index] = next_pos
@@ -114,9 +185,8 @@ class KvSlab:
     def move(self, source: int, target: int, width: int) -> None:
         """Move a row's first `width` columns and its state to another slot (compacting the rows before the tail
         of a run, so fewer rows are stepped)."""
-        for keys, values in zip(self.keys, self.values):
-            keys[target, :, :width] = keys[source, :, :width]
-            values[target, :, :width] = values[source, :, :width]
+        for cache in (*self.keys, *self.values, *self.key_scales, *self.value_scales):  # fp8: as stored
+            cache[target, :, :width] = cache[source, :, :width]
         for state in (self.tokens, self.pos, self.lens, self.count):
             state[target] = state[source]
 
@@ -190,25 +260,41 @@ class KvSlab:
         write = lens.clamp(max=self.length - 1)  # finished rows keep stepping until refilled: stay inside
         seen = write + 1  # columns each row attends to, its new token's included
         visible = None if self.spans else spans.visible_columns(seen, width)
-        into, out_of = (self._compiled if self.graphs_on and self._compiled else (layer_in, layer_out))
+        into, out_of = (self._compiled if self.graphs_on and self._compiled else
+                        (layer_in_fp8 if self.fp8 else layer_in, layer_out))
+        at = (self.row_index[:rows], slice(None), write)  # each row's next free column
         for n, layer in enumerate(lm.layers):
             attn = layer.self_attn
             if self._weights:
                 weights = self._weights[n]
-                query, key, value = into(hidden, cos[:, 0], sin[:, 0], self.eps, self.head_dim, self.kv_heads,
-                                         *weights[:4])
+                query, *new = into(hidden, cos[:, 0], sin[:, 0], self.eps, self.head_dim, self.kv_heads,
+                                   *weights[:4])
             else:  # a quantized or otherwise special layer: its own modules
                 query, key, value = _module_layer_in(layer, hidden, cos[:, 0], sin[:, 0], self.head_dim)
+                new = [*quantize(key), *quantize(value)] if self.fp8 else [key, value]
             keys, values = self.keys[n][:rows], self.values[n][:rows]
-            keys[self.row_index[:rows], :, write] = key
-            values[self.row_index[:rows], :, write] = value
+            key_scales = value_scales = None
+            if self.fp8:
+                key_scales, value_scales = self.key_scales[n][:rows], self.value_scales[n][:rows]
+                # Written as bytes: index_put has no fp8 kernel on every build.
+                keys.view(torch.uint8)[at] = new[0].view(torch.uint8)
+                key_scales[at] = new[1]
+                values.view(torch.uint8)[at] = new[2].view(torch.uint8)
+                value_scales[at] = new[3]
+            else:
+                keys[at], values[at] = new
             # One query token per row, its query heads grouped per key/value head: the cache is read once.
             heads = query.shape[1]
             grouped = query.view(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
             if visible is None:
-                out = spans.decode_attention(grouped, keys, values, seen, attn.scaling, interpret=self.interpret)
+                out = spans.decode_attention(grouped, keys, values, seen, attn.scaling, interpret=self.interpret,
+                                             key_scales=key_scales, value_scales=value_scales)
             else:
-                out = spans.masked_attention(grouped, keys[:, :, :width], values[:, :, :width], visible, attn.scaling)
+                keys, values = keys[:, :, :width], values[:, :, :width]
+                if key_scales is not None and value_scales is not None:
+                    keys = dequantize(keys, key_scales[:, :, :width], query.dtype)
+                    values = dequantize(values, value_scales[:, :, :width], query.dtype)
+                out = spans.masked_attention(grouped, keys, values, visible, attn.scaling)
             attended = out.reshape(rows, 1, heads * self.head_dim)
             if self._weights:
                 hidden = out_of(hidden, attended, self.eps, *weights[4:])
@@ -225,6 +311,19 @@ class KvSlab:
         pos.add_(1)
         lens.add_(1)
         count.add_(1)
+
+
+def use_fp8(kv_cache: str, device: torch.device, kernel: bool) -> bool:
+    """Whether a slab stores fp8 keys and values: `kv_cache` is the setting (KV_CACHES); `kernel`, whether the
+    per-row kernel runs here (without it, "auto" keeps bf16: dequantising whole rows per step gains nothing).
+    "auto" is bf16 while FP8_BY_DEFAULT is off."""
+    if kv_cache not in KV_CACHES:
+        raise ConfigError(f"kv_cache = {kv_cache!r} is not one of {', '.join(KV_CACHES)}",
+                          "set KB_KV_CACHE to auto, bf16 or fp8")
+    if kv_cache == "fp8" and not fp8_supported(device):
+        raise ConfigError(f"kv_cache = 'fp8' needs a CUDA GPU of compute capability 8.9 or newer (device {device})",
+                          "set KB_KV_CACHE to auto or bf16")
+    return kv_cache == "fp8" or (kv_cache == "auto" and FP8_BY_DEFAULT and kernel and fp8_supported(device))
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,18 @@
 """The in-process engine: Qwen3-VL (2B/4B/8B Instruct, or a local folder) through transformers 5.x.
 
-Prompts (pictures, video, multimodal RoPE) go through transformers' forward; decoding runs over a preallocated KV
+Prompts (pictures, video, multimodal RoPE) go through the model's vision tower and its decoder layers packed;
+decoding runs over a preallocated KV
 cache (kb/engines/kv_slab.py), whose step is recorded once per cache width as a CUDA graph on a GPU. Bulk
 generation is continuous batching (`generate_ids`): `slots` rows decode greedily, and rows that finish (end of
-turn, token cap, loop guard) are replaced in place by waiting requests, whose processor work is prepared on a CPU
-thread while the GPU decodes. Answers stream from a one-row cache. Video frames keep their true `<t seconds>`
-stamps.
+turn, token cap, loop guard) are replaced in place by waiting requests, whose processor work is prepared on CPU
+threads while the GPU decodes. A group's prompts are prefilled packed, with no padding (`prefill`). Answers stream
+from a one-row cache. Video frames keep their true `<t seconds>` stamps.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -21,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import TextIteratorStreamer
 
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.engines import DEFAULT_BATCH, gpu_rows
 from kb.engines.guard import repeating_tail, trim_repetition
-from kb.engines.kv_slab import KvSlab, width_for
+from kb.engines.kv_slab import KvSlab, layer_in, layer_out, plain_weights, rms, rotate_half, turn, width_for
 from kb.errors import ConfigError, EngineError
 from kb.hub import hub_reachable
 from kb.types import Request, VideoClip
@@ -52,6 +55,17 @@ ANSWER_COLUMNS = 8192
 # 68 GB, 0.8-1.6 s to record its steps; docs/benchmarks.md, "Decode step on GPU"), while holding it idle keeps half
 # the card from the embedder, the answers' pictures and any other process.
 BULK_IDLE_S = 30.0
+# Processor threads of a bulk call: a page's or a video window's pixel values take 0.1-0.35 CPU-s (resize, patch
+# reshape, normalisation: torch CPU ops, which release the GIL), so one thread cannot keep a GPU fed with video
+# windows. A quarter of the host's cores, at least one (the cores are shared with the picture loaders and the
+# decode loop), at most PROCESSOR_THREADS_MAX.
+PROCESSOR_THREADS_MAX = 4
+
+
+def processor_threads(cores: int | None = None) -> int:
+    """Threads that prepare a bulk call's requests (processor work) at once, from the host's cores."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(PROCESSOR_THREADS_MAX, cores // 4))
 
 
 def resolve_device(setting: str) -> str:
@@ -121,6 +135,112 @@ def build_messages(request: Request) -> list[dict[str, Any]]:
     return messages
 
 
+def patch_embed_as_matmul(embed: Any) -> None:
+    """Run the vision tower's patch embedding as the matrix product it is. Its Conv3d has kernel == stride (one
+    non-overlapping 2x16x16 patch per output), which cuDNN runs as a slow generic convolution on some GPU and
+    dtype combinations (transformers #45750; vLLM and SGLang make it a Linear); same weights, same result."""
+    proj = embed.proj
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = proj.weight.view(proj.out_channels, -1)
+        return F.linear(hidden_states.reshape(-1, weight.shape[1]).to(weight.dtype), weight, proj.bias)
+
+    embed.forward = forward
+
+
+def speed_up_vision(net: Any, compiled: bool) -> None:
+    """The vision tower as the serving engines run it: patches through one matrix product, and each block's work
+    around attention as two fused (compiled, on a GPU) functions of its weights (`vision_in`, `vision_out`): in
+    transformers' block, the LayerNorms, the RoPE in float32, GELU and the residual adds were about 110 of the
+    270 ms the tower took for 16 pages on an H200. Attention stays torch's, one call per picture (cuDNN's fused
+    kernel there: faster than one varlen flash-attention call over all of them, 89 vs 116 ms for 16 pages)."""
+    visual = net.model.visual
+    patch_embed_as_matmul(visual.patch_embed)
+    if visual.config.hidden_act != "gelu_pytorch_tanh":
+        return  # another activation: the blocks keep transformers' forward
+    into, out_of = Compiled(vision_in, compiled), Compiled(vision_out, compiled)
+    bounds = _PictureBounds()
+    for block in visual.blocks:
+        block.forward = _vision_block(block, into, out_of, bounds)
+
+
+class Compiled:
+    """A plain function of tensors compiled once with symbolic sizes (one copy for every layer and size), or
+    plain; it runs plain from the first time compiling fails (logged), as the decode step does."""
+
+    def __init__(self, function: Callable[..., Any], compiled: bool) -> None:
+        self.plain = function
+        self.function = torch.compile(function, dynamic=True) if compiled else function
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            return self.function(*args)
+        except Exception as err:  # noqa: BLE001 - the compiler failed: the same function uncompiled
+            if self.function is self.plain:
+                raise
+            log.warning("compiling %s failed, it runs uncompiled: %s", self.plain.__name__, err)
+            self.function = self.plain
+            return self.plain(*args)
+
+
+class _PictureBounds:
+    """Where each picture begins in the vision tower's packed patches, read to the host once per forward (the
+    tower hands the same tensor to all its blocks), not once per block."""
+
+    def __init__(self) -> None:
+        self._last: tuple[torch.Tensor, list[int]] | None = None
+
+    def __call__(self, cu_seqlens: torch.Tensor) -> list[int]:
+        if self._last is None or self._last[0] is not cu_seqlens:
+            self._last = (cu_seqlens, cu_seqlens.tolist())
+        return self._last[1]
+
+
+def _vision_block(block: Any, into: Compiled, out_of: Compiled, bounds: _PictureBounds) -> Callable[..., Any]:
+    """A Qwen3-VL vision block's forward over its own weights (same arguments as transformers' forward)."""
+    attn, mlp = block.attn, block.mlp
+    heads, eps = int(attn.num_heads), float(block.norm1.eps)
+
+    def forward(hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        cos, sin = position_embeddings
+        query, key, value = into(hidden_states, cos, sin, block.norm1.weight, block.norm1.bias, attn.qkv.weight,
+                                 attn.qkv.bias, heads, eps)
+        edges = bounds(cu_seqlens)
+        heads_first = [t.transpose(0, 1)[None] for t in (query, key, value)]  # (1, heads, patches, head_dim)
+        attended = torch.cat([F.scaled_dot_product_attention(heads_first[0][:, :, a:b], heads_first[1][:, :, a:b],
+                                                             heads_first[2][:, :, a:b], scale=attn.scaling)
+                              [0].transpose(0, 1) for a, b in zip(edges, edges[1:])])
+        out: torch.Tensor = out_of(hidden_states, attended.reshape(hidden_states.shape[0], -1), attn.proj.weight,
+                                   attn.proj.bias, block.norm2.weight, block.norm2.bias, mlp.linear_fc1.weight,
+                                   mlp.linear_fc1.bias, mlp.linear_fc2.weight, mlp.linear_fc2.bias, eps)
+        return out
+
+    return forward
+
+
+def vision_in(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor,
+              norm_bias: torch.Tensor, qkv: torch.Tensor, qkv_bias: torch.Tensor, heads: int, eps: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A vision block up to attention: LayerNorm, the qkv projection, 2-D RoPE on query and key in float32 (as
+    the model does). x (patches, hidden); returns query, key, value (patches, heads, head_dim)."""
+    patches = x.shape[0]
+    normed = F.layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+    query, key, value = F.linear(normed, qkv, qkv_bias).view(patches, 3, heads, -1).unbind(1)
+    cos, sin = cos[:, None].float(), sin[:, None].float()
+    turned = [(t.float() * cos + rotate_half(t.float()) * sin).to(x.dtype) for t in (query, key)]
+    return turned[0], turned[1], value
+
+
+def vision_out(x: torch.Tensor, attended: torch.Tensor, proj: torch.Tensor, proj_bias: torch.Tensor,
+               norm_weight: torch.Tensor, norm_bias: torch.Tensor, fc1: torch.Tensor, fc1_bias: torch.Tensor,
+               fc2: torch.Tensor, fc2_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """A vision block after attention: output projection, residual, LayerNorm, the GELU (tanh) MLP, residual."""
+    x = x + F.linear(attended, proj, proj_bias)
+    normed = F.layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+    return x + F.linear(F.gelu(F.linear(normed, fc1, fc1_bias), approximate="tanh"), fc2, fc2_bias)
+
+
 def even_clip(clip: VideoClip) -> VideoClip:
     """Pad an odd frame count by repeating the last frame (and its index).
 
@@ -132,6 +252,101 @@ def even_clip(clip: VideoClip) -> VideoClip:
         return clip
     return VideoClip(frames=clip.frames + clip.frames[-1:], frame_indices=clip.frame_indices + clip.frame_indices[-1:],
                      fps=clip.fps, total_frames=clip.total_frames)
+
+
+def pack(inputs: Any, positions: torch.Tensor, config: Any) -> _Packed:
+    """A left-padded processor batch as its prompts one after another with no padding (on the CPU)."""
+    mask = inputs["attention_mask"].bool()
+    rows, longest = mask.shape
+    ids = inputs["input_ids"][mask]
+    widths = mask.sum(-1)
+    bounds = F.pad(widths.cumsum(0), (1, 0)).to(torch.int32)
+    pictures = []
+    for pixels_key, grid_key, token in (("pixel_values", "image_grid_thw", config.image_token_id),
+                                        ("pixel_values_videos", "video_grid_thw", config.video_token_id)):
+        if inputs.get(pixels_key) is not None:
+            index = (ids == token).nonzero()[:, 0]
+            pictures.append((inputs[pixels_key], inputs[grid_key], index))
+    return _Packed(ids=ids, positions=positions[:, mask], bounds=bounds, longest=longest,
+                   last=bounds[1:].long() - 1, columns=torch.arange(rows * longest).view(rows, longest)[mask],
+                   pictures=pictures)
+
+
+@dataclass
+class _Packed:
+    """A group's prompts one after another, no padding: what `TransformersEngine.prefill` runs."""
+
+    ids: torch.Tensor  # (tokens,)
+    positions: torch.Tensor  # (3, tokens): multimodal RoPE positions
+    bounds: torch.Tensor  # (rows + 1,) int32: where each prompt begins, then the end
+    longest: int  # tokens of the longest prompt
+    last: torch.Tensor  # (rows,): each prompt's last token
+    columns: torch.Tensor  # (tokens,): each token's place in a left-padded (rows x longest) layout
+    pictures: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # pixel values, grid_thw, their tokens' places
+
+    def to(self, device: torch.device, pixel_dtype: torch.dtype) -> _Packed:
+        return _Packed(ids=self.ids.to(device), positions=self.positions.to(device), bounds=self.bounds.to(device),
+                       longest=self.longest, last=self.last.to(device), columns=self.columns.to(device),
+                       pictures=[(pixels.to(device).to(pixel_dtype), grid.to(device), index.to(device))
+                                 for pixels, grid, index in self.pictures])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.ids, self.positions, self.bounds, self.last, self.columns,
+                *(t for picture in self.pictures for t in picture)]
+
+
+class _PromptCache:
+    """A prefilled group's keys and values per layer, left-padded (rows, kv heads, longest, head_dim), the layout
+    `KvSlab.load` copies from (as transformers' cache after a padded batch)."""
+
+    def __init__(self, packed: _Packed) -> None:
+        self.packed = packed
+        self.rows = packed.bounds.shape[0] - 1
+        self.layers: list[_PromptCache.Layer] = []
+
+    @dataclass
+    class Layer:
+        keys: torch.Tensor
+        values: torch.Tensor
+
+    def add(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        self.layers.append(_PromptCache.Layer(self._padded(key), self._padded(value)))
+
+    def _padded(self, packed: torch.Tensor) -> torch.Tensor:
+        tokens, heads, dim = packed.shape
+        # Zeros in the padding: it is never copied, but a whole-tensor reduction (an fp8 scale) must not meet NaN.
+        padded = packed.new_zeros(self.rows * self.packed.longest, heads, dim)
+        padded[self.packed.columns] = packed
+        return padded.view(self.rows, self.packed.longest, heads, dim).transpose(1, 2)
+
+
+def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: _Packed,
+                     scaling: float) -> torch.Tensor:
+    """Causal attention of packed prompts, each within itself: query (tokens, heads, head_dim), key and value
+    (tokens, kv heads, head_dim; grouped-query). On a GPU in half precision one varlen flash-attention call (no
+    padding, no mask: blocks above the diagonal are skipped); elsewhere torch's attention prompt by prompt."""
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+        query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+        out: torch.Tensor = torch.ops.aten._flash_attention_forward(
+            query, key, value, packed.bounds, packed.bounds, packed.longest, packed.longest, 0.0, True, False,
+            scale=scaling)[0]
+        return out
+    bounds = packed.bounds.tolist()
+    q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (heads, tokens, head_dim)
+    parts = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True, scale=scaling,
+                                            enable_gqa=True).transpose(0, 1) for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(parts)
+
+
+def module_layer_in(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer_in` through a layer's own modules (a quantized projection): turned query and key, and value."""
+    attn, tokens = layer.self_attn, hidden.shape[0]
+    norm = layer.input_layernorm
+    x = rms(hidden, norm.weight, norm.variance_epsilon)
+    query = rms(attn.q_proj(x).view(tokens, -1, head_dim), attn.q_norm.weight, attn.q_norm.variance_epsilon)
+    key = rms(attn.k_proj(x).view(tokens, -1, head_dim), attn.k_norm.weight, attn.k_norm.variance_epsilon)
+    return turn(query, key, cos, sin) + (attn.v_proj(x).view(tokens, -1, head_dim),)
 
 
 class TransformersEngine:
@@ -165,6 +380,13 @@ class TransformersEngine:
         # decoding idles; a command-line ingest keeps it from one call to the next.
         self._answering = False
         self._bulk_calls = 0  # generate_ids calls so far: an idle release checks that none came since
+        self.processor_threads = processor_threads()  # threads preparing a bulk call's requests (`_Refill`)
+        # Where processor threads copy prepared groups to the GPU (beside the stream that decodes).
+        self._copy_stream: torch.cuda.Stream | None = None
+        if self._device.startswith("cuda"):
+            self._copy_stream = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
+        self._weights: tuple[list[tuple[torch.Tensor, ...]] | None] | None = None  # the prefill's layer weights
+        self._compiled_layers: tuple[Any, Any] | None = None
 
     def _load(self, dtype: torch.dtype, quant: Any) -> tuple[Any, Any]:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
@@ -184,6 +406,7 @@ class TransformersEngine:
                 self.model, local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise load_error(self.model, err) from err
+        speed_up_vision(model, compiled=self._device.startswith("cuda"))
         return model.eval(), processor
 
     def _chat_text(self, request: Request) -> str:
@@ -268,7 +491,8 @@ class TransformersEngine:
             banned_mask = torch.zeros(self._net.lm_head.weight.shape[0], dtype=torch.bool, device=self._net.device)
             banned_mask[torch.tensor(banned, device=self._net.device)] = True
         slab = KvSlab(self._net, rows, length, banned=banned_mask, eos=self.eos_ids, min_new=min_new,
-                      graphs=self._device.startswith("cuda"))
+                      graphs=self._device.startswith("cuda"),
+                      kv_cache=self.settings.kv_cache if kind == "bulk" else "bf16")  # answers: weights dominate
         slab.rules = rules
         self._slabs[kind] = slab
         return slab
@@ -280,8 +504,9 @@ class TransformersEngine:
         try:
             with self._lock, torch.inference_mode():
                 self._bulk_calls += 1
-                slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
+                slab, made_s = self._bulk_slab(requests)
                 run = _Refill(self, requests, slab)
+                run.stats.slab_s = made_s
                 ids = run.run()
         except torch.cuda.OutOfMemoryError as err:
             raise EngineError(f"GPU out of memory while decoding {self.slots} rows at once",
@@ -291,6 +516,18 @@ class TransformersEngine:
                 self._release_bulk_when_idle()
         self.last_stats = run.stats
         return ids
+
+    def _bulk_slab(self, requests: Sequence[Request]) -> tuple[KvSlab, float]:
+        """The bulk slab for these requests, and the seconds it took to make it (allocated and zeroed: the GPU
+        waited for, once per slab made) or 0 where the call found it made."""
+        started = time.perf_counter()
+        kept = self._slabs.get("bulk")
+        slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
+        if slab is kept:
+            return slab, 0.0
+        if self._device.startswith("cuda"):
+            torch.cuda.synchronize(self._device)
+        return slab, time.perf_counter() - started
 
     def prepare_to_answer(self) -> None:
         """This process answers questions (the app calls this through `load_in_background`): on a GPU, record the
@@ -318,7 +555,9 @@ class TransformersEngine:
                 torch.cuda.empty_cache()
 
     def prepare(self, requests: Sequence[Request]) -> _Prepared:
-        """CPU work for a group of new rows: processor output and each row's multimodal RoPE positions."""
+        """CPU work for a group of new rows: processor output, each row's multimodal RoPE positions, and the
+        prompts packed one after another (`_Packed`), already copied to the GPU (this runs on a processor thread
+        while the GPU decodes, so the prefill does not wait for the copy)."""
         inputs = self.cpu_inputs(requests)
         mask = inputs["attention_mask"]
         if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
@@ -331,27 +570,102 @@ class TransformersEngine:
         widths = mask.sum(-1)
         # The first generated token sits right after the prompt, in the prompt's own RoPE frame.
         next_pos = widths + deltas[:, 0].to(widths.dtype)
-        return _Prepared(inputs, positions, next_pos, widths.tolist(), requests=list(requests))
+        packed = self._to_device(pack(inputs, positions, self._net.config))
+        return _Prepared(inputs, positions, next_pos, widths.tolist(), requests=list(requests), packed=packed)
+
+    def _to_device(self, packed: _Packed) -> _Packed:
+        """The packed group on the model's device, pixel values in the vision tower's dtype. On a GPU the copy runs
+        on a side stream, waited for here (on the calling thread), so it never stalls the decoding stream."""
+        device, dtype = self._net.device, self._net.model.visual.dtype
+        if self._copy_stream is None:
+            return packed.to(device, dtype)
+        with torch.cuda.stream(self._copy_stream):
+            moved = packed.to(device, dtype)
+        self._copy_stream.synchronize()
+        return moved
 
     def prefill(self, prepared: _Prepared, slab: KvSlab, slots: list[int]) -> list[int]:
-        """Run a group's prompts through the model (vision tower included) and load their cache into `slots` of
-        the slab; the first token of each row (greedy), which the slab feeds next."""
-        inputs = {k: v.to(self._net.device) for k, v in prepared.inputs.items()}
-        out = self._net(**inputs, position_ids=prepared.positions.to(self._net.device), use_cache=True,
-                        logits_to_keep=1)
-        logits = out.logits[:, -1]
+        """Run a group's prompts through the model and load their cache into `slots` of the slab; the first token
+        of each row (greedy), which the slab feeds next.
+
+        The prompts run packed, one after another with no padding, as vLLM and SGLang run a prefill: the vision
+        tower once for the group's pictures, then each decoder layer as one matrix product per projection over
+        all the group's tokens, its two halves compiled on a GPU (the layer functions the decode step uses:
+        kv_slab.layer_in/layer_out), and causal attention within each prompt through one varlen flash-attention
+        call. transformers' forward instead padded every prompt to the group's longest, ran attention under a
+        padding mask over the whole square, and each RMSNorm, RoPE and SiLU as separate kernels (over a third of
+        its prefill's GPU time on an H200: docs/benchmarks.md)."""
+        for width, request in zip(prepared.widths, prepared.requests):
+            if width + request.max_new_tokens + DECODE_CHUNK > slab.length:  # columns_bound was too low
+                raise EngineError(f"a prompt of {width} tokens does not fit the {slab.length}-column cache",
+                                  "lower KB_IMAGE_MAX_PIXELS or KB_VIDEO_MAX_PIXELS, or report this as a bug")
+        packed = prepared.packed
+        assert packed is not None
+        if packed.ids.is_cuda:  # made on a processor thread's stream, used on this one
+            for tensor in packed.tensors():
+                tensor.record_stream(torch.cuda.current_stream(packed.ids.device))
+        hidden, cache = self._prompt_forward(packed)
+        lm = self._net.model.language_model
+        logits = self._net.lm_head(rms(hidden[packed.last], lm.norm.weight, lm.norm.variance_epsilon))
+        self._first_logits = logits
         if slab.banned is not None:
             logits = logits.masked_fill(slab.banned[None], float("-inf"))
         if slab.min_new:
             logits = logits.masked_fill(slab.eos_mask[None], float("-inf"))
         first = logits.argmax(-1)
-        for width, request in zip(prepared.widths, prepared.requests):
-            if width + request.max_new_tokens + DECODE_CHUNK > slab.length:  # columns_bound was too low
-                raise EngineError(f"a prompt of {width} tokens does not fit the {slab.length}-column cache",
-                                  "lower KB_IMAGE_MAX_PIXELS or KB_VIDEO_MAX_PIXELS, or report this as a bug")
-        slab.load(slots, out.past_key_values, prepared.widths, first, prepared.next_pos.to(self._net.device))
-        self._first_logits = out.logits[:, -1]
+        slab.load(slots, cache, prepared.widths, first, prepared.next_pos.to(self._net.device))
         return [int(t) for t in first.tolist()]
+
+    def _prompt_forward(self, packed: _Packed) -> tuple[torch.Tensor, _PromptCache]:
+        """The language model over a packed group: the last hidden states (tokens, hidden) and every layer's keys
+        and values, laid out left-padded as `KvSlab.load` reads them."""
+        model = self._net.model
+        lm = model.language_model
+        hidden = lm.embed_tokens(packed.ids)
+        deepstack: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        for pixels, grid, index in packed.pictures:
+            seen = model.visual(pixels, grid_thw=grid)
+            hidden[index] = seen.pooler_output.to(hidden.dtype)
+            deepstack.append((index, list(seen.deepstack_features or [])))
+        cos, sin = lm.rotary_emb(hidden[None], packed.positions[:, None])
+        cos, sin = cos[0, :, None], sin[0, :, None]  # (tokens, 1, head_dim): the same turn for every head
+        into, out_of = self._prefill_layers()
+        text = self._net.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        eps, kv_heads = float(text.rms_norm_eps), int(text.num_key_value_heads)
+        weights = self._plain_weights()
+        cache = _PromptCache(packed)
+        for n, layer in enumerate(lm.layers):
+            if weights is not None:
+                query, key, value = into(hidden, cos, sin, eps, head_dim, kv_heads, *weights[n][:4])
+            else:  # a quantized layer: its own modules
+                query, key, value = module_layer_in(layer, hidden, cos, sin, head_dim)
+            attended = prompt_attention(query, key, value, packed, layer.self_attn.scaling)
+            attended = attended.reshape(hidden.shape[0], -1)
+            if weights is not None:
+                hidden = out_of(hidden, attended, eps, *weights[n][4:])
+            else:
+                hidden = hidden + layer.self_attn.o_proj(attended)
+                post = layer.post_attention_layernorm
+                hidden = hidden + layer.mlp(rms(hidden, post.weight, post.variance_epsilon))
+            for index, features in deepstack:  # DeepStack: the tower's earlier layers join the first text layers
+                if n < len(features):
+                    hidden[index] = hidden[index] + features[n].to(hidden.dtype)
+            cache.add(key, value)
+        return hidden, cache
+
+    def _plain_weights(self) -> list[tuple[torch.Tensor, ...]] | None:
+        if self._weights is None:
+            self._weights = (plain_weights(self._net.model.language_model),)
+        return self._weights[0]
+
+    def _prefill_layers(self) -> tuple[Any, Any]:
+        """The decoder layer's two halves for a prefill: compiled on a GPU (symbolic sizes: one compiled copy for
+        every group), plain elsewhere."""
+        if self._compiled_layers is None:
+            compiled = self._device.startswith("cuda")
+            self._compiled_layers = (Compiled(layer_in, compiled), Compiled(layer_out, compiled))
+        return self._compiled_layers
 
     def decode(self, ids: list[int]) -> str:
         return trim_repetition(self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -468,6 +782,12 @@ class TransformersEngine:
         return int(token.item())
 
 
+def recorded_steps(slab: KvSlab) -> int:
+    """Decode steps the slab has recorded so far (0 where steps run eagerly): `record_all` up to no width records
+    nothing and answers the count."""
+    return slab.record_all(0)
+
+
 def _log_failed_warm_up(done: Future[None]) -> None:
     if done.exception() is not None:
         log.warning("warming up the answer path failed (the first answer will try again): %s", done.exception())
@@ -481,11 +801,21 @@ class _Prepared:
     widths: list[int]  # real (unpadded) prompt tokens per row
     indices: list[int] = field(default_factory=list)  # which requests of the call these rows are
     requests: list[Request] = field(default_factory=list)
+    packed: _Packed | None = None  # the prompts with no padding, on the model's device (what prefill runs)
 
 
 @dataclass
 class DecodeStats:
-    """What one `generate_ids` call did: the work kept against the work computed (for the benchmark)."""
+    """What one `generate_ids` call did: the work kept against the work computed, and the one-time work of a
+    call that found nothing ready (for the benchmarks).
+
+    One-time work: making the bulk KV cache (a call that finds it made by an earlier call skips it); the decode
+    steps a call records (CUDA graph captures, and on the first the compile of the step's layer halves), counted
+    where the slab lacks them: all rows at the start, each halving of the rows in the tail, so a later call on the
+    same slab records none; and the first prefill group of a process, which compiles the prefill's layer halves
+    and the vision tower's functions: `prefill_warm_up_s` is what it took beyond a later group's time for as many
+    rows. Each figure is read where the call already waits for the GPU (a new cache is waited for once, recording
+    synchronises, a group's first tokens come back to the host): the decode loop gains no sync."""
 
     requests: int = 0
     tokens: int = 0  # generated tokens kept in the outputs
@@ -493,12 +823,38 @@ class DecodeStats:
     steps: int = 0  # decode forward passes
     refills: int = 0  # times new rows were prefilled into the running batch
     prefill_s: float = 0.0
-    wait_s: float = 0.0  # time the GPU loop waited for the processor thread
+    wait_s: float = 0.0  # time the GPU loop waited for the processor threads
+    slab_s: float = 0.0  # seconds making the bulk KV cache (allocated, zeroed); 0 where the call found it made
+    recorded: int = 0  # decode steps recorded by this call (none where steps run eagerly: a CPU)
+    record_s: float = 0.0  # seconds spent recording them, the compile they trigger included
+    # Seconds of each prefill group, in order, and the rows each loaded (left out of the printed form: long).
+    group_s: list[float] = field(default_factory=list, repr=False)
+    group_rows: list[int] = field(default_factory=list, repr=False)
+    tail_s: float = 0.0  # seconds after the last group joined: the rows left draining, none waiting to join
 
     @property
     def padding_share(self) -> float:
         """Share of computed row-steps that produced nothing kept (finished rows or empty slots in the batch)."""
         return 1.0 - self.tokens / self.row_steps if self.row_steps else 0.0
+
+    @property
+    def later_group_s_per_row(self) -> float:
+        """Mean seconds per row of the prefill groups after the first (0 with a single group)."""
+        rows = sum(self.group_rows[1:])
+        return sum(self.group_s[1:]) / rows if rows else 0.0
+
+    @property
+    def prefill_warm_up_s(self) -> float:
+        """What the first prefill group took beyond a later group's time for as many rows (its compile, in a fresh
+        process); 0 with a single group, where nothing tells the two apart."""
+        if len(self.group_s) < 2:
+            return 0.0
+        return max(0.0, self.group_s[0] - self.group_rows[0] * self.later_group_s_per_row)
+
+    @property
+    def warm_up_s(self) -> float:
+        """The call's one-time seconds: making the KV cache, recording decode steps, the first group's excess."""
+        return self.slab_s + self.record_s + self.prefill_warm_up_s
 
 
 @dataclass
@@ -538,9 +894,13 @@ class _Refill:
         self.stats = DecodeStats(requests=len(requests))
         self.results: list[list[int] | None] = [None] * len(requests)
         self.slots: list[_Row | None] = [None] * slab.rows
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-processor")
+        # Groups are prepared on several threads at once, and taken in the order they were asked for: the batch a
+        # request lands in, and so every output, is the same with one thread or many. At most the free rows plus
+        # one group are in preparation or ready (`_prepare_ahead`), so memory does not grow with the threads.
+        self.pool = ThreadPoolExecutor(max_workers=engine.processor_threads, thread_name_prefix="kb-processor")
         self.waiting: deque[int] = deque(range(len(requests)))
         self.prepared: deque[tuple[list[int], Future[_Prepared]]] = deque()
+        self.tail_from: float | None = None  # when the last group had joined (stats.tail_s)
 
     # ---- CPU side: processor work prepared ahead ------------------------------------------------------
     def _prepare_ahead(self, rows_wanted: int) -> None:
@@ -561,15 +921,35 @@ class _Refill:
         return [r for r in self.slots if r is not None and not r.done]
 
     def run(self) -> list[list[int]]:
+        # The processor threads copy prepared groups to the GPU: no decode step may be recorded (a CUDA graph
+        # capture, which other threads' copies and allocations would break) while they run. Steps of all rows are
+        # recorded now; those of fewer rows only in the tail of the call, when nothing is being prepared.
+        self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows))
         try:
             self._prepare_ahead(self.slab.rows)
             while self.live() or self.prepared:
                 self._refill()
+                if not self.prepared and not self.waiting and self.tail_from is None:
+                    self.tail_from = time.perf_counter()
                 if self.live():
                     self._decode_chunk()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.tail_from is not None:  # the last chunk's tokens came back to the host: its steps are done
+            self.stats.tail_s = time.perf_counter() - self.tail_from
         return [ids or [] for ids in self.results]
+
+    def _recording(self, work: Callable[[], object]) -> None:
+        """Run `work` (which may record decode steps on the slab) and count the steps it recorded and its seconds.
+        Recording synchronises with the GPU (a capture starts from an idle device), so the clock needs no sync of
+        its own; work that recorded nothing adds no seconds."""
+        before = recorded_steps(self.slab)
+        started = time.perf_counter()
+        work()
+        recorded = recorded_steps(self.slab) - before
+        if recorded:
+            self.stats.recorded += recorded
+            self.stats.record_s += time.perf_counter() - started
 
     def _refill(self) -> None:
         free = [n for n, r in enumerate(self.slots) if r is None or r.done]
@@ -591,7 +971,12 @@ class _Refill:
             self.stats.prefill_s += time.perf_counter() - started
 
     def _load(self, prepared: _Prepared, taken: list[int]) -> None:
+        # Timed alone: the group's first tokens come back to the host at its end, and what ran before it (a decode
+        # chunk, the group before) ended the same way, so the clock holds this group's GPU work and no other.
+        started = time.perf_counter()
         first = self.engine.prefill(prepared, self.slab, taken)
+        self.stats.group_s.append(time.perf_counter() - started)
+        self.stats.group_rows.append(len(taken))
         self.stats.row_steps += len(taken)
         for slot, index, width, token in zip(taken, prepared.indices, prepared.widths, first):
             row = _Row(index=index, limit=self.requests[index].max_new_tokens, width=width)
@@ -605,7 +990,10 @@ class _Refill:
         rows = self._compact(len(live)) if not self.prepared and not self.waiting else self.slab.rows
         steps = min(DECODE_CHUNK, min(r.limit - len(r.tokens) for r in live))
         width = width_for(max(r.width for r in live) + steps, self.slab.length)
-        produced = [self.slab.step(width, rows)[:rows].clone() for _ in range(steps)]
+        # The chunk's first step records the step on a slab that lacks this shape (the tail's fewer rows).
+        produced: list[torch.Tensor] = []
+        self._recording(lambda: produced.append(self.slab.step(width, rows)[:rows].clone()))
+        produced += [self.slab.step(width, rows)[:rows].clone() for _ in range(steps - 1)]
         for row in live:
             row.width += steps
         self.stats.steps += steps
