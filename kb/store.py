@@ -48,11 +48,13 @@ SCHEMA_VERSION = 1
 EF_SEARCH = 800
 # Chroma metadata keys (Chunk.metadata names): filters (kb/search.py), freshness, cleanup and orphan look-ups.
 CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "t_start", "t_end", "position"})
-# What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
-# keeps its own. Chroma's M 16 and ef_construction 100 stay: HNSW insertion is most of the fill's CPU, and
-# ef_construction 50 halves it but costs recall (0.910 -> 0.872 at 100k 384-d chunks; docs/benchmarks.md "Scale").
 # Seconds waited between tries of the ef_search update while Chroma's database is busy (about 6 s in all).
 EF_SEARCH_RETRY_WAITS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0)
+# What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
+# keeps its own. Chroma's M 16 and ef_construction 100 stay: a cheaper graph loses recall that ef_search 800 does not
+# win back (384-d, 252k chunks, recall@10: 0.985; ef_construction 64 0.960, 50 0.896; M 12 0.980) for 11-26 % less
+# fill CPU, and at 1M the default keeps only 0.967 (docs/benchmarks.md "HNSW build settings against recall").
+# sync_threshold stays 1,000: 20,000 saves 0.4 ms per chunk at 1M, but every open re-inserts the vectors not persisted.
 NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
