@@ -320,17 +320,30 @@ class _PromptCache:
         return padded.view(self.rows, self.packed.longest, heads, dim).transpose(1, 2)
 
 
+class _FlashVarlen:
+    """Whether torch's varlen flash-attention op (private: `aten._flash_attention_forward`) worked here so far."""
+
+    usable = True
+
+
+_flash_varlen = _FlashVarlen()
+
+
 def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: _Packed,
                      scaling: float) -> torch.Tensor:
     """Causal attention of packed prompts, each within itself: query (tokens, heads, head_dim), key and value
     (tokens, kv heads, head_dim; grouped-query). On a GPU in half precision one varlen flash-attention call (no
     padding, no mask: blocks above the diagonal are skipped); elsewhere torch's attention prompt by prompt."""
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_varlen.usable:
         query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
-        out: torch.Tensor = torch.ops.aten._flash_attention_forward(
-            query, key, value, packed.bounds, packed.bounds, packed.longest, packed.longest, 0.0, True, False,
-            scale=scaling)[0]
-        return out
+        try:
+            out: torch.Tensor = torch.ops.aten._flash_attention_forward(
+                query, key, value, packed.bounds, packed.bounds, packed.longest, packed.longest, 0.0, True, False,
+                scale=scaling)[0]
+            return out
+        except (RuntimeError, TypeError) as err:  # a private op: another torch may change or lack it
+            _flash_varlen.usable = False
+            log.warning("varlen flash attention is not usable here, prompts are attended one by one: %s", err)
     bounds = packed.bounds.tolist()
     q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (heads, tokens, head_dim)
     parts = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True, scale=scaling,
