@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bench.engine_gpu import use_transformers_prefill
-from kb.config import VISUAL_TOKEN_PIXELS
 from kb.engines.kv_slab import KvSlab
 from kb.engines.transformers_qwen import DecodeStats, TransformersEngine, processor_threads
 from kb.types import Request, VideoClip
-
-BUDGET = {"image_min_pixels": 4 * VISUAL_TOKEN_PIXELS, "image_max_pixels": 16 * VISUAL_TOKEN_PIXELS,
-          "video_max_pixels": 16 * VISUAL_TOKEN_PIXELS}
+from tests.engine_inputs import BUDGET, noise_image
 
 
 @pytest.fixture
 def engine(make_settings, tiny_model_dir) -> TransformersEngine:
     return TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu", **BUDGET))
-
-
-def noise_image(seed: int, size: tuple[int, int]) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def window(seed: int) -> VideoClip:
