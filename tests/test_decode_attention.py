@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from kb.config import VISUAL_TOKEN_PIXELS
 from kb.types import Request
+from tests.engine_inputs import BUDGET
 
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET = {"image_min_pixels": 4 * VISUAL_TOKEN_PIXELS, "image_max_pixels": 16 * VISUAL_TOKEN_PIXELS,
-          "video_max_pixels": 16 * VISUAL_TOKEN_PIXELS}
 
 
 def interpreted(script: str, *args: str) -> dict:
