@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import pickle
+import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from PIL import Image
 from ingest.audio import blocks, lay_on_windows, speech_units
 from ingest.checkpoint import Checkpoint, unit_key
 from ingest.chunk import chunk_id, make_chunks
-from ingest.read import read_file, supported_extensions
+from ingest.read import kinds_by_extension, read_file, supported_extensions
 from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
@@ -445,12 +446,53 @@ class Ingestor:
         self._speech_down: EngineError | None = None  # why the speech engine cannot run, once known
         self._writes: list[_Write] = []  # files read and chunked, not yet written (see _flush)
         self._ahead = _LoadAhead(0)  # pictures loaded ahead of the engine: one per run (see run)
+        self._loading: Future[Engine] | None = None  # the engine loading on a thread of its own (`_load_early`)
+        self._warming: Future[None] | None = None  # its first bulk call's one-time work (`prepare_to_ingest`)
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.settings)
+            # Loading since the plan (`_load_early`): wait for it. A failed load raises its error here, where a load
+            # on this thread would have, and a later use loads again, as it would have.
+            loading, self._loading = self._loading, None
+            self._engine = loading.result() if loading is not None else load_engine(self.settings)
         return self._engine
+
+    def _load_early(self, jobs: list[_FileInFlight]) -> None:
+        """Start loading the engine on a thread of its own when the plan shows a file that certainly needs it (a
+        video or an image), and where it can, its warm-up for bulk calls (`prepare_to_ingest`: 45 s of a fresh
+        process's first call on an H200, docs/benchmarks.md run H): both then overlap reading the files and
+        sampling the videos instead of following them. A PDF may hold text layers only: it loads the engine at its
+        first page that needs it, as a folder of text and born-digital files never loads one."""
+        if self._engine is not None or self._loading is not None or type(self).engine is not Ingestor.engine:
+            return  # given, loading already, or one that brings its engine its own way (the worker's, kept)
+        kinds = kinds_by_extension()
+        needed = {kinds.get(Path(job.name).suffix.lower()) for job in jobs} & {"video", "image"}
+        if needed:
+            self._loading = Future()
+            threading.Thread(target=self._load_into, args=(self._loading, "video" in needed), daemon=True,
+                             name="seekframe-ingest-engine").start()
+
+    def _load_into(self, loading: Future[Engine], video: bool) -> None:
+        try:
+            engine = load_engine(self.settings)
+        except BaseException as err:  # raised where the engine is first used (the `engine` property)
+            loading.set_exception(err)
+            return
+        try:  # set before the load is done: `_wait_for_warm_up` waits for the load, then for this
+            prepare = getattr(engine, "prepare_to_ingest", None)  # only engines with one-time GPU work have it
+            if callable(prepare):
+                self._warming = prepare(video=video)
+        finally:
+            loading.set_result(engine)
+
+    def _wait_for_warm_up(self) -> None:
+        """Before other GPU work on this thread (the embedder, the speech engine): the engine's warm-up records
+        CUDA graphs, a capture that another thread's allocations and copies break (and fail with it)."""
+        if self._loading is not None:
+            wait([self._loading])
+        if self._warming is not None:
+            wait([self._warming])
 
     @property
     def batch_size(self) -> int:
@@ -472,6 +514,7 @@ class Ingestor:
                 jobs.append(job)
         from ingest.pdf import reader_processes  # late: PyMuPDF is a heavy import
 
+        self._load_early(jobs)
         self._ahead = _LoadAhead(load_workers())
         with reader_processes():  # started once for all long PDFs of the run, and ended with it
             try:
@@ -599,6 +642,7 @@ class Ingestor:
             return FileResult(job.name, Outcome.UNSUPPORTED, fix="set KB_ASR=auto to transcribe audio files",
                               notes=job.read.notes + [said("an audio file, and speech is off (KB_ASR=off): skipped",
                                                                 "said.audio.asr_off")])
+        self._wait_for_warm_up()
         try:
             engine = self.speech_engine()
         except EngineError as err:
@@ -805,6 +849,7 @@ class Ingestor:
             report.results.append(write.result)
 
     def _write(self, writes: list[_Write]) -> None:
+        self._wait_for_warm_up()
         texts = [c.text for w in writes for c in w.chunks]
         vectors = iter(self.store.embedder.embed_documents(texts) if texts else [])
         self.store.replace_sources([(w.job.record, w.chunks, [next(vectors) for _ in w.chunks]) for w in writes])

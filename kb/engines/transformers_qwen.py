@@ -24,9 +24,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import TextIteratorStreamer
 
+from kb import prompts
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
+from kb.embed import user_cache_dir
 from kb.engines import DEFAULT_BATCH, gpu_rows
 from kb.engines.guard import repeating_tail, trim_repetition
 from kb.engines.kv_slab import KvSlab, layer_in, layer_out, plain_weights, rms, rotate_half, turn, width_for
@@ -60,6 +63,11 @@ BULK_IDLE_S = 30.0
 # windows. A quarter of the host's cores, at least one (the cores are shared with the picture loaders and the
 # decode loop), at most PROCESSOR_THREADS_MAX.
 PROCESSOR_THREADS_MAX = 4
+# The warm-up request of a bulk ingest (`prepare_to_ingest`): blank pages, a few tokens each. Two of them, so that
+# no size the compiled prefill sees is 1 (torch.compile specialises on 0 and 1 and would compile again for the
+# real call's groups).
+WARM_UP_PAGES = 2
+WARM_UP_TOKENS = 4
 
 
 def processor_threads(cores: int | None = None) -> int:
@@ -373,6 +381,8 @@ class TransformersEngine:
         self.model = settings.model
         self._device = resolve_device(settings.device)
         self.device = device_label(self._device)
+        if self._device.startswith("cuda"):
+            keep_compile_caches()
         quant = nf4_config(self._device) if settings.quant == "nf4" else None
         self._net, self.processor = self._load(resolve_dtype(settings.dtype, self._device), quant)
         self.tokenizer = self.processor.tokenizer
@@ -550,6 +560,44 @@ class TransformersEngine:
         self._answering = True
         if self._device.startswith("cuda"):
             self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
+
+    def prepare_to_ingest(self, video: bool = False) -> Future[None]:
+        """A bulk ingest is coming (the pipeline calls this once it knows, while it still reads the files): on a
+        GPU, do the first bulk call's one-time work now, on a thread of its own: make the bulk KV cache sized for a
+        page at the settings' pixel budget and token cap (`video`: and for a video window, whichever is larger, so
+        the real call does not make it again) and run a tiny request through `generate_ids`, which compiles the
+        prefill and vision functions and records the decode steps (45 of 80 s of a fresh process's engine call for
+        192 pages on an H200: docs/benchmarks.md, run H). Returns at once; `generate_ids` waits on the lock. A
+        failure is logged, never raised: the first real call does the work then. On a CPU: nothing to do (done)."""
+        done: Future[None] = Future()
+        if not self._device.startswith("cuda"):
+            done.set_result(None)
+            return done
+
+        def warm() -> None:
+            try:
+                self._warm_bulk(video)
+                done.set_result(None)
+            except BaseException as err:  # noqa: BLE001 - logged by the callback below; the real call tries again
+                done.set_exception(err)
+
+        done.add_done_callback(_log_failed_ingest_warm_up)
+        threading.Thread(target=warm, name="kb-warm-bulk", daemon=True).start()
+        return done
+
+    def _warm_bulk(self, video: bool) -> None:
+        s = self.settings
+        page = Image.new("RGB", (256, 256), "white")
+        bounds = [Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=s.max_page_tokens)]
+        if video:
+            window = VideoClip(frames=[page] * s.video_window_frames, frame_indices=list(range(s.video_window_frames)),
+                               fps=1.0, total_frames=s.video_window_frames)
+            bounds.append(Request(task="video", prompt=prompts.VIDEO_WINDOW, video=window,
+                                  max_new_tokens=s.max_video_tokens))
+        with self._lock, torch.inference_mode():
+            self._slab("bulk", self.slots, max(self.columns_bound(r) for r in bounds))
+        self.generate_ids([Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=WARM_UP_TOKENS)
+                           for _ in range(WARM_UP_PAGES)])
 
     def _release_bulk_when_idle(self) -> None:
         calls = self._bulk_calls
@@ -804,6 +852,19 @@ def recorded_steps(slab: KvSlab) -> int:
 def _log_failed_warm_up(done: Future[None]) -> None:
     if done.exception() is not None:
         log.warning("warming up the answer path failed (the first answer will try again): %s", done.exception())
+
+
+def _log_failed_ingest_warm_up(done: Future[None]) -> None:
+    if done.exception() is not None:
+        log.warning("warming up the bulk path failed (the first engine call will try again): %s", done.exception())
+
+
+def keep_compile_caches() -> None:
+    """Point torch's and Triton's compile caches into the user's cache folder, unless the user chose others: their
+    defaults are under /tmp, gone with each boot or container, and a fresh process then compiles the engine's
+    functions again (tens of seconds on an H200: docs/benchmarks.md, run H). Read when torch first compiles."""
+    for variable, folder in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        os.environ.setdefault(variable, str(user_cache_dir() / "compile" / folder))
 
 
 @dataclass

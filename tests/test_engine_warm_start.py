@@ -1,0 +1,186 @@
+"""The engine loads (and on a GPU warms its bulk path) while the files are read (ingest/pipeline.py `_load_early`,
+kb/engines/transformers_qwen.py `prepare_to_ingest`), and nothing a user sees changes with it: the same chunks,
+the same error when the engine cannot load, no engine at all for text files. Run on the tiny Qwen3-VL, CPU."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import ingest.pipeline as pipeline
+from ingest.pipeline import Ingestor
+from kb.embed import user_cache_dir
+from kb.engines.transformers_qwen import TransformersEngine, keep_compile_caches
+from kb.errors import EngineError
+from kb.types import Request, VideoClip
+from tests.conftest import write_pdf
+from tests.engine_inputs import BUDGET, noise_image
+
+TINY_CAPS = {"max_page_tokens": 8, "max_caption_tokens": 8, "max_video_tokens": 8}
+
+
+def _video(path: Path) -> Path:
+    """Four seconds of 320x240 at 10 fps, a line of text on it."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for n in range(40):
+        frame = np.full((240, 320, 3), 255 if n < 20 else 200, np.uint8)
+        cv2.putText(frame, "VALVE 7", (40, 130), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "a-notes.md").write_text("The pump room is on the second floor, next to the valve store.")
+    _video(library / "b-clip.mp4")
+    noise_image(3, (160, 120)).save(library / "c-photo.png")
+    return library
+
+
+def _settings(model: Path, **more: object) -> dict[str, object]:
+    return {"engine": "transformers", "model": str(model), "device": "cpu", **BUDGET, **TINY_CAPS, **more}
+
+
+def _chunks(store) -> list[tuple]:
+    return sorted((c.rel, c.modality, c.page, c.t_start, c.text) for r in store.manifest.all()
+                  for c in store.chunks_of(r.path)[0])
+
+
+def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sampled(folder, open_kb,
+                                                                                      tiny_model_writer, monkeypatch):
+    store = open_kb(**_settings(tiny_model_writer))
+    load_started = threading.Event()
+    seen: dict[str, object] = {}
+    real_load, real_read = pipeline.load_engine, pipeline.read_file
+    real_prepare = TransformersEngine.prepare_to_ingest
+
+    def load(settings):
+        seen["loaded on the main thread"] = threading.current_thread() is threading.main_thread()
+        load_started.set()
+        return real_load(settings)
+
+    def read(path, *args):
+        result = real_read(path, *args)
+        if path.suffix == ".mp4":  # sampled now: a load started only after reading would not come in time
+            seen["loading while sampled"] = load_started.wait(10)
+        return result
+
+    def prepare(engine, video=False):
+        seen["warmed for video"] = video
+        return real_prepare(engine, video=video)
+
+    monkeypatch.setattr(pipeline, "load_engine", load)
+    monkeypatch.setattr(pipeline, "read_file", read)
+    monkeypatch.setattr(TransformersEngine, "prepare_to_ingest", prepare)
+    report = Ingestor(store.settings, store).run([folder])
+    assert seen == {"loaded on the main thread": False, "loading while sampled": True, "warmed for video": True}
+    assert report.counts() == {"added": 3}, report.results
+    assert report.engine.startswith("transformers")
+
+
+def test_the_early_start_changes_no_chunk(folder, open_kb, tiny_model_writer, tmp_path, monkeypatch):
+    chunks = {}
+    for early in (True, False):
+        if not early:  # as before: the engine loads on the main thread at the first unit that needs it
+            monkeypatch.setattr(Ingestor, "_load_early", lambda self, jobs: None)
+        store = open_kb(**_settings(tiny_model_writer, home=tmp_path / f"kb-{early}"))
+        report = Ingestor(store.settings, store).run([folder])
+        assert report.counts() == {"added": 3}, report.results
+        chunks[early] = _chunks(store)
+    assert {(rel, modality) for rel, modality, *_ in chunks[True]} >= {
+        ("b-clip.mp4", "video_segment"), ("c-photo.png", "image_ocr"), ("a-notes.md", "text")}
+    assert chunks[True] == chunks[False]
+
+
+def test_an_engine_that_cannot_load_fails_the_run_as_before(folder, open_kb, tmp_path, monkeypatch):
+    outcomes = {}
+    for early in (True, False):
+        if not early:
+            monkeypatch.setattr(Ingestor, "_load_early", lambda self, jobs: None)
+        store = open_kb(**_settings(tmp_path / "no-such-model", home=tmp_path / f"kb-{early}"))
+        with pytest.raises(EngineError) as err:
+            Ingestor(store.settings, store).run([folder])
+        outcomes[early] = (str(err.value), err.value.fix, _chunks(store))
+    assert "no-such-model does not exist" in outcomes[True][0] and "KB_ENGINE=ocr" in outcomes[True][1]
+    assert outcomes[True] == outcomes[False]
+
+
+def test_a_folder_of_text_files_never_loads_an_engine(tmp_path, open_kb, tiny_model_writer, monkeypatch):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.md").write_text("Quarterly figures are filed by the fifth working day.")
+    (folder / "b.txt").write_text("The archive closes at six.")
+    write_pdf(folder / "c.pdf", [f"A born-digital page about valve {n}: " + "its seals are checked monthly. " * 8
+                                 for n in range(2)])
+    loads = []
+    monkeypatch.setattr(pipeline, "load_engine", lambda settings: loads.append(settings))
+    store = open_kb(**_settings(tiny_model_writer))
+    report = Ingestor(store.settings, store).run([folder])
+    assert report.counts() == {"added": 3}, report.results
+    assert loads == [] and report.engine == "none needed"
+
+
+@pytest.fixture
+def engine(make_settings, tiny_model_dir) -> TransformersEngine:
+    return TransformersEngine(make_settings(**_settings(tiny_model_dir)))
+
+
+def test_prepare_to_ingest_does_nothing_on_a_cpu(engine):
+    threads = threading.active_count()
+    done = engine.prepare_to_ingest(video=True)
+    assert done.done() and done.result() is None
+    assert engine._slabs == {} and engine.last_stats is None and threading.active_count() == threads
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_the_warm_up_makes_the_bulk_cache_the_real_call_uses(make_settings, tiny_model_dir, video):
+    """What the warm-up thread does on a GPU, run here directly: the real call finds the cache made for it."""
+    engine = TransformersEngine(make_settings(**_settings(tiny_model_dir, max_video_tokens=400)))
+    engine._warm_bulk(video)
+    warmed = engine._slabs["bulk"]
+    s = engine.settings
+    page = Request(task="ocr", prompt="Read this page.", images=[noise_image(1, (120, 100))],
+                   max_new_tokens=s.max_page_tokens)
+    window = VideoClip(frames=[noise_image(n, (160, 120)) for n in range(s.video_window_frames)],
+                       frame_indices=list(range(0, 10 * s.video_window_frames, 10)), fps=10.0, total_frames=400)
+    real = [page, Request(task="video", prompt="Describe this.", video=window, max_new_tokens=s.max_video_tokens)]
+    engine.generate_ids(real if video else [page])
+    assert engine._slabs["bulk"] is warmed and engine.last_stats.slab_s == 0.0
+    if not video:  # a page's cache is too short for a window: a folder with a video must ask for it
+        assert not warmed.fits(max(engine.columns_bound(r) for r in real))
+
+
+def test_compile_caches_default_to_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    keep_compile_caches()
+    assert Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).is_relative_to(user_cache_dir())
+    assert str(user_cache_dir()).startswith(str(tmp_path / "cache"))
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")  # the user's choice is kept
+
+
+def test_a_failing_warm_up_is_logged_not_raised(engine, monkeypatch, caplog):
+    monkeypatch.setattr(engine, "_device", "cuda:0")  # the GPU path, on a CPU: its warm-up fails at once
+    monkeypatch.setattr(engine, "_warm_bulk", lambda video: (_ for _ in ()).throw(RuntimeError("no GPU here")))
+    done = engine.prepare_to_ingest()
+    assert isinstance(done.exception(timeout=10), RuntimeError)
+    logged = False
+    for _ in range(100):  # the callback logs on the warm-up thread, right after the failure is set
+        logged = any("warming up the bulk path failed" in r.getMessage() and "no GPU here" in r.getMessage()
+                     for r in caplog.records)
+        if logged:
+            break
+        time.sleep(0.05)
+    assert logged
+    monkeypatch.setattr(engine, "_device", "cpu")
+    assert engine.generate_ids([Request(task="ocr", prompt="x", images=[noise_image(2, (64, 64))],
+                                        max_new_tokens=3)])
