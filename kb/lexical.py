@@ -47,11 +47,14 @@ FLOAT_FIELDS = ("t_start", "t_end")
 WRITER_HEAP = 64_000_000  # bytes buffered before Tantivy writes a segment on its own
 TIE_DEPTH = 200  # how far a query follows a run of equal scores at the k-th place
 FEW_VALUES = 16  # a filter on more values than this marks its chunks up front (a term set query)
-# Checking a ranked chunk against a filter was reading its stored row (~40 us, measured at 100k chunks), as much as
-# scoring ~1000 chunks in Tantivy (~40 ns each): it decides whether a filtered query scores what the filter admits
-# or ranks past the rest. The check is now a look-up of its key in each segment, not re-measured on its own (the
-# filtered queries at 1M got faster: docs/benchmarks.md, Scale).
-ROW_COST_IN_SCORES = 1000
+# How many admitted chunks Tantivy scores in the time one place of `_first_depth` costs the plan that ranks
+# unfiltered (it searches TIE_DEPTH x dilution deep at once and checks each place's key against the filter): it
+# decides whether a filtered query scores what the filter admits or ranks past the rest. Measured at 1M chunks
+# (docs/benchmarks.md, Scale, "The two filtered lexical plans"): scoring the admitted chunks is cheaper up to
+# ~400k of them (19.8 vs 20.7 CPU ms per query at 400k) and dearer from 500k (24.5 vs 15.9); 6000 puts the switch
+# at ~420k (42 %). The old 1000 (from when checking a chunk read its stored row, ~40 us) ranked a 20 % filter past
+# the rest at 24 CPU ms where scoring it takes 9.
+ROW_COST_IN_SCORES = 6000
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
 
