@@ -533,6 +533,73 @@ def ef_sweep(home: Path, corpus: Corpus, embed_name: str, build: Build, args) ->
     return out
 
 
+def plan_filters(paths: list[str], seed: int) -> dict[str, dict]:
+    """Filters admitting 200 chunks to 95 % of them: sets of sources (a folder; more than FEW_VALUES paths is a term
+    set query) and kinds, and kinds or-ed with sets of born-digital sources for the shares in between."""
+    import re
+
+    picked = [paths[i] for i in np.random.default_rng([seed, 4]).permutation(len(paths))]
+    number = {p: int(m.group(1)) for p in picked if (m := re.search(r"doc-(\d+)", p))}
+    text_sources = [p for p in picked if p in number and Corpus.kind(number[p]) == "pdf_text"]
+    share = len(paths) / 5000  # the counts below are for 1M chunks (5,000 sources of 200)
+
+    def sources(n: int) -> dict:
+        return {"source_abs": {"$in": picked[:max(1, round(n * share))]}}
+
+    def kinds(*names: str) -> dict:
+        return {"modality": {"$in": sorted(names)}}
+
+    out = {f"{n} source{'s' * (n > 1)}": sources(n) for n in (1, 5, 50, 250, 500, 1000, 1500, 2000, 2500)}
+    out |= {"kind image_ocr (5 %)": kinds("image_ocr"), "kind pdf_ocr (20 %)": kinds("pdf_ocr"),
+            "kind image_ocr, pdf_ocr (25 %)": kinds("image_ocr", "pdf_ocr"), "kind pdf_text (75 %)": kinds("pdf_text"),
+            "kind documents (95 %)": kinds("pdf_ocr", "pdf_text")}
+    for n in (250, 500, 750, 1250):
+        out[f"kind image_ocr, pdf_ocr or {n} pdf_text sources"] = {"$or": [
+            kinds("image_ocr", "pdf_ocr"), {"source_abs": {"$in": text_sources[:max(1, round(n * share))]}}]}
+    return out
+
+
+def filter_plans(home: Path, corpus: Corpus, embed_name: str, args) -> int:
+    """Both plans of a filtered lexical query, forced (kb/lexical.py ROW_COST_IN_SCORES 10**12: score the chunks the
+    filter admits; 0: rank unfiltered and drop the others), on the knowledge base in --workdir, which is not written
+    to: the crossover is what ROW_COST_IN_SCORES should put the switch at. Prints a table."""
+    import kb.lexical
+
+    store = open_kb(home, corpus, embed_name)
+    default = kb.lexical.ROW_COST_IN_SCORES
+    try:
+        chunks = store.count()
+        if not chunks:
+            raise SystemExit(f"{home} holds no chunks: build one first (--sizes ... --workdir)")
+        paths = [r.path for r in store.manifest.all()]
+        _, texts = query_sets(corpus, Build(sources=len(paths)), args.queries, args.seed)
+        searcher = store.lexical._searcher()
+        table = []
+        for name, where in plan_filters(paths, args.seed).items():
+            admits = kb.lexical.estimated_matches(where, searcher)
+            first = kb.lexical._first_depth(10, searcher.num_docs / max(1, admits))
+            load = os.getloadavg()[0]
+            cells = []
+            for forced in (10**12, 0):
+                kb.lexical.ROW_COST_IN_SCORES = forced
+                cells.append(latency(lambda t, w=where: store.lexical_query(t, 10, w), texts, args.mode_seconds))
+            cheaper = "scored" if cells[0][3] < cells[1][3] else "ranked"
+            chosen = "scored" if admits <= default * first else "ranked"
+            table.append([name, f"{admits:,}", _pair(cells[0]), f"{cells[0][3]:.1f}", _pair(cells[1]),
+                          f"{cells[1][3]:.1f}", cheaper, chosen, f"{load:.1f}"])
+            print(" | ".join(table[-1]), flush=True)
+        if store.count() != chunks:
+            raise RuntimeError("the knowledge base changed while it was measured")
+    finally:
+        kb.lexical.ROW_COST_IN_SCORES = default
+        store.close()
+    print(f"\n{chunks:,} chunks, k=10, up to {args.queries} queries per plan:\n")
+    print(markdown_table(["filter", "admits", "scored: p50 / p95 ms", "scored: CPU ms", "ranked: p50 / p95 ms",
+                          "ranked: CPU ms", "cheaper (CPU)", f"chosen at ROW_COST_IN_SCORES {default}", "load (1 min)"],
+                         table))
+    return 0
+
+
 # reporting -------------------------------------------------------------------------------------------------------
 def _pair(p: tuple) -> str:
     return f"{p[0]:.1f} / {p[1]:.1f}" + (f" (n={p[2]})" if len(p) > 2 and p[2] < 200 else "")
@@ -657,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
                         "synthetic chunks (no Chroma) with exact BM25, and print it")
     parser.add_argument("--report-only", action="store_true", help="only render the rows and the ef_search sweep "
                         "kept in --workdir (with --notes, --write)")
+    parser.add_argument("--filter-plans", action="store_true", help="only time both plans of filtered lexical "
+                        "queries (kb/lexical.py ROW_COST_IN_SCORES) on the knowledge base in --workdir; adds nothing")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -674,6 +743,10 @@ def main(argv: list[str] | None = None) -> int:
         kept = work / "sweep.json"
         return report(load_rows(work), sizes, [tuple(x) for x in json.loads(kept.read_text())] if kept.is_file()
                       else [], args, corpus)
+    if args.filter_plans:
+        if not args.workdir:
+            raise SystemExit("--filter-plans measures an existing knowledge base: give its --workdir")
+        return filter_plans(work / "kb", corpus, embed_name, args)
     home = work / "kb"
     rows: list[dict[str, Any]] = load_rows(work) if args.workdir else []
     sweep: list[tuple] = []

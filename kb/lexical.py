@@ -50,10 +50,10 @@ FEW_VALUES = 16  # a filter on more values than this marks its chunks up front (
 # How many admitted chunks Tantivy scores in the time one place of `_first_depth` costs the plan that ranks
 # unfiltered (it searches TIE_DEPTH x dilution deep at once and checks each place's key against the filter): it
 # decides whether a filtered query scores what the filter admits or ranks past the rest. Measured at 1M chunks
-# (docs/benchmarks.md, Scale, "The two filtered lexical plans"): scoring the admitted chunks is cheaper up to
-# ~400k of them (19.8 vs 20.7 CPU ms per query at 400k) and dearer from 500k (24.5 vs 15.9); 6000 puts the switch
-# at ~420k (42 %). The old 1000 (from when checking a chunk read its stored row, ~40 us) ranked a 20 % filter past
-# the rest at 24 CPU ms where scoring it takes 9.
+# (docs/benchmarks.md, Scale, "The two filtered lexical plans"; `python -m bench.scale --filter-plans`): the two
+# cost the same at ~400k admitted chunks (within 1 CPU ms per query), ranking wins from 500k (by 1-9 ms in two
+# runs), scoring wins below 300k (a 20 % kind filter: 9.3 against 19.0 ms). 6000 switches at ~425k at 1M; the old
+# 1000 (from when checking a ranked chunk read its stored row, ~40 us) switched at 174k.
 ROW_COST_IN_SCORES = 6000
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
