@@ -541,21 +541,22 @@ def plan_filters(paths: list[str], seed: int) -> dict[str, dict]:
     picked = [paths[i] for i in np.random.default_rng([seed, 4]).permutation(len(paths))]
     number = {p: int(m.group(1)) for p in picked if (m := re.search(r"doc-(\d+)", p))}
     text_sources = [p for p in picked if p in number and Corpus.kind(number[p]) == "pdf_text"]
-    share = len(paths) / 5000  # the counts below are for 1M chunks (5,000 sources of 200)
+    share = len(paths) / 5000  # the counts below are for 1M chunks (5,000 sources of 200): scaled to this size
 
-    def sources(n: int) -> dict:
-        return {"source_abs": {"$in": picked[:max(1, round(n * share))]}}
+    def count(n: int) -> int:
+        return max(1, round(n * share))
 
     def kinds(*names: str) -> dict:
         return {"modality": {"$in": sorted(names)}}
 
-    out = {f"{n} source{'s' * (n > 1)}": sources(n) for n in (1, 5, 50, 250, 500, 1000, 1500, 2000, 2500)}
+    out = {f"{count(n)} source{'s' * (count(n) > 1)}": {"source_abs": {"$in": picked[:count(n)]}}
+           for n in (1, 5, 50, 250, 500, 1000, 1500, 2000, 2500)}
     out |= {"kind image_ocr (5 %)": kinds("image_ocr"), "kind pdf_ocr (20 %)": kinds("pdf_ocr"),
             "kind image_ocr, pdf_ocr (25 %)": kinds("image_ocr", "pdf_ocr"), "kind pdf_text (75 %)": kinds("pdf_text"),
             "kind documents (95 %)": kinds("pdf_ocr", "pdf_text")}
     for n in (250, 500, 750, 1250):
-        out[f"kind image_ocr, pdf_ocr or {n} pdf_text sources"] = {"$or": [
-            kinds("image_ocr", "pdf_ocr"), {"source_abs": {"$in": text_sources[:max(1, round(n * share))]}}]}
+        out[f"kind image_ocr, pdf_ocr or {count(n)} pdf_text sources"] = {"$or": [
+            kinds("image_ocr", "pdf_ocr"), {"source_abs": {"$in": text_sources[:count(n)]}}]}
     return out
 
 
