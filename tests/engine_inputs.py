@@ -1,6 +1,9 @@
 """Inputs for the transformers engine's tests on the tiny random-weight Qwen3-VL (tests/tiny_qwen3vl.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -15,3 +18,14 @@ def noise_image(seed: int, size: tuple[int, int]) -> Image.Image:
     """A picture of random pixels (width, height): every seed a different prompt for the vision tower."""
     pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
+
+
+def two_scene_video(path: Path) -> Path:
+    """Four seconds of 320x240 at 10 fps: two scenes, each with a line of text ("VALVE 7", then "PUMP 12")."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for n in range(40):
+        frame = np.full((240, 320, 3), 255 if n < 20 else 200, np.uint8)
+        cv2.putText(frame, "VALVE 7" if n < 20 else "PUMP 12", (40, 130), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3)
+        writer.write(frame)
+    writer.release()
+    return path

@@ -8,8 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 import ingest.pipeline as pipeline
@@ -19,20 +17,9 @@ from kb.engines.transformers_qwen import TransformersEngine, keep_compile_caches
 from kb.errors import EngineError
 from kb.types import Request, VideoClip
 from tests.conftest import write_pdf
-from tests.engine_inputs import BUDGET, noise_image
+from tests.engine_inputs import BUDGET, noise_image, two_scene_video
 
 TINY_CAPS = {"max_page_tokens": 8, "max_caption_tokens": 8, "max_video_tokens": 8}
-
-
-def _video(path: Path) -> Path:
-    """Four seconds of 320x240 at 10 fps, a line of text on it."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
-    for n in range(40):
-        frame = np.full((240, 320, 3), 255 if n < 20 else 200, np.uint8)
-        cv2.putText(frame, "VALVE 7", (40, 130), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3)
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 @pytest.fixture
@@ -40,7 +27,7 @@ def folder(tmp_path: Path) -> Path:
     library = tmp_path / "library"
     library.mkdir()
     (library / "a-notes.md").write_text("The pump room is on the second floor, next to the valve store.")
-    _video(library / "b-clip.mp4")
+    two_scene_video(library / "b-clip.mp4")
     noise_image(3, (160, 120)).save(library / "c-photo.png")
     return library
 

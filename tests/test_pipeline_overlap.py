@@ -2,8 +2,6 @@
 in the same file order into the store, and the same per-file errors as loading each picture on the main thread."""
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pymupdf
 import pytest
 from PIL import Image, ImageDraw
@@ -12,6 +10,7 @@ import ingest.pipeline as pipeline
 from data.make_samples import font
 from ingest.pipeline import Ingestor
 from kb.store import Store
+from tests.engine_inputs import two_scene_video
 
 READ_FILE, REPLACE_SOURCES = pipeline.read_file, Store.replace_sources
 
@@ -31,17 +30,6 @@ def _scan(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def _video(path: Path) -> Path:
-    """Four seconds of 320x240 at 10 fps: two scenes, each with a line of text."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
-    for n in range(40):
-        frame = np.full((240, 320, 3), 255 if n < 20 else 200, np.uint8)
-        cv2.putText(frame, "VALVE 7" if n < 20 else "PUMP 12", (40, 130), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3)
-        writer.write(frame)
-    writer.release()
-    return path
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     library = tmp_path / "library"
@@ -51,7 +39,7 @@ def folder(tmp_path: Path) -> Path:
     _scan(library / "c-manual.pdf", ["VALVE MANUAL PAGE ONE"])
     _scan(library / "d-gone.pdf", ["THIS FILE IS REMOVED AFTER READING"])
     _scan(library / "e-cut.pdf", ["FIRST PAGE STAYS", "SECOND PAGE IS CUT"])
-    _video(library / "f-clip.mp4")
+    two_scene_video(library / "f-clip.mp4")
     return library
 
 
