@@ -559,7 +559,8 @@ class TransformersEngine:
         ingest never calls this: it warms nothing it will not use and keeps its bulk cache between calls."""
         self._answering = True
         if self._device.startswith("cuda"):
-            self._stream_thread.submit(self._warm_answers).add_done_callback(_log_failed_warm_up)
+            self._stream_thread.submit(self._warm_answers).add_done_callback(
+                _log_failed_warm_up("answer path", "the first answer"))
 
     def prepare_to_ingest(self, video: bool = False) -> Future[None]:
         """A bulk ingest is coming (the pipeline calls this once it knows, while it still reads the files): on a
@@ -581,7 +582,7 @@ class TransformersEngine:
             except BaseException as err:  # noqa: BLE001 - logged by the callback below; the real call tries again
                 done.set_exception(err)
 
-        done.add_done_callback(_log_failed_ingest_warm_up)
+        done.add_done_callback(_log_failed_warm_up("bulk path", "the first engine call"))
         threading.Thread(target=warm, name="kb-warm-bulk", daemon=True).start()
         return done
 
@@ -849,14 +850,13 @@ def recorded_steps(slab: KvSlab) -> int:
     return slab.record_all(0)
 
 
-def _log_failed_warm_up(done: Future[None]) -> None:
-    if done.exception() is not None:
-        log.warning("warming up the answer path failed (the first answer will try again): %s", done.exception())
-
-
-def _log_failed_ingest_warm_up(done: Future[None]) -> None:
-    if done.exception() is not None:
-        log.warning("warming up the bulk path failed (the first engine call will try again): %s", done.exception())
+def _log_failed_warm_up(path: str, retried_by: str) -> Callable[[Future[None]], None]:
+    """A done-callback for a warm-up that runs on its own: its failure is logged, never raised (`retried_by` does
+    the same work later)."""
+    def check(done: Future[None]) -> None:
+        if done.exception() is not None:
+            log.warning("warming up the %s failed (%s will try again): %s", path, retried_by, done.exception())
+    return check
 
 
 def keep_compile_caches() -> None:
