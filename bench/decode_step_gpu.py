@@ -5,15 +5,18 @@ In one run, on the Qwen3-VL-4B architecture with random bf16 weights (bench/engi
   with a scale per row, key/value head and column: kb/engines/kv_slab.py): error against float64 over the
   unquantised cache, batch invariance (a row alone gives the same bits as in a batch), time and bytes/s, for a few
   span sizes / block sizes / warps;
-- the recorded step at 128, 64 and 1 rows of the bulk slab at real lengths, bf16 cache against fp8 (the kernel
-  converting fp8 to bf16, or to fp16: decode_attention.FP8_VIA_FP16; the slab filled with random keys and values,
-  not zeros), and of the one-row answer slab;
+- the kernel's ways of turning fp8 into matrix operands (decode_attention.FP8_CONVERTS), then the fastest with other
+  span / block / warp sizes, at real lengths and with every row at the slab's full length;
+- the recorded step at 128 and 1 rows of the bulk slab at real lengths, bf16 cache against fp8 (the fastest
+  conversion of the kernel table; the slab filled with random keys and values, not zeros), each with the layer's
+  new key/value written by one launch (decode_attention.write_step) and by the index writes it replaced;
+- greedy ids batched == alone (bench.engine_gpu's --check pages) over a bf16 and over an fp8 bulk slab;
 - the fp8 cache's accuracy on the random model's real cache: one layer's attention output (fp8 and bf16 kernel
   against float64 over the bf16 cache), and the share of greedy tokens that agree between an fp8 and a bf16 slab
   over a few pages (random weights make near-ties common: one flipped pick changes the rest of the page);
 - making the bulk slab and recording its steps.
 
-usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE]
+usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE] [--no-accuracy]
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ import torch
 import triton.testing
 
 import kb.engines.decode_attention as spans
-from bench.engine_gpu import PAGE_TOKEN_QUANTILES, build_random_4b, page_lengths, pages
+from bench.engine_gpu import build_random_4b, page_lengths, pages
 from bench.report import markdown_table, publish
 from kb.config import load_settings
+from kb.engines import kv_slab
 from kb.engines import transformers_qwen as tq
 from kb.engines.kv_slab import KvSlab, quantize, width_for
 
@@ -50,50 +54,83 @@ def median_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
-def kernel_rows() -> list[list]:
-    """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8."""
+def kernel_rows() -> tuple[list[list], str]:
+    """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8 (each way of
+    converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length. Returns the
+    table and the fastest conversion."""
     torch.manual_seed(0)
     q = torch.randn(ROWS, KV_HEADS, GROUP, DIM, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(ROWS, KV_HEADS, COLUMNS, DIM, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     (k8, ks), (v8, vs) = quantize(k), quantize(v)
-    seen = live_lengths(ROWS)
-    width = width_for(int(seen.max()), COLUMNS)
+    real = live_lengths(ROWS)
+    full = torch.full_like(real, COLUMNS - 1)
     scale = DIM ** -0.5
-    mask = spans.visible_columns(seen, width)
-    ref = spans.masked_attention(q.double(), k[:, :, :width].double(), v[:, :, :width].double(), mask, scale)
-    used = int(seen.sum()) * KV_HEADS * 2  # key and value vectors the rows use
-    gb = {"bf16": used * DIM * 2 / 1e9, "fp8": used * (DIM + 2) / 1e9}  # fp8: a byte each, plus a bf16 scale
+    refs = {}
+    for name, seen in (("real", real), ("full", full)):
+        width = width_for(int(seen.max()), COLUMNS)
+        refs[name] = spans.masked_attention(q.double(), k[:, :, :width].double(), v[:, :, :width].double(),
+                                            spans.visible_columns(seen, width), scale)
 
-    def error(out: torch.Tensor) -> float:
-        return float((out.double() - ref).norm() / ref.norm())
+    def gb(cache: str, seen: torch.Tensor) -> float:
+        used = int(seen.sum()) * KV_HEADS * 2  # key and value vectors the rows use
+        return used * (DIM * 2 if cache == "bf16" else DIM + 2) / 1e9  # fp8: a byte each, plus a bf16 scale
 
     rows = []
+    width = width_for(int(real.max()), COLUMNS)
+    mask = spans.visible_columns(real, width)
     masked = spans.masked_attention(q, k[:, :, :width], v[:, :, :width], mask, scale)
     ms = median_ms(lambda: spans.masked_attention(q, k[:, :, :width], v[:, :, :width], mask, scale))
-    rows.append([f"bf16, torch masked sdpa, width {width}", gb["bf16"], ms, gb["bf16"] / ms * 1e3, error(masked), ""])
-    defaults = spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_VIA_FP16
-    variants = [("bf16", 256, 64, 4), ("fp8", 256, 64, 4), ("fp8", 256, 128, 4), ("fp8", 256, 128, 8),
-                ("fp8", 512, 128, 8), ("fp8", 512, 64, 4), ("fp8 via fp16", 256, 64, 4),
-                ("fp8 via fp16", 512, 64, 4), ("fp8 via fp16", 256, 128, 8)]
-    for label, split, block, warps in variants:
-        cache = label.split()[0]
-        spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_VIA_FP16 = split, block, warps, label == "fp8 via fp16"
-        if cache == "fp8":
+    error = float((masked.double() - refs["real"]).norm() / refs["real"].norm())
+    rows.append([f"bf16, torch masked sdpa, width {width}", "real", gb("bf16", real), ms, gb("bf16", real) / ms * 1e3,
+                 error, ""])
+    defaults = spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES
+
+    def run(cache: str, split: int, block: int, warps: int, lengths: str = "real") -> float:
+        spans.SPLIT, spans.BLOCK, spans.WARPS = split, block, warps
+        spans.FP8_CONVERT = cache.split()[-1] if cache != "bf16" else "bf16"
+        seen = real if lengths == "real" else full
+        if cache == "bf16":
+            def attend(r: slice) -> torch.Tensor:
+                return spans.decode_attention(q[r], k[r], v[r], seen[r], scale)
+        else:
             def attend(r: slice) -> torch.Tensor:
                 return spans.decode_attention(q[r], k8[r], v8[r], seen[r], scale, key_scales=ks[r],
                                               value_scales=vs[r])
-        else:
-            def attend(r: slice) -> torch.Tensor:
-                return spans.decode_attention(q[r], k[r], v[r], seen[r], scale)
-        out = attend(slice(None))
+        try:
+            out = attend(slice(None))
+        except Exception as err:  # noqa: BLE001 - a variant that does not compile here is a row, not the end
+            rows.append([f"{cache}, spans {split}, block {block}, {warps} warps: failed ({str(err)[:80]})",
+                         lengths, "", "", "", "", ""])
+            print(rows[-1], flush=True)
+            return float("inf")
         alone = all(torch.equal(attend(slice(r, r + 1)), out[r:r + 1]) for r in (0, 17, 101))
         ms = median_ms(partial(attend, slice(None)))
-        rows.append([f"{label}, spans {split}, block {block}, {warps} warps", gb[cache], ms, gb[cache] / ms * 1e3,
-                     error(out), alone])
+        bytes_gb = gb("bf16" if cache == "bf16" else "fp8", seen)
+        knobs = ("" if spans.STOP_AT_END else ", whole spans") + (f", {spans.STAGES} stages" if spans.STAGES else "")
+        rows.append([f"{cache}, spans {split}, block {block}, {warps} warps{knobs}", lengths, bytes_gb, ms,
+                     bytes_gb / ms * 1e3, float((out.double() - refs[lengths]).norm() / refs[lengths].norm()), alone])
         print(rows[-1], flush=True)
-    spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_VIA_FP16 = defaults
-    return rows
+        return ms
+
+    run("bf16", 256, 64, 4)
+    converts = {convert: run(f"fp8 {convert}", 256, 64, 4) for convert in spans.FP8_CONVERTS}
+    best = min(converts, key=lambda c: converts[c])
+    for split, block, warps in ((256, 128, 4), (256, 128, 8), (512, 64, 4)):
+        run(f"fp8 {best}", split, block, warps)
+    spans.STOP_AT_END = False  # as before: every span runs its blocks to the span's end
+    run("bf16", 256, 64, 4)
+    run(f"fp8 {best}", 256, 64, 4)
+    spans.STOP_AT_END = True
+    for stages in (2,):
+        spans.STAGES = stages
+        run(f"fp8 {best}", 256, 64, 4)
+    spans.STAGES = 0
+    run("bf16", 256, 64, 4)  # again: the spread between two timings of one variant
+    run("bf16", 256, 64, 4, "full")
+    run(f"fp8 {best}", 256, 64, 4, "full")
+    spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES = defaults
+    return rows, best
 
 
 def fill_random(slab: KvSlab) -> None:
@@ -135,20 +172,23 @@ def with_cache(engine: tq.TransformersEngine, cache: str) -> None:
     engine.settings = engine.settings.replace(kv_cache=cache)
 
 
-STEP_CACHES = ("bf16", "fp8", "fp8 via fp16")  # the step's cache, and for fp8 the kernel's compute dtype
+STEP_ROWS = (ROWS, 1)  # rows stepped: a full batch, and one row (the tail of a run)
 
 
-def step_rows(engine: tq.TransformersEngine) -> tuple[list[list], list[str]]:
-    """The recorded step of the bulk slab at 128, 64 and 1 rows and of the one-row answer slab, for each of
-    STEP_CACHES (the kernel's variant is fixed when a step is recorded, so each gets its own slab)."""
+def step_rows(engine: tq.TransformersEngine, convert: str) -> tuple[list[list], list[str], list[str]]:
+    """The recorded step of the bulk slab at STEP_ROWS rows, bf16 cache and fp8 (the kernel converting as
+    `convert` says), each with the layer's new key/value written by one launch and by index writes (the two ways
+    are fixed when a step is recorded, so each gets its own slab)."""
     seen = live_lengths(ROWS)
+    caches = [("bf16", True), ("fp8", True), ("bf16", False), ("fp8", False)]
+    labels = [f"{cache}{f' ({convert})' if cache == 'fp8' else ''}, {'one write' if one else 'index writes'}"
+              for cache, one in caches]
     times: dict[str, list[float]] = {}
     notes = []
-    default = spans.FP8_VIA_FP16
+    defaults = spans.FP8_CONVERT, kv_slab.ONE_WRITE
     with torch.inference_mode():
-        for label in STEP_CACHES:
-            cache = label.split()[0]
-            spans.FP8_VIA_FP16 = label == "fp8 via fp16"
+        for label, (cache, one) in zip(labels, caches):
+            spans.FP8_CONVERT, kv_slab.ONE_WRITE = convert, one
             with_cache(engine, cache)
             started = time.perf_counter()
             bulk = engine._slab("bulk", ROWS, COLUMNS)
@@ -159,30 +199,67 @@ def step_rows(engine: tq.TransformersEngine) -> tuple[list[list], list[str]]:
             bulk.lens.copy_(seen - 1)
             width = width_for(int(seen.max()), bulk.length)
             started = time.perf_counter()
-            for rows in (ROWS, ROWS // 2, 1):
+            for rows in STEP_ROWS:
                 bulk.record_all(bulk.length, rows)
             torch.cuda.synchronize()
             recorded_s = time.perf_counter() - started
-            times[label] = [replay_ms(bulk, rows, width) for rows in (ROWS, ROWS // 2, 1)]
-            notes.append(f"{label} bulk slab ({ROWS} x {bulk.length} columns, {bulk.bytes / 1e9:.1f} GB): made in "
-                         f"{made_s:.2f} s, its steps at {ROWS}, {ROWS // 2} and 1 rows recorded in {recorded_s:.1f} s")
+            times[label] = [replay_ms(bulk, rows, width) for rows in STEP_ROWS]
+            notes.append(f"{label}: bulk slab ({ROWS} x {bulk.length} columns, {bulk.bytes / 1e9:.1f} GB) made in "
+                         f"{made_s:.2f} s, its steps at {' and '.join(map(str, STEP_ROWS))} rows recorded in "
+                         f"{recorded_s:.1f} s")
+            print(label, times[label], notes[-1], flush=True)
             del bulk
             with_cache(engine, cache)
-            answer = KvSlab(engine._net, 1, tq.ANSWER_COLUMNS, banned=None, eos=engine.eos_ids, min_new=0,
-                            graphs=True, kv_cache=cache)
-            fill_random(answer)
-            answer.lens.fill_(1499)
-            times[label].append(replay_ms(answer, 1, width_for(1500, answer.length)))
-            del answer
-            torch.cuda.empty_cache()
-    spans.FP8_VIA_FP16 = default
+    spans.FP8_CONVERT, kv_slab.ONE_WRITE = defaults
     mean = float(seen.float().mean())
-    labels = [f"{ROWS} rows, real lengths (mean {mean:.0f} columns)", f"{ROWS // 2} rows (the first half)",
-              f"1 row of the {ROWS}-row bulk slab", f"1 row (an answer's slab, {tq.ANSWER_COLUMNS} columns), 1 500 "
-              "columns"]
-    table = [[label, *(times[c][n] for c in STEP_CACHES), times["bf16"][n] / min(times[c][n] for c in STEP_CACHES[1:])]
-             for n, label in enumerate(labels)]
-    return table, notes
+    names = [f"{ROWS} rows, real lengths (mean {mean:.0f} columns)" if rows == ROWS else
+             f"{rows} row{'s' if rows > 1 else ''} of the {ROWS}-row bulk slab" for rows in STEP_ROWS]
+    table = [[name, *(times[label][n] for label in labels), times[labels[0]][n] / times[labels[1]][n]]
+             for n, name in enumerate(names)]
+    return table, notes, labels
+
+
+def batch_invariance(engine: tq.TransformersEngine, cache: str, convert: str, one_write: bool = True
+                     ) -> tuple[str, list[list[int]]]:
+    """bench.engine_gpu's --check over a bulk slab of `cache`: greedy ids of its 6 pages decoded 4 rows at once
+    against one at a time, and recorded against eager; the line and the ids (batched, then alone)."""
+    spans.FP8_CONVERT, kv_slab.ONE_WRITE = convert, one_write
+    with_cache(engine, cache)
+    requests = pages([40, 9, 23, 31, 17, 12])
+    engine.settings = engine.settings.replace(batch_size=4)
+    batched = engine.generate_ids(requests)
+    assert engine._slabs["bulk"].fp8 == (cache == "fp8")
+    engine._slabs["bulk"].graphs_on = False
+    eager = engine.generate_ids(requests)
+    engine.settings = engine.settings.replace(batch_size=1)
+    alone = [engine.generate_ids([r])[0] for r in requests]
+    engine._slabs.clear()
+    kv_slab.ONE_WRITE = True
+    line = (f"{cache} bulk slab{'' if one_write else ', index writes'}: recorded == eager {batched == eager}, "
+            f"batched == alone {sum(a == b for a, b in zip(batched, alone))}/{len(requests)}, "
+            f"lengths {[len(i) for i in batched]}")
+    print(line, flush=True)
+    return line, batched + alone
+
+
+WRITE_CHECK_ORDER = (True, False)  # (True, False, True, False) also repeats each way
+
+
+def write_check(engine: tq.TransformersEngine) -> str:
+    """The step's one write against the index writes it replaced, bf16 cache: the --check pages' ids, batched and
+    alone, each way (the same bytes are written: ids that differ would come from elsewhere)."""
+    ids = {}
+    lines = []
+    for one_write in WRITE_CHECK_ORDER:
+        line, got = batch_invariance(engine, "bf16", "bf16", one_write)
+        ids.setdefault(one_write, []).append(got)
+        lines.append(line)
+    same = [a == b for a, b in zip(ids[True][0], ids[False][0])]
+    repeat = [ids[w][0] == ids[w][1] for w in (True, False) if len(ids[w]) > 1]
+    summary = (f"one write against index writes: the same ids for {sum(same)}/{len(same)} decodes (6 batched, 6 "
+               f"alone)" + (f"; each way run twice gives the same ids: {repeat}" if repeat else ""))
+    print(summary, flush=True)
+    return "; ".join(lines) + "; " + summary
 
 
 def accuracy_rows(engine: tq.TransformersEngine, count: int = 8, tokens: int = 192) -> tuple[list[list], str]:
@@ -240,43 +317,68 @@ def accuracy_rows(engine: tq.TransformersEngine, count: int = 8, tokens: int = 1
     return rows, agreement
 
 
+def load_engine(args: argparse.Namespace, tmp: Path = Path("/tmp/seekframe-random-4b")) -> tq.TransformersEngine:
+    """The engine over the random Qwen3-VL-4B (built into --model-dir or `tmp` unless it is there), with no end of
+    turn: a random model must not end a page by chance."""
+    model_dir = args.model_dir or tmp
+    started = time.perf_counter()
+    if not (model_dir / "config.json").exists():
+        build_random_4b(model_dir)
+    engine = tq.TransformersEngine(load_settings({"engine": "transformers", "model": str(model_dir),
+                                                  "device": "cuda"}, env={}))
+    print(f"model built and loaded in {time.perf_counter() - started:.1f} s", flush=True)
+    engine.eos_ids = []
+    engine._net.generation_config.eos_token_id = None
+    return engine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the fp8 cache's accuracy on the model")
+    parser.add_argument("--write-check", action="store_true",
+                        help="only the --check pages' ids with the step's one write against index writes")
     args = parser.parse_args()
     # Random weights loop: the loop guard would end pages early.
     tq.repeating_tail = lambda *a, **k: False  # type: ignore[attr-defined]
-    kernels = kernel_rows()
-    kernel_header = ["attention of one layer", "GB used", "ms", "GB/s of used bytes", "rel. error vs fp64 (bf16 "
-                     "cache)", "row alone == batched"]
-    print(markdown_table(kernel_header, kernels), flush=True)
+    if args.write_check:
+        return publish("Decode step on GPU: one write against index writes", write_check(load_engine(args)),
+                       args.out)
+    kernels, best = kernel_rows()
+    kernel_header = ["attention of one layer", "lengths", "GB used", "ms", "GB/s of used bytes",
+                     "rel. error vs fp64 (bf16 cache)", "row alone == batched"]
+    print(markdown_table(kernel_header, kernels), f"\nfastest fp8 conversion: {best}", flush=True)
+    accuracy: list[list] = []
+    agreement = ""
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model_dir or Path(tmp)
-        if not (model_dir / "config.json").exists():
-            build_random_4b(model_dir)
-        engine = tq.TransformersEngine(load_settings({"engine": "transformers", "model": str(model_dir),
-                                                      "device": "cuda"}, env={}))
-        engine.eos_ids = []  # a random model must not end a page by chance
-        engine._net.generation_config.eos_token_id = None
-        steps, notes = step_rows(engine)
-        step_header = ["recorded decode step", *(f"ms, {c} cache" for c in STEP_CACHES), "bf16 / best fp8"]
+        engine = load_engine(args, Path(tmp))
+        steps, notes, labels = step_rows(engine, best)
+        step_header = ["recorded decode step", *(f"ms, {label}" for label in labels), "bf16 / fp8 (one write)"]
         print(markdown_table(step_header, steps), "\n" + "\n".join(notes), flush=True)
-        accuracy, agreement = accuracy_rows(engine)
-        accuracy_header = ["layer", "row lengths", "largest key", "bf16 kernel: max rel. error", "mean",
-                           "fp8 kernel: max rel. error", "mean"]
-        print(markdown_table(accuracy_header, accuracy), "\n" + agreement, flush=True)
+        checks = [batch_invariance(engine, cache, best)[0] for cache in ("bf16", "fp8")]
+        spans.FP8_CONVERT = best
+        if not args.no_accuracy:
+            accuracy, agreement = accuracy_rows(engine)
+            print(markdown_table(ACCURACY_HEADER, accuracy), "\n" + agreement, flush=True)
     body = (f"`python -m bench.decode_step_gpu`: one layer's attention ({ROWS} rows, {KV_HEADS} key/value heads x "
-            f"{GROUP} query heads, head size {DIM}, {COLUMNS}-column slab, each row's prompt {PROMPT[0]}-"
-            f"{PROMPT[1]} columns plus part of a page drawn from PAGE_TOKEN_QUANTILES ({len(PAGE_TOKEN_QUANTILES)} "
-            "quantiles); GB counts only the columns rows use, in the cache's format):\n\n"
+            f"{GROUP} query heads, head size {DIM}, {COLUMNS}-column slab; real lengths: each row's prompt "
+            f"{PROMPT[0]}-{PROMPT[1]} columns plus part of a page drawn from PAGE_TOKEN_QUANTILES; full: every row "
+            f"at {COLUMNS - 1} columns; GB counts only the columns rows use, in the cache's format):\n\n"
             + markdown_table(kernel_header, kernels)
-            + "\n\nThe whole recorded decode step (Qwen3-VL-4B architecture, random bf16 weights, slab filled with "
-              "random keys and values):\n\n" + markdown_table(step_header, steps) + "\n\n" + "; ".join(notes)
-            + ".\n\nThe fp8 cache on the random model's real cache (8 scanned pages, one eager step after decoding "
-              "them): each row's ||out - ref|| / ||ref||, ref = float64 attention over the bf16 cache:\n\n"
-            + markdown_table(accuracy_header, accuracy) + f"\n\n{agreement}.")
-    publish("Decode step on GPU with an fp8 KV cache", body, args.out)
+            + f"\n\nThe whole recorded decode step (Qwen3-VL-4B architecture, random bf16 weights, slab filled with "
+              f"random keys and values; fp8 converted as `{best}`):\n\n" + markdown_table(step_header, steps)
+            + "\n\n" + "; ".join(notes) + ".\n\nGreedy ids, bench.engine_gpu's --check pages: " + "; ".join(checks)
+            + ".")
+    if accuracy:
+        body += ("\n\nThe fp8 cache on the random model's real cache (8 scanned pages, one eager step after decoding "
+                 "them): each row's ||out - ref|| / ||ref||, ref = float64 attention over the bf16 cache:\n\n"
+                 + markdown_table(ACCURACY_HEADER, accuracy) + f"\n\n{agreement}.")
+    publish("Decode step on GPU: the fp8 cache's conversions and one write a layer", body, args.out)
+
+
+ACCURACY_HEADER = ["layer", "row lengths", "largest key", "bf16 kernel: max rel. error", "mean",
+                   "fp8 kernel: max rel. error", "mean"]
 
 
 if __name__ == "__main__":

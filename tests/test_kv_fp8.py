@@ -97,6 +97,7 @@ def test_kernel_on_an_fp8_cache_matches_its_dequantised_reference_and_rows_are_i
         def fp8(q, k, v, kscale, vscale, s):
             return d.decode_attention(q, k, v, s, 0.2, interpret=True, key_scales=kscale, value_scales=vscale)
 
+        d.FP8_CONVERT = "bf16"  # operands in the query's dtype (float32 here): exactly the dequantised attention
         out = fp8(query, k8, v8, ks, vs, seen)
         mask = d.visible_columns(seen, columns)
         ref = d.masked_attention(query.double(), dequantize(k8, ks, torch.float64), dequantize(v8, vs, torch.float64),
@@ -113,21 +114,38 @@ def test_kernel_on_an_fp8_cache_matches_its_dequantised_reference_and_rows_are_i
         for t, s in ((mixed_k, k8), (mixed_v, v8), (mixed_ks, ks), (mixed_vs, vs)):
             t[2] = s[2]
         row_2 = torch.equal(fp8(query, mixed_k, mixed_v, mixed_ks, mixed_vs, seen)[2], out[2])
-        d.FP8_VIA_FP16 = True  # the variant that converts to fp16 (query and probabilities rounded to fp16)
-        half = fp8(query, k8, v8, ks, vs, seen)
-        half_alone = [torch.equal(fp8(query[r:r + 1], k8[r:r + 1], v8[r:r + 1], ks[r:r + 1], vs[r:r + 1],
-                                      seen[r:r + 1]), half[r:r + 1]) for r in range(rows)]
-        half_rel = float((half.double() - ref).norm() / ref.norm())
+        # The variants that meet the cache in fp16 (query and probabilities rounded to fp16), on the same cache and
+        # on values 1e-4 as large (their scales alone would be fp16 subnormals: the kernel rescales each block's).
+        (small_v8, small_vs) = quantize(values * 1e-4)
+        small_ref = d.masked_attention(query.double(), dequantize(k8, ks, torch.float64),
+                                       dequantize(small_v8, small_vs, torch.float64), mask, 0.2)
+        half = {}
+        for convert in ("fp16", "fp16-bits", "fp16-asm"):
+            d.FP8_CONVERT = convert
+            out_half = fp8(query, k8, v8, ks, vs, seen)
+            small = fp8(query, k8, small_v8, ks, small_vs, seen)
+            half[convert] = {
+                "to_reference": float((out_half.double() - ref).norm() / ref.norm()),
+                "small_values": float((small.double() - small_ref).norm() / small_ref.norm()),
+                "alone": [torch.equal(fp8(query[r:r + 1], k8[r:r + 1], v8[r:r + 1], ks[r:r + 1], vs[r:r + 1],
+                                          seen[r:r + 1]), out_half[r:r + 1]) for r in range(rows)],
+                "same_as_fp16": torch.equal(out_half, half["fp16"]["out"]) if half else True, "out": out_half}
+        for variant in half.values():
+            del variant["out"]
         print(json.dumps({"to_reference": float((out.double() - ref).abs().max()), "to_unquantised": rel,
-                          "alone": alone, "row_2_among_others": row_2, "half_to_reference": half_rel,
-                          "half_alone": half_alone}))
+                          "alone": alone, "row_2_among_others": row_2, "half": half}))
     """)
     assert result["to_reference"] < 5e-5  # float32 rounding: exactly the dequantised cache's attention
     assert max(result["to_unquantised"]) < 0.06  # e4m3 rounding of keys and values, an outlier channel included
     assert result["alone"] == [True] * 4
     assert result["row_2_among_others"]
-    assert result["half_to_reference"] < 1e-3  # fp16 rounding of the query and the probabilities
-    assert result["half_alone"] == [True] * 4
+    for variant in result["half"].values():
+        assert variant["to_reference"] < 1e-3  # fp16 rounding of the query and the probabilities
+        assert variant["small_values"] < 1e-3
+        assert variant["alone"] == [True] * 4
+        # The integer route gives fp16 operands of the same values (times 2**-8, folded into the scales): the
+        # same output to the bit.
+        assert variant["same_as_fp16"]
 
 
 def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):
@@ -181,3 +199,34 @@ def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):
     assert result["kernel"] == result["masked"]
     # fp8 when asked (answers never); auto is bf16 here (no kernel on a CPU, and FP8_BY_DEFAULT is off)
     assert result["chosen"] == {"fp8": [True, False], "auto": [False, False], "bf16": [False, False]}
+
+
+def test_step_write_puts_each_rows_new_column_where_index_writes_did_and_nothing_else():
+    # The recorded step's one write per layer (decode_attention.write_step) against the index writes it replaced,
+    # for a plain cache and an fp8 one with its scales: the same caches to the bit, every other column untouched.
+    pytest.importorskip("triton")
+    result = interpreted("""
+        import json, torch
+        from kb.engines import decode_attention as d
+        from kb.engines.kv_slab import quantize
+        torch.manual_seed(0)
+        rows, kv_heads, columns, dim = 3, 2, 20, 32
+        write = torch.tensor([0, 7, columns - 1])
+        at = (torch.arange(rows), slice(None), write)
+        mixed = torch.randn(rows, 3 * kv_heads, dim)  # the new key and value as the step makes them: views
+        key, value = mixed[:, kv_heads:2 * kv_heads], mixed[:, 2 * kv_heads:]
+        keys, values = torch.randn(rows, kv_heads, columns, dim), torch.randn(rows, kv_heads, columns, dim)
+        expected_k, expected_v = keys.clone(), values.clone()
+        expected_k[at], expected_v[at] = key, value
+        d.write_step(keys, values, key, value, write, interpret=True)
+        plain = torch.equal(keys, expected_k) and torch.equal(values, expected_v)
+        (k8, ks), (v8, vs) = quantize(torch.randn(rows, kv_heads, columns, dim)), quantize(torch.randn_like(keys))
+        (new_k8, new_ks), (new_v8, new_vs) = quantize(key), quantize(value)
+        expected = [t.clone() for t in (k8.view(torch.uint8), ks, v8.view(torch.uint8), vs)]
+        for cache, new in zip(expected, (new_k8.view(torch.uint8), new_ks, new_v8.view(torch.uint8), new_vs)):
+            cache[at] = new
+        d.write_step(k8, v8, new_k8, new_v8, write, ks, vs, key_scale=new_ks, value_scale=new_vs, interpret=True)
+        fp8 = all(torch.equal(a, b) for a, b in zip((k8.view(torch.uint8), ks, v8.view(torch.uint8), vs), expected))
+        print(json.dumps({"plain": plain, "fp8": fp8}))
+    """)
+    assert result == {"plain": True, "fp8": True}

@@ -36,11 +36,20 @@ SPLIT = 256  # columns per span: one program's share of a row (a multiple of BLO
 BLOCK = 64  # columns loaded at once by a program
 GROUP_PAD = 16  # the query heads of one key/value head, padded to the smallest matrix-unit tile
 WARPS = 4  # per program (bench/decode_step_gpu.py times the alternatives)
-# An fp8 cache is converted to the query's dtype (bf16) before the matrix products. On Hopper e4m3 -> bf16 takes
-# several instructions an element (through fp16 and fp32), e4m3 -> fp16 one per pair: the suspect for the fp8
-# kernel's 1.7 TB/s (docs/benchmarks.md). True: query, keys, values and probabilities meet in fp16 instead; not yet
-# timed on a GPU (bench/decode_step_gpu.py times both), so off.
-FP8_VIA_FP16 = False
+STAGES = 0  # software-pipelining stages of the span's loop; 0: Triton's default
+# A span's loop stops at the row's last block (False: every span runs all its blocks, masked). Same bits; measured
+# 0.227 against 0.230 ms a layer (bf16 cache), 0.223 against 0.240 (fp8).
+STOP_AT_END = True
+# How the kernel turns an fp8 cache into matrix operands: "bf16", Triton's e4m3 -> bf16 conversion (through fp16,
+# three conversion instructions a pair on Hopper); "fp16", e4m3 -> fp16 (one a pair), query and probabilities meeting
+# the cache in fp16; "fp16-bits", the same fp16 operands from integer operations (e4m3's sign, exponent and mantissa
+# moved into fp16's places: the value times 2**-8, folded into the scales); "fp16-asm", those integer operations
+# four bytes at a time in PTX (GPU only; the interpreter runs "fp16-bits", which gives the same bits). Measured on
+# the H200 (docs/benchmarks.md, "fp8 KV cache: the conversion is not the limit"): 0.234 / 0.234 / 0.283 / 0.223 ms
+# a layer at 128 rows, the bf16 cache's kernel 0.227: the conversion is not what holds the fp8 kernel back (its
+# values, transposed for the second product, are read from shared memory a byte at a time).
+FP8_CONVERTS = ("bf16", "fp16", "fp16-bits", "fp16-asm")
+FP8_CONVERT = "fp16-asm"
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int, group: int) -> bool:
@@ -77,6 +86,11 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     out = torch.empty_like(query, memory_format=torch.contiguous_format)
     span, merge = _kernels(interpret)
     ieee = query.dtype == torch.float32  # the interpreter's tests run in float32: no tf32 rounding there
+    convert = FP8_CONVERTS.index(FP8_CONVERT) if quantized else 0
+    if interpret and FP8_CONVERTS[convert] == "fp16-asm":
+        convert = FP8_CONVERTS.index("fp16-bits")  # no PTX in the interpreter: the same bits from Triton's own ops
+    if convert >= FP8_CONVERTS.index("fp16-bits"):  # bytes, taken apart by integer operations
+        keys, values = keys.view(torch.uint8), values.view(torch.uint8)
     span[(rows * kv_heads, splits)](
         query, keys, values, k_scales, v_scales, seen, partial, top, total,
         query.stride(0), query.stride(1), query.stride(2),
@@ -85,11 +99,39 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         *k_scale_strides, *v_scale_strides,
         scale, kv_heads, splits,
         GROUP=group, GROUP_PAD=GROUP_PAD, DIM=head_dim, SPLIT=SPLIT, BLOCK=BLOCK, IEEE=ieee, QUANT=quantized,
-        HALF=quantized and FP8_VIA_FP16, num_warps=WARPS)
+        CONVERT=convert, STOP_AT_END=STOP_AT_END, num_warps=WARPS, **({"num_stages": STAGES} if STAGES else {}))
     merge[(rows * kv_heads,)](
         partial, top, total, seen, out, kv_heads, splits,
         GROUP=group, DIM=head_dim, SPLIT=SPLIT, SPLITS_PAD=triton.next_power_of_2(splits))
     return out
+
+
+def write_step(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               write: torch.Tensor, key_scales: torch.Tensor | None = None, value_scales: torch.Tensor | None = None,
+               key_scale: torch.Tensor | None = None, value_scale: torch.Tensor | None = None,
+               interpret: bool = False) -> None:
+    """Each row's new key and value (rows, kv_heads, head_dim), and an fp8 cache's scales (rows, kv_heads), into
+    column write[row] of that row of the cache: one launch where index writes took two a layer (an fp8 cache:
+    four), each a few microseconds of a recorded step that is otherwise ~0.3 ms a layer. The bytes written are
+    those of the index writes (an fp8 cache is copied as bytes)."""
+    quantized = key_scales is not None
+    if quantized and (value_scales is None or key_scale is None or value_scale is None):
+        raise ValueError("an fp8 cache needs its scales and the new columns' scales")
+    if keys.dtype != key.dtype or values.dtype != value.dtype:
+        raise ValueError(f"the new columns ({key.dtype}, {value.dtype}) are not the cache's ({keys.dtype})")
+    if keys.element_size() == 1:  # fp8: moved as bytes (the interpreter has no fp8 stores)
+        keys, values, key, value = (t.view(torch.uint8) for t in (keys, values, key, value))
+    # The kernel steps through head_dim with unit stride (a compiled step may hand over other layouts).
+    key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))
+    # Without scales the kernel never touches them: any tensor and zero strides fill the arguments.
+    scales = [t if t is not None else write for t in (key_scales, value_scales, key_scale, value_scale)]
+    scale_strides = [s for t in (key_scales, value_scales, key_scale, value_scale)
+                     for s in (t.stride()[:2] if t is not None else (0, 0))]
+    rows, kv_heads, head_dim = key.shape
+    _writer(interpret)[(rows,)](
+        keys, values, key, value, *scales, write,
+        *keys.stride()[:3], *values.stride()[:3], *key.stride()[:2], *value.stride()[:2], *scale_strides,
+        kv_heads, HEADS=triton.next_power_of_2(kv_heads), DIM=head_dim, QUANT=quantized)
 
 
 def visible_columns(seen: torch.Tensor, width: int) -> torch.Tensor:
@@ -115,15 +157,47 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:
     return triton.jit(_span_attention), triton.jit(_merge_spans)
 
 
+@cache
+def _writer(interpret: bool) -> Any:
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(_write_step)
+    return triton.jit(_write_step)
+
+
+def _write_step(k_ptr, v_ptr, nk_ptr, nv_ptr, ks_ptr, vs_ptr, nks_ptr, nvs_ptr,  # type: ignore[no-untyped-def]
+                write_ptr, k_row, k_head, k_col, v_row, v_head, v_col, nk_row, nk_head, nv_row, nv_head,
+                ks_row, ks_head, vs_row, vs_head, nks_row, nks_head, nvs_row, nvs_head, kv_heads,
+                HEADS: tl.constexpr, DIM: tl.constexpr, QUANT: tl.constexpr):
+    """One row: its new key and value of every key/value head into its column `write`; QUANT: their scales too."""
+    row = tl.program_id(0).to(tl.int64)
+    column = tl.load(write_ptr + row).to(tl.int64)
+    h = tl.arange(0, HEADS)
+    d = tl.arange(0, DIM)
+    heads = h < kv_heads
+    key = tl.load(nk_ptr + row * nk_row + h[:, None] * nk_head + d[None, :], mask=heads[:, None])
+    tl.store(k_ptr + row * k_row + h[:, None] * k_head + column * k_col + d[None, :], key, mask=heads[:, None])
+    value = tl.load(nv_ptr + row * nv_row + h[:, None] * nv_head + d[None, :], mask=heads[:, None])
+    tl.store(v_ptr + row * v_row + h[:, None] * v_head + column * v_col + d[None, :], value, mask=heads[:, None])
+    if QUANT:  # the scales' columns have unit stride
+        key_scale = tl.load(nks_ptr + row * nks_row + h * nks_head, mask=heads)
+        tl.store(ks_ptr + row * ks_row + h * ks_head + column, key_scale, mask=heads)
+        value_scale = tl.load(nvs_ptr + row * nvs_row + h * nvs_head, mask=heads)
+        tl.store(vs_ptr + row * vs_row + h * vs_head + column, value_scale, mask=heads)
+
+
 def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: ignore[no-untyped-def]
                     partial_ptr, top_ptr, total_ptr,
                     q_row, q_head, q_group, k_row, k_head, k_col, v_row, v_head, v_col,
                     ks_row, ks_head, vs_row, vs_head,
                     scale, kv_heads, splits,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, SPLIT: tl.constexpr,
-                    BLOCK: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr, HALF: tl.constexpr):
+                    BLOCK: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr, CONVERT: tl.constexpr,
+                    STOP_AT_END: tl.constexpr):
     """One (row, key/value head, span): the span's unnormalised output, its running maximum and its sum. QUANT:
-    keys and values are fp8 with a scale per column (ks_ptr, vs_ptr), dequantised here; HALF: in fp16."""
+    keys and values are fp8 with a scale per column (ks_ptr, vs_ptr), dequantised here as CONVERT says (the index
+    of FP8_CONVERT in FP8_CONVERTS; 2 and 3 get the cache as bytes)."""
     row_head = tl.program_id(0)
     span = tl.program_id(1)
     row = row_head // kv_heads
@@ -135,7 +209,7 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
         d = tl.arange(0, DIM)
         q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * q_group + d[None, :],
                     mask=g[:, None] < GROUP, other=0.0)
-        if HALF:
+        if QUANT and CONVERT > 0:
             q = q.to(tl.float16)
         k_base = k_ptr + row.to(tl.int64) * k_row + head.to(tl.int64) * k_head
         v_base = v_ptr + row.to(tl.int64) * v_row + head.to(tl.int64) * v_head
@@ -145,18 +219,28 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
         total = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
         end = tl.minimum(start + SPLIT, seen)
-        for block in range(0, SPLIT // BLOCK):
+        # Only the blocks that hold columns of the row: a block past its end added p = 0 and kept acc as it was,
+        # so stopping early gives the same bits.
+        blocks = SPLIT // BLOCK
+        if STOP_AT_END:
+            blocks = tl.cdiv(end - start, BLOCK)
+        for block in range(0, blocks):
             c = start + block * BLOCK + tl.arange(0, BLOCK)
             inside = c < end
             k = tl.load(k_base + c[:, None] * k_col + d[None, :], mask=inside[:, None], other=0.0)
-            if QUANT:
+            if QUANT and CONVERT == 0:
                 k = k.to(q.dtype)  # exact: every e4m3 value is an fp16, a bf16 and an fp32 value
+            elif QUANT:
+                k = _fp8_as_fp16(k, CONVERT)
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
             if QUANT:
-                s = s * tl.load(ks_base + c, mask=inside, other=0.0).to(tl.float32)[None, :]
+                key_scale = tl.load(ks_base + c, mask=inside, other=0.0).to(tl.float32)
+                if CONVERT >= 2:
+                    key_scale = key_scale * 256.0  # the operand held the value times 2**-8
+                s = s * key_scale[None, :]
             s = tl.where(inside[None, :], s * scale, float("-inf"))
             new_top = tl.maximum(top, tl.max(s, 1))
             p = tl.exp(s - new_top[:, None])
@@ -164,19 +248,60 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
             total = total * keep + tl.sum(p, 1)
             v = tl.load(v_base + c[:, None] * v_col + d[None, :], mask=inside[:, None], other=0.0)
             if QUANT:
-                v = v.to(q.dtype)
-                weighted = p * tl.load(vs_base + c, mask=inside, other=0.0).to(tl.float32)[None, :]
+                v = v.to(q.dtype) if CONVERT == 0 else _fp8_as_fp16(v, CONVERT)
+                value_scale = tl.load(vs_base + c, mask=inside, other=0.0).to(tl.float32)
+                if CONVERT > 0:
+                    # fp16's range: p times a small scale would fall into fp16's subnormals, so the block's scales
+                    # are divided by their largest (p x scale / largest in [0, 1]) and the product multiplied back.
+                    largest = tl.maximum(tl.max(value_scale, 0), 1e-30)
+                    weighted = p * (value_scale / largest)[None, :]
+                    if CONVERT >= 2:
+                        largest = largest * 256.0
+                else:
+                    weighted = p * value_scale[None, :]
             else:
                 weighted = p
             if IEEE:
-                acc = acc * keep[:, None] + tl.dot(weighted.to(v.dtype), v, input_precision="ieee")
+                product = tl.dot(weighted.to(v.dtype), v, input_precision="ieee")
             else:
-                acc = acc * keep[:, None] + tl.dot(weighted.to(v.dtype), v)
+                product = tl.dot(weighted.to(v.dtype), v)
+            if QUANT and CONVERT > 0:
+                product = product * largest
+            acc = acc * keep[:, None] + product
             top = new_top
         at = (row_head * splits + span) * GROUP + g
         tl.store(partial_ptr + at[:, None] * DIM + d[None, :], acc, mask=g[:, None] < GROUP)
         tl.store(top_ptr + at, top, mask=g < GROUP)
         tl.store(total_ptr + at, total, mask=g < GROUP)
+
+
+def _fp8_as_fp16(x, CONVERT: tl.constexpr):  # type: ignore[no-untyped-def]
+    """A block of the fp8 cache as an fp16 matrix operand (CONVERT as in _span_attention): 1 by conversion; 2 and 3
+    (x as bytes) hold the value times 2**-8: e4m3's sign in fp16's, its 4 exponent and 3 mantissa bits below
+    fp16's top exponent bit (biases 7 and 15; subnormals land on subnormals, so every value is exact)."""
+    if CONVERT == 1:
+        return x.to(tl.float16)
+    if CONVERT == 2:
+        b = x.to(tl.uint16)
+        return (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
+    # Four bytes an instance: prmt puts bytes 0, 1 (2, 3) in the high byte of each half of a word, a shift by one
+    # and a mask place exponent and mantissa, lop3 brings the sign back (two integer operations an element).
+    return tl.inline_asm_elementwise(
+        """{
+        .reg .b32 a<2>, b<2>;
+        prmt.b32 a0, 0, $2, 0x5140;
+        prmt.b32 a1, 0, $2, 0x7362;
+        shr.b32 b0, a0, 1;
+        shr.b32 b1, a1, 1;
+        and.b32 b0, b0, 0x3f803f80;
+        and.b32 b1, b1, 0x3f803f80;
+        lop3.b32 $0, b0, 0x80008000, a0, 0xf8;
+        lop3.b32 $1, b1, 0x80008000, a1, 0xf8;
+        }""", "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+
+
+if triton is not None:  # called from the span kernel, which finds it by this name (compiled or interpreted)
+    _fp8_as_fp16 = triton.jit(_fp8_as_fp16)
 
 
 def _merge_spans(partial_ptr, top_ptr, total_ptr, seen_ptr, out_ptr,  # type: ignore[no-untyped-def]

@@ -27,8 +27,8 @@ vector's largest element maps to 448, whatever Qwen's outlier key channels reach
 channels keep their ~3 % precision beside a 50x outlier: tests/test_kv_fp8.py), is batch-invariant (a row's
 scales depend on that row alone) and costs 2 bytes per 128: 1.6 % more than half of the bf16 cache. The kernel
 dequantises in registers; the masked path (no kernel) dequantises the columns it reads. Measured on the H200
-(docs/benchmarks.md): half the memory, but a slower step (the kernel's fp8 path moves half the bf16 kernel's
-bytes/s), so it is opt-in.
+(docs/benchmarks.md): half the memory, but no faster a step (the kernel's fp8 path moves half the bf16 kernel's
+bytes/s: it reads its values from shared memory a byte at a time), so it is opt-in.
 """
 from __future__ import annotations
 
@@ -48,11 +48,15 @@ log = logging.getLogger(__name__)
 WIDTH_STEP = 256
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest finite value
-# What "auto" picks where the GPU has fp8: off, because on the H200 the fp8 step measured slower than bf16 (13.0 vs
-# 12.1 ms at 128 rows: the kernel reads half the bytes at half the rate, and quantizing the step's new key/value adds
-# ~0.45 ms) and greedy ids batched == alone held for 4 of 6 pages (docs/benchmarks.md, "Decode step on GPU with an
-# fp8 KV cache"). Turn on once the kernel reads fp8 at the card's bandwidth.
+# What "auto" picks where the GPU has fp8: off, because on the H200 the fp8 step is no faster than bf16 (11.8 against
+# 11.7 ms at 128 rows with one write a layer, 3.98 against 3.66 ms at one row) and greedy ids batched == alone held
+# for 2 of 6 pages against 5 of 6 (docs/benchmarks.md, "fp8 KV cache: the conversion is not the limit"). Turn on
+# once the kernel reads fp8 at the card's bandwidth.
 FP8_BY_DEFAULT = False
+# The step writes each layer's new key/value (fp8: and their scales) with one launch (decode_attention.write_step)
+# where the kernel runs; False: with index writes, two a layer (fp8: four). Same bytes; measured on the H200 at 128
+# rows 11.7 against 12.0 ms a step (bf16), 11.8 against 12.5 (fp8).
+ONE_WRITE = True
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -276,6 +280,12 @@ class KvSlab:
             key_scales = value_scales = None
             if self.fp8:
                 key_scales, value_scales = self.key_scales[n][:rows], self.value_scales[n][:rows]
+            if self.spans and ONE_WRITE:  # one launch for the layer's two (fp8: four) index writes
+                key, value = (new[0], new[2]) if self.fp8 else new
+                spans.write_step(keys, values, key, value, write, key_scales, value_scales,
+                                 key_scale=new[1] if self.fp8 else None, value_scale=new[3] if self.fp8 else None,
+                                 interpret=self.interpret)
+            elif key_scales is not None and value_scales is not None:
                 # Written as bytes: index_put has no fp8 kernel on every build.
                 keys.view(torch.uint8)[at] = new[0].view(torch.uint8)
                 key_scales[at] = new[1]
