@@ -5,6 +5,7 @@ Page images are rendered lazily, when the engine batch that reads them runs, and
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import select
@@ -16,7 +17,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,15 +86,41 @@ def _has_eof_marker(path: Path) -> bool:
         return b"%%EOF" in fh.read()
 
 
-def render_page(path: str | Path, page: int, dpi: int = OCR_DPI, clip: tuple[float, ...] | None = None) -> Image.Image:
-    """Render page `page` (1-based) of a PDF as an RGB image; also used by the app to show cited pages."""
+def render_page(path: str | Path, page: int, dpi: int = OCR_DPI, clip: tuple[float, ...] | None = None,
+                max_pixels: int = 0) -> Image.Image:
+    """Render page `page` (1-based) of a PDF as an RGB image; also used by the app to show cited pages.
+    `max_pixels` (0: none) lowers the resolution to what the engine reads (`PageRender`)."""
     with open_document(path) as doc:
         pdf_page = doc[page - 1]
         area = pymupdf.Rect(clip) if clip else pdf_page.rect
         zoom = min(dpi / 72, MAX_RENDER_SIDE / max(area.width, area.height, 1))
+        if max_pixels:
+            zoom = min(zoom, _fit_zoom(area.width, area.height, max_pixels))
         pix = pdf_page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=area, alpha=False,
                                   colorspace=pymupdf.csRGB)
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+
+def _fit_zoom(width: float, height: float, max_pixels: int) -> float:
+    """The zoom that renders a `width` x `height` point area in at most `max_pixels` (MuPDF rounds sides up)."""
+    zoom = (max_pixels / max(width * height, 1)) ** 0.5
+    while zoom > 0.01 and math.ceil(width * zoom) * math.ceil(height * zoom) > max_pixels:
+        zoom *= 0.998
+    return zoom
+
+
+@dataclass(frozen=True)
+class PageRender:
+    """A page's (or a figure's) `Unit.load_image`: rendered where it is loaded (a loading process)."""
+
+    path: str
+    page: int
+    dpi: int
+    clip: tuple[float, ...] | None = None
+    max_pixels: int = 0  # set by the pipeline for an engine that reads pictures at a pixel budget
+
+    def __call__(self) -> Image.Image:
+        return render_page(self.path, self.page, self.dpi, self.clip, self.max_pixels)
 
 
 def page_markdown(page: pymupdf.Page, textpage: pymupdf.TextPage | None = None) -> str:
@@ -390,10 +416,10 @@ def read_pdf(path: Path, source: Source, settings: Settings) -> ReadResult:
             result.units.append(Unit(source, Modality.PDF_TEXT, page=number, text=page.text, context=contexts[number]))
             for rect in page.figures:
                 result.units.append(Unit(source, Modality.PDF_FIGURE, page=number, task="caption",
-                                         load_image=partial(render_page, str(path), number, FIGURE_DPI, rect)))
+                                         load_image=PageRender(str(path), number, FIGURE_DPI, tuple(rect))))
         else:
             result.units.append(Unit(source, Modality.PDF_OCR, page=number, task="ocr", context=contexts[number],
-                                     load_image=partial(render_page, str(path), number, OCR_DPI)))
+                                     load_image=PageRender(str(path), number, OCR_DPI)))
     return result
 
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -327,11 +327,17 @@ def load_workers() -> int:
     return min(MAX_LOAD_WORKERS, cores - 2) if cores >= 4 else 0
 
 
-def _loader(unit: Unit) -> Callable[[], Image.Image | VideoClip]:
-    """What loads a unit's picture: a video window's frames, or a page or image."""
+def _loader(unit: Unit, picture_pixels: int = 0) -> Callable[[], Image.Image | VideoClip]:
+    """What loads a unit's picture: a video window's frames, or a page or image; a page rendered no larger than
+    `picture_pixels` (the engine's budget, 0: none), which cuts rendering, sending it back and resizing it again."""
     if unit.task == "video" and unit.video is not None:
         return unit.video
     assert unit.load_image is not None  # a unit that needs the model has a clip or an image (kb.types.Unit)
+    if picture_pixels:
+        from ingest.pdf import PageRender  # imported already wherever a page was read
+
+        if isinstance(unit.load_image, PageRender):
+            return replace(unit.load_image, max_pixels=picture_pixels)
     return unit.load_image
 
 
@@ -372,21 +378,23 @@ class _LoadAhead:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.limit = 0  # set from the engine's batch size when the first units are queued
+        self.picture_pixels = 0  # the engine's (Engine.picture_pixels), set with the limit
         self._pool: ProcessPoolExecutor | None = None
         self._queued: deque[Unit] = deque()
         self._started: dict[int, Future[_Loaded] | None] = {}  # id(unit) -> its load (None: on the main thread)
         self.wait_s = 0.0  # time the main thread waited for pictures (the engine's next batch waited with it)
         self.load_s = 0.0  # time spent loading them, summed over processes
 
-    def add(self, units: Iterable[Unit], limit: int) -> None:
+    def add(self, units: Iterable[Unit], limit: int, picture_pixels: int = 0) -> None:
         self.limit = max(self.limit, limit)
+        self.picture_pixels = picture_pixels
         self._queued.extend(units)
         self._top_up()
 
     def _top_up(self) -> None:
         while self._queued and len(self._started) < self.limit:
             unit = self._queued.popleft()
-            self._started[id(unit)] = self._submit(_loader(unit))
+            self._started[id(unit)] = self._submit(_loader(unit, self.picture_pixels))
 
     def _submit(self, loader: Callable[[], Image.Image | VideoClip]) -> Future[_Loaded] | None:
         # A window whose frames were kept in memory while sampling (ingest.video.WindowLoader) opens on the main
@@ -425,7 +433,7 @@ class _LoadAhead:
                 log.warning("picture loading processes failed (%s): loading the rest on the main thread", err)
                 self.workers = 0
                 self._started = {key: None for key in self._started}
-        return load(_loader(unit))
+        return load(_loader(unit, self.picture_pixels))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -609,7 +617,7 @@ class Ingestor:
             job.waiting = len(visual)
             pending += [(job, u) for u in visual]
             if visual:
-                self._ahead.add(visual, self.batch_size)
+                self._ahead.add(visual, self.batch_size, getattr(self.engine, "picture_pixels", 0))  # 0: a plugin
             open_jobs.append(job)
             # With pictures loaded ahead, a batch goes to the engine once the next one is read too: its pictures
             # load while the engine reads this one.

@@ -136,3 +136,27 @@ def test_a_crashed_loading_process_leaves_the_pictures_to_the_main_thread():
     finally:
         ahead.close()
     assert shades == [0, 1, 2] and ahead.workers == 0
+
+
+def test_pages_are_rendered_at_the_size_the_engine_reads(tmp_path):
+    """A scanned letter page is rendered at 200 dpi for the ocr engine (small print), and for a vision-language
+    engine straight at its pixel budget, which its processor would have scaled a 200 dpi page down to anyway."""
+    from ingest.read import read_file
+    from kb.config import Settings
+    from kb.types import Source
+
+    path = tmp_path / "letter.pdf"
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    picture = Image.new("L", (850, 1100), 255)
+    ImageDraw.Draw(picture).text((80, 100), "QUARTERLY PUMP REPORT", fill=0, font=font(40))
+    picture.save(tmp_path / "letter.png")
+    page.insert_image(page.rect, filename=str(tmp_path / "letter.png"))
+    doc.save(path)
+    unit = next(u for u in read_file(path, Source("letter.pdf", str(path), "0"), Settings()).units if u.needs_model)
+    budget = 1280 * 32 * 32
+    full = pipeline.load(pipeline._loader(unit, 0)).picture
+    fitted = pipeline.load(pipeline._loader(unit, budget)).picture
+    assert full.size == (1700, 2200)  # 8.5 x 11 in at 200 dpi
+    assert 0.97 * budget <= fitted.size[0] * fitted.size[1] <= budget
+    assert abs(fitted.size[0] / fitted.size[1] - 612 / 792) < 0.01

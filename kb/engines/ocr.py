@@ -54,6 +54,7 @@ class OCREngine:
     generative = False
     slots = 0
     server_batched = False
+    picture_pixels = 0  # RapidOCR reads small print at the page's full 200 dpi
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -60,6 +60,7 @@ class OpenAIEngine:
     def __init__(self, settings: Settings, *, retries: int = 4, backoff: float = 1.0, timeout: float = 600.0,
                  connect_timeout: float = 10.0, repetition_penalty: float | None = REPETITION_PENALTY) -> None:
         self.settings = settings
+        self.picture_pixels = settings.image_max_pixels  # pictures are scaled to this budget before it reads them
         self.model = settings.model
         self.device = settings.openai_base_url
         self.retries = retries

@@ -383,6 +383,7 @@ class TransformersEngine:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.picture_pixels = settings.image_max_pixels  # pictures are scaled to this budget before it reads them
         self.model = settings.model
         self._device = resolve_device(settings.device)
         self.device = device_label(self._device)
