@@ -46,7 +46,7 @@ peak 300 MiB
 """
 
 
-def test_rewriting_a_section_replaces_its_tables_and_keeps_the_hand_written_subsections(tmp_path: Path):
+def test_rewriting_a_section_replaces_its_tables_and_keeps_the_hand_written_subsections(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text(BEFORE)
     write_section("Scale (`python -m bench.scale`)", "| chunks | lexical p50 ms |\n|---|---|\n| 1,000,000 | 9.5 |\n\n"
@@ -67,7 +67,7 @@ def test_rewriting_a_section_replaces_its_tables_and_keeps_the_hand_written_subs
         assert BEFORE[start:end if end > 0 else None] in after
 
 
-def test_a_section_not_yet_in_the_file_is_added_at_the_end(tmp_path: Path):
+def test_a_section_not_yet_in_the_file_is_added_at_the_end(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text(BEFORE)
     write_section("Team", "| askers | p95 s |\n|---|---|\n| 4 | 1.2 |", path=doc, where="test machine")
@@ -76,7 +76,7 @@ def test_a_section_not_yet_in_the_file_is_added_at_the_end(tmp_path: Path):
     assert after.count("## Team\n") == 1
 
 
-def test_rewriting_twice_gives_the_same_file(tmp_path: Path):
+def test_rewriting_twice_gives_the_same_file(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text(BEFORE)
     write_section("Scale (`python -m bench.scale`)", "| chunks |\n|---|\n| 5 |", path=doc, where="m")
