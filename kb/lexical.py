@@ -52,14 +52,14 @@ FEW_VALUES = 16  # a filter on more values than this marks its chunks up front (
 # turns pruning off). Ranking unfiltered costs the ranking itself, RANK_US per chunk holding a query word (common
 # words: WAND prunes little), plus PLACE_US per place it reads to find k that pass (TIE_DEPTH x dilution deep:
 # Tantivy's heap, the lengths, the filter's check). The first grows with what the filter admits, the second with
-# the store and the dilution, so the switch tends to a share of the store (RANK_US / SCORE_US, ~40 %) as it grows;
+# the store and the dilution, so the switch tends to a share of the store (RANK_US / SCORE_US, ~42 %) as it grows;
 # the rule it replaced (admits <= 6000 x first depth) switched at sqrt(N x 180k) chunks: 42 % at 1M, 13 % at 10M.
-# Fitted (log error; a fixed ~1.5 ms both plans pay cancels) to both plans forced on 17 filters at 100k and 18 at
-# 1M chunks (`python -m bench.scale --filter-plans`; docs/benchmarks.md, Scale, "Choosing the filtered lexical
-# plan by a cost model"): it picks the cheaper plan on all but one (1.5 ms lost, where they are within 8 %).
-SCORE_US = 0.06
-RANK_US = 0.023
-PLACE_US = 3.0
+# Fitted (log error; a fixed ~1.5 ms both plans pay cancels) to both plans forced on 17 filters at 100k, 17 at 252k
+# and 18 at 1M chunks (`python -m bench.scale --filter-plans`; docs/benchmarks.md, Scale, "Choosing the filtered
+# lexical plan by a cost model"): it picks the cheaper plan on all but two (0.4 and 1.5 ms lost, within 8 %).
+SCORE_US = 0.057
+RANK_US = 0.024
+PLACE_US = 2.9
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
 
