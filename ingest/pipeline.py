@@ -389,7 +389,9 @@ class _LoadAhead:
             self._started[id(unit)] = self._submit(_loader(unit))
 
     def _submit(self, loader: Callable[[], Image.Image | VideoClip]) -> Future[_Loaded] | None:
-        if self.workers <= 0:
+        # A window whose frames were kept in memory while sampling (ingest.video.WindowLoader) opens on the main
+        # thread in microseconds: a process would only decode it and send the pixels back.
+        if self.workers <= 0 or getattr(loader, "in_memory", False):
             return None
         try:
             blob = pickle.dumps(loader)
@@ -459,19 +461,23 @@ class Ingestor:
         return self._engine
 
     def _load_early(self, jobs: list[_FileInFlight]) -> None:
-        """Start loading the engine on a thread of its own when the plan shows a file that certainly needs it (a
-        video or an image), and where it can, its warm-up for bulk calls (`prepare_to_ingest`: 45 s of a fresh
-        process's first call on an H200, docs/benchmarks.md run H): both then overlap reading the files and
-        sampling the videos instead of following them. A PDF may hold text layers only: it loads the engine at its
-        first page that needs it, as a folder of text and born-digital files never loads one."""
-        if self._engine is not None or self._loading is not None or type(self).engine is not Ingestor.engine:
-            return  # given, loading already, or one that brings its engine its own way (the worker's, kept)
+        """Start loading the engine when the plan shows a file that certainly needs it (a video or an image). A
+        PDF may hold text layers only: it starts the load once read, if a page needs the engine (`_process`), as a
+        folder of text and born-digital files never loads one."""
         kinds = kinds_by_extension()
         needed = {kinds.get(Path(job.name).suffix.lower()) for job in jobs} & {"video", "image"}
         if needed:
-            self._loading = Future()
-            threading.Thread(target=self._load_into, args=(self._loading, "video" in needed), daemon=True,
-                             name="seekframe-ingest-engine").start()
+            self._start_loading(video="video" in needed)
+
+    def _start_loading(self, video: bool) -> None:
+        """Load the engine on a thread of its own, and where it can, warm it for bulk calls (`prepare_to_ingest`:
+        38-45 s of a fresh process's first call on an H200, docs/benchmarks.md runs H and I): both then overlap
+        reading the files, sampling the videos and loading the pictures instead of following them."""
+        if self._engine is not None or self._loading is not None or type(self).engine is not Ingestor.engine:
+            return  # given, loading already, or one that brings its engine its own way (the worker's, kept)
+        self._loading = Future()
+        threading.Thread(target=self._load_into, args=(self._loading, video), daemon=True,
+                         name="seekframe-ingest-engine").start()
 
     def _load_into(self, loading: Future[Engine], video: bool) -> None:
         try:
@@ -597,6 +603,8 @@ class Ingestor:
             if left_out:
                 report.results.append(left_out)
                 continue
+            if not self._engine_down and any(u.needs_model for u in job.read.units):
+                self._start_loading(video=job.read.kind == FileKind.VIDEO)  # a scanned PDF: its pages need it
             visual = self._resume(job, self._visual_units(job))
             job.waiting = len(visual)
             pending += [(job, u) for u in visual]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
 
 import ingest.pipeline as pipeline
 from ingest.pipeline import Ingestor
@@ -71,6 +72,46 @@ def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sam
     assert seen == {"loaded on the main thread": False, "loading while sampled": True, "warmed for video": True}
     assert report.counts() == {"added": 3}, report.results
     assert report.engine.startswith("transformers")
+
+
+def test_a_scanned_pdf_starts_the_engine_loading_once_it_is_read(tmp_path, open_kb, tiny_model_writer,
+                                                                  monkeypatch):
+    """A PDF's extension does not say whether its pages need the engine: once read, a page without a text layer
+    starts the load and the warm-up, while the next files are read and the pages rendered."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    page = Image.new("RGB", (600, 300), "white")
+    ImageDraw.Draw(page).text((30, 120), "KINGFISHER REPORT PAGE 1", fill="black", font_size=32)
+    page.save(folder / "a-scan.pdf", resolution=100)
+    (folder / "b-notes.md").write_text("The kingfisher report is filed every spring.")
+    loading = threading.Event()
+    seen: dict[str, object] = {}
+    real_load, real_read = pipeline.load_engine, pipeline.read_file
+    real_prepare = TransformersEngine.prepare_to_ingest
+
+    def load(settings):
+        seen["loaded on the main thread"] = threading.current_thread() is threading.main_thread()
+        loading.set()
+        return real_load(settings)
+
+    def read(path, *args):
+        if path.suffix == ".md":
+            seen["loading when the next file is read"] = loading.is_set()
+        return real_read(path, *args)
+
+    def prepare(engine, video=False):
+        seen["warmed for video"] = video
+        return real_prepare(engine, video=video)
+
+    monkeypatch.setattr(pipeline, "load_engine", load)
+    monkeypatch.setattr(pipeline, "read_file", read)
+    monkeypatch.setattr(TransformersEngine, "prepare_to_ingest", prepare)
+    store = open_kb(**_settings(tiny_model_writer))
+    report = Ingestor(store.settings, store).run([folder])
+    assert report.counts() == {"added": 2}, report.results
+    assert seen == {"loaded on the main thread": False, "loading when the next file is read": True,
+                    "warmed for video": False}
+    assert ("a-scan.pdf", "pdf_ocr") in {(rel, modality) for rel, modality, *_ in _chunks(store)}
 
 
 def test_the_early_start_changes_no_chunk(folder, open_kb, tiny_model_writer, tmp_path, monkeypatch):

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+import ingest.pipeline as pipeline
 import ingest.video_sampling as video_sampling
 import ingest.video_slices as video_slices
 from ingest.video import read_video
 from ingest.video_sampling import SamplingParams, sample_frames
-from kb.types import Source
+from kb.types import Source, VideoClip
 
 FPS = 10
 SECONDS = 36
@@ -89,11 +90,30 @@ def test_windows_frames_come_from_the_sampling_not_the_file(lecture, in_slices, 
         assert Path(unit.keyframe).is_file()
 
 
+def test_windows_kept_in_memory_open_in_this_process(lecture, in_slices, make_settings):
+    """No loading process decodes a kept window and sends its pixels back: it opens where it is taken, and its
+    frames decode where the engine reads them."""
+    settings = make_settings(video_max_pixels=320 * 180)
+    source = Source(rel=lecture.name, path=str(lecture), sha256=hashlib.sha256(b"memory").hexdigest())
+    units = read_video(lecture, source, settings, replace(PARAMS, frame_pixels=settings.video_max_pixels)).units
+    ahead = pipeline._LoadAhead(workers=2)
+    try:
+        ahead.add(units, limit=len(units))
+        assert ahead._pool is None  # nothing was sent to a process
+        clips = [ahead.take(unit).picture for unit in units]
+    finally:
+        ahead.close()
+    assert all(isinstance(c, VideoClip) and c.frames for c in clips)
+    assert [c.frame_indices for c in clips] == [u.video().frame_indices for u in units]
+    assert all(np.asarray(f).shape == (180, 320, 3) for c in clips for f in c.frames)
+
+
 def test_over_the_budget_frames_are_decoded_again(lecture, make_settings, monkeypatch):
     monkeypatch.setattr(video_sampling, "PICTURE_BUDGET", 0)
     settings = make_settings(video_max_pixels=320 * 180)
     source = Source(rel=lecture.name, path=str(lecture), sha256=hashlib.sha256(b"budget").hexdigest())
     units = read_video(lecture, source, settings, replace(PARAMS, frame_pixels=settings.video_max_pixels)).units
+    assert not units[1].video.in_memory  # so its frames are decoded again in a loading process
     clip = units[1].video()
     expected = cv2.resize(_frame(clip.timestamps[0]), (320, 180), interpolation=cv2.INTER_AREA).astype(np.int16)
     assert np.abs(np.asarray(clip.frames[0], np.int16) - expected).mean() < 6

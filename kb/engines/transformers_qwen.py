@@ -50,6 +50,11 @@ DECODE_CHUNK = 16
 # New rows join in groups of slots // REFILL_GROUPS: big enough for an efficient prefill, small enough that few
 # rows sit finished while they wait for company.
 REFILL_GROUPS = 8
+# Rows' worth of groups prepared beyond the free rows, as a share of the slab's rows. Rows that end together (video
+# windows at their token cap) free a whole wave at once; with one group ahead the wave waited for the processor
+# threads to prepare the rest (~3 s a wave for 128 windows on the 16-core H200 host: 10.5 s of a 57 s engine call,
+# docs/benchmarks.md). Half the rows ahead holds ~1 GB of pictures on the GPU and ~2 GB on the host at 128 rows.
+PREPARED_AHEAD = 0.5
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
@@ -970,7 +975,8 @@ class _Refill:
         self.slots: list[_Row | None] = [None] * slab.rows
         # Groups are prepared on several threads at once, and taken in the order they were asked for: the batch a
         # request lands in, and so every output, is the same with one thread or many. At most the free rows plus
-        # one group are in preparation or ready (`_prepare_ahead`), so memory does not grow with the threads.
+        # PREPARED_AHEAD of the rows are in preparation or ready (`_prepare_ahead`), so memory does not grow with the
+        # threads.
         self.pool = ThreadPoolExecutor(max_workers=engine.processor_threads, thread_name_prefix="kb-processor")
         self.waiting: deque[int] = deque(range(len(requests)))
         self.prepared: deque[tuple[list[int], Future[_Prepared]]] = deque()
@@ -978,9 +984,11 @@ class _Refill:
 
     # ---- CPU side: processor work prepared ahead ------------------------------------------------------
     def _prepare_ahead(self, rows_wanted: int) -> None:
-        """Keep enough groups in preparation to fill `rows_wanted` free rows plus one group more."""
+        """Keep enough groups in preparation to fill `rows_wanted` free rows, and PREPARED_AHEAD of the rows more
+        (at least one group) for rows that free up while these are prepared."""
         queued = sum(len(indices) for indices, _ in self.prepared)
-        while self.waiting and queued < rows_wanted + self.group:
+        ahead = max(self.group, int(self.slab.rows * PREPARED_AHEAD))
+        while self.waiting and queued < rows_wanted + ahead:
             take = [self.waiting.popleft() for _ in range(min(self.group, len(self.waiting)))]
             self.prepared.append((take, self.pool.submit(self._prepare, take)))
             queued += len(take)
