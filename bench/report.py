@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -39,13 +38,38 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}"
 
 
+def _cut_before_headings(text: str, marker: str) -> list[str]:
+    """`text` cut before each line starting with `marker` ("## ", "### ") outside code fences; the first piece is
+    what comes before the first such heading (it may be empty)."""
+    pieces, fenced = [""], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith(marker):
+            pieces.append("")
+        pieces[-1] += line
+    return pieces
+
+
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD, where: str | None = None) -> None:
-    """Replace (or add) the section `## title` in docs/benchmarks.md, keeping the other sections."""
+    """Replace (or add) the section `## title` in docs/benchmarks.md, keeping the other sections.
+
+    Within the section only what the script generates is replaced (the stamp, the tables and notes up to the first
+    `### ` subsection): hand-written `### ` subsections under it stay, after the new tables, except one whose
+    heading the new body writes itself (that one is generated: the new one replaces it)."""
     stamp = f"_Measured on {where or machine()}, {datetime.date.today().isoformat()}._"
-    section = f"## {title}\n{stamp}\n\n{body.strip()}\n"
+    generated = f"## {title}\n{stamp}\n\n{body.strip()}\n"
     text = path.read_text() if path.exists() else "# Benchmarks\nEach section is written by the script it names.\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    sections = _cut_before_headings(text, "## ")
+    found = [n for n, part in enumerate(sections) if part.split("\n", 1)[0] == f"## {title}"]
+    if found:
+        written = {line for line in generated.splitlines() if line.startswith("### ")}
+        kept = [sub.strip("\n") + "\n" for sub in _cut_before_headings(sections[found[0]], "### ")[1:]
+                if sub.split("\n", 1)[0] not in written]
+        sections[found[0]] = "\n".join([generated, *kept]) + "\n"
+        text = "".join(sections)
+    else:
+        text = text.rstrip() + "\n\n" + generated
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(f"written to {path}")

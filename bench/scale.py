@@ -560,14 +560,19 @@ def plan_filters(paths: list[str], seed: int) -> dict[str, dict]:
     return out
 
 
+OLD_ROW_COST = 6000  # the rule the cost model replaced: score when admits <= 6000 x _first_depth(10, N / admits)
+
+
 def filter_plans(home: Path, corpus: Corpus, embed_name: str, args) -> int:
-    """Both plans of a filtered lexical query, forced (kb/lexical.py ROW_COST_IN_SCORES 10**12: score the chunks the
-    filter admits; 0: rank unfiltered and drop the others), on the knowledge base in --workdir, which is not written
-    to: the crossover is what ROW_COST_IN_SCORES should put the switch at. Prints a table."""
+    """Both plans of a filtered lexical query, forced (kb/lexical.py SCORE_US 0: score the chunks the filter admits;
+    10**12: rank unfiltered and drop the others, going deeper rather than switching), on the knowledge base in
+    --workdir, which is not written to; beside them the plan the cost model picks (kb.lexical.scores_admitted at
+    the queries' mean word share) and its estimates, and the plan the old rule picked. Prints a table, and one JSON
+    line per filter (the numbers the model's constants are fitted to)."""
     import kb.lexical
 
     store = open_kb(home, corpus, embed_name)
-    default = kb.lexical.ROW_COST_IN_SCORES
+    default = kb.lexical.SCORE_US
     try:
         chunks = store.count()
         if not chunks:
@@ -575,29 +580,37 @@ def filter_plans(home: Path, corpus: Corpus, embed_name: str, args) -> int:
         paths = [r.path for r in store.manifest.all()]
         _, texts = query_sets(corpus, Build(sources=len(paths)), args.queries, args.seed)
         searcher = store.lexical._searcher()
+        total = int(searcher.num_docs)
+        share = float(np.mean([kb.lexical.word_share(kb.lexical.query_terms(t), searcher) for t in texts]))
         table = []
         for name, where in plan_filters(paths, args.seed).items():
             admits = kb.lexical.estimated_matches(where, searcher)
-            first = kb.lexical._first_depth(10, searcher.num_docs / max(1, admits))
+            depth = kb.lexical._ranked_depth(10, total / max(1, admits), total)
+            model = (kb.lexical.scoring_us(admits, share) / 1000, kb.lexical.ranking_us(total, share, depth) / 1000)
             load = os.getloadavg()[0]
             cells = []
-            for forced in (10**12, 0):
-                kb.lexical.ROW_COST_IN_SCORES = forced
+            for forced in (0.0, 1e12):
+                kb.lexical.SCORE_US = forced
                 cells.append(latency(lambda t, w=where: store.lexical_query(t, 10, w), texts, args.mode_seconds))
+            kb.lexical.SCORE_US = default
             cheaper = "scored" if cells[0][3] < cells[1][3] else "ranked"
-            chosen = "scored" if admits <= default * first else "ranked"
+            old = "scored" if admits <= OLD_ROW_COST * kb.lexical._first_depth(10, total / max(1, admits)) else "ranked"
+            new = "scored" if kb.lexical.scores_admitted(admits, total, share, 10) else "ranked"
             table.append([name, f"{admits:,}", _pair(cells[0]), f"{cells[0][3]:.1f}", _pair(cells[1]),
-                          f"{cells[1][3]:.1f}", cheaper, chosen, f"{load:.1f}"])
+                          f"{cells[1][3]:.1f}", cheaper, old, new, f"{model[0]:.1f} / {model[1]:.1f}", f"{load:.1f}"])
             print(" | ".join(table[-1]), flush=True)
+            print(json.dumps({"chunks": total, "filter": name, "admits": admits, "share": share, "depth": depth,
+                              "scored_cpu_ms": cells[0][3], "ranked_cpu_ms": cells[1][3], "scored_n": cells[0][2],
+                              "ranked_n": cells[1][2], "load": load}), flush=True)
         if store.count() != chunks:
             raise RuntimeError("the knowledge base changed while it was measured")
     finally:
-        kb.lexical.ROW_COST_IN_SCORES = default
+        kb.lexical.SCORE_US = default
         store.close()
-    print(f"\n{chunks:,} chunks, k=10, up to {args.queries} queries per plan:\n")
+    print(f"\n{chunks:,} chunks, k=10, up to {args.queries} queries per plan, mean word share {share:.2f}:\n")
     print(markdown_table(["filter", "admits", "scored: p50 / p95 ms", "scored: CPU ms", "ranked: p50 / p95 ms",
-                          "ranked: CPU ms", "cheaper (CPU)", f"chosen at ROW_COST_IN_SCORES {default}", "load (1 min)"],
-                         table))
+                          "ranked: CPU ms", "cheaper (CPU)", f"old rule ({OLD_ROW_COST})", "cost model",
+                          "model: scored / ranked ms", "load (1 min)"], table))
     return 0
 
 
@@ -726,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only render the rows and the ef_search sweep "
                         "kept in --workdir (with --notes, --write)")
     parser.add_argument("--filter-plans", action="store_true", help="only time both plans of filtered lexical "
-                        "queries (kb/lexical.py ROW_COST_IN_SCORES) on the knowledge base in --workdir; adds nothing")
+                        "queries (kb/lexical.py's cost model) on the knowledge base in --workdir; adds nothing")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)

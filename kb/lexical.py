@@ -47,14 +47,19 @@ FLOAT_FIELDS = ("t_start", "t_end")
 WRITER_HEAP = 64_000_000  # bytes buffered before Tantivy writes a segment on its own
 TIE_DEPTH = 200  # how far a query follows a run of equal scores at the k-th place
 FEW_VALUES = 16  # a filter on more values than this marks its chunks up front (a term set query)
-# How many admitted chunks Tantivy scores in the time one place of `_first_depth` costs the plan that ranks
-# unfiltered (it searches TIE_DEPTH x dilution deep at once and checks each place's key against the filter): it
-# decides whether a filtered query scores what the filter admits or ranks past the rest. Measured at 1M chunks
-# (docs/benchmarks.md, Scale, "The two filtered lexical plans"; `python -m bench.scale --filter-plans`): the two
-# cost the same at ~400k admitted chunks (within 1 CPU ms per query), ranking wins from 500k (by 1-9 ms in two
-# runs), scoring wins below 300k (a 20 % kind filter: 9.3 against 19.0 ms). 6000 switches at ~425k at 1M; the old
-# 1000 (from when checking a ranked chunk read its stored row, ~40 us) switched at 174k.
-ROW_COST_IN_SCORES = 6000
+# A filtered query runs one of two plans, whichever a cost model of both says is cheaper (CPU microseconds per
+# query). Scoring what the filter admits costs SCORE_US per admitted chunk holding a query word (a filter clause
+# turns pruning off). Ranking unfiltered costs the ranking itself, RANK_US per chunk holding a query word (common
+# words: WAND prunes little), plus PLACE_US per place it reads to find k that pass (TIE_DEPTH x dilution deep:
+# Tantivy's heap, the lengths, the filter's check). The first grows with what the filter admits, the second with
+# the store and the dilution, so the switch tends to a share of the store (RANK_US / SCORE_US, ~42 %) as it grows;
+# the rule it replaced (admits <= 6000 x first depth) switched at sqrt(N x 180k) chunks: 42 % at 1M, 13 % at 10M.
+# Fitted (log error; a fixed ~1.5 ms both plans pay cancels) to both plans forced on 17 filters at 100k, 17 at 252k
+# and 18 at 1M chunks (`python -m bench.scale --filter-plans`; docs/benchmarks.md, Scale, "Choosing the filtered
+# lexical plan by a cost model"): it picks the cheaper plan on all but two (0.4 and 1.5 ms lost, within 8 %).
+SCORE_US = 0.057
+RANK_US = 0.024
+PLACE_US = 2.9
 LOCK_WAIT_S = 60.0  # how long a writer waits for another process's writer (server mode)
 
 
@@ -222,6 +227,36 @@ def estimated_matches(where: dict[str, Any], searcher: Any) -> int:
 def _first_depth(k: int, dilution: float) -> int:
     """How many ranked chunks to read first for k to pass a filter that admits one in `dilution` of them."""
     return int((k + 10) * dilution * 1.5) + 1
+
+
+def _ranked_depth(k: int, dilution: float, total: int) -> int:
+    """How deep the ranked plan's first search goes: as deep as ties are followed (at 1M chunks a common-word query
+    costs the same at depth 20 and 200, as WAND prunes little, while a second search would double it)."""
+    return min(total, max(_first_depth(k, dilution), int(TIE_DEPTH * dilution)))
+
+
+def word_share(terms: Iterable[str], searcher: Any) -> float:
+    """About what share of the chunks hold one of `terms` (at most 1: the sum of their document frequencies)."""
+    total = max(1, int(searcher.num_docs))
+    return min(1.0, sum(int(searcher.doc_freq("tokens", t)) for t in set(terms)) / total)
+
+
+def scoring_us(admitted: float, share: float) -> float:
+    """The cost model's CPU microseconds for scoring every admitted chunk that holds a query word."""
+    return SCORE_US * admitted * share
+
+
+def ranking_us(total: int, share: float, depth: int) -> float:
+    """The cost model's CPU microseconds for ranking all chunks `depth` places deep (the filter checked on those)."""
+    holding = total * share
+    return RANK_US * holding + PLACE_US * min(depth, holding)
+
+
+def scores_admitted(admitted: int, total: int, share: float, k: int) -> bool:
+    """Whether a query for k chunks whose filter admits `admitted` of `total` (`share` of them holding a query word)
+    should score the admitted chunks (True) or rank all and drop the others (False): the cheaper by the cost model."""
+    depth = _ranked_depth(k, total / max(1, admitted), total)
+    return scoring_us(admitted, share) <= ranking_us(total, share, depth)
 
 
 def _narrowed(ranking: tantivy.Query, allowed: tantivy.Query) -> tantivy.Query:
@@ -507,28 +542,27 @@ class LexicalIndex:
             return self._ranked(searcher, ranking, k, None, 1.0)
         allowed = filter_query(where)
         matches = max(1, estimated_matches(where, searcher))
-        dilution = searcher.num_docs / matches
+        share = word_share(terms, searcher)
         # A filter clause turns WAND off (Tantivy prunes only pure SHOULD queries): every admitted chunk with a query
-        # word is scored. Ranking unfiltered instead reads about (k + 10) * dilution rows to find k that pass.
-        if matches <= ROW_COST_IN_SCORES * _first_depth(k, dilution):
-            # Few pass (a source, a folder, a rare kind): scoring them is the cheaper of the two.
+        # word is scored. Ranking unfiltered instead reads about TIE_DEPTH x dilution places to find k that pass.
+        if scores_admitted(matches, searcher.num_docs, share, k):
+            # Few pass (a source, a folder, a rare kind; most kinds in a small store): score them.
             return self._ranked(searcher, _narrowed(ranking, allowed), k, None, 1.0)
         # Many pass (a common kind of file): rank unfiltered, deep enough for k to pass, and drop the others.
-        return self._ranked(searcher, ranking, k, allowed, dilution)
+        return self._ranked(searcher, ranking, k, allowed, searcher.num_docs / matches, share)
 
-    def _ranked(self, searcher: Any, query: Any, k: int, allowed: Any, dilution: float
+    def _ranked(self, searcher: Any, query: Any, k: int, allowed: Any, dilution: float, share: float = 1.0
                 ) -> list[Scored]:
         """The best `k` current chunks of `query`'s ranking that `allowed` (a filter query, or None) admits.
 
         `dilution` is how many ranked chunks it takes, on average, for one to pass the filter: the first depth
-        and how far ties are followed grow with it. Ranking and ties use scores and fast fields only; the filter
-        and the stored rows are checked in rank order, a few at a time, for the chunks returned."""
+        and how far ties are followed grow with it (`share`: of the chunks holding a query word, for the cost model).
+        Ranking and ties use scores and fast fields only; the filter and the stored rows are checked in rank order,
+        a few at a time, for the chunks returned."""
         if not searcher.num_docs:
             return []  # (Tantivy refuses a depth of 0)
         tie_depth = int(TIE_DEPTH * dilution)  # whole: each step below must grow the depth, or it would loop
-        # The first search already goes as deep as ties are followed: at 1M chunks a common-word query costs the same
-        # at depth 20 and 200 (WAND prunes little), while a second search would double it.
-        depth = min(searcher.num_docs, max(_first_depth(k, dilution), tie_depth))
+        depth = _ranked_depth(k, dilution, searcher.num_docs)
         rows: dict[tuple[int, int], dict[str, Any]] = {}  # stored rows read so far, by address
         while True:
             hits = searcher.search(query, depth, count=False).hits
@@ -552,9 +586,10 @@ class LexicalIndex:
                 return out
             # Too few passed: the filter admits fewer of the best than on average, or stale versions (a write in
             # flight, a crash being cleaned up) took places: look deeper, or score what the filter admits when
-            # ranking past the others costs more than that.
+            # ranking past the others again costs more than that.
             depth *= 4
-            if allowed is not None and depth * ROW_COST_IN_SCORES > searcher.num_docs / dilution:
+            if allowed is not None and (scoring_us(searcher.num_docs / dilution, share)
+                                        < ranking_us(searcher.num_docs, share, depth)):
                 return self._ranked(searcher, _narrowed(query, allowed), k, None, 1.0)
 
     def _accepted(self, searcher: Any, addresses: list[Any], k: int, allowed: Any, dilution: float,

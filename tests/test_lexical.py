@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -248,16 +249,24 @@ def _admits(where: dict, meta: dict) -> bool:
             "$lte": lambda: value <= arg}[op]()
 
 
-@pytest.mark.parametrize("row_cost", [0, 3, 10**9], ids=["rank-then-filter", "switches-to-scoring", "scores-filtered"])
+# Cost-model constants of kb/lexical.py that force each way a filtered query can run: scoring never pays (rank
+# everything, and go deeper when too few pass), costs nothing, or costs about as much as ranking (some of each).
+PLAN_COSTS = {"rank-then-filter": {"SCORE_US": 1e12}, "some-ranked-some-scored": {"SCORE_US": 1.0, "RANK_US": 0.0,
+                                                                                  "PLACE_US": 1.0},
+              "scores-filtered": {"SCORE_US": 0.0}}
+
+
+@pytest.mark.parametrize("costs", list(PLAN_COSTS.values()), ids=list(PLAN_COSTS))
 def test_a_filtered_query_returns_the_filtered_top_10_of_the_unfiltered_ranking(tmp_path: Path, monkeypatch,
-                                                                                  row_cost: int):
+                                                                                  costs: dict[str, float]):
     """Whichever way a filtered query runs (ranking everything and dropping what the filter refuses, which prunes,
     or scoring only what it admits), its top 10 is the unfiltered ranking's best 10 that pass the filter."""
     import random
 
     import kb.lexical
 
-    monkeypatch.setattr(kb.lexical, "ROW_COST_IN_SCORES", row_cost)
+    for name, value in costs.items():
+        monkeypatch.setattr(kb.lexical, name, value)
     rng = random.Random(5)
     words = [f"w{n}" for n in range(60)]
     index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
@@ -278,6 +287,74 @@ def test_a_filtered_query_returns_the_filtered_top_10_of_the_unfiltered_ranking(
                 assert [cid for cid, *_ in index.query(query, 10, where)] == expected, (query, name)
                 admitting.update([name] if expected else [])
         assert admitting == set(FILTERS)  # each filter admits some of the matches of some query
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("switches", [True, False], ids=["switches-to-scoring", "goes-deeper"])
+def test_a_filter_that_refuses_the_best_ranked_chunks_still_gets_its_own_best_10(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switches: bool) -> None:
+    """Ranked past the others, a filter whose chunks all rank below the first search's depth finds none there: the
+    query then scores what the filter admits (when the cost model says that is cheaper than searching deeper) or
+    searches deeper, and returns the filter's own best 10 either way."""
+    import kb.lexical
+
+    # Ranked first (8 x 300 admitted > 1 x 2,000 places), then scored (2,400 < the 3,000 places of a deeper search).
+    monkeypatch.setattr(kb.lexical, "SCORE_US", 8.0 if switches else 1e12)
+    monkeypatch.setattr(kb.lexical, "RANK_US", 0.0)
+    monkeypatch.setattr(kb.lexical, "PLACE_US", 1.0)
+    narrowed: list[int] = []
+    original = kb.lexical._narrowed
+
+    def counted(*args: Any) -> Any:
+        narrowed.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(kb.lexical, "_narrowed", counted)
+    index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
+    try:
+        index.upsert([Chunk(id=f"text:{i}", text="turbine " * 3 + f"t{i}", rel="a.pdf", path="/a", sha256="v",
+                            modality="pdf_text", position=i) for i in range(2700)])
+        index.upsert([Chunk(id=f"photo:{i}", text="turbine " + "blade " * (1 + i % 50) + f"p{i}", rel="b.png",
+                            path="/b", sha256="v", modality="image_ocr", position=i) for i in range(300)])
+        where = {"modality": {"$in": ["image_ocr"]}}
+        expected = [cid for cid, _, meta, _ in index.query("turbine", 3000) if meta["modality"] == "image_ocr"][:10]
+        assert len(expected) == 10 and all(cid.startswith("photo:") for cid in expected)
+        narrowed.clear()
+        assert [cid for cid, *_ in index.query("turbine", 10, where)] == expected
+        assert bool(narrowed) == switches  # it went the way the cost model said
+    finally:
+        index.close()
+
+
+def test_the_cost_model_scores_small_filters_and_ranks_past_broad_ones_at_any_store_size() -> None:
+    """kb.lexical.scores_admitted with its fitted constants, for the sizes measured (100k, 1M) and beyond: a source
+    (200 chunks) is scored, a kind holding 95 % of the store is ranked past, the switch is one share per size (a
+    larger filter is never scored when a smaller one is ranked past), and at 10M chunks a kind holding 20 % is still
+    scored (the rule the model replaced ranked it past: its switch fell to 13 % of the store there)."""
+    from kb.lexical import scores_admitted
+
+    for total in (100_000, 1_000_000, 10_000_000, 100_000_000):
+        assert scores_admitted(200, total, 0.94, 10)
+        assert not scores_admitted(int(0.95 * total), total, 0.94, 10)
+        picks = [scores_admitted(int(total * n / 100), total, 0.94, 10) for n in range(1, 101)]
+        assert picks == sorted(picks, reverse=True)
+    assert scores_admitted(2_000_000, 10_000_000, 0.94, 10)
+    assert scores_admitted(250_000, 1_000_000, 0.94, 10) and not scores_admitted(750_000, 1_000_000, 0.94, 10)
+
+
+def test_word_share_is_the_share_of_chunks_holding_a_query_word(tmp_path: Path) -> None:
+    from kb.lexical import word_share
+
+    index = LexicalIndex(tmp_path / "lexical", lambda paths: {p: "v" for p in paths}, exclusive=True)
+    try:
+        index.upsert([Chunk(id=f"c{i}", text=("alpha " if i < 3 else "") + ("beta " if i >= 8 else "") + f"x{i}",
+                            rel="a.md", path="/a", sha256="v", modality="text", position=i) for i in range(10)])
+        searcher = index._searcher()
+        assert word_share(["alpha"], searcher) == pytest.approx(0.3)
+        assert word_share(["alpha", "beta", "alpha"], searcher) == pytest.approx(0.5)
+        assert word_share(["nowhere"], searcher) == 0.0
+        assert word_share(["alpha", "beta", "x1", "x2", "x3", "x4", "x5", "x6"], searcher) == 1.0  # at most all
     finally:
         index.close()
 
