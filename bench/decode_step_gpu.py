@@ -6,11 +6,13 @@ In one run, on the Qwen3-VL-4B architecture with random bf16 weights (bench/engi
   unquantised cache, batch invariance (a row alone gives the same bits as in a batch), time and bytes/s, for a few
   span sizes / block sizes / warps;
 - the kernel's ways of turning fp8 into matrix operands (decode_attention.FP8_CONVERTS), then the fastest with other
-  span / block / warp sizes, at real lengths and with every row at the slab's full length;
+  span / block / warp sizes, at real lengths and with every row at the slab's full length, and fp8 values stored
+  column-major (kv_slab.FP8_VALUES_BY_COLUMN);
 - the recorded step at 128 and 1 rows of the bulk slab at real lengths, bf16 cache against fp8 (the fastest
   conversion of the kernel table; the slab filled with random keys and values, not zeros), each with the layer's
   new key/value written by one launch (decode_attention.write_step) and by the index writes it replaced;
-- greedy ids batched == alone (bench.engine_gpu's --check pages) over a bf16 and over an fp8 bulk slab;
+- greedy ids batched == alone (bench.engine_gpu's --check pages) over a bf16 and over an fp8 bulk slab (values
+  stored by row and by column: kv_slab.FP8_VALUES_BY_COLUMN);
 - the fp8 cache's accuracy on the random model's real cache: one layer's attention output (fp8 and bf16 kernel
   against float64 over the bf16 cache), and the share of greedy tokens that agree between an fp8 and a bf16 slab
   over a few pages (random weights make near-ties common: one flipped pick changes the rest of the page);
@@ -63,6 +65,7 @@ def kernel_rows() -> tuple[list[list], str]:
     k = torch.randn(ROWS, KV_HEADS, COLUMNS, DIM, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     (k8, ks), (v8, vs) = quantize(k), quantize(v)
+    v8_by_column = v8.transpose(2, 3).contiguous().transpose(2, 3)  # kv_slab.FP8_VALUES_BY_COLUMN's layout
     real = live_lengths(ROWS)
     full = torch.full_like(real, COLUMNS - 1)
     scale = DIM ** -0.5
@@ -86,7 +89,8 @@ def kernel_rows() -> tuple[list[list], str]:
                  error, ""])
     defaults = spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES
 
-    def run(cache: str, split: int, block: int, warps: int, lengths: str = "real") -> float:
+    def run(cache: str, split: int, block: int, warps: int, lengths: str = "real", by_column: bool = False
+            ) -> float:
         spans.SPLIT, spans.BLOCK, spans.WARPS = split, block, warps
         spans.FP8_CONVERT = cache.split()[-1] if cache != "bf16" else "bf16"
         seen = real if lengths == "real" else full
@@ -94,8 +98,10 @@ def kernel_rows() -> tuple[list[list], str]:
             def attend(r: slice) -> torch.Tensor:
                 return spans.decode_attention(q[r], k[r], v[r], seen[r], scale)
         else:
+            values = v8_by_column if by_column else v8
+
             def attend(r: slice) -> torch.Tensor:
-                return spans.decode_attention(q[r], k8[r], v8[r], seen[r], scale, key_scales=ks[r],
+                return spans.decode_attention(q[r], k8[r], values[r], seen[r], scale, key_scales=ks[r],
                                               value_scales=vs[r])
         try:
             out = attend(slice(None))
@@ -107,13 +113,17 @@ def kernel_rows() -> tuple[list[list], str]:
         alone = all(torch.equal(attend(slice(r, r + 1)), out[r:r + 1]) for r in (0, 17, 101))
         ms = median_ms(partial(attend, slice(None)))
         bytes_gb = gb("bf16" if cache == "bf16" else "fp8", seen)
-        knobs = ("" if spans.STOP_AT_END else ", whole spans") + (f", {spans.STAGES} stages" if spans.STAGES else "")
+        knobs = (("" if spans.STOP_AT_END else ", whole spans") + (f", {spans.STAGES} stages" if spans.STAGES else "")
+                 + (", values by column" if by_column else ""))
         rows.append([f"{cache}, spans {split}, block {block}, {warps} warps{knobs}", lengths, bytes_gb, ms,
                      bytes_gb / ms * 1e3, float((out.double() - refs[lengths]).norm() / refs[lengths].norm()), alone])
         print(rows[-1], flush=True)
         return ms
 
     run("bf16", 256, 64, 4)
+    for convert in ("bf16", "fp16-asm"):  # the values stored column-major: no bytes transposed in shared memory
+        run(f"fp8 {convert}", 256, 64, 4, by_column=True)
+        run(f"fp8 {convert}", 256, 64, 4, "full", by_column=True)
     converts = {convert: run(f"fp8 {convert}", 256, 64, 4) for convert in spans.FP8_CONVERTS}
     best = min(converts, key=lambda c: converts[c])
     for split, block, warps in ((256, 128, 4), (256, 128, 8), (512, 64, 4)):
@@ -180,21 +190,22 @@ def step_rows(engine: tq.TransformersEngine, convert: str) -> tuple[list[list], 
     `convert` says), each with the layer's new key/value written by one launch and by index writes (the two ways
     are fixed when a step is recorded, so each gets its own slab)."""
     seen = live_lengths(ROWS)
-    caches = [("bf16", True), ("fp8", True), ("bf16", False), ("fp8", False)]
-    labels = [f"{cache}{f' ({convert})' if cache == 'fp8' else ''}, {'one write' if one else 'index writes'}"
-              for cache, one in caches]
+    caches = [("bf16", True, False), ("fp8", True, False), ("fp8", True, True), ("bf16", False, False),
+              ("fp8", False, False)]
+    labels = [f"{cache}{f' ({convert})' if cache == 'fp8' else ''}{', values by column' if by_column else ''}, "
+              f"{'one write' if one else 'index writes'}" for cache, one, by_column in caches]
     times: dict[str, list[float]] = {}
     notes = []
-    defaults = spans.FP8_CONVERT, kv_slab.ONE_WRITE
+    defaults = spans.FP8_CONVERT, kv_slab.ONE_WRITE, kv_slab.FP8_VALUES_BY_COLUMN
     with torch.inference_mode():
-        for label, (cache, one) in zip(labels, caches):
-            spans.FP8_CONVERT, kv_slab.ONE_WRITE = convert, one
+        for label, (cache, one, by_column) in zip(labels, caches):
+            spans.FP8_CONVERT, kv_slab.ONE_WRITE, kv_slab.FP8_VALUES_BY_COLUMN = convert, one, by_column
             with_cache(engine, cache)
             started = time.perf_counter()
             bulk = engine._slab("bulk", ROWS, COLUMNS)
             torch.cuda.synchronize()
             made_s = time.perf_counter() - started
-            assert bulk.fp8 == (cache == "fp8")
+            assert bulk.fp8 == (cache == "fp8") and spans.by_column(bulk.values[0]) == by_column
             fill_random(bulk)
             bulk.lens.copy_(seen - 1)
             width = width_for(int(seen.max()), bulk.length)
@@ -210,11 +221,12 @@ def step_rows(engine: tq.TransformersEngine, convert: str) -> tuple[list[list], 
             print(label, times[label], notes[-1], flush=True)
             del bulk
             with_cache(engine, cache)
-    spans.FP8_CONVERT, kv_slab.ONE_WRITE = defaults
+    spans.FP8_CONVERT, kv_slab.ONE_WRITE, kv_slab.FP8_VALUES_BY_COLUMN = defaults
     mean = float(seen.float().mean())
     names = [f"{ROWS} rows, real lengths (mean {mean:.0f} columns)" if rows == ROWS else
              f"{rows} row{'s' if rows > 1 else ''} of the {ROWS}-row bulk slab" for rows in STEP_ROWS]
-    table = [[name, *(times[label][n] for label in labels), times[labels[0]][n] / times[labels[1]][n]]
+    table = [[name, *(times[label][n] for label in labels), times[labels[0]][n] / min(times[labels[1]][n],
+                                                                                       times[labels[2]][n])]
              for n, name in enumerate(names)]
     return table, notes, labels
 
@@ -354,9 +366,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = load_engine(args, Path(tmp))
         steps, notes, labels = step_rows(engine, best)
-        step_header = ["recorded decode step", *(f"ms, {label}" for label in labels), "bf16 / fp8 (one write)"]
+        step_header = ["recorded decode step", *(f"ms, {label}" for label in labels), "bf16 / best fp8 (one write)"]
         print(markdown_table(step_header, steps), "\n" + "\n".join(notes), flush=True)
         checks = [batch_invariance(engine, cache, best)[0] for cache in ("bf16", "fp8")]
+        kv_slab.FP8_VALUES_BY_COLUMN = True
+        checks.append("values by column: " + batch_invariance(engine, "fp8", best)[0])
+        kv_slab.FP8_VALUES_BY_COLUMN = False
         spans.FP8_CONVERT = best
         if not args.no_accuracy:
             accuracy, agreement = accuracy_rows(engine)

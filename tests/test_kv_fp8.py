@@ -124,12 +124,15 @@ def test_kernel_on_an_fp8_cache_matches_its_dequantised_reference_and_rows_are_i
             d.FP8_CONVERT = convert
             out_half = fp8(query, k8, v8, ks, vs, seen)
             small = fp8(query, k8, small_v8, ks, small_vs, seen)
+            v8_by_column = v8.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, stored column-major
+            assert d.by_column(v8_by_column) and not d.by_column(v8)
             half[convert] = {
                 "to_reference": float((out_half.double() - ref).norm() / ref.norm()),
                 "small_values": float((small.double() - small_ref).norm() / small_ref.norm()),
                 "alone": [torch.equal(fp8(query[r:r + 1], k8[r:r + 1], v8[r:r + 1], ks[r:r + 1], vs[r:r + 1],
                                           seen[r:r + 1]), out_half[r:r + 1]) for r in range(rows)],
-                "same_as_fp16": torch.equal(out_half, half["fp16"]["out"]) if half else True, "out": out_half}
+                "same_as_fp16": torch.equal(out_half, half["fp16"]["out"]) if half else True, "out": out_half,
+                "by_column": torch.equal(fp8(query, k8, v8_by_column, ks, vs, seen), out_half)}
         for variant in half.values():
             del variant["out"]
         print(json.dumps({"to_reference": float((out.double() - ref).abs().max()), "to_unquantised": rel,
@@ -146,6 +149,7 @@ def test_kernel_on_an_fp8_cache_matches_its_dequantised_reference_and_rows_are_i
         # The integer route gives fp16 operands of the same values (times 2**-8, folded into the scales): the
         # same output to the bit.
         assert variant["same_as_fp16"]
+        assert variant["by_column"]  # values stored column-major: the same output to the bit
 
 
 def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):
@@ -183,6 +187,19 @@ def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):
         slab.spans = slab.interpret = True
         kernel = engine.generate_ids(requests)
         assert engine._slabs["bulk"] is slab
+        # The same with the values stored column-major (kv_slab.FP8_VALUES_BY_COLUMN): the masked path and the kernel
+        # (prompt loads, one write a step, moved rows) read them through the same (rows, heads, columns, head_dim) view.
+        kv_slab.FP8_VALUES_BY_COLUMN = True
+        by_column = {}
+        for spans_on in (False, True):
+            with torch.inference_mode():
+                slab = kv_slab.KvSlab(engine._net, plain.rows, plain.length, banned=plain.banned,
+                                      eos=engine.eos_ids, min_new=plain.min_new, graphs=False, kv_cache="fp8")
+            assert slab.values[0].stride(2) == 1 and slab.values[0].shape == slab.keys[0].shape
+            slab.rules, slab.spans, slab.interpret = plain.rules, spans_on, spans_on
+            engine._slabs["bulk"] = slab
+            by_column["kernel" if spans_on else "masked"] = engine.generate_ids(requests)
+        kv_slab.FP8_VALUES_BY_COLUMN = False
         # The setting reaches the engine's slabs: the bulk one follows it, answers keep the model's dtype.
         chosen = {}
         for setting in ("fp8", "auto", "bf16"):
@@ -191,12 +208,13 @@ def test_fp8_slab_decodes_what_its_dequantised_cache_gives(tiny_model_dir):
             with torch.inference_mode():
                 chosen[setting] = [engine._slab("bulk", 2, 64).fp8, engine._slab("answer", 1, 64).fp8]
         print(json.dumps({"masked": masked, "kernel": kernel, "stored": stored, "share": share / scales_share,
-                          "chosen": chosen}))
+                          "chosen": chosen, "by_column": by_column}))
     """, str(tiny_model_dir))
     assert result["stored"] == ["torch.float8_e4m3fn", "torch.float8_e4m3fn", "torch.bfloat16"]
     assert result["share"] == pytest.approx(1.0)  # a quarter of float32 (half of bf16), plus the scales
     assert [len(ids) for ids in result["masked"]] == [7, 4, 6]
     assert result["kernel"] == result["masked"]
+    assert result["by_column"] == {"masked": result["masked"], "kernel": result["masked"]}
     # fp8 when asked (answers never); auto is bf16 here (no kernel on a CPU, and FP8_BY_DEFAULT is off)
     assert result["chosen"] == {"fp8": [True, False], "auto": [False, False], "bf16": [False, False]}
 
@@ -225,8 +243,12 @@ def test_step_write_puts_each_rows_new_column_where_index_writes_did_and_nothing
         expected = [t.clone() for t in (k8.view(torch.uint8), ks, v8.view(torch.uint8), vs)]
         for cache, new in zip(expected, (new_k8.view(torch.uint8), new_ks, new_v8.view(torch.uint8), new_vs)):
             cache[at] = new
+        v8_by_column = v8.transpose(2, 3).contiguous().transpose(2, 3)  # values stored column-major
         d.write_step(k8, v8, new_k8, new_v8, write, ks, vs, key_scale=new_ks, value_scale=new_vs, interpret=True)
         fp8 = all(torch.equal(a, b) for a, b in zip((k8.view(torch.uint8), ks, v8.view(torch.uint8), vs), expected))
-        print(json.dumps({"plain": plain, "fp8": fp8}))
+        d.write_step(k8, v8_by_column, new_k8, new_v8, write, ks, vs, key_scale=new_ks, value_scale=new_vs,
+                     interpret=True)
+        by_column = torch.equal(v8_by_column.view(torch.uint8), expected[2])
+        print(json.dumps({"plain": plain, "fp8": fp8, "by_column": by_column}))
     """)
-    assert result == {"plain": True, "fp8": True}
+    assert result == {"plain": True, "fp8": True, "by_column": True}

@@ -17,6 +17,8 @@ An fp8 cache (kv_slab.py: float8_e4m3fn keys and values with one scale per row, 
 as it is stored: the kernel loads the fp8 block and its scales and dequantises in registers. The key's scale is
 per column, so it multiplies the block's scores (q . (s k) = s (q . k)), and the value's scale multiplies the
 block's probabilities before they meet the values (sum p s v = sum (p s) v): no (columns x head size) multiply.
+Its values may be stored column-major (kv_slab.FP8_VALUES_BY_COLUMN): the second product wants them transposed, and
+Triton transposes 8-bit operands in shared memory a byte at a time.
 """
 from __future__ import annotations
 
@@ -65,7 +67,9 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     """Attention of one query token per row over the first `seen[row]` columns of that row.
 
     query (rows, kv_heads, group, head_dim), its group query heads per key/value head; keys and values (rows,
-    kv_heads, columns, head_dim) with unit stride in the last dimension; seen (rows,) integers in [1, columns].
+    kv_heads, columns, head_dim), keys with unit stride in the last dimension, values in the last dimension or,
+    for an fp8 cache, in the columns (`by_column`, kv_slab.FP8_VALUES_BY_COLUMN); seen (rows,) integers in
+    [1, columns].
     An fp8 cache passes its scales, key_scales and value_scales (rows, kv_heads, columns) with unit stride in the
     last dimension: column c of a row's head holds keys[c] * key_scales[c]. Returns (rows, kv_heads, group,
     head_dim) in the query's dtype. `interpret` runs Triton's interpreter (CPU tensors; the tests)."""
@@ -95,11 +99,12 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         query, keys, values, k_scales, v_scales, seen, partial, top, total,
         query.stride(0), query.stride(1), query.stride(2),
         keys.stride(0), keys.stride(1), keys.stride(2),
-        values.stride(0), values.stride(1), values.stride(2),
+        values.stride(0), values.stride(1), values.stride(2), values.stride(3),
         *k_scale_strides, *v_scale_strides,
-        scale, kv_heads, splits,
+        scale, kv_heads, splits, columns,
         GROUP=group, GROUP_PAD=GROUP_PAD, DIM=head_dim, SPLIT=SPLIT, BLOCK=BLOCK, IEEE=ieee, QUANT=quantized,
-        CONVERT=convert, STOP_AT_END=STOP_AT_END, num_warps=WARPS, **({"num_stages": STAGES} if STAGES else {}))
+        CONVERT=convert, STOP_AT_END=STOP_AT_END, BY_COLUMN=by_column(values), num_warps=WARPS,
+        **({"num_stages": STAGES} if STAGES else {}))
     merge[(rows * kv_heads,)](
         partial, top, total, seen, out, kv_heads, splits,
         GROUP=group, DIM=head_dim, SPLIT=SPLIT, SPLITS_PAD=triton.next_power_of_2(splits))
@@ -121,7 +126,8 @@ def write_step(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, valu
         raise ValueError(f"the new columns ({key.dtype}, {value.dtype}) are not the cache's ({keys.dtype})")
     if keys.element_size() == 1:  # fp8: moved as bytes (the interpreter has no fp8 stores)
         keys, values, key, value = (t.view(torch.uint8) for t in (keys, values, key, value))
-    # The kernel steps through head_dim with unit stride (a compiled step may hand over other layouts).
+    # The kernel steps through the new columns' head_dim with unit stride (a compiled step may hand over other
+    # layouts); the cache's values may be stored either way (by_column).
     key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))
     # Without scales the kernel never touches them: any tensor and zero strides fill the arguments.
     scales = [t if t is not None else write for t in (key_scales, value_scales, key_scale, value_scale)]
@@ -130,8 +136,14 @@ def write_step(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, valu
     rows, kv_heads, head_dim = key.shape
     _writer(interpret)[(rows,)](
         keys, values, key, value, *scales, write,
-        *keys.stride()[:3], *values.stride()[:3], *key.stride()[:2], *value.stride()[:2], *scale_strides,
+        *keys.stride()[:3], *values.stride(), *key.stride()[:2], *value.stride()[:2], *scale_strides,
         kv_heads, HEADS=triton.next_power_of_2(kv_heads), DIM=head_dim, QUANT=quantized)
+
+
+def by_column(values: torch.Tensor) -> bool:
+    """Whether a cache's values are stored column-major (head_dim x columns per row and head): the layout in which
+    an fp8 cache's values reach the second product without their bytes being transposed in shared memory."""
+    return values.stride(2) == 1 and values.stride(3) != 1
 
 
 def visible_columns(seen: torch.Tensor, width: int) -> torch.Tensor:
@@ -167,7 +179,7 @@ def _writer(interpret: bool) -> Any:
 
 
 def _write_step(k_ptr, v_ptr, nk_ptr, nv_ptr, ks_ptr, vs_ptr, nks_ptr, nvs_ptr,  # type: ignore[no-untyped-def]
-                write_ptr, k_row, k_head, k_col, v_row, v_head, v_col, nk_row, nk_head, nv_row, nv_head,
+                write_ptr, k_row, k_head, k_col, v_row, v_head, v_col, v_dim, nk_row, nk_head, nv_row, nv_head,
                 ks_row, ks_head, vs_row, vs_head, nks_row, nks_head, nvs_row, nvs_head, kv_heads,
                 HEADS: tl.constexpr, DIM: tl.constexpr, QUANT: tl.constexpr):
     """One row: its new key and value of every key/value head into its column `write`; QUANT: their scales too."""
@@ -179,7 +191,8 @@ def _write_step(k_ptr, v_ptr, nk_ptr, nv_ptr, ks_ptr, vs_ptr, nks_ptr, nvs_ptr, 
     key = tl.load(nk_ptr + row * nk_row + h[:, None] * nk_head + d[None, :], mask=heads[:, None])
     tl.store(k_ptr + row * k_row + h[:, None] * k_head + column * k_col + d[None, :], key, mask=heads[:, None])
     value = tl.load(nv_ptr + row * nv_row + h[:, None] * nv_head + d[None, :], mask=heads[:, None])
-    tl.store(v_ptr + row * v_row + h[:, None] * v_head + column * v_col + d[None, :], value, mask=heads[:, None])
+    tl.store(v_ptr + row * v_row + h[:, None] * v_head + column * v_col + d[None, :] * v_dim, value,
+             mask=heads[:, None])
     if QUANT:  # the scales' columns have unit stride
         key_scale = tl.load(nks_ptr + row * nks_row + h * nks_head, mask=heads)
         tl.store(ks_ptr + row * ks_row + h * ks_head + column, key_scale, mask=heads)
@@ -189,12 +202,12 @@ def _write_step(k_ptr, v_ptr, nk_ptr, nv_ptr, ks_ptr, vs_ptr, nks_ptr, nvs_ptr, 
 
 def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: ignore[no-untyped-def]
                     partial_ptr, top_ptr, total_ptr,
-                    q_row, q_head, q_group, k_row, k_head, k_col, v_row, v_head, v_col,
+                    q_row, q_head, q_group, k_row, k_head, k_col, v_row, v_head, v_col, v_dim,
                     ks_row, ks_head, vs_row, vs_head,
-                    scale, kv_heads, splits,
+                    scale, kv_heads, splits, columns,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, SPLIT: tl.constexpr,
                     BLOCK: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr, CONVERT: tl.constexpr,
-                    STOP_AT_END: tl.constexpr):
+                    STOP_AT_END: tl.constexpr, BY_COLUMN: tl.constexpr):
     """One (row, key/value head, span): the span's unnormalised output, its running maximum and its sum. QUANT:
     keys and values are fp8 with a scale per column (ks_ptr, vs_ptr), dequantised here as CONVERT says (the index
     of FP8_CONVERT in FP8_CONVERTS; 2 and 3 get the cache as bytes)."""
@@ -219,6 +232,7 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
         total = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
         end = tl.minimum(start + SPLIT, seen)
+        wide_end = tl.minimum(tl.cdiv(end, 16) * 16, columns)  # inside the span (SPLIT is a multiple of 16)
         # Only the blocks that hold columns of the row: a block past its end added p = 0 and kept acc as it was,
         # so stopping early gives the same bits.
         blocks = SPLIT // BLOCK
@@ -246,7 +260,13 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
             p = tl.exp(s - new_top[:, None])
             keep = tl.exp(top - new_top)
             total = total * keep + tl.sum(p, 1)
-            v = tl.load(v_base + c[:, None] * v_col + d[None, :], mask=inside[:, None], other=0.0)
+            if BY_COLUMN:
+                # Columns are the unit stride: a mask in steps of 16 columns keeps the loads wide. The columns read
+                # past the row's end hold finite values (zeros or an earlier row's) and meet p = 0.
+                v = tl.load(v_base + c[:, None] * v_col + d[None, :] * v_dim, mask=(c < wide_end)[:, None],
+                            other=0.0)
+            else:
+                v = tl.load(v_base + c[:, None] * v_col + d[None, :] * v_dim, mask=inside[:, None], other=0.0)
             if QUANT:
                 v = v.to(q.dtype) if CONVERT == 0 else _fp8_as_fp16(v, CONVERT)
                 value_scale = tl.load(vs_base + c, mask=inside, other=0.0).to(tl.float32)

@@ -57,6 +57,11 @@ FP8_BY_DEFAULT = False
 # where the kernel runs; False: with index writes, two a layer (fp8: four). Same bytes; measured on the H200 at 128
 # rows 11.7 against 12.0 ms a step (bf16), 11.8 against 12.5 (fp8).
 ONE_WRITE = True
+# An fp8 slab's values stored column-major (head_dim x columns per row and key/value head; the tensors keep their
+# (rows, heads, columns, head_dim) shape as a transposed view): the kernel's second product then reads them without
+# transposing bytes in shared memory, which is what holds its fp8 path at half the bf16 path's bytes/s (read from
+# the compiled kernel; docs/benchmarks.md, run I). Off until timed on a GPU (bench/decode_step_gpu.py times it).
+FP8_VALUES_BY_COLUMN = False
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +123,8 @@ class KvSlab:
         # Zeros, not empty: masked columns still meet the values (0 x NaN would poison a row).
         stored = FP8 if self.fp8 else dtype
         self.keys = [torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
-        self.values = [torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
+        self.values = [_zeros_by_column(shape, stored, device) if self.fp8 and FP8_VALUES_BY_COLUMN else
+                       torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
         # fp8: each column's scale per row and key/value head (empty lists for a bf16 slab).
         scales = shape[:3] if self.fp8 else None
         self.key_scales = [torch.zeros(scales, dtype=torch.bfloat16, device=device)
@@ -334,6 +340,12 @@ def use_fp8(kv_cache: str, device: torch.device, kernel: bool) -> bool:
         raise ConfigError(f"kv_cache = 'fp8' needs a CUDA GPU of compute capability 8.9 or newer (device {device})",
                           "set KB_KV_CACHE to auto or bf16")
     return kv_cache == "fp8" or (kv_cache == "auto" and FP8_BY_DEFAULT and kernel and fp8_supported(device))
+
+
+def _zeros_by_column(shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros of `shape` (rows, heads, columns, head_dim) stored column-major in the last two dimensions."""
+    rows, heads, columns, head_dim = shape
+    return torch.zeros(rows, heads, head_dim, columns, dtype=dtype, device=device).transpose(2, 3)
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
