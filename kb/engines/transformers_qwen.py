@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -408,7 +409,12 @@ class TransformersEngine:
         # Set by `prepare_to_answer` (a process that answers: the app): the bulk cache is then given back when bulk
         # decoding idles; a command-line ingest keeps it from one call to the next.
         self._answering = False
-        self._bulk_calls = 0  # generate_ids calls so far: an idle release checks that none came since
+        self._bulk_calls = 0  # bulk decode loops so far: an idle release checks that none came since
+        self._answers = _Waiting()  # answers waiting for the lock (`_answer_lock`)
+        self._bulk = _BulkLoop(self)  # the one decode loop bulk calls join (`generate_ids`, `submit`)
+        # Held while a bulk decode step is recorded (a CUDA graph capture, which another thread's GPU allocations or
+        # launches break): the ingest's embedder and speech engine take it while bulk batches decode beside them.
+        self.recording = threading.Lock()
         self.processor_threads = processor_threads()  # threads preparing a bulk call's requests (`_Refill`)
         # Where processor threads copy prepared groups to the GPU (beside the stream that decodes).
         self._copy_stream: torch.cuda.Stream | None = None
@@ -530,33 +536,50 @@ class TransformersEngine:
         """Generated token ids per request, in order: continuous batching over `slots` rows (see `_Refill`)."""
         if not requests:
             return []
-        try:
-            with self._lock, torch.inference_mode():
-                self._bulk_calls += 1
-                slab, made_s = self._bulk_slab(requests)
-                run = _Refill(self, requests, slab)
-                run.stats.slab_s = made_s
-                ids = run.run()
-        except torch.cuda.OutOfMemoryError as err:
-            raise EngineError(f"GPU out of memory while decoding {self.slots} rows at once",
-                              "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4") from err
-        finally:
-            if self._answering:
-                self._release_bulk_when_idle()
-        self.last_stats = run.stats
-        return ids
+        return self._bulk.submit(requests).result()
 
-    def _bulk_slab(self, requests: Sequence[Request]) -> tuple[KvSlab, float]:
-        """The bulk slab for these requests, and the seconds it took to make it (allocated and zeroed: the GPU
-        waited for, once per slab made) or 0 where the call found it made."""
+    def submit(self, requests: Sequence[Request]) -> Future[list[str]]:
+        """Hand the engine a batch while an earlier one may still decode: its requests join the running rows as
+        they free (one decode loop over both, `_BulkLoop`), so a run of batches ends in one drained tail, not one
+        per batch. The future holds the texts in request order once all of the batch's rows are done, or the
+        error that failed this batch (not the others)."""
+        texts: Future[list[str]] = Future()
+
+        def decoded(ids: Future[list[list[int]]]) -> None:
+            error = ids.exception()
+            if error is not None:
+                texts.set_exception(error)
+            else:
+                texts.set_result([self.decode(row) for row in ids.result()])
+
+        if not requests:
+            texts.set_result([])
+        else:
+            self._bulk.submit(requests).add_done_callback(decoded)
+        return texts
+
+    def _bulk_slab(self, columns: int) -> tuple[KvSlab, float]:
+        """The bulk slab for requests of up to `columns` cache columns, and the seconds it took to make it
+        (allocated and zeroed: the GPU waited for, once per slab made) or 0 where the call found it made."""
         started = time.perf_counter()
         kept = self._slabs.get("bulk")
-        slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in requests))
+        slab = self._slab("bulk", self.slots, columns)
         if slab is kept:
             return slab, 0.0
         if self._device.startswith("cuda"):
             torch.cuda.synchronize(self._device)
         return slab, time.perf_counter() - started
+
+    @contextmanager
+    def _answer_lock(self) -> Iterator[None]:
+        """The engine lock for the answer path; while an answer waits for it, bulk decoding admits no new batch
+        and starts no new loop (`_BulkLoop`), so a question waits for the rows decoding, not for a whole ingest."""
+        with self._answers.waiting():
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def prepare_to_answer(self) -> None:
         """This process answers questions (the app calls this through `load_in_background`): on a GPU, record the
@@ -752,7 +775,7 @@ class TransformersEngine:
 
     def _warm_answers(self) -> None:
         """On the stream thread, which runs every answer."""
-        with self._lock, torch.inference_mode():
+        with self._answer_lock(), torch.inference_mode():
             for _ in self._answer_tokens(Request(task="answer", prompt="Say hello.", max_new_tokens=8),
                                          threading.Event()):
                 pass
@@ -766,7 +789,7 @@ class TransformersEngine:
 
         def run() -> None:
             try:
-                with self._lock, torch.inference_mode():
+                with self._answer_lock(), torch.inference_mode():
                     for token in self._answer_tokens(request, cancelled):
                         streamer.put(torch.tensor([token]))  # type: ignore[no-untyped-call]
             except Exception as err:  # noqa: BLE001 - any failure is re-raised in the caller's thread below
@@ -886,8 +909,9 @@ class _Prepared:
 
 @dataclass
 class DecodeStats:
-    """What one `generate_ids` call did: the work kept against the work computed, and the one-time work of a
-    call that found nothing ready (for the benchmarks).
+    """What one bulk decode loop did (`_BulkLoop`: from an idle slab until no row is live; a `generate_ids` call
+    alone is one loop, batches handed over while one decodes share it): the work kept against the work computed,
+    and the one-time work of a loop that found nothing ready (for the benchmarks).
 
     One-time work: making the bulk KV cache (a call that finds it made by an earlier call skips it); the decode
     steps a call records (CUDA graph captures, and on the first the compile of the step's layer halves), counted
@@ -911,6 +935,8 @@ class DecodeStats:
     group_s: list[float] = field(default_factory=list, repr=False)
     group_rows: list[int] = field(default_factory=list, repr=False)
     tail_s: float = 0.0  # seconds after the last group joined: the rows left draining, none waiting to join
+    calls: int = 0  # batches (generate_ids or submit calls) this loop decoded
+    joined_live: int = 0  # rows of a batch that joined while rows of an earlier batch still decoded
 
     @property
     def padding_share(self) -> float:
@@ -939,11 +965,12 @@ class DecodeStats:
 
 @dataclass
 class _Row:
-    index: int  # position in the call's requests
+    index: int  # position in its batch's requests
     limit: int
     width: int  # cache columns this row fills (prompt + tokens fed back)
     tokens: list[int] = field(default_factory=list)
     done: bool = False
+    batch: _Batch | None = None  # the bulk batch it belongs to (None: an answer's row)
 
 
 def accept(row: _Row, new: list[int], eos: list[int], min_new: int) -> None:
@@ -958,44 +985,173 @@ def accept(row: _Row, new: list[int], eos: list[int], min_new: int) -> None:
             return
 
 
+def records(slab: KvSlab, width: int, rows: int) -> bool:
+    """Whether a step of this shape is recorded before it runs (a GPU slab that has not recorded it yet)."""
+    return slab.graphs_on and (rows or slab.rows, slab.read_width(width)) not in slab._graphs
+
+
+class _Batch:
+    """One bulk call's requests (`generate_ids`, `submit`) in the decode loop: their ids as rows finish, and the
+    future its caller waits on, set once all of them are done or with the error that failed this batch."""
+
+    def __init__(self, requests: Sequence[Request], columns: int) -> None:
+        self.requests = requests
+        self.columns = columns  # cache columns its largest request can take (`columns_bound`)
+        self.ids: Future[list[list[int]]] = Future()
+        self.results: list[list[int] | None] = [None] * len(requests)
+        self.left = len(requests)  # requests not done yet
+
+    def finish(self) -> None:
+        if not self.ids.done():
+            self.ids.set_result([ids or [] for ids in self.results])
+
+    def fail(self, error: BaseException) -> None:
+        if not self.ids.done():
+            self.ids.set_exception(error)
+
+
+class _Waiting:
+    """How many threads wait for something (the engine lock, for an answer); others can wait until none does."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        with self._changed:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def any(self) -> bool:
+        return self._count > 0
+
+    def wait_none(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._count == 0)
+
+
+class _BulkLoop:
+    """The engine's one bulk decode loop. Batches handed to it queue in order; a thread of its own decodes them
+    under the engine lock, one `_Refill` loop at a time: a loop starts on an idle slab with the first queued
+    batch and takes in each later batch that arrives while rows still decode (its requests join rows as they
+    free), until no row is live. A batch needing more cache columns than the slab holds waits for the loop to
+    drain (the slab is remade only with no row live), and so does every batch while an answer waits for the
+    lock. The thread ends when nothing is queued; the next batch starts another."""
+
+    def __init__(self, engine: TransformersEngine) -> None:
+        self.engine = engine
+        self.queued: deque[_Batch] = deque()
+        self._guard = threading.Lock()  # `queued` and `running`
+        self.running = False
+
+    def submit(self, requests: Sequence[Request]) -> Future[list[list[int]]]:
+        batch = _Batch(requests, max(self.engine.columns_bound(r) for r in requests))
+        with self._guard:
+            self.queued.append(batch)
+            if not self.running:
+                self.running = True
+                threading.Thread(target=self._run, name="kb-bulk", daemon=True).start()
+        return batch.ids
+
+    def take(self, slab: KvSlab | None) -> _Batch | None:
+        """The next queued batch, if it may join the loop running on `slab` (None: it starts a new loop)."""
+        with self._guard:
+            if not self.queued:
+                return None
+            if slab is not None and (self.engine._answers.any() or not slab.fits(self.queued[0].columns)):
+                return None
+            return self.queued.popleft()
+
+    def _run(self) -> None:
+        while True:
+            self.engine._answers.wait_none()  # an answer waiting for the lock goes first
+            with self._guard:
+                if not self.queued:
+                    self.running = False
+                    break
+            self._loop()
+        if self.engine._answering:
+            self.engine._release_bulk_when_idle()
+
+    def _loop(self) -> None:
+        engine = self.engine
+        run: _Refill | None = None
+        first = self.take(None)
+        assert first is not None  # queued, and only this thread takes
+        try:
+            with engine._lock, torch.inference_mode():
+                engine._bulk_calls += 1
+                slab, made_s = engine._bulk_slab(first.columns)
+                run = _Refill(engine, slab, self)
+                run.stats.slab_s = made_s
+                run.run(first)
+        except BaseException as err:  # noqa: BLE001 - handed to the callers of every batch of the loop
+            error = err
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                error = EngineError(f"GPU out of memory while decoding {engine.slots} rows at once",
+                                    "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4")
+                error.__cause__ = err
+            for batch in run.batches if run is not None else [first]:
+                if batch.left == 0:  # done before the failure
+                    batch.finish()
+                else:
+                    batch.fail(error)
+
+
 class _Refill:
-    """Continuous batching for one `generate_ids` call over the engine's slab.
+    """Continuous batching: one loop of `_BulkLoop` over the engine's slab, from idle until no row is live.
 
     Each slot of the slab holds one row. Decoding runs in chunks of at most DECODE_CHUNK steps with no host sync
     inside (recorded steps on a GPU); after each chunk the tokens come back in one copy, rows stop at end of turn,
     their token cap or a loop (kept exactly to the same tokens a lone run gives), and the slots of finished rows
-    take prepared groups of waiting requests, prefilled and copied in. Greedy: the same request gives the same ids
-    alone or in any batch.
+    take prepared groups of waiting requests, prefilled and copied in. Waiting requests are those of the batch
+    the loop began with and of every batch taken in since (`_BulkLoop.take`), in order; each batch goes back to
+    its caller as soon as its last row is done. Greedy: the same request gives the same ids alone or in any batch.
     """
 
-    def __init__(self, engine: TransformersEngine, requests: Sequence[Request], slab: KvSlab) -> None:
-        self.engine, self.requests, self.slab = engine, requests, slab
+    def __init__(self, engine: TransformersEngine, slab: KvSlab, loop: _BulkLoop) -> None:
+        self.engine, self.slab, self.loop = engine, slab, loop
         self.group = max(1, slab.rows // REFILL_GROUPS)
-        self.stats = DecodeStats(requests=len(requests))
-        self.results: list[list[int] | None] = [None] * len(requests)
+        self.stats = DecodeStats()
+        self.batches: list[_Batch] = []  # taken into this loop, in order
         self.slots: list[_Row | None] = [None] * slab.rows
         # Groups are prepared on several threads at once, and taken in the order they were asked for: the batch a
         # request lands in, and so every output, is the same with one thread or many. At most the free rows plus
         # PREPARED_AHEAD of the rows are in preparation or ready (`_prepare_ahead`), so memory does not grow with the
-        # threads.
+        # threads. A group holds requests of one batch only, so a failed preparation fails that batch alone.
         self.pool = ThreadPoolExecutor(max_workers=engine.processor_threads, thread_name_prefix="kb-processor")
-        self.waiting: deque[int] = deque(range(len(requests)))
-        self.prepared: deque[tuple[list[int], Future[_Prepared]]] = deque()
+        self.waiting: deque[tuple[_Batch, int]] = deque()
+        self.prepared: deque[tuple[_Batch, list[int], Future[_Prepared]]] = deque()
         self.tail_from: float | None = None  # when the last group had joined (stats.tail_s)
+
+    def _join(self, batch: _Batch) -> None:
+        self.batches.append(batch)
+        self.waiting.extend((batch, n) for n in range(len(batch.requests)))
+        self.stats.requests += len(batch.requests)
+        self.stats.calls += 1
+        self.tail_from = None  # rows waiting again: not the tail
 
     # ---- CPU side: processor work prepared ahead ------------------------------------------------------
     def _prepare_ahead(self, rows_wanted: int) -> None:
         """Keep enough groups in preparation to fill `rows_wanted` free rows, and PREPARED_AHEAD of the rows more
         (at least one group) for rows that free up while these are prepared."""
-        queued = sum(len(indices) for indices, _ in self.prepared)
+        queued = sum(len(indices) for _, indices, _ in self.prepared)
         ahead = max(self.group, int(self.slab.rows * PREPARED_AHEAD))
         while self.waiting and queued < rows_wanted + ahead:
-            take = [self.waiting.popleft() for _ in range(min(self.group, len(self.waiting)))]
-            self.prepared.append((take, self.pool.submit(self._prepare, take)))
+            batch, take = self.waiting[0][0], list[int]()
+            while self.waiting and self.waiting[0][0] is batch and len(take) < self.group:
+                take.append(self.waiting.popleft()[1])
+            self.prepared.append((batch, take, self.pool.submit(self._prepare, batch, take)))
             queued += len(take)
 
-    def _prepare(self, indices: list[int]) -> _Prepared:
-        prepared = self.engine.prepare([self.requests[i] for i in indices])
+    def _prepare(self, batch: _Batch, indices: list[int]) -> _Prepared:
+        prepared = self.engine.prepare([batch.requests[i] for i in indices])
         prepared.indices = indices
         return prepared
 
@@ -1003,57 +1159,99 @@ class _Refill:
     def live(self) -> list[_Row]:
         return [r for r in self.slots if r is not None and not r.done]
 
-    def run(self) -> list[list[int]]:
+    def drained(self) -> bool:
+        return not (self.live() or self.prepared or self.waiting)
+
+    def run(self, first: _Batch) -> None:
         # The processor threads copy prepared groups to the GPU: no decode step may be recorded (a CUDA graph
         # capture, which other threads' copies and allocations would break) while they run. Steps of all rows are
-        # recorded now; those of fewer rows only in the tail of the call, when nothing is being prepared.
-        self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows))
+        # recorded now; those of fewer rows only in the tail of the loop, when nothing is being prepared.
+        self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows), self.slab.graphs_on)
         try:
+            self._join(first)
             self._prepare_ahead(self.slab.rows)
-            while self.live() or self.prepared:
+            while not self.drained():
                 self._refill()
                 if not self.prepared and not self.waiting and self.tail_from is None:
                     self.tail_from = time.perf_counter()
                 if self.live():
                     self._decode_chunk()
+                self._settle()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.tail_from is not None:  # the last chunk's tokens came back to the host: its steps are done
-            self.stats.tail_s = time.perf_counter() - self.tail_from
-        return [ids or [] for ids in self.results]
 
-    def _recording(self, work: Callable[[], object]) -> None:
+    def _settle(self) -> None:
+        """Hand back each batch whose rows are all done; when the loop has drained, its stats first (a lone
+        `generate_ids` caller reads `last_stats` as soon as its batch is back)."""
+        if self.drained():
+            if self.tail_from is not None:  # the last chunk's tokens came back to the host: its steps are done
+                self.stats.tail_s = time.perf_counter() - self.tail_from
+            self.engine.last_stats = self.stats
+        for batch in self.batches:
+            if batch.left == 0:
+                batch.finish()
+
+    def _fail(self, batch: _Batch, error: BaseException) -> None:
+        """One batch failed (its processor work or its prefill): its caller gets the error, its rows stop, its
+        waiting requests leave the loop; the other batches go on."""
+        batch.fail(error)
+        self.waiting = deque(w for w in self.waiting if w[0] is not batch)
+        self.prepared = deque(p for p in self.prepared if p[0] is not batch)
+        for row in self.live():
+            if row.batch is batch:
+                row.done = True
+
+    def _recording(self, work: Callable[[], object], may_record: bool) -> None:
         """Run `work` (which may record decode steps on the slab) and count the steps it recorded and its seconds.
         Recording synchronises with the GPU (a capture starts from an idle device), so the clock needs no sync of
-        its own; work that recorded nothing adds no seconds."""
+        its own; work that recorded nothing adds no seconds. Work that may record holds the engine's `recording`
+        lock, which GPU work on other threads (the ingest's embedder and speech engine) takes."""
         before = recorded_steps(self.slab)
         started = time.perf_counter()
-        work()
+        if may_record:
+            with self.engine.recording:
+                work()
+        else:
+            work()
         recorded = recorded_steps(self.slab) - before
         if recorded:
             self.stats.recorded += recorded
             self.stats.record_s += time.perf_counter() - started
 
     def _refill(self) -> None:
+        while (batch := self.loop.take(self.slab)) is not None:  # handed over while rows decode: they join
+            self._join(batch)
         free = [n for n, r in enumerate(self.slots) if r is None or r.done]
-        groups: list[tuple[_Prepared, list[int]]] = []
-        while self.prepared and len(self.prepared[0][0]) <= len(free):
+        self._prepare_ahead(len(free))
+        groups: list[tuple[_Batch, _Prepared, list[int]]] = []
+        while self.prepared and len(self.prepared[0][1]) <= len(free):
             # A due refill waits for the processor thread (normally a group ahead, so no wait): the batch a request
             # lands in then never depends on timing, and time spent waiting shows in stats.wait_s.
             started = time.perf_counter()
-            prepared = self.prepared.popleft()[1].result()
-            self.stats.wait_s += time.perf_counter() - started
+            batch, _, future = self.prepared.popleft()
+            try:
+                prepared = future.result()
+            except Exception as err:  # noqa: BLE001 - this batch's request failed: the batch fails, not the loop
+                self._fail(batch, err)
+                continue
+            finally:
+                self.stats.wait_s += time.perf_counter() - started
             taken, free = free[:len(prepared.indices)], free[len(prepared.indices):]
-            groups.append((prepared, taken))
+            groups.append((batch, prepared, taken))
             self._prepare_ahead(len(free))
         if groups:
             started = time.perf_counter()
-            for prepared, taken in groups:
-                self._load(prepared, taken)
+            for batch, prepared, taken in groups:
+                if batch.ids.done():
+                    continue  # failed since its group was prepared
+                try:
+                    self._load(batch, prepared, taken)
+                except Exception as err:  # noqa: BLE001 - as above
+                    self._fail(batch, err)
             self.stats.refills += 1
             self.stats.prefill_s += time.perf_counter() - started
 
-    def _load(self, prepared: _Prepared, taken: list[int]) -> None:
+    def _load(self, batch: _Batch, prepared: _Prepared, taken: list[int]) -> None:
         # Timed alone: the group's first tokens come back to the host at its end, and what ran before it (a decode
         # chunk, the group before) ended the same way, so the clock holds this group's GPU work and no other.
         started = time.perf_counter()
@@ -1061,21 +1259,24 @@ class _Refill:
         self.stats.group_s.append(time.perf_counter() - started)
         self.stats.group_rows.append(len(taken))
         self.stats.row_steps += len(taken)
+        if any(row.batch is not batch for row in self.live()):  # an earlier batch still decodes
+            self.stats.joined_live += len(taken)
         for slot, index, width, token in zip(taken, prepared.indices, prepared.widths, first):
-            row = _Row(index=index, limit=self.requests[index].max_new_tokens, width=width)
+            row = _Row(index=index, limit=batch.requests[index].max_new_tokens, width=width, batch=batch)
             self.slots[slot] = row
             self._accept(row, [token])  # rows capped at one token end here
 
     def _decode_chunk(self) -> None:
         live = self.live()
-        # In the tail of the run (nothing left to join) the live rows move to the first slots and only those are
+        # In the tail of the loop (nothing left to join) the live rows move to the first slots and only those are
         # stepped: finished rows stop costing a step each.
         rows = self._compact(len(live)) if not self.prepared and not self.waiting else self.slab.rows
         steps = min(DECODE_CHUNK, min(r.limit - len(r.tokens) for r in live))
         width = width_for(max(r.width for r in live) + steps, self.slab.length)
         # The chunk's first step records the step on a slab that lacks this shape (the tail's fewer rows).
         produced: list[torch.Tensor] = []
-        self._recording(lambda: produced.append(self.slab.step(width, rows)[:rows].clone()))
+        self._recording(lambda: produced.append(self.slab.step(width, rows)[:rows].clone()),
+                        records(self.slab, width, rows))
         produced += [self.slab.step(width, rows)[:rows].clone() for _ in range(steps - 1)]
         for row in live:
             row.width += steps
@@ -1101,6 +1302,7 @@ class _Refill:
 
     def _accept(self, row: _Row, new: list[int]) -> None:
         accept(row, new, self.engine.eos_ids, self.slab.min_new)
-        if row.done:
-            self.results[row.index] = row.tokens
+        if row.done and row.batch is not None:
+            row.batch.results[row.index] = row.tokens
+            row.batch.left -= 1
             self.stats.tokens += len(row.tokens)

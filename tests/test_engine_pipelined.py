@@ -1,0 +1,86 @@
+"""Pipelined bulk calls of the transformers engine (`TransformersEngine.submit`, kb/engines/transformers_qwen.py
+`_BulkLoop`): a batch handed over while another decodes joins its rows as they free, in one decode loop, and
+each batch comes back as soon as its own rows are done, with the ids it gets alone. Tiny random Qwen3-VL, CPU."""
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+
+from kb.engines.transformers_qwen import TransformersEngine
+from kb.errors import EngineError
+from kb.types import Request
+from tests.engine_inputs import BUDGET, noise_image
+
+
+@pytest.fixture
+def two_rows(make_settings, tiny_model_dir) -> TransformersEngine:
+    return TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                            batch_size=2, **BUDGET))
+
+
+def page(seed: int, tokens: int, prompt: str = "Read this page.") -> Request:
+    return Request(task="ocr", prompt=prompt, images=[noise_image(seed, (64 + 8 * seed, 80))], max_new_tokens=tokens)
+
+
+def handed_over_together(engine: TransformersEngine, *batches: list[Request]) -> list[Future[list[str]]]:
+    """Submit the batches while the engine lock is held, so the loop starts only once all are queued: which loop
+    a batch joins then does not depend on timing."""
+    with engine._lock:
+        return [engine.submit(batch) for batch in batches]
+
+
+def test_a_second_batch_joins_the_rows_of_the_first_and_comes_back_first_when_it_is_done(two_rows):
+    first = [page(1, 4), page(2, 30)]  # the long page keeps decoding after the short one frees its row
+    second = [page(3, 5), page(4, 3)]
+    alone = [two_rows.generate([r])[0] for r in first + second]
+    returned: list[str] = []
+    futures = handed_over_together(two_rows, first, second)
+    for name, future in zip(("first", "second"), futures):
+        future.add_done_callback(lambda _, name=name: returned.append(name))
+    assert futures[0].result(timeout=60) + futures[1].result(timeout=60) == alone
+    stats = two_rows.last_stats
+    assert stats is not None and stats.calls == 2 and stats.requests == 4  # one loop decoded both batches
+    assert stats.joined_live == 2, stats  # both pages of the second batch took rows beside the long page
+    assert returned == ["second", "first"]  # the second batch did not wait for the first one's long page
+    assert stats.tokens == 4 + 30 + 5 + 3
+
+
+def test_one_batch_alone_is_one_loop_as_generate_was(two_rows):
+    requests = [page(n, 3 + n) for n in range(1, 5)]
+    ids = two_rows.generate_ids(requests)
+    stats = two_rows.last_stats
+    assert [len(i) for i in ids] == [4, 5, 6, 7]
+    assert stats is not None and stats.calls == 1 and stats.joined_live == 0 and stats.requests == 4
+
+
+def test_a_batch_that_fails_fails_alone_and_the_others_come_back(two_rows, monkeypatch):
+    requests = [[page(1, 6)], [page(2, 4, prompt="BROKEN page."), page(5, 4)], [page(3, 5)]]
+    alone = [two_rows.generate([r])[0] for r in (requests[0][0], requests[2][0])]
+    prepare = TransformersEngine.prepare
+
+    def failing(engine, batch):
+        if any(r.prompt.startswith("BROKEN") for r in batch):
+            raise EngineError("the processor failed on a page", "see the log")
+        return prepare(engine, batch)
+
+    monkeypatch.setattr(TransformersEngine, "prepare", failing)
+    futures = handed_over_together(two_rows, *requests)
+    assert futures[0].result(timeout=60) == alone[:1]
+    with pytest.raises(EngineError, match="processor failed"):
+        futures[1].result(timeout=60)
+    assert futures[2].result(timeout=60) == alone[1:]
+    assert two_rows.generate_ids([page(4, 3)])  # the loop still runs
+
+
+def test_a_batch_longer_than_the_cache_waits_for_the_loop_to_drain_and_gets_a_larger_one(two_rows):
+    short = [page(1, 4), page(2, 6)]
+    alone = [two_rows.generate([r])[0] for r in short]
+    length = two_rows._slabs["bulk"].length
+    long = [Request(task="answer", prompt="Long?", max_new_tokens=length + 10)]
+    futures = handed_over_together(two_rows, short, long)
+    assert futures[0].result(timeout=60) == alone
+    assert futures[1].result(timeout=60)
+    stats = two_rows.last_stats
+    assert stats is not None and stats.calls == 1 and stats.requests == 1  # a loop of its own, after the first
+    assert two_rows._slabs["bulk"].length >= length + 10
