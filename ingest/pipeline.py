@@ -22,9 +22,10 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 from PIL import Image
 
@@ -35,7 +36,7 @@ from ingest.read import kinds_by_extension, read_file, supported_extensions
 from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
-from kb.engines import Engine, batch_size_for, load_engine, why_chosen
+from kb.engines import Engine, batch_size_for, load_engine, submitter, why_chosen
 from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineError, EngineUnavailable, SeekframeError
@@ -155,6 +156,15 @@ class _FileInFlight:
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
     speech_checkpoint: Checkpoint | None = None  # the transcript's blocks (ingest/audio.py)
+
+
+@dataclass
+class _Handed:
+    """An engine batch handed over: its units with their requests, and the engine's texts to come (None: asked
+    for only when collected, through `generate`)."""
+
+    ready: list[tuple[_FileInFlight, Unit, Request]]
+    texts: Future[list[str]] | None = None
 
 
 @dataclass
@@ -458,6 +468,7 @@ class Ingestor:
         self._ahead = _LoadAhead(0)  # pictures loaded ahead of the engine: one per run (see run)
         self._loading: Future[Engine] | None = None  # the engine loading on a thread of its own (`_load_early`)
         self._warming: Future[None] | None = None  # its first bulk call's one-time work (`prepare_to_ingest`)
+        self._in_flight: deque[_Handed] = deque()  # engine batches handed over, not yet collected (`_enrich`)
 
     @property
     def engine(self) -> Engine:
@@ -535,6 +546,7 @@ class Ingestor:
                 self._process(jobs, report)
             finally:
                 self._ahead.close()
+                self._in_flight.clear()  # a run cut short: what it had in flight is not kept (nor checkpointed)
         if prune:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
@@ -630,6 +642,8 @@ class Ingestor:
         size = self.batch_size if pending else 1  # asking the batch size loads the engine: only when needed
         for start in range(0, len(pending), size):
             self._enrich(pending[start:start + size], report)
+        while self._in_flight:
+            self._collect(self._in_flight.popleft(), report)
         self._finish_ready(open_jobs, report)
         self._flush(report)
 
@@ -691,7 +705,8 @@ class Ingestor:
                 if key in done:
                     parts.append(Transcript.from_json(json.loads(done[key])))
                 else:
-                    parts.append(engine.transcribe(samples, offset))
+                    with self._beside_engine():
+                        parts.append(engine.transcribe(samples, offset))
                     job.speech_checkpoint.add(key, json.dumps(parts[-1].to_json(), ensure_ascii=False))
                 heard = int(offset + samples.size / SAMPLE_RATE)
                 self.progress(Progress(Stage.SPEECH, heard, max(int(track.duration), heard), "s", job.name))
@@ -733,18 +748,37 @@ class Ingestor:
 
     # enrich: one engine call for a batch of units from any number of files ------------------------------
     def _enrich(self, batch: list[tuple[_FileInFlight, Unit]], report: IngestReport) -> None:
+        """Hand a batch to the engine. An engine that takes the next batch while one decodes (`submitter`) gets it
+        before the batch handed earlier is collected: two in flight, the new one's requests join the rows as the
+        earlier one's free, and a run drains the engine once, at its end, not after every batch. Batches are
+        collected (texts kept, checkpointed, counted) in the order they were handed over."""
         self._flush(report)  # files read so far are written before the engine's (slow) batch: none waits on it
-        ready: list[tuple[_FileInFlight, Unit, Request]] = []
+        self._in_flight.append(self._hand_over(batch))
+        while len(self._in_flight) > (1 if submitter(self.engine) else 0):
+            self._collect(self._in_flight.popleft(), report)
+
+    def _hand_over(self, batch: list[tuple[_FileInFlight, Unit]]) -> _Handed:
+        """The batch's pictures taken from the loaders (a unit whose picture fails fails now), and its requests
+        submitted where the engine takes them ahead."""
+        handed = _Handed([])
         for job, unit in batch:
             loaded = self._ahead.take(unit)
             if loaded.picture is not None:
-                ready.append((job, unit, self._request(unit, loaded.picture)))
+                handed.ready.append((job, unit, self._request(unit, loaded.picture)))
             elif loaded.named:  # a decoder limit met only now, when the page or frame is loaded
                 job.fix = job.fix or loaded.fix
                 self._fail_unit(job, unit, loaded.problem, named=True)
             else:
                 self._fail_unit(job, unit, loaded.problem)
-        texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready])
+        submit = submitter(self.engine)
+        if submit is not None and handed.ready and not self._engine_down:
+            handed.texts = submit([r for _, _, r in handed.ready])
+        return handed
+
+    def _collect(self, handed: _Handed, report: IngestReport) -> None:
+        """A handed batch's texts, kept: each unit's text, its checkpoint entry, its file's count of units waiting."""
+        ready = handed.ready
+        texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready], handed.texts)
         for (job, unit, _), text in zip(ready, texts):
             if text is not None:
                 unit.text = trim_repetition(text.strip())
@@ -759,6 +793,13 @@ class Ingestor:
             done, total = self._video_seconds
             self.progress(Progress(Stage.VIDEO, int(done), int(total), "s", "video read by the engine"))
 
+    def _beside_engine(self) -> ContextManager[object]:
+        """GPU work on this thread while engine batches decode on the engine's own (the embedder, the speech
+        engine): kept apart from its recording of a decode step (`recording`: a CUDA graph capture fails when
+        another thread allocates or launches on the GPU)."""
+        lock = getattr(self._engine, "recording", None) if self._in_flight else None
+        return lock if lock is not None else nullcontext()
+
     def _request(self, unit: Unit, picture: Image.Image | VideoClip) -> Request:
         """What the engine is asked about a unit, its picture loaded (a page or image, or a window's frames)."""
         if isinstance(picture, VideoClip):
@@ -768,14 +809,16 @@ class Ingestor:
         limit = self.settings.max_caption_tokens if task == "caption" else self.settings.max_page_tokens
         return Request(task=task, prompt=PROMPTS[(task, unit.modality)], images=[picture], max_new_tokens=limit)
 
-    def _generate(self, requests: list[Request], owners: list[tuple[_FileInFlight, Unit]]) -> list[str | None]:
-        """Texts for the batch; on failure each request is retried alone so one bad page fails alone."""
+    def _generate(self, requests: list[Request], owners: list[tuple[_FileInFlight, Unit]],
+                  submitted: Future[list[str]] | None = None) -> list[str | None]:
+        """Texts for the batch (those of its `submitted` future where it was handed over ahead); on failure each
+        request is retried alone so one bad page fails alone."""
         if self._engine_down:
             for job, unit in owners:
                 self._fail_unit(job, unit, self._engine_down)
             return [None] * len(requests)
         try:
-            return list(self.engine.generate(requests))
+            return list(submitted.result() if submitted is not None else self.engine.generate(requests))
         except EngineUnavailable as err:
             self._engine_down = str(err)
         except Exception as err:
@@ -867,7 +910,8 @@ class Ingestor:
     def _write(self, writes: list[_Write]) -> None:
         self._wait_for_warm_up()
         texts = [c.text for w in writes for c in w.chunks]
-        vectors = iter(self.store.embedder.embed_documents(texts) if texts else [])
+        with self._beside_engine():
+            vectors = iter(self.store.embedder.embed_documents(texts) if texts else [])
         self.store.replace_sources([(w.job.record, w.chunks, [next(vectors) for _ in w.chunks]) for w in writes])
 
     @staticmethod

@@ -102,6 +102,14 @@ def gpu_rows(settings: Settings, free_bytes: int, kv_bytes_per_token: int) -> in
     return max(1, min(MAX_GPU_ROWS, rows))
 
 
+def submitter(engine: Engine) -> Callable[[Sequence[Request]], Future[list[str]]] | None:
+    """The engine's `submit(requests) -> Future[list[str]]` where it has one and decodes its own rows (`slots`):
+    it takes the next batch while one decodes, whose requests join the running rows as they free, so a run of
+    batches ends in one drained tail, not one per call. None for the others: they are called through `generate`."""
+    submit = getattr(engine, "submit", None)
+    return submit if engine.slots and callable(submit) else None
+
+
 def batch_size_for(settings: Settings, engine: Engine) -> int:
     """Units per engine call: enough waiting work for the engine's own batching."""
     if engine.slots:  # it refills its own running batch from the call's requests

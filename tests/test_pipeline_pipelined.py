@@ -1,0 +1,122 @@
+"""Ingest with two engine batches in flight (ingest/pipeline.py `_enrich`, the engine's `submit`): the next batch
+is handed to the engine before the one before it is collected, and nothing a user sees changes with it: the same
+chunks, in the same file order into the store, the same per-file errors when a batch fails. Tiny Qwen3-VL, CPU."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pymupdf
+import pytest
+from PIL import Image, ImageDraw
+
+import ingest.pipeline as pipeline
+import kb.engines as engines
+from ingest.pipeline import Ingestor
+from kb.engines.transformers_qwen import TransformersEngine
+from kb.errors import EngineError
+from kb.store import Store
+from tests.engine_inputs import BUDGET
+
+TINY_CAPS = {"max_page_tokens": 6, "max_caption_tokens": 6, "max_video_tokens": 6}
+REPLACE_SOURCES = Store.replace_sources
+
+
+def _scan(path: Path, pages: int) -> Path:
+    """An image-only PDF (no text layer: every page goes to the engine), each page a different picture."""
+    doc = pymupdf.open()
+    for n in range(pages):
+        picture = Image.new("L", (300, 100), 255)
+        ImageDraw.Draw(picture).text((20 + 30 * n, 40), f"{path.stem} page {n + 1}", fill=0)
+        png = path.with_suffix(f".{n}.png")
+        picture.save(png)
+        page = doc.new_page(width=216, height=72)
+        page.insert_image(page.rect, filename=str(png))
+        png.unlink()
+    doc.save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    library = tmp_path / "library"
+    library.mkdir()
+    for name, pages in (("a-report", 3), ("b-broken", 2), ("c-memo", 1), ("d-manual", 3)):
+        _scan(library / f"{name}.pdf", pages)
+    return library
+
+
+def _ingest(open_kb, model: Path, folder: Path, monkeypatch, pipelined: bool) -> tuple:
+    """Ingest the folder in batches of two pages (two rows, one page a row waiting); with `pipelined` off the
+    engine is called one batch at a time, through `generate`. Returns the report, the chunks, the file order into
+    the store, and the order of batches handed over and collected."""
+    monkeypatch.setattr(pipeline, "LOAD_WORKERS", 0)
+    monkeypatch.setattr(engines, "UNITS_PER_ROW", 1)
+    if not pipelined:
+        monkeypatch.setattr(pipeline, "submitter", lambda engine: None)
+    home = folder.parent / f"kb-{len(list(folder.parent.glob('kb-*')))}"  # a knowledge base of its own
+    store = open_kb(home=home, engine="transformers", model=str(model), device="cpu", batch_size=2, **BUDGET,
+                    **TINY_CAPS)
+    events: list[str] = []
+    written: list[str] = []
+    submit, collect = TransformersEngine.submit, Ingestor._collect
+
+    def submitting(engine, requests):
+        events.append("submit")
+        return submit(engine, requests)
+
+    def collecting(ingestor, handed, report):
+        events.append("collect")
+        return collect(ingestor, handed, report)
+
+    def replace_sources(store_, items):
+        written.extend(record.rel for record, _, _ in items)
+        return REPLACE_SOURCES(store_, items)
+
+    monkeypatch.setattr(TransformersEngine, "submit", submitting)
+    monkeypatch.setattr(Ingestor, "_collect", collecting)
+    monkeypatch.setattr(Store, "replace_sources", replace_sources)
+    report = Ingestor(store.settings, store).run([folder])
+    chunks = sorted((c.rel, c.page, c.text) for r in store.manifest.all() for c in store.chunks_of(r.path)[0])
+    results = sorted((r.rel, r.status, r.chunks, tuple(r.errors)) for r in report.results)
+    return results, chunks, written, events
+
+
+def test_two_batches_in_flight_give_the_chunks_of_one_at_a_time(open_kb, tiny_model_writer, folder, monkeypatch):
+    one_at_a_time = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=False)
+    monkeypatch.undo()
+    pipelined = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True)
+    assert pipelined[:3] == one_at_a_time[:3]
+    results, chunks, written, events = pipelined
+    assert [status for _, status, _, _ in results] == ["added"] * 4, results
+    assert len({page for _, page, _ in chunks if page}) == 3 and all(text for _, _, text in chunks)
+    # 9 pages in batches of 2: 5 batches, each next one handed over before the one before it is collected.
+    assert events == ["submit", "submit", "collect"] * 1 + ["submit", "collect"] * 3 + ["collect"]
+    assert one_at_a_time[3] == ["collect"] * 5
+
+
+def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_model_writer, folder, monkeypatch):
+    """The processor fails on b-broken's pages (in the engine's loop, on its processor threads): the batches that
+    hold them fail, each of their pages is tried again alone, and only b-broken's fail."""
+    clean = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True)
+    monkeypatch.undo()
+    request, prepare = Ingestor._request, TransformersEngine.prepare
+
+    def marked(ingestor, unit, picture):
+        made = request(ingestor, unit, picture)
+        return dataclasses.replace(made, system="BROKEN") if unit.source.rel.startswith("b-") else made
+
+    def failing(engine, requests):
+        if any(r.system == "BROKEN" for r in requests):
+            raise EngineError("the processor cannot read this page", "see the log")
+        return prepare(engine, requests)
+
+    monkeypatch.setattr(Ingestor, "_request", marked)
+    monkeypatch.setattr(TransformersEngine, "prepare", failing)
+    results, chunks, written, _ = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True)
+    broken = [r for r in results if r[0] == "b-broken.pdf"]
+    problem = "ocr: the engine failed: the processor cannot read this page\n  fix: see the log"
+    assert broken == [("b-broken.pdf", "failed", 0, (f"page 1: {problem}", f"page 2: {problem}"))]
+    assert [r for r in results if r[0] != "b-broken.pdf"] == [r for r in clean[0] if r[0] != "b-broken.pdf"]
+    assert chunks == [c for c in clean[1] if c[0] != "b-broken.pdf"]
+    assert written == [name for name in clean[2] if name != "b-broken.pdf"]
