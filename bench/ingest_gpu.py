@@ -243,14 +243,15 @@ class Stages:
         setattr(owner, name, timed)
 
 
-ENGINE_STAGE = "engine (processor, vision, decode)"
+ENGINE_STAGE = "engine (processor, vision, decode), waited for by the main thread"
 LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
 WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
 
 @dataclasses.dataclass
 class EngineCall:
-    """One engine call of a run: its DecodeStats and the rows it decoded at once."""
+    """One engine decode loop of a run (a lone call, or the batches ingest handed over while it decoded): its
+    DecodeStats and the rows it decoded at once."""
 
     stats: object
     rows: int
@@ -277,14 +278,13 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
     pipeline.Ingestor._request = request
     calls: list[EngineCall] = []
     loads: list[float] = []  # seconds spent loading pictures (summed over processes), per run
-    original_generate = tq.TransformersEngine.generate_ids
+    original_loop = tq._BulkLoop._loop
 
-    def generate_ids(self, requests):
-        ids = original_generate(self, requests)
-        calls.append(EngineCall(self.last_stats, self.slots))
-        return ids
+    def loop(self):  # one decode loop: a lone engine call, or the batches ingest hands over while one decodes
+        original_loop(self)
+        calls.append(EngineCall(self.engine.last_stats, self.engine.slots))
 
-    tq.TransformersEngine.generate_ids = generate_ids
+    tq._BulkLoop._loop = loop
     stages.wrap(pipeline, "load_engine", LOAD_ENGINE_STAGE, sync=True)
     stages.wrap(pipeline, "read_file", "read (open, text layer, plan; video: decode and sample)")
     stages.wrap(pipeline._LoadAhead, "take", WAIT_STAGE)
@@ -295,7 +295,7 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
         original_close(self)
 
     pipeline._LoadAhead.close = close
-    stages.wrap(tq.TransformersEngine, "generate", ENGINE_STAGE, sync=True)
+    stages.wrap(pipeline.Ingestor, "_collect", ENGINE_STAGE, sync=True)  # batches decode while the next is read
     stages.wrap(Embedder, "embed_documents", "embed chunks (GPU)", sync=True)
     stages.wrap(Store, "replace_sources", "store (Chroma + lexical + manifest; embedding above)")
     return calls, loads
