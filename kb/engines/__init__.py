@@ -31,6 +31,7 @@ class Engine(Protocol):
     generative: bool  # False: answers are extractive, written by kb.answer without a model
     # How it batches, which sets how much work ingest hands it per call (`batch_size_for`):
     slots: int  # > 0: it decodes this many rows at once and refills finished ones itself (continuous batching)
+    # (such an engine may also take the next batch while one decodes: an optional `submit`, see `submitter`)
     server_batched: bool  # True: it keeps KB_CONCURRENCY requests in flight and a server batches them
     # The most pixels of a picture it reads (its visual-token budget; 0: all of them, as the ocr engine reads small
     # print): ingest renders pages no larger (a 200 dpi page is ~3x what Qwen3-VL reads at the default budget).
