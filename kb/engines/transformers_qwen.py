@@ -412,6 +412,7 @@ class TransformersEngine:
         self._bulk_calls = 0  # bulk decode loops so far: an idle release checks that none came since
         self._answers = _Waiting()  # answers waiting for the lock (`_answer_lock`)
         self._bulk = _BulkLoop(self)  # the one decode loop bulk calls join (`generate_ids`, `submit`)
+        self._texts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-texts")  # `submit`'s ids to texts
         # Held while a bulk decode step is recorded (a CUDA graph capture, which another thread's GPU allocations or
         # launches break): the ingest's embedder and speech engine take it while bulk batches decode beside them.
         self.recording = threading.Lock()
@@ -546,16 +547,15 @@ class TransformersEngine:
         texts: Future[list[str]] = Future()
 
         def decoded(ids: Future[list[list[int]]]) -> None:
-            error = ids.exception()
-            if error is not None:
-                texts.set_exception(error)
-            else:
+            try:
                 texts.set_result([self.decode(row) for row in ids.result()])
+            except BaseException as err:  # noqa: BLE001 - the batch's error (or decoding's) goes to its caller
+                texts.set_exception(err)
 
         if not requests:
             texts.set_result([])
-        else:
-            self._bulk.submit(requests).add_done_callback(decoded)
+        else:  # decoded off the loop's thread (trimming loops costs ~1 ms a page), which goes on decoding
+            self._bulk.submit(requests).add_done_callback(lambda ids: self._texts.submit(decoded, ids))
         return texts
 
     def _bulk_slab(self, columns: int) -> tuple[KvSlab, float]:
