@@ -3,11 +3,13 @@
 each batch comes back as soon as its own rows are done, with the ids it gets alone. Tiny random Qwen3-VL, CPU."""
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import Future
 
 import pytest
 
-from kb.engines.transformers_qwen import TransformersEngine
+from kb.engines.transformers_qwen import DecodeStats, TransformersEngine, _Refill
 from kb.errors import EngineError
 from kb.types import Request
 from tests.engine_inputs import BUDGET, noise_image
@@ -84,3 +86,42 @@ def test_a_batch_longer_than_the_cache_waits_for_the_loop_to_drain_and_gets_a_la
     stats = two_rows.last_stats
     assert stats is not None and stats.calls == 1 and stats.requests == 1  # a loop of its own, after the first
     assert two_rows._slabs["bulk"].length >= length + 10
+
+
+def test_an_answer_waiting_for_the_engine_stops_new_batches_joining_and_goes_before_them(two_rows, monkeypatch):
+    """A question asked while bulk batches decode waits for the rows decoding, not for every batch handed over
+    after it: the loop takes no new batch while an answer waits, drains, and the answer runs before the next."""
+    question = Request(task="answer", prompt="What is in the pump room?", max_new_tokens=5)
+    later = [page(3, 4)]
+    alone = two_rows.generate(later)
+    seen: dict[str, object] = {}
+    real_chunk = _Refill._decode_chunk
+
+    def first_chunk_asks(run):
+        if not seen:  # while the first batch decodes: a question comes, then another batch
+            asker = threading.Thread(target=lambda: seen.setdefault("answer", "".join(two_rows.stream(question))))
+            seen["asker"] = asker
+            asker.start()
+            for _ in range(1000):
+                if two_rows._answers.any():
+                    break
+                time.sleep(0.01)
+            seen["later"] = two_rows.submit(later)
+        real_chunk(run)
+
+    loops: list[DecodeStats] = []
+    real_run = _Refill.run
+
+    def run(refill, first):
+        loops.append(refill.stats)  # filled in as the loop runs
+        real_run(refill, first)
+
+    monkeypatch.setattr(_Refill, "_decode_chunk", first_chunk_asks)
+    monkeypatch.setattr(_Refill, "run", run)
+    first = two_rows.submit([page(1, 30), page(2, 3)])  # the short page frees a row the later batch could take
+    assert len(first.result(timeout=60)) == 2
+    assert seen["later"].result(timeout=60) == alone
+    seen["asker"].join(60)
+    assert seen["answer"]
+    # The later batch did not join while the question waited: it ran in a loop of its own, after the answer.
+    assert [(loop.calls, loop.requests) for loop in loops] == [(1, 2), (1, 1)]
