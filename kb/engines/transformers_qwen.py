@@ -33,7 +33,17 @@ from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.embed import user_cache_dir
 from kb.engines import DEFAULT_BATCH, gpu_rows
 from kb.engines.guard import repeating_tail, trim_repetition
-from kb.engines.kv_slab import KvSlab, layer_in, layer_out, plain_weights, rms, rotate_half, turn, width_for
+from kb.engines.kv_slab import (
+    WIDTH_STEP,
+    KvSlab,
+    layer_in,
+    layer_out,
+    plain_weights,
+    rms,
+    rotate_half,
+    turn,
+    width_for,
+)
 from kb.errors import ConfigError, EngineError
 from kb.hub import hub_reachable
 from kb.types import Request, VideoClip
@@ -990,6 +1000,11 @@ def records(slab: KvSlab, width: int, rows: int) -> bool:
     return slab.graphs_on and (rows or slab.rows, slab.read_width(width)) not in slab._graphs
 
 
+def records_any(slab: KvSlab, rows: int) -> bool:
+    """Whether `record_all` of every width for `rows` rows records a step (the slab lacks one)."""
+    return any(records(slab, width, rows) for width in range(WIDTH_STEP, slab.length + 1, WIDTH_STEP))
+
+
 class _Batch:
     """One bulk call's requests (`generate_ids`, `submit`) in the decode loop: their ids as rows finish, and the
     future its caller waits on, set once all of them are done or with the error that failed this batch."""
@@ -1166,7 +1181,8 @@ class _Refill:
         # The processor threads copy prepared groups to the GPU: no decode step may be recorded (a CUDA graph
         # capture, which other threads' copies and allocations would break) while they run. Steps of all rows are
         # recorded now; those of fewer rows only in the tail of the loop, when nothing is being prepared.
-        self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows), self.slab.graphs_on)
+        self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows),
+                        records_any(self.slab, self.slab.rows))
         try:
             self._join(first)
             self._prepare_ahead(self.slab.rows)
