@@ -103,7 +103,7 @@ def render_page(path: str | Path, page: int, dpi: int = OCR_DPI, clip: tuple[flo
 
 def _fit_zoom(width: float, height: float, max_pixels: int) -> float:
     """The zoom that renders a `width` x `height` point area in at most `max_pixels` (MuPDF rounds sides up)."""
-    zoom = (max_pixels / max(width * height, 1)) ** 0.5
+    zoom = math.sqrt(max_pixels / max(width * height, 1))
     while zoom > 0.01 and math.ceil(width * zoom) * math.ceil(height * zoom) > max_pixels:
         zoom *= 0.998
     return zoom

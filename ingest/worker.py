@@ -107,6 +107,7 @@ class _ReportingEngine:
         self.name, self.model, self.device = engine.name, engine.model, engine.device
         self.can_caption, self.generative = engine.can_caption, engine.generative
         self.slots, self.server_batched = engine.slots, engine.server_batched
+        self.picture_pixels: int = getattr(engine, "picture_pixels", 0)  # a plugin's engine may not say
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         self._before(requests)

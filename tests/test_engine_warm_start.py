@@ -42,18 +42,32 @@ def _chunks(store) -> list[tuple]:
                   for c in store.chunks_of(r.path)[0])
 
 
-def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sampled(folder, open_kb,
-                                                                                      tiny_model_writer, monkeypatch):
-    store = open_kb(**_settings(tiny_model_writer))
-    load_started = threading.Event()
+def _watch_the_engine_start(monkeypatch) -> tuple[dict[str, object], threading.Event]:
+    """Where the engine loads and what its bulk warm-up is made for (`seen`), and an event set when the load
+    starts."""
     seen: dict[str, object] = {}
-    real_load, real_read = pipeline.load_engine, pipeline.read_file
-    real_prepare = TransformersEngine.prepare_to_ingest
+    started = threading.Event()
+    real_load, real_prepare = pipeline.load_engine, TransformersEngine.prepare_to_ingest
 
     def load(settings):
         seen["loaded on the main thread"] = threading.current_thread() is threading.main_thread()
-        load_started.set()
+        started.set()
         return real_load(settings)
+
+    def prepare(engine, video=False):
+        seen["warmed for video"] = video
+        return real_prepare(engine, video=video)
+
+    monkeypatch.setattr(pipeline, "load_engine", load)
+    monkeypatch.setattr(TransformersEngine, "prepare_to_ingest", prepare)
+    return seen, started
+
+
+def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sampled(folder, open_kb,
+                                                                                      tiny_model_writer, monkeypatch):
+    store = open_kb(**_settings(tiny_model_writer))
+    seen, load_started = _watch_the_engine_start(monkeypatch)
+    real_read = pipeline.read_file
 
     def read(path, *args):
         result = real_read(path, *args)
@@ -61,13 +75,7 @@ def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sam
             seen["loading while sampled"] = load_started.wait(10)
         return result
 
-    def prepare(engine, video=False):
-        seen["warmed for video"] = video
-        return real_prepare(engine, video=video)
-
-    monkeypatch.setattr(pipeline, "load_engine", load)
     monkeypatch.setattr(pipeline, "read_file", read)
-    monkeypatch.setattr(TransformersEngine, "prepare_to_ingest", prepare)
     report = Ingestor(store.settings, store).run([folder])
     assert seen == {"loaded on the main thread": False, "loading while sampled": True, "warmed for video": True}
     assert report.counts() == {"added": 3}, report.results
@@ -84,28 +92,15 @@ def test_a_scanned_pdf_starts_the_engine_loading_once_it_is_read(tmp_path, open_
     ImageDraw.Draw(page).text((30, 120), "KINGFISHER REPORT PAGE 1", fill="black", font_size=32)
     page.save(folder / "a-scan.pdf", resolution=100)
     (folder / "b-notes.md").write_text("The kingfisher report is filed every spring.")
-    loading = threading.Event()
-    seen: dict[str, object] = {}
-    real_load, real_read = pipeline.load_engine, pipeline.read_file
-    real_prepare = TransformersEngine.prepare_to_ingest
-
-    def load(settings):
-        seen["loaded on the main thread"] = threading.current_thread() is threading.main_thread()
-        loading.set()
-        return real_load(settings)
+    seen, loading = _watch_the_engine_start(monkeypatch)
+    real_read = pipeline.read_file
 
     def read(path, *args):
         if path.suffix == ".md":
             seen["loading when the next file is read"] = loading.is_set()
         return real_read(path, *args)
 
-    def prepare(engine, video=False):
-        seen["warmed for video"] = video
-        return real_prepare(engine, video=video)
-
-    monkeypatch.setattr(pipeline, "load_engine", load)
     monkeypatch.setattr(pipeline, "read_file", read)
-    monkeypatch.setattr(TransformersEngine, "prepare_to_ingest", prepare)
     store = open_kb(**_settings(tiny_model_writer))
     report = Ingestor(store.settings, store).run([folder])
     assert report.counts() == {"added": 2}, report.results

@@ -134,3 +134,27 @@ def test_a_failed_slice_process_falls_back_to_one_pass(lecture, in_slices, monke
     sampled = video_slices.sample(lecture, PARAMS)
     assert sampled.frames == sample_frames(lecture, PARAMS).frames
     assert "sampling it in one pass" in caplog.text
+
+
+def test_frames_decoded_in_the_processor_threads_read_as_decoded_ones(lecture, make_settings, tiny_model_dir):
+    """Kept frames reach the engine undecoded (its processor threads decode them, several at once): the model
+    reads the same windows as from frames decoded beforehand."""
+    from kb.engines.transformers_qwen import TransformersEngine
+    from kb.types import Request
+    from tests.engine_inputs import BUDGET
+
+    settings = make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu", batch_size=2, **BUDGET)
+    source = Source(rel=lecture.name, path=str(lecture), sha256=hashlib.sha256(b"threads").hexdigest())
+    units = read_video(lecture, source, settings, replace(PARAMS, frame_pixels=settings.video_max_pixels)).units
+    engine = TransformersEngine(settings)
+    engine.processor_threads = 3
+
+    def windows(decoded: bool) -> list[Request]:
+        clips = [unit.video() for unit in units]
+        for clip in clips:
+            clip.frames = [f.convert("RGB") for f in clip.frames] if decoded else clip.frames
+        return [Request("video", "Describe.", video=clip, max_new_tokens=4) for clip in clips]
+
+    lazy = windows(decoded=False)
+    assert all(f.tile for r in lazy for f in r.video.frames)  # not decoded yet (PIL empties `tile` once it has)
+    assert engine.generate_ids(lazy) == engine.generate_ids(windows(decoded=True))
