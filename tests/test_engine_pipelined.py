@@ -125,3 +125,24 @@ def test_an_answer_waiting_for_the_engine_stops_new_batches_joining_and_goes_bef
     assert seen["answer"]
     # The later batch did not join while the question waited: it ran in a loop of its own, after the answer.
     assert [(loop.calls, loop.requests) for loop in loops] == [(1, 2), (1, 1)]
+
+
+@pytest.mark.parametrize("where", ["_decode_chunk", "run"])
+def test_a_failure_of_the_loop_itself_fails_its_batches_and_the_next_call_runs(two_rows, monkeypatch, where):
+    """A decode step that fails (shared by every row) fails each batch of the loop, and one that fails before a
+    batch joined (recording the steps) fails that batch: no caller waits forever, and the engine goes on."""
+    real = getattr(_Refill, where)
+    failed: list[bool] = []
+
+    def once(*args):
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("the decode step failed")
+        return real(*args)
+
+    monkeypatch.setattr(_Refill, where, once)
+    futures = handed_over_together(two_rows, [page(1, 6)], [page(2, 4)])
+    for future in futures if where == "_decode_chunk" else futures[:1]:
+        with pytest.raises(RuntimeError, match="decode step failed"):
+            future.result(timeout=60)
+    assert len(futures[1].result(timeout=60) if where == "run" else two_rows.generate([page(2, 4)])) == 1

@@ -1084,13 +1084,22 @@ class _BulkLoop:
             return self.queued.popleft()
 
     def _run(self) -> None:
-        while True:
-            self.engine._answers.wait_none()  # an answer waiting for the lock goes first
-            with self._guard:
-                if not self.queued:
-                    self.running = False
-                    break
-            self._loop()
+        ended = False
+        try:
+            while True:
+                self.engine._answers.wait_none()  # an answer waiting for the lock goes first
+                with self._guard:
+                    if not self.queued:
+                        self.running, ended = False, True
+                        break
+                self._loop()
+        finally:
+            if not ended:  # a failure outside any batch's loop: no caller may wait forever
+                with self._guard:
+                    self.running, stranded = False, list(self.queued)
+                    self.queued.clear()
+                for batch in stranded:
+                    batch.fail(EngineError("the engine's decode loop stopped", "see the log; run the ingest again"))
         if self.engine._answering:
             self.engine._release_bulk_when_idle()
 
@@ -1112,7 +1121,8 @@ class _BulkLoop:
                 error = EngineError(f"GPU out of memory while decoding {engine.slots} rows at once",
                                     "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4")
                 error.__cause__ = err
-            for batch in run.batches if run is not None else [first]:
+            taken = run.batches if run is not None else []
+            for batch in taken if first in taken else [first, *taken]:  # failed before it joined: first too
                 if batch.left == 0:  # done before the failure
                     batch.finish()
                 else:
