@@ -5,8 +5,9 @@ decoding runs over a preallocated KV
 cache (kb/engines/kv_slab.py), whose step is recorded once per cache width as a CUDA graph on a GPU. Bulk
 generation is continuous batching (`generate_ids`): `slots` rows decode greedily, and rows that finish (end of
 turn, token cap, loop guard) are replaced in place by waiting requests, whose processor work is prepared on CPU
-threads while the GPU decodes. A group's prompts are prefilled packed, with no padding (`prefill`). Answers stream
-from a one-row cache. Video frames keep their true `<t seconds>` stamps.
+threads while the GPU decodes. A batch handed over while another decodes (`submit`) joins the same loop, which
+runs on a thread of its own (`_BulkLoop`). A group's prompts are prefilled packed, with no padding (`prefill`).
+Answers stream from a one-row cache. Video frames keep their true `<t seconds>` stamps.
 """
 from __future__ import annotations
 
