@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -108,6 +109,13 @@ class _ReportingEngine:
         self.can_caption, self.generative = engine.can_caption, engine.generative
         self.slots, self.server_batched = engine.slots, engine.server_batched
         self.picture_pixels: int = getattr(engine, "picture_pixels", 0)  # a plugin's engine may not say
+        submit = getattr(engine, "submit", None)
+        if callable(submit):  # batches handed over while one decodes (kb.engines.submitter): seen as they go
+            def submit_seen(requests: Sequence[Request]) -> Future[list[str]]:
+                self._before(requests)
+                return submit(requests)  # type: ignore[no-any-return]
+
+            self.submit = submit_seen
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         self._before(requests)

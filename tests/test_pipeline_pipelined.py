@@ -120,3 +120,23 @@ def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_m
     assert [r for r in results if r[0] != "b-broken.pdf"] == [r for r in clean[0] if r[0] != "b-broken.pdf"]
     assert chunks == [c for c in clean[1] if c[0] != "b-broken.pdf"]
     assert written == [name for name in clean[2] if name != "b-broken.pdf"]
+
+
+def test_the_job_workers_engine_hands_batches_over_and_still_sees_each_one(make_settings, tiny_model_dir):
+    """The worker wraps the engine to see each batch before it runs (status, cancel): batches handed over while
+    one decodes go through that look too, and come back as the engine's own."""
+    from ingest.worker import _ReportingEngine
+    from kb.types import Request
+    from tests.engine_inputs import noise_image
+
+    engine = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
+                                              batch_size=2, **BUDGET))
+    seen: list[int] = []
+    wrapped = _ReportingEngine(engine, lambda requests: seen.append(len(requests)))
+    batches = [[Request("ocr", "Read.", [noise_image(k, (90, 60))], max_new_tokens=4) for k in range(n, n + 3)]
+               for n in (0, 3)]
+    submit = engines.submitter(wrapped)
+    assert submit is not None
+    handed = [submit(batch) for batch in batches]
+    assert [h.result() for h in handed] == [engine.generate(batch) for batch in batches]
+    assert seen == [3, 3]
