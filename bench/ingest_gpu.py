@@ -66,33 +66,43 @@ from bench.report import markdown_table, publish
 DPI = 150
 
 
-def rasterise(task: tuple[str, int]) -> bytes:
+def rasterise(task: tuple[str, int, int]) -> bytes:
+    """A page as the JPEG a scanner makes; from the second pass on, stamped with its pass (a distinct file)."""
     import pymupdf
 
-    path, page = task
+    path, page, copy = task
     with pymupdf.open(path) as doc:
         pix = doc[page].get_pixmap(dpi=DPI, colorspace=pymupdf.csGRAY)
+        if copy:
+            pix.set_rect(pymupdf.IRect(0, 0, 12 + copy % 64, 4), ((copy * 37) % 200,))  # a mark in the corner
         return pix.tobytes("jpeg", jpg_quality=75)
 
 
 def make_scans(pdfs: Path, out: Path, pages: int) -> int:
-    """Image-only copies of the PDFs in `pdfs`, `pages` pages in all (spread over the files); pages written."""
+    """Image-only copies of the PDFs in `pdfs`, `pages` pages in all (spread over the files); pages written. Past
+    the files' pages, they are read again as further passes (`scan-STEM-pK.pdf`), each page marked with its pass,
+    so an archive-sized run has no two files alike (ingest would copy a twin without reading it)."""
     import pymupdf
 
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(pdfs.glob("*.pdf"))
     counts = {f: pymupdf.open(f).page_count for f in files}
-    share, plan = max(1, pages // len(files)), {}
-    left = pages
-    for f in sorted(files, key=counts.get):  # small files whole, the rest share what is left
-        take = min(counts[f], max(share, left // max(1, len(files) - len(plan))))
-        plan[f] = take
-        left -= take
-    tasks = [(str(f), n) for f, take in plan.items() for n in range(take)]
+    plan: list[tuple[Path, int, int]] = []  # (file, pages taken, pass)
+    left, copy = pages, 0
+    while left > 0:
+        share, taken = max(1, left // len(files)), 0
+        for n, f in enumerate(sorted(files, key=counts.get)):  # small files whole, the rest share what is left
+            take = min(counts[f], left - taken, max(share, (left - taken) // max(1, len(files) - n)))
+            if take > 0:
+                plan.append((f, take, copy))
+                taken += take
+        left -= taken
+        copy += 1
+    tasks = [(str(f), n, k) for f, take, k in plan for n in range(take)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         images = list(pool.map(rasterise, tasks, chunksize=4))
     written = 0
-    for f, take in plan.items():
+    for f, take, k in plan:
         scan = pymupdf.open()
         src = pymupdf.open(f)
         for n in range(take):
@@ -100,7 +110,7 @@ def make_scans(pdfs: Path, out: Path, pages: int) -> int:
             page = scan.new_page(width=rect.width, height=rect.height)
             page.insert_image(page.rect, stream=images[written])
             written += 1
-        scan.save(out / f"scan-{f.stem}.pdf")
+        scan.save(out / (f"scan-{f.stem}.pdf" if k == 0 else f"scan-{f.stem}-p{k}.pdf"))
     return written
 
 
