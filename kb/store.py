@@ -51,11 +51,21 @@ CHROMA_KEYS = frozenset({"source", "source_abs", "sha256", "modality", "page", "
 # Seconds waited between tries of the ef_search update while Chroma's database is busy (about 6 s in all).
 EF_SEARCH_RETRY_WAITS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0)
 # What a new knowledge base's collection is made with; Chroma fixes M and ef_construction then, so an existing one
-# keeps its own. Chroma's M 16 and ef_construction 100 stay: a cheaper graph loses recall that ef_search 800 does not
-# win back (384-d, 252k chunks, recall@10: 0.985; ef_construction 64 0.960, 50 0.896; M 12 0.980) for 11-26 % less
-# fill CPU, and at 1M the default keeps only 0.967 (docs/benchmarks.md "HNSW build settings against recall").
+# keeps its own. ef_construction stays Chroma's 100: a cheaper graph loses recall that ef_search 800 does not win
+# back (384-d, 252k chunks, recall@10: 0.985; ef_construction 64 0.960, 50 0.896; M 12 0.980) for 11-26 % less fill
+# CPU (docs/benchmarks.md "HNSW build settings against recall"). M (max_neighbors) follows the vectors' dimension:
+# at 1M chunks M 16 keeps recall@10 0.967 at 384-d but 0.946 at 1024-d, where 3-5 % of the chunks inserted late are
+# left unreachable; M 24 gives 0.974 there (docs/benchmarks.md "M 24 at 1024-d"), for more fill CPU.
 # sync_threshold stays 1,000: 20,000 saves 0.4 ms per chunk at 1M, but every open re-inserts the vectors not persisted.
 NEW_COLLECTION_HNSW: CreateHNSWConfiguration = {"space": "cosine", "ef_search": EF_SEARCH}
+HNSW_M_UP_TO_384_DIMENSIONS, HNSW_M_ABOVE = 16, 24
+
+
+def new_collection_hnsw(dimension: int) -> CreateHNSWConfiguration:
+    """The HNSW settings a new knowledge base is made with, for vectors of `dimension` (an M set in
+    NEW_COLLECTION_HNSW, as bench/scale.py's --hnsw does, wins)."""
+    m = HNSW_M_UP_TO_384_DIMENSIONS if dimension <= 384 else HNSW_M_ABOVE
+    return {"max_neighbors": m, **NEW_COLLECTION_HNSW}
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
@@ -149,7 +159,7 @@ class Store:
         # Any: chromadb types every result field Optional (even those `include` asks for) and metadata values as
         # a union; what comes back is what `Chunk.metadata` stored, read as plain JSON.
         self._collection: Any = client.get_or_create_collection(
-            COLLECTION, embedding_function=None, configuration={"hnsw": NEW_COLLECTION_HNSW.copy()},
+            COLLECTION, embedding_function=None, configuration={"hnsw": new_collection_hnsw(embedder.dimension)},
             metadata={"embed_model": embedder.name, "embed_dim": embedder.dimension,
                       "schema_version": SCHEMA_VERSION})
         self._check_embedder()
