@@ -5,7 +5,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+import pymupdf
+from PIL import Image, ImageDraw
 
 from kb.config import VISUAL_TOKEN_PIXELS
 
@@ -28,4 +29,21 @@ def two_scene_video(path: Path) -> Path:
         cv2.putText(frame, "VALVE 7" if n < 20 else "PUMP 12", (40, 130), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3)
         writer.write(frame)
     writer.release()
+    return path
+
+
+def scanned_pdf(path: Path, lines: list[str]) -> Path:
+    """An image-only PDF, one page per line of text (what a scanner makes: no text layer)."""
+    from data.make_samples import font
+
+    doc = pymupdf.open()
+    for line in lines:
+        picture = Image.new("L", (900, 300), 255)
+        ImageDraw.Draw(picture).text((40, 110), line, fill=0, font=font(48))
+        png = path.with_suffix(".png")
+        picture.save(png)
+        page = doc.new_page(width=324, height=108)
+        page.insert_image(page.rect, filename=str(png))
+        png.unlink()
+    doc.save(path)
     return path

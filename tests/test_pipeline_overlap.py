@@ -10,35 +10,20 @@ import ingest.pipeline as pipeline
 from data.make_samples import font
 from ingest.pipeline import Ingestor
 from kb.store import Store
-from tests.engine_inputs import two_scene_video
+from tests.engine_inputs import scanned_pdf, two_scene_video
 
 READ_FILE, REPLACE_SOURCES = pipeline.read_file, Store.replace_sources
-
-
-def _scan(path: Path, lines: list[str]) -> Path:
-    """An image-only PDF, one page per line of text (what a scanner makes: no text layer)."""
-    doc = pymupdf.open()
-    for line in lines:
-        picture = Image.new("L", (900, 300), 255)
-        ImageDraw.Draw(picture).text((40, 110), line, fill=0, font=font(48))
-        png = path.with_suffix(".png")
-        picture.save(png)
-        page = doc.new_page(width=324, height=108)
-        page.insert_image(page.rect, filename=str(png))
-        png.unlink()
-    doc.save(path)
-    return path
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     library = tmp_path / "library"
     library.mkdir()
-    _scan(library / "a-invoices.pdf", ["INVOICE 4471 PAID", "INVOICE 4472 OVERDUE"])
-    _scan(library / "b-memo.pdf", ["MEMO ON PUMP TESTS"])
-    _scan(library / "c-manual.pdf", ["VALVE MANUAL PAGE ONE"])
-    _scan(library / "d-gone.pdf", ["THIS FILE IS REMOVED AFTER READING"])
-    _scan(library / "e-cut.pdf", ["FIRST PAGE STAYS", "SECOND PAGE IS CUT"])
+    scanned_pdf(library / "a-invoices.pdf", ["INVOICE 4471 PAID", "INVOICE 4472 OVERDUE"])
+    scanned_pdf(library / "b-memo.pdf", ["MEMO ON PUMP TESTS"])
+    scanned_pdf(library / "c-manual.pdf", ["VALVE MANUAL PAGE ONE"])
+    scanned_pdf(library / "d-gone.pdf", ["THIS FILE IS REMOVED AFTER READING"])
+    scanned_pdf(library / "e-cut.pdf", ["FIRST PAGE STAYS", "SECOND PAGE IS CUT"])
     two_scene_video(library / "f-clip.mp4")
     return library
 
@@ -53,7 +38,7 @@ def _ingest(store: Store, folder: Path, monkeypatch: pytest.MonkeyPatch, workers
         if path.name == "d-gone.pdf":
             path.unlink()
         elif path.name == "e-cut.pdf":
-            _scan(path, ["FIRST PAGE STAYS"])
+            scanned_pdf(path, ["FIRST PAGE STAYS"])
         return result
 
     written: list[str] = []
@@ -76,8 +61,8 @@ def test_pictures_loaded_by_workers_give_the_same_store_and_errors(open_kb, fold
     alone = _ingest(open_kb(home=tmp_path / "alone", batch_size=2), folder, monkeypatch, workers=0)
     for name in ("d-gone.pdf", "e-cut.pdf"):  # the first run damaged them: make them again
         (folder / name).unlink(missing_ok=True)
-    _scan(folder / "d-gone.pdf", ["THIS FILE IS REMOVED AFTER READING"])
-    _scan(folder / "e-cut.pdf", ["FIRST PAGE STAYS", "SECOND PAGE IS CUT"])
+    scanned_pdf(folder / "d-gone.pdf", ["THIS FILE IS REMOVED AFTER READING"])
+    scanned_pdf(folder / "e-cut.pdf", ["FIRST PAGE STAYS", "SECOND PAGE IS CUT"])
     ahead = _ingest(open_kb(home=tmp_path / "ahead", batch_size=2), folder, monkeypatch, workers=2)
 
     results, written, chunks, ingestor = ahead

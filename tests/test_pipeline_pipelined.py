@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pymupdf
 import pytest
-from PIL import Image, ImageDraw
 
 import ingest.pipeline as pipeline
 import kb.engines as engines
@@ -16,25 +14,10 @@ from ingest.pipeline import Ingestor
 from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import EngineError
 from kb.store import Store
-from tests.engine_inputs import BUDGET
+from tests.engine_inputs import BUDGET, scanned_pdf
 
 TINY_CAPS = {"max_page_tokens": 6, "max_caption_tokens": 6, "max_video_tokens": 6}
 REPLACE_SOURCES = Store.replace_sources
-
-
-def _scan(path: Path, pages: int) -> Path:
-    """An image-only PDF (no text layer: every page goes to the engine), each page a different picture."""
-    doc = pymupdf.open()
-    for n in range(pages):
-        picture = Image.new("L", (300, 100), 255)
-        ImageDraw.Draw(picture).text((20 + 30 * n, 40), f"{path.stem} page {n + 1}", fill=0)
-        png = path.with_suffix(f".{n}.png")
-        picture.save(png)
-        page = doc.new_page(width=216, height=72)
-        page.insert_image(page.rect, filename=str(png))
-        png.unlink()
-    doc.save(path)
-    return path
 
 
 @pytest.fixture
@@ -42,7 +25,7 @@ def folder(tmp_path: Path) -> Path:
     library = tmp_path / "library"
     library.mkdir()
     for name, pages in (("a-report", 3), ("b-broken", 2), ("c-memo", 1), ("d-manual", 3)):
-        _scan(library / f"{name}.pdf", pages)
+        scanned_pdf(library / f"{name}.pdf", [f"{name} page {n + 1}" for n in range(pages)])
     return library
 
 
