@@ -250,16 +250,29 @@ class KvSlab:
         self._graphs[(rows, width)], self._logits[(rows, width)] = graph, self.logits
         return graph
 
+    def lacks(self, width: int, rows: int = 0) -> bool:
+        """Whether the step of this shape is recorded when it first runs (a GPU slab that has not recorded it)."""
+        return self.graphs_on and (rows or self.rows, self.read_width(width)) not in self._graphs
+
+    def lacks_any(self, up_to: int, rows: int = 0) -> bool:
+        """Whether `record_all(up_to, rows)` would record a step."""
+        return any(self.lacks(width, rows) for width in self._widths(up_to))
+
+    @property
+    def recorded(self) -> int:
+        """Steps recorded so far (0 where steps run eagerly)."""
+        return len(self._graphs)
+
+    def _widths(self, up_to: int) -> set[int]:
+        return {self.read_width(w) for w in range(WIDTH_STEP, min(up_to, self.length) + 1, WIDTH_STEP)}
+
     def record_all(self, up_to: int, rows: int = 0) -> int:
         """Record the step of the first `rows` rows (all when 0) for every width up to `up_to` columns ahead of
         use (the app's warm-up); steps recorded in all."""
-        if not self.graphs_on:
-            return 0
-        rows = rows or self.rows
-        for width in {self.read_width(w) for w in range(WIDTH_STEP, min(up_to, self.length) + 1, WIDTH_STEP)}:
-            if (rows, width) not in self._graphs:
-                self._record(width, rows)
-        return len(self._graphs)
+        for width in self._widths(up_to):
+            if self.lacks(width, rows):
+                self._record(width, rows or self.rows)
+        return self.recorded
 
     def _forward(self, width: int, rows: int) -> None:
         lm = self.lm

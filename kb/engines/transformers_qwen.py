@@ -35,7 +35,6 @@ from kb.embed import user_cache_dir
 from kb.engines import DEFAULT_BATCH, gpu_rows
 from kb.engines.guard import repeating_tail, trim_repetition
 from kb.engines.kv_slab import (
-    WIDTH_STEP,
     KvSlab,
     layer_in,
     layer_out,
@@ -884,12 +883,6 @@ class TransformersEngine:
         return int(token.item())
 
 
-def recorded_steps(slab: KvSlab) -> int:
-    """Decode steps the slab has recorded so far (0 where steps run eagerly): `record_all` up to no width records
-    nothing and answers the count."""
-    return slab.record_all(0)
-
-
 def _log_failed_warm_up(path: str, retried_by: str) -> Callable[[Future[None]], None]:
     """A done-callback for a warm-up that runs on its own: its failure is logged, never raised (`retried_by` does
     the same work later)."""
@@ -994,16 +987,6 @@ def accept(row: _Row, new: list[int], eos: list[int], min_new: int) -> None:
         if len(row.tokens) >= row.limit or repeating_tail(row.tokens):
             row.done = True
             return
-
-
-def records(slab: KvSlab, width: int, rows: int) -> bool:
-    """Whether a step of this shape is recorded before it runs (a GPU slab that has not recorded it yet)."""
-    return slab.graphs_on and (rows or slab.rows, slab.read_width(width)) not in slab._graphs
-
-
-def records_any(slab: KvSlab, rows: int) -> bool:
-    """Whether `record_all` of every width for `rows` rows records a step (the slab lacks one)."""
-    return any(records(slab, width, rows) for width in range(WIDTH_STEP, slab.length + 1, WIDTH_STEP))
 
 
 class _Batch:
@@ -1193,7 +1176,7 @@ class _Refill:
         # capture, which other threads' copies and allocations would break) while they run. Steps of all rows are
         # recorded now; those of fewer rows only in the tail of the loop, when nothing is being prepared.
         self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows),
-                        records_any(self.slab, self.slab.rows))
+                        self.slab.lacks_any(self.slab.length, self.slab.rows))
         try:
             self._join(first)
             self._prepare_ahead(self.slab.rows)
@@ -1233,14 +1216,14 @@ class _Refill:
         Recording synchronises with the GPU (a capture starts from an idle device), so the clock needs no sync of
         its own; work that recorded nothing adds no seconds. Work that may record holds the engine's `recording`
         lock, which GPU work on other threads (the ingest's embedder and speech engine) takes."""
-        before = recorded_steps(self.slab)
+        before = self.slab.recorded
         started = time.perf_counter()
         if may_record:
             with self.engine.recording:
                 work()
         else:
             work()
-        recorded = recorded_steps(self.slab) - before
+        recorded = self.slab.recorded - before
         if recorded:
             self.stats.recorded += recorded
             self.stats.record_s += time.perf_counter() - started
@@ -1303,7 +1286,7 @@ class _Refill:
         # The chunk's first step records the step on a slab that lacks this shape (the tail's fewer rows).
         produced: list[torch.Tensor] = []
         self._recording(lambda: produced.append(self.slab.step(width, rows)[:rows].clone()),
-                        records(self.slab, width, rows))
+                        self.slab.lacks(width, rows))
         produced += [self.slab.step(width, rows)[:rows].clone() for _ in range(steps - 1)]
         for row in live:
             row.width += steps
