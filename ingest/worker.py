@@ -116,6 +116,8 @@ class _ReportingEngine:
                 return submit(requests)  # type: ignore[no-any-return]
 
             self.submit = submit_seen
+            # Held while the engine records a decode step: the ingest's embedder waits on it beside batches in flight.
+            self.recording = getattr(engine, "recording", None)
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         self._before(requests)

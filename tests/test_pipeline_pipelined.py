@@ -123,3 +123,4 @@ def test_the_job_workers_engine_hands_batches_over_and_still_sees_each_one(make_
     handed = [submit(batch) for batch in batches]
     assert [h.result() for h in handed] == [engine.generate(batch) for batch in batches]
     assert seen == [3, 3]
+    assert wrapped.recording is engine.recording  # the embedder beside its batches waits on the same lock
