@@ -18,7 +18,7 @@ In one run, on the Qwen3-VL-4B architecture with random bf16 weights (bench/engi
   over a few pages (random weights make near-ties common: one flipped pick changes the rest of the page);
 - making the bulk slab and recording its steps.
 
-usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE] [--no-accuracy]
+usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE] [--no-accuracy] [--steps-only | --write-check]
 """
 from __future__ import annotations
 
@@ -349,6 +349,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-accuracy", action="store_true", help="skip the fp8 cache's accuracy on the model")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the recorded step (bf16, fp8 by row and by column) and the greedy-id checks, fp8 "
+                             "converted as decode_attention.FP8_CONVERT (no kernel table, no accuracy)")
     parser.add_argument("--write-check", action="store_true",
                         help="only the --check pages' ids with the step's one write against index writes")
     args = parser.parse_args()
@@ -357,9 +360,9 @@ def main() -> None:
     if args.write_check:
         return publish("Decode step on GPU: one write against index writes", write_check(load_engine(args)),
                        args.out)
-    kernels, best = kernel_rows()
     kernel_header = ["attention of one layer", "lengths", "GB used", "ms", "GB/s of used bytes",
                      "rel. error vs fp64 (bf16 cache)", "row alone == batched"]
+    kernels, best = ([], spans.FP8_CONVERT) if args.steps_only else kernel_rows()
     print(markdown_table(kernel_header, kernels), f"\nfastest fp8 conversion: {best}", flush=True)
     accuracy: list[list] = []
     agreement = ""
@@ -373,14 +376,14 @@ def main() -> None:
         checks.append("values by column: " + batch_invariance(engine, "fp8", best)[0])
         kv_slab.FP8_VALUES_BY_COLUMN = False
         spans.FP8_CONVERT = best
-        if not args.no_accuracy:
+        if not (args.no_accuracy or args.steps_only):
             accuracy, agreement = accuracy_rows(engine)
             print(markdown_table(ACCURACY_HEADER, accuracy), "\n" + agreement, flush=True)
     body = (f"`python -m bench.decode_step_gpu`: one layer's attention ({ROWS} rows, {KV_HEADS} key/value heads x "
             f"{GROUP} query heads, head size {DIM}, {COLUMNS}-column slab; real lengths: each row's prompt "
             f"{PROMPT[0]}-{PROMPT[1]} columns plus part of a page drawn from PAGE_TOKEN_QUANTILES; full: every row "
             f"at {COLUMNS - 1} columns; GB counts only the columns rows use, in the cache's format):\n\n"
-            + markdown_table(kernel_header, kernels)
+            + (markdown_table(kernel_header, kernels) if kernels else "(not run: --steps-only)")
             + f"\n\nThe whole recorded decode step (Qwen3-VL-4B architecture, random bf16 weights, slab filled with "
               f"random keys and values; fp8 converted as `{best}`):\n\n" + markdown_table(step_header, steps)
             + "\n\n" + "; ".join(notes) + ".\n\nGreedy ids, bench.engine_gpu's --check pages: " + "; ".join(checks)
