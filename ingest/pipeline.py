@@ -160,11 +160,12 @@ class _FileInFlight:
 
 @dataclass
 class _Handed:
-    """An engine batch handed over: its units with their requests, and the engine's texts to come (None: asked
-    for only when collected, through `generate`)."""
+    """An engine batch handed over: its units with their requests, and the engine's texts to come piece by piece,
+    `ready` in order (each piece: its number of requests, and their texts; none: asked for only when collected,
+    through `generate`)."""
 
     ready: list[tuple[_FileInFlight, Unit, Request]]
-    texts: Future[list[str]] | None = None
+    pieces: list[tuple[int, Future[list[str]]]] = field(default_factory=list)
 
 
 @dataclass
@@ -759,8 +760,12 @@ class Ingestor:
 
     def _hand_over(self, batch: list[tuple[_FileInFlight, Unit]]) -> _Handed:
         """The batch's pictures taken from the loaders (a unit whose picture fails fails now), and its requests
-        submitted where the engine takes them ahead."""
+        submitted where the engine takes them ahead: a piece as soon as a full set of the engine's rows has its
+        pictures, so an idle engine starts on the first rows while the rest of the batch still loads (the first
+        512 scanned pages kept a fresh H200 waiting ~7 s for their pictures: docs/benchmarks.md, run L)."""
         handed = _Handed([])
+        submit = None if self._engine_down else submitter(self.engine)
+        submitted = 0
         for job, unit in batch:
             loaded = self._ahead.take(unit)
             if loaded.picture is not None:
@@ -770,15 +775,28 @@ class Ingestor:
                 self._fail_unit(job, unit, loaded.problem, named=True)
             else:
                 self._fail_unit(job, unit, loaded.problem)
-        submit = submitter(self.engine)
-        if submit is not None and handed.ready and not self._engine_down:
-            handed.texts = submit([r for _, _, r in handed.ready])
+            if submit is not None and len(handed.ready) - submitted >= self.engine.slots:
+                submitted = self._submit_piece(submit, handed, submitted)
+        if submit is not None and len(handed.ready) > submitted:
+            self._submit_piece(submit, handed, submitted)
         return handed
+
+    @staticmethod
+    def _submit_piece(submit: Callable[[Sequence[Request]], Future[list[str]]], handed: _Handed,
+                      start: int) -> int:
+        """Submit the handed requests from `start` on as one piece; where the next piece starts."""
+        requests = [r for _, _, r in handed.ready[start:]]
+        handed.pieces.append((len(requests), submit(requests)))
+        return start + len(requests)
 
     def _collect(self, handed: _Handed, report: IngestReport) -> None:
         """A handed batch's texts, kept: each unit's text, its checkpoint entry, its file's count of units waiting."""
         ready = handed.ready
-        texts = self._generate([r for _, _, r in ready], [(j, u) for j, u, _ in ready], handed.texts)
+        texts: list[str | None] = []
+        pieces: list[tuple[int, Future[list[str]] | None]] = [*handed.pieces] or [(len(ready), None)]
+        for size, piece in pieces:
+            part = ready[len(texts):len(texts) + size]
+            texts += self._generate([r for _, _, r in part], [(j, u) for j, u, _ in part], piece)
         for (job, unit, _), text in zip(ready, texts):
             if text is not None:
                 unit.text = trim_repetition(text.strip())

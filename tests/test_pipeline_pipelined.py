@@ -29,12 +29,12 @@ def folder(tmp_path: Path) -> Path:
     return library
 
 
-def _ingest(open_kb, model: Path, folder: Path, monkeypatch, pipelined: bool) -> tuple:
-    """Ingest the folder in batches of two pages (two rows, one page a row waiting); with `pipelined` off the
-    engine is called one batch at a time, through `generate`. Returns the report, the chunks, the file order into
-    the store, and the order of batches handed over and collected."""
+def _ingest(open_kb, model: Path, folder: Path, monkeypatch, pipelined: bool, units_per_row: int = 1) -> tuple:
+    """Ingest the folder in batches of two pages a `units_per_row` (two rows, that many pages a row waiting); with
+    `pipelined` off the engine is called one batch at a time, through `generate`. Returns the report, the chunks,
+    the file order into the store, and the order of pictures taken, pieces handed over and batches collected."""
     monkeypatch.setattr(pipeline, "LOAD_WORKERS", 0)
-    monkeypatch.setattr(engines, "UNITS_PER_ROW", 1)
+    monkeypatch.setattr(engines, "UNITS_PER_ROW", units_per_row)
     if not pipelined:
         monkeypatch.setattr(pipeline, "submitter", lambda engine: None)
     home = folder.parent / f"kb-{len(list(folder.parent.glob('kb-*')))}"  # a knowledge base of its own
@@ -42,7 +42,7 @@ def _ingest(open_kb, model: Path, folder: Path, monkeypatch, pipelined: bool) ->
                     **TINY_CAPS)
     events: list[str] = []
     written: list[str] = []
-    submit, collect = TransformersEngine.submit, Ingestor._collect
+    submit, collect, take = TransformersEngine.submit, Ingestor._collect, pipeline._LoadAhead.take
 
     def submitting(engine, requests):
         events.append("submit")
@@ -56,7 +56,13 @@ def _ingest(open_kb, model: Path, folder: Path, monkeypatch, pipelined: bool) ->
         written.extend(record.rel for record, _, _ in items)
         return REPLACE_SOURCES(store_, items)
 
+    def taking(ahead, unit):
+        if units_per_row > 1:
+            events.append("take")
+        return take(ahead, unit)
+
     monkeypatch.setattr(TransformersEngine, "submit", submitting)
+    monkeypatch.setattr(pipeline._LoadAhead, "take", taking)
     monkeypatch.setattr(Ingestor, "_collect", collecting)
     monkeypatch.setattr(Store, "replace_sources", replace_sources)
     report = Ingestor(store.settings, store).run([folder])
@@ -76,6 +82,21 @@ def test_two_batches_in_flight_give_the_chunks_of_one_at_a_time(open_kb, tiny_mo
     # 9 pages in batches of 2: 5 batches, each next one handed over before the one before it is collected.
     assert events == ["submit", "submit", "collect"] * 1 + ["submit", "collect"] * 3 + ["collect"]
     assert one_at_a_time[3] == ["collect"] * 5
+
+
+def test_an_idle_engine_starts_on_a_batchs_first_rows_while_the_rest_still_loads(open_kb, tiny_model_writer, folder,
+                                                                                 monkeypatch):
+    """Batches of four pages on two rows: each batch goes to the engine in pieces of two, the first as soon as its
+    two pictures are in, before the next two are loaded; the chunks are those of one batch at a time."""
+    one_at_a_time = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=False, units_per_row=2)
+    monkeypatch.undo()
+    results, chunks, written, events = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True,
+                                               units_per_row=2)
+    assert (results, chunks, written) == one_at_a_time[:3]
+    assert [status for _, status, _, _ in results] == ["added"] * 4, results
+    piece = ["take", "take", "submit"]
+    # 9 pages in batches of 4, 4 and 1; a batch is collected once the next one is handed over.
+    assert events == piece * 2 + piece * 2 + ["collect"] + ["take", "submit", "collect", "collect"]
 
 
 def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_model_writer, folder, monkeypatch):
