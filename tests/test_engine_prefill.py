@@ -98,7 +98,7 @@ def test_several_processor_threads_prepare_at_once_and_change_no_output(make_set
 
 
 def test_processor_threads_follow_the_host_cores():
-    assert [processor_threads(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 2, 4, 8, 8]
+    assert [processor_threads(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
 
 
 class EagerGraph:

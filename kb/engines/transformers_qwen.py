@@ -75,12 +75,11 @@ ANSWER_COLUMNS = 8192
 # the card from the embedder, the answers' pictures and any other process.
 BULK_IDLE_S = 30.0
 # Processor threads of a bulk call: a page's or a video window's pixel values take 0.1-0.35 CPU-s (resize, patch
-# reshape, normalisation: torch CPU ops, which release the GIL), and a kept video window's 24 JPEG frames are
-# decoded here too (PIL, GIL released), so few threads cannot keep a GPU fed with video windows: with 4 on the
-# 16-core H200 host the engine still waited 8.8-9.8 s of an hour's windows (docs/benchmarks.md, run L). Half the
-# host's cores, at least one (the others: the picture loaders, the decode loop, the main thread), at most
-# PROCESSOR_THREADS_MAX.
-PROCESSOR_THREADS_MAX = 8
+# reshape, normalisation: torch CPU ops, which release the GIL), so one thread cannot keep a GPU fed with video
+# windows. A quarter of the host's cores, at least one (the cores are shared with the picture loaders and the
+# decode loop), at most PROCESSOR_THREADS_MAX. 8 threads on the 16-core H200 host were no better than 4 for an
+# hour of video (processor waits 11.8 against 9.8 s, 126.3 against 125.9 s end to end: docs/benchmarks.md, run L).
+PROCESSOR_THREADS_MAX = 4
 # The warm-up request of a bulk ingest (`prepare_to_ingest`): blank pages, a few tokens each. Two of them, so that
 # no size the compiled prefill sees is 1 (torch.compile specialises on 0 and 1 and would compile again for the
 # real call's groups).
@@ -91,7 +90,7 @@ WARM_UP_TOKENS = 4
 def processor_threads(cores: int | None = None) -> int:
     """Threads that prepare a bulk call's requests (processor work) at once, from the host's cores."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    return max(1, min(PROCESSOR_THREADS_MAX, cores // 2))
+    return max(1, min(PROCESSOR_THREADS_MAX, cores // 4))
 
 
 def resolve_device(setting: str) -> str:
