@@ -30,8 +30,11 @@ memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on disk). So run 1 aga
 share; what run 2 still spends warming up is the cache and the recording. `--kept-runs K`: then K more runs that
 take the engine of the run before, as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache
 and recorded steps kept): no load, no recording; `--runs 2 --kept-runs 1` gives all three in one call.
-`--fresh-compile-cache` points both compile caches at an empty folder first, so run 1 compiles everything even
-where an earlier process compiled (a lent machine keeps them between calls).
+Both compile caches live in WORK/compile-cache, so a later call on the same machine finds what an earlier one
+compiled (as a user's second `python -m ingest` finds the first's in their cache folder);
+`--fresh-compile-cache` empties that folder first, so run 1 compiles everything. (Before, only the flag pointed
+the caches there, and a run without it read the user cache folder instead: a "warm cache" run that followed a
+fresh-cache one found nothing of it.)
 
 On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
 `python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then
@@ -428,16 +431,15 @@ def main() -> None:
     parser.add_argument("--kept-runs", type=int, default=0, help="then this many runs that keep the engine of the "
                         "run before, as a worker does (no reload, no recording)")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
-    parser.add_argument("--fresh-compile-cache", action="store_true", help="empty compile caches for run 1 "
-                        "(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR under --work)")
+    parser.add_argument("--fresh-compile-cache", action="store_true", help="empty the compile caches "
+                        "(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR: WORK/compile-cache) before run 1")
     args = parser.parse_args()
     if args.runs < 1 or args.kept_runs < 0:
         parser.error("--runs takes 1 or more, --kept-runs 0 or more")
-    if args.fresh_compile_cache:  # read when torch first compiles, which is later
-        caches = args.work / "compile-cache"
+    caches = args.work / "compile-cache"  # read when torch first compiles, which is later
+    if args.fresh_compile_cache:
         shutil.rmtree(caches, ignore_errors=True)
-        os.environ.update({"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
-                           "TRITON_CACHE_DIR": str(caches / "triton")})
+    os.environ.update({"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"), "TRITON_CACHE_DIR": str(caches / "triton")})
     prep = {}
     started = time.perf_counter()
     if args.video_minutes:
