@@ -88,14 +88,17 @@ def test_a_batch_longer_than_the_cache_waits_for_the_loop_to_drain_and_gets_a_la
     assert two_rows._slabs["bulk"].length >= length + 10
 
 
-def test_an_answer_waiting_for_the_engine_stops_new_batches_joining_and_goes_before_them(two_rows, monkeypatch):
-    """A question asked while bulk batches decode waits for the rows decoding, not for every batch handed over
-    after it: the loop takes no new batch while an answer waits, drains, and the answer runs before the next."""
+def test_an_answer_goes_between_two_chunks_of_the_rows_decoding_and_the_loop_goes_on(two_rows, monkeypatch):
+    """A question asked while bulk rows decode does not wait for them to end: the loop lets the engine go after
+    the chunk of steps it is in, the answer runs, and the loop goes on where it was, with the same ids; a batch
+    handed over while the question waited joins that loop after the answer."""
     question = Request(task="answer", prompt="What is in the pump room?", max_new_tokens=5)
-    later = [page(3, 4)]
-    alone = two_rows.generate(later)
+    first_pages, later = [page(1, 30), page(2, 3)], [page(3, 4)]
+    alone = [two_rows.generate([r])[0] for r in first_pages + later]
+    answer_alone = "".join(two_rows.stream(question))
+    events: list[str] = []
     seen: dict[str, object] = {}
-    real_chunk = _Refill._decode_chunk
+    real_chunk, real_tokens = _Refill._decode_chunk, TransformersEngine._answer_tokens
 
     def first_chunk_asks(run):
         if not seen:  # while the first batch decodes: a question comes, then another batch
@@ -109,6 +112,10 @@ def test_an_answer_waiting_for_the_engine_stops_new_batches_joining_and_goes_bef
             seen["later"] = two_rows.submit(later)
         real_chunk(run)
 
+    def answer_tokens(engine, request, cancelled):
+        yield from real_tokens(engine, request, cancelled)
+        events.append("answered")  # under the engine lock: before the loop can take it back
+
     loops: list[DecodeStats] = []
     real_run = _Refill.run
 
@@ -117,14 +124,17 @@ def test_an_answer_waiting_for_the_engine_stops_new_batches_joining_and_goes_bef
         real_run(refill, first)
 
     monkeypatch.setattr(_Refill, "_decode_chunk", first_chunk_asks)
+    monkeypatch.setattr(TransformersEngine, "_answer_tokens", answer_tokens)
     monkeypatch.setattr(_Refill, "run", run)
-    first = two_rows.submit([page(1, 30), page(2, 3)])  # the short page frees a row the later batch could take
-    assert len(first.result(timeout=60)) == 2
-    assert seen["later"].result(timeout=60) == alone
+    first = two_rows.submit(first_pages)  # 30 steps: two chunks of 16, the question comes in the first
+    first.add_done_callback(lambda _: events.append("first batch"))
+    assert first.result(timeout=60) + seen["later"].result(timeout=60) == alone
     seen["asker"].join(60)
-    assert seen["answer"]
-    # The later batch did not join while the question waited: it ran in a loop of its own, after the answer.
-    assert [(loop.calls, loop.requests) for loop in loops] == [(1, 2), (1, 1)]
+    assert seen["answer"] == answer_alone
+    assert events == ["answered", "first batch"]  # the 30-token page was still decoding when the answer came
+    # One loop: it paused for the answer, then took in the batch handed over while the question waited.
+    assert [(loop.calls, loop.requests) for loop in loops] == [(2, 3)]
+    assert loops[0].answers_s > 0
 
 
 @pytest.mark.parametrize("where", ["_decode_chunk", "run"])

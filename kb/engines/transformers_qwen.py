@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,8 +583,9 @@ class TransformersEngine:
 
     @contextmanager
     def _answer_lock(self) -> Iterator[None]:
-        """The engine lock for the answer path; while an answer waits for it, bulk decoding admits no new batch
-        and starts no new loop (`_BulkLoop`), so a question waits for the rows decoding, not for a whole ingest."""
+        """The engine lock for the answer path; while an answer waits for it, bulk decoding admits no new batch,
+        starts no new loop (`_BulkLoop`) and lets the lock go after its current chunk of steps (`_Refill`), so a
+        question waits for at most DECODE_CHUNK steps of the rows decoding, not for them to end."""
         with self._answers.waiting():
             self._lock.acquire()
         try:
@@ -942,6 +943,7 @@ class DecodeStats:
     tail_s: float = 0.0  # seconds after the last group joined: the rows left draining, none waiting to join
     calls: int = 0  # batches (generate_ids or submit calls) this loop decoded
     joined_live: int = 0  # rows of a batch that joined while rows of an earlier batch still decoded
+    answers_s: float = 0.0  # seconds the loop stood paused between two chunks while questions were answered
 
     @property
     def padding_share(self) -> float:
@@ -1041,8 +1043,9 @@ class _BulkLoop:
     under the engine lock, one `_Refill` loop at a time: a loop starts on an idle slab with the first queued
     batch and takes in each later batch that arrives while rows still decode (its requests join rows as they
     free), until no row is live. A batch needing more cache columns than the slab holds waits for the loop to
-    drain (the slab is remade only with no row live), and so does every batch while an answer waits for the
-    lock. The thread ends when nothing is queued; the next batch starts another."""
+    drain (the slab is remade only with no row live); one handed over while an answer waits for the lock joins
+    once the answer is done (the loop pauses for it between chunks). The thread ends when nothing is queued; the
+    next batch starts another."""
 
     def __init__(self, engine: TransformersEngine) -> None:
         self.engine = engine
@@ -1188,8 +1191,26 @@ class _Refill:
                 if self.live():
                     self._decode_chunk()
                 self._settle()
+                self._let_answers_go()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _let_answers_go(self) -> None:
+        """A question waiting for the engine goes now, between two chunks, not once the loop drains (a loop runs on
+        while batches keep joining: a whole ingest). The engine lock is let go once no processor thread is copying
+        to the GPU (the answer may record a decode step: a CUDA graph capture, which their copies would break),
+        and taken back when the answers waiting are done. The rows keep their state in the bulk slab, which the
+        answer path does not touch (it has its own)."""
+        if not self.engine._answers.any():
+            return
+        wait([future for _, _, future in self.prepared])
+        paused = time.perf_counter()
+        self.engine._lock.release()
+        try:
+            self.engine._answers.wait_none()  # each answer waiting has taken the lock (and the last may hold it)
+        finally:
+            self.engine._lock.acquire()
+        self.stats.answers_s += time.perf_counter() - paused
 
     def _settle(self) -> None:
         """Hand back each batch whose rows are all done; when the loop has drained, its stats first (a lone
