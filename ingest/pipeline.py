@@ -547,7 +547,7 @@ class Ingestor:
                 self._process(jobs, report)
             finally:
                 self._ahead.close()
-                self._in_flight.clear()  # a run cut short: what it had in flight is not kept (nor checkpointed)
+                self._let_in_flight_go()
         if prune:
             self._prune(paths, report)
         report.seconds = time.monotonic() - started
@@ -644,7 +644,7 @@ class Ingestor:
         for start in range(0, len(pending), size):
             self._enrich(pending[start:start + size], report)
         while self._in_flight:
-            self._collect(self._in_flight.popleft(), report)
+            self._collect_oldest(report)
         self._finish_ready(open_jobs, report)
         self._flush(report)
 
@@ -756,7 +756,21 @@ class Ingestor:
         self._flush(report)  # files read so far are written before the engine's (slow) batch: none waits on it
         self._in_flight.append(self._hand_over(batch))
         while len(self._in_flight) > (1 if submitter(self.engine) else 0):
-            self._collect(self._in_flight.popleft(), report)
+            self._collect_oldest(report)
+
+    def _collect_oldest(self, report: IngestReport) -> None:
+        """Collect the batch handed over first; it stays in flight until collected, so a run cut short while
+        waiting for it cancels it too."""
+        self._collect(self._in_flight[0], report)
+        self._in_flight.popleft()
+
+    def _let_in_flight_go(self) -> None:
+        """A run cut short (a job cancelled, Ctrl-C, an error): what it had in flight is not kept (nor
+        checkpointed), and the engine is told to stop decoding it (a cancelled piece leaves its decode loop)."""
+        for handed in self._in_flight:
+            for _, texts in handed.pieces:
+                texts.cancel()
+        self._in_flight.clear()
 
     def _hand_over(self, batch: list[tuple[_FileInFlight, Unit]]) -> _Handed:
         """The batch's pictures taken from the loaders (a unit whose picture fails fails now), and its requests

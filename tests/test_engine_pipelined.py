@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from kb.engines.transformers_qwen import DecodeStats, TransformersEngine, _Refill
+from kb.engines.transformers_qwen import DECODE_CHUNK, DecodeStats, TransformersEngine, _Refill
 from kb.errors import EngineError
 from kb.types import Request
 from tests.engine_inputs import BUDGET, noise_image
@@ -135,6 +135,33 @@ def test_an_answer_goes_between_two_chunks_of_the_rows_decoding_and_the_loop_goe
     # One loop: it paused for the answer, then took in the batch handed over while the question waited.
     assert [(loop.calls, loop.requests) for loop in loops] == [(2, 3)]
     assert loops[0].answers_s > 0
+
+
+def test_a_cancelled_batch_leaves_the_loop_and_the_batch_beside_it_comes_back(two_rows, monkeypatch):
+    """A caller that cancels its batch (a run cut short: a job cancelled, Ctrl-C) stops its rows after the chunk
+    they are in and drops its waiting requests, instead of decoding pages nobody will read; a batch handed over
+    beside it still comes back, with the ids it gets alone."""
+    long_pages, other = [page(1, 200), page(2, 200), page(5, 200)], [page(3, 5)]  # two rows: one long page waits
+    alone = two_rows.generate(other)
+    handed: dict[str, object] = {}
+    ready = threading.Event()
+    real_chunk = _Refill._decode_chunk
+
+    def first_chunk_then_cancel(run):
+        real_chunk(run)
+        if "cancelled" not in handed:
+            ready.wait(60)
+            handed["cancelled"] = handed["long"].cancel()
+
+    monkeypatch.setattr(_Refill, "_decode_chunk", first_chunk_then_cancel)
+    handed["long"], handed["other"] = handed_over_together(two_rows, long_pages, other)
+    ready.set()
+    assert handed["other"].result(timeout=60) == alone
+    assert handed["cancelled"] is True and handed["long"].cancelled()
+    stats = two_rows.last_stats
+    assert stats is not None and stats.requests == 4
+    # One chunk of the long pages, then the short page's own steps: not the 200 the long pages asked for.
+    assert stats.steps < DECODE_CHUNK + 10, stats
 
 
 @pytest.mark.parametrize("where", ["_decode_chunk", "run"])

@@ -4,6 +4,7 @@ chunks, in the same file order into the store, the same per-file errors when a b
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,35 @@ def test_an_idle_engine_starts_on_a_batchs_first_rows_while_the_rest_still_loads
     piece = ["take", "take", "submit"]
     # 9 pages in batches of 4, 4 and 1; a batch is collected once the next one is handed over.
     assert events == piece * 2 + piece * 2 + ["collect"] + ["take", "submit", "collect", "collect"]
+
+
+class _CutShort(Exception):
+    """A job cancelled or Ctrl-C, as the pipeline meets it."""
+
+
+def test_a_run_cut_short_cancels_the_batches_it_had_in_flight(open_kb, tiny_model_writer, folder, monkeypatch):
+    """A run that stops while batches are in flight tells the engine to drop them (each piece handed over and not
+    collected is cancelled: the engine then stops decoding it), instead of leaving the GPU busy with pages nobody
+    will read."""
+    monkeypatch.setattr(pipeline, "LOAD_WORKERS", 0)
+    monkeypatch.setattr(engines, "UNITS_PER_ROW", 1)
+    store = open_kb(home=folder.parent / "kb", engine="transformers", model=str(tiny_model_writer), device="cpu",
+                    batch_size=2, **BUDGET, **TINY_CAPS)
+    handed: list[Future[list[str]]] = []
+
+    def submitting(engine, requests):  # an engine still decoding: nothing comes back before the cut
+        handed.append(Future())
+        return handed[-1]
+
+    def cut_short(ingestor, batch, report):
+        raise _CutShort
+
+    monkeypatch.setattr(TransformersEngine, "submit", submitting)
+    monkeypatch.setattr(Ingestor, "_collect", cut_short)
+    with pytest.raises(_CutShort):
+        Ingestor(store.settings, store).run([folder])
+    assert len(handed) == 2  # two batches in flight when the first was to be collected
+    assert all(future.cancelled() for future in handed)
 
 
 def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_model_writer, folder, monkeypatch):

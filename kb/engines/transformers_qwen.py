@@ -554,10 +554,13 @@ class TransformersEngine:
         """Hand the engine a batch while an earlier one may still decode: its requests join the running rows as
         they free (one decode loop over both, `_BulkLoop`), so a run of batches ends in one drained tail, not one
         per batch. The future holds the texts in request order once all of the batch's rows are done, or the
-        error that failed this batch (not the others)."""
+        error that failed this batch (not the others). Cancelling it (a run cut short) takes the batch out of the
+        loop: its waiting requests are dropped and its rows stop after the chunk of steps they are in."""
         texts: Future[list[str]] = Future()
 
         def decoded(ids: Future[list[list[int]]]) -> None:
+            if ids.cancelled() or not texts.set_running_or_notify_cancel():
+                return  # its caller cancelled it
             try:
                 texts.set_result([self.decode(row) for row in ids.result()])
             except BaseException as err:  # noqa: BLE001 - the batch's error (or decoding's) goes to its caller
@@ -566,7 +569,9 @@ class TransformersEngine:
         if not requests:
             texts.set_result([])
         else:  # decoded off the loop's thread (trimming loops costs ~1 ms a page), which goes on decoding
-            self._bulk.submit(requests).add_done_callback(lambda ids: self._texts.submit(decoded, ids))
+            ids = self._bulk.submit(requests)
+            ids.add_done_callback(lambda ids: self._texts.submit(decoded, ids))
+            texts.add_done_callback(lambda done: done.cancelled() and ids.cancel())
         return texts
 
     def _bulk_slab(self, columns: int) -> tuple[KvSlab, float]:
@@ -1002,6 +1007,7 @@ class _Batch:
         self.ids: Future[list[list[int]]] = Future()
         self.results: list[list[int] | None] = [None] * len(requests)
         self.left = len(requests)  # requests not done yet
+        self.left_loop = False  # failed or cancelled: its rows stopped, its waiting requests dropped
 
     def finish(self) -> None:
         if not self.ids.done():
@@ -1065,6 +1071,8 @@ class _BulkLoop:
     def take(self, slab: KvSlab | None) -> _Batch | None:
         """The next queued batch, if it may join the loop running on `slab` (None: it starts a new loop)."""
         with self._guard:
+            while self.queued and self.queued[0].ids.cancelled():  # cancelled before it joined: never decoded
+                self.queued.popleft()
             if not self.queued:
                 return None
             if slab is not None and (self.engine._answers.any() or not slab.fits(self.queued[0].columns)):
@@ -1095,7 +1103,8 @@ class _BulkLoop:
         engine = self.engine
         run: _Refill | None = None
         first = self.take(None)
-        assert first is not None  # queued, and only this thread takes
+        if first is None:  # every batch queued was cancelled
+            return
         try:
             with engine._lock, torch.inference_mode():
                 engine._bulk_calls += 1
@@ -1191,6 +1200,7 @@ class _Refill:
                 if self.live():
                     self._decode_chunk()
                 self._settle()
+                self._drop_cancelled()
                 self._let_answers_go()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -1227,6 +1237,18 @@ class _Refill:
         """One batch failed (its processor work or its prefill): its caller gets the error, its rows stop, its
         waiting requests leave the loop; the other batches go on."""
         batch.fail(error)
+        self._leave(batch)
+
+    def _drop_cancelled(self) -> None:
+        """Batches their callers cancelled (a run cut short: a job cancelled, Ctrl-C) leave the loop, so the GPU
+        does not decode pages nobody will read (two batches in flight are minutes of an H200)."""
+        for batch in self.batches:
+            if batch.ids.cancelled() and not batch.left_loop:
+                self._leave(batch)
+
+    def _leave(self, batch: _Batch) -> None:
+        """The batch's rows stop and its waiting requests leave the loop."""
+        batch.left_loop = True
         self.waiting = deque(w for w in self.waiting if w[0] is not batch)
         self.prepared = deque(p for p in self.prepared if p[0] is not batch)
         for row in self.live():
