@@ -64,8 +64,11 @@ REFILL_GROUPS = 8
 # Rows' worth of groups prepared beyond the free rows, as a share of the slab's rows. Rows that end together (video
 # windows at their token cap) free a whole wave at once; with one group ahead the wave waited for the processor
 # threads to prepare the rest (~3 s a wave for 128 windows on the 16-core H200 host: 10.5 s of a 57 s engine call,
-# docs/benchmarks.md). Half the rows ahead holds ~1 GB of pictures on the GPU and ~2 GB on the host at 128 rows.
-PREPARED_AHEAD = 0.5
+# docs/benchmarks.md). With half the rows ahead the hour of video still waited 8.8-9.8 s (run L): the other half of
+# each wave is prepared only once the wave ends, though a wave decodes for ~16 s and its 128 windows take the
+# processor threads ~10 s. So a whole wave ahead: ~2 GB of pictures on the GPU and ~4 GB on the host at 128 rows
+# (not yet measured on the GPU).
+PREPARED_AHEAD = 1.0
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
