@@ -775,8 +775,8 @@ class Ingestor:
     def _hand_over(self, batch: list[tuple[_FileInFlight, Unit]]) -> _Handed:
         """The batch's pictures taken from the loaders (a unit whose picture fails fails now), and its requests
         submitted where the engine takes them ahead: a piece as soon as a full set of the engine's rows has its
-        pictures, so an idle engine starts on the first rows while the rest of the batch still loads (the first
-        512 scanned pages kept a fresh H200 waiting ~7 s for their pictures: docs/benchmarks.md, run L)."""
+        pictures, so an idle engine starts on the first rows while the rest of the batch still loads (a fresh
+        process on the H200 waited 7-10 s for its first batch's pictures: docs/benchmarks.md, runs J and L)."""
         handed = _Handed([])
         submit = None if self._engine_down else submitter(self.engine)
         submitted = 0

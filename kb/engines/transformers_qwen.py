@@ -830,6 +830,11 @@ class TransformersEngine:
     def _answer_tokens(self, request: Request, cancelled: threading.Event) -> Iterator[int]:
         """The tokens of one answer as they are made: greedy, or sampled with the request's temperature/top_p."""
         slab = self._slab("answer", 1, max(ANSWER_COLUMNS, self.columns_bound(request)))
+        # A new slab's step is recorded before the answer, holding `recording`: the ingest's embedder on another
+        # thread (beside a bulk loop paused for this answer) then launches nothing during the capture.
+        if slab.lacks_any(slab.length):
+            with self.recording:
+                slab.record_all(slab.length)
         prepared = self.prepare([request])
         row = _Row(index=0, limit=request.max_new_tokens, width=prepared.widths[0])
         token = self.prefill(prepared, slab, [0])[0]
@@ -1202,8 +1207,8 @@ class _Refill:
                     self.tail_from = time.perf_counter()
                 if self.live():
                     self._decode_chunk()
-                self._settle()
                 self._drop_cancelled()
+                self._settle()
                 self._let_answers_go()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -1214,7 +1219,7 @@ class _Refill:
         to the GPU (the answer may record a decode step: a CUDA graph capture, which their copies would break),
         and taken back when the answers waiting are done. The rows keep their state in the bulk slab, which the
         answer path does not touch (it has its own)."""
-        if not self.engine._answers.any():
+        if not self.engine._answers.any() or self.drained():  # drained: the loop ends and lets the lock go
             return
         wait([future for _, _, future in self.prepared])
         paused = time.perf_counter()
