@@ -1149,7 +1149,7 @@ class _Refill:
         self.engine, self.slab, self.loop = engine, slab, loop
         self.group = max(1, slab.rows // REFILL_GROUPS)
         self.stats = DecodeStats()
-        self.batches: list[_Batch] = []  # taken into this loop, in order
+        self.batches: list[_Batch] = []  # taken into this loop, in order, until handed back or out of the loop
         self.slots: list[_Row | None] = [None] * slab.rows
         # Groups are prepared on several threads at once, and taken in the order they were asked for: the batch a
         # request lands in, and so every output, is the same with one thread or many. At most the free rows plus
@@ -1240,6 +1240,8 @@ class _Refill:
         for batch in self.batches:
             if batch.left == 0:
                 batch.finish()
+        # Those handed back or out of the loop leave the list (a loop can take in thousands over an ingest).
+        self.batches = [b for b in self.batches if b.left and not b.left_loop]
 
     def _fail(self, batch: _Batch, error: BaseException) -> None:
         """One batch failed (its processor work or its prefill): its caller gets the error, its rows stop, its
