@@ -36,7 +36,7 @@ from ingest.read import kinds_by_extension, read_file, supported_extensions
 from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
-from kb.engines import Engine, batch_size_for, load_engine, submitter, why_chosen
+from kb.engines import Engine, batch_size_for, load_engine, picture_pixels, submitter, why_chosen
 from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineError, EngineUnavailable, SeekframeError
@@ -630,7 +630,7 @@ class Ingestor:
             job.waiting = len(visual)
             pending += [(job, u) for u in visual]
             if visual:
-                self._ahead.add(visual, self.batch_size, getattr(self.engine, "picture_pixels", 0))  # 0: a plugin
+                self._ahead.add(visual, self.batch_size, picture_pixels(self.engine))
             open_jobs.append(job)
             # With pictures loaded ahead, a batch goes to the engine once the next one is read too: its pictures
             # load while the engine reads this one.

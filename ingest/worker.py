@@ -24,7 +24,7 @@ from ingest.jobs import (
     pipeline_rel,
 )
 from ingest.pipeline import STORED, FileResult, Ingestor, IngestReport, _FileInFlight  # STORED: outcomes in the KB
-from kb.engines import Engine
+from kb.engines import Engine, picture_pixels
 from kb.errors import InputError
 from kb.store import Store
 from kb.types import FileState, JobState, Outcome, Progress, Request, Stage
@@ -108,7 +108,7 @@ class _ReportingEngine:
         self.name, self.model, self.device = engine.name, engine.model, engine.device
         self.can_caption, self.generative = engine.can_caption, engine.generative
         self.slots, self.server_batched = engine.slots, engine.server_batched
-        self.picture_pixels: int = getattr(engine, "picture_pixels", 0)  # a plugin's engine may not say
+        self.picture_pixels = picture_pixels(engine)
         submit = getattr(engine, "submit", None)
         if callable(submit):  # batches handed over while one decodes (kb.engines.submitter): seen as they go
             def submit_seen(requests: Sequence[Request]) -> Future[list[str]]:

@@ -111,6 +111,12 @@ def submitter(engine: Engine) -> Callable[[Sequence[Request]], Future[list[str]]
     return submit if engine.slots and callable(submit) else None
 
 
+def picture_pixels(engine: Engine) -> int:
+    """The engine's picture budget (`Engine.picture_pixels`); 0 (no limit) for a plugin engine written before it was
+    part of the interface."""
+    return int(getattr(engine, "picture_pixels", 0))
+
+
 def batch_size_for(settings: Settings, engine: Engine) -> int:
     """Units per engine call: enough waiting work for the engine's own batching."""
     if engine.slots:  # it refills its own running batch from the call's requests
