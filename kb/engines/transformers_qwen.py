@@ -645,6 +645,8 @@ class TransformersEngine:
             bounds.append(Request(task="video", prompt=prompts.VIDEO_WINDOW, video=window,
                                   max_new_tokens=s.max_video_tokens))
         with self._lock, torch.inference_mode():
+            if self._bulk.running:  # a loop holds rows in the slab (paused for an answer): warm already
+                return
             self._slab("bulk", self.slots, max(self.columns_bound(r) for r in bounds))
         self.generate_ids([Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=WARM_UP_TOKENS)
                            for _ in range(WARM_UP_PAGES)])
