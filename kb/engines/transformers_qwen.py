@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,6 +430,9 @@ class TransformersEngine:
         # Held while a bulk decode step is recorded (a CUDA graph capture, which another thread's GPU allocations or
         # launches break): the ingest's embedder and speech engine take it while bulk batches decode beside them.
         self.recording = threading.Lock()
+        # Held by a processor thread while it copies a prepared group to the GPU, and by every recording of a decode
+        # step: an answer may record while the processor threads of a bulk loop paused for it still prepare.
+        self._copying = threading.Lock()
         self.processor_threads = processor_threads()  # threads preparing a bulk call's requests (`_Refill`)
         # Where processor threads copy prepared groups to the GPU (beside the stream that decodes).
         self._copy_stream: torch.cuda.Stream | None = None
@@ -692,9 +695,9 @@ class TransformersEngine:
         device, dtype = self._net.device, self._net.model.visual.dtype
         if self._copy_stream is None:
             return packed.to(device, dtype)
-        with torch.cuda.stream(self._copy_stream):
+        with self._copying, torch.cuda.stream(self._copy_stream):
             moved = packed.to(device, dtype)
-        self._copy_stream.synchronize()
+            self._copy_stream.synchronize()
         return moved
 
     def prefill(self, prepared: _Prepared, slab: KvSlab, slots: list[int]) -> list[int]:
@@ -801,7 +804,14 @@ class TransformersEngine:
             for _ in self._answer_tokens(Request(task="answer", prompt="Say hello.", max_new_tokens=8),
                                          threading.Event()):
                 pass
-            self._slab("answer", 1, ANSWER_COLUMNS).record_all(ANSWER_COLUMNS)
+            self._record_answer_steps(self._slab("answer", 1, ANSWER_COLUMNS), ANSWER_COLUMNS)
+
+    def _record_answer_steps(self, slab: KvSlab, up_to: int) -> None:
+        """Record the answer slab's steps it lacks, holding `recording` (the ingest's embedder) and `_copying` (the
+        processor threads of a bulk loop paused for this answer): nothing else launches GPU work during a capture."""
+        if slab.lacks_any(up_to):
+            with self.recording, self._copying:
+                slab.record_all(up_to)
 
     def stream(self, request: Request) -> Iterator[str]:
         """An answer's text piece by piece, generated on the engine's stream thread over a one-row slab."""
@@ -832,11 +842,7 @@ class TransformersEngine:
     def _answer_tokens(self, request: Request, cancelled: threading.Event) -> Iterator[int]:
         """The tokens of one answer as they are made: greedy, or sampled with the request's temperature/top_p."""
         slab = self._slab("answer", 1, max(ANSWER_COLUMNS, self.columns_bound(request)))
-        # A new slab's step is recorded before the answer, holding `recording`: the ingest's embedder on another
-        # thread (beside a bulk loop paused for this answer) then launches nothing during the capture.
-        if slab.lacks_any(slab.length):
-            with self.recording:
-                slab.record_all(slab.length)
+        self._record_answer_steps(slab, slab.length)  # a new slab's: before the answer, not during it
         prepared = self.prepare([request])
         row = _Row(index=0, limit=request.max_new_tokens, width=prepared.widths[0])
         token = self.prefill(prepared, slab, [0])[0]
@@ -1217,13 +1223,11 @@ class _Refill:
 
     def _let_answers_go(self) -> None:
         """A question waiting for the engine goes now, between two chunks, not once the loop drains (a loop runs on
-        while batches keep joining: a whole ingest). The engine lock is let go once no processor thread is copying
-        to the GPU (the answer may record a decode step: a CUDA graph capture, which their copies would break),
-        and taken back when the answers waiting are done. The rows keep their state in the bulk slab, which the
-        answer path does not touch (it has its own)."""
+        while batches keep joining: a whole ingest). The engine lock is let go and taken back when the answers
+        waiting are done; the processor threads go on preparing (an answer that records a step holds `_copying`).
+        The rows keep their state in the bulk slab, which the answer path does not touch (it has its own)."""
         if not self.engine._answers.any() or self.drained():  # drained: the loop ends and lets the lock go
             return
-        wait([future for _, _, future in self.prepared])
         paused = time.perf_counter()
         self.engine._lock.release()
         try:
@@ -1275,7 +1279,7 @@ class _Refill:
         before = self.slab.recorded
         started = time.perf_counter()
         if may_record:
-            with self.engine.recording:
+            with self.engine.recording, self.engine._copying:
                 work()
         else:
             work()
