@@ -577,7 +577,7 @@ class TransformersEngine:
         else:  # decoded off the loop's thread (trimming loops costs ~1 ms a page), which goes on decoding
             ids = self._bulk.submit(requests)
             ids.add_done_callback(lambda ids: self._texts.submit(decoded, ids))
-            texts.add_done_callback(lambda done: done.cancelled() and ids.cancel())
+            texts.add_done_callback(lambda done: ids.cancel() if done.cancelled() else None)  # the loop drops it
         return texts
 
     def _bulk_slab(self, columns: int) -> tuple[KvSlab, float]:
