@@ -36,7 +36,6 @@ OFFLINE_WARNING = (
 )
 # Bump when the export recipe changes: the cached graph of an older recipe is then built again.
 ONNX_RECIPE = 2
-ONNX_BATCH = 32  # texts per run, sorted by length so a batch pads little
 MAX_ONNX_THREADS = 8
 
 
@@ -84,7 +83,7 @@ class OnnxEncoder:
         self.dimension = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(self.max_tokens)
-        self._tokenizer.no_padding()  # batches are padded here, after sorting by length
+        self._tokenizer.no_padding()  # one text a run: nothing to pad
         options = ort.SessionOptions()
         options.intra_op_num_threads = _cpu_threads()
         options.inter_op_num_threads = 1
@@ -100,28 +99,19 @@ class OnnxEncoder:
         installed = graph_path(model_dir, installed_onnx_dir())
         return cls(model_dir, installed if installed.exists() else cached_graph(model_dir, cache or onnx_cache_dir()))
 
-    def encode(self, texts: Sequence[str], batch_size: int = ONNX_BATCH) -> NDArray[np.float32]:
-        """Unit vectors, one row per text, in the order given. Activations are quantized with one scale per batch,
-        so a text's vector moves slightly with its batch-mates (cosine > 0.99 to itself alone)."""
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Unit vectors, one row per text, in the order given. Each text runs alone: the graph quantizes its
+        activations with one scale per run, so in a batch a text's vector moved with its batch-mates (cosine down
+        to 0.987 against itself alone on real chunks), and a document then never matched what the same words give
+        as a query, which always runs alone. Alone is also cheaper here: no padding, 10.3 against 12.3-12.9 CPU-s
+        for 388 real chunks of ~1,000 characters in batches of 32 sorted by length (docs/benchmarks.md)."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch([text.strip() for text in texts])
-        # Batches of texts of near-equal token counts: sorted by characters, a batch padded 13 % of its tokens on
-        # real chunks; sorted by tokens, 2 %.
-        longest_first = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(texts), batch_size):
-            rows = longest_first[start:start + batch_size]
-            width = len(encodings[rows[0]].ids)
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for row, index in enumerate(rows):
-                tokens = encodings[index].ids
-                ids[row, :len(tokens)] = tokens
-                mask[row, :len(tokens)] = 1
-            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
+        for row, encoding in enumerate(self._tokenizer.encode_batch([text.strip() for text in texts])):
+            ids = np.array([encoding.ids], dtype=np.int64)
+            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
                                               "token_type_ids": np.zeros_like(ids)})[0]
-            weights = mask[..., None].astype(np.float32)
-            mean = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-            out[rows] = mean / np.clip(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12, None)
+            mean = hidden[0].mean(axis=0)
+            out[row] = mean / max(float(np.linalg.norm(mean)), 1e-12)
         return out
 
 
@@ -279,7 +269,7 @@ class Embedder:
         if not texts:
             return []
         if self.onnx is not None:
-            vectors: Any = self.onnx.encode(texts, batch_size)
+            vectors: Any = self.onnx.encode(texts)
         else:
             vectors = self.model.encode_document(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                                  convert_to_numpy=True)
