@@ -93,8 +93,8 @@ KINDS = {"Pure-text (Plain-text)": "text", "Table": "table", "Chart": "chart/fig
          "Generalized-text (Layout)": "layout"}
 KIND_ORDER = ("text", "table", "chart/figure", "layout")
 # what decides the long-document knowledge base's content: a change to any of these re-ingests
-INDEX_CODE = ("ingest/pdf.py", "ingest/pdf_tables.py", "ingest/chunk.py", "kb/lexical.py", "kb/engines/ocr.py",
-              "kb/engines/ocr_layout.py", "kb/engines/ocr_orientation.py")
+INDEX_CODE = ("ingest/pdf.py", "ingest/pdf_tables.py", "ingest/chunk.py", "kb/lexical.py", "kb/embed.py",
+              "kb/engines/ocr.py", "kb/engines/ocr_layout.py", "kb/engines/ocr_orientation.py")
 
 
 @dataclass
