@@ -31,7 +31,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def _ingest(open_kb, model: Path, folder: Path, monkeypatch, pipelined: bool, units_per_row: int = 1) -> tuple:
-    """Ingest the folder in batches of two pages a `units_per_row` (two rows, that many pages a row waiting); with
+    """Ingest the folder in batches of 2 x `units_per_row` pages (two rows, that many pages a row waiting); with
     `pipelined` off the engine is called one batch at a time, through `generate`. Returns the report, the chunks,
     the file order into the store, and the order of pictures taken, pieces handed over and batches collected."""
     monkeypatch.setattr(pipeline, "LOAD_WORKERS", 0)
