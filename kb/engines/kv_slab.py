@@ -60,7 +60,9 @@ ONE_WRITE = True
 # An fp8 slab's values stored column-major (head_dim x columns per row and key/value head; the tensors keep their
 # (rows, heads, columns, head_dim) shape as a transposed view): the kernel's second product then reads them without
 # transposing bytes in shared memory, which is what holds its fp8 path at half the bf16 path's bytes/s (read from
-# the compiled kernel; docs/benchmarks.md, run I). Off until timed on a GPU (bench/decode_step_gpu.py times it).
+# the compiled kernel; docs/benchmarks.md, run I). Off: timed on the H200 in run L, a 128-row step took 11.8 ms
+# against 11.9 with values by row and 11.9 in bf16 (at one row 4.03 against 3.98 and 3.69), so the transposes were
+# not what bounds the fp8 path, and batched == alone held for 2 of 6 pages.
 FP8_VALUES_BY_COLUMN = False
 
 
