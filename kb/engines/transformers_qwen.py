@@ -799,19 +799,19 @@ class TransformersEngine:
         return time.perf_counter() - started
 
     def _warm_answers(self) -> None:
-        """On the stream thread, which runs every answer."""
+        """On the stream thread, which runs every answer (the answer records its slab's steps, `_answer_tokens`)."""
         with self._answer_lock(), torch.inference_mode():
             for _ in self._answer_tokens(Request(task="answer", prompt="Say hello.", max_new_tokens=8),
                                          threading.Event()):
                 pass
-            self._record_answer_steps(self._slab("answer", 1, ANSWER_COLUMNS), ANSWER_COLUMNS)
 
-    def _record_answer_steps(self, slab: KvSlab, up_to: int) -> None:
-        """Record the answer slab's steps it lacks, holding `recording` (the ingest's embedder) and `_copying` (the
-        processor threads of a bulk loop paused for this answer): nothing else launches GPU work during a capture."""
-        if slab.lacks_any(up_to):
+    def _record_answer_steps(self, slab: KvSlab) -> None:
+        """Record the answer slab's steps for every width it holds (at least ANSWER_COLUMNS) where it lacks them,
+        holding `recording` (the ingest's embedder) and `_copying` (the processor threads of a bulk loop paused for
+        this answer): nothing else launches GPU work during a capture."""
+        if slab.lacks_any(slab.length):
             with self.recording, self._copying:
-                slab.record_all(up_to)
+                slab.record_all(slab.length)
 
     def stream(self, request: Request) -> Iterator[str]:
         """An answer's text piece by piece, generated on the engine's stream thread over a one-row slab."""
@@ -842,7 +842,7 @@ class TransformersEngine:
     def _answer_tokens(self, request: Request, cancelled: threading.Event) -> Iterator[int]:
         """The tokens of one answer as they are made: greedy, or sampled with the request's temperature/top_p."""
         slab = self._slab("answer", 1, max(ANSWER_COLUMNS, self.columns_bound(request)))
-        self._record_answer_steps(slab, slab.length)  # a new slab's: before the answer, not during it
+        self._record_answer_steps(slab)  # a new slab's: before the answer, not during it
         prepared = self.prepare([request])
         row = _Row(index=0, limit=request.max_new_tokens, width=prepared.widths[0])
         token = self.prefill(prepared, slab, [0])[0]
@@ -1201,9 +1201,9 @@ class _Refill:
         return not (self.live() or self.prepared or self.waiting)
 
     def run(self, first: _Batch) -> None:
-        # The processor threads copy prepared groups to the GPU: no decode step may be recorded (a CUDA graph
-        # capture, which other threads' copies and allocations would break) while they run. Steps of all rows are
-        # recorded now; those of fewer rows only in the tail of the loop, when nothing is being prepared.
+        # The processor threads copy prepared groups to the GPU, which a CUDA graph capture does not survive: a
+        # recording holds `_copying`, which their copies take (`_recording`). Steps of all rows are recorded now,
+        # before any is prepared; those of fewer rows in the tail of the loop, when nothing is being prepared.
         self._recording(lambda: self.slab.record_all(self.slab.length, self.slab.rows),
                         self.slab.lacks_any(self.slab.length, self.slab.rows))
         try:
@@ -1275,7 +1275,8 @@ class _Refill:
         """Run `work` (which may record decode steps on the slab) and count the steps it recorded and its seconds.
         Recording synchronises with the GPU (a capture starts from an idle device), so the clock needs no sync of
         its own; work that recorded nothing adds no seconds. Work that may record holds the engine's `recording`
-        lock, which GPU work on other threads (the ingest's embedder and speech engine) takes."""
+        lock, which GPU work on other threads (the ingest's embedder and speech engine) takes, and `_copying`, which
+        the processor threads' copies to the GPU take."""
         before = self.slab.recorded
         started = time.perf_counter()
         if may_record:
