@@ -32,9 +32,7 @@ take the engine of the run before, as a worker does (ingest/__main__.py run_work
 and recorded steps kept): no load, no recording; `--runs 2 --kept-runs 1` gives all three in one call.
 Both compile caches live in WORK/compile-cache, so a later call on the same machine finds what an earlier one
 compiled (as a user's second `python -m ingest` finds the first's in their cache folder);
-`--fresh-compile-cache` empties that folder first, so run 1 compiles everything. (Before, only the flag pointed
-the caches there, and a run without it read the user cache folder instead: a "warm cache" run that followed a
-fresh-cache one found nothing of it.)
+`--fresh-compile-cache` empties that folder first, so run 1 compiles everything.
 
 On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
 `python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then

@@ -66,6 +66,8 @@ def new_collection_hnsw(dimension: int) -> CreateHNSWConfiguration:
     NEW_COLLECTION_HNSW, as bench/scale.py's --hnsw does, wins)."""
     m = HNSW_M_UP_TO_384_DIMENSIONS if dimension <= 384 else HNSW_M_ABOVE
     return {"max_neighbors": m, **NEW_COLLECTION_HNSW}
+
+
 _PROCESS_TOKEN = uuid.uuid4().hex[:12]  # pids repeat (containers, reboots): this tells two processes apart
 SERVER_FIX = ("run a Chroma server (`chroma run --path {dir} --port 8000`) and set "
               "KB_CHROMA_URL=http://localhost:8000 in every process that uses this knowledge base")
