@@ -24,6 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Sequence
 
@@ -155,6 +156,10 @@ class _FileInFlight:
     fix: str = ""  # the way out of the first unit failure that has one
     checkpoint: Checkpoint | None = None
     keys: dict[int, str] = field(default_factory=dict)  # id(unit) -> checkpoint key
+    done: dict[str, str] | None = None  # texts of the checkpoint, read when it is opened (`_checkpointed`)
+    windows: list[Unit] = field(default_factory=list)  # a video's units as its windows closed during the read
+    streamed: set[int] = field(default_factory=set)  # id(unit) of those queued during the read (`_stream`)
+    stream_stopped: bool = False  # a window that is not in memory came: the rest queue once the file is read
     speech_checkpoint: Checkpoint | None = None  # the transcript's blocks (ingest/audio.py)
 
 
@@ -352,6 +357,11 @@ def _loader(unit: Unit, picture_pixels: int = 0) -> Callable[[], Image.Image | V
     return unit.load_image
 
 
+def _opens_here(loader: object) -> bool:
+    """A video window's frames were all kept in memory while sampling (ingest.video.WindowLoader.in_memory)."""
+    return bool(getattr(loader, "in_memory", False))
+
+
 @dataclass
 class _Loaded:
     """A unit's picture, or why it could not be loaded. A worker sends this, not the exception: an error's own
@@ -408,9 +418,9 @@ class _LoadAhead:
             self._started[id(unit)] = self._submit(_loader(unit, self.picture_pixels))
 
     def _submit(self, loader: Callable[[], Image.Image | VideoClip]) -> Future[_Loaded] | None:
-        # A window whose frames were kept in memory while sampling (ingest.video.WindowLoader) opens on the main
-        # thread in microseconds: a process would only decode it and send the pixels back.
-        if self.workers <= 0 or getattr(loader, "in_memory", False):
+        # A window whose frames were kept in memory while sampling opens on the main thread in microseconds: a
+        # process would only decode it and send the pixels back.
+        if self.workers <= 0 or _opens_here(loader):
             return None
         try:
             blob = pickle.dumps(loader)
@@ -470,6 +480,7 @@ class Ingestor:
         self._loading: Future[Engine] | None = None  # the engine loading on a thread of its own (`_load_early`)
         self._warming: Future[None] | None = None  # its first bulk call's one-time work (`prepare_to_ingest`)
         self._in_flight: deque[_Handed] = deque()  # engine batches handed over, not yet collected (`_enrich`)
+        self._pending: list[tuple[_FileInFlight, Unit]] = []  # units queued for the engine, not yet handed over
 
     @property
     def engine(self) -> Engine:
@@ -511,6 +522,12 @@ class Ingestor:
                 self._warming = prepare(video=video)
         finally:
             loading.set_result(engine)
+
+    def _engine_ready(self) -> bool:
+        """The engine is loaded: asking for it now neither waits nor raises (a failed load raises where it did)."""
+        if self._engine is not None:
+            return True
+        return self._loading is not None and self._loading.done() and self._loading.exception() is None
 
     def _wait_for_warm_up(self) -> None:
         """Before other GPU work on this thread (the embedder, the speech engine): the engine's warm-up records
@@ -601,12 +618,12 @@ class Ingestor:
         return FileResult(rel, Outcome.RENAMED if renamed else Outcome.COPIED, len(chunks))
 
     def _process(self, jobs: list[_FileInFlight], report: IngestReport) -> None:
-        pending: list[tuple[_FileInFlight, Unit]] = []
         open_jobs: list[_FileInFlight] = []
         for n, job in enumerate(jobs, 1):
             self.progress(Progress(Stage.READ, n, len(jobs), "files", job.name))
             try:
-                job.read = read_file(fs_path(job.source.path), job.source, self.settings)
+                job.read = read_file(fs_path(job.source.path), job.source, self.settings,
+                                     on_unit=partial(self._stream, job))
                 left_out = self._transcribe(job)
             except SeekframeError as err:
                 report.results.append(FileResult(job.name, Outcome.FAILED, errors=[str(err)], fix=err.fix, cause=err))
@@ -626,27 +643,58 @@ class Ingestor:
                 continue
             if not self._engine_down and any(u.needs_model for u in job.read.units):
                 self._start_loading(video=job.read.kind == FileKind.VIDEO)  # a scanned PDF: its pages need it
-            visual = self._resume(job, self._visual_units(job))
-            job.waiting = len(visual)
-            pending += [(job, u) for u in visual]
+            visual = self._resume(job, [u for u in self._visual_units(job) if id(u) not in job.streamed])
+            job.waiting += len(visual)
+            self._pending += [(job, u) for u in visual]
             if visual:
                 self._ahead.add(visual, self.batch_size, picture_pixels(self.engine))
             open_jobs.append(job)
             # With pictures loaded ahead, a batch goes to the engine once the next one is read too: its pictures
             # load while the engine reads this one.
-            ahead = self.batch_size if pending and self._ahead.workers else 0
-            while pending and len(pending) >= self.batch_size + ahead:
-                self._enrich(pending[:self.batch_size], report)
-                pending = pending[self.batch_size:]
+            ahead = self.batch_size if self._pending and self._ahead.workers else 0
+            while self._pending and len(self._pending) >= self.batch_size + ahead:
+                self._enrich(self._pending[:self.batch_size], report)
+                del self._pending[:self.batch_size]
                 open_jobs = self._finish_ready(open_jobs, report)
             open_jobs = self._finish_ready(open_jobs, report)  # a file with nothing for the engine is stored now
-        size = self.batch_size if pending else 1  # asking the batch size loads the engine: only when needed
-        for start in range(0, len(pending), size):
-            self._enrich(pending[start:start + size], report)
+        size = self.batch_size if self._pending else 1  # asking the batch size loads the engine: only when needed
+        for start in range(0, len(self._pending), size):
+            self._enrich(self._pending[start:start + size], report)
+        self._pending.clear()
         while self._in_flight:
             self._collect_oldest(report)
         self._finish_ready(open_jobs, report)
         self._flush(report)
+
+    def _stream(self, job: _FileInFlight, unit: Unit) -> None:
+        """A video's window that closed while the rest of the file is still sampled: queued for the engine now,
+        and what is queued handed over in pieces of the engine's rows, none waited for. So the engine reads the
+        first windows of a long recording while the later ones are sampled (the hour of video was sampled for
+        ~19 s on an H200 before the engine saw a window: docs/benchmarks.md, run J). Only where the engine is
+        loaded and takes batches ahead (`submitter`), and while the windows' frames are in memory (one opens in
+        microseconds on this thread); the other windows queue once the file is read, as every other unit does."""
+        job.windows.append(unit)
+        if job.stream_stopped or not self._engine_ready():
+            return  # the windows wait in `job.windows` for the engine's load, or for the end of the read
+        if self._engine_down or submitter(self.engine) is None:
+            job.stream_stopped = True
+            return
+        done = self._checkpointed(job)
+        for index in range(len(job.streamed), len(job.windows)):
+            window = job.windows[index]
+            if not _opens_here(window.video):
+                job.stream_stopped = True
+                break
+            job.keys[id(window)] = unit_key(index, window)
+            window.text = done.get(job.keys[id(window)])
+            self._count_video(window, finished=window.text is not None)
+            job.streamed.add(id(window))
+            if window.text is None:
+                job.waiting += 1
+                self._pending.append((job, window))
+        while len(self._pending) >= self.engine.slots:
+            self._in_flight.append(self._hand_over(self._pending[:self.engine.slots]))
+            del self._pending[:self.engine.slots]
 
     # speech: a file's sound track, block by block, before its visual units queue for the engine -----------------
     def speech_engine(self) -> SpeechEngine:
@@ -731,14 +779,20 @@ class Ingestor:
         """Fill in units an interrupted run already read; return those still to read."""
         if not visual or self._engine_down:
             return visual
-        job.checkpoint = Checkpoint(self.settings.home, job.source.sha256, self.engine.name, self.engine.model)
+        done = self._checkpointed(job)
         index = {id(u): n for n, u in enumerate(job.read.units)}
-        job.keys = {id(u): unit_key(index[id(u)], u) for u in visual}
-        done = job.checkpoint.load()
+        job.keys.update({id(u): unit_key(index[id(u)], u) for u in visual})
         for unit in visual:
             unit.text = done.get(job.keys[id(unit)])
             self._count_video(unit, finished=unit.text is not None)
         return [u for u in visual if u.text is None]
+
+    def _checkpointed(self, job: _FileInFlight) -> dict[str, str]:
+        """The texts an interrupted run kept of the file, its checkpoint opened (and read) on first use."""
+        if job.checkpoint is None or job.done is None:
+            job.checkpoint = Checkpoint(self.settings.home, job.source.sha256, self.engine.name, self.engine.model)
+            job.done = job.checkpoint.load()
+        return job.done
 
     def _count_video(self, unit: Unit, finished: bool) -> None:
         """Minutes of video known and already read, for progress with an ETA on long recordings."""

@@ -15,7 +15,7 @@ from ingest.sniff import READABLE, Sniffed, sniff
 from kb.config import Settings
 from kb.errors import InputError
 from kb.i18n import said
-from kb.types import Source
+from kb.types import Source, Unit
 
 Reader = Callable[[Path, Source, Settings], ReadResult]
 PDF_EXTENSIONS = {".pdf"}
@@ -53,13 +53,21 @@ def supported_extensions() -> set[str]:
     return set(kinds_by_extension())
 
 
-def read_file(path: Path, source: Source, settings: Settings) -> ReadResult:
-    """Read `path` (its real name on disk) with the reader its content calls for; InputError when none fits."""
+def read_file(path: Path, source: Source, settings: Settings, on_unit: Callable[[Unit], None] | None = None
+              ) -> ReadResult:
+    """Read `path` (its real name on disk) with the reader its content calls for; InputError when none fits.
+    `on_unit` gets a video's units as its windows close, while the rest is still sampled (the other readers are
+    quick next to the engine: their units come with the result)."""
     if path.stat().st_size == 0:
         raise InputError(source.rel, "the file is empty (0 bytes)", "copy or download it again", code="read.empty")
     claimed = kinds_by_extension().get(path.suffix.lower())
     kind, note = choose_reader(claimed, sniff(path), source.rel, path.suffix)
-    result = _readers()[kind](path, source, settings)
+    if kind == "video" and on_unit is not None:
+        from ingest.video import read_video
+
+        result = read_video(path, source, settings, on_unit=on_unit)
+    else:
+        result = _readers()[kind](path, source, settings)
     if note:
         result.notes.insert(0, note)
     return result

@@ -13,6 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -41,24 +42,39 @@ class Window:
     t_end: float
 
 
+class WindowGrouper:
+    """Kept frames in time order into windows, each closed as soon as a later frame starts the next: so a long
+    video's first windows can go to the engine while the rest is still sampled. A window splits at a scene cut
+    (unless it is still very short), when it reaches `window_max` seconds, or when it has `window_max_frames`
+    frames and is at least `window_min` long; it ends where the next one starts (the last: at the video's end)."""
+
+    def __init__(self, params: SamplingParams = DEFAULT_PARAMS) -> None:
+        self.params = params
+        self._open: list[KeptFrame] = []
+
+    def add(self, frame: KeptFrame) -> Window | None:
+        """Take the next kept frame; the window it closes, if it starts a new one."""
+        current, p = self._open, self.params
+        length = frame.time - current[0].time if current else 0.0  # the window's length if this frame starts the next
+        if current and ((frame.cut and length >= p.cut_min_window) or length >= p.window_max
+                        or (len(current) >= p.window_max_frames and length >= p.window_min)):
+            self._open = [frame]
+            return Window(current, current[0].time, frame.time)
+        current.append(frame)
+        return None
+
+    def close(self, duration: float) -> Window | None:
+        """The last window, ending with the video (or its last frame, past a duration the container understates)."""
+        current, self._open = self._open, []
+        return Window(current, current[0].time, max(duration, current[-1].time)) if current else None
+
+
 def group_windows(frames: list[KeptFrame], duration: float, params: SamplingParams = DEFAULT_PARAMS) -> list[Window]:
-    """Split kept frames into windows: at a scene cut (unless the window is still very short), when a window
-    reaches `window_max` seconds, or when it has `window_max_frames` frames and is at least `window_min` long."""
-    groups: list[list[KeptFrame]] = []
-    for frame in frames:
-        if groups:
-            current = groups[-1]
-            length = frame.time - current[0].time  # the window's length if this frame starts the next one
-            if ((frame.cut and length >= params.cut_min_window) or length >= params.window_max
-                    or (len(current) >= params.window_max_frames and length >= params.window_min)):
-                groups.append([frame])
-                continue
-            current.append(frame)
-        else:
-            groups.append([frame])
-    starts = [g[0].time for g in groups]
-    ends = starts[1:] + [max(duration, frames[-1].time)] if frames else []
-    return [Window(g, start, end) for g, start, end in zip(groups, starts, ends)]
+    """Split kept frames into windows (WindowGrouper)."""
+    grouper = WindowGrouper(params)
+    windows = [w for w in map(grouper.add, frames) if w is not None]
+    last = grouper.close(duration)
+    return windows + [last] if last is not None else windows
 
 
 def keyframe_path(settings: Settings, sha256: str, index: int) -> Path:
@@ -71,31 +87,57 @@ def params_from(settings: Settings) -> SamplingParams:
                    window_max_frames=settings.video_window_frames, frame_pixels=settings.video_max_pixels)
 
 
-def read_video(path: Path, source: Source, settings: Settings, params: SamplingParams | None = None) -> ReadResult:
-    """Sample the video, save every kept frame as a small JPEG, and make one `video` unit per window."""
+def read_video(path: Path, source: Source, settings: Settings, params: SamplingParams | None = None,
+               on_unit: Callable[[Unit], None] | None = None) -> ReadResult:
+    """Sample the video, save every kept frame as a small JPEG, and make one `video` unit per window; `on_unit`
+    gets each window's unit as soon as the window closes, while the rest of the video is still sampled."""
     params = params or params_from(settings)
     folder = settings.keyframe_dir(source.sha256)
     folder.mkdir(parents=True, exist_ok=True)
+    grouper = WindowGrouper(params)
+    made: list[tuple[tuple[float, float, tuple[int, ...]], Unit]] = []  # each window's unit, by its times and frames
+    given: list[tuple[tuple[float, float, tuple[int, ...]], Unit]] = []  # made in a pass that sampling started over
+    sampled_from: list[VideoInfo] = []  # the pass's video: a new one when sampling starts over
 
-    def save(frame: KeptFrame) -> None:
+    def add(window: Window, info: VideoInfo) -> None:
+        key = (round(window.t_start, 3), round(window.t_end, 3), tuple(f.index for f in window.frames))
+        n = len(made)
+        if n < len(given) and given[n][0] == key:
+            made.append(given[n])  # the pass before made this very window, and `on_unit` has it
+            return
+        made.append((key, Unit(source, Modality.VIDEO_SEGMENT, task="video", t_start=key[0], t_end=key[1],
+                               keyframe=str(keyframe_path(settings, source.sha256, window.frames[0].index)),
+                               video=WindowLoader(path, ClipPlace.of(info), window.frames, settings.video_max_pixels))))
+        if on_unit is not None:
+            on_unit(made[-1][1])
+
+    def keep(frame: KeptFrame, info: VideoInfo) -> None:
+        nonlocal grouper
+        if not sampled_from or sampled_from[-1] is not info:
+            if sampled_from:  # started over (decord failed part way, or a slice's process): its windows come again
+                given[:] = made
+                made.clear()
+                grouper = WindowGrouper(params)
+            sampled_from.append(info)
         assert frame.keyframe is not None  # the sampler encodes every kept frame's key frame
         keyframe_path(settings, source.sha256, frame.index).write_bytes(frame.keyframe)
         frame.keyframe = None  # written: not held for the rest of the run
+        window = grouper.add(frame)
+        if window is not None:
+            add(window, info)
 
     try:
-        sampled = sample(path, params, on_keep=save)
+        sampled = sample(path, params, on_keep=keep)
     except InputError as err:
         # Name the file as the user gave it, not by its absolute path.
         raise InputError(source.rel, err.message.removeprefix(f"{path}: "), err.fix, code=err.code,
                          params={k: v for k, v in err.params.items() if k != "path"}) from err
-    windows = group_windows(sampled.frames, sampled.duration, params)
-    log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(windows), sampled.kept,
+    last = grouper.close(sampled.duration)
+    if last is not None:
+        add(last, sampled.info)
+    units = [unit for _, unit in made]
+    log.info("%s: %d windows from %d kept frames (%d decoded, %d dropped)", source.rel, len(units), sampled.kept,
              sampled.decoded, sampled.dropped)
-    place = ClipPlace.of(sampled.info)
-    units = [Unit(source, Modality.VIDEO_SEGMENT, task="video", t_start=round(w.t_start, 3), t_end=round(w.t_end, 3),
-                  keyframe=str(keyframe_path(settings, source.sha256, w.frames[0].index)),
-                  video=WindowLoader(path, place, w.frames, settings.video_max_pixels))
-             for w in windows]
     result = ReadResult(kind=FileKind.VIDEO, units=units, errors=list(sampled.errors),
                         duration=round(sampled.duration, 3))
     if settings.asr != "off":  # the sound track, for the speech engine: decoded only when it is transcribed

@@ -88,7 +88,7 @@ class SampleResult:
                 self.picture_bytes += len(frame.picture)
         self.frames.append(frame)
         if on_keep:
-            on_keep(frame)
+            on_keep(frame, self.info)
 
     @property
     def kept(self) -> int:
@@ -188,7 +188,7 @@ def candidates(info: VideoInfo, rate: float) -> list[int]:
     return sorted({int(i) for i in picks if i < info.total_frames})
 
 
-OnKeep = Callable[[KeptFrame], None]
+OnKeep = Callable[[KeptFrame, VideoInfo], None]  # a kept frame, and the video it is from
 
 
 def sample_frames(path: Path, params: SamplingParams = DEFAULT_PARAMS, on_keep: OnKeep | None = None,

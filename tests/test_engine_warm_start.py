@@ -69,8 +69,8 @@ def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sam
     seen, load_started = _watch_the_engine_start(monkeypatch)
     real_read = pipeline.read_file
 
-    def read(path, *args):
-        result = real_read(path, *args)
+    def read(path, *args, **kwargs):
+        result = real_read(path, *args, **kwargs)
         if path.suffix == ".mp4":  # sampled now: a load started only after reading would not come in time
             seen["loading while sampled"] = load_started.wait(10)
         return result
@@ -95,10 +95,10 @@ def test_a_scanned_pdf_starts_the_engine_loading_once_it_is_read(tmp_path, open_
     seen, loading = _watch_the_engine_start(monkeypatch)
     real_read = pipeline.read_file
 
-    def read(path, *args):
+    def read(path, *args, **kwargs):
         if path.suffix == ".md":
             seen["loading when the next file is read"] = loading.is_set()
-        return real_read(path, *args)
+        return real_read(path, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "read_file", read)
     store = open_kb(**_settings(tiny_model_writer))

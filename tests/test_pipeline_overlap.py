@@ -33,8 +33,8 @@ def _ingest(store: Store, folder: Path, monkeypatch: pytest.MonkeyPatch, workers
     to its first page, so their pictures fail to load (in a worker, or on the main thread)."""
     monkeypatch.setattr(pipeline, "LOAD_WORKERS", workers)
 
-    def read_then_damage(path, source, settings):
-        result = READ_FILE(path, source, settings)
+    def read_then_damage(path, source, settings, **kwargs):
+        result = READ_FILE(path, source, settings, **kwargs)
         if path.name == "d-gone.pdf":
             path.unlink()
         elif path.name == "e-cut.pdf":

@@ -175,3 +175,95 @@ def test_the_job_workers_engine_hands_batches_over_and_still_sees_each_one(make_
     assert [h.result() for h in handed] == [engine.generate(batch) for batch in batches]
     assert seen == [3, 3]
     assert wrapped.recording is engine.recording  # the embedder beside its batches waits on the same lock
+
+
+# -- a video's windows go to the engine while the rest of it is still sampled ------------------------------------
+VIDEO_WINDOWS = {"video_fps": 2.0, "video_max_gap": 1.0, "video_window_min": 1.0, "video_window_max": 2.0,
+                 "video_window_frames": 3}
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Path:
+    """A folder with a 12 s recording of three slides: with VIDEO_WINDOWS, about six windows of two seconds."""
+    from data.make_samples import make_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "lecture.mp4")
+    return videos
+
+
+def _video_kb(open_kb, model: Path, recording: Path, home: str):
+    return open_kb(home=recording.parent / home, engine="transformers", model=str(model), device="cpu", batch_size=2,
+                   **BUDGET, **TINY_CAPS, **VIDEO_WINDOWS)
+
+
+def _ingest_video(store, recording: Path, monkeypatch) -> tuple:
+    """Ingest the recording with a loaded engine of two rows; the events in order: each piece submitted (its
+    windows), and the read ending (the windows it made). Returns the report, the chunks and the events."""
+    from kb.engines import load_engine
+
+    monkeypatch.setattr(pipeline, "LOAD_WORKERS", 0)
+    events: list[tuple[str, int]] = []
+    submit, read_file = TransformersEngine.submit, pipeline.read_file
+
+    def submitting(engine, requests):
+        events.append(("submit", len(requests)))
+        return submit(engine, requests)
+
+    def reading(*args, **kwargs):
+        result = read_file(*args, **kwargs)
+        events.append(("read", len(result.units)))
+        return result
+
+    monkeypatch.setattr(TransformersEngine, "submit", submitting)
+    monkeypatch.setattr(pipeline, "read_file", reading)
+    report = Ingestor(store.settings, store, engine=load_engine(store.settings)).run([recording])
+    chunks = sorted((c.t_start, c.t_end, c.text) for r in store.manifest.all() for c in store.chunks_of(r.path)[0])
+    return report, chunks, events
+
+
+def test_a_videos_first_windows_reach_the_engine_while_the_rest_is_still_sampled(open_kb, tiny_model_writer,
+                                                                                 recording, monkeypatch):
+    """The engine starts on a recording's first windows (a piece of its two rows) before the sampling has reached
+    the end of the file, and what is stored is what reading the whole file first gave."""
+    report, chunks, events = _ingest_video(_video_kb(open_kb, tiny_model_writer, recording, "kb-streamed"), recording,
+                                           monkeypatch)
+    assert report.counts() == {"added": 1}, report.results
+    windows = next(n for event, n in events if event == "read")
+    assert windows >= 5
+    read_at = events.index(("read", windows))
+    assert events[:read_at] == [("submit", 2)] * (windows // 2)  # every full piece went before the read ended
+    assert sum(n for event, n in events if event == "submit") == windows  # each window once
+    monkeypatch.undo()
+    monkeypatch.setattr(Ingestor, "_stream", lambda ingestor, job, unit: None)  # queued once the file is read
+    whole_first = _ingest_video(_video_kb(open_kb, tiny_model_writer, recording, "kb-whole-first"), recording,
+                                monkeypatch)
+    assert whole_first[1] == chunks and len(chunks) >= windows and all(text for _, _, text in chunks)
+    assert whole_first[2][0] == ("read", windows)
+
+
+def test_a_streamed_recording_cut_short_resumes_from_the_windows_it_read(open_kb, tiny_model_writer, recording,
+                                                                         monkeypatch):
+    """Cut short after the engine's first piece of windows came back: nothing is stored, and the next run reads
+    only the windows that were not read yet (the first piece comes from the checkpoint)."""
+    collect = Ingestor._collect
+    collected: list[int] = []
+
+    def cut_after_one(ingestor, handed, report):
+        if collected:
+            raise _CutShort
+        collected.append(len(handed.ready))
+        return collect(ingestor, handed, report)
+
+    store = _video_kb(open_kb, tiny_model_writer, recording, "kb")
+    monkeypatch.setattr(Ingestor, "_collect", cut_after_one)
+    with pytest.raises(_CutShort):
+        _ingest_video(store, recording, monkeypatch)
+    assert store.manifest.all() == []  # nothing half-written is visible
+    monkeypatch.undo()
+    report, chunks, events = _ingest_video(store, recording, monkeypatch)
+    assert report.counts() == {"added": 1}, report.results
+    windows = next(n for event, n in events if event == "read")
+    assert collected == [2] and sum(n for event, n in events if event == "submit") == windows - 2
+    assert len({(start, end) for start, end, _ in chunks}) == windows and all(text for _, _, text in chunks)

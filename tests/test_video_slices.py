@@ -158,3 +158,56 @@ def test_frames_decoded_in_the_processor_threads_read_as_decoded_ones(lecture, m
     lazy = windows(decoded=False)
     assert all(f.tile for r in lazy for f in r.video.frames)  # not decoded yet (PIL empties `tile` once it has)
     assert engine.generate_ids(lazy) == engine.generate_ids(windows(decoded=True))
+
+
+def _read_giving(path: Path, settings, label: bytes) -> tuple[list, list[int], object]:
+    """Read the video with `on_unit`: the units given, the frames kept when each was given, and the result."""
+    source = Source(rel=path.name, path=str(path), sha256=hashlib.sha256(label).hexdigest())
+    kept, given, kept_at = [0], [], []
+    keep = video_sampling.SampleResult.keep
+
+    def counting(result, frame, on_keep):
+        kept[0] = len(result.frames) + 1
+        return keep(result, frame, on_keep)
+
+    def giving(unit):
+        given.append(unit)
+        kept_at.append(kept[0])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(video_sampling.SampleResult, "keep", counting)
+        result = read_video(path, source, settings, replace(PARAMS, frame_pixels=settings.video_max_pixels),
+                            on_unit=giving)
+    return given, kept_at, result
+
+
+def test_windows_are_given_as_they_close_while_the_rest_is_still_sampled(lecture, in_slices, make_settings):
+    """The reader gives each window's unit as soon as the next window starts (so the engine can read it while the
+    rest is sampled): the first long before the last frame is kept, and the units given are the read's, in order."""
+    settings = make_settings(video_max_pixels=320 * 180)
+    given, kept_at, result = _read_giving(lecture, settings, b"given")
+    assert len(given) >= 4 and [id(u) for u in given] == [id(u) for u in result.units]
+    total = kept_at[-1]
+    assert kept_at[0] < total / 2 and kept_at == sorted(kept_at) and kept_at[-2] < total
+    plain = read_video(lecture, Source(rel=lecture.name, path=str(lecture), sha256="0" * 64), settings,
+                       replace(PARAMS, frame_pixels=settings.video_max_pixels)).units
+    assert [(u.t_start, u.t_end) for u in given] == [(u.t_start, u.t_end) for u in plain]
+
+
+def test_sampling_started_over_gives_each_window_once(lecture, in_slices, make_settings, monkeypatch):
+    """A slice's process dies after some windows were given: the video is sampled again in one pass, and the
+    windows it makes again are not given twice (the engine has them already); the read's units are those given."""
+    merge, merged = video_slices._merge, []
+
+    def dying(*args, **kwargs):
+        if len(merged) == 4:
+            raise BrokenPipeError("a sampling process died")
+        merged.append(1)
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(video_slices, "_merge", dying)
+    settings = make_settings(video_max_pixels=320 * 180)
+    given, _, result = _read_giving(lecture, settings, b"again")
+    assert len(merged) == 4 and len(given) >= 4
+    assert [id(u) for u in given] == [id(u) for u in result.units]  # each once, and the read's own
+    assert [(u.t_start, u.t_end) for u in given] == sorted({(u.t_start, u.t_end) for u in given})
