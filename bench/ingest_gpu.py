@@ -237,6 +237,22 @@ class Stages:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.marks: dict[str, float] = {}  # when something happened in the run (time.perf_counter)
+
+    def mark(self, owner, name: str, event: str, first: bool) -> None:
+        """Note when `name` is called: its first call's start (`first`), else its last call's end."""
+        original = getattr(owner, name)
+
+        def marked(*args, **kwargs):
+            if first:
+                self.marks.setdefault(event, time.perf_counter())
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if not first:
+                    self.marks[event] = time.perf_counter()
+
+        setattr(owner, name, marked)
 
     def wrap(self, owner, name: str, stage: str, sync: bool = False) -> None:
         original = getattr(owner, name)
@@ -255,6 +271,8 @@ class Stages:
 
 
 ENGINE_STAGE = "engine (processor, vision, decode), waited for by the main thread"
+FIRST_BATCH = "first batch handed to the engine"
+READ_ENDED = "last file read"
 LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
 WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
@@ -298,6 +316,8 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
     tq._BulkLoop._loop = loop
     stages.wrap(pipeline, "load_engine", LOAD_ENGINE_STAGE, sync=True)
     stages.wrap(pipeline, "read_file", "read (open, text layer, plan; video: decode and sample)")
+    stages.mark(pipeline, "read_file", READ_ENDED, first=False)
+    stages.mark(tq.TransformersEngine, "submit", FIRST_BATCH, first=True)
     stages.wrap(pipeline._LoadAhead, "take", WAIT_STAGE)
     original_close = pipeline._LoadAhead.close
 
@@ -361,6 +381,10 @@ class Run:
     calls: dict[str, int]
     engine_calls: list[EngineCall]
     load_s: float  # picture loading, summed over processes
+    marks: dict[str, float]  # seconds from the run's start
+
+    def at(self, event: str) -> str:
+        return f"{self.marks[event]:.1f}" if event in self.marks else "-"
 
     def total(self, field: str) -> float:
         return sum(getattr(c.stats, field) for c in self.engine_calls)
@@ -390,6 +414,7 @@ def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, 
     os.environ["KB_HOME"] = str(home)
     stages.seconds.clear()
     stages.calls.clear()
+    stages.marks.clear()
     first_call, first_load = len(calls), len(loads)
     sys.argv = ["ingest", str(scans)]
     started = time.perf_counter()
@@ -404,7 +429,8 @@ def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, 
     chunks = store.count()
     store.close()
     return Run(number, how, seconds, code, chunks, busy.share, dict(stages.seconds), dict(stages.calls),
-               calls[first_call:], sum(loads[first_load:]))
+               calls[first_call:], sum(loads[first_load:]),
+               {event: at - started for event, at in stages.marks.items()})
 
 
 def main() -> None:
@@ -512,13 +538,14 @@ def main() -> None:
         return f"{pages * 60 / run.seconds:.0f}"
 
     run_rows = [[run.number, run.how, f"{run.seconds:.1f}", rate(run), f"{run.stages.get(ENGINE_STAGE, 0):.1f}",
-                 f"{run.stages.get(LOAD_ENGINE_STAGE, 0):.1f}",
+                 f"{run.stages.get(LOAD_ENGINE_STAGE, 0):.1f}", run.at(FIRST_BATCH), run.at(READ_ENDED),
                  f"{run.warm_up_s:.1f} ({run.total('slab_s'):.1f} + {run.total('record_s'):.1f} + "
                  f"{run.total('prefill_warm_up_s'):.1f})",
                  int(run.total("recorded")), f"{run.total('tail_s'):.1f}", f"{run.padding:.1%}",
                  f"{run.busy:.0%}", ",".join(str(r) for r in sorted({c.rows for c in run.engine_calls})),
                  run.chunks, run.code] for run in runs]
     header = ["run", "found", "end to end s", "pages/min (video s per s)", "engine s", "engine load s",
+              "first batch handed at s", "reading ended at s",
               "warm-up s (KV cache + recording + first prefill group)", "steps recorded", "tail s", "padding",
               "GPU busy", "rows", "chunks", "exit code"]
     if args.video_minutes:
