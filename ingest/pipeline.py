@@ -621,25 +621,10 @@ class Ingestor:
         open_jobs: list[_FileInFlight] = []
         for n, job in enumerate(jobs, 1):
             self.progress(Progress(Stage.READ, n, len(jobs), "files", job.name))
-            try:
-                job.read = read_file(fs_path(job.source.path), job.source, self.settings,
-                                     on_unit=partial(self._stream, job))
-                left_out = self._transcribe(job)
-            except SeekframeError as err:
-                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[str(err)], fix=err.fix, cause=err))
-                continue
-            except OSError as err:  # gone or locked since the walk
-                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[
-                    f"{display(job.name)}: cannot open the file: {err.strerror or err}"],
-                    fix="check that it still exists and that you may read it, then run the ingest again"))
-                continue
-            except Exception as err:  # a reader bug or library crash on one odd file must not stop the run
-                log.exception("reading %s failed", job.source.rel)
-                report.results.append(FileResult(job.name, Outcome.FAILED, errors=[f"{display(job.name)}: cannot read: "
-                                                                             f"{err!r}"]))
-                continue
+            left_out = self._read(job)
             if left_out:
                 report.results.append(left_out)
+                self._pending = [(j, u) for j, u in self._pending if j is not job]  # windows queued while read
                 continue
             if not self._engine_down and any(u.needs_model for u in job.read.units):
                 self._start_loading(video=job.read.kind == FileKind.VIDEO)  # a scanned PDF: its pages need it
@@ -665,6 +650,23 @@ class Ingestor:
             self._collect_oldest(report)
         self._finish_ready(open_jobs, report)
         self._flush(report)
+
+    def _read(self, job: _FileInFlight) -> FileResult | None:
+        """Read the file (a video's windows go to the engine as they close: `_stream`) and transcribe its sound;
+        the file's result when it fails or is left out."""
+        try:
+            path = fs_path(job.source.path)
+            job.read = read_file(path, job.source, self.settings, on_unit=partial(self._stream, job))
+            return self._transcribe(job)
+        except SeekframeError as err:
+            return FileResult(job.name, Outcome.FAILED, errors=[str(err)], fix=err.fix, cause=err)
+        except OSError as err:  # gone or locked since the walk
+            return FileResult(job.name, Outcome.FAILED, errors=[
+                f"{display(job.name)}: cannot open the file: {err.strerror or err}"],
+                fix="check that it still exists and that you may read it, then run the ingest again")
+        except Exception as err:  # a reader bug or library crash on one odd file must not stop the run
+            log.exception("reading %s failed", job.source.rel)
+            return FileResult(job.name, Outcome.FAILED, errors=[f"{display(job.name)}: cannot read: {err!r}"])
 
     def _stream(self, job: _FileInFlight, unit: Unit) -> None:
         """A video's window that closed while the rest of the file is still sampled: queued for the engine now,
