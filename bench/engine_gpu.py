@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import types
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,37 @@ def measure_streams(engine: tq.TransformersEngine, args: argparse.Namespace) -> 
     return rows
 
 
+def answers_during_bulk(engine: tq.TransformersEngine, args: argparse.Namespace) -> list[list]:
+    """Answers streamed while a bulk batch decodes (a question asked during an ingest): each answer's first token
+    and tok/s with the loop running, against the same answers on an idle engine, and what the loop stood paused
+    for them (DecodeStats.answers_s). The answer goes between two chunks of the rows' decode steps."""
+    engine.warm_up()
+    requests = pages(page_lengths(args.answers_during_bulk, args.length_scale, seed=7))
+    record_bulk_steps(engine, requests)
+    rows = []
+
+    def answer(label: str, running: Future | None) -> None:
+        first, _ = stream_answers(engine, 1, 1)
+        full, _ = stream_answers(engine, 1, args.stream_tokens)
+        still = "yes" if running is None or not running.done() else "no (ended first)"
+        rows.append([label, first[0], (args.stream_tokens - 1) / (full[0] - first[0]), still])
+        print(rows[-1], flush=True)
+
+    answer("idle engine", None)
+    started = time.perf_counter()
+    bulk = engine.submit(requests)
+    time.sleep(2.0)  # its first groups prefilled, its rows decoding
+    for k in range(3):
+        answer(f"during the bulk loop, answer {k + 1}", bulk)
+    texts = bulk.result()
+    bulk_s = time.perf_counter() - started
+    stats = engine.last_stats
+    rows.append([f"the bulk loop: {len(texts)} of {len(requests)} pages back in {bulk_s:.1f} s, paused "
+                 f"{stats.answers_s:.2f} s for the answers", "", "", ""])
+    print(rows[-1], stats, flush=True)
+    return rows
+
+
 def check_graphs(engine: tq.TransformersEngine) -> None:
     """Greedy ids of 6 pages: 4 rows with recorded steps, one row at a time, and 4 rows run eagerly."""
     requests = pages([40, 9, 23, 31, 17, 12])
@@ -501,6 +533,8 @@ def main() -> None:
     parser.add_argument("--stream-tokens", type=int, default=128, help="0 skips the streaming answers")
     parser.add_argument("--check", action="store_true", help="first compare recorded and eager decoding")
     parser.add_argument("--streams-only", action="store_true", help="only the streaming answers")
+    parser.add_argument("--answers-during-bulk", type=int, default=0, metavar="PAGES",
+                        help="also answers streamed while a bulk batch of this many pages decodes")
     parser.add_argument("--video-minutes", type=int, default=0, help="0 skips the video workload")
     parser.add_argument("--out", type=Path, help="write the markdown section to this file, not docs/benchmarks.md")
     parser.add_argument("--model-dir", type=Path, help="where the random checkpoint is built (reused if present)")
@@ -540,8 +574,9 @@ def main() -> None:
         if args.profile_prefill:
             profile_prefill(engine, args.profile_prefill)
         streams = measure_streams(engine, args) if args.stream_tokens else []
+        during = answers_during_bulk(engine, args) if args.answers_during_bulk else []
         if args.streams_only:
-            return finish(rows, args, build_s, load_s, engine, lengths, stats, streams, {})
+            return finish(rows, args, build_s, load_s, engine, lengths, stats, streams, {}, during)
         recorded = {}
         for slots in rows_list:
             engine.settings = engine.settings.replace(batch_size=slots)
@@ -593,11 +628,11 @@ def main() -> None:
 
             rows.append(measure(f"video windows of a {args.video_minutes}-min video, KV slab", video, busy,
                                 len(windows)))
-    finish(rows, args, build_s, load_s, engine, lengths, stats, streams, recorded)
+    finish(rows, args, build_s, load_s, engine, lengths, stats, streams, recorded, during)
 
 
 def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int], stats: dict,
-           streams: list, recorded: dict) -> None:
+           streams: list, recorded: dict, during: list) -> None:
     header = ["workload", "pages", "seconds", "pages/min", "useful tok/s", "padding share", "GPU busy", "peak GiB"]
     table = markdown_table(header, rows)
     q = np.percentile(lengths, [10, 50, 90, 100]).astype(int).tolist()
@@ -620,6 +655,10 @@ def finish(rows, args, build_s: float, load_s: float, engine, lengths: list[int]
                  f"{args.stream_tokens} tokens each):\n\n" + markdown_table(
                      ["streams", "n", "first token s (slowest)", "first token s (fastest)",
                       "tok/s (fastest stream, after its first token)", "tok/s all streams"], streams))
+    if during:
+        body += (f"\n\nAnswers while a bulk batch of {args.answers_during_bulk} pages decodes (one stream at a time, "
+                 f"{args.stream_tokens} tokens each):\n\n" + markdown_table(
+                     ["answer", "first token s", "tok/s after its first token", "bulk loop still running"], during))
     publish("Engine throughput on GPU at real page lengths (transformers)", body, args.out)
 
 
