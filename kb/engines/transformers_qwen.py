@@ -1319,6 +1319,11 @@ class _Refill:
                     self._load(batch, prepared, taken)
                 except Exception as err:  # noqa: BLE001 - as above
                     self._fail(batch, err)
+                # A whole wave of groups takes seconds to load (128 rows: ~5 s on an H200); a question waits for
+                # one group at most (docs/benchmarks.md, answers during a bulk loop).
+                paused = self.stats.answers_s
+                self._let_answers_go()
+                started += self.stats.answers_s - paused
             self.stats.refills += 1
             self.stats.prefill_s += time.perf_counter() - started
 
