@@ -917,10 +917,19 @@ class Ingestor:
             self._engine_down = str(err)
         except Exception as err:
             if len(requests) > 1:
-                return [self._generate([r], [o])[0] for r, o in zip(requests, owners)]
+                log.warning("an engine batch of %d failed (%r): each of its requests again alone", len(requests), err)
+                return self._each_alone(requests, owners)
             self._fail_unit(*owners[0], f"the engine failed: {err}")
             return [None]
         return self._generate(requests, owners)
+
+    def _each_alone(self, requests: list[Request], owners: list[tuple[_FileInFlight, Unit]]) -> list[str | None]:
+        """A failed batch's requests, each alone (so one bad page fails alone); handed over all at once where the
+        engine takes batches ahead, so they decode side by side: one after another, 16 video windows of a failed
+        batch took 46 s on an H200 (docs/benchmarks.md, run M)."""
+        submit = None if self._engine_down else submitter(self.engine)
+        alone = [submit([r]) if submit is not None else None for r in requests]
+        return [self._generate([r], [o], texts)[0] for r, o, texts in zip(requests, owners, alone)]
 
     def _fail_unit(self, job: _FileInFlight, unit: Unit, reason: str, named: bool = False) -> None:
         """Record a unit the engine could not read; `named`: the reason already names the file (InputError)."""

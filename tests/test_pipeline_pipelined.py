@@ -129,7 +129,8 @@ def test_a_run_cut_short_cancels_the_batches_it_had_in_flight(open_kb, tiny_mode
     assert all(future.cancelled() for future in handed)
 
 
-def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_model_writer, folder, monkeypatch):
+def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_model_writer, folder, monkeypatch,
+                                                                  caplog):
     """The processor fails on b-broken's pages (in the engine's loop, on its processor threads): the batches that
     hold them fail, each of their pages is tried again alone, and only b-broken's fail."""
     clean = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True)
@@ -147,7 +148,11 @@ def test_a_failed_batch_fails_only_its_pages_and_the_run_goes_on(open_kb, tiny_m
 
     monkeypatch.setattr(Ingestor, "_request", marked)
     monkeypatch.setattr(TransformersEngine, "prepare", failing)
-    results, chunks, written, _ = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True)
+    with caplog.at_level("WARNING", logger="ingest.pipeline"):
+        results, chunks, written, events = _ingest(open_kb, tiny_model_writer, folder, monkeypatch, pipelined=True)
+    # The two failed batches said why, and their four pages went back to the engine alone, handed over together.
+    assert caplog.text.count("an engine batch of 2 failed (EngineError('the processor cannot read this page'") == 2
+    assert events.count("submit") == 5 + 4
     broken = [r for r in results if r[0] == "b-broken.pdf"]
     problem = "ocr: the engine failed: the processor cannot read this page\n  fix: see the log"
     assert broken == [("b-broken.pdf", "failed", 0, (f"page 1: {problem}", f"page 2: {problem}"))]
