@@ -71,10 +71,6 @@ STORE_BATCH_FILES = 64
 # it frees; 0: each picture is loaded on the main thread when its engine batch is made.
 LOAD_WORKERS: int | None = None
 MAX_LOAD_WORKERS = 16
-# A video's windows queued while it is still sampled go to the engine in pieces of this share of its rows: an idle
-# engine starts on the first few (a loop admits new rows in groups of an eighth of its rows) instead of waiting
-# for a third of an hour's windows to be sampled (a piece of all 128 rows came 10 s into the read on an H200).
-STREAM_PIECE_SHARE = 8
 PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
            ("caption", Modality.IMAGE_CAPTION): prompts.CAPTION, ("caption", Modality.PDF_FIGURE): prompts.CAPTION,
            ("video", Modality.VIDEO_SEGMENT): prompts.VIDEO_WINDOW}
@@ -674,12 +670,11 @@ class Ingestor:
 
     def _stream(self, job: _FileInFlight, unit: Unit) -> None:
         """A video's window that closed while the rest of the file is still sampled: queued for the engine now,
-        and what is queued handed over in pieces of a share of the engine's rows (STREAM_PIECE_SHARE), none waited
-        for. So the engine reads the first windows of a long recording while the later ones are sampled (the hour
-        of video was sampled for ~19 s on an H200 before the engine saw a window: docs/benchmarks.md, run J). Only
-        where the engine is loaded and takes batches ahead (`submitter`), and while the windows' frames are in
-        memory (one opens in microseconds on this thread); the other windows queue once the file is read, as every
-        other unit does."""
+        and what is queued handed over in pieces of the engine's rows, none waited for. So the engine reads the
+        first windows of a long recording while the later ones are sampled (the hour of video was sampled for
+        ~19 s on an H200 before the engine saw a window: docs/benchmarks.md, run J). Only where the engine is
+        loaded and takes batches ahead (`submitter`), and while the windows' frames are in memory (one opens in
+        microseconds on this thread); the other windows queue once the file is read, as every other unit does."""
         job.windows.append(unit)
         if job.stream_stopped or not self._engine_ready():
             return  # the windows wait in `job.windows` for the engine's load, or for the end of the read
@@ -699,10 +694,11 @@ class Ingestor:
             if window.text is None:
                 job.waiting += 1
                 self._pending.append((job, window))
-        piece = max(1, self.engine.slots // STREAM_PIECE_SHARE)
-        while len(self._pending) >= piece:
-            self._in_flight.append(self._hand_over(self._pending[:piece]))
-            del self._pending[:piece]
+        # Pieces of all the engine's rows: pieces of 16 windows let an H200 start 4 s sooner, but in the one warm run
+        # measured one piece failed in the loop (retried alone, 124 against 72 s; docs/benchmarks.md, run M).
+        while len(self._pending) >= self.engine.slots:
+            self._in_flight.append(self._hand_over(self._pending[:self.engine.slots]))
+            del self._pending[:self.engine.slots]
 
     # speech: a file's sound track, block by block, before its visual units queue for the engine -----------------
     def speech_engine(self) -> SpeechEngine:

@@ -230,15 +230,15 @@ def _ingest_video(store, recording: Path, monkeypatch) -> tuple:
 
 def test_a_videos_first_windows_reach_the_engine_while_the_rest_is_still_sampled(open_kb, tiny_model_writer,
                                                                                  recording, monkeypatch):
-    """The engine starts on a recording's first windows (pieces of a share of its two rows: one window) before the
-    sampling has reached the end of the file, and what is stored is what reading the whole file first gave."""
+    """The engine starts on a recording's first windows (a piece of its two rows) before the sampling has reached
+    the end of the file, and what is stored is what reading the whole file first gave."""
     report, chunks, events = _ingest_video(_video_kb(open_kb, tiny_model_writer, recording, "kb-streamed"), recording,
                                            monkeypatch)
     assert report.counts() == {"added": 1}, report.results
     windows = next(n for event, n in events if event == "read")
     assert windows >= 5
     read_at = events.index(("read", windows))
-    assert events[:read_at] == [("submit", 1)] * windows  # each went before the read ended (pieces of 2 // 8 rows)
+    assert events[:read_at] == [("submit", 2)] * (windows // 2)  # every full piece went before the read ended
     assert sum(n for event, n in events if event == "submit") == windows  # each window once
     monkeypatch.undo()
     monkeypatch.setattr(Ingestor, "_stream", lambda ingestor, job, unit: None)  # queued once the file is read
