@@ -137,6 +137,40 @@ def test_an_answer_goes_between_two_chunks_of_the_rows_decoding_and_the_loop_goe
     assert loops[0].answers_s > 0
 
 
+def test_an_answer_goes_between_two_prefill_groups_of_a_refill(two_rows, monkeypatch):
+    """A loop's refill loads its groups one after another (a wave of 128 rows took ~5 s on an H200): a question
+    that comes while the first group loads goes before the second, not after the whole wave and a chunk."""
+    question = Request(task="answer", prompt="What is in the pump room?", max_new_tokens=3)
+    pages = [page(1, 6), page(2, 6)]  # two rows of one group each: one refill of two groups
+    alone = [two_rows.generate([r])[0] for r in pages]
+    events: list[str] = []
+    seen: dict[str, object] = {}
+    real_load, real_tokens = _Refill._load, TransformersEngine._answer_tokens
+
+    def load_then_ask(run, batch, prepared, taken):
+        real_load(run, batch, prepared, taken)
+        events.append("group loaded")
+        if not seen:
+            asker = threading.Thread(target=lambda: seen.setdefault("answer", "".join(two_rows.stream(question))))
+            seen["asker"] = asker
+            asker.start()
+            for _ in range(1000):
+                if two_rows._answers.any():
+                    break
+                time.sleep(0.01)
+
+    def answer_tokens(engine, request, cancelled):
+        yield from real_tokens(engine, request, cancelled)
+        events.append("answered")
+
+    monkeypatch.setattr(_Refill, "_load", load_then_ask)
+    monkeypatch.setattr(TransformersEngine, "_answer_tokens", answer_tokens)
+    assert two_rows.submit(pages).result(timeout=60) == alone
+    seen["asker"].join(60)
+    assert seen["answer"]
+    assert events == ["group loaded", "answered", "group loaded"]
+
+
 def test_a_cancelled_batch_leaves_the_loop_and_the_batch_beside_it_comes_back(two_rows, monkeypatch):
     """A caller that cancels its batch (a run cut short: a job cancelled, Ctrl-C) stops its rows after the chunk
     they are in and drops its waiting requests, instead of decoding pages nobody will read; a batch handed over
