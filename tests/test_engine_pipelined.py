@@ -88,6 +88,18 @@ def test_a_batch_longer_than_the_cache_waits_for_the_loop_to_drain_and_gets_a_la
     assert two_rows._slabs["bulk"].length >= length + 10
 
 
+def ask(engine: TransformersEngine, question: Request, seen: dict) -> None:
+    """Ask `question` on a thread of its own (its text lands in seen["answer"], the thread in seen["asker"]), and
+    return once it waits for the engine."""
+    asker = threading.Thread(target=lambda: seen.setdefault("answer", "".join(engine.stream(question))))
+    seen["asker"] = asker
+    asker.start()
+    for _ in range(1000):
+        if engine._answers.any():
+            break
+        time.sleep(0.01)
+
+
 def test_an_answer_goes_between_two_chunks_of_the_rows_decoding_and_the_loop_goes_on(two_rows, monkeypatch):
     """A question asked while bulk rows decode does not wait for them to end: the loop lets the engine go after
     the chunk of steps it is in, the answer runs, and the loop goes on where it was, with the same ids; a batch
@@ -102,13 +114,7 @@ def test_an_answer_goes_between_two_chunks_of_the_rows_decoding_and_the_loop_goe
 
     def first_chunk_asks(run):
         if not seen:  # while the first batch decodes: a question comes, then another batch
-            asker = threading.Thread(target=lambda: seen.setdefault("answer", "".join(two_rows.stream(question))))
-            seen["asker"] = asker
-            asker.start()
-            for _ in range(1000):
-                if two_rows._answers.any():
-                    break
-                time.sleep(0.01)
+            ask(two_rows, question, seen)
             seen["later"] = two_rows.submit(later)
         real_chunk(run)
 
@@ -151,13 +157,7 @@ def test_an_answer_goes_between_two_prefill_groups_of_a_refill(two_rows, monkeyp
         real_load(run, batch, prepared, taken)
         events.append("group loaded")
         if not seen:
-            asker = threading.Thread(target=lambda: seen.setdefault("answer", "".join(two_rows.stream(question))))
-            seen["asker"] = asker
-            asker.start()
-            for _ in range(1000):
-                if two_rows._answers.any():
-                    break
-                time.sleep(0.01)
+            ask(two_rows, question, seen)
 
     def answer_tokens(engine, request, cancelled):
         yield from real_tokens(engine, request, cancelled)
