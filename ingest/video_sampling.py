@@ -195,8 +195,9 @@ def sample_frames(path: Path, params: SamplingParams = DEFAULT_PARAMS, on_keep: 
                   prefer: str = "decord") -> SampleResult:
     """Decode candidate frames at `params.fps` and keep the ones worth looking at.
 
-    `on_keep(frame)` receives each kept frame, its `keyframe` JPEG at analysis size (longest side
-    `params.thumb_side`) set, e.g. to save it. If decord fails part way, the whole pass is redone with PyAV.
+    `on_keep(frame, info)` receives each kept frame, its `keyframe` JPEG at analysis size (longest side
+    `params.thumb_side`) set, e.g. to save it, and the video it was kept from (another one once decoding starts
+    over). If decord fails part way, the whole pass is redone with PyAV.
     """
     decoder = open_video(path, prefer)
     try:
