@@ -504,8 +504,11 @@ class Ingestor:
         """Load the engine on a thread of its own, and where it can, warm it for bulk calls (`prepare_to_ingest`:
         38-45 s of a fresh process's first call on an H200, docs/benchmarks.md runs H and I): both then overlap
         reading the files, sampling the videos and loading the pictures instead of following them."""
-        if self._engine is not None or self._loading is not None or type(self).engine is not Ingestor.engine:
-            return  # given, loading already, or one that brings its engine its own way (the worker's, kept)
+        if self._engine is not None or self._loading is not None:
+            return  # given, or loading already
+        if type(self).engine is not Ingestor.engine:  # brought its own way (the job worker's, loaded once and kept):
+            _ = self.engine  # taken now, so a video's windows can go to it while the video is sampled (`_stream`)
+            return
         self._loading = Future()
         threading.Thread(target=self._load_into, args=(self._loading, video), daemon=True,
                          name="seekframe-ingest-engine").start()

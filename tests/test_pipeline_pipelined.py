@@ -272,3 +272,34 @@ def test_a_streamed_recording_cut_short_resumes_from_the_windows_it_read(open_kb
     windows = next(n for event, n in events if event == "read")
     assert len(collected) == 1 and sum(n for event, n in events if event == "submit") == windows - collected[0]
     assert len({(start, end) for start, end, _ in chunks}) == windows and all(text for _, _, text in chunks)
+
+
+def test_the_job_workers_engine_reads_a_videos_first_windows_while_the_rest_is_sampled(open_kb, tiny_model_writer,
+                                                                                        recording, monkeypatch):
+    """A job worker takes its kept engine when the plan shows a video, so the video's windows stream to it too."""
+    from ingest.jobs import JobBoard
+    from ingest.worker import Worker
+    from kb.engines import load_engine
+
+    store = _video_kb(open_kb, tiny_model_writer, recording, "kb-worker")
+    kept = load_engine(store.settings)
+    events: list[str] = []
+    submit, read_file = TransformersEngine.submit, pipeline.read_file
+
+    def submitting(engine, requests):
+        events.append("submit")
+        return submit(engine, requests)
+
+    def reading(*args, **kwargs):
+        result = read_file(*args, **kwargs)
+        events.append("read")
+        return result
+
+    monkeypatch.setattr(pipeline, "LOAD_WORKERS", 0)
+    monkeypatch.setattr(TransformersEngine, "submit", submitting)
+    monkeypatch.setattr(pipeline, "read_file", reading)
+    board = JobBoard(store.settings.home, allowed_folders=[recording])
+    job = board.submit([recording])
+    assert Worker(store, lambda: kept, board).run_one()
+    assert [f.state for f in board.job(job.id).files] == ["done"]
+    assert "read" in events and events.index("submit") < events.index("read")
