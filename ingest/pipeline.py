@@ -631,7 +631,8 @@ class Ingestor:
                 continue
             if not self._engine_down and any(u.needs_model for u in job.read.units):
                 self._start_loading(video=job.read.kind == FileKind.VIDEO)  # a scanned PDF: its pages need it
-            visual = self._resume(job, [u for u in self._visual_units(job) if id(u) not in job.streamed])
+            rest = {id(u) for u in self._visual_units(job)} - job.streamed
+            visual = self._resume(job, [(n, u) for n, u in enumerate(job.read.units) if id(u) in rest])
             job.waiting += len(visual)
             self._pending += [(job, u) for u in visual]
             if visual:
@@ -684,19 +685,16 @@ class Ingestor:
         if self._engine_down or submitter(self.engine) is None:
             job.stream_stopped = True
             return
-        done = self._checkpointed(job)
+        new: list[tuple[int, Unit]] = []  # windows not yet queued, with their places in the file
         for index in range(len(job.streamed), len(job.windows)):
-            window = job.windows[index]
-            if not _opens_here(window.video):
+            if not _opens_here(job.windows[index].video):
                 job.stream_stopped = True
                 break
-            job.keys[id(window)] = unit_key(index, window)
-            window.text = done.get(job.keys[id(window)])
-            self._count_video(window, finished=window.text is not None)
-            job.streamed.add(id(window))
-            if window.text is None:
-                job.waiting += 1
-                self._pending.append((job, window))
+            new.append((index, job.windows[index]))
+        job.streamed.update(id(window) for _, window in new)
+        waiting = self._resume(job, new)
+        job.waiting += len(waiting)
+        self._pending += [(job, window) for window in waiting]
         # Pieces of all the engine's rows: pieces of 16 windows let an H200 start 4 s sooner, but in the one warm run
         # measured one piece failed in the loop (retried alone, 124 against 72 s; docs/benchmarks.md, run M).
         while len(self._pending) >= self.engine.slots:
@@ -782,17 +780,17 @@ class Ingestor:
             units = [u for u in units if u.task != "caption"]
         return units
 
-    def _resume(self, job: _FileInFlight, visual: list[Unit]) -> list[Unit]:
-        """Fill in units an interrupted run already read; return those still to read."""
+    def _resume(self, job: _FileInFlight, visual: list[tuple[int, Unit]]) -> list[Unit]:
+        """Fill in units an interrupted run already read (each unit with its place in the file, which its
+        checkpoint key holds); return those still to read."""
         if not visual or self._engine_down:
-            return visual
+            return [unit for _, unit in visual]
         done = self._checkpointed(job)
-        index = {id(u): n for n, u in enumerate(job.read.units)}
-        job.keys.update({id(u): unit_key(index[id(u)], u) for u in visual})
-        for unit in visual:
+        for index, unit in visual:
+            job.keys[id(unit)] = unit_key(index, unit)
             unit.text = done.get(job.keys[id(unit)])
             self._count_video(unit, finished=unit.text is not None)
-        return [u for u in visual if u.text is None]
+        return [unit for _, unit in visual if unit.text is None]
 
     def _checkpointed(self, job: _FileInFlight) -> dict[str, str]:
         """The texts an interrupted run kept of the file, its checkpoint opened (and read) on first use."""

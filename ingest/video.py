@@ -97,7 +97,7 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
     grouper = WindowGrouper(params)
     made: list[tuple[tuple[float, float, tuple[int, ...]], Unit]] = []  # each window's unit, by its times and frames
     given: list[tuple[tuple[float, float, tuple[int, ...]], Unit]] = []  # made in a pass that sampling started over
-    sampled_from: list[VideoInfo] = []  # the pass's video: a new one when sampling starts over
+    sampled_from: VideoInfo | None = None  # the pass's video: a new one when sampling starts over
 
     def add(window: Window, info: VideoInfo) -> None:
         key = (round(window.t_start, 3), round(window.t_end, 3), tuple(f.index for f in window.frames))
@@ -112,13 +112,13 @@ def read_video(path: Path, source: Source, settings: Settings, params: SamplingP
             on_unit(made[-1][1])
 
     def keep(frame: KeptFrame, info: VideoInfo) -> None:
-        nonlocal grouper
-        if not sampled_from or sampled_from[-1] is not info:
-            if sampled_from:  # started over (decord failed part way, or a slice's process): its windows come again
-                given[:] = made
+        nonlocal grouper, sampled_from
+        if info is not sampled_from:
+            if sampled_from is not None:  # started over (decord failed part way, or a slice's process died)
+                given[:] = made  # its windows come again
                 made.clear()
                 grouper = WindowGrouper(params)
-            sampled_from.append(info)
+            sampled_from = info
         assert frame.keyframe is not None  # the sampler encodes every kept frame's key frame
         keyframe_path(settings, source.sha256, frame.index).write_bytes(frame.keyframe)
         frame.keyframe = None  # written: not held for the rest of the run

@@ -1221,20 +1221,23 @@ class _Refill:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _let_answers_go(self) -> None:
+    def _let_answers_go(self) -> float:
         """A question waiting for the engine goes now, between two chunks, not once the loop drains (a loop runs on
         while batches keep joining: a whole ingest). The engine lock is let go and taken back when the answers
         waiting are done; the processor threads go on preparing (an answer that records a step holds `_copying`).
-        The rows keep their state in the bulk slab, which the answer path does not touch (it has its own)."""
+        The rows keep their state in the bulk slab, which the answer path does not touch (it has its own). Returns
+        the seconds it stood paused."""
         if not self.engine._answers.any() or self.drained():  # drained: the loop ends and lets the lock go
-            return
+            return 0.0
         paused = time.perf_counter()
         self.engine._lock.release()
         try:
             self.engine._answers.wait_none()  # each answer waiting has taken the lock (and the last may hold it)
         finally:
             self.engine._lock.acquire()
-        self.stats.answers_s += time.perf_counter() - paused
+        seconds = time.perf_counter() - paused
+        self.stats.answers_s += seconds
+        return seconds
 
     def _settle(self) -> None:
         """Hand back each batch whose rows are all done; when the loop has drained, its stats first (a lone
@@ -1320,10 +1323,8 @@ class _Refill:
                 except Exception as err:  # noqa: BLE001 - as above
                     self._fail(batch, err)
                 # A whole wave of groups takes seconds to load (128 rows: ~5 s on an H200); a question waits for
-                # one group at most (docs/benchmarks.md, answers during a bulk loop).
-                paused = self.stats.answers_s
-                self._let_answers_go()
-                started += self.stats.answers_s - paused
+                # one group at most (docs/benchmarks.md, answers during a bulk loop). The pause is not prefill.
+                started += self._let_answers_go()
             self.stats.refills += 1
             self.stats.prefill_s += time.perf_counter() - started
 
