@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -282,6 +283,12 @@ def even_clip(clip: VideoClip) -> VideoClip:
                      fps=clip.fps, total_frames=clip.total_frames)
 
 
+def frames_tensor(clip: VideoClip) -> torch.Tensor:
+    """A clip's frames as one (frames, 3, height, width) uint8 tensor: what the video processor stacks them into,
+    made before the processor runs (on the CPU, where a GPU processor would otherwise hold its lock for it)."""
+    return torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in clip.frames])).permute(0, 3, 1, 2)
+
+
 def pack(inputs: Any, positions: torch.Tensor, config: Any) -> _Packed:
     """A left-padded processor batch as its prompts one after another with no padding (on the CPU)."""
     mask = inputs["attention_mask"].bool()
@@ -472,31 +479,48 @@ class TransformersEngine:
 
     def build_inputs(self, requests: Sequence[Request]) -> Any:
         """Processor output for a batch (left-padded tensors on the model's device), with every key generate needs."""
-        return self.cpu_inputs(requests).to(self._net.device)
+        return self.processor_inputs(requests).to(self._net.device)
 
-    def cpu_inputs(self, requests: Sequence[Request]) -> Any:
-        """Processor output for a batch, left-padded, still on the CPU (built on a worker thread while decoding)."""
+    def processor_inputs(self, requests: Sequence[Request], device: str = "cpu") -> Any:
+        """Processor output for a batch, left-padded: token ids on the CPU, the pictures' pixel values on `device`,
+        where the processor resizes them, normalises them and lays out their patches."""
         texts = [self._chat_text(r) for r in requests]
         images = [img.convert("RGB") for r in requests for img in r.images]
         clips = [even_clip(r.video) for r in requests if r.video is not None]
         s = self.settings
         kwargs: dict[str, Any] = {"images_kwargs": {"size": {"shortest_edge": s.image_min_pixels,
-                                                   "longest_edge": s.image_max_pixels}}}
+                                                            "longest_edge": s.image_max_pixels}, "device": device}}
         if clips:
             from transformers.video_utils import VideoMetadata
 
             # Frames are already sampled: the metadata carries their absolute indices, so the stamps are true times.
             # The budget is per frame (max_video_tokens); the total cap only guards against absurd clip lengths.
             kwargs["videos_kwargs"] = {
-                "do_sample_frames": False, "cap_pixels_per_frame": True,
+                "do_sample_frames": False, "cap_pixels_per_frame": True, "device": device,
+                "input_data_format": "channels_first",
                 "max_video_tokens": max(1, s.video_max_pixels // VISUAL_TOKEN_PIXELS),
                 "size": {"shortest_edge": min(MIN_VIDEO_FRAME_PIXELS, s.video_max_pixels),
                          "longest_edge": s.video_max_pixels * max(len(c.frames) for c in clips)},
                 "video_metadata": [VideoMetadata(total_num_frames=c.total_frames, fps=c.fps,
                                                  frames_indices=list(c.frame_indices)) for c in clips]}
-        inputs = self.processor(text=texts, images=images or None,
-                                videos=[[f.convert("RGB") for f in c.frames] for c in clips] or None,
+        inputs = self.processor(text=texts, images=images or None, videos=[frames_tensor(c) for c in clips] or None,
                                 padding=True, return_tensors="pt", **kwargs)
+        return inputs
+
+    def _gpu_processor_inputs(self, requests: Sequence[Request]) -> Any:
+        """`processor_inputs` with the pixel work on the GPU, on the copy stream beside decoding, pixel values in
+        the vision tower's dtype. A video window's pixel values took a processor thread 0.1-0.35 CPU-s (resize,
+        normalisation, patch layout over ten frames), so the hour of video waited ~10 s for its four processor
+        threads (docs/benchmarks.md, run M); on the GPU they take milliseconds. Holds `_copying`, which a
+        recording of a decode step holds too: a CUDA graph capture does not survive another thread's launches."""
+        assert self._copy_stream is not None
+        dtype = self._net.model.visual.dtype
+        with self._copying, torch.cuda.stream(self._copy_stream):
+            inputs = self.processor_inputs(requests, device=self._device)
+            for key in ("pixel_values", "pixel_values_videos"):
+                if inputs.get(key) is not None:
+                    inputs[key] = inputs[key].to(dtype)
+            self._copy_stream.synchronize()
         return inputs
 
     @property
@@ -671,10 +695,10 @@ class TransformersEngine:
                 torch.cuda.empty_cache()
 
     def prepare(self, requests: Sequence[Request]) -> _Prepared:
-        """CPU work for a group of new rows: processor output, each row's multimodal RoPE positions, and the
-        prompts packed one after another (`_Packed`), already copied to the GPU (this runs on a processor thread
-        while the GPU decodes, so the prefill does not wait for the copy)."""
-        inputs = self.cpu_inputs(requests)
+        """A processor thread's work for a group of new rows: processor output (its pixel work on the GPU where
+        there is one), each row's multimodal RoPE positions, and the prompts packed one after another (`_Packed`),
+        already copied to the GPU (this runs while the GPU decodes, so the prefill does not wait for the copy)."""
+        inputs = self.processor_inputs(requests) if self._copy_stream is None else self._gpu_processor_inputs(requests)
         mask = inputs["attention_mask"]
         if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
             positions, deltas = self._net.model.get_rope_index(
