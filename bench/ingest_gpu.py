@@ -17,6 +17,8 @@ re-encoding), ingested the same way: decoding, sampling, the engine, embedding a
 `--slice-workers N` sets the processes that sample a long video in time slices (ingest/video_slices.py
 SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
 sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
+`--stream-piece N` hands a video's windows to the engine N at a time while it is still sampled (ingest/pipeline.py
+STREAM_PIECE; 0: the engine's rows).
 
 `--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
 WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
@@ -446,6 +448,8 @@ def main() -> None:
     parser.add_argument("--embed-model", help="an embedder instead of the random Qwen3-Embedding-0.6B (smoke tests)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--load-workers", type=int, help="processes loading pictures ahead (default: the pipeline's)")
+    parser.add_argument("--stream-piece", type=int, default=0,
+                        help="windows of a video still sampled handed over at once (0: the engine's rows)")
     parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
                         "ingest/video_slices.py's; 0: one pass)")
     parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
@@ -505,6 +509,7 @@ def main() -> None:
 
     if args.load_workers is not None:
         pipeline.LOAD_WORKERS = args.load_workers
+    pipeline.STREAM_PIECE = args.stream_piece
     engines = EngineLoads()
     workers = pipeline.load_workers()
     import ingest.video_sampling as video_sampling
@@ -582,6 +587,7 @@ def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> 
                else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
     if args.video_minutes:
         command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
+        command += f" --stream-piece {args.stream_piece}" if args.stream_piece else ""
     if args.runs != 1 or args.kept_runs:
         command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
     if args.fresh_compile_cache:

@@ -70,6 +70,10 @@ STORE_BATCH_FILES = 64
 # thread and the engine's processor thread keep theirs), none below 4 cores, where a process pool costs more than
 # it frees; 0: each picture is loaded on the main thread when its engine batch is made.
 LOAD_WORKERS: int | None = None
+# Windows of a video still being sampled are handed to the engine in pieces of this many (0: all the engine's rows).
+# Pieces of 16 started an H200 4 s sooner, but in the one warm run measured one piece failed in the loop (retried
+# alone, 124 against 72 s; docs/benchmarks.md, run M); bench.ingest_gpu --stream-piece tries it again.
+STREAM_PIECE = 0
 MAX_LOAD_WORKERS = 16
 PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
            ("caption", Modality.IMAGE_CAPTION): prompts.CAPTION, ("caption", Modality.PDF_FIGURE): prompts.CAPTION,
@@ -695,11 +699,10 @@ class Ingestor:
         waiting = self._resume(job, new)
         job.waiting += len(waiting)
         self._pending += [(job, window) for window in waiting]
-        # Pieces of all the engine's rows: pieces of 16 windows let an H200 start 4 s sooner, but in the one warm run
-        # measured one piece failed in the loop (retried alone, 124 against 72 s; docs/benchmarks.md, run M).
-        while len(self._pending) >= self.engine.slots:
-            self._in_flight.append(self._hand_over(self._pending[:self.engine.slots]))
-            del self._pending[:self.engine.slots]
+        piece = STREAM_PIECE or self.engine.slots
+        while len(self._pending) >= piece:
+            self._in_flight.append(self._hand_over(self._pending[:piece]))
+            del self._pending[:piece]
 
     # speech: a file's sound track, block by block, before its visual units queue for the engine -----------------
     def speech_engine(self) -> SpeechEngine:
