@@ -284,8 +284,8 @@ def even_clip(clip: VideoClip) -> VideoClip:
 
 
 def frames_tensor(clip: VideoClip) -> torch.Tensor:
-    """A clip's frames as one (frames, 3, height, width) uint8 tensor: what the video processor stacks them into,
-    made before the processor runs (on the CPU, where a GPU processor would otherwise hold its lock for it)."""
+    """A clip's frames as one (frames, 3, height, width) uint8 tensor, what the video processor stacks them into:
+    made (and kept frames' JPEGs decoded) before the processor runs, outside the lock its GPU part holds."""
     return torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in clip.frames])).permute(0, 3, 1, 2)
 
 
@@ -481,12 +481,35 @@ class TransformersEngine:
         """Processor output for a batch (left-padded tensors on the model's device), with every key generate needs."""
         return self.processor_inputs(requests).to(self._net.device)
 
-    def processor_inputs(self, requests: Sequence[Request], device: str = "cpu") -> Any:
-        """Processor output for a batch, left-padded: token ids on the CPU, the pictures' pixel values on `device`,
-        where the processor resizes them, normalises them and lays out their patches."""
+    def processor_inputs(self, requests: Sequence[Request], on_gpu: bool = False) -> Any:
+        """Processor output for a batch, left-padded, token ids on the CPU. `on_gpu` (a GPU engine's processor
+        threads): the processor's pixel work (resize, normalisation, patch layout) runs on the copy stream beside
+        decoding, and the pixel values stay there, in the vision tower's dtype; a video window's took a processor
+        thread ~0.2 CPU-s on the CPU against ~10 ms this way (docs/benchmarks.md, run N). That part holds `_copying`,
+        as every recording of a decode step does (a CUDA graph capture does not survive another thread's launches),
+        so the pictures are decoded and stacked before it, on the calling thread, and the threads do that at once."""
         texts = [self._chat_text(r) for r in requests]
         images = [img.convert("RGB") for r in requests for img in r.images]
         clips = [even_clip(r.video) for r in requests if r.video is not None]
+        videos = [frames_tensor(c) for c in clips]
+        device = self._device if on_gpu else "cpu"
+
+        def process() -> Any:
+            return self.processor(text=texts, images=images or None, videos=videos or None, padding=True,
+                                  return_tensors="pt", **self._processor_kwargs(clips, device))
+
+        if not on_gpu:
+            return process()
+        assert self._copy_stream is not None
+        with self._copying, torch.cuda.stream(self._copy_stream):
+            inputs = process()
+            for key in ("pixel_values", "pixel_values_videos"):
+                if inputs.get(key) is not None:
+                    inputs[key] = inputs[key].to(self._net.model.visual.dtype)
+            self._copy_stream.synchronize()
+        return inputs
+
+    def _processor_kwargs(self, clips: list[VideoClip], device: str) -> dict[str, Any]:
         s = self.settings
         kwargs: dict[str, Any] = {"images_kwargs": {"size": {"shortest_edge": s.image_min_pixels,
                                                             "longest_edge": s.image_max_pixels}, "device": device}}
@@ -503,25 +526,7 @@ class TransformersEngine:
                          "longest_edge": s.video_max_pixels * max(len(c.frames) for c in clips)},
                 "video_metadata": [VideoMetadata(total_num_frames=c.total_frames, fps=c.fps,
                                                  frames_indices=list(c.frame_indices)) for c in clips]}
-        inputs = self.processor(text=texts, images=images or None, videos=[frames_tensor(c) for c in clips] or None,
-                                padding=True, return_tensors="pt", **kwargs)
-        return inputs
-
-    def _gpu_processor_inputs(self, requests: Sequence[Request]) -> Any:
-        """`processor_inputs` with the pixel work on the GPU, on the copy stream beside decoding, pixel values in
-        the vision tower's dtype. A video window's pixel values took a processor thread 0.1-0.35 CPU-s (resize,
-        normalisation, patch layout over ten frames), so the hour of video waited ~10 s for its four processor
-        threads (docs/benchmarks.md, run M); on the GPU they take milliseconds. Holds `_copying`, which a
-        recording of a decode step holds too: a CUDA graph capture does not survive another thread's launches."""
-        assert self._copy_stream is not None
-        dtype = self._net.model.visual.dtype
-        with self._copying, torch.cuda.stream(self._copy_stream):
-            inputs = self.processor_inputs(requests, device=self._device)
-            for key in ("pixel_values", "pixel_values_videos"):
-                if inputs.get(key) is not None:
-                    inputs[key] = inputs[key].to(dtype)
-            self._copy_stream.synchronize()
-        return inputs
+        return kwargs
 
     @property
     def slots(self) -> int:
@@ -698,7 +703,7 @@ class TransformersEngine:
         """A processor thread's work for a group of new rows: processor output (its pixel work on the GPU where
         there is one), each row's multimodal RoPE positions, and the prompts packed one after another (`_Packed`),
         already copied to the GPU (this runs while the GPU decodes, so the prefill does not wait for the copy)."""
-        inputs = self.processor_inputs(requests) if self._copy_stream is None else self._gpu_processor_inputs(requests)
+        inputs = self.processor_inputs(requests, on_gpu=self._copy_stream is not None)
         mask = inputs["attention_mask"]
         if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
             positions, deltas = self._net.model.get_rope_index(
