@@ -78,12 +78,16 @@ ANSWER_COLUMNS = 8192
 # 68 GB, 0.8-1.6 s to record its steps; docs/benchmarks.md, "Decode step on GPU"), while holding it idle keeps half
 # the card from the embedder, the answers' pictures and any other process.
 BULK_IDLE_S = 30.0
-# Processor threads of a bulk call: a page's or a video window's pixel values take 0.1-0.35 CPU-s (resize, patch
-# reshape, normalisation: torch CPU ops, which release the GIL), so one thread cannot keep a GPU fed with video
-# windows. A quarter of the host's cores, at least one (the cores are shared with the picture loaders and the
-# decode loop), at most PROCESSOR_THREADS_MAX. 8 threads on the 16-core H200 host were no better than 4 for an
+# Processor threads of a bulk call: on the CPU a page's or a video window's pixel values take 0.1-0.35 CPU-s (resize,
+# patch reshape, normalisation: torch CPU ops, which release the GIL), so one thread cannot keep a GPU fed with video
+# windows; with that work on the GPU (PIXELS_ON_GPU) a window still takes ~40 CPU-ms to decode its frames. A quarter
+# of the host's cores, at least one (the cores are shared with the picture loaders and the decode loop), at most
+# PROCESSOR_THREADS_MAX. 8 threads on the 16-core H200 host were no better than 4 for an
 # hour of video (processor waits 11.8 against 9.8 s, 126.3 against 125.9 s end to end: docs/benchmarks.md, run L).
 PROCESSOR_THREADS_MAX = 4
+# The processor's pixel work (resize, normalisation, patch layout) on the GPU where the engine runs on one: a video
+# window's ~0.2 CPU-s becomes ~10 ms (docs/benchmarks.md, run N). False: on the CPU (bench.processor_gpu compares).
+PIXELS_ON_GPU = True
 # The warm-up request of a bulk ingest (`prepare_to_ingest`): blank pages, a few tokens each. Two of them, so that
 # no size the compiled prefill sees is 1 (torch.compile specialises on 0 and 1 and would compile again for the
 # real call's groups).
@@ -703,7 +707,7 @@ class TransformersEngine:
         """A processor thread's work for a group of new rows: processor output (its pixel work on the GPU where
         there is one), each row's multimodal RoPE positions, and the prompts packed one after another (`_Packed`),
         already copied to the GPU (this runs while the GPU decodes, so the prefill does not wait for the copy)."""
-        inputs = self.processor_inputs(requests, on_gpu=self._copy_stream is not None)
+        inputs = self.processor_inputs(requests, on_gpu=self._copy_stream is not None and PIXELS_ON_GPU)
         mask = inputs["attention_mask"]
         if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
             positions, deltas = self._net.model.get_rope_index(
