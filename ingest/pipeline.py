@@ -71,8 +71,9 @@ STORE_BATCH_FILES = 64
 # it frees; 0: each picture is loaded on the main thread when its engine batch is made.
 LOAD_WORKERS: int | None = None
 # Windows of a video still being sampled are handed to the engine in pieces of this many (0: all the engine's rows).
-# Pieces of 16 started an H200 4 s sooner, but in the one warm run measured one piece failed in the loop (retried
-# alone, 124 against 72 s; docs/benchmarks.md, run M); bench.ingest_gpu --stream-piece tries it again.
+# Pieces of 16 started an H200's engine 3.5 s sooner but ended the hour of video 1.0 s sooner only (68.8 against
+# 69.8 s: the engine is the limit), with no failure in three runs (run M saw one piece fail, cause unknown;
+# docs/benchmarks.md, runs M and N); bench.ingest_gpu --stream-piece measures it.
 STREAM_PIECE = 0
 MAX_LOAD_WORKERS = 16
 PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
