@@ -98,19 +98,22 @@ def wave_rows(engine: tq.TransformersEngine, frames: list[bytes], gpu: bool, wav
     """A wave of windows through `prepare` on the engine's processor threads, the processor on each device."""
     pool = ThreadPoolExecutor(max_workers=engine.processor_threads)
     rows: list[list[object]] = []
-    for on_gpu in (False, True) if gpu else (False,):
-        tq.PIXELS_ON_GPU = on_gpu
-        for wave in range(waves):
-            groups = [[window(frames) for _ in range(GROUP)] for _ in range(WAVE // GROUP)]
-            wall, cpu = time.perf_counter(), time.process_time()
-            list(pool.map(engine.prepare, groups))
-            if gpu:
-                torch.cuda.synchronize()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            rows.append([f"processor on the {'GPU' if on_gpu else 'CPU'}, wave {wave + 1}", f"{wall:.2f}",
-                         f"{WAVE / wall:.0f}", f"{cpu / WAVE * 1e3:.0f}"])
-    pool.shutdown()
-    tq.PIXELS_ON_GPU = True
+    setting = tq.PIXELS_ON_GPU
+    try:
+        for on_gpu in (False, True) if gpu else (False,):
+            tq.PIXELS_ON_GPU = on_gpu
+            for wave in range(waves):
+                groups = [[window(frames) for _ in range(GROUP)] for _ in range(WAVE // GROUP)]
+                wall, cpu = time.perf_counter(), time.process_time()
+                list(pool.map(engine.prepare, groups))
+                if gpu:
+                    torch.cuda.synchronize()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                rows.append([f"processor on the {'GPU' if on_gpu else 'CPU'}, wave {wave + 1}", f"{wall:.2f}",
+                             f"{WAVE / wall:.0f}", f"{cpu / WAVE * 1e3:.0f}"])
+    finally:
+        tq.PIXELS_ON_GPU = setting
+        pool.shutdown()
     return rows
 
 

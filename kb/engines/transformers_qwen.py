@@ -82,8 +82,8 @@ BULK_IDLE_S = 30.0
 # patch reshape, normalisation: torch CPU ops, which release the GIL), so one thread cannot keep a GPU fed with video
 # windows; with that work on the GPU (PIXELS_ON_GPU) a window still takes ~40 CPU-ms to decode its frames. A quarter
 # of the host's cores, at least one (the cores are shared with the picture loaders and the decode loop), at most
-# PROCESSOR_THREADS_MAX. 8 threads on the 16-core H200 host were no better than 4 for an
-# hour of video (processor waits 11.8 against 9.8 s, 126.3 against 125.9 s end to end: docs/benchmarks.md, run L).
+# PROCESSOR_THREADS_MAX. 8 threads on the 16-core H200 host were no better than 4 for an hour of video (processor
+# waits 11.8 against 9.8 s, 126.3 against 125.9 s end to end: docs/benchmarks.md, run L).
 PROCESSOR_THREADS_MAX = 4
 # The processor's pixel work (resize, normalisation, patch layout) on the GPU where the engine runs on one: a video
 # window's ~0.2 CPU-s becomes ~10 ms (docs/benchmarks.md, run N). False: on the CPU (bench.processor_gpu compares).
