@@ -504,9 +504,11 @@ def one_time(stats: tq.DecodeStats) -> str:
     first = f"{stats.group_s[0]:.2f} s for {stats.group_rows[0]} rows" if stats.group_s else "none"
     later = (f"later groups {stats.later_group_s_per_row * 1e3:.1f} ms a row (slowest {max(stats.group_s[1:]):.2f} s)"
              if len(stats.group_s) > 1 else "no later group")
+    waits = ", ".join(f"{waited:.2f} s at {at:.1f} s" for at, waited in stats.long_waits) or "none"
     return (f"warm-up {stats.warm_up_s:.1f} s (KV cache made in {stats.slab_s:.1f} s; {stats.recorded} decode steps "
             f"recorded in {stats.record_s:.1f} s; first prefill group {first}, {later}), "
-            f"tail after the last group joined {stats.tail_s:.1f} s")
+            f"tail after the last group joined {stats.tail_s:.1f} s; waits for a prepared group over "
+            f"{tq.LONG_WAIT_S} s (seconds after the loop began): {waits}")
 
 
 def record_bulk_steps(engine: tq.TransformersEngine, requests: list[Request]) -> float:

@@ -273,11 +273,13 @@ def _layout_model_on_one_thread() -> None:
 _layout_model_on_one_thread()
 
 
-def _die_with(ingest_pid: int) -> None:
-    """Reader-process initializer: end this process as soon as the ingest process `ingest_pid` has ended, however
-    it ended (kill -9 too), instead of reading pages for nobody. Its parent is multiprocessing's fork server, which
-    waits for its children before it exits itself, so nothing else would end them: a thread waits on the ingest
-    process (a pidfd, Linux; elsewhere polled every second)."""
+def _start_reader(ingest_pid: int) -> None:
+    """Reader-process initializer: yield the cores to the ingest process (READER_NICENESS), and end as soon as
+    the ingest process `ingest_pid` has ended, however it ended (kill -9 too), instead of reading pages for nobody.
+    Its parent is multiprocessing's fork server, which waits for its children before it exits itself, so nothing
+    else would end them: a thread waits on the ingest process (a pidfd, Linux; elsewhere polled every second)."""
+    if READER_NICENESS and hasattr(os, "nice"):
+        os.nice(READER_NICENESS)
     try:
         handle = os.pidfd_open(ingest_pid)
     except ProcessLookupError:
@@ -323,6 +325,11 @@ class _SharedReaders:
             self.pool = None
 
 
+# Reader processes (long PDFs' page ranges, video slices, pictures loaded ahead) run at this lower priority. They
+# read ahead of the ingest process, whose threads turn what they read into engine input: while 14 video slices were
+# sampled on the 16-core GPU host, the engine waited 6.2 s of an hour's video for its processor threads
+# (docs/benchmarks.md, run O). Reading still takes every core nothing else wants. 0: the same priority.
+READER_NICENESS = 10
 _run = threading.local()  # the shared readers of the ingest run in this thread, if one is open
 
 
@@ -355,7 +362,7 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     # this module instead: the readers need nothing else, and start without importing PyMuPDF each.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_reader, initargs=(os.getpid(),))
 
 
 def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[PageRead]:

@@ -248,6 +248,14 @@ def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, m
         assert all(f"{record.rel[0]} page {c.page}." in c.text for c in chunks)
 
 
+def test_reader_processes_yield_the_cores_to_the_ingest_process():
+    """Readers run below the ingest process's priority: its threads (the engine's processor, the store) are not
+    starved by the processes reading ahead of them."""
+    with pdf.process_pool(1) as pool:
+        reader_niceness = pool.submit(os.nice, 0).result()
+    assert reader_niceness == min(19, os.nice(0) + pdf.READER_NICENESS)  # 19: the lowest priority there is
+
+
 def test_a_short_file_is_read_in_process(tmp_path, monkeypatch, make_settings):
     """Short files never start reader processes (their start-up would cost more than the reading)."""
     path = tmp_path / "short.pdf"

@@ -70,6 +70,8 @@ REFILL_GROUPS = 8
 # processor threads ~10 s. So a whole wave ahead: ~2 GB of pictures on the GPU and ~4 GB on the host at 128 rows
 # (not yet measured on the GPU).
 PREPARED_AHEAD = 1.0
+# Waits for a prepared group longer than this are listed with when they happened (DecodeStats.long_waits).
+LONG_WAIT_S = 0.05
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
@@ -988,6 +990,8 @@ class DecodeStats:
     refills: int = 0  # times new rows were prefilled into the running batch
     prefill_s: float = 0.0
     wait_s: float = 0.0  # time the GPU loop waited for the processor threads
+    # Each wait for a prepared group longer than LONG_WAIT_S: (seconds after the loop began, seconds waited), in order.
+    long_waits: list[tuple[float, float]] = field(default_factory=list, repr=False)
     slab_s: float = 0.0  # seconds making the bulk KV cache (allocated, zeroed); 0 where the call found it made
     recorded: int = 0  # decode steps recorded by this call (none where steps run eagerly: a CPU)
     record_s: float = 0.0  # seconds spent recording them, the compile they trigger included
@@ -1200,6 +1204,7 @@ class _Refill:
         self.waiting: deque[tuple[_Batch, int]] = deque()
         self.prepared: deque[tuple[_Batch, list[int], Future[_Prepared]]] = deque()
         self.tail_from: float | None = None  # when the last group had joined (stats.tail_s)
+        self.began = time.perf_counter()
 
     def _join(self, batch: _Batch) -> None:
         self.batches.append(batch)
@@ -1342,7 +1347,7 @@ class _Refill:
                 self._fail(batch, err)
                 continue
             finally:
-                self.stats.wait_s += time.perf_counter() - started
+                self._count_wait(started)
             taken, free = free[:len(prepared.indices)], free[len(prepared.indices):]
             groups.append((batch, prepared, taken))
             self._prepare_ahead(len(free))
@@ -1360,6 +1365,12 @@ class _Refill:
                 started += self._let_answers_go()
             self.stats.refills += 1
             self.stats.prefill_s += time.perf_counter() - started
+
+    def _count_wait(self, started: float) -> None:
+        waited = time.perf_counter() - started
+        self.stats.wait_s += waited
+        if waited > LONG_WAIT_S:
+            self.stats.long_waits.append((started - self.began, waited))
 
     def _load(self, batch: _Batch, prepared: _Prepared, taken: list[int]) -> None:
         # Timed alone: the group's first tokens come back to the host at its end, and what ran before it (a decode
