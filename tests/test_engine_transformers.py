@@ -12,6 +12,7 @@ import torch
 
 from bench.engine_gpu import RowStop
 from kb.engines import Engine, cuda_available
+from kb.engines import transformers_qwen as tq
 from kb.engines.guard import repeating_tail
 from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import ConfigError, EngineError
@@ -93,6 +94,17 @@ def test_odd_frame_count_is_padded_and_generates(engine):
     assert "<100.2 seconds>" in text and "<101.0 seconds>" in text and text.count(" seconds>") == 2
     assert len(engine.generate_ids([request])[0]) <= 4
     assert isinstance(engine.generate([request])[0], str)
+
+
+def test_a_windows_cache_columns_bound_its_prompt_closely(engine):
+    """The bulk cache is sized from `columns_bound`: never below what a window's prompt and answer take (or the
+    window fails), and not twice it (frames go in pairs), which would halve the rows a GPU decodes at once."""
+    for frames in (1, 3, 4, 10):
+        request = Request(task="video", prompt="Describe.", max_new_tokens=40,
+                          video=clip(list(range(0, 15 * frames, 15)), size=(640, 480)))
+        needed = engine.build_inputs([request])["input_ids"].shape[1] + request.max_new_tokens + tq.DECODE_CHUNK
+        bound = engine.columns_bound(request)
+        assert needed <= bound <= needed + tq.TEMPLATE_TOKENS + 16 * ((frames + 1) // 2), frames
 
 
 def test_row_stop_is_per_row():

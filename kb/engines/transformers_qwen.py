@@ -553,8 +553,8 @@ class TransformersEngine:
         words = " ".join([request.system, request.prompt, *(text for _, text in request.history)])
         columns = len(self.tokenizer(words)["input_ids"]) + TEMPLATE_TOKENS + request.max_new_tokens + DECODE_CHUNK
         columns += len(request.images) * (s.image_max_pixels // VISUAL_TOKEN_PIXELS)
-        if request.video is not None:  # per frame, with its time stamp: an upper bound (frames are paired)
-            columns += (len(request.video.frames) + 1) * (s.video_max_pixels // VISUAL_TOKEN_PIXELS + 16)
+        if request.video is not None:  # frames go in pairs (the last repeated): a frame's tokens and a stamp a pair
+            columns += (len(request.video.frames) + 1) // 2 * (s.video_max_pixels // VISUAL_TOKEN_PIXELS + 16)
         return columns
 
     def _slab(self, kind: str, rows: int, columns: int) -> KvSlab:
