@@ -313,7 +313,9 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
 
     def loop(self):  # one decode loop: a lone engine call, or the batches ingest hands over while one decodes
         original_loop(self)
-        calls.append(EngineCall(self.engine.last_stats, self.engine.slots))
+        stats = self.engine.last_stats  # a loop that failed before it drained (out of memory) left the last one's
+        if stats is not None and not any(call.stats is stats for call in calls):
+            calls.append(EngineCall(stats, self.engine.slots))
 
     tq._BulkLoop._loop = loop
     stages.wrap(pipeline, "load_engine", LOAD_ENGINE_STAGE, sync=True)
