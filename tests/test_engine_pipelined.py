@@ -75,6 +75,31 @@ def test_a_batch_that_fails_fails_alone_and_the_others_come_back(two_rows, monke
     assert two_rows.generate_ids([page(4, 3)])  # the loop still runs
 
 
+def test_rows_go_on_decoding_while_a_batch_handed_over_is_still_prepared(two_rows, monkeypatch):
+    """A batch whose pictures are still being prepared (a video's windows as it is sampled) does not stop the rows
+    already decoding: they finish and come back meanwhile, and it joins once ready, with the ids it gets alone."""
+    decoding, joining = [page(1, 20)], [page(2, 5)]
+    alone = [two_rows.generate([r])[0] for r in decoding + joining]
+    ready = threading.Event()
+    prepare = TransformersEngine.prepare
+
+    def slow(engine, batch):
+        if batch[0] is joining[0]:
+            assert ready.wait(timeout=60)
+        return prepare(engine, batch)
+
+    monkeypatch.setattr(TransformersEngine, "prepare", slow)
+    futures = handed_over_together(two_rows, decoding, joining)
+    try:
+        assert futures[0].result(timeout=60) == alone[:1]
+        assert not futures[1].done()
+    finally:
+        ready.set()
+    assert futures[1].result(timeout=60) == alone[1:]
+    stats = two_rows.last_stats
+    assert stats is not None and stats.calls == 2 and stats.wait_s < 1.0  # one loop, which did not stand waiting
+
+
 def test_a_batch_longer_than_the_cache_waits_for_the_loop_to_drain_and_gets_a_larger_one(two_rows):
     short = [page(1, 4), page(2, 6)]
     alone = [two_rows.generate([r])[0] for r in short]

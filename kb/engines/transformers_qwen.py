@@ -1337,8 +1337,14 @@ class _Refill:
         self._prepare_ahead(len(free))
         groups: list[tuple[_Batch, _Prepared, list[int]]] = []
         while self.prepared and len(self.prepared[0][1]) <= len(free):
-            # A due refill waits for the processor thread (normally a group ahead, so no wait): the batch a request
-            # lands in then never depends on timing, and time spent waiting shows in stats.wait_s.
+            # Groups are taken in the order they were formed, so a group's requests never depend on timing. While
+            # rows decode (or groups taken here will), a group still in preparation joins after the next chunk: a
+            # batch just handed over (a video's windows as it is sampled) would otherwise stop every row for its
+            # preparation, 1-2.6 s each time on the H200 (docs/benchmarks.md, run O). When a row joins changes no
+            # output: a row's tokens do not depend on the rows beside it. With nothing to decode, the loop waits,
+            # and the time shows in stats.wait_s.
+            if not self.prepared[0][2].done() and (groups or self.live()):
+                break
             started = time.perf_counter()
             batch, _, future = self.prepared.popleft()
             try:
