@@ -326,9 +326,10 @@ class _SharedReaders:
 
 
 # Reader processes (long PDFs' page ranges, video slices, pictures loaded ahead) run at this lower priority. They
-# read ahead of the ingest process, whose threads turn what they read into engine input: while 14 video slices were
-# sampled on the 16-core GPU host, the engine waited 6.2 s of an hour's video for its processor threads
-# (docs/benchmarks.md, run O). Reading still takes every core nothing else wants. 0: the same priority.
+# read ahead of the ingest process, whose threads turn what they read into engine input. While 14 video slices were
+# sampled on the 16-core GPU host, the engine waited 6.2 s of an hour's video for its processor threads; with the
+# readers niced 3.3 s, though the sampling ended later and the run took as long (65.8 against 66.4 s:
+# docs/benchmarks.md, run O). Reading still takes every core nothing else wants. 0: the same priority.
 READER_NICENESS = 10
 _run = threading.local()  # the shared readers of the ingest run in this thread, if one is open
 
