@@ -3,11 +3,14 @@
 each batch comes back as soon as its own rows are done, with the ids it gets alone. Tiny random Qwen3-VL, CPU."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 
 import pytest
+import torch
 
 from kb.engines.transformers_qwen import DECODE_CHUNK, DecodeStats, TransformersEngine, _Refill
 from kb.errors import EngineError
@@ -242,3 +245,25 @@ def test_a_failure_of_the_loop_itself_fails_its_batches_and_the_next_call_runs(t
         with pytest.raises(RuntimeError, match="decode step failed"):
             future.result(timeout=60)
     assert len(futures[1].result(timeout=60) if where == "run" else two_rows.generate([page(2, 4)])) == 1
+
+
+def test_a_loop_that_runs_out_of_gpu_memory_gives_its_cache_back_and_the_next_call_makes_its_own(two_rows,
+                                                                                                monkeypatch):
+    """A cache too large for the GPU (an engine's warm-up makes it for full pages) is not kept for every later call
+    to fail on: the failed loop lets go of it, the caller is told what to lower, and the next call runs."""
+    page_one, page_two = page(1, 3), page(2, 4)
+    alone = two_rows.generate_ids([page_two])
+    made = weakref.ref(two_rows._slabs["bulk"])
+    real = _Refill._decode_chunk
+
+    def out_of_memory(run):
+        monkeypatch.setattr(_Refill, "_decode_chunk", real)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.88 GiB")
+
+    monkeypatch.setattr(_Refill, "_decode_chunk", out_of_memory)
+    with pytest.raises(EngineError, match="out of memory while decoding 2 rows") as failed:
+        two_rows.generate_ids([page_one])
+    assert "KB_BATCH_SIZE" in failed.value.fix
+    gc.collect()
+    assert "bulk" not in two_rows._slabs and made() is None  # its memory is free, not held by the error
+    assert two_rows.generate_ids([page_two]) == alone

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -699,11 +700,15 @@ class TransformersEngine:
         with self._lock:
             if calls != self._bulk_calls or "bulk" not in self._slabs:
                 return  # a later call ran (its own timer decides), or nothing to give back
-            slab = self._slabs.pop("bulk")
-            log.info("bulk decoding idle for %s s: gave back its KV cache (%.1f GB)", BULK_IDLE_S, slab.bytes / 1e9)
-            del slab
-            if self._device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            log.info("bulk decoding idle for %s s: gave back its KV cache (%.1f GB)", BULK_IDLE_S,
+                     self._slabs["bulk"].bytes / 1e9)
+            self._drop_bulk_slab()
+
+    def _drop_bulk_slab(self) -> None:
+        """Give the bulk KV cache's memory back (the caller holds `_lock`; no loop holds rows in it)."""
+        self._slabs.pop("bulk", None)
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def prepare(self, requests: Sequence[Request]) -> _Prepared:
         """A processor thread's work for a group of new rows: processor output (its pixel work on the GPU where
@@ -1155,6 +1160,7 @@ class _BulkLoop:
     def _loop(self) -> None:
         engine = self.engine
         run: _Refill | None = None
+        slab: KvSlab | None = None
         first = self.take(None)
         if first is None:  # every batch queued was cancelled
             return
@@ -1172,6 +1178,15 @@ class _BulkLoop:
                                     "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4")
                 error.__cause__ = err
             taken = run.batches if run is not None else []
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                # The cache goes back: kept, every later loop would reuse it and fail too where it is what filled
+                # the GPU (the warm-up's, made for full pages: 256 rows of them, docs/benchmarks.md, run O); the
+                # next loop makes one for its own requests (a video window takes ~2/3 of a page's columns). The
+                # error lives on with the callers, so the frames it went through must let go of the cache first.
+                traceback.clear_frames(err.__traceback__)
+                run = slab = None
+                with engine._lock:
+                    engine._drop_bulk_slab()
             for batch in taken if first in taken else [first, *taken]:  # failed before it joined: first too
                 if batch.left == 0:  # done before the failure
                     batch.finish()
