@@ -1355,7 +1355,7 @@ class _Refill:
             # Groups are taken in the order they were formed, so a group's requests never depend on timing. While
             # rows decode (or groups taken here will), a group still in preparation joins after the next chunk: a
             # batch just handed over (a video's windows as it is sampled) would otherwise stop every row for its
-            # preparation, 1-2.6 s each time on the H200 (docs/benchmarks.md, run O). When a row joins changes no
+            # preparation, 1.1-2.7 s each time on the H200 (docs/benchmarks.md, run O). When a row joins changes no
             # output: a row's tokens do not depend on the rows beside it. With nothing to decode, the loop waits,
             # and the time shows in stats.wait_s.
             if not self.prepared[0][2].done() and (groups or self.live()):
