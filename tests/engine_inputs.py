@@ -1,11 +1,13 @@
 """Inputs for the transformers engine's tests on the tiny random-weight Qwen3-VL (tests/tiny_qwen3vl.py)."""
 from __future__ import annotations
 
+from concurrent.futures import wait
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pymupdf
+import pytest
 from PIL import Image, ImageDraw
 
 from kb.config import VISUAL_TOKEN_PIXELS
@@ -47,3 +49,18 @@ def scanned_pdf(path: Path, lines: list[str]) -> Path:
         png.unlink()
     doc.save(path)
     return path
+
+
+def prepared_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every group the bulk loop asks its processor threads for is ready before the loop comes to take it, as a GPU
+    host's threads, a wave ahead, have them: where and when rows join then depends on no timing (on a loaded CI
+    machine a group can otherwise still be in preparation, and the loop decodes on without it)."""
+    from kb.engines.transformers_qwen import _Refill
+
+    ahead = _Refill._prepare_ahead
+
+    def in_time(refill: _Refill, rows_wanted: int) -> None:
+        ahead(refill, rows_wanted)
+        wait([future for *_, future in refill.prepared])
+
+    monkeypatch.setattr(_Refill, "_prepare_ahead", in_time)

@@ -6,7 +6,6 @@ video timestamps, the loop guard, streaming and the errors a user sees.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import wait
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from kb.engines.guard import repeating_tail
 from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import ConfigError, EngineError
 from kb.types import Request, VideoClip
-from tests.engine_inputs import BUDGET, noise_image
+from tests.engine_inputs import BUDGET, noise_image, prepared_in_time
 
 
 @pytest.fixture
@@ -165,13 +164,7 @@ def test_refilled_batch_gives_each_request_its_lone_output(make_settings, tiny_m
     # Two rows decode at once; the long row keeps running while finished short rows are replaced by waiting ones.
     two = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
                                            batch_size=2, **BUDGET))
-    ahead = tq._Refill._prepare_ahead
-
-    def prepared_in_time(refill, rows_wanted):  # as a GPU host's threads have them, a wave ahead: none is late
-        ahead(refill, rows_wanted)
-        wait([future for *_, future in refill.prepared])
-
-    monkeypatch.setattr(tq._Refill, "_prepare_ahead", prepared_in_time)
+    prepared_in_time(monkeypatch)
     requests = [Request(task="ocr", prompt="Read.", images=[noise_image(5, (96, 96))], max_new_tokens=200)]
     requests += [Request(task="ocr", prompt=f"Read page {n}.", images=[noise_image(10 + n, (64 + 16 * n, 80))],
                          max_new_tokens=3 + n) for n in range(5)]
