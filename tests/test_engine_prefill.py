@@ -17,7 +17,7 @@ from bench.engine_gpu import use_transformers_prefill
 from kb.engines.kv_slab import KvSlab
 from kb.engines.transformers_qwen import DecodeStats, TransformersEngine, processor_threads
 from kb.types import Request, VideoClip
-from tests.engine_inputs import BUDGET, noise_image
+from tests.engine_inputs import BUDGET, noise_image, prepared_in_time
 
 
 @pytest.fixture
@@ -123,6 +123,7 @@ def test_a_call_counts_the_steps_it_records_and_a_later_call_on_the_same_slab_re
         make_settings, tiny_model_dir, monkeypatch):
     engine = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
                                               batch_size=4, **BUDGET))
+    prepared_in_time(monkeypatch)  # rows join at the same steps in each call, so they need the same step shapes
     requests = mixed_requests() + [Request("ocr", "Read.", [noise_image(k, (100 + 20 * k, 80))],
                                            max_new_tokens=3 + 2 * k) for k in range(4, 8)]
     eager = engine.generate_ids(requests)
