@@ -38,6 +38,12 @@ MAX_RENDER_SIDE = 3000  # a page rendered beyond this gains nothing for OCR and 
 PARALLEL_MIN_PAGES = 24  # below this, starting reader processes costs more than it saves
 PAGES_PER_TASK = 8  # pages one reader process reads per task (small: results come back in page order)
 MAX_READ_WORKERS = 8
+# Reader processes (long PDFs' page ranges, video slices, pictures loaded ahead) run at this lower priority. They
+# read ahead of the ingest process, whose threads turn what they read into engine input. While 14 video slices were
+# sampled on the 16-core GPU host, the engine waited 6.2 s of an hour's video for its processor threads; with the
+# readers niced 3.3 s, though the sampling ended later and the run took as long (65.8 against 66.4 s:
+# docs/benchmarks.md, run O). Reading still takes every core nothing else wants. 0: the same priority.
+READER_NICENESS = 10
 MAX_TITLE_CHARS = 120
 SCAN_COVER = 0.9  # an image over 90 % of the page is a scan of it
 STAMP_TEXT_COVER = 0.1  # a scan's text layer below 10 % of the page is a stamp on it, not the page's text
@@ -325,12 +331,6 @@ class _SharedReaders:
             self.pool = None
 
 
-# Reader processes (long PDFs' page ranges, video slices, pictures loaded ahead) run at this lower priority. They
-# read ahead of the ingest process, whose threads turn what they read into engine input. While 14 video slices were
-# sampled on the 16-core GPU host, the engine waited 6.2 s of an hour's video for its processor threads; with the
-# readers niced 3.3 s, though the sampling ended later and the run took as long (65.8 against 66.4 s:
-# docs/benchmarks.md, run O). Reading still takes every core nothing else wants. 0: the same priority.
-READER_NICENESS = 10
 _run = threading.local()  # the shared readers of the ingest run in this thread, if one is open
 
 

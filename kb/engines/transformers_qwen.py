@@ -1173,12 +1173,11 @@ class _BulkLoop:
                 run.run(first)
         except BaseException as err:  # noqa: BLE001 - handed to the callers of every batch of the loop
             error = err
+            taken = run.batches if run is not None else []
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 error = EngineError(f"GPU out of memory while decoding {engine.slots} rows at once",
                                     "lower KB_BATCH_SIZE or KB_IMAGE_MAX_PIXELS, or set KB_QUANT=nf4")
                 error.__cause__ = err
-            taken = run.batches if run is not None else []
-            if isinstance(err, torch.cuda.OutOfMemoryError):
                 # The cache goes back: kept, every later loop would reuse it and fail too where it is what filled
                 # the GPU (the warm-up's, made for full pages: 256 rows of them, docs/benchmarks.md, run O); the
                 # next loop makes one for its own requests (a video window takes ~2/3 of a page's columns). The
