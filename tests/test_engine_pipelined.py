@@ -12,6 +12,7 @@ from concurrent.futures import Future
 import pytest
 import torch
 
+from kb.engines import transformers_qwen
 from kb.engines.transformers_qwen import DECODE_CHUNK, DecodeStats, TransformersEngine, _Refill
 from kb.errors import EngineError
 from kb.types import Request
@@ -268,3 +269,24 @@ def test_a_loop_that_runs_out_of_gpu_memory_gives_its_cache_back_and_the_next_ca
     gc.collect()
     assert "bulk" not in two_rows._slabs and made() is None  # its memory is free, not held by the error
     assert two_rows.generate_ids([page_two]) == alone
+
+
+def test_a_cache_too_large_to_make_lets_go_of_what_it_had_made(two_rows, monkeypatch):
+    """The warm-up makes the bulk cache for full pages; where that does not fit, the layers made before the GPU ran
+    out must not stay held by the error (the warm-up's future keeps it), or every later call runs out of memory."""
+    made: list[weakref.ref[torch.Tensor]] = []
+
+    def part_made(*args, **kwargs):
+        layers = [torch.empty(1 << 20)]
+        made.append(weakref.ref(layers[0]))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.88 GiB")
+
+    monkeypatch.setattr(transformers_qwen, "KvSlab", part_made)
+    with pytest.raises(torch.cuda.OutOfMemoryError) as failed:
+        two_rows._warm_bulk(video=False)
+    kept = failed.value  # as the warm-up's future keeps it
+    gc.collect()
+    assert made and made[0]() is None and kept.__traceback__ is not None
+    assert "bulk" not in two_rows._slabs
+    monkeypatch.undo()
+    assert len(two_rows.generate_ids([page(1, 3)])[0]) == 3

@@ -579,9 +579,18 @@ class TransformersEngine:
         if banned:
             banned_mask = torch.zeros(self._net.lm_head.weight.shape[0], dtype=torch.bool, device=self._net.device)
             banned_mask[torch.tensor(banned, device=self._net.device)] = True
-        slab = KvSlab(self._net, rows, length, banned=banned_mask, eos=self.eos_ids, min_new=min_new,
-                      graphs=self._device.startswith("cuda"),
-                      kv_cache=self.settings.kv_cache if kind == "bulk" else "bf16")  # answers: weights dominate
+        try:
+            slab = KvSlab(self._net, rows, length, banned=banned_mask, eos=self.eos_ids, min_new=min_new,
+                          graphs=self._device.startswith("cuda"),
+                          kv_cache=self.settings.kv_cache if kind == "bulk" else "bf16")  # answers: weights dominate
+        except torch.cuda.OutOfMemoryError as err:
+            # A slab that does not fit fails part made, and its frames hold the layers made so far (nearly all the
+            # GPU: the warm-up's 256 rows of pages, docs/benchmarks.md run P) for as long as the error lives; the
+            # warm-up's future keeps it, so every later call failed too.
+            traceback.clear_frames(err.__traceback__)
+            if self._device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            raise
         slab.rules = rules
         self._slabs[kind] = slab
         return slab
