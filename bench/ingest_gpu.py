@@ -47,6 +47,7 @@ usage: python -m bench.ingest_gpu --pdfs DIR [--pages 240] [--runs 1] [--kept-ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -265,11 +266,22 @@ class Stages:
                 return original(*args, **kwargs)
             finally:
                 if sync and torch.cuda.is_available():
-                    torch.cuda.synchronize()
+                    synchronize(args[0] if args else None)
                 self.seconds[stage] += time.perf_counter() - started
                 self.calls[stage] += 1
 
         setattr(owner, name, timed)
+
+
+def synchronize(holder) -> None:
+    """Wait for the GPU, but not while the engine records a decode step: a sync from another thread breaks a CUDA
+    graph capture ("operation not permitted when stream is capturing": run Q, where a warm-up that ran out of
+    memory was retried by the first engine call and recorded while the main thread waited here). `holder`: what
+    the wrapped function was called on; an Ingestor holds the engine, whose `recording` lock the pipeline takes
+    for its own GPU work beside bulk decoding."""
+    lock = getattr(getattr(holder, "_engine", None), "recording", None)
+    with lock if lock is not None else contextlib.nullcontext():
+        torch.cuda.synchronize()
 
 
 ENGINE_STAGE = "engine (processor, vision, decode), waited for by the main thread"

@@ -502,11 +502,11 @@ class Ingestor:
         PDF may hold text layers only: it starts the load once read, if a page needs the engine (`_process`), as a
         folder of text and born-digital files never loads one."""
         kinds = kinds_by_extension()
-        needed = {kinds.get(Path(job.name).suffix.lower()) for job in jobs} & {"video", "image"}
-        if needed:
-            self._start_loading(video="video" in needed)
+        planned = {kinds.get(Path(job.name).suffix.lower()) for job in jobs}
+        if planned & {"video", "image"}:
+            self._start_loading(video="video" in planned, pages=bool(planned & {"image", "pdf"}))
 
-    def _start_loading(self, video: bool) -> None:
+    def _start_loading(self, video: bool, pages: bool = True) -> None:
         """Load the engine on a thread of its own, and where it can, warm it for bulk calls (`prepare_to_ingest`:
         38-45 s of a fresh process's first call on an H200, docs/benchmarks.md runs H and I): both then overlap
         reading the files, sampling the videos and loading the pictures instead of following them."""
@@ -516,10 +516,10 @@ class Ingestor:
             _ = self.engine  # taken now, so a video's windows can go to it while the video is sampled (`_stream`)
             return
         self._loading = Future()
-        threading.Thread(target=self._load_into, args=(self._loading, video), daemon=True,
+        threading.Thread(target=self._load_into, args=(self._loading, video, pages), daemon=True,
                          name="seekframe-ingest-engine").start()
 
-    def _load_into(self, loading: Future[Engine], video: bool) -> None:
+    def _load_into(self, loading: Future[Engine], video: bool, pages: bool) -> None:
         try:
             engine = load_engine(self.settings)
         except BaseException as err:  # raised where the engine is first used (the `engine` property)
@@ -528,7 +528,7 @@ class Ingestor:
         try:  # set before the load is done: `_wait_for_warm_up` waits for the load, then for this
             prepare = getattr(engine, "prepare_to_ingest", None)  # only engines with one-time GPU work have it
             if callable(prepare):
-                self._warming = prepare(video=video)
+                self._warming = prepare(video=video, pages=pages)
         finally:
             loading.set_result(engine)
 

@@ -54,9 +54,9 @@ def _watch_the_engine_start(monkeypatch) -> tuple[dict[str, object], threading.E
         started.set()
         return real_load(settings)
 
-    def prepare(engine, video=False):
-        seen["warmed for video"] = video
-        return real_prepare(engine, video=video)
+    def prepare(engine, video=False, pages=True):
+        seen["warmed for video"], seen["warmed for pages"] = video, pages
+        return real_prepare(engine, video=video, pages=pages)
 
     monkeypatch.setattr(pipeline, "load_engine", load)
     monkeypatch.setattr(TransformersEngine, "prepare_to_ingest", prepare)
@@ -77,9 +77,23 @@ def test_a_folder_with_a_video_loads_and_warms_the_engine_while_the_video_is_sam
 
     monkeypatch.setattr(pipeline, "read_file", read)
     report = Ingestor(store.settings, store).run([folder])
-    assert seen == {"loaded on the main thread": False, "loading while sampled": True, "warmed for video": True}
+    assert seen == {"loaded on the main thread": False, "loading while sampled": True, "warmed for video": True,
+                    "warmed for pages": True}
     assert report.counts() == {"added": 3}, report.results
     assert report.engine.startswith("transformers")
+
+
+def test_a_folder_of_videos_only_warms_the_engine_for_windows_only(tmp_path, open_kb, tiny_model_writer,
+                                                                   monkeypatch):
+    """A page's cache is longer than a window's: sized for pages, 256 rows of windows did not fit an H200."""
+    library = tmp_path / "videos"
+    library.mkdir()
+    two_scene_video(library / "clip.mp4")
+    store = open_kb(**_settings(tiny_model_writer))
+    seen, _ = _watch_the_engine_start(monkeypatch)
+    report = Ingestor(store.settings, store).run([library])
+    assert report.counts() == {"added": 1}, report.results
+    assert seen == {"loaded on the main thread": False, "warmed for video": True, "warmed for pages": False}
 
 
 def test_a_scanned_pdf_starts_the_engine_loading_once_it_is_read(tmp_path, open_kb, tiny_model_writer,
@@ -105,7 +119,7 @@ def test_a_scanned_pdf_starts_the_engine_loading_once_it_is_read(tmp_path, open_
     report = Ingestor(store.settings, store).run([folder])
     assert report.counts() == {"added": 2}, report.results
     assert seen == {"loaded on the main thread": False, "loading when the next file is read": True,
-                    "warmed for video": False}
+                    "warmed for video": False, "warmed for pages": True}
     assert ("a-scan.pdf", "pdf_ocr") in {(rel, modality) for rel, modality, *_ in _chunks(store)}
 
 
@@ -163,22 +177,29 @@ def test_prepare_to_ingest_does_nothing_on_a_cpu(engine):
     assert engine._slabs == {} and engine.last_stats is None and threading.active_count() == threads
 
 
-@pytest.mark.parametrize("video", [False, True])
-def test_the_warm_up_makes_the_bulk_cache_the_real_call_uses(make_settings, tiny_model_dir, video):
-    """What the warm-up thread does on a GPU, run here directly: the real call finds the cache made for it."""
-    engine = TransformersEngine(make_settings(**_settings(tiny_model_dir, max_video_tokens=400)))
-    engine._warm_bulk(video)
+@pytest.mark.parametrize("video, pages, caps", [(False, True, {"max_video_tokens": 400}),
+                                                 (True, True, {"max_video_tokens": 400}),
+                                                 (True, False, {"max_page_tokens": 2000})])
+def test_the_warm_up_makes_the_bulk_cache_the_real_call_uses(make_settings, tiny_model_dir, video, pages, caps):
+    """What the warm-up thread does on a GPU, run here directly: the real call finds the cache made for it, and
+    the cache is no longer than the planned files need (`caps`: a window needs more columns than a page, or a
+    page more than a window)."""
+    engine = TransformersEngine(make_settings(**_settings(tiny_model_dir, **caps)))
+    engine._warm_bulk(video, pages)
     warmed = engine._slabs["bulk"]
     s = engine.settings
     page = Request(task="ocr", prompt="Read this page.", images=[noise_image(1, (120, 100))],
                    max_new_tokens=s.max_page_tokens)
-    window = VideoClip(frames=[noise_image(n, (160, 120)) for n in range(s.video_window_frames)],
-                       frame_indices=list(range(0, 10 * s.video_window_frames, 10)), fps=10.0, total_frames=400)
-    real = [page, Request(task="video", prompt="Describe this.", video=window, max_new_tokens=s.max_video_tokens)]
-    engine.generate_ids(real if video else [page])
+    clip = VideoClip(frames=[noise_image(n, (160, 120)) for n in range(s.video_window_frames)],
+                     frame_indices=list(range(0, 10 * s.video_window_frames, 10)), fps=10.0, total_frames=400)
+    window = Request(task="video", prompt="Describe this.", video=clip, max_new_tokens=s.max_video_tokens)
+    real = [page] * pages + [window] * video
+    engine.generate_ids(real)
     assert engine._slabs["bulk"] is warmed and engine.last_stats.slab_s == 0.0
     if not video:  # a page's cache is too short for a window: a folder with a video must ask for it
-        assert not warmed.fits(max(engine.columns_bound(r) for r in real))
+        assert not warmed.fits(engine.columns_bound(window))
+    if not pages:  # a window's cache is too short for a page here: a video-only folder did not pay for pages
+        assert not warmed.fits(engine.columns_bound(page))
 
 
 def test_compile_caches_default_to_the_user_cache(tmp_path, monkeypatch):
@@ -193,7 +214,7 @@ def test_compile_caches_default_to_the_user_cache(tmp_path, monkeypatch):
 
 def test_a_failing_warm_up_is_logged_not_raised(engine, monkeypatch, caplog):
     monkeypatch.setattr(engine, "_device", "cuda:0")  # the GPU path, on a CPU: its warm-up fails at once
-    monkeypatch.setattr(engine, "_warm_bulk", lambda video: (_ for _ in ()).throw(RuntimeError("no GPU here")))
+    monkeypatch.setattr(engine, "_warm_bulk", lambda video, pages: (_ for _ in ()).throw(RuntimeError("no GPU here")))
     done = engine.prepare_to_ingest()
     assert isinstance(done.exception(timeout=10), RuntimeError)
     logged = False

@@ -659,14 +659,17 @@ class TransformersEngine:
             self._stream_thread.submit(self._warm_answers).add_done_callback(
                 _log_failed_warm_up("answer path", "the first answer"))
 
-    def prepare_to_ingest(self, video: bool = False) -> Future[None]:
+    def prepare_to_ingest(self, video: bool = False, pages: bool = True) -> Future[None]:
         """A bulk ingest is coming (the pipeline calls this once it knows, while it still reads the files): on a
-        GPU, do the first bulk call's one-time work now, on a thread of its own: make the bulk KV cache sized for a
-        page at the settings' pixel budget and token cap (`video`: and for a video window, whichever is larger, so
-        the real call does not make it again) and run a tiny request through `generate_ids`, which compiles the
-        prefill and vision functions and records the decode steps (45 of 80 s of a fresh process's engine call for
-        192 pages on an H200: docs/benchmarks.md, run H). Returns at once; `generate_ids` waits on the lock. A
-        failure is logged, never raised: the first real call does the work then. On a CPU: nothing to do (done)."""
+        GPU, do the first bulk call's one-time work now, on a thread of its own: make the bulk KV cache sized for
+        what the files planned need, so the real call does not make it again: a page at the settings' pixel budget
+        and token cap (`pages`), a video window (`video`), whichever is larger when both (a folder of videos only
+        asks for no page's columns: a window needs ~2/3 of them, which let 256 rows of windows fit an H200 where
+        256 rows of pages do not, docs/benchmarks.md run Q), and run a tiny request through `generate_ids`, which
+        compiles the prefill and vision functions and records the decode steps (45 of 80 s of a fresh process's
+        engine call for 192 pages on an H200: docs/benchmarks.md, run H). Returns at once; `generate_ids` waits on
+        the lock. A failure is logged, never raised: the first real call does the work then. On a CPU: nothing to do
+        (done)."""
         done: Future[None] = Future()
         if not self._device.startswith("cuda"):
             done.set_result(None)
@@ -674,7 +677,7 @@ class TransformersEngine:
 
         def warm() -> None:
             try:
-                self._warm_bulk(video)
+                self._warm_bulk(video, pages)
                 done.set_result(None)
             except BaseException as err:  # noqa: BLE001 - logged by the callback below; the real call tries again
                 done.set_exception(err)
@@ -683,10 +686,13 @@ class TransformersEngine:
         threading.Thread(target=warm, name="kb-warm-bulk", daemon=True).start()
         return done
 
-    def _warm_bulk(self, video: bool) -> None:
+    def _warm_bulk(self, video: bool, pages: bool = True) -> None:
         s = self.settings
         page = Image.new("RGB", (256, 256), "white")
-        bounds = [Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=s.max_page_tokens)]
+        bounds: list[Request] = []
+        if pages or not video:
+            bounds.append(Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page],
+                                  max_new_tokens=s.max_page_tokens))
         if video:
             window = VideoClip(frames=[page] * s.video_window_frames, frame_indices=list(range(s.video_window_frames)),
                                fps=1.0, total_frames=s.video_window_frames)
