@@ -73,8 +73,9 @@ LOAD_WORKERS: int | None = None
 # Windows of a video still being sampled are handed to the engine in pieces of this many (0: all the engine's rows).
 # Pieces of 16 started an H200's engine 3.5 s sooner but ended the hour of video 1.0 s sooner only (68.8 against
 # 69.8 s: the engine is the limit), with no failure in three runs (run M saw one piece fail, cause unknown;
-# docs/benchmarks.md, runs M and N); in run O 65.9 against 65.8 s, the loop stopping its rows for each piece's
-# preparation (which it no longer does: not yet measured). bench.ingest_gpu --stream-piece measures it.
+# docs/benchmarks.md, runs M and N); in run O 65.9 against 65.8 s; in run Q, with rows decoding on while a piece
+# is prepared, 64.6 against 60.8-61.5 s (the engine started 2.6 s sooner, but rows waited empty for each piece:
+# 17 % padding). bench.ingest_gpu --stream-piece measures it.
 STREAM_PIECE = 0
 MAX_LOAD_WORKERS = 16
 PROMPTS = {("ocr", Modality.PDF_OCR): prompts.OCR_PAGE, ("ocr", Modality.IMAGE_OCR): prompts.OCR_IMAGE,
