@@ -507,7 +507,7 @@ class Ingestor:
         if planned & {"video", "image"}:
             self._start_loading(video="video" in planned, pages=bool(planned & {"image", "pdf"}))
 
-    def _start_loading(self, video: bool, pages: bool = True) -> None:
+    def _start_loading(self, video: bool, pages: bool) -> None:
         """Load the engine on a thread of its own, and where it can, warm it for bulk calls (`prepare_to_ingest`:
         38-45 s of a fresh process's first call on an H200, docs/benchmarks.md runs H and I): both then overlap
         reading the files, sampling the videos and loading the pictures instead of following them."""
@@ -637,7 +637,7 @@ class Ingestor:
                 self._pending = [(j, u) for j, u in self._pending if j is not job]  # windows queued while read
                 continue
             if not self._engine_down and any(u.needs_model for u in job.read.units):
-                self._start_loading(video=job.read.kind == FileKind.VIDEO)  # a scanned PDF: its pages need it
+                self._start_loading(video=job.read.kind == FileKind.VIDEO, pages=True)  # a scanned PDF's pages
             rest = {id(u) for u in self._visual_units(job)} - job.streamed
             visual = self._resume(job, [(n, u) for n, u in enumerate(job.read.units) if id(u) in rest])
             job.waiting += len(visual)
