@@ -71,6 +71,35 @@ def test_a_model_whose_layers_are_not_plain_prefills_through_its_own_modules(eng
     assert engine.generate_ids(requests) == plain
 
 
+def test_pictures_of_one_size_are_attended_as_one_batch_and_read_as_transformers_reads_them(engine, monkeypatch):
+    """Three video windows of one size (six frame pairs) and two pages of one size: the vision tower attends each
+    kind in one batched call a block, not one call a piece, and its output is transformers' own blocks' output."""
+    requests = [Request("video", "Describe.", video=window(30 + n), max_new_tokens=2) for n in range(3)]
+    requests += [Request("ocr", "Read.", [noise_image(40 + n, (120, 100))], max_new_tokens=2) for n in range(2)]
+    pictures = engine.prepare(requests).packed.pictures
+    visual = engine._net.model.visual
+    calls: list[int] = []
+    attention = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(query, *args, **kwargs):
+        calls.append(query.shape[0])  # pieces in the call's batch
+        return attention(query, *args, **kwargs)
+
+    def tower() -> list[torch.Tensor]:
+        with torch.inference_mode():
+            seen = [visual(pixels, grid_thw=grid) for pixels, grid, _ in pictures]
+        return [t for out in seen for t in (out.pooler_output, *out.deepstack_features)]
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    batched = tower()
+    assert sorted(calls) == sorted([2, 6] * len(visual.blocks))  # pages: 2 in one call; windows: 6 pairs in one
+    use_transformers_prefill(engine, old=True)  # transformers' own blocks: each piece attended alone
+    own = tower()
+    assert len(batched) == len(own)
+    for ours, theirs in zip(batched, own):
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_several_processor_threads_prepare_at_once_and_change_no_output(make_settings, tiny_model_dir):
     engine = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
                                               batch_size=2, **BUDGET))

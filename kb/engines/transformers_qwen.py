@@ -188,8 +188,9 @@ def speed_up_vision(net: Any, compiled: bool) -> None:
     """The vision tower as the serving engines run it: patches through one matrix product, and each block's work
     around attention as two fused (compiled, on a GPU) functions of its weights (`vision_in`, `vision_out`): in
     transformers' block, the LayerNorms, the RoPE in float32, GELU and the residual adds were about 110 of the
-    270 ms the tower took for 16 pages on an H200. Attention stays torch's, one call per picture (cuDNN's fused
-    kernel there: faster than one varlen flash-attention call over all of them, 89 vs 116 ms for 16 pages)."""
+    270 ms the tower took for 16 pages on an H200. Attention stays torch's (cuDNN's fused kernel there: faster than
+    one varlen flash-attention call over all the pictures, 89 vs 116 ms for 16 pages), one call per run of
+    pictures of the same size, as one batch (`_PictureBounds`)."""
     visual = net.model.visual
     patch_embed_as_matmul(visual.patch_embed)
     if visual.config.hidden_act != "gelu_pytorch_tanh":
@@ -220,16 +221,33 @@ class Compiled:
 
 
 class _PictureBounds:
-    """Where each picture begins in the vision tower's packed patches, read to the host once per forward (the
-    tower hands the same tensor to all its blocks), not once per block."""
+    """How the vision tower's packed patches split into the pieces each attended within itself (a picture; a
+    video's frame pairs, one piece a pair), as runs of consecutive pieces of one length (`equal_runs`). Read to the
+    host once per forward (the tower hands the same tensor to all its blocks), not once per block."""
 
     def __init__(self) -> None:
-        self._last: tuple[torch.Tensor, list[int]] | None = None
+        self._last: tuple[torch.Tensor, list[tuple[int, int, int]]] | None = None
 
-    def __call__(self, cu_seqlens: torch.Tensor) -> list[int]:
+    def __call__(self, cu_seqlens: torch.Tensor) -> list[tuple[int, int, int]]:
         if self._last is None or self._last[0] is not cu_seqlens:
-            self._last = (cu_seqlens, cu_seqlens.tolist())
+            self._last = (cu_seqlens, equal_runs(cu_seqlens.tolist()))
         return self._last[1]
+
+
+def equal_runs(edges: list[int]) -> list[tuple[int, int, int]]:
+    """Consecutive pieces of one length, from the pieces' edges: (first patch, patches a piece, pieces) each.
+
+    A group of 16 video windows of 10 frames is 80 frame pairs of one size: one attention call over a batch of 80
+    instead of 80 calls a block, each too small to fill the GPU and each paying the call's host time (24 blocks:
+    1,920 calls a group). Pages of one size (a scanned document's) batch the same way."""
+    runs: list[tuple[int, int, int]] = []
+    for begin, end in zip(edges, edges[1:]):
+        if runs and runs[-1][1] == end - begin:
+            first, length, pieces = runs[-1]
+            runs[-1] = (first, length, pieces + 1)
+        else:
+            runs.append((begin, end - begin, 1))
+    return runs
 
 
 def _vision_block(block: Any, into: Compiled, out_of: Compiled, bounds: _PictureBounds) -> Callable[..., Any]:
@@ -242,11 +260,14 @@ def _vision_block(block: Any, into: Compiled, out_of: Compiled, bounds: _Picture
         cos, sin = position_embeddings
         query, key, value = into(hidden_states, cos, sin, block.norm1.weight, block.norm1.bias, attn.qkv.weight,
                                  attn.qkv.bias, heads, eps)
-        edges = bounds(cu_seqlens)
-        heads_first = [t.transpose(0, 1)[None] for t in (query, key, value)]  # (1, heads, patches, head_dim)
-        attended = torch.cat([F.scaled_dot_product_attention(heads_first[0][:, :, a:b], heads_first[1][:, :, a:b],
-                                                             heads_first[2][:, :, a:b], scale=attn.scaling)
-                              [0].transpose(0, 1) for a, b in zip(edges, edges[1:])])
+        parts = []
+        for first, length, pieces in bounds(cu_seqlens):
+            # (pieces, heads, length, head_dim): each piece a batch entry, attended within itself
+            q, k, v = (t[first:first + length * pieces].view(pieces, length, heads, -1).transpose(1, 2)
+                       for t in (query, key, value))
+            attended_run = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling)
+            parts.append(attended_run.transpose(1, 2).reshape(length * pieces, heads, -1))
+        attended = torch.cat(parts) if len(parts) > 1 else parts[0]
         out: torch.Tensor = out_of(hidden_states, attended.reshape(hidden_states.shape[0], -1), attn.proj.weight,
                                    attn.proj.bias, block.norm2.weight, block.norm2.bias, mlp.linear_fc1.weight,
                                    mlp.linear_fc1.bias, mlp.linear_fc2.weight, mlp.linear_fc2.bias, eps)
