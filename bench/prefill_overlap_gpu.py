@@ -9,7 +9,7 @@ the Qwen3-VL-4B architecture with random weights (bench/engine_gpu.py builds it)
 - K prefill groups of 16 scanned pages alone (`TransformersEngine._prompt_forward` and the first token);
 - both at once: the steps replayed on one stream by the main thread while a second thread prefills on another,
   the decode stream at the same priority and at a higher one (CUDA stream priorities: pending blocks of the higher
-  stream are scheduled first; running blocks are not pre-empted).
+  stream are scheduled first; running blocks are not pre-empted); then both queued from one thread.
 
 usage: python -m bench.prefill_overlap_gpu [--model-dir DIR] [--steps N] [--groups K] [--out FILE]
 """
@@ -26,7 +26,6 @@ from bench.decode_step_gpu import ROWS, fill_random, live_lengths, load_engine
 from bench.engine_gpu import page_lengths, pages
 from bench.report import markdown_table, publish
 from kb.engines import transformers_qwen as tq
-from kb.engines.kv_slab import rms
 
 GROUP = 16
 COLUMNS = 3584
@@ -60,9 +59,7 @@ DONE: list[float] = []  # when each group of the last prefill() was done (perf_c
 def launch_prefill(engine: tq.TransformersEngine, packed) -> torch.Tensor:
     """One group's prompt forward and first tokens queued on the current stream (the vision tower's picture bounds
     are its one host sync)."""
-    lm = engine._net.model.language_model
-    hidden, cache = engine._prompt_forward(packed)
-    return engine._net.lm_head(rms(hidden[packed.last], lm.norm.weight, lm.norm.variance_epsilon)).argmax(-1)
+    return engine._prompt_forward(packed)[0].argmax(-1)
 
 
 def prefill(engine: tq.TransformersEngine, prepared, groups: int, stream: torch.cuda.Stream) -> float:
@@ -83,7 +80,8 @@ def prefill(engine: tq.TransformersEngine, prepared, groups: int, stream: torch.
 
 def one_thread(engine, slab, prepared, steps: int, groups: int, decode_stream, prefill_stream, seen) -> float:
     """Wall seconds with both queued from one thread: each group's prefill on its stream, then its share of the
-    decode steps on the other, the host waiting only at the end (no second thread: the GIL plays no part)."""
+    decode steps on the other; the host waits only in the vision tower's one sync a group and at the end (no
+    second thread: the GIL plays no part)."""
     packed = prepared.packed
     torch.cuda.synchronize()
     with torch.cuda.stream(decode_stream):
@@ -91,10 +89,9 @@ def one_thread(engine, slab, prepared, steps: int, groups: int, decode_stream, p
     torch.cuda.synchronize()
     started = time.perf_counter()
     per_group = steps // groups
-    firsts = []
     for _ in range(groups):
         with torch.cuda.stream(prefill_stream):
-            firsts.append(launch_prefill(engine, packed))
+            launch_prefill(engine, packed)
         with torch.cuda.stream(decode_stream):
             for _ in range(per_group):
                 slab.step(COLUMNS, ROWS)

@@ -267,7 +267,7 @@ def _vision_block(block: Any, into: Compiled, out_of: Compiled, bounds: _Picture
                        for t in (query, key, value))
             attended_run = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling)
             parts.append(attended_run.transpose(1, 2).reshape(length * pieces, heads, -1))
-        attended = torch.cat(parts) if len(parts) > 1 else parts[0]
+        attended = torch.cat(parts)
         out: torch.Tensor = out_of(hidden_states, attended.reshape(hidden_states.shape[0], -1), attn.proj.weight,
                                    attn.proj.bias, block.norm2.weight, block.norm2.bias, mlp.linear_fc1.weight,
                                    mlp.linear_fc1.bias, mlp.linear_fc2.weight, mlp.linear_fc2.bias, eps)
@@ -796,9 +796,7 @@ class TransformersEngine:
         if packed.ids.is_cuda:  # made on a processor thread's stream, used on this one
             for tensor in packed.tensors():
                 tensor.record_stream(torch.cuda.current_stream(packed.ids.device))
-        hidden, cache = self._prompt_forward(packed)
-        lm = self._net.model.language_model
-        logits = self._net.lm_head(rms(hidden[packed.last], lm.norm.weight, lm.norm.variance_epsilon))
+        logits, cache = self._prompt_forward(packed)
         self._first_logits = logits
         if slab.banned is not None:
             logits = logits.masked_fill(slab.banned[None], float("-inf"))
@@ -809,8 +807,8 @@ class TransformersEngine:
         return [int(t) for t in first.tolist()]
 
     def _prompt_forward(self, packed: _Packed) -> tuple[torch.Tensor, _PromptCache]:
-        """The language model over a packed group: the last hidden states (tokens, hidden) and every layer's keys
-        and values, laid out left-padded as `KvSlab.load` reads them."""
+        """The language model over a packed group: the logits of each prompt's last token (rows, vocabulary) and
+        every layer's keys and values, laid out left-padded as `KvSlab.load` reads them."""
         model = self._net.model
         lm = model.language_model
         hidden = lm.embed_tokens(packed.ids)
@@ -844,7 +842,7 @@ class TransformersEngine:
                 if n < len(features):
                     hidden[index] = hidden[index] + features[n].to(hidden.dtype)
             cache.add(key, value)
-        return hidden, cache
+        return self._net.lm_head(rms(hidden[packed.last], lm.norm.weight, lm.norm.variance_epsilon)), cache
 
     def _plain_weights(self) -> list[tuple[torch.Tensor, ...]] | None:
         if self._weights is None:
