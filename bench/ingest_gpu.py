@@ -18,7 +18,8 @@ re-encoding), ingested the same way: decoding, sampling, the engine, embedding a
 SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
 sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 `--stream-piece N` hands a video's windows to the engine N at a time while it is still sampled (ingest/pipeline.py
-STREAM_PIECE; 0: the engine's rows).
+STREAM_PIECE; 0: the engine's rows). `--first-round-share X` sets how long the first round of slices is, as a
+share of a slice (ingest/video_slices.py FIRST_ROUND_SHARE; 1: every slice a minute, as before).
 
 `--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
 WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
@@ -398,6 +399,7 @@ class Run:
     engine_calls: list[EngineCall]
     load_s: float  # picture loading, summed over processes
     marks: dict[str, float]  # seconds from the run's start
+    started: float  # time.perf_counter at the run's start
 
     def at(self, event: str) -> str:
         return f"{self.marks[event]:.1f}" if event in self.marks else "-"
@@ -412,6 +414,26 @@ class Run:
     @property
     def warm_up_s(self) -> float:
         return self.total("warm_up_s")
+
+    def prefill_while_reading(self) -> str:
+        """Prefill groups that began while the files were still read (the host's cores busy sampling or rendering)
+        against those after: ms a row each, and the slowest groups with when they began (seconds of the run)."""
+        read_ended = self.marks.get(READ_ENDED, float("inf"))
+        groups = [(c.stats.began + at - self.started, seconds, rows) for c in self.engine_calls
+                  for at, seconds, rows in list(zip(c.stats.group_at, c.stats.group_s, c.stats.group_rows))[1:]]
+        if not groups:
+            return "no prefill group after a loop's first"
+
+        def per_row(part: list[tuple[float, float, int]]) -> str:
+            rows = sum(r for _, _, r in part)
+            return f"{len(part)} groups, {1e3 * sum(s for _, s, _ in part) / rows:.1f} ms a row" if rows else "none"
+
+        while_read = per_row([g for g in groups if g[0] < read_ended])
+        after = per_row([g for g in groups if g[0] >= read_ended])
+        slowest = sorted(groups, key=lambda g: -g[1] / g[2])[:5]
+        return (f"prefill groups after a loop's first: begun while the files were read, {while_read}; after, "
+                f"{after}; slowest a row: "
+                + ", ".join(f"{1e3 * s / r:.0f} ms ({r} rows at {at:.1f} s)" for at, s, r in slowest))
 
     def stage_table(self) -> str:
         rows = [[stage, f"{seconds:.1f}", f"{100 * seconds / self.seconds:.0f} %", self.calls[stage]]
@@ -446,7 +468,7 @@ def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, 
     store.close()
     return Run(number, how, seconds, code, chunks, busy.share, dict(stages.seconds), dict(stages.calls),
                calls[first_call:], sum(loads[first_load:]),
-               {event: at - started for event, at in stages.marks.items()})
+               {event: at - started for event, at in stages.marks.items()}, started)
 
 
 def main() -> None:
@@ -464,6 +486,8 @@ def main() -> None:
     parser.add_argument("--load-workers", type=int, help="processes loading pictures ahead (default: the pipeline's)")
     parser.add_argument("--stream-piece", type=int, default=0,
                         help="windows of a video still sampled handed over at once (0: the engine's rows)")
+    parser.add_argument("--first-round-share", type=float,
+                        help="the first round of video slices, as a share of a slice (default: FIRST_ROUND_SHARE)")
     parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
                         "ingest/video_slices.py's; 0: one pass)")
     parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
@@ -531,6 +555,8 @@ def main() -> None:
 
     if args.slice_workers is not None:
         video_slices.SLICE_WORKERS = args.slice_workers
+    if args.first_round_share is not None:
+        video_slices.FIRST_ROUND_SHARE = args.first_round_share
     if args.seek_frames:
         video_sampling.PICTURE_BUDGET = 0
     sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
@@ -581,7 +607,8 @@ def main() -> None:
                f"included, and the first prefill group's time beyond a later group's for as many rows); tail = "
                f"after the last group joined. "
                f"Not timed: {untimed} and building the random models ({prep['models']:.0f} s).")
-    body = f"`python -m bench.ingest_gpu {command_line(args, workers, video_slices.slice_workers())}`: {summary}\n\n"
+    command = command_line(args, workers, video_slices.slice_workers(), video_slices.FIRST_ROUND_SHARE)
+    body = f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
     body += markdown_table(header, run_rows)
     for run in runs:
         engine_s = max(run.stages.get(ENGINE_STAGE, 0), 1e-9)
@@ -592,16 +619,17 @@ def main() -> None:
                  f"{run.load_s:.1f} s of picture loading in all. Engine calls: "
                  + "; ".join(f"{c.stats.requests} requests on {c.rows} rows, "
                              f"{one_time(c.stats)}" for c in run.engine_calls)
-                 + f".\n\n{run.stage_table()}")
+                 + f"; {run.prefill_while_reading()}.\n\n{run.stage_table()}")
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
-def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> str:
+def command_line(args: argparse.Namespace, workers: int, slice_workers: int, first_round_share: float) -> str:
     command = (f"--video-minutes {args.video_minutes:g} --clips DIR --fps {args.fps}" if args.video_minutes
                else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
     if args.video_minutes:
         command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
         command += f" --stream-piece {args.stream_piece}" if args.stream_piece else ""
+        command += f" --first-round-share {first_round_share:g}"
     if args.runs != 1 or args.kept_runs:
         command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
     if args.fresh_compile_cache:

@@ -1034,9 +1034,12 @@ class DecodeStats:
     slab_s: float = 0.0  # seconds making the bulk KV cache (allocated, zeroed); 0 where the call found it made
     recorded: int = 0  # decode steps recorded by this call (none where steps run eagerly: a CPU)
     record_s: float = 0.0  # seconds spent recording them, the compile they trigger included
-    # Seconds of each prefill group, in order, and the rows each loaded (left out of the printed form: long).
+    # Seconds of each prefill group, in order, the rows each loaded, and when each began (seconds after the loop
+    # began: a group prefilled while the host is busy reading can be told apart; left out of the printed form: long).
     group_s: list[float] = field(default_factory=list, repr=False)
     group_rows: list[int] = field(default_factory=list, repr=False)
+    group_at: list[float] = field(default_factory=list, repr=False)
+    began: float = field(default_factory=time.perf_counter, repr=False)  # when the loop began (time.perf_counter)
     tail_s: float = 0.0  # seconds after the last group joined: the rows left draining, none waiting to join
     calls: int = 0  # batches (generate_ids or submit calls) this loop decoded
     joined_live: int = 0  # rows of a batch that joined while rows of an earlier batch still decoded
@@ -1252,7 +1255,6 @@ class _Refill:
         self.waiting: deque[tuple[_Batch, int]] = deque()
         self.prepared: deque[tuple[_Batch, list[int], Future[_Prepared]]] = deque()
         self.tail_from: float | None = None  # when the last group had joined (stats.tail_s)
-        self.began = time.perf_counter()
 
     def _join(self, batch: _Batch) -> None:
         self.batches.append(batch)
@@ -1424,7 +1426,7 @@ class _Refill:
         waited = time.perf_counter() - started
         self.stats.wait_s += waited
         if waited > LONG_WAIT_S:
-            self.stats.long_waits.append((started - self.began, waited))
+            self.stats.long_waits.append((started - self.stats.began, waited))
 
     def _load(self, batch: _Batch, prepared: _Prepared, taken: list[int]) -> None:
         # Timed alone: the group's first tokens come back to the host at its end, and what ran before it (a decode
@@ -1432,6 +1434,7 @@ class _Refill:
         started = time.perf_counter()
         first = self.engine.prefill(prepared, self.slab, taken)
         self.stats.group_s.append(time.perf_counter() - started)
+        self.stats.group_at.append(started - self.stats.began)
         self.stats.group_rows.append(len(taken))
         self.stats.row_steps += len(taken)
         if any(row.batch is not batch for row in self.live()):  # an earlier batch still decodes
