@@ -19,7 +19,9 @@ SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` dr
 sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 `--stream-piece N` hands a video's windows to the engine N at a time while it is still sampled (ingest/pipeline.py
 STREAM_PIECE; 0: the engine's rows). `--first-round-share X` sets how long the first round of slices is, as a
-share of a slice (ingest/video_slices.py FIRST_ROUND_SHARE; 1: every slice a minute, as before).
+share of a slice (ingest/video_slices.py FIRST_ROUND_SHARE; 1: every slice a minute, as before). `--no-gc-freeze`
+leaves the objects alive after the engine's warm-up in Python's garbage collections
+(kb/engines/transformers_qwen.py keep_out_of_collections), as before.
 
 `--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
 WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
@@ -292,6 +294,32 @@ LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
 WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
 
+class GcPauses:
+    """Python's cyclic garbage collections while a run goes on: each stops every thread of the process, the engine
+    loop's too (its kernels are launched from Python), so a long one leaves the GPU idle."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, int, float]] = []  # (time.perf_counter at its start, generation, seconds)
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((self._started, info["generation"], time.perf_counter() - self._started))
+
+    def during(self, begin: float, end: float) -> str:
+        """The collections between two times (time.perf_counter): count and seconds by generation, the longest."""
+        part = [p for p in self.pauses if begin <= p[0] < end]
+        by_generation = ", ".join(
+            f"gen {g}: {sum(1 for p in part if p[1] == g)} ({sum(p[2] for p in part if p[1] == g):.2f} s)"
+            for g in range(3))
+        longest = sorted(part, key=lambda p: -p[2])[:3]
+        return (f"garbage collections {by_generation}; longest "
+                + (", ".join(f"{s:.2f} s (gen {g} at {at - begin:.1f} s)" for at, g, s in longest) or "none"))
+
+
 @dataclasses.dataclass
 class EngineCall:
     """One engine decode loop of a run (a lone call, or the batches ingest handed over while it decoded): its
@@ -375,6 +403,7 @@ class EngineLoads:
         """Free the last run's engine, as the end of its process would: the next engine then sizes its rows from
         the same free memory. Says whether an engine is still held (the next would load beside it)."""
         self.last = None
+        gc.unfreeze()  # the engine's warm-up froze what lived then (keep_out_of_collections); a process end frees it
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -400,6 +429,7 @@ class Run:
     load_s: float  # picture loading, summed over processes
     marks: dict[str, float]  # seconds from the run's start
     started: float  # time.perf_counter at the run's start
+    gc: str  # Python's garbage collections during the run (GcPauses.during)
 
     def at(self, event: str) -> str:
         return f"{self.marks[event]:.1f}" if event in self.marks else "-"
@@ -443,7 +473,7 @@ class Run:
 
 
 def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, calls: list[EngineCall],
-                loads: list[float], busy: GpuBusy) -> Run:
+                loads: list[float], busy: GpuBusy, pauses: GcPauses) -> Run:
     """The real `python -m ingest SCANS` in this process, into the fresh knowledge base `home`."""
     from kb.config import load_settings
     from kb.store import open_store
@@ -468,7 +498,8 @@ def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, 
     store.close()
     return Run(number, how, seconds, code, chunks, busy.share, dict(stages.seconds), dict(stages.calls),
                calls[first_call:], sum(loads[first_load:]),
-               {event: at - started for event, at in stages.marks.items()}, started)
+               {event: at - started for event, at in stages.marks.items()}, started,
+               pauses.during(started, started + seconds))
 
 
 def main() -> None:
@@ -488,6 +519,8 @@ def main() -> None:
                         help="windows of a video still sampled handed over at once (0: the engine's rows)")
     parser.add_argument("--first-round-share", type=float,
                         help="the first round of video slices, as a share of a slice (default: FIRST_ROUND_SHARE)")
+    parser.add_argument("--no-gc-freeze", action="store_true", help="leave what lives after the engine's warm-up "
+                        "in Python's garbage collections (kb/engines/transformers_qwen.py keep_out_of_collections)")
     parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
                         "ingest/video_slices.py's; 0: one pass)")
     parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
@@ -557,11 +590,15 @@ def main() -> None:
         video_slices.SLICE_WORKERS = args.slice_workers
     if args.first_round_share is not None:
         video_slices.FIRST_ROUND_SHARE = args.first_round_share
+    if args.no_gc_freeze:
+        import kb.engines.transformers_qwen as tq
+
+        tq.keep_out_of_collections = lambda: None
     if args.seek_frames:
         video_sampling.PICTURE_BUDGET = 0
     sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
                 f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
-    busy = GpuBusy()
+    busy, pauses = GpuBusy(), GcPauses()
     runs: list[Run] = []
     for number in range(1, args.runs + args.kept_runs + 1):
         engines.keep = number > args.runs
@@ -573,9 +610,9 @@ def main() -> None:
             how = "same process, engine loaded again (compiled code warm)"
             engines.let_go()
         home = args.work / ("kb" if number == 1 else f"kb-run{number}")
-        runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy))
+        runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy, pauses))
         print(f"run {number} ({how}): {runs[-1].seconds:.1f} s, engine {runs[-1].stages.get(ENGINE_STAGE, 0):.1f} "
-              f"s, warm-up {runs[-1].warm_up_s:.1f} s", flush=True)
+              f"s, warm-up {runs[-1].warm_up_s:.1f} s; {runs[-1].gc}", flush=True)
 
     def rate(run: Run) -> str:
         if args.video_minutes:
@@ -619,7 +656,7 @@ def main() -> None:
                  f"{run.load_s:.1f} s of picture loading in all. Engine calls: "
                  + "; ".join(f"{c.stats.requests} requests on {c.rows} rows, "
                              f"{one_time(c.stats)}" for c in run.engine_calls)
-                 + f"; {run.prefill_while_reading()}.\n\n{run.stage_table()}")
+                 + f"; {run.prefill_while_reading()}; {run.gc}.\n\n{run.stage_table()}")
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
@@ -630,6 +667,7 @@ def command_line(args: argparse.Namespace, workers: int, slice_workers: int, fir
         command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
         command += f" --stream-piece {args.stream_piece}" if args.stream_piece else ""
         command += f" --first-round-share {first_round_share:g}"
+    command += " --no-gc-freeze" if args.no_gc_freeze else ""
     if args.runs != 1 or args.kept_runs:
         command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
     if args.fresh_compile_cache:
