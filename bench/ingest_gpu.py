@@ -18,10 +18,7 @@ re-encoding), ingested the same way: decoding, sampling, the engine, embedding a
 SLICE_WORKERS; 0: one pass on the main thread, as before) and `--seek-frames` drops the engine's frames kept while
 sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames are decoded again, as before.
 `--stream-piece N` hands a video's windows to the engine N at a time while it is still sampled (ingest/pipeline.py
-STREAM_PIECE; 0: the engine's rows). `--first-round-share X` sets how long the first round of slices is, as a
-share of a slice (ingest/video_slices.py FIRST_ROUND_SHARE; 1: every slice a minute, as before). `--no-gc-freeze`
-leaves the objects alive after the engine's warm-up in Python's garbage collections
-(kb/engines/transformers_qwen.py keep_out_of_collections), as before.
+STREAM_PIECE; 0: the engine's rows).
 
 `--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
 WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
@@ -403,7 +400,6 @@ class EngineLoads:
         """Free the last run's engine, as the end of its process would: the next engine then sizes its rows from
         the same free memory. Says whether an engine is still held (the next would load beside it)."""
         self.last = None
-        gc.unfreeze()  # the engine's warm-up froze what lived then (keep_out_of_collections); a process end frees it
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -517,10 +513,6 @@ def main() -> None:
     parser.add_argument("--load-workers", type=int, help="processes loading pictures ahead (default: the pipeline's)")
     parser.add_argument("--stream-piece", type=int, default=0,
                         help="windows of a video still sampled handed over at once (0: the engine's rows)")
-    parser.add_argument("--first-round-share", type=float,
-                        help="the first round of video slices, as a share of a slice (default: FIRST_ROUND_SHARE)")
-    parser.add_argument("--no-gc-freeze", action="store_true", help="leave what lives after the engine's warm-up "
-                        "in Python's garbage collections (kb/engines/transformers_qwen.py keep_out_of_collections)")
     parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
                         "ingest/video_slices.py's; 0: one pass)")
     parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
@@ -588,12 +580,6 @@ def main() -> None:
 
     if args.slice_workers is not None:
         video_slices.SLICE_WORKERS = args.slice_workers
-    if args.first_round_share is not None:
-        video_slices.FIRST_ROUND_SHARE = args.first_round_share
-    if args.no_gc_freeze:
-        import kb.engines.transformers_qwen as tq
-
-        tq.keep_out_of_collections = lambda: None
     if args.seek_frames:
         video_sampling.PICTURE_BUDGET = 0
     sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
@@ -644,7 +630,7 @@ def main() -> None:
                f"included, and the first prefill group's time beyond a later group's for as many rows); tail = "
                f"after the last group joined. "
                f"Not timed: {untimed} and building the random models ({prep['models']:.0f} s).")
-    command = command_line(args, workers, video_slices.slice_workers(), video_slices.FIRST_ROUND_SHARE)
+    command = command_line(args, workers, video_slices.slice_workers())
     body = f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
     body += markdown_table(header, run_rows)
     for run in runs:
@@ -660,14 +646,12 @@ def main() -> None:
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
-def command_line(args: argparse.Namespace, workers: int, slice_workers: int, first_round_share: float) -> str:
+def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> str:
     command = (f"--video-minutes {args.video_minutes:g} --clips DIR --fps {args.fps}" if args.video_minutes
                else f"--pdfs DIR --pages {args.pages}") + f" --load-workers {workers}"
     if args.video_minutes:
         command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
         command += f" --stream-piece {args.stream_piece}" if args.stream_piece else ""
-        command += f" --first-round-share {first_round_share:g}"
-    command += " --no-gc-freeze" if args.no_gc_freeze else ""
     if args.runs != 1 or args.kept_runs:
         command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
     if args.fresh_compile_cache:

@@ -38,13 +38,6 @@ from kb.errors import InputError
 log = logging.getLogger(__name__)
 
 SLICE_SECONDS = 60.0  # one process's task: a minute of video (one seek, then decoding forward)
-# The first round of slices (one a process) is this share of SLICE_SECONDS long. Slices are merged in order, so the
-# video's start comes back a round at a time: with 14 processes, minute slices gave the first 14 minutes after one
-# round and the next 14 after two, and the engine's first batch (128 ten-second windows, ~20 minutes) waited for
-# the second round (8 s on an H200 host: docs/benchmarks.md, run Q). Half-length first slices give 7 minutes after
-# half a round and 21 after one and a half, so that batch a quarter sooner. Later slices keep their full length: each
-# one seeks and decodes from the key frame before it.
-FIRST_ROUND_SHARE = 0.5
 # Processes that sample one video's slices. None: the host's cores less two (the main thread and the engine's
 # processor thread, busy with the files before this one, keep theirs; at most 16) on a host of at least 4 cores,
 # none below (a pool costs more than it frees there); 0: always one pass.
@@ -93,7 +86,7 @@ def sample(path: Path, params: SamplingParams, on_keep: OnKeep | None = None) ->
         try:
             info = decoder.info
             picks = candidates(info, params.fps)
-            slices = _slices(picks, [float(info.times[i]) for i in picks], workers)
+            slices = _slices(picks, [float(info.times[i]) for i in picks])
             if len(slices) >= 2:
                 return _sample_in_processes(decoder, params, slices, on_keep, workers)
         except InputError:
@@ -105,15 +98,10 @@ def sample(path: Path, params: SamplingParams, on_keep: OnKeep | None = None) ->
     return sample_frames(path, params, on_keep)
 
 
-def _slices(picks: list[int], times: list[float], workers: int) -> list[list[int]]:
-    """The candidates `picks` (at `times`) cut into the slices the processes take in turn: a first round of
-    `workers` short ones (FIRST_ROUND_SHARE), then SLICE_SECONDS each."""
-    first = SLICE_SECONDS * FIRST_ROUND_SHARE
+def _slices(picks: list[int], times: list[float]) -> list[list[int]]:
     slices: list[list[int]] = []
     for index, at in zip(picks, times):
-        n = len(slices)
-        ends_at = first * min(n, workers) + SLICE_SECONDS * max(0, n - workers)  # where the last slice ends
-        if not slices or at >= ends_at:
+        if not slices or at >= SLICE_SECONDS * len(slices):
             slices.append([])
         slices[-1].append(index)
     return slices

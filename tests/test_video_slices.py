@@ -47,8 +47,7 @@ def lecture(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def in_slices(monkeypatch):
-    """Slices of 5 s after a first round of two of 2.5 s (9 in all, boundaries inside scenes and right after text
-    changes) read by 2 processes."""
+    """Slices of 5 s (8 of them, boundaries inside scenes and right after text changes) read by 2 processes."""
     monkeypatch.setattr(video_slices, "SLICE_SECONDS", 5.0)
     monkeypatch.setattr(video_slices, "SLICE_WORKERS", 2)
 
@@ -70,18 +69,6 @@ def test_slices_keep_the_frames_one_pass_keeps(lecture, in_slices):
         assert any(at <= t < at + 0.5 for t in kept), at
     assert max(np.diff(kept)) <= PARAMS.max_gap + 1e-6
     assert len(kept) < 0.6 * one_pass.decoded  # near-duplicates were dropped in the slices too
-
-
-def test_the_first_round_of_slices_is_short_so_the_video_start_comes_back_sooner():
-    """Slices merge in order: with one slice a process in the first round, half-length first slices give the
-    start of the video back after half a round (the engine's first batch waits for it), and later slices keep the
-    full length (each costs a seek)."""
-    times = [2.0 * n for n in range(200)]  # a candidate every 2 s for 400 s
-    slices = video_slices._slices(list(range(200)), times, workers=3)
-    spans = [(times[s[0]], times[s[-1]]) for s in slices]
-    assert spans == [(0, 28), (30, 58), (60, 88), (90, 148), (150, 208), (210, 268), (270, 328), (330, 388),
-                     (390, 398)]
-    assert [n for s in slices for n in s] == list(range(200))  # every candidate once, in order
 
 
 def test_windows_frames_come_from_the_sampling_not_the_file(lecture, in_slices, make_settings, tmp_path):

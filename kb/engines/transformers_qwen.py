@@ -11,7 +11,6 @@ Answers stream from a one-row cache. Video frames keep their true `<t seconds>` 
 """
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import os
@@ -726,7 +725,6 @@ class TransformersEngine:
             self._slab("bulk", self.slots, max(self.columns_bound(r) for r in bounds))
         self.generate_ids([Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=WARM_UP_TOKENS)
                            for _ in range(WARM_UP_PAGES)])
-        self._keep_out_of_collections()
 
     def _release_bulk_when_idle(self) -> None:
         calls = self._bulk_calls
@@ -880,13 +878,6 @@ class TransformersEngine:
             for _ in self._answer_tokens(Request(task="answer", prompt="Say hello.", max_new_tokens=8),
                                          threading.Event()):
                 pass
-        self._keep_out_of_collections()
-
-    def _keep_out_of_collections(self) -> None:
-        """On a GPU, once warm: what lives now stays out of later garbage collections (`keep_out_of_collections`).
-        On a CPU a collection's pause costs what it costs any other work there: nothing is frozen."""
-        if self._device.startswith("cuda"):
-            keep_out_of_collections()
 
     def _record_answer_steps(self, slab: KvSlab) -> None:
         """Record the answer slab's steps for every width it holds (at least ANSWER_COLUMNS) where it lacks them,
@@ -1004,18 +995,6 @@ def keep_compile_caches() -> None:
     functions again (tens of seconds on an H200: docs/benchmarks.md, run H). Read when torch first compiles."""
     for variable, folder in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
         os.environ.setdefault(variable, str(user_cache_dir() / "compile" / folder))
-
-
-def keep_out_of_collections() -> None:
-    """Leave every object alive now out of Python's later garbage collections (gc.freeze, after one collection, so
-    no garbage is kept): once the engine is warm, these are the libraries' modules, the model and torch.compile's
-    code, about half a million objects from the imports alone. A full collection walks all of them while every
-    thread of the process stands still, the bulk loop's kernel launches too, so the GPU idles for its length.
-    vLLM freezes after recording its CUDA graphs for the same reason. Objects made later are collected as before;
-    frozen ones are freed when nothing refers to them, but not through a reference cycle: an engine is loaded
-    once for the life of a process (the app, a worker, `python -m ingest`)."""
-    gc.collect()
-    gc.freeze()
 
 
 @dataclass
