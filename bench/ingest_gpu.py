@@ -291,6 +291,37 @@ LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
 WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
 
+class SliceTimeline:
+    """When each time slice of a sampled video was merged (ingest/video_slices.py `_merge`, in order) and how far
+    into the video it reached: what the engine's first batch waits for."""
+
+    def __init__(self) -> None:
+        import ingest.video_slices as video_slices
+
+        self.merged: list[tuple[float, float]] = []  # (time.perf_counter, seconds of video merged so far)
+        original = video_slices._merge
+
+        def merge(result, sampler, part, on_keep):
+            original(result, sampler, part, on_keep)
+            reached = max([c.time for c in part.head] + [f.time for f in part.kept], default=0.0)
+            self.merged.append((time.perf_counter(), max(reached, self.merged[-1][1] if self.merged else 0.0)))
+
+        video_slices._merge = merge
+
+    def during(self, begin: float, end: float) -> str:
+        """Seconds into the run at which the video was merged up to each 7 minutes (its last frame kept or weighed
+        within half a minute of it: a still scene keeps a frame every few seconds only), and the slices merged."""
+        part = [(at - begin, reached) for at, reached in self.merged if begin <= at < end]
+        if not part:
+            return "no video sampled in slices"
+        marks = []
+        for minutes in range(7, int(part[-1][1] // 60) + 1, 7):
+            at = next(at for at, reached in part if reached >= 60 * minutes - 30)
+            marks.append(f"{minutes} min at {at:.1f} s")
+        return (f"{len(part)} slices merged; the video's first " + ", ".join(marks)
+                + f"; the last at {part[-1][0]:.1f} s")
+
+
 class GcPauses:
     """Python's cyclic garbage collections while a run goes on: each stops every thread of the process, the engine
     loop's too (its kernels are launched from Python), so a long one leaves the GPU idle."""
@@ -426,6 +457,7 @@ class Run:
     marks: dict[str, float]  # seconds from the run's start
     started: float  # time.perf_counter at the run's start
     gc: str  # Python's garbage collections during the run (GcPauses.during)
+    slices: str  # when the video's slices were merged (SliceTimeline.during)
 
     def at(self, event: str) -> str:
         return f"{self.marks[event]:.1f}" if event in self.marks else "-"
@@ -469,7 +501,7 @@ class Run:
 
 
 def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, calls: list[EngineCall],
-                loads: list[float], busy: GpuBusy, pauses: GcPauses) -> Run:
+                loads: list[float], busy: GpuBusy, pauses: GcPauses, slices: SliceTimeline) -> Run:
     """The real `python -m ingest SCANS` in this process, into the fresh knowledge base `home`."""
     from kb.config import load_settings
     from kb.store import open_store
@@ -495,7 +527,7 @@ def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, 
     return Run(number, how, seconds, code, chunks, busy.share, dict(stages.seconds), dict(stages.calls),
                calls[first_call:], sum(loads[first_load:]),
                {event: at - started for event, at in stages.marks.items()}, started,
-               pauses.during(started, started + seconds))
+               pauses.during(started, started + seconds), slices.during(started, started + seconds))
 
 
 def main() -> None:
@@ -584,7 +616,7 @@ def main() -> None:
         video_sampling.PICTURE_BUDGET = 0
     sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
                 f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
-    busy, pauses = GpuBusy(), GcPauses()
+    busy, pauses, slices = GpuBusy(), GcPauses(), SliceTimeline()
     runs: list[Run] = []
     for number in range(1, args.runs + args.kept_runs + 1):
         engines.keep = number > args.runs
@@ -596,7 +628,7 @@ def main() -> None:
             how = "same process, engine loaded again (compiled code warm)"
             engines.let_go()
         home = args.work / ("kb" if number == 1 else f"kb-run{number}")
-        runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy, pauses))
+        runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy, pauses, slices))
         print(f"run {number} ({how}): {runs[-1].seconds:.1f} s, engine {runs[-1].stages.get(ENGINE_STAGE, 0):.1f} "
               f"s, warm-up {runs[-1].warm_up_s:.1f} s; {runs[-1].gc}", flush=True)
 
@@ -642,7 +674,7 @@ def main() -> None:
                  f"{run.load_s:.1f} s of picture loading in all. Engine calls: "
                  + "; ".join(f"{c.stats.requests} requests on {c.rows} rows, "
                              f"{one_time(c.stats)}" for c in run.engine_calls)
-                 + f"; {run.prefill_while_reading()}; {run.gc}.\n\n{run.stage_table()}")
+                 + f"; {run.prefill_while_reading()}; {run.gc}; {run.slices}.\n\n{run.stage_table()}")
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
