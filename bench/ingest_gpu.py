@@ -20,21 +20,23 @@ sampling (ingest/video_sampling.py PICTURE_BUDGET = 0), so each window's frames 
 `--stream-piece N` hands a video's windows to the engine N at a time while it is still sampled (ingest/pipeline.py
 STREAM_PIECE; 0: the engine's rows).
 
-`--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME:
-WORK/kb, then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from
-its DecodeStats: seconds making the KV cache, recording decode steps and the first prefill group's excess over a
-later group; steps recorded, the drained tail, padding, GPU busy, rows) and each run's per-stage table. The first
-run is a fresh process's. A later run loads everything again as `python -m ingest` does (the engine's weights,
-processor and KV cache, its decode steps recorded anew; the embedder; the store), once the earlier run's engine
-is collected and the GPU's cached memory emptied (a line says whether an engine is still held), and reuses only
-what a process keeps: imported modules, the CUDA context, torch.compile's code for the engine's functions (in
-memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on disk). So run 1 against run 2 is the compile's
-share; what run 2 still spends warming up is the cache and the recording. `--kept-runs K`: then K more runs that
-take the engine of the run before, as a worker does (ingest/__main__.py run_worker: loaded once, its KV cache
-and recorded steps kept): no load, no recording; `--runs 2 --kept-runs 1` gives all three in one call.
-Both compile caches live in WORK/compile-cache, so a later call on the same machine finds what an earlier one
-compiled (as a user's second `python -m ingest` finds the first's in their cache folder);
-`--fresh-compile-cache` empties that folder first, so run 1 compiles everything.
+`--runs N` runs `python -m ingest` N times in this one process, each into a fresh knowledge base (KB_HOME: WORK/kb,
+then WORK/kb-run2, ...): one row per run (end to end, pages/min, engine s, the engine's warm-up s from its
+DecodeStats: seconds making the KV cache, recording decode steps and the first prefill group's excess over a later
+group; steps recorded, the drained tail, padding, GPU busy, rows) and each run's per-stage table, after a line of
+its engine calls: the prefill groups begun while the files were read against those after (ms a row, the slowest with
+when they began), Python's garbage collections during the run, and when a video's time slices were merged (how far
+into the video, at which second of the run). The first run is a fresh process's. A later run loads everything again
+as `python -m ingest` does (the engine's weights, processor and KV cache, its decode steps recorded anew; the
+embedder; the store), once the earlier run's engine is collected and the GPU's cached memory emptied (a line says
+whether an engine is still held), and reuses only what a process keeps: imported modules, the CUDA context,
+torch.compile's code for the engine's functions (in memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on
+disk). So run 1 against run 2 is the compile's share; what run 2 still spends warming up is the cache and the
+recording. `--kept-runs K`: then K more runs that take the engine of the run before, as a worker does
+(ingest/__main__.py run_worker: loaded once, its KV cache and recorded steps kept): no load, no recording; `--runs 2
+--kept-runs 1` gives all three in one call. Both compile caches live in WORK/compile-cache, so a later call on the
+same machine finds what an earlier one compiled (as a user's second `python -m ingest` finds the first's in their
+cache folder); `--fresh-compile-cache` empties that folder first, so run 1 compiles everything.
 
 On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
 `python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then
