@@ -300,13 +300,13 @@ class SliceTimeline:
     def __init__(self) -> None:
         import ingest.video_slices as video_slices
 
-        self.merged: list[tuple[float, float]] = []  # (time.perf_counter, seconds of video merged so far)
+        self.merged: list[tuple[float, float]] = []  # (time.perf_counter, the slice's last frame kept or weighed, s)
         original = video_slices._merge
 
         def merge(result, sampler, part, on_keep):
             original(result, sampler, part, on_keep)
-            reached = max([c.time for c in part.head] + [f.time for f in part.kept], default=0.0)
-            self.merged.append((time.perf_counter(), max(reached, self.merged[-1][1] if self.merged else 0.0)))
+            self.merged.append((time.perf_counter(), max([c.time for c in part.head] + [f.time for f in part.kept],
+                                                         default=0.0)))
 
         video_slices._merge = merge
 
@@ -317,7 +317,7 @@ class SliceTimeline:
         if not part:
             return "no video sampled in slices"
         marks = []
-        for minutes in range(7, int(part[-1][1] // 60) + 1, 7):
+        for minutes in range(7, int(max(reached for _, reached in part) // 60) + 1, 7):
             at = next(at for at, reached in part if reached >= 60 * minutes - 30)
             marks.append(f"{minutes} min at {at:.1f} s")
         return (f"{len(part)} slices merged; the video's first " + ", ".join(marks)
