@@ -100,7 +100,7 @@ def test_pictures_of_one_size_are_attended_as_one_batch_and_read_as_transformers
         assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_several_processor_threads_prepare_at_once_and_change_no_output(make_settings, tiny_model_dir):
+def test_a_loops_first_group_is_prepared_alone_then_several_at_once_changing_no_output(make_settings, tiny_model_dir):
     engine = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
                                               batch_size=2, **BUDGET))
     requests = mixed_requests() + [Request("ocr", "Read.", [noise_image(k, (100 + 20 * k, 80))], max_new_tokens=5)
@@ -108,21 +108,35 @@ def test_several_processor_threads_prepare_at_once_and_change_no_output(make_set
     engine.processor_threads = 1
     one_thread = engine.generate_ids(requests)
 
-    # With 3 threads, the first two preparations must run at the same time: each waits for the other.
+    # With 3 threads, the loop's first group is prepared alone (the GPU waits for it only); the next two then run
+    # at the same time: each waits for the other.
     together = threading.Barrier(2, timeout=20)
     calls: list[str] = []
+    first_done, another_began = threading.Event(), threading.Event()
+    began_beside_first: list[int] = []
     prepare = engine.prepare
 
     def prepare_together(group: list[Request]):
         calls.append(threading.current_thread().name)
-        if len(calls) <= 2:
+        n = len(calls)
+        if n == 1:
+            another_began.wait(timeout=0.5)  # time for a second preparation to begin, were it allowed to
+        elif not first_done.is_set():
+            began_beside_first.append(n)
+            another_began.set()
+        if n in (2, 3):
             together.wait()
-        return prepare(group)
+        try:
+            return prepare(group)
+        finally:
+            if n == 1:
+                first_done.set()
 
     engine.prepare = prepare_together  # type: ignore[method-assign]
     engine.processor_threads = 3
     assert engine.generate_ids(requests) == one_thread
     assert len(set(calls)) > 1
+    assert began_beside_first == []
     assert engine.last_stats is not None and engine.last_stats.requests == len(requests)
 
 

@@ -73,6 +73,10 @@ REFILL_GROUPS = 8
 PREPARED_AHEAD = 1.0
 # Waits for a prepared group longer than this are listed with when they happened (DecodeStats.long_waits).
 LONG_WAIT_S = 0.05
+# A loop's first group is prepared alone: the GPU waits for it and for nothing else, and groups prepared beside it
+# share the host's cores and the GIL with it (the hour of video's loops waited 1.30-1.62 s for a first group
+# prepared beside three others: docs/benchmarks.md, run S). The others start as soon as it is ready, while it runs.
+FIRST_GROUP_ALONE = True
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
 ANSWER_COLUMNS = 8192
@@ -1254,6 +1258,7 @@ class _Refill:
         self.pool = ThreadPoolExecutor(max_workers=engine.processor_threads, thread_name_prefix="kb-processor")
         self.waiting: deque[tuple[_Batch, int]] = deque()
         self.prepared: deque[tuple[_Batch, list[int], Future[_Prepared]]] = deque()
+        self.prepared_first: Future[_Prepared] | None = None  # the loop's first group (FIRST_GROUP_ALONE)
         self.tail_from: float | None = None  # when the last group had joined (stats.tail_s)
 
     def _join(self, batch: _Batch) -> None:
@@ -1269,12 +1274,17 @@ class _Refill:
         (at least one group) for rows that free up while these are prepared."""
         queued = sum(len(indices) for _, indices, _ in self.prepared)
         ahead = max(self.group, int(self.slab.rows * PREPARED_AHEAD))
-        while self.waiting and queued < rows_wanted + ahead:
+        while self.waiting and queued < rows_wanted + ahead and not self._first_group_in_preparation():
             batch, take = self.waiting[0][0], list[int]()
             while self.waiting and self.waiting[0][0] is batch and len(take) < self.group:
                 take.append(self.waiting.popleft()[1])
             self.prepared.append((batch, take, self.pool.submit(self._prepare, batch, take)))
+            self.prepared_first = self.prepared_first or self.prepared[-1][2]
             queued += len(take)
+
+    def _first_group_in_preparation(self) -> bool:
+        """Whether the loop's first group is still being prepared, alone (FIRST_GROUP_ALONE)."""
+        return FIRST_GROUP_ALONE and self.prepared_first is not None and not self.prepared_first.done()
 
     def _prepare(self, batch: _Batch, indices: list[int]) -> _Prepared:
         prepared = self.engine.prepare([batch.requests[i] for i in indices])
