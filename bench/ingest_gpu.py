@@ -289,6 +289,7 @@ def synchronize(holder) -> None:
 ENGINE_STAGE = "engine (processor, vision, decode), waited for by the main thread"
 FIRST_BATCH = "first batch handed to the engine"
 READ_ENDED = "last file read"
+READ_BEGAN = "first file's read began"
 LOAD_ENGINE_STAGE = "load the engine (weights to the GPU, processor)"
 WAIT_STAGE = "wait for page images / window frames (main thread, before each engine call)"
 
@@ -301,7 +302,15 @@ class SliceTimeline:
         import ingest.video_slices as video_slices
 
         self.merged: list[tuple[float, float]] = []  # (time.perf_counter, the slice's last frame kept or weighed, s)
+        self.began: list[float] = []  # when a video's sampling in slices began (its file opened, the pool asked for)
         original = video_slices._merge
+        original_sample = video_slices._sample_in_processes
+
+        def sample(*args, **kwargs):
+            self.began.append(time.perf_counter())
+            return original_sample(*args, **kwargs)
+
+        video_slices._sample_in_processes = sample
 
         def merge(result, sampler, part, on_keep):
             original(result, sampler, part, on_keep)
@@ -320,8 +329,9 @@ class SliceTimeline:
         for minutes in range(7, int(max(reached for _, reached in part) // 60) + 1, 7):
             at = next(at for at, reached in part if reached >= 60 * minutes - 30)
             marks.append(f"{minutes} min at {at:.1f} s")
-        return (f"{len(part)} slices merged; the video's first " + ", ".join(marks)
-                + f"; the last at {part[-1][0]:.1f} s")
+        began = [at - begin for at in self.began if begin <= at < end]
+        return (f"sampling in slices began at {began[0]:.1f} s, {len(part)} slices merged, the first at "
+                f"{part[0][0]:.1f} s; the video's first " + ", ".join(marks) + f"; the last at {part[-1][0]:.1f} s")
 
 
 class GcPauses:
@@ -391,6 +401,7 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
     tq._BulkLoop._loop = loop
     stages.wrap(pipeline, "load_engine", LOAD_ENGINE_STAGE, sync=True)
     stages.wrap(pipeline, "read_file", "read (open, text layer, plan; video: decode and sample)")
+    stages.mark(pipeline, "read_file", READ_BEGAN, first=True)
     stages.mark(pipeline, "read_file", READ_ENDED, first=False)
     stages.mark(tq.TransformersEngine, "submit", FIRST_BATCH, first=True)
     stages.wrap(pipeline._LoadAhead, "take", WAIT_STAGE)
@@ -502,6 +513,32 @@ class Run:
         return markdown_table(["stage", "seconds", "share of the run", "calls"], rows)
 
 
+# Settings a kept run may take (--kept-variants): each knob's module constant.
+KNOBS = {"first-alone": ("kb.engines.transformers_qwen", "FIRST_GROUP_ALONE", lambda v: bool(int(v))),
+         "piece": ("ingest.pipeline", "STREAM_PIECE", int)}
+
+
+def parse_variant(text: str) -> dict[str, str]:
+    """'first-alone=0+piece=32' -> {'first-alone': '0', 'piece': '32'}; ValueError names a bad part."""
+    variant = {}
+    for part in text.split("+"):
+        knob, _, value = part.partition("=")
+        if knob not in KNOBS or not value:
+            raise ValueError(f"--kept-variants: {part!r} is not KNOB=VALUE with a knob of {', '.join(KNOBS)}")
+        KNOBS[knob][2](value)  # a value the knob cannot take fails here, before any run
+        variant[knob] = value
+    return variant
+
+
+def apply_variant(variant: dict[str, str], stream_piece: int) -> None:
+    """Set each knob the variant names; those it does not name go back to their defaults (--stream-piece's)."""
+    import importlib
+
+    defaults = {"first-alone": "1", "piece": str(stream_piece)}
+    for knob, (module, name, convert) in KNOBS.items():
+        setattr(importlib.import_module(module), name, convert(variant.get(knob, defaults[knob])))
+
+
 def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, calls: list[EngineCall],
                 loads: list[float], busy: GpuBusy, pauses: GcPauses, slices: SliceTimeline) -> Run:
     """The real `python -m ingest SCANS` in this process, into the fresh knowledge base `home`."""
@@ -555,12 +592,20 @@ def main() -> None:
                         "a fresh knowledge base (the first is cold, later ones find the compiled code warm)")
     parser.add_argument("--kept-runs", type=int, default=0, help="then this many runs that keep the engine of the "
                         "run before, as a worker does (no reload, no recording)")
+    parser.add_argument("--kept-variants", default="", help="settings the kept runs take in turn, comma-separated, "
+                        "each KNOB=VALUE joined by '+' (knobs: " + ", ".join(KNOBS) + "), e.g. "
+                        "'first-alone=1,first-alone=0': interleaved runs on one machine and one engine compare "
+                        "settings without the run-to-run drift of separate invocations")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
     parser.add_argument("--fresh-compile-cache", action="store_true", help="empty the compile caches "
                         "(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR: WORK/compile-cache) before run 1")
     args = parser.parse_args()
     if args.runs < 1 or args.kept_runs < 0:
         parser.error("--runs takes 1 or more, --kept-runs 0 or more")
+    try:
+        variants = [parse_variant(v) for v in args.kept_variants.split(",")] if args.kept_variants else []
+    except ValueError as err:
+        parser.error(str(err))
     caches = args.work / "compile-cache"  # read when torch first compiles, which is later
     if args.fresh_compile_cache:
         shutil.rmtree(caches, ignore_errors=True)
@@ -629,6 +674,10 @@ def main() -> None:
         else:
             how = "same process, engine loaded again (compiled code warm)"
             engines.let_go()
+        if engines.keep and variants:
+            variant = variants[(number - args.runs - 1) % len(variants)]
+            apply_variant(variant, args.stream_piece)
+            how += ", " + "+".join(f"{k}={v}" for k, v in variant.items())
         home = args.work / ("kb" if number == 1 else f"kb-run{number}")
         runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy, pauses, slices))
         print(f"run {number} ({how}): {runs[-1].seconds:.1f} s, engine {runs[-1].stages.get(ENGINE_STAGE, 0):.1f} "
@@ -676,7 +725,8 @@ def main() -> None:
                  f"{run.load_s:.1f} s of picture loading in all. Engine calls: "
                  + "; ".join(f"{c.stats.requests} requests on {c.rows} rows, "
                              f"{one_time(c.stats)}" for c in run.engine_calls)
-                 + f"; {run.prefill_while_reading()}; {run.gc}; {run.slices}.\n\n{run.stage_table()}")
+                 + f"; {run.prefill_while_reading()}; {run.gc}; the first file's read began at "
+                 f"{run.at(READ_BEGAN)} s; {run.slices}.\n\n{run.stage_table()}")
     publish("Ingest end to end on GPU (scanned PDFs through Chroma)", body, args.out)
 
 
