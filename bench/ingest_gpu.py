@@ -515,7 +515,8 @@ class Run:
 
 # Settings a kept run may take (--kept-variants): each knob's module constant.
 KNOBS = {"first-alone": ("kb.engines.transformers_qwen", "FIRST_GROUP_ALONE", lambda v: bool(int(v))),
-         "piece": ("ingest.pipeline", "STREAM_PIECE", int)}
+         "piece": ("ingest.pipeline", "STREAM_PIECE", int),
+         "slices": ("ingest.video_slices", "SLICE_WORKERS", lambda v: None if v == "default" else int(v))}
 
 
 def parse_variant(text: str) -> dict[str, str]:
@@ -530,11 +531,13 @@ def parse_variant(text: str) -> dict[str, str]:
     return variant
 
 
-def apply_variant(variant: dict[str, str], stream_piece: int) -> None:
-    """Set each knob the variant names; those it does not name go back to their defaults (--stream-piece's)."""
+def apply_variant(variant: dict[str, str], args: argparse.Namespace) -> None:
+    """Set each knob the variant names; those it does not name go back to the run's settings (--stream-piece,
+    --slice-workers) or the code's defaults."""
     import importlib
 
-    defaults = {"first-alone": "1", "piece": str(stream_piece)}
+    defaults = {"first-alone": "1", "piece": str(args.stream_piece),
+                "slices": "default" if args.slice_workers is None else str(args.slice_workers)}
     for knob, (module, name, convert) in KNOBS.items():
         setattr(importlib.import_module(module), name, convert(variant.get(knob, defaults[knob])))
 
@@ -676,7 +679,7 @@ def main() -> None:
             engines.let_go()
         if engines.keep and variants:
             variant = variants[(number - args.runs - 1) % len(variants)]
-            apply_variant(variant, args.stream_piece)
+            apply_variant(variant, args)
             how += ", " + "+".join(f"{k}={v}" for k, v in variant.items())
         home = args.work / ("kb" if number == 1 else f"kb-run{number}")
         runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy, pauses, slices))
