@@ -314,18 +314,23 @@ def _read_workers() -> int:
     return max(1, min(MAX_READ_WORKERS, len(os.sched_getaffinity(0))))
 
 
-class _SharedReaders:
-    """Reader processes kept for every long PDF of one ingest run: started once, not once per file."""
+class SharedReaders:
+    """Reader processes kept for every long PDF and sampled video of an ingest run (or of a worker's jobs): started
+    once, not once per file (starting them takes seconds: docs/benchmarks.md, run T)."""
 
     def __init__(self) -> None:
         self.pool: ProcessPoolExecutor | None = None
+        self.size = 0
 
     def get(self, workers: int) -> ProcessPoolExecutor:
+        if self.pool is not None and self.size < workers:  # e.g. a video's slices after a PDF's fewer readers
+            self.close()
         if self.pool is None:
-            self.pool = process_pool(workers)
+            self.pool, self.size = process_pool(workers), workers
         return self.pool
 
     def close(self) -> None:
+        """End the processes (the next `get` starts new ones)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
@@ -335,23 +340,25 @@ _run = threading.local()  # the shared readers of the ingest run in this thread,
 
 
 @contextmanager
-def reader_processes() -> Iterator[None]:
-    """Long PDFs read inside share one set of reader processes, ended when the block ends (the app's next run
-    starts its own). Outside such a block each long file starts and ends its own."""
-    if getattr(_run, "readers", None) is not None:  # nested: the outer block owns them
-        yield
+def reader_processes() -> Iterator[SharedReaders]:
+    """Long PDFs and videos read inside (in this thread) share one set of reader processes, ended when the block
+    ends. Outside such a block each long file starts and ends its own. A block inside another uses the outer
+    one's: an ingest run inside a worker's block (ingest/worker.py) finds the processes of its jobs before."""
+    outer: SharedReaders | None = getattr(_run, "readers", None)
+    if outer is not None:
+        yield outer
         return
-    _run.readers = _SharedReaders()
+    _run.readers = readers = SharedReaders()
     try:
-        yield
+        yield readers
     finally:
-        _run.readers.close()
+        readers.close()
         _run.readers = None
 
 
 def shared_pool(workers: int) -> ProcessPoolExecutor | None:
     """The ingest run's shared reader processes, when a `reader_processes` block is open in this thread."""
-    shared: _SharedReaders | None = getattr(_run, "readers", None)
+    shared: SharedReaders | None = getattr(_run, "readers", None)
     return shared.get(workers) if shared is not None else None
 
 
@@ -372,7 +379,7 @@ def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[Page
     workers = _read_workers()
     ranges = deque((start, min(start + PAGES_PER_TASK, page_count)) for start in range(0, page_count, PAGES_PER_TASK))
     if page_count >= PARALLEL_MIN_PAGES and workers > 1:
-        readers: _SharedReaders | None = getattr(_run, "readers", None)
+        readers: SharedReaders | None = getattr(_run, "readers", None)
         try:
             if readers is None:
                 with process_pool(workers) as pool:

@@ -569,7 +569,7 @@ class Ingestor:
 
         self._load_early(jobs)
         self._ahead = _LoadAhead(load_workers())
-        with reader_processes():  # started once for all long PDFs of the run, and ended with it
+        with reader_processes():  # started once for the run's long PDFs and videos (a worker's: kept between jobs)
             try:
                 self._process(jobs, report)
             finally:

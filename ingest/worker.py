@@ -31,6 +31,10 @@ from kb.types import FileState, JobState, Outcome, Progress, Request, Stage
 
 log = logging.getLogger(__name__)
 TASK_STATE = {"ocr": FileState.OCR, "caption": FileState.CAPTIONING, "video": FileState.VIDEO}
+# A worker keeps the reader processes of long PDFs and videos from one job to the next (starting them is seconds
+# of every job: docs/benchmarks.md, run T) and lets them go after this long without a job: each holds ~90 MB
+# (proportional share; ~200 MB resident, most of it shared libraries) once it has read a video.
+READERS_KEPT_IDLE_S = 300.0
 
 
 class JobStopped(BaseException):
@@ -178,13 +182,21 @@ class Worker:
         beat.start()
         log.info("worker %s started (jobs in %s%s)", self.name, self.board.path,
                  f", inbox {self.inbox}" if self.inbox else "")
-        while not self.stopping.is_set():
-            try:
-                worked = self.run_one()
-            except Exception:  # the job table was busy or unreadable: try again, never die silently
-                log.exception("worker %s could not take a job", self.name)
-                worked = False
-            if not worked:
+        from ingest.pdf import reader_processes  # late: PyMuPDF is a heavy import
+
+        with reader_processes() as readers:  # kept from job to job while jobs come (READERS_KEPT_IDLE_S)
+            idle_since = time.monotonic()
+            while not self.stopping.is_set():
+                try:
+                    worked = self.run_one()
+                except Exception:  # the job table was busy or unreadable: try again, never die silently
+                    log.exception("worker %s could not take a job", self.name)
+                    worked = False
+                if worked:
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - idle_since > READERS_KEPT_IDLE_S:
+                    readers.close()
                 self.stopping.wait(self.poll)
         log.info("worker %s stopped", self.name)
 

@@ -230,3 +230,41 @@ def test_the_ocr_first_choice_travels_with_the_job_to_the_worker(tmp_path):
     plain, text_only = app.submit([docs / "a.pdf"]), app.submit([docs], ocr_first=True)
     assert worker.job(plain.id).ocr_first is False
     assert worker.job(text_only.id).ocr_first is True
+
+
+def test_a_worker_keeps_its_reader_processes_from_job_to_job_and_lets_them_go_when_idle(tmp_path, open_kb,
+                                                                                        monkeypatch):
+    """Reader processes (long PDFs, videos) take seconds to start: a worker starts them once for the jobs that keep
+    coming, not once per job, and ends them when no job has come for READERS_KEPT_IDLE_S."""
+    from ingest import pdf
+    from ingest import worker as worker_module
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("first", "second"):
+        write_pdf(docs / f"{name}.pdf", [f"The {name} report, page {n}: the heron waits." for n in range(1, 31)])
+    monkeypatch.setattr(pdf, "PAGES_PER_TASK", 4)
+    monkeypatch.setattr(pdf, "_read_workers", lambda: 2)
+    started = []
+    real = pdf.process_pool
+    monkeypatch.setattr(pdf, "process_pool", lambda workers: started.append(real(workers)) or started[-1])
+    store = open_kb()
+    board = JobBoard(store.settings.home, allowed_folders=[docs])
+    jobs = [board.submit([docs / f"{name}.pdf"]) for name in ("first", "second")]
+    worker = Worker(store, lambda: load_engine(store.settings), board, poll=0.05)
+    thread = start_thread(worker)
+    try:
+        deadline = time.monotonic() + 120
+        while any(board.job(j.id).state != JobState.DONE for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [board.job(j.id).state for j in jobs] == [JobState.DONE, JobState.DONE]
+        assert len(started) == 1 and not started[0]._shutdown_thread  # one start for both jobs, still there
+        monkeypatch.setattr(worker_module, "READERS_KEPT_IDLE_S", 0.0)
+        while not started[0]._shutdown_thread and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started[0]._shutdown_thread  # let go while the worker waits for jobs
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert sorted(r.rel for r in store.manifest.all()) == ["first.pdf", "second.pdf"]
+    assert [c.page for c in store.chunks_of(str((docs / "second.pdf").resolve()))[0]] == list(range(1, 31))

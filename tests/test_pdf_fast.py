@@ -248,6 +248,20 @@ def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, m
         assert all(f"{record.rel[0]} page {c.page}." in c.text for c in chunks)
 
 
+def test_shared_readers_start_again_when_a_file_asks_for_more_processes():
+    """A video's slices after a long PDF's ranges get the processes they ask for (the PDF takes fewer), and a file
+    asking for fewer uses the larger set."""
+    with pdf.reader_processes() as readers:
+        pdf_pool = readers.get(1)
+        assert readers.get(1) is pdf_pool
+        video_pool = readers.get(2)
+        assert video_pool is not pdf_pool and pdf_pool._shutdown_thread
+        assert readers.get(1) is video_pool
+        with pdf.reader_processes() as inner:  # a run inside a worker's block: the worker's processes
+            assert inner is readers
+    assert video_pool._shutdown_thread
+
+
 def test_reader_processes_yield_the_cores_to_the_ingest_process():
     """Readers run below the ingest process's priority: its threads (the engine's processor, the store) are not
     starved by the processes reading ahead of them."""
