@@ -33,10 +33,13 @@ whether an engine is still held), and reuses only what a process keeps: imported
 torch.compile's code for the engine's functions (in memory, and in TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR on
 disk). So run 1 against run 2 is the compile's share; what run 2 still spends warming up is the cache and the
 recording. `--kept-runs K`: then K more runs that take the engine of the run before, as a worker does
-(ingest/__main__.py run_worker: loaded once, its KV cache and recorded steps kept): no load, no recording; `--runs 2
---kept-runs 1` gives all three in one call. Both compile caches live in WORK/compile-cache, so a later call on the
-same machine finds what an earlier one compiled (as a user's second `python -m ingest` finds the first's in their
-cache folder); `--fresh-compile-cache` empties that folder first, so run 1 compiles everything.
+(ingest/__main__.py run_worker: loaded once, its KV cache and recorded steps kept), and the reader processes of
+the run before, as a worker keeps them between jobs (ingest/worker.py): no load, no recording; `--runs 2
+--kept-runs 1` gives all three in one call. `--kept-variants` gives the kept runs settings in turn (e.g.
+`readers=0`: a kept run that starts its own reader processes, as every run did before 2026-12-03). Both compile
+caches live in WORK/compile-cache, so a later call on the same machine finds what an earlier one compiled (as a
+user's second `python -m ingest` finds the first's in their cache folder); `--fresh-compile-cache` empties that
+folder first, so run 1 compiles everything.
 
 On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
 `python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then
@@ -519,13 +522,21 @@ KNOBS = {"first-alone": ("kb.engines.transformers_qwen", "FIRST_GROUP_ALONE", la
          "slices": ("ingest.video_slices", "SLICE_WORKERS", lambda v: None if v == "default" else int(v))}
 
 
+# 1: the kept run finds the reader processes of the run before, as a worker's job does; 0: it starts its own.
+READERS_KNOB = "readers"
+
+
 def parse_variant(text: str) -> dict[str, str]:
     """'first-alone=0+piece=32' -> {'first-alone': '0', 'piece': '32'}; ValueError names a bad part."""
     variant = {}
     for part in text.split("+"):
         knob, _, value = part.partition("=")
+        if knob == READERS_KNOB and value in ("0", "1"):
+            variant[knob] = value
+            continue
         if knob not in KNOBS or not value:
-            raise ValueError(f"--kept-variants: {part!r} is not KNOB=VALUE with a knob of {', '.join(KNOBS)}")
+            raise ValueError(f"--kept-variants: {part!r} is not KNOB=VALUE with a knob of "
+                             f"{', '.join([*KNOBS, READERS_KNOB])}")
         KNOBS[knob][2](value)  # a value the knob cannot take fails here, before any run
         variant[knob] = value
     return variant
@@ -596,7 +607,7 @@ def main() -> None:
     parser.add_argument("--kept-runs", type=int, default=0, help="then this many runs that keep the engine of the "
                         "run before, as a worker does (no reload, no recording)")
     parser.add_argument("--kept-variants", default="", help="settings the kept runs take in turn, comma-separated, "
-                        "each KNOB=VALUE joined by '+' (knobs: " + ", ".join(KNOBS) + "), e.g. "
+                        "each KNOB=VALUE joined by '+' (knobs: " + ", ".join([*KNOBS, READERS_KNOB]) + "), e.g. "
                         "'first-alone=1,first-alone=0': interleaved runs on one machine and one engine compare "
                         "settings without the run-to-run drift of separate invocations")
     parser.add_argument("--out", type=Path, help="write the markdown section here, not docs/benchmarks.md")
@@ -667,7 +678,10 @@ def main() -> None:
     sampling = (f"{video_slices.slice_workers()} processes sampling in time slices, "
                 f"{'frames decoded again' if args.seek_frames else 'frames kept while sampling'}; ")
     busy, pauses, slices = GpuBusy(), GcPauses(), SliceTimeline()
+    from ingest.pdf import reader_processes
+
     runs: list[Run] = []
+    worker_readers = contextlib.ExitStack()
     for number in range(1, args.runs + args.kept_runs + 1):
         engines.keep = number > args.runs
         if number == 1:
@@ -677,14 +691,22 @@ def main() -> None:
         else:
             how = "same process, engine loaded again (compiled code warm)"
             engines.let_go()
-        if engines.keep and variants:
-            variant = variants[(number - args.runs - 1) % len(variants)]
+        if number == args.runs and args.kept_runs:  # a worker keeps its reader processes from job to job
+            readers = worker_readers.enter_context(reader_processes())
+        if engines.keep:
+            variant = variants[(number - args.runs - 1) % len(variants)] if variants else {}
             apply_variant(variant, args)
-            how += ", " + "+".join(f"{k}={v}" for k, v in variant.items())
+            if variant.get(READERS_KNOB) == "0":
+                readers.close()  # this run starts its own (kept for the next)
+            else:
+                how = how.replace("engine kept", "engine and reader processes kept")
+            if variant:
+                how += ", " + "+".join(f"{k}={v}" for k, v in variant.items())
         home = args.work / ("kb" if number == 1 else f"kb-run{number}")
         runs.append(ingest_once(number, how, scans, home, stages, calls, loads, busy, pauses, slices))
         print(f"run {number} ({how}): {runs[-1].seconds:.1f} s, engine {runs[-1].stages.get(ENGINE_STAGE, 0):.1f} "
               f"s, warm-up {runs[-1].warm_up_s:.1f} s; {runs[-1].gc}", flush=True)
+    worker_readers.close()
 
     def rate(run: Run) -> str:
         if args.video_minutes:
