@@ -323,7 +323,9 @@ class SharedReaders:
         self.size = 0
 
     def get(self, workers: int) -> ProcessPoolExecutor:
-        if self.pool is not None and self.size < workers:  # e.g. a video's slices after a PDF's fewer readers
+        # Started again when a file wants more (a video's slices after a PDF's fewer readers), or when a process
+        # died (a library crashed on an earlier file): a worker's later jobs must not all fall back to one process.
+        if self.pool is not None and (self.size < workers or getattr(self.pool, "_broken", False)):
             self.close()
         if self.pool is None:
             self.pool, self.size = process_pool(workers), workers

@@ -262,6 +262,22 @@ def test_shared_readers_start_again_when_a_file_asks_for_more_processes():
     assert video_pool._shutdown_thread
 
 
+def test_shared_readers_start_again_after_a_reader_process_died():
+    """A reader killed mid-way (a library crash on an odd file, the OOM killer) breaks its pool; the next long file
+    of the run, or the worker's next job, gets new processes instead of falling back to one."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pdf.reader_processes() as readers:
+        broken = readers.get(1)
+        pid = broken.submit(os.getpid).result()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            broken.submit(time.sleep, 5).result(timeout=30)
+        fresh = readers.get(1)
+        assert fresh is not broken
+        assert fresh.submit(os.getpid).result(timeout=30) != pid
+
+
 def test_reader_processes_yield_the_cores_to_the_ingest_process():
     """Readers run below the ingest process's priority: its threads (the engine's processor, the store) are not
     starved by the processes reading ahead of them."""
