@@ -202,6 +202,23 @@ def test_the_warm_up_makes_the_bulk_cache_the_real_call_uses(make_settings, tiny
         assert not warmed.fits(engine.columns_bound(page))
 
 
+def test_a_kept_engines_warm_up_runs_no_loop_once_its_cache_and_functions_are_warm(make_settings, tiny_model_dir):
+    """A worker keeps its engine between jobs: the next job's warm-up finds the cache it needs, its steps recorded
+    and its prefill compiled, and runs nothing (a warm-up loop's short tail would record steps of fewer rows)."""
+    engine = TransformersEngine(make_settings(**_settings(tiny_model_dir)))
+    loops: list[int] = []
+    generate_ids = engine.generate_ids
+    engine.generate_ids = lambda requests: loops.append(len(requests)) or generate_ids(requests)  # type: ignore
+    engine._warm_bulk(video=True, pages=True)
+    assert len(loops) == 1  # a fresh engine: the warm-up compiles the prefill
+    warmed = engine._slabs["bulk"]
+    engine._warm_bulk(video=True, pages=True)
+    assert len(loops) == 1 and engine._slabs["bulk"] is warmed  # the next job's: nothing left to do
+    warmed.lacks_any = lambda up_to, rows=0: True  # type: ignore[method-assign]  # a GPU cache not yet recorded
+    engine._warm_bulk(video=True, pages=True)
+    assert len(loops) == 2
+
+
 def test_compile_caches_default_to_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
