@@ -763,6 +763,8 @@ def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> 
         command += f" --stream-piece {args.stream_piece}" if args.stream_piece else ""
     if args.runs != 1 or args.kept_runs:
         command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
+    if args.kept_variants:
+        command += f" --kept-variants '{args.kept_variants}'"
     if args.fresh_compile_cache:
         command += " --fresh-compile-cache"
     return command
