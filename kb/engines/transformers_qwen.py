@@ -75,7 +75,8 @@ PREPARED_AHEAD = 1.0
 LONG_WAIT_S = 0.05
 # A loop's first group is prepared alone: the GPU waits for it and for nothing else, and groups prepared beside it
 # share the host's cores and the GIL with it (the hour of video's loops waited 1.30-1.62 s for a first group
-# prepared beside three others: docs/benchmarks.md, run S). The others start as soon as it is ready, while it runs.
+# prepared beside three others: docs/benchmarks.md, run S; alone 0.72-0.83 s, and its prefill ~0.5 s shorter, run T).
+# The others start as soon as it is ready, while it runs (its rows decode meanwhile: 7-12 % padding on the hour).
 FIRST_GROUP_ALONE = True
 TEMPLATE_TOKENS = 64  # chat template around a request's own text (role markers, vision markers)
 # Cache columns of the answer slab made at start: a long question with its retrieved passages and the answer.
