@@ -108,6 +108,20 @@ def open_kb(make_settings, embedder):
         store.close()
 
 
+@pytest.fixture
+def reader_pools(monkeypatch) -> list:
+    """Every set of reader processes started (ingest/pdf.py process_pool), in order; long PDFs read by 2 processes
+    in ranges of 4 pages, so a 30-page file is read by processes."""
+    from ingest import pdf
+
+    monkeypatch.setattr(pdf, "PAGES_PER_TASK", 4)
+    monkeypatch.setattr(pdf, "_read_workers", lambda: 2)
+    started: list = []
+    real = pdf.process_pool
+    monkeypatch.setattr(pdf, "process_pool", lambda workers: started.append(real(workers)) or started[-1])
+    return started
+
+
 def write_pdf(path: Path, pages: list[str]) -> Path:
     """A born-digital PDF with one text block per page."""
     import pymupdf

@@ -233,21 +233,16 @@ def test_the_ocr_first_choice_travels_with_the_job_to_the_worker(tmp_path):
 
 
 def test_a_worker_keeps_its_reader_processes_from_job_to_job_and_lets_them_go_when_idle(tmp_path, open_kb,
-                                                                                        monkeypatch):
+                                                                                        reader_pools, monkeypatch):
     """Reader processes (long PDFs, videos) take seconds to start: a worker starts them once for the jobs that keep
     coming, not once per job, and ends them when no job has come for READERS_KEPT_IDLE_S."""
-    from ingest import pdf
     from ingest import worker as worker_module
 
     docs = tmp_path / "docs"
     docs.mkdir()
     for name in ("first", "second"):
         write_pdf(docs / f"{name}.pdf", [f"The {name} report, page {n}: the heron waits." for n in range(1, 31)])
-    monkeypatch.setattr(pdf, "PAGES_PER_TASK", 4)
-    monkeypatch.setattr(pdf, "_read_workers", lambda: 2)
-    started = []
-    real = pdf.process_pool
-    monkeypatch.setattr(pdf, "process_pool", lambda workers: started.append(real(workers)) or started[-1])
+    started = reader_pools
     store = open_kb()
     board = JobBoard(store.settings.home, allowed_folders=[docs])
     jobs = [board.submit([docs / f"{name}.pdf"]) for name in ("first", "second")]

@@ -224,7 +224,7 @@ def test_a_long_file_read_in_processes_gives_the_pages_in_order(tmp_path, monkey
     assert all(f"Page marker {u.page}." in u.text for u in units)
 
 
-def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, monkeypatch):
+def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, reader_pools):
     """Reader processes start once per ingest run, not once per long file, and are gone after it."""
     from ingest.pipeline import Ingestor
 
@@ -232,11 +232,7 @@ def test_long_files_of_one_run_share_their_reader_processes(open_kb, tmp_path, m
     library.mkdir()
     for name in ("a", "b"):
         write_pdf(library / f"{name}.pdf", [f"{name} page {n}. " + PROSE for n in range(1, 31)])
-    monkeypatch.setattr(pdf, "PAGES_PER_TASK", 4)
-    monkeypatch.setattr(pdf, "_read_workers", lambda: 2)
-    started = []
-    real = pdf.process_pool
-    monkeypatch.setattr(pdf, "process_pool", lambda workers: started.append(real(workers)) or started[-1])
+    started = reader_pools
     store = open_kb()
     report = Ingestor(store.settings, store).run([library])
     assert [(r.rel, r.status) for r in report.results] == [("a.pdf", "added"), ("b.pdf", "added")]
