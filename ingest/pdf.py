@@ -15,7 +15,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -381,18 +381,13 @@ def iter_pages(path: Path, page_count: int, min_side_pt: float) -> Iterator[Page
     workers = _read_workers()
     ranges = deque((start, min(start + PAGES_PER_TASK, page_count)) for start in range(0, page_count, PAGES_PER_TASK))
     if page_count >= PARALLEL_MIN_PAGES and workers > 1:
-        readers: SharedReaders | None = getattr(_run, "readers", None)
         try:
-            if readers is None:
-                with process_pool(workers) as pool:
-                    yield from _read_in_processes(pool, str(path), ranges, workers, min_side_pt)
-            else:
-                yield from _read_in_processes(readers.get(workers), str(path), ranges, workers, min_side_pt)
+            with ExitStack() as stack:  # the run's shared readers (the next file gets new ones if these broke)
+                pool = shared_pool(workers) or stack.enter_context(process_pool(workers))
+                yield from _read_in_processes(pool, str(path), ranges, workers, min_side_pt)
         except BrokenProcessPool as err:
             # e.g. a script without `if __name__ == "__main__":` calls this: its processes cannot start
             log.warning("reading %s in one process: reader processes failed (%s)", path, err)
-            if readers is not None:
-                readers.pool = None  # the next long file tries fresh ones
     for start, stop in ranges:  # the ranges no process has read
         yield from read_pages(str(path), start, stop, min_side_pt)
 
