@@ -55,6 +55,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import runpy
@@ -519,7 +520,7 @@ class Run:
 # Settings a kept run may take (--kept-variants): each knob's module constant.
 KNOBS = {"first-alone": ("kb.engines.transformers_qwen", "FIRST_GROUP_ALONE", lambda v: bool(int(v))),
          "piece": ("ingest.pipeline", "STREAM_PIECE", int),
-         "slices": ("ingest.video_slices", "SLICE_WORKERS", lambda v: None if v == "default" else int(v))}
+         "slices": ("ingest.video_slices", "SLICE_WORKERS", int)}
 
 
 # 1: the kept run finds the reader processes of the run before, as a worker's job does; 0: it starts its own.
@@ -542,15 +543,16 @@ def parse_variant(text: str) -> dict[str, str]:
     return variant
 
 
-def apply_variant(variant: dict[str, str], args: argparse.Namespace) -> None:
-    """Set each knob the variant names; those it does not name go back to the run's settings (--stream-piece,
-    --slice-workers) or the code's defaults."""
-    import importlib
+def knob_values() -> dict[str, object]:
+    """Each knob's value now: taken once the flags are applied, it is what a variant's unnamed knobs go back to."""
+    return {knob: getattr(importlib.import_module(module), name) for knob, (module, name, _) in KNOBS.items()}
 
-    defaults = {"first-alone": "1", "piece": str(args.stream_piece),
-                "slices": "default" if args.slice_workers is None else str(args.slice_workers)}
+
+def apply_variant(variant: dict[str, str], defaults: dict[str, object]) -> None:
+    """Set each knob the variant names; those it does not name go back to `defaults` (knob_values)."""
     for knob, (module, name, convert) in KNOBS.items():
-        setattr(importlib.import_module(module), name, convert(variant.get(knob, defaults[knob])))
+        value = convert(variant[knob]) if knob in variant else defaults[knob]
+        setattr(importlib.import_module(module), name, value)
 
 
 def ingest_once(number: int, how: str, scans: Path, home: Path, stages: Stages, calls: list[EngineCall],
@@ -682,6 +684,7 @@ def main() -> None:
 
     runs: list[Run] = []
     worker_readers = contextlib.ExitStack()
+    defaults = knob_values()
     for number in range(1, args.runs + args.kept_runs + 1):
         engines.keep = number > args.runs
         if number == 1:
@@ -695,7 +698,7 @@ def main() -> None:
             readers = worker_readers.enter_context(reader_processes())
         if engines.keep:
             variant = variants[(number - args.runs - 1) % len(variants)] if variants else {}
-            apply_variant(variant, args)
+            apply_variant(variant, defaults)
             if variant.get(READERS_KNOB) == "0":
                 readers.close()  # this run starts its own (kept for the next)
             else:
