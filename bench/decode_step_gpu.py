@@ -124,13 +124,7 @@ def kernel_rows() -> tuple[list[list], str]:
     for convert in ("bf16", "fp16-asm"):  # the values stored column-major: no bytes transposed in shared memory
         run(f"fp8 {convert}", 256, 64, 4, by_column=True)
         run(f"fp8 {convert}", 256, 64, 4, "full", by_column=True)
-    # No conversion: fp8 products over values by column (decode_attention._span_attention_fp8), block and warps.
-    for block, warps in ((64, 4), (128, 4), (128, 8), (64, 8)):
-        run("fp8 fp8-mma", 256, block, warps, by_column=True)
-    run("fp8 fp8-mma", 256, 64, 4, "full", by_column=True)
-    run("fp8 fp8-mma", 512, 128, 4, by_column=True)
-    converts = {convert: run(f"fp8 {convert}", 256, 64, 4) for convert in spans.FP8_CONVERTS
-                if convert != "fp8-mma"}  # which needs values by column
+    converts = {convert: run(f"fp8 {convert}", 256, 64, 4) for convert in spans.FP8_CONVERTS}
     best = min(converts, key=lambda c: converts[c])
     for split, block, warps in ((256, 128, 4), (256, 128, 8), (512, 64, 4)):
         run(f"fp8 {best}", split, block, warps)
@@ -197,17 +191,16 @@ def step_rows(engine: tq.TransformersEngine, convert: str, index_writes: bool = 
     `convert` says), each with the layer's new key/value written by one launch and (`index_writes`) by index writes
     (the two ways are fixed when a step is recorded, so each gets its own slab)."""
     seen = live_lengths(ROWS)
-    caches = [("bf16", True, False, convert), ("fp8", True, False, convert), ("fp8", True, True, convert),
-              ("fp8", True, True, "fp8-mma")]
-    caches += [("bf16", False, False, convert), ("fp8", False, False, convert)] if index_writes else []
-    labels = [f"{cache}{f' ({way})' if cache == 'fp8' else ''}{', values by column' if by_column else ''}, "
-              f"{'one write' if one else 'index writes'}" for cache, one, by_column, way in caches]
+    caches = [("bf16", True, False), ("fp8", True, False), ("fp8", True, True)]
+    caches += [("bf16", False, False), ("fp8", False, False)] if index_writes else []
+    labels = [f"{cache}{f' ({convert})' if cache == 'fp8' else ''}{', values by column' if by_column else ''}, "
+              f"{'one write' if one else 'index writes'}" for cache, one, by_column in caches]
     times: dict[str, list[float]] = {}
     notes = []
     defaults = spans.FP8_CONVERT, kv_slab.ONE_WRITE, kv_slab.FP8_VALUES_BY_COLUMN
     with torch.inference_mode():
-        for label, (cache, one, by_column, way) in zip(labels, caches):
-            spans.FP8_CONVERT, kv_slab.ONE_WRITE, kv_slab.FP8_VALUES_BY_COLUMN = way, one, by_column
+        for label, (cache, one, by_column) in zip(labels, caches):
+            spans.FP8_CONVERT, kv_slab.ONE_WRITE, kv_slab.FP8_VALUES_BY_COLUMN = convert, one, by_column
             with_cache(engine, cache)
             started = time.perf_counter()
             bulk = engine._slab("bulk", ROWS, COLUMNS)
@@ -233,8 +226,9 @@ def step_rows(engine: tq.TransformersEngine, convert: str, index_writes: bool = 
     mean = float(seen.float().mean())
     names = [f"{ROWS} rows, real lengths (mean {mean:.0f} columns)" if rows == ROWS else
              f"{rows} row{'s' if rows > 1 else ''} of the {ROWS}-row bulk slab" for rows in STEP_ROWS]
-    table = [[name, *(times[label][n] for label in labels),
-              times[labels[0]][n] / min(times[label][n] for label in labels[1:4])] for n, name in enumerate(names)]
+    table = [[name, *(times[label][n] for label in labels), times[labels[0]][n] / min(times[labels[1]][n],
+                                                                                       times[labels[2]][n])]
+             for n, name in enumerate(names)]
     return table, notes, labels
 
 
@@ -288,12 +282,9 @@ def accuracy_rows(engine: tq.TransformersEngine, count: int = 8, tokens: int = 1
     requests = pages([tokens] * count)
     engine.settings = engine.settings.replace(batch_size=count)
     ids = {}
-    best = spans.FP8_CONVERT
-    for cache, way in (("fp8", best), ("fp8-mma", "fp8-mma"), ("bf16", best)):
-        spans.FP8_CONVERT = way
-        with_cache(engine, cache.split("-")[0])
+    for cache in ("fp8", "bf16"):
+        with_cache(engine, cache)
         ids[cache] = engine.generate_ids(requests)
-    spans.FP8_CONVERT = best
     # (1) The bf16 slab after its decode, one more step run eagerly: each layer's query and cache as the kernel
     # gets them.
     slab = engine._slabs["bulk"]
@@ -320,31 +311,23 @@ def accuracy_rows(engine: tq.TransformersEngine, count: int = 8, tokens: int = 1
                                      spans.visible_columns(seen, width), scale)
         outs = {"bf16": kernel(query, keys, values, seen, scale),
                 "fp8": kernel(query, k8, v8, seen, scale, key_scales=ks, value_scales=vs)}
-        spans.FP8_CONVERT = "fp8-mma"
-        v8_by_column = v8.transpose(2, 3).contiguous().transpose(2, 3)
-        outs["fp8-mma"] = kernel(query, k8, v8_by_column, seen, scale, key_scales=ks, value_scales=vs)
-        spans.FP8_CONVERT = best
         errors = {}
         for cache, out in outs.items():
             per_row = (out.double() - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
             errors[cache] = (float(per_row.max()), float(per_row.mean()))
         key_range = float(keys[:, :, :width].float().abs().amax())
-        rows.append([layer, f"{int(seen.min())}-{int(seen.max())}", key_range, *errors["bf16"], *errors["fp8"],
-                     *errors["fp8-mma"]])
+        rows.append([layer, f"{int(seen.min())}-{int(seen.max())}", key_range, *errors["bf16"], *errors["fp8"]])
     engine._slabs.clear()
     # (2) Greedy agreement, position by position, and how far each page runs before its first different token.
-    lines = []
-    for fp8 in ("fp8", "fp8-mma"):
-        same = total = 0
-        firsts = []
-        for a, b in zip(ids["bf16"], ids[fp8]):
-            same += sum(x == y for x, y in zip(a, b))
-            total += max(len(a), len(b))
-            firsts.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
-        lines.append(f"greedy ids of {count} pages x {tokens} tokens, {fp8} slab ({fp8 if fp8 != 'fp8' else best}) "
-                     f"against bf16 slab: {same}/{total} tokens equal ({same / total:.1%}); tokens before each "
-                     f"page's first difference: {firsts}")
-    return rows, "; ".join(lines)
+    same = total = 0
+    firsts = []
+    for a, b in zip(ids["bf16"], ids["fp8"]):
+        same += sum(x == y for x, y in zip(a, b))
+        total += max(len(a), len(b))
+        firsts.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
+    agreement = (f"greedy ids of {count} pages x {tokens} tokens, fp8 slab against bf16 slab: {same}/{total} "
+                 f"tokens equal ({same / total:.1%}); tokens before each page's first difference: {firsts}")
+    return rows, agreement
 
 
 def load_engine(args: argparse.Namespace, tmp: Path = Path("/tmp/seekframe-random-4b")) -> tq.TransformersEngine:
@@ -393,7 +376,6 @@ def main() -> None:
         checks = [] if args.steps_only else [batch_invariance(engine, cache, best)[0] for cache in ("bf16", "fp8")]
         kv_slab.FP8_VALUES_BY_COLUMN = True
         checks.append("values by column: " + batch_invariance(engine, "fp8", best)[0])
-        checks.append("fp8-mma (values by column): " + batch_invariance(engine, "fp8", "fp8-mma")[0])
         kv_slab.FP8_VALUES_BY_COLUMN = False
         spans.FP8_CONVERT = best
         if not (args.no_accuracy or args.steps_only):
@@ -416,7 +398,7 @@ def main() -> None:
 
 
 ACCURACY_HEADER = ["layer", "row lengths", "largest key", "bf16 kernel: max rel. error", "mean",
-                   "fp8 kernel: max rel. error", "mean", "fp8-mma kernel: max rel. error", "mean"]
+                   "fp8 kernel: max rel. error", "mean"]
 
 
 if __name__ == "__main__":

@@ -49,12 +49,8 @@ STOP_AT_END = True
 # four bytes at a time in PTX (GPU only; the interpreter runs "fp16-bits", which gives the same bits). Measured on
 # the H200 (docs/benchmarks.md, "fp8 KV cache: the conversion is not the limit"): 0.234 / 0.234 / 0.283 / 0.223 ms
 # a layer at 128 rows, the bf16 cache's kernel 0.227: the conversion is not what holds the fp8 kernel back (its
-# values, transposed for the second product, are read from shared memory a byte at a time). "fp8-mma" converts nothing:
-# the query (scaled per query head to e4m3's range) and the keys meet in an fp8 matrix product, as do the
-# probabilities (times the block's value scales over their largest, so in [0, 1]) and the values, which must be
-# stored by column (the product's second operand is read along the columns), as FlashAttention-3's fp8 path does.
-# Rounding the query and the probabilities to e4m3 adds error that the other ways do not have.
-FP8_CONVERTS = ("bf16", "fp16", "fp16-bits", "fp16-asm", "fp8-mma")
+# values, transposed for the second product, are read from shared memory a byte at a time).
+FP8_CONVERTS = ("bf16", "fp16", "fp16-bits", "fp16-asm")
 FP8_CONVERT = "fp16-asm"
 
 
@@ -92,18 +88,13 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     top = torch.empty(rows * kv_heads, splits, group, dtype=torch.float32, device=query.device)
     total = torch.empty_like(top)
     out = torch.empty_like(query, memory_format=torch.contiguous_format)
-    span, merge, span_fp8 = _kernels(interpret)
+    span, merge = _kernels(interpret)
     ieee = query.dtype == torch.float32  # the interpreter's tests run in float32: no tf32 rounding there
     convert = FP8_CONVERTS.index(FP8_CONVERT) if quantized else 0
     if interpret and FP8_CONVERTS[convert] == "fp16-asm":
         convert = FP8_CONVERTS.index("fp16-bits")  # no PTX in the interpreter: the same bits from Triton's own ops
-    mma = quantized and FP8_CONVERTS[convert] == "fp8-mma"
-    if mma and not by_column(values):
-        raise ValueError("the fp8-mma conversion needs the values stored by column (kv_slab.FP8_VALUES_BY_COLUMN)")
-    if FP8_CONVERTS.index("fp16-bits") <= convert <= FP8_CONVERTS.index("fp16-asm"):  # bytes, taken apart
+    if convert >= FP8_CONVERTS.index("fp16-bits"):  # bytes, taken apart by integer operations
         keys, values = keys.view(torch.uint8), values.view(torch.uint8)
-    if mma:
-        span = span_fp8
     span[(rows * kv_heads, splits)](
         query, keys, values, k_scales, v_scales, seen, partial, top, total,
         query.stride(0), query.stride(1), query.stride(2),
@@ -111,9 +102,9 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         values.stride(0), values.stride(1), values.stride(2), values.stride(3),
         *k_scale_strides, *v_scale_strides,
         scale, kv_heads, splits, columns,
-        GROUP=group, GROUP_PAD=GROUP_PAD, DIM=head_dim, SPLIT=SPLIT, BLOCK=BLOCK, STOP_AT_END=STOP_AT_END,
-        **({} if mma else {"IEEE": ieee, "QUANT": quantized, "CONVERT": convert, "BY_COLUMN": by_column(values)}),
-        num_warps=WARPS, **({"num_stages": STAGES} if STAGES else {}))
+        GROUP=group, GROUP_PAD=GROUP_PAD, DIM=head_dim, SPLIT=SPLIT, BLOCK=BLOCK, IEEE=ieee, QUANT=quantized,
+        CONVERT=convert, STOP_AT_END=STOP_AT_END, BY_COLUMN=by_column(values), num_warps=WARPS,
+        **({"num_stages": STAGES} if STAGES else {}))
     merge[(rows * kv_heads,)](
         partial, top, total, seen, out, kv_heads, splits,
         GROUP=group, DIM=head_dim, SPLIT=SPLIT, SPLITS_PAD=triton.next_power_of_2(splits))
@@ -169,15 +160,13 @@ def masked_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
 
 
 @cache
-def _kernels(interpret: bool) -> tuple[Any, Any, Any]:
-    """The span kernels (any cache; an fp8 cache's "fp8-mma") and the merge, compiled for the GPU, or run by
-    Triton's interpreter (chosen when they are made)."""
+def _kernels(interpret: bool) -> tuple[Any, Any]:
+    """The two kernels, compiled for the GPU, or run by Triton's interpreter (chosen when they are made)."""
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction
 
-        return (InterpretedFunction(_span_attention), InterpretedFunction(_merge_spans),
-                InterpretedFunction(_span_attention_fp8))
-    return triton.jit(_span_attention), triton.jit(_merge_spans), triton.jit(_span_attention_fp8)
+        return InterpretedFunction(_span_attention), InterpretedFunction(_merge_spans)
+    return triton.jit(_span_attention), triton.jit(_merge_spans)
 
 
 @cache
@@ -306,79 +295,6 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
         tl.store(total_ptr + at, total, mask=g < GROUP)
 
 
-def _span_attention_fp8(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: ignore[no-untyped-def]
-                        partial_ptr, top_ptr, total_ptr,
-                        q_row, q_head, q_group, k_row, k_head, k_col, v_row, v_head, v_col, v_dim,
-                        ks_row, ks_head, vs_row, vs_head,
-                        scale, kv_heads, splits, columns,
-                        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, SPLIT: tl.constexpr,
-                        BLOCK: tl.constexpr, STOP_AT_END: tl.constexpr):
-    """`_span_attention` over an fp8 cache whose values are stored by column ("fp8-mma"): the cache meets the
-    query and the probabilities in fp8 matrix products, unconverted. The products are taken transposed (keys x
-    query, values x probabilities), so the block's columns and the head size fill the matrix unit's rows and the
-    query heads pad only to GROUP_PAD columns (the other way round Hopper's fp8 products pad them to 64 rows: 16
-    times the softmax). Query and probabilities are each kept as two e4m3 parts (`_fp8_pair`)."""
-    row_head = tl.program_id(0)
-    span = tl.program_id(1)
-    row = row_head // kv_heads
-    head = row_head % kv_heads
-    seen = tl.load(seen_ptr + row).to(tl.int32)
-    start = span * SPLIT
-    if start < seen:
-        g = tl.arange(0, GROUP_PAD)
-        d = tl.arange(0, DIM)
-        query = tl.load(q_ptr + row * q_row + head * q_head + d[:, None] + g[None, :] * q_group,
-                        mask=g[None, :] < GROUP, other=0.0).to(tl.float32)  # (DIM, GROUP_PAD): transposed
-        q_high, q_scale, q_rest, q_rest_scale = _fp8_pair(query)  # type: ignore[no-untyped-call]
-        k_base = k_ptr + row.to(tl.int64) * k_row + head.to(tl.int64) * k_head
-        v_base = v_ptr + row.to(tl.int64) * v_row + head.to(tl.int64) * v_head
-        ks_base = ks_ptr + row.to(tl.int64) * ks_row + head.to(tl.int64) * ks_head
-        vs_base = vs_ptr + row.to(tl.int64) * vs_row + head.to(tl.int64) * vs_head
-        top = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        total = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([DIM, GROUP_PAD], tl.float32)  # transposed, as the products give it
-        end = tl.minimum(start + SPLIT, seen)
-        wide_end = tl.minimum(tl.cdiv(end, 16) * 16, columns)
-        blocks = SPLIT // BLOCK
-        if STOP_AT_END:
-            blocks = tl.cdiv(end - start, BLOCK)
-        for block in range(0, blocks):
-            c = start + block * BLOCK + tl.arange(0, BLOCK)
-            inside = c < end
-            k = tl.load(k_base + c[:, None] * k_col + d[None, :], mask=inside[:, None], other=0.0)
-            s = tl.dot(k, q_high) * q_scale[None, :] + tl.dot(k, q_rest) * q_rest_scale[None, :]  # (BLOCK, heads)
-            key_scale = tl.load(ks_base + c, mask=inside, other=0.0).to(tl.float32)
-            s = tl.where(inside[:, None], s * (key_scale * scale)[:, None], float("-inf"))
-            new_top = tl.maximum(top, tl.max(s, 0))
-            p = tl.exp(s - new_top[None, :])
-            keep = tl.exp(top - new_top)
-            total = total * keep + tl.sum(p, 0)
-            # Columns past the row's end (up to the next 16) hold finite values and meet p = 0.
-            v = tl.load(v_base + d[:, None] * v_dim + c[None, :] * v_col, mask=(c < wide_end)[None, :], other=0.0)
-            value_scale = tl.load(vs_base + c, mask=inside, other=0.0).to(tl.float32)
-            largest = tl.maximum(tl.max(value_scale, 0), 1e-30)
-            p_high, p_scale, p_rest, p_rest_scale = _fp8_pair(  # type: ignore[no-untyped-call]
-                p * (value_scale / largest)[:, None])
-            product = tl.dot(v, p_high) * p_scale[None, :] + tl.dot(v, p_rest) * p_rest_scale[None, :]
-            acc = acc * keep[None, :] + product * largest
-            top = new_top
-        at = (row_head * splits + span) * GROUP + g
-        tl.store(partial_ptr + at[None, :] * DIM + d[:, None], acc, mask=g[None, :] < GROUP)
-        tl.store(top_ptr + at, top, mask=g < GROUP)
-        tl.store(total_ptr + at, total, mask=g < GROUP)
-
-
-def _fp8_pair(x):  # type: ignore[no-untyped-def]
-    """x (n, columns) float32 as two e4m3 matrices and a scale per column each: x ~ high * s + rest * r, `rest`
-    holding the rounding error of `high` (about 2**-8 of a column's largest left, against 2**-4 for `high` alone:
-    e4m3's 3 mantissa bits alone put 3-15 % into the attention's output, tests/test_kv_fp8.py)."""
-    scale = tl.maximum(tl.max(tl.abs(x), 0), 1e-30) / 448.0
-    high = (x / scale[None, :]).to(tl.float8e4nv)
-    left = x - high.to(tl.float32) * scale[None, :]
-    rest_scale = tl.maximum(tl.max(tl.abs(left), 0), 1e-30) / 448.0
-    return high, scale, (left / rest_scale[None, :]).to(tl.float8e4nv), rest_scale
-
-
 def _fp8_as_fp16(x, CONVERT: tl.constexpr):  # type: ignore[no-untyped-def]
     """A block of the fp8 cache as an fp16 matrix operand (CONVERT as in _span_attention): 1 by conversion; 2 and 3
     (x as bytes) hold the value times 2**-8: e4m3's sign in fp16's, its 4 exponent and 3 mantissa bits below
@@ -404,9 +320,8 @@ def _fp8_as_fp16(x, CONVERT: tl.constexpr):  # type: ignore[no-untyped-def]
         }""", "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
 
 
-if triton is not None:  # called from the span kernel, which finds them by these names (compiled or interpreted)
+if triton is not None:  # called from the span kernel, which finds it by this name (compiled or interpreted)
     _fp8_as_fp16 = triton.jit(_fp8_as_fp16)
-    _fp8_pair = triton.jit(_fp8_pair)
 
 
 def _merge_spans(partial_ptr, top_ptr, total_ptr, seen_ptr, out_ptr,  # type: ignore[no-untyped-def]

@@ -125,8 +125,7 @@ class KvSlab:
         # Zeros, not empty: masked columns still meet the values (0 x NaN would poison a row).
         stored = FP8 if self.fp8 else dtype
         self.keys = [torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
-        by_column = FP8_VALUES_BY_COLUMN or spans.FP8_CONVERT == "fp8-mma"  # which reads them no other way
-        self.values = [_zeros_by_column(shape, stored, device) if self.fp8 and by_column else
+        self.values = [_zeros_by_column(shape, stored, device) if self.fp8 and FP8_VALUES_BY_COLUMN else
                        torch.zeros(shape, dtype=stored, device=device) for _ in self.lm.layers]
         # fp8: each column's scale per row and key/value head (empty lists for a bf16 slab).
         scales = shape[:3] if self.fp8 else None
