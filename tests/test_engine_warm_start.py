@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 import ingest.pipeline as pipeline
 from ingest.pipeline import Ingestor
 from kb.embed import user_cache_dir
-from kb.engines.transformers_qwen import TransformersEngine, keep_compile_caches
+from kb.engines.transformers_qwen import TransformersEngine, keep_compile_caches, tail_rows
 from kb.errors import EngineError
 from kb.types import Request, VideoClip
 from tests.conftest import write_pdf
@@ -204,7 +204,8 @@ def test_the_warm_up_makes_the_bulk_cache_the_real_call_uses(make_settings, tiny
 
 def test_a_kept_engines_warm_up_runs_no_loop_once_its_cache_and_functions_are_warm(make_settings, tiny_model_dir):
     """A worker keeps its engine between jobs: the next job's warm-up finds the cache it needs, its steps recorded
-    and its prefill compiled, and runs nothing (a warm-up loop's short tail would record steps of fewer rows)."""
+    and its prefill compiled, and runs no loop (a warm-up loop's short tail would record steps of fewer rows); it
+    records the steps of a loop's tail instead, so the job's own tail does not stop to record one."""
     engine = TransformersEngine(make_settings(**_settings(tiny_model_dir)))
     loops: list[int] = []
     generate_ids = engine.generate_ids
@@ -223,6 +224,10 @@ def test_a_kept_engines_warm_up_runs_no_loop_once_its_cache_and_functions_are_wa
     warmed = engine._slabs["bulk"]
     warm_when_idle()
     assert len(loops) == 1 and engine._slabs["bulk"] is warmed  # the next job's: nothing left to do
+    recorded: list[int] = []
+    warmed.record_all = lambda up_to, rows=0: recorded.append(rows) or 0  # type: ignore[method-assign]
+    warm_when_idle()
+    assert len(loops) == 1 and recorded == tail_rows(warmed.rows)  # every row count a tail steps, no loop
     warmed.lacks_any = lambda up_to, rows=0: True  # type: ignore[method-assign]  # a GPU cache not yet recorded
     warm_when_idle()
     assert len(loops) == 2

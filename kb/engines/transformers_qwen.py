@@ -728,10 +728,14 @@ class TransformersEngine:
             if self._bulk.running:  # a loop holds rows in the slab (paused for an answer): warm already
                 return
             slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in bounds))
-            # A kept engine (a worker's later job) whose prefill ran and whose steps of all rows are recorded has no
-            # one-time work left. A warm-up loop would still run, and its 2-row tail records a step no real loop
-            # had needed: 4.7 s of the next job after an hour of video, whose rows all ended together (run T).
+            # A kept engine (a worker's later job) whose prefill ran and whose steps of all rows are recorded runs
+            # no warm-up loop: its short tail recorded a 2-row step for 4.7 s (run T). What is left is the steps of
+            # a real loop's tail (fewer rows), recorded here while the files are read and the GPU has nothing else
+            # to do: left to the first loop that needs one, a step took 8.1 s there, in the tail of the hour of
+            # video (run U).
             if self._compiled_layers is not None and not slab.lacks_any(slab.length, slab.rows):
+                for rows in tail_rows(slab.rows):
+                    slab.record_all(slab.length, rows)
                 return
         self.generate_ids([Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=WARM_UP_TOKENS)
                            for _ in range(WARM_UP_PAGES)])
@@ -1088,6 +1092,14 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     batch: _Batch | None = None  # the bulk batch it belongs to (None: an answer's row)
+
+
+def tail_rows(rows: int) -> list[int]:
+    """The row counts a loop's tail steps, fewer as rows finish: the slab's rows halved while even, `rows` first."""
+    counts = [rows]
+    while counts[-1] % 2 == 0:
+        counts.append(counts[-1] // 2)
+    return counts
 
 
 def accept(row: _Row, new: list[int], eos: list[int], min_new: int) -> None:
@@ -1481,10 +1493,8 @@ class _Refill:
                 self._accept(slot, new)
 
     def _compact(self, live: int) -> int:
-        """Move the live rows into the first `rows` slots, `rows` the slab's rows halved while they hold them all."""
-        rows = self.slab.rows
-        while rows % 2 == 0 and rows // 2 >= live:
-            rows //= 2
+        """Move the live rows into the first `rows` slots, `rows` the fewest of `tail_rows` that hold them all."""
+        rows = min((r for r in tail_rows(self.slab.rows) if r >= live), default=self.slab.rows)
         free = [n for n in range(rows) if self.slots[n] is None or self.slots[n].done]  # type: ignore[union-attr]
         for source in range(rows, self.slab.rows):
             row = self.slots[source]
