@@ -729,10 +729,9 @@ class TransformersEngine:
                 return
             slab = self._slab("bulk", self.slots, max(self.columns_bound(r) for r in bounds))
             # A kept engine (a worker's later job) whose prefill ran and whose steps of all rows are recorded runs
-            # no warm-up loop: its short tail recorded a 2-row step for 4.7 s (run T). What is left is the steps of
-            # a real loop's tail (fewer rows), recorded here while the files are read and the GPU has nothing else
-            # to do: left to the first loop that needs one, a step took 8.1 s there, in the tail of the hour of
-            # video (run U).
+            # no warm-up loop (its short tail recorded a step for 4.7 s: run T). What is left is the steps of a real
+            # loop's tail (fewer rows), recorded here while the files are read and the GPU has nothing else to do,
+            # not in the tail, where every stop holds up the last rows (8.1 s in run U).
             if self._compiled_layers is not None and not slab.lacks_any(slab.length, slab.rows):
                 for rows in tail_rows(slab.rows):
                     slab.record_all(slab.length, rows)
@@ -1095,9 +1094,13 @@ class _Row:
 
 
 def tail_rows(rows: int) -> list[int]:
-    """The row counts a loop's tail steps, fewer as rows finish: the slab's rows halved while even, `rows` first."""
+    """The row counts a loop's tail steps, fewer as rows finish: the slab's rows halved while even, `rows` first,
+    down to 2. Not 1: torch.compile specialises a size of 1 (a new graph; 2, 64 or 128 rows share one), so a 1-row
+    step compiles the layer halves again, to save nothing: a step at 1 or 2 rows costs the weights' reading. A
+    worker's first loops spent 4.7 s (run T) and 8.1 s (run U) recording one step, and in run W the warm-up's
+    recordings held back the first group; the 1-row step's compile is the likely cause (not GPU-measured)."""
     counts = [rows]
-    while counts[-1] % 2 == 0:
+    while counts[-1] % 2 == 0 and counts[-1] > 2:
         counts.append(counts[-1] // 2)
     return counts
 
