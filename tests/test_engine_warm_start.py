@@ -223,7 +223,7 @@ def test_a_kept_engines_warm_up_runs_no_loop_once_its_cache_and_functions_are_wa
     assert len(loops) == 1  # a fresh engine: the warm-up compiles the prefill
     warmed = engine._slabs["bulk"]
     warm_when_idle()
-    assert len(loops) == 1 and engine._slabs["bulk"] is warmed  # the next job's: nothing left to do
+    assert len(loops) == 1 and engine._slabs["bulk"] is warmed  # the next job's: no loop
     recorded: list[int] = []
     warmed.record_all = lambda up_to, rows=0: recorded.append(rows) or 0  # type: ignore[method-assign]
     warm_when_idle()
