@@ -41,6 +41,9 @@ caches live in WORK/compile-cache, so a later call on the same machine finds wha
 user's second `python -m ingest` finds the first's in their cache folder); `--fresh-compile-cache` empties that
 folder first, so run 1 compiles everything.
 
+On the lent GPU host, whose image lacks chromadb, PyMuPDF, tantivy, PyAV and decord: bench/gpu_host.sh downloads
+their wheels here, installs them there in two calls, and makes the hour of video and the random models once.
+
 On a CPU (a smoke test, no GPU figures; nothing is recorded or compiled there): the tiny Qwen3-VL written by
 `python tests/tiny_qwen3vl.py DIR` (a folder of its own: the bench rewrites its generation config), then
 `--device cpu --model-dir DIR --embed-model bundled:all-MiniLM-L6-v2 --length-scale 0.01 --pages 6 --out FILE`.
