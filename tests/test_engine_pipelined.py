@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kb.engines import transformers_qwen
-from kb.engines.kv_slab import KvSlab
+from kb.engines.kv_slab import KvSlab, layer_in, layer_out
 from kb.engines.transformers_qwen import DECODE_CHUNK, DecodeStats, TransformersEngine, _Refill
 from kb.errors import EngineError
 from kb.types import Request
@@ -293,17 +293,29 @@ def test_a_cache_too_large_to_make_lets_go_of_what_it_had_made(two_rows, monkeyp
     assert len(two_rows.generate_ids([page(1, 3)])[0]) == 3
 
 
-def test_the_tail_steps_only_its_live_rows_but_never_a_single_row(make_settings, tiny_model_dir, monkeypatch):
-    """As rows finish, the loop steps fewer of them (halving the slab's rows), but not one alone: torch.compile
-    compiles a step of one row anew (a size of 1 is specialised), seconds on a GPU to save nothing. Each page still
-    gets the ids it gets alone."""
+def test_the_tail_steps_only_its_live_rows_and_a_compiled_step_never_a_single_row(make_settings, tiny_model_dir,
+                                                                                    monkeypatch):
+    """As rows finish, the loop steps fewer of them (halving the slab's rows). Where the step is compiled (a GPU),
+    not one alone: torch.compile compiles a step of one row anew (a size of 1 is specialised), seconds on a GPU to
+    save nothing. Each page still gets the ids it gets alone."""
     engine = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
                                               batch_size=4, **BUDGET))
+    requests = [page(n, tokens) for n, tokens in enumerate((3, 20, 37, 70))]
+    alone = [engine.generate_ids([request])[0] for request in requests]
+    assert len(alone[3]) > len(alone[2]) + 16  # the last page decodes chunks on its own
     stepped: list[int] = []
     step = KvSlab.step
     monkeypatch.setattr(KvSlab, "step", lambda self, width, rows=0: stepped.append(rows) or step(self, width, rows))
-    requests = [page(n, tokens) for n, tokens in enumerate((3, 20, 37, 70))]
-    together = engine.generate_ids(requests)
-    assert len(together[3]) > len(together[2]) + 16  # the last page decodes chunks on its own
-    assert stepped[0] == 4 and 2 in stepped and 1 not in stepped  # those chunks step 2 rows
-    assert together == [engine.generate_ids([request])[0] for request in requests]
+    assert engine.generate_ids(requests) == alone
+    assert stepped[0] == 4 and stepped[-1] == 1  # an eager step (the CPU): down to the one row left
+    made = KvSlab.__init__
+
+    def compiled(self: KvSlab, *args: object, **kwargs: object) -> None:
+        made(self, *args, **kwargs)
+        self._compiled = (layer_in, layer_out)  # as on a GPU; the CPU's step still runs eagerly
+
+    monkeypatch.setattr(KvSlab, "__init__", compiled)
+    engine._slabs.clear()
+    stepped.clear()
+    assert engine.generate_ids(requests) == alone
+    assert stepped[0] == 4 and 2 in stepped and 1 not in stepped  # a compiled step: 2 rows at the fewest

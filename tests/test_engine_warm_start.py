@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 import ingest.pipeline as pipeline
 from ingest.pipeline import Ingestor
 from kb.embed import user_cache_dir
-from kb.engines.transformers_qwen import TransformersEngine, keep_compile_caches, tail_rows
+from kb.engines.transformers_qwen import TransformersEngine, keep_compile_caches
 from kb.errors import EngineError
 from kb.types import Request, VideoClip
 from tests.conftest import write_pdf
@@ -227,7 +227,7 @@ def test_a_kept_engines_warm_up_runs_no_loop_once_its_cache_and_functions_are_wa
     recorded: list[int] = []
     warmed.record_all = lambda up_to, rows=0: recorded.append(rows) or 0  # type: ignore[method-assign]
     warm_when_idle()
-    assert len(loops) == 1 and recorded == tail_rows(warmed.rows)  # every row count a tail steps, no loop
+    assert len(loops) == 1 and recorded == warmed.tail_rows()  # every row count a tail steps, no loop
     warmed.lacks_any = lambda up_to, rows=0: True  # type: ignore[method-assign]  # a GPU cache not yet recorded
     warm_when_idle()
     assert len(loops) == 2

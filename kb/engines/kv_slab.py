@@ -252,6 +252,19 @@ class KvSlab:
         self._graphs[(rows, width)], self._logits[(rows, width)] = graph, self.logits
         return graph
 
+    def tail_rows(self) -> list[int]:
+        """The row counts a loop's tail steps, fewer as rows finish: the slab's rows halved while even, all of them
+        first, down to 1, or to 2 where the step is compiled: torch.compile gives a size of 1 its own graph (2, 64
+        and 128 rows share one), so a 1-row step compiles the layer halves again, to save nothing on a GPU, where a
+        step at 1 or 2 rows costs the weights' reading. A worker's first loops spent 4.7 s (run T) and 8.1 s (run U)
+        recording one step, and in run W the warm-up's recordings held back the first group; the 1-row step's
+        compile is the likely cause (not GPU-measured)."""
+        fewest = 2 if self._compiled is not None else 1
+        counts = [self.rows]
+        while counts[-1] % 2 == 0 and counts[-1] > fewest:
+            counts.append(counts[-1] // 2)
+        return counts
+
     def lacks(self, width: int, rows: int = 0) -> bool:
         """Whether the step of this shape is recorded when it first runs (a GPU slab that has not recorded it)."""
         return self.graphs_on and (rows or self.rows, self.read_width(width)) not in self._graphs

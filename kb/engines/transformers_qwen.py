@@ -733,7 +733,7 @@ class TransformersEngine:
             # loop's tail (fewer rows), recorded here while the files are read and the GPU has nothing else to do,
             # not in the tail, where every stop holds up the last rows (8.1 s in run U).
             if self._compiled_layers is not None and not slab.lacks_any(slab.length, slab.rows):
-                for rows in tail_rows(slab.rows):
+                for rows in slab.tail_rows():
                     slab.record_all(slab.length, rows)
                 return
         self.generate_ids([Request(task="ocr", prompt=prompts.OCR_PAGE, images=[page], max_new_tokens=WARM_UP_TOKENS)
@@ -1091,18 +1091,6 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     batch: _Batch | None = None  # the bulk batch it belongs to (None: an answer's row)
-
-
-def tail_rows(rows: int) -> list[int]:
-    """The row counts a loop's tail steps, fewer as rows finish: the slab's rows halved while even, `rows` first,
-    down to 2. Not 1: torch.compile specialises a size of 1 (a new graph; 2, 64 or 128 rows share one), so a 1-row
-    step compiles the layer halves again, to save nothing: a step at 1 or 2 rows costs the weights' reading. A
-    worker's first loops spent 4.7 s (run T) and 8.1 s (run U) recording one step, and in run W the warm-up's
-    recordings held back the first group; the 1-row step's compile is the likely cause (not GPU-measured)."""
-    counts = [rows]
-    while counts[-1] % 2 == 0 and counts[-1] > 2:
-        counts.append(counts[-1] // 2)
-    return counts
 
 
 def accept(row: _Row, new: list[int], eos: list[int], min_new: int) -> None:
@@ -1496,8 +1484,9 @@ class _Refill:
                 self._accept(slot, new)
 
     def _compact(self, live: int) -> int:
-        """Move the live rows into the first `rows` slots, `rows` the fewest of `tail_rows` that hold them all."""
-        rows = min((r for r in tail_rows(self.slab.rows) if r >= live), default=self.slab.rows)
+        """Move the live rows into the first `rows` slots, `rows` the fewest of the slab's `tail_rows` that hold
+        them all."""
+        rows = min((r for r in self.slab.tail_rows() if r >= live), default=self.slab.rows)
         free = [n for n in range(rows) if self.slots[n] is None or self.slots[n].done]  # type: ignore[union-attr]
         for source in range(rows, self.slab.rows):
             row = self.slots[source]
