@@ -41,12 +41,13 @@ wheels)
     du -sh "$E2E"/one "$E2E"/two "$E2E"/clips
     ;;
 install)
-    python3 -m pip install -q --no-deps --no-index "$E2E/$2"/*.whl
+    part=${2:?install one or two}
+    python3 -m pip install -q --no-deps --no-index "$E2E/$part"/*.whl
     python3 -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; print('imported', *sys.argv[1:])" \
-        $([ "$2" = one ] && echo chromadb fitz || echo av decord tantivy)
+        $([ "$part" = one ] && echo chromadb fitz || echo av decord tantivy)
     ;;
 prepare)
-    python3 - "$2" <<'PY'
+    python3 - "${2:?prepare WORK: the folder bench.ingest_gpu gets as --work}" <<'PY'
 import sys, time
 from pathlib import Path
 from bench.engine_gpu import build_random_4b

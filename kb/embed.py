@@ -194,11 +194,10 @@ def _fuse(model_dir: Path, source: Path, target: Path) -> None:
 def _quantize(source: Path, target: Path) -> None:
     """Dynamic int8, per channel, with 7-bit weights, on every matrix product except the feed-forward output layers
     (fed by a GELU), which see the widest activations (largest GELU output 23, 20 and 17 in MiniLM's first three
-    layers, 13, 6 and 5 in the last three). 7-bit weights (`reduce_range`): on an x86 CPU without VNNI (an AMD EPYC
-    with AVX2 here) ONNX Runtime's 8-bit products saturate; with 8 bits and the last three feed-forward outputs
-    quantized too (recipe 2, measured on a CPU with VNNI) a one-word text came to 0.986 in cosine to torch there,
-    with this recipe 0.992 (tests/test_embed.py), in 0.51 s for 35 texts there against 0.70 s unquantized
-    (docs/benchmarks.md)."""
+    layers, 13, 6 and 5 in the last three). 7-bit weights (`reduce_range`) because on an x86 CPU without VNNI (the
+    AMD EPYC of 2026-12-03) ONNX Runtime's 8-bit products saturate: recipe 2 (8 bits, the last three feed-forward
+    outputs quantized too, chosen on a CPU with VNNI) gave a one-word text 0.986 in cosine to torch there, this
+    recipe 0.992 (tests/test_embed.py), 35 texts in 0.51 s against 0.70 s unquantized (docs/benchmarks.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
