@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from kb.errors import ConfigError
 
 ENGINES = ("auto", "transformers", "openai", "ocr")
-QUANTS = ("none", "nf4")
+QUANTS = ("none", "nf4", "fp8")  # the language model's weights (kb/engines/fp8_weights.py for fp8)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 KV_CACHES = ("auto", "bf16", "fp8")  # the bulk decode's KV cache (kb/engines/kv_slab.py); bf16 = the model's dtype
 # Settings that no longer do anything: a config file that still names one loads (the value is ignored).

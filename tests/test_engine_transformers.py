@@ -246,16 +246,22 @@ def test_bulk_cache_is_kept_between_calls_and_remade_for_longer_requests(make_se
     assert two._slabs["bulk"].length >= slab.length + 10
 
 
-def test_slab_decoding_matches_the_models_own_forward(make_settings, tiny_model_dir):
+@pytest.mark.parametrize("quant", ["none", "fp8"])
+def test_slab_decoding_matches_the_models_own_forward(make_settings, tiny_model_dir, quant):
     # The decode step over the KV slab reimplements a decoder layer for one token per row: its logits must be the
-    # model's own (transformers' forward with its cache), for rows of different prompt lengths decoded together.
+    # model's own (transformers' forward with its cache), for rows of different prompt lengths decoded together;
+    # with fp8 weights, the model's own forward runs its Fp8Linear modules one projection at a time.
+    from kb.engines.fp8_weights import Fp8Linear, quantize_weight
     from kb.engines.kv_slab import width_for
 
     fresh = TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
-                                             batch_size=2, **BUDGET))
+                                             batch_size=2, quant=quant, **BUDGET))
     torch.manual_seed(0)
     for weight in fresh._net.parameters():  # larger random weights: logits that depend on every input
         weight.data.normal_(0, 0.3)
+    for module in fresh._net.modules():
+        if isinstance(module, Fp8Linear):
+            module.weight, module.scale = quantize_weight(torch.randn(module.out_features, module.in_features) * 0.3)
     requests = three_requests()[:2]
     feed = torch.randint(0, 200, (2, 4))
     with torch.inference_mode():

@@ -39,6 +39,7 @@ import torch
 
 from kb.config import KV_CACHES
 from kb.engines import decode_attention as spans
+from kb.engines.fp8_weights import Fp8Linear, project
 from kb.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,14 @@ ONE_WRITE = True
 FP8_VALUES_BY_COLUMN = False
 
 
+# A projection's weight as `layer_in`/`layer_out` take it: a matrix in the model's dtype, or an fp8 matrix and its
+# per-output-channel scales (fp8_weights.py).
+Weight = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+PLAIN_LINEARS = (torch.nn.Linear, Fp8Linear)
+# One layer's weights in `layer_in`/`layer_out` order: norms are tensors, projections `Weight`s.
+LayerWeights = tuple[Any, ...]
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -91,7 +100,7 @@ def dequantize(stored: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 
 
 def layer_in_fp8(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int,
-                 kv_heads: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                 kv_heads: int, *weights: Any) -> tuple[torch.Tensor, ...]:
     """`layer_in` with its key and value quantized for an fp8 slab: query, key fp8, key scales, value fp8, value
     scales. One function, so that the compiled step fuses the quantizing into layer_in's own kernels."""
     query, key, value = layer_in(hidden, cos, sin, eps, head_dim, kv_heads, *weights)
@@ -406,75 +415,92 @@ def turn(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
 
 def layer_in(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, head_dim: int, kv_heads: int,
-             norm: torch.Tensor, qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor
+             norm: torch.Tensor, qkv: Weight, q_norm: torch.Tensor, k_norm: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A decoder layer up to attention, for one token per row: the turned query and key, and the value.
     The query, key and value projections are one matrix product (`fuse_projections`). A plain function of
     tensors, so one compiled copy serves every layer."""
     rows = hidden.shape[0]
     x = rms(hidden, norm, eps)
-    mixed = torch.nn.functional.linear(x, qkv).view(rows, -1, head_dim)  # (rows, heads + 2 kv_heads, head_dim)
+    mixed = project(x, qkv).view(rows, -1, head_dim)  # (rows, heads + 2 kv_heads, head_dim)
     heads = mixed.shape[1] - 2 * kv_heads
     query = rms(mixed[:, :heads], q_norm, eps)
     key = rms(mixed[:, heads:heads + kv_heads], k_norm, eps)
     return turn(query, key, cos, sin) + (mixed[:, heads + kv_heads:],)
 
 
-def layer_out(hidden: torch.Tensor, attended: torch.Tensor, eps: float, o_proj: torch.Tensor, norm: torch.Tensor,
-              gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+def layer_out(hidden: torch.Tensor, attended: torch.Tensor, eps: float, o_proj: Weight, norm: torch.Tensor,
+              gate_up: Weight, down: Weight) -> torch.Tensor:
     """A decoder layer after attention: output projection, residual, the SiLU-gated MLP (gate and up one matrix
     product), residual."""
-    linear = torch.nn.functional.linear
-    hidden = hidden + linear(attended, o_proj)
-    gate, up = linear(rms(hidden, norm, eps), gate_up).chunk(2, dim=-1)
-    return hidden + linear(torch.nn.functional.silu(gate) * up, down)
+    hidden = hidden + project(attended, o_proj)
+    gate, up = project(rms(hidden, norm, eps), gate_up).chunk(2, dim=-1)
+    return hidden + project(torch.nn.functional.silu(gate) * up, down)
 
 
-def plain_weights(lm: Any) -> list[tuple[torch.Tensor, ...]] | None:
-    """Each layer's weights in `layer_in`/`layer_out` order, or None when a layer is not plain (a quantized or
-    biased projection, another activation): then the slab steps through the model's own modules."""
-    weights: list[tuple[torch.Tensor, ...]] = []
+
+def plain_weights(lm: Any) -> list[LayerWeights] | None:
+    """Each layer's weights in `layer_in`/`layer_out` order, or None when a layer is not plain (a projection
+    quantized other than by fp8_weights.py, or biased; another activation): then the slab steps through the model's
+    own modules."""
+    weights: list[LayerWeights] = []
     for layer in lm.layers:
         attn, mlp = layer.self_attn, layer.mlp
         linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-        if any(type(m) is not torch.nn.Linear or m.bias is not None for m in linears) or \
-                type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+        if any(type(m) not in PLAIN_LINEARS or getattr(m, "bias", None) is not None for m in linears) or \
+                len({type(m) for m in linears}) > 1 or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return None
         qkv = fuse_projections([attn.q_proj, attn.k_proj, attn.v_proj])
         gate_up = fuse_projections([mlp.gate_proj, mlp.up_proj])
         weights.append((layer.input_layernorm.weight, qkv, attn.q_norm.weight, attn.k_norm.weight,
-                        attn.o_proj.weight, layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
+                        _weight(attn.o_proj), layer.post_attention_layernorm.weight, gate_up, _weight(mlp.down_proj)))
     return weights
 
 
-def fuse_projections(linears: list[torch.nn.Linear]) -> torch.Tensor:
-    """One weight matrix holding these projections' outputs one after another, so that one token's decode step
-    reads them in one matrix product instead of several small ones (at one row, each product is a launch and a
-    partly idle read). The modules' own weights become views into it: no second copy of the weights."""
-    owner = linears[0]
-    fused: torch.Tensor | None = getattr(owner, FUSED, None)
-    if fused is not None and _views_into(fused, linears):
+def _weight(linear: torch.nn.Linear | Fp8Linear) -> Weight:
+    return (linear.weight, linear.scale) if isinstance(linear, Fp8Linear) else linear.weight
+
+
+def fuse_projections(linears: list[torch.nn.Module]) -> Weight:
+    """One weight matrix holding these projections' outputs one after another (fp8: and one vector of their
+    scales), so that one token's decode step reads them in one matrix product instead of several small ones (at one
+    row, each product is a launch and a partly idle read). The modules' own weights become views into it: no second
+    copy of the weights."""
+    fp8 = isinstance(linears[0], Fp8Linear)
+    fused = tuple(_fuse(linears, name) for name in (("weight", "scale") if fp8 else ("weight",)))
+    return (fused[0], fused[1]) if fp8 else fused[0]
+
+
+def _fuse(linears: list[torch.nn.Module], name: str) -> torch.Tensor:
+    """The modules' tensors `name` (weights or fp8 scales) as one, the modules' own tensors views into it."""
+    owner, key = linears[0], FUSED + name
+    fused: torch.Tensor | None = getattr(owner, key, None)
+    if fused is not None and _views_into(fused, [getattr(m, name) for m in linears]):
         return fused  # fused when an earlier slab was made
     with torch.inference_mode(False), torch.no_grad():
-        fused = torch.cat([m.weight for m in linears])
+        fused = torch.cat([getattr(m, name) for m in linears])
         at = 0
         for m in linears:
-            rows = m.weight.shape[0]
-            m.weight = torch.nn.Parameter(fused[at:at + rows], requires_grad=False)
+            rows = getattr(m, name).shape[0]
+            view = fused[at:at + rows]
+            if isinstance(m, Fp8Linear):
+                setattr(m, name, view)  # a buffer
+            else:
+                m.weight = torch.nn.Parameter(view, requires_grad=False)
             at += rows
-    setattr(owner, FUSED, fused)
+    setattr(owner, key, fused)
     return fused
 
 
-FUSED = "_kb_fused_weight"  # where the first of the fused projections keeps the fused matrix
+FUSED = "_kb_fused_"  # + "weight" / "scale": where the first of the fused projections keeps the fused tensor
 
 
-def _views_into(fused: torch.Tensor, linears: list[torch.nn.Linear]) -> bool:
+def _views_into(fused: torch.Tensor, parts: list[torch.Tensor]) -> bool:
     at = fused.data_ptr()
-    for m in linears:
-        if m.weight.data_ptr() != at:
+    for part in parts:
+        if part.data_ptr() != at:
             return False
-        at += m.weight.numel() * m.weight.element_size()
+        at += part.numel() * part.element_size()
     return at == fused.data_ptr() + fused.numel() * fused.element_size()
 
 

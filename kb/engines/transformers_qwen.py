@@ -35,9 +35,11 @@ from kb import prompts
 from kb.config import VISUAL_TOKEN_PIXELS, Settings
 from kb.embed import user_cache_dir
 from kb.engines import DEFAULT_BATCH, gpu_rows
+from kb.engines.fp8_weights import check_fp8_weights, quantize_language_model
 from kb.engines.guard import repeating_tail, trim_repetition
 from kb.engines.kv_slab import (
     KvSlab,
+    LayerWeights,
     layer_in,
     layer_out,
     plain_weights,
@@ -445,7 +447,12 @@ class TransformersEngine:
         if self._device.startswith("cuda"):
             keep_compile_caches()
         quant = nf4_config(self._device) if settings.quant == "nf4" else None
+        if settings.quant == "fp8":
+            check_fp8_weights(self._device)
         self._net, self.processor = self._load(resolve_dtype(settings.dtype, self._device), quant)
+        if settings.quant == "fp8":
+            saved = quantize_language_model(self._net.model.language_model)
+            log.info("fp8 weights: the language model's projections take %.1f GB less", saved / 1e9)
         self.tokenizer = self.processor.tokenizer
         # Left padding keeps every prompt's last token at the end of the batch, where generation continues.
         self.tokenizer.padding_side = "left"
@@ -478,7 +485,7 @@ class TransformersEngine:
         self._copy_stream: torch.cuda.Stream | None = None
         if self._device.startswith("cuda"):
             self._copy_stream = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
-        self._weights: tuple[list[tuple[torch.Tensor, ...]] | None] | None = None  # the prefill's layer weights
+        self._weights: tuple[list[LayerWeights] | None] | None = None  # the prefill's layer weights
         self._compiled_layers: tuple[Any, Any] | None = None
 
     def _load(self, dtype: torch.dtype, quant: Any) -> tuple[Any, Any]:
@@ -857,7 +864,7 @@ class TransformersEngine:
             cache.add(key, value)
         return self._net.lm_head(rms(hidden[packed.last], lm.norm.weight, lm.norm.variance_epsilon)), cache
 
-    def _plain_weights(self) -> list[tuple[torch.Tensor, ...]] | None:
+    def _plain_weights(self) -> list[LayerWeights] | None:
         if self._weights is None:
             self._weights = (plain_weights(self._net.model.language_model),)
         return self._weights[0]
