@@ -745,7 +745,9 @@ def main() -> None:
                f"after the last group joined. "
                f"Not timed: {untimed} and building the random models ({prep['models']:.0f} s).")
     command = command_line(args, workers, video_slices.slice_workers())
-    body = f"`python -m bench.ingest_gpu {command}`: {summary}\n\n"
+    # Settings given through the environment (the engine reads them as `python -m ingest` would).
+    given = " ".join(f"{k}={os.environ[k]}" for k in ("KB_QUANT", "KB_KV_CACHE", "KB_BATCH_SIZE") if k in os.environ)
+    body = f"`{given + ' ' if given else ''}python -m bench.ingest_gpu {command}`: {summary}\n\n"
     body += markdown_table(header, run_rows)
     for run in runs:
         engine_s = max(run.stages.get(ENGINE_STAGE, 0), 1e-9)
