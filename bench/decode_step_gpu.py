@@ -18,11 +18,13 @@ In one run, on the Qwen3-VL-4B architecture with random bf16 weights (bench/engi
   over a few pages (random weights make near-ties common: one flipped pick changes the rest of the page);
 - making the bulk slab and recording its steps.
 
-usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE] [--no-accuracy] [--steps-only | --write-check]
+usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE] [--no-accuracy] [--steps-only | --write-check |
+       --sweep]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from functools import partial
@@ -56,10 +58,11 @@ def median_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
-def kernel_rows() -> tuple[list[list], str]:
+def kernel_rows(sweep: bool = False) -> tuple[list[list], str]:
     """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8 (each way of
-    converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length. Returns the
-    table and the fastest conversion."""
+    converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length; or (`sweep`)
+    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of SWEEP. Returns the table and
+    the fastest conversion."""
     torch.manual_seed(0)
     q = torch.randn(ROWS, KV_HEADS, GROUP, DIM, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(ROWS, KV_HEADS, COLUMNS, DIM, device="cuda", dtype=torch.bfloat16)
@@ -121,6 +124,13 @@ def kernel_rows() -> tuple[list[list], str]:
         return ms
 
     run("bf16", 256, 64, 4)
+    if sweep:
+        for cache in (f"fp8 {defaults[3]}", "bf16"):  # the kept conversion (`run` set bf16's for the row above)
+            for split, (block, warps), stages in itertools.product(*SWEEP):
+                spans.STAGES = stages
+                run(cache, split, block, warps)
+        spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES = defaults
+        return rows, defaults[3]
     for convert in ("bf16", "fp16-asm"):  # the values stored column-major: no bytes transposed in shared memory
         run(f"fp8 {convert}", 256, 64, 4, by_column=True)
         run(f"fp8 {convert}", 256, 64, 4, "full", by_column=True)
@@ -141,6 +151,10 @@ def kernel_rows() -> tuple[list[list], str]:
     run(f"fp8 {best}", 256, 64, 4, "full")
     spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES = defaults
     return rows, best
+
+
+# `--sweep`: spans (columns a program reads), (block, warps), software-pipelining stages (0: Triton's default).
+SWEEP = ((256, 512, 1024, 2048), ((64, 4), (128, 4), (128, 8)), (0, 3, 4))
 
 
 def fill_random(slab: KvSlab) -> None:
@@ -354,6 +368,7 @@ def main() -> None:
                         help="only the recorded step (bf16, fp8 by row and by column, one write a layer) and the "
                              "greedy-id check of fp8 values by column, fp8 converted as decode_attention.FP8_CONVERT "
                              "(no kernel table, no index writes, no accuracy)")
+    parser.add_argument("--sweep", action="store_true", help="only the kernel table, over SWEEP's sizes")
     parser.add_argument("--write-check", action="store_true",
                         help="only the --check pages' ids with the step's one write against index writes")
     args = parser.parse_args()
@@ -364,6 +379,10 @@ def main() -> None:
                        args.out)
     kernel_header = ["attention of one layer", "lengths", "GB used", "ms", "GB/s of used bytes",
                      "rel. error vs fp64 (bf16 cache)", "row alone == batched"]
+    if args.sweep:
+        kernels = kernel_rows(sweep=True)[0]
+        return publish("Decode attention on GPU: spans, blocks, warps and stages", markdown_table(kernel_header,
+                       sorted(kernels, key=lambda r: r[3] if isinstance(r[3], float) else 1e9)), args.out)
     kernels, best = ([], spans.FP8_CONVERT) if args.steps_only else kernel_rows()
     print(markdown_table(kernel_header, kernels), f"\nfastest fp8 conversion: {best}", flush=True)
     accuracy: list[list] = []
