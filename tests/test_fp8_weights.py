@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kb.engines import transformers_qwen as tq
 from kb.engines.fp8_weights import Fp8Linear, check_fp8_weights, fp8_linear, quantize_weight
 from kb.engines.transformers_qwen import TransformersEngine
 from kb.errors import ConfigError
@@ -44,11 +45,19 @@ def test_a_gpu_without_fp8_units_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError) as err:
         check_fp8_weights("cuda:0")
     assert "RTX 3090" in str(err.value) and "KB_QUANT=nf4" in err.value.fix
-    check_fp8_weights("cpu")  # torch's reference products: allowed
+    with pytest.raises(ConfigError) as err:
+        check_fp8_weights("cpu")  # torch's reference products: ~30x slower than float32
+    assert "KB_QUANT=none" in err.value.fix
+
+
+def test_engine_on_a_cpu_refuses_fp8_weights(make_settings, tiny_model_dir):
+    with pytest.raises(ConfigError, match="fp8"):
+        TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu", quant="fp8"))
 
 
 def test_engine_with_fp8_weights_quarters_the_projections_and_decodes_each_page_as_alone(make_settings,
-                                                                                       tiny_model_dir):
+                                                                                       tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(tq, "check_fp8_weights", lambda device: None)  # the CPU runs fp8 here, slowly
     def engine(quant: str) -> TransformersEngine:
         return TransformersEngine(make_settings(engine="transformers", model=str(tiny_model_dir), device="cpu",
                                                 quant=quant, batch_size=4, **BUDGET))
