@@ -196,7 +196,8 @@ def with_cache(engine: tq.TransformersEngine, cache: str) -> None:
     engine.settings = engine.settings.replace(kv_cache=cache)
 
 
-STEP_ROWS = (ROWS, 1)  # rows stepped: a full batch, and one row (the tail of a run)
+# Rows stepped: a full batch, and one row (what an answer steps; a bulk tail steps 2 rows at the fewest).
+STEP_ROWS = (ROWS, 1)
 
 
 def step_rows(engine: tq.TransformersEngine, convert: str, index_writes: bool = True

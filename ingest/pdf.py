@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -325,7 +325,7 @@ class SharedReaders:
     def get(self, workers: int) -> ProcessPoolExecutor:
         # Started again when a file wants more (a video's slices after a PDF's fewer readers), or when a process
         # died (a library crashed on an earlier file): a worker's later jobs must not all fall back to one process.
-        if self.pool is not None and (self.size < workers or getattr(self.pool, "_broken", False)):
+        if self.pool is not None and (self.size < workers or not _takes_tasks(self.pool)):
             self.close()
         if self.pool is None:
             self.pool, self.size = process_pool(workers), workers
@@ -336,6 +336,16 @@ class SharedReaders:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+def _takes_tasks(pool: ProcessPoolExecutor) -> bool:
+    """Whether the pool still runs tasks: a broken one refuses new ones (`BrokenExecutor`, as documented), so a
+    trivial task tells without reading the executor's private state."""
+    try:
+        pool.submit(int)
+    except BrokenExecutor:
+        return False
+    return True
 
 
 _run = threading.local()  # the shared readers of the ingest run in this thread, if one is open
