@@ -389,8 +389,8 @@ def instrument(stages: Stages, scale: float) -> tuple[list[EngineCall], list[flo
 
     def request(self, unit, picture):
         made = original_request(self, unit, picture)
-        if unit.task == "video":  # a window keeps its own token cap (KB_MAX_VIDEO_TOKENS)
-            return made
+        if unit.task == "video":  # a window keeps its own token cap (KB_MAX_VIDEO_TOKENS) unless WINDOW_TOKENS says
+            return dataclasses.replace(made, max_new_tokens=WINDOW_TOKENS) if WINDOW_TOKENS else made
         seed = zlib.crc32(f"{unit.source.rel}:{unit.page}".encode())
         return dataclasses.replace(made, max_new_tokens=page_lengths(1, scale, seed=seed)[0])
 
@@ -521,9 +521,14 @@ class Run:
 
 
 # Settings a kept run may take (--kept-variants): each knob's module constant.
+# A video window's output length here: 0 keeps each window's token cap (KB_MAX_VIDEO_TOKENS, 768), which a random
+# model always reaches; N gives every window N tokens, e.g. 160, the summary + on-screen text + entities that
+# bench/engine_gpu.py (and the "43 s of engine time for the 60-minute video") count for a window.
+WINDOW_TOKENS = 0
 KNOBS = {"first-alone": ("kb.engines.transformers_qwen", "FIRST_GROUP_ALONE", lambda v: bool(int(v))),
          "piece": ("ingest.pipeline", "STREAM_PIECE", int),
-         "slices": ("ingest.video_slices", "SLICE_WORKERS", int)}
+         "slices": ("ingest.video_slices", "SLICE_WORKERS", int),
+         "window-tokens": (__name__, "WINDOW_TOKENS", int)}  # this module, also when it runs as __main__
 
 
 # 1: the kept run finds the reader processes of the run before, as a worker's job does; 0: it starts its own.
@@ -605,6 +610,8 @@ def main() -> None:
                         help="windows of a video still sampled handed over at once (0: the engine's rows)")
     parser.add_argument("--slice-workers", type=int, help="processes sampling a video in time slices (default: "
                         "ingest/video_slices.py's; 0: one pass)")
+    parser.add_argument("--window-tokens", type=int, default=0, help="each video window's output length (0: its "
+                        "token cap, which a random model always reaches; 160: bench/engine_gpu.py's realistic one)")
     parser.add_argument("--seek-frames", action="store_true", help="decode each window's frames again instead of "
                         "keeping them while sampling")
     parser.add_argument("--runs", type=int, default=1, help="runs of `python -m ingest` in this process, each into "
@@ -668,6 +675,8 @@ def main() -> None:
     calls, loads = instrument(stages, args.length_scale)
     import ingest.pipeline as pipeline
 
+    global WINDOW_TOKENS
+    WINDOW_TOKENS = args.window_tokens
     if args.load_workers is not None:
         pipeline.LOAD_WORKERS = args.load_workers
     pipeline.STREAM_PIECE = args.stream_piece
@@ -739,7 +748,9 @@ def main() -> None:
     summary = (f"{what}, {len(runs)} run(s) of `python -m ingest` in one process, each into a fresh knowledge base; "
                f"{workers} processes loading pictures ahead; {sampling if args.video_minutes else ''}"
                f"GPU busy over each whole run. Output lengths drawn at {args.length_scale} x the real "
-               f"distribution (pages; video windows keep their token cap). Warm-up = the engine's one-time work "
+               f"distribution (pages; video windows: "
+               f"{f'{args.window_tokens} tokens each' if args.window_tokens else 'their token cap'}). "
+               f"Warm-up = the engine's one-time work "
                f"(DecodeStats: seconds making the KV cache, recording decode steps, the compile they trigger "
                f"included, and the first prefill group's time beyond a later group's for as many rows); tail = "
                f"after the last group joined. "
@@ -769,6 +780,7 @@ def command_line(args: argparse.Namespace, workers: int, slice_workers: int) -> 
     if args.video_minutes:
         command += f" --slice-workers {slice_workers}" + (" --seek-frames" if args.seek_frames else "")
         command += f" --stream-piece {args.stream_piece}" if args.stream_piece else ""
+        command += f" --window-tokens {args.window_tokens}" if args.window_tokens else ""
     if args.runs != 1 or args.kept_runs:
         command += f" --runs {args.runs}" + (f" --kept-runs {args.kept_runs}" if args.kept_runs else "")
     if args.kept_variants:
