@@ -438,7 +438,6 @@ def layer_out(hidden: torch.Tensor, attended: torch.Tensor, eps: float, o_proj: 
     return hidden + project(torch.nn.functional.silu(gate) * up, down)
 
 
-
 def plain_weights(lm: Any) -> list[LayerWeights] | None:
     """Each layer's weights in `layer_in`/`layer_out` order, or None when a layer is not plain (a projection
     quantized other than by fp8_weights.py, or biased; another activation): then the slab steps through the model's

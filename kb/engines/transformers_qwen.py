@@ -453,6 +453,8 @@ class TransformersEngine:
         if settings.quant == "fp8":
             saved = quantize_language_model(self._net.model.language_model)
             log.info("fp8 weights: the language model's projections take %.1f GB less", saved / 1e9)
+            if self._device.startswith("cuda"):
+                torch.cuda.empty_cache()  # the bf16 weights' memory back to the card: the KV slab is sized from it
         self.tokenizer = self.processor.tokenizer
         # Left padding keeps every prompt's last token at the end of the batch, where generation continues.
         self.tokenizer.padding_side = "left"
