@@ -105,9 +105,10 @@ def test_cancel_stops_queued_and_running_jobs(tmp_path, open_kb):
     Image.new("RGB", (300, 120), "white").save(pictures / "one.png")
     write_pdf(tmp_path / "guide.pdf", ["Guide."])
     board = JobBoard(store.settings.home, allowed_folders=[tmp_path])
-    release = threading.Event()
+    loading, release = threading.Event(), threading.Event()
 
     def slow_engine():  # the engine is still loading when the user cancels
+        loading.set()
         release.wait(60)
         return load_engine(store.settings)
 
@@ -116,9 +117,7 @@ def test_cancel_stops_queued_and_running_jobs(tmp_path, open_kb):
     worker = Worker(store, slow_engine, JobBoard(store.settings.home), poll=0.05)
     thread = start_thread(worker)
     try:
-        deadline = time.monotonic() + 60
-        while board.job(first.id).files[0].state == FileState.QUEUED and time.monotonic() < deadline:
-            time.sleep(0.02)  # the worker has started reading the image
+        assert loading.wait(60)  # the worker took the first job and waits for its engine
         board.cancel(second.id)
         board.cancel(first.id)
         release.set()
