@@ -86,8 +86,8 @@ def outputs(engine: tq.TransformersEngine) -> tuple[torch.Tensor, list[list[int]
 
 def measure(model_dir: Path, quant: str) -> dict:
     engine, load_s = load(model_dir, quant)
-    print(f"{quant}: loaded in {load_s:.1f} s, weights {weight_gb(engine):.2f} GB", flush=True)
     result = {"load_s": load_s, "gb": weight_gb(engine)}
+    print(f"{quant}: loaded in {load_s:.1f} s, weights {result['gb']:.2f} GB", flush=True)
     started = time.perf_counter()
     result["steps"] = step_ms(engine)
     print(f"{quant}: steps {result['steps']} ms ({time.perf_counter() - started:.1f} s with recording)", flush=True)

@@ -25,8 +25,14 @@ from kb.errors import ConfigError
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # the scale of an all-zero channel or row: zeros stay zeros instead of 0/0
+# A decoder layer's projections, in `plain_weights`' order: (part of the layer, attribute).
 PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
                ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+
+
+def projections(layer: Any) -> list[Any]:
+    """A decoder layer's projection modules, in PROJECTIONS' order."""
+    return [getattr(getattr(layer, part), name) for part, name in PROJECTIONS]
 
 
 def check_fp8_weights(device: str) -> None:

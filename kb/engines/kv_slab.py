@@ -39,7 +39,7 @@ import torch
 
 from kb.config import KV_CACHES
 from kb.engines import decode_attention as spans
-from kb.engines.fp8_weights import Fp8Linear, project
+from kb.engines.fp8_weights import Fp8Linear, project, projections
 from kb.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -445,7 +445,7 @@ def plain_weights(lm: Any) -> list[LayerWeights] | None:
     weights: list[LayerWeights] = []
     for layer in lm.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        linears = projections(layer)
         if any(type(m) not in PLAIN_LINEARS or getattr(m, "bias", None) is not None for m in linears) or \
                 len({type(m) for m in linears}) > 1 or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return None
@@ -465,9 +465,9 @@ def fuse_projections(linears: list[torch.nn.Module]) -> Weight:
     scales), so that one token's decode step reads them in one matrix product instead of several small ones (at one
     row, each product is a launch and a partly idle read). The modules' own weights become views into it: no second
     copy of the weights."""
-    fp8 = isinstance(linears[0], Fp8Linear)
-    fused = tuple(_fuse(linears, name) for name in (("weight", "scale") if fp8 else ("weight",)))
-    return (fused[0], fused[1]) if fp8 else fused[0]
+    if isinstance(linears[0], Fp8Linear):
+        return _fuse(linears, "weight"), _fuse(linears, "scale")
+    return _fuse(linears, "weight")
 
 
 def _fuse(linears: list[torch.nn.Module], name: str) -> torch.Tensor:
