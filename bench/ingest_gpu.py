@@ -520,11 +520,11 @@ class Run:
         return markdown_table(["stage", "seconds", "share of the run", "calls"], rows)
 
 
-# Settings a kept run may take (--kept-variants): each knob's module constant.
 # A video window's output length here: 0 keeps each window's token cap (KB_MAX_VIDEO_TOKENS, 768), which a random
 # model always reaches; N gives every window N tokens, e.g. 160, the summary + on-screen text + entities that
 # bench/engine_gpu.py (and the "43 s of engine time for the 60-minute video") count for a window.
 WINDOW_TOKENS = 0
+# Settings a kept run may take (--kept-variants): each knob's module constant.
 KNOBS = {"first-alone": ("kb.engines.transformers_qwen", "FIRST_GROUP_ALONE", lambda v: bool(int(v))),
          "piece": ("ingest.pipeline", "STREAM_PIECE", int),
          "slices": ("ingest.video_slices", "SLICE_WORKERS", int),
