@@ -58,11 +58,11 @@ def median_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
-def kernel_rows(sweep: bool = False, lanes: bool = False) -> tuple[list[list], str]:
+def kernel_rows(sweep: bool = False) -> tuple[list[list], str]:
     """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8 (each way of
     converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length; or (`sweep`)
-    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of SWEEP; or (`lanes`) the lanes
-    kernel at a few sizes. Returns the table and the fastest conversion."""
+    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of SWEEP. Returns the table and
+    the fastest conversion."""
     torch.manual_seed(0)
     q = torch.randn(ROWS, KV_HEADS, GROUP, DIM, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(ROWS, KV_HEADS, COLUMNS, DIM, device="cuda", dtype=torch.bfloat16)
@@ -92,12 +92,9 @@ def kernel_rows(sweep: bool = False, lanes: bool = False) -> tuple[list[list], s
                  error, ""])
     defaults = spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES
 
-    def run(cache: str, split: int, block: int, warps: int, lengths: str = "real", by_column: bool = False,
-            lanes: bool = False) -> float:
-        """`lanes`: the lanes kernel (decode_attention.LANE_CACHES) with `block` lanes and `warps` warps."""
-        spans.SPLIT, spans.BLOCK, spans.WARPS = split, 64 if lanes else block, warps
-        spans.LANE_CACHES = (cache.split()[0],) if lanes else ()
-        spans.LANES, spans.LANE_WARPS = block, warps
+    def run(cache: str, split: int, block: int, warps: int, lengths: str = "real", by_column: bool = False
+            ) -> float:
+        spans.SPLIT, spans.BLOCK, spans.WARPS = split, block, warps
         spans.FP8_CONVERT = cache.split()[-1] if cache != "bf16" else "bf16"
         seen = real if lengths == "real" else full
         if cache == "bf16":
@@ -121,27 +118,12 @@ def kernel_rows(sweep: bool = False, lanes: bool = False) -> tuple[list[list], s
         bytes_gb = gb("bf16" if cache == "bf16" else "fp8", seen)
         knobs = (("" if spans.STOP_AT_END else ", whole spans") + (f", {spans.STAGES} stages" if spans.STAGES else "")
                  + (", values by column" if by_column else ""))
-        if lanes:
-            knobs += f", lanes kernel{'' if spans.LANE_PREFETCH else ' without prefetch'}"
-        spans.LANE_CACHES = ()
-        rows.append([f"{cache}, spans {split}, {'lanes' if lanes else 'block'} {block}, {warps} warps{knobs}", lengths,
-                     bytes_gb, ms,
+        rows.append([f"{cache}, spans {split}, block {block}, {warps} warps{knobs}", lengths, bytes_gb, ms,
                      bytes_gb / ms * 1e3, float((out.double() - refs[lengths]).norm() / refs[lengths].norm()), alone])
         print(rows[-1], flush=True)
         return ms
 
     run("bf16", 256, 64, 4)
-    if lanes:
-        run(f"fp8 {defaults[3]}", 256, 64, 4)
-        for split, (count, warps), prefetch in itertools.product((256, 512), ((16, 4), (32, 8), (8, 2)), (True, False)):
-            spans.LANE_PREFETCH = prefetch
-            run(f"fp8 {defaults[3]}", split, count, warps, lanes=True)
-        spans.LANE_PREFETCH = True
-        run("bf16", 256, 16, 4, lanes=True)
-        run(f"fp8 {defaults[3]}", 256, 16, 4, "full", lanes=True)
-        run("bf16", 256, 64, 4, "full")
-        spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES = defaults
-        return rows, defaults[3]
     if sweep:
         for cache in (f"fp8 {defaults[3]}", "bf16"):  # the kept conversion (`run` set bf16's for the row above)
             for split, (block, warps), stages in itertools.product(*SWEEP):
@@ -388,8 +370,6 @@ def main() -> None:
                              "greedy-id check of fp8 values by column, fp8 converted as decode_attention.FP8_CONVERT "
                              "(no kernel table, no index writes, no accuracy)")
     parser.add_argument("--sweep", action="store_true", help="only the kernel table, over SWEEP's sizes")
-    parser.add_argument("--lanes", action="store_true",
-                        help="the lanes kernel's table, then the recorded step with it reading the fp8 cache")
     parser.add_argument("--write-check", action="store_true",
                         help="only the --check pages' ids with the step's one write against index writes")
     args = parser.parse_args()
@@ -404,12 +384,7 @@ def main() -> None:
         kernels = kernel_rows(sweep=True)[0]
         return publish("Decode attention on GPU: spans, blocks, warps and stages", markdown_table(kernel_header,
                        sorted(kernels, key=lambda r: r[3] if isinstance(r[3], float) else 1e9)), args.out)
-    if args.lanes:  # the lanes kernel's table, then the steps with it reading the fp8 cache
-        kernels, best = kernel_rows(lanes=True)
-        spans.LANE_CACHES = ("fp8",)
-        args.steps_only = True
-    else:
-        kernels, best = ([], spans.FP8_CONVERT) if args.steps_only else kernel_rows()
+    kernels, best = ([], spans.FP8_CONVERT) if args.steps_only else kernel_rows()
     print(markdown_table(kernel_header, kernels), f"\nfastest fp8 conversion: {best}", flush=True)
     accuracy: list[list] = []
     agreement = ""
@@ -431,7 +406,6 @@ def main() -> None:
             f"{PROMPT[0]}-{PROMPT[1]} columns plus part of a page drawn from PAGE_TOKEN_QUANTILES; full: every row "
             f"at {COLUMNS - 1} columns; GB counts only the columns rows use, in the cache's format):\n\n"
             + (markdown_table(kernel_header, kernels) if kernels else "(not run: --steps-only)")
-            + (f"\n\nLanes kernel reading the fp8 cache in the steps below: {spans.LANE_CACHES}" if args.lanes else "")
             + f"\n\nThe whole recorded decode step (Qwen3-VL-4B architecture, random bf16 weights, slab filled with "
               f"random keys and values; fp8 converted as `{best}`):\n\n" + markdown_table(step_header, steps)
             + "\n\n" + "; ".join(notes) + ".\n\nGreedy ids, bench.engine_gpu's --check pages: " + "; ".join(checks)

@@ -52,16 +52,6 @@ STOP_AT_END = True
 # values, transposed for the second product, are read from shared memory a byte at a time).
 FP8_CONVERTS = ("bf16", "fp16", "fp16-bits", "fp16-asm")
 FP8_CONVERT = "fp16-asm"
-# The caches ("bf16", "fp8") read by the lanes kernel (_span_attention_lanes) instead of the matrix unit's: each of
-# LANES column lanes keeps its own running maximum, sum and output for the group's query heads over the columns
-# c, c + LANES, ... of its span, so a block needs no reduction across columns, and the lanes are merged once at
-# the span's end. Its products run on the vector units: at 4 query heads a key/value head the matrix unit pads
-# them to 16 and its chain (load, product, softmax, shared memory, product) bounds an fp8 cache at half of bf16's
-# bandwidth (docs/benchmarks.md, runs E, I, L, V).
-LANE_CACHES: tuple[str, ...] = ()
-LANES = 16
-LANE_WARPS = 4
-LANE_PREFETCH = True
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int, group: int) -> bool:
@@ -99,20 +89,6 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     total = torch.empty_like(top)
     out = torch.empty_like(query, memory_format=torch.contiguous_format)
     span, merge = _kernels(interpret)
-    if ("fp8" if quantized else "bf16") in LANE_CACHES:
-        _lanes(interpret)[(rows * kv_heads, splits)](
-            query, keys, values, k_scales, v_scales, seen, partial, top, total,
-            query.stride(0), query.stride(1), query.stride(2),
-            keys.stride(0), keys.stride(1), keys.stride(2),
-            values.stride(0), values.stride(1), values.stride(2), values.stride(3),
-            *k_scale_strides, *v_scale_strides,
-            scale, kv_heads, splits,
-            GROUP=group, GROUP_POW=triton.next_power_of_2(group), DIM=head_dim, SPLIT=SPLIT, LANES=LANES,
-            QUANT=quantized, PREFETCH=LANE_PREFETCH, num_warps=LANE_WARPS, **({"num_stages": STAGES} if STAGES else {}))
-        merge[(rows * kv_heads,)](
-            partial, top, total, seen, out, kv_heads, splits,
-            GROUP=group, DIM=head_dim, SPLIT=SPLIT, SPLITS_PAD=triton.next_power_of_2(splits))
-        return out
     ieee = query.dtype == torch.float32  # the interpreter's tests run in float32: no tf32 rounding there
     convert = FP8_CONVERTS.index(FP8_CONVERT) if quantized else 0
     if interpret and FP8_CONVERTS[convert] == "fp16-asm":
@@ -191,15 +167,6 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:
 
         return InterpretedFunction(_span_attention), InterpretedFunction(_merge_spans)
     return triton.jit(_span_attention), triton.jit(_merge_spans)
-
-
-@cache
-def _lanes(interpret: bool) -> Any:
-    if interpret:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(_span_attention_lanes)
-    return triton.jit(_span_attention_lanes)
 
 
 @cache
@@ -326,78 +293,6 @@ def _span_attention(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: igno
         tl.store(partial_ptr + at[:, None] * DIM + d[None, :], acc, mask=g[:, None] < GROUP)
         tl.store(top_ptr + at, top, mask=g < GROUP)
         tl.store(total_ptr + at, total, mask=g < GROUP)
-
-
-def _span_attention_lanes(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, seen_ptr,  # type: ignore[no-untyped-def]
-                          partial_ptr, top_ptr, total_ptr,
-                          q_row, q_head, q_group, k_row, k_head, k_col, v_row, v_head, v_col, v_dim,
-                          ks_row, ks_head, vs_row, vs_head,
-                          scale, kv_heads, splits,
-                          GROUP: tl.constexpr, GROUP_POW: tl.constexpr, DIM: tl.constexpr, SPLIT: tl.constexpr,
-                          LANES: tl.constexpr, QUANT: tl.constexpr, PREFETCH: tl.constexpr):
-    """What _span_attention computes for one (row, key/value head, span), on the vector units: each of LANES column
-    lanes runs its own online softmax over every LANES-th column of the span (elementwise: no reduction across
-    columns inside the loop), and the lanes are merged by their maxima at the end."""
-    row_head = tl.program_id(0)
-    span = tl.program_id(1)
-    row = row_head // kv_heads
-    head = row_head % kv_heads
-    seen = tl.load(seen_ptr + row).to(tl.int32)
-    start = span * SPLIT
-    if start < seen:
-        # Three dimensions (query head, lane, head_dim), every load already in them: the loads' own layout
-        # (head_dim across threads, lanes across threads and warps, the query heads in each thread's registers)
-        # then holds through the loop, with no layout conversion through shared memory.
-        g = tl.arange(0, GROUP_POW)[:, None, None]
-        lane = tl.arange(0, LANES)[None, :, None]
-        d = tl.arange(0, DIM)[None, None, :]
-        q = tl.load(q_ptr + row * q_row + head * q_head + g * q_group + d, mask=g < GROUP, other=0.0).to(tl.float32)
-        k_base = k_ptr + row.to(tl.int64) * k_row + head.to(tl.int64) * k_head
-        v_base = v_ptr + row.to(tl.int64) * v_row + head.to(tl.int64) * v_head
-        ks_base = ks_ptr + row.to(tl.int64) * ks_row + head.to(tl.int64) * ks_head
-        vs_base = vs_ptr + row.to(tl.int64) * vs_row + head.to(tl.int64) * vs_head
-        # A finite floor, not -inf: a lane whose columns are all past the row's end keeps p = 0 and keep = 1
-        # (exp(-inf - -inf) would be nan), and weighs nothing in the merge below.
-        top = tl.full([GROUP_POW, LANES, 1], -1e30, tl.float32)
-        total = tl.zeros([GROUP_POW, LANES, 1], tl.float32)
-        acc = tl.zeros([GROUP_POW, LANES, DIM], tl.float32)
-        end = tl.minimum(start + SPLIT, seen)
-        # The next block's keys and values are loaded while this one is worked on (as stored: fp8 takes a
-        # quarter of the registers it takes converted), so a program keeps two blocks' bytes in flight.
-        c = start + lane
-        k_next = tl.load(k_base + c * k_col + d, mask=c < end, other=0.0)
-        v_next = tl.load(v_base + c * v_col + d * v_dim, mask=c < end, other=0.0)
-        for block in range(0, tl.cdiv(end - start, LANES)):
-            c = start + block * LANES + lane
-            inside = c < end
-            k_stored, v_stored = k_next, v_next
-            if PREFETCH:
-                following = c + LANES
-                k_next = tl.load(k_base + following * k_col + d, mask=following < end, other=0.0)
-                v_next = tl.load(v_base + following * v_col + d * v_dim, mask=following < end, other=0.0)
-            else:
-                k_stored = tl.load(k_base + c * k_col + d, mask=inside, other=0.0)
-                v_stored = tl.load(v_base + c * v_col + d * v_dim, mask=inside, other=0.0)
-            s = tl.sum(q * k_stored.to(tl.float32), 2, keep_dims=True)
-            if QUANT:
-                s = s * tl.load(ks_base + c, mask=inside, other=0.0).to(tl.float32)
-            s = tl.where(inside, s * scale, float("-inf"))
-            new_top = tl.maximum(top, s)
-            p = tl.exp(s - new_top)
-            keep = tl.exp(top - new_top)
-            total = total * keep + p
-            if QUANT:
-                p = p * tl.load(vs_base + c, mask=inside, other=0.0).to(tl.float32)
-            acc = acc * keep + p * v_stored.to(tl.float32)
-            top = new_top
-        span_top = tl.max(top, 1, keep_dims=True)
-        weight = tl.exp(top - span_top)
-        span_total = tl.sum(total * weight, 1, keep_dims=True)
-        span_acc = tl.sum(acc * weight, 1, keep_dims=True)
-        at = (row_head * splits + span) * GROUP + g
-        tl.store(partial_ptr + at * DIM + d, span_acc, mask=g < GROUP)
-        tl.store(top_ptr + at, span_top, mask=g < GROUP)
-        tl.store(total_ptr + at, span_total, mask=g < GROUP)
 
 
 def _fp8_as_fp16(x, CONVERT: tl.constexpr):  # type: ignore[no-untyped-def]
