@@ -19,7 +19,7 @@ In one run, on the Qwen3-VL-4B architecture with random bf16 weights (bench/engi
 - making the bulk slab and recording its steps.
 
 usage: python -m bench.decode_step_gpu [--model-dir DIR] [--out FILE] [--no-accuracy] [--steps-only | --write-check |
-       --sweep]
+       --sweep [--small-programs] | --ncu]
 """
 from __future__ import annotations
 
@@ -58,18 +58,37 @@ def median_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
-def kernel_rows(sweep: bool = False) -> tuple[list[list], str]:
-    """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8 (each way of
-    converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length; or (`sweep`)
-    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of SWEEP. Returns the table and
-    the fastest conversion."""
+def one_layer() -> tuple:
+    """One layer's query and cache at ROWS rows: query, keys, values (bf16), the keys and values quantized to fp8
+    (each with its scales), and each row's length at real page lengths."""
     torch.manual_seed(0)
     q = torch.randn(ROWS, KV_HEADS, GROUP, DIM, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(ROWS, KV_HEADS, COLUMNS, DIM, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    (k8, ks), (v8, vs) = quantize(k), quantize(v)
+    return q, k, v, quantize(k), quantize(v), live_lengths(ROWS)
+
+
+def ncu_target(launches: int = 3) -> None:
+    """What `--ncu` runs for Nsight Compute: one layer's attention at ROWS rows, real lengths, over the bf16 cache
+    and over the fp8 cache (the kept conversion), `launches` times each, one after the other. Profile it with
+    `ncu -k regex:_span_attention --launch-skip 4 --launch-count 2 --section SpeedOfLight --section Occupancy
+    --section SchedulerStats --section WarpStateStats python -m bench.decode_step_gpu --ncu` (docs/benchmarks.md,
+    run Z: the first profiled launch is bf16's, the second fp8's)."""
+    q, k, v, (k8, ks), (v8, vs), seen = one_layer()
+    scale = DIM ** -0.5
+    for _ in range(launches):
+        spans.decode_attention(q, k, v, seen, scale)
+        spans.decode_attention(q, k8, v8, seen, scale, key_scales=ks, value_scales=vs)
+    torch.cuda.synchronize()
+
+
+def kernel_rows(sweep: tuple | None = None) -> tuple[list[list], str]:
+    """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8 (each way of
+    converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length; or (`sweep`)
+    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of SWEEP. Returns the table and
+    the fastest conversion."""
+    q, k, v, (k8, ks), (v8, vs), real = one_layer()
     v8_by_column = v8.transpose(2, 3).contiguous().transpose(2, 3)  # kv_slab.FP8_VALUES_BY_COLUMN's layout
-    real = live_lengths(ROWS)
     full = torch.full_like(real, COLUMNS - 1)
     scale = DIM ** -0.5
     refs = {}
@@ -126,7 +145,7 @@ def kernel_rows(sweep: bool = False) -> tuple[list[list], str]:
     run("bf16", 256, 64, 4)
     if sweep:
         for cache in (f"fp8 {defaults[3]}", "bf16"):  # the kept conversion (`run` set bf16's for the row above)
-            for split, (block, warps), stages in itertools.product(*SWEEP):
+            for split, (block, warps), stages in itertools.product(*sweep):
                 spans.STAGES = stages
                 run(cache, split, block, warps)
         spans.SPLIT, spans.BLOCK, spans.WARPS, spans.FP8_CONVERT, spans.STOP_AT_END, spans.STAGES = defaults
@@ -155,6 +174,9 @@ def kernel_rows(sweep: bool = False) -> tuple[list[list], str]:
 
 # `--sweep`: spans (columns a program reads), (block, warps), software-pipelining stages (0: Triton's default).
 SWEEP = ((256, 512, 1024, 2048), ((64, 4), (128, 4), (128, 8)), (0, 3, 4))
+# `--sweep --small-programs`: programs of one or two warps (more of them resident on a multiprocessor, no
+# reduction across four warps in a block's softmax), smaller blocks, 1-3 stages.
+SMALL_PROGRAMS = ((256, 512), ((16, 1), (32, 1), (64, 1), (32, 2), (64, 2)), (1, 2, 3))
 
 
 def fill_random(slab: KvSlab) -> None:
@@ -370,18 +392,23 @@ def main() -> None:
                              "greedy-id check of fp8 values by column, fp8 converted as decode_attention.FP8_CONVERT "
                              "(no kernel table, no index writes, no accuracy)")
     parser.add_argument("--sweep", action="store_true", help="only the kernel table, over SWEEP's sizes")
+    parser.add_argument("--small-programs", action="store_true", help="--sweep over SMALL_PROGRAMS' sizes instead")
+    parser.add_argument("--ncu", action="store_true",
+                        help="only run one layer's attention, bf16 and fp8, for Nsight Compute (ncu_target)")
     parser.add_argument("--write-check", action="store_true",
                         help="only the --check pages' ids with the step's one write against index writes")
     args = parser.parse_args()
     # Random weights loop: the loop guard would end pages early.
     tq.repeating_tail = lambda *a, **k: False  # type: ignore[attr-defined]
+    if args.ncu:
+        return ncu_target()
     if args.write_check:
         return publish("Decode step on GPU: one write against index writes", write_check(load_engine(args)),
                        args.out)
     kernel_header = ["attention of one layer", "lengths", "GB used", "ms", "GB/s of used bytes",
                      "rel. error vs fp64 (bf16 cache)", "row alone == batched"]
     if args.sweep:
-        kernels = kernel_rows(sweep=True)[0]
+        kernels = kernel_rows(sweep=SMALL_PROGRAMS if args.small_programs else SWEEP)[0]
         return publish("Decode attention on GPU: spans, blocks, warps and stages", markdown_table(kernel_header,
                        sorted(kernels, key=lambda r: r[3] if isinstance(r[3], float) else 1e9)), args.out)
     kernels, best = ([], spans.FP8_CONVERT) if args.steps_only else kernel_rows()
