@@ -28,7 +28,8 @@ channels keep their ~3 % precision beside a 50x outlier: tests/test_kv_fp8.py), 
 scales depend on that row alone) and costs 2 bytes per 128: 1.6 % more than half of the bf16 cache. The kernel
 dequantises in registers; the masked path (no kernel) dequantises the columns it reads. Measured on the H200
 (docs/benchmarks.md): half the memory, but no faster a step (the kernel's fp8 path moves half the bf16 kernel's
-bytes/s: it reads its values from shared memory a byte at a time), so it is opt-in.
+bytes/s: Nsight Compute finds it bound by instruction issue, the bf16 path by DRAM; FlashInfer's decode kernels are
+no faster over an fp8 cache either, run Z), so it is opt-in.
 """
 from __future__ import annotations
 
