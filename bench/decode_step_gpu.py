@@ -85,8 +85,8 @@ def ncu_target(launches: int = 3) -> None:
 def kernel_rows(sweep: tuple | None = None) -> tuple[list[list], str]:
     """One layer's attention at 128 rows: torch's masked attention, the kernel over bf16 and over fp8 (each way of
     converting fp8, then the fastest at other sizes), at real lengths and at the slab's full length; or (`sweep`)
-    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of SWEEP. Returns the table and
-    the fastest conversion."""
+    the kernel over fp8 and bf16 at every span, block, warps and pipelining stages of `sweep` (SWEEP or
+    SMALL_PROGRAMS). Returns the table and the fastest conversion."""
     q, k, v, (k8, ks), (v8, vs), real = one_layer()
     v8_by_column = v8.transpose(2, 3).contiguous().transpose(2, 3)  # kv_slab.FP8_VALUES_BY_COLUMN's layout
     full = torch.full_like(real, COLUMNS - 1)
