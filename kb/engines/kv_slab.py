@@ -29,7 +29,8 @@ scales depend on that row alone) and costs 2 bytes per 128: 1.6 % more than half
 dequantises in registers; the masked path (no kernel) dequantises the columns it reads. Measured on the H200
 (docs/benchmarks.md): half the memory, but no faster a step (the kernel's fp8 path moves half the bf16 kernel's
 bytes/s: Nsight Compute finds it bound by instruction issue, the bf16 path by DRAM; FlashInfer's decode kernels are
-no faster over an fp8 cache either, run Z), so it is opt-in.
+no faster over an fp8 cache either; vLLM's FlashAttention-3 build is, but ships only inside vLLM's wheel: run Z),
+so it is opt-in.
 """
 from __future__ import annotations
 
@@ -445,15 +446,16 @@ def plain_weights(lm: Any) -> list[LayerWeights] | None:
     own modules."""
     weights: list[LayerWeights] = []
     for layer in lm.layers:
-        attn, mlp = layer.self_attn, layer.mlp
+        attn = layer.self_attn
         linears = projections(layer)
         if any(type(m) not in PLAIN_LINEARS or getattr(m, "bias", None) is not None for m in linears) or \
-                len({type(m) for m in linears}) > 1 or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+                len({type(m) for m in linears}) > 1 or \
+                type(layer.mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return None
-        qkv = fuse_projections([attn.q_proj, attn.k_proj, attn.v_proj])
-        gate_up = fuse_projections([mlp.gate_proj, mlp.up_proj])
-        weights.append((layer.input_layernorm.weight, qkv, attn.q_norm.weight, attn.k_norm.weight,
-                        _weight(attn.o_proj), layer.post_attention_layernorm.weight, gate_up, _weight(mlp.down_proj)))
+        q, k, v, o, gate, up, down = linears
+        weights.append((layer.input_layernorm.weight, fuse_projections([q, k, v]), attn.q_norm.weight,
+                        attn.k_norm.weight, _weight(o), layer.post_attention_layernorm.weight,
+                        fuse_projections([gate, up]), _weight(down)))
     return weights
 
 
