@@ -9,15 +9,18 @@ the Qwen3-VL-4B architecture with random weights (bench/engine_gpu.py builds it)
 - K prefill groups of 16 scanned pages alone (`TransformersEngine._prompt_forward` and the first token);
 - both at once: the steps replayed on one stream by the main thread while a second thread prefills on another,
   the decode stream at the same priority and at a higher one (CUDA stream priorities: pending blocks of the higher
-  stream are scheduled first; running blocks are not pre-empted); then both queued from one thread.
+  stream are scheduled first; running blocks are not pre-empted); then both queued from one thread;
+- with `--green N,...`: the card cut into two green contexts (bench/sm_partition.py), the decode on N SMs and the
+  prefill on the rest: each alone on its partition, then both at once.
 
-usage: python -m bench.prefill_overlap_gpu [--model-dir DIR] [--steps N] [--groups K] [--out FILE]
+usage: python -m bench.prefill_overlap_gpu [--model-dir DIR] [--steps N] [--groups K] [--green N,...] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ import torch
 from bench.decode_step_gpu import ROWS, fill_random, live_lengths, load_engine
 from bench.engine_gpu import page_lengths, pages
 from bench.report import markdown_table, publish
+from bench.sm_partition import split_streams
 from kb.engines import transformers_qwen as tq
 
 GROUP = 16
@@ -126,6 +130,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--groups", type=int, default=8)
+    parser.add_argument("--green", default="", help="decode SM counts to try, comma-separated (the prefill gets "
+                        "the rest of the card)")
+    parser.add_argument("--skip-streams", action="store_true", help="only the green-context rows")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     engine = load_engine(args)
@@ -147,11 +154,35 @@ def main() -> None:
         rows = [["decode alone", f"{alone_decode * 1e3 / args.steps:.2f}", "", f"{alone_decode:.2f}"],
                 ["prefill alone", "", f"{alone_prefill * 1e3 / args.groups:.0f}", f"{alone_prefill:.2f}"],
                 ["one after the other (sum)", "", "", f"{alone_decode + alone_prefill:.2f}"]]
-        for label, stream in (("both at once, same priority", normal), ("both at once, decode first", high)):
+        for count in [int(n) for n in args.green.split(",") if n]:
+            (green_decode, green_prefill), sms = split_streams(count)
+            # A step recorded on the whole card replays on the whole card: it is recorded again on the partition.
+            slab._graphs.clear()
+            slab._pool = None
+            graph = torch.cuda.graph
+            torch.cuda.graph = partial(graph, stream=green_decode)
+            try:
+                with torch.cuda.stream(green_decode):
+                    slab.step(COLUMNS, ROWS)
+            finally:
+                torch.cuda.graph = graph
+            dec = decode(slab, args.steps, green_decode, seen)
+            pre = prefill(engine, prepared, args.groups, green_prefill)
+            rows.append([f"decode alone on {sms[0]} SMs / prefill alone on {sms[1]}",
+                         f"{dec * 1e3 / args.steps:.2f}", f"{pre * 1e3 / args.groups:.0f}", f"{dec + pre:.2f}"])
+            for _ in range(2):
+                dec, pre, wall = together(engine, slab, prepared, args.steps, args.groups, green_decode,
+                                          green_prefill, seen)
+                rows.append([f"at once, decode on {sms[0]} SMs, prefill on {sms[1]}", f"{dec * 1e3 / args.steps:.2f}",
+                             f"{pre * 1e3 / args.groups:.0f}", f"{wall:.2f}"])
+            print(rows[-3:], flush=True)
+        for label, stream in (() if args.skip_streams else
+                              (("both at once, same priority", normal), ("both at once, decode first", high))):
             for _ in range(2):
                 dec, pre, wall = together(engine, slab, prepared, args.steps, args.groups, stream, side, seen)
                 rows.append([label, f"{dec * 1e3 / args.steps:.2f}", f"{pre * 1e3 / args.groups:.0f}", f"{wall:.2f}"])
-        for label, stream in (("one thread, same priority", normal), ("one thread, decode first", high)):
+        for label, stream in (() if args.skip_streams else
+                              (("one thread, same priority", normal), ("one thread, decode first", high))):
             wall = one_thread(engine, slab, prepared, args.steps, args.groups, stream, side, seen)
             rows.append([label, "", "", f"{wall:.2f}"])
     header = ["run", "ms a decode step (128 rows)", "ms a prefill group (16 pages)", "wall s"]
