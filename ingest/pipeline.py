@@ -37,7 +37,7 @@ from ingest.read import kinds_by_extension, read_file, supported_extensions
 from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
-from kb.engines import Engine, batch_size_for, load_engine, picture_pixels, submitter, why_chosen
+from kb.engines import Engine, batch_size_for, load_engine, picture_pixels, rows_in_flight, submitter, why_chosen
 from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineError, EngineUnavailable, SeekframeError
@@ -702,7 +702,7 @@ class Ingestor:
         waiting = self._resume(job, new)
         job.waiting += len(waiting)
         self._pending += [(job, window) for window in waiting]
-        piece = STREAM_PIECE or self.engine.slots
+        piece = STREAM_PIECE or rows_in_flight(self.engine, self.settings)
         while len(self._pending) >= piece:
             self._in_flight.append(self._hand_over(self._pending[:piece]))
             del self._pending[:piece]
@@ -844,7 +844,7 @@ class Ingestor:
         process on the H200 waited 7-10 s for its first batch's pictures: docs/benchmarks.md, runs J and L)."""
         handed = _Handed([])
         submit = None if self._engine_down else submitter(self.engine)
-        submitted = 0
+        submitted, piece = 0, rows_in_flight(self.engine, self.settings)
         for job, unit in batch:
             loaded = self._ahead.take(unit)
             if loaded.picture is not None:
@@ -854,7 +854,7 @@ class Ingestor:
                 self._fail_unit(job, unit, loaded.problem, named=True)
             else:
                 self._fail_unit(job, unit, loaded.problem)
-            if submit is not None and len(handed.ready) - submitted >= self.engine.slots:
+            if submit is not None and len(handed.ready) - submitted >= piece:
                 submitted = self._submit_piece(submit, handed, submitted)
         if submit is not None and len(handed.ready) > submitted:
             self._submit_piece(submit, handed, submitted)

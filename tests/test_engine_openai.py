@@ -223,3 +223,50 @@ def test_requests_overlap_on_the_server_up_to_the_concurrency(vllm_server: VLLMS
     serial.sort()
     assert all(done <= sent for (_, done), (sent, _) in zip(serial, serial[1:]))  # one at a time
     assert most_at_once(serial) == 1
+
+
+def sent_and_answered(engine: OpenAIEngine) -> dict[str, tuple[float, float | None]]:
+    """Each request's (sent, answered) client times by prompt, filled in as the engine's senders work."""
+    spans: dict[str, tuple[float, float | None]] = {}
+    original = engine._complete_one
+
+    def timed(request: Request):
+        spans[request.prompt] = (time.monotonic(), None)
+        done = original(request)
+        spans[request.prompt] = (spans[request.prompt][0], time.monotonic())
+        return done
+
+    engine._complete_one = timed
+    return spans
+
+
+def test_a_batch_handed_over_while_one_is_in_flight_keeps_the_server_fed(vllm_server: VLLMServer,
+                                                                          make_settings) -> None:
+    engine = OpenAIEngine(make_settings(engine="openai", model=vllm_server.model, concurrency=4,
+                                        openai_base_url=vllm_server.base_url), retries=1, backoff=0.1)
+    spans = sent_and_answered(engine)
+    # One answer of a single token and three long ones: the first sender frees long before the batch is done.
+    first = [ask(1, task="answer", prompt="Say one word.")]
+    first += [ask(64, task="answer", prompt=f"Write about item {n} at length.") for n in range(3)]
+    second = [ask(4, task="answer", prompt=f"Name thing {n}.") for n in range(4)]
+    handed = [engine.submit(first), engine.submit(second)]
+    texts = [batch.result(timeout=120) for batch in handed]
+    assert [len(t) for t in texts] == [4, 4]  # each batch's texts, in its order
+    last_answer_of_first = max(spans[r.prompt][1] or 0.0 for r in first)
+    first_sent_of_second = min(spans[r.prompt][0] for r in second)
+    # The second batch went to the server while the first was still being answered, not after its longest answer.
+    assert first_sent_of_second < last_answer_of_first
+
+
+def test_a_cancelled_batch_sends_nothing_more(vllm_server: VLLMServer, make_settings) -> None:
+    engine = OpenAIEngine(make_settings(engine="openai", model=vllm_server.model, concurrency=1,
+                                        openai_base_url=vllm_server.base_url), retries=1, backoff=0.1)
+    spans = sent_and_answered(engine)
+    batch = [ask(32, task="answer", prompt=f"Write about item {n} at length.") for n in range(6)]
+    handed = engine.submit(batch)
+    while not spans:  # the first request is on its way
+        time.sleep(0.01)
+    assert handed.cancel()  # a run cut short (Ctrl-C, a cancelled job)
+    time.sleep(1.0)
+    assert len(spans) == 1  # the requests still queued were dropped, not sent
+    assert engine.generate([ask(2, task="answer", prompt="Still there?")])  # the engine still answers after it

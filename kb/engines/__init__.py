@@ -104,11 +104,20 @@ def gpu_rows(settings: Settings, free_bytes: int, kv_bytes_per_token: int) -> in
 
 
 def submitter(engine: Engine) -> Callable[[Sequence[Request]], Future[list[str]]] | None:
-    """The engine's `submit(requests) -> Future[list[str]]` where it has one and decodes its own rows (`slots`):
-    it takes the next batch while one decodes, whose requests join the running rows as they free, so a run of
-    batches ends in one drained tail, not one per call. None for the others: they are called through `generate`."""
+    """The engine's `submit(requests) -> Future[list[str]]` where it has one and batches what it is handed (its own
+    rows, `slots`, or a server's batch, `server_batched`): it takes the next batch while one decodes, whose
+    requests join the running ones as they free, so a run of batches ends in one drained tail, not one per call.
+    None for the others: they are called through `generate`."""
     submit = getattr(engine, "submit", None)
-    return submit if engine.slots and callable(submit) else None
+    return submit if (engine.slots or engine.server_batched) and callable(submit) else None
+
+
+def rows_in_flight(engine: Engine, settings: Settings) -> int:
+    """Requests the engine works on at once: its own rows, or the requests it keeps in flight to a server (1 for
+    an engine that takes one batch at a time). Ingest hands batches over in pieces of this many."""
+    if engine.slots:
+        return engine.slots
+    return settings.concurrency if engine.server_batched else 1
 
 
 def picture_pixels(engine: Engine) -> int:

@@ -11,9 +11,10 @@ import base64
 import io
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -66,6 +67,8 @@ class OpenAIEngine:
         self.retries = retries
         self.backoff = backoff
         self.repetition_penalty = repetition_penalty
+        self._senders: ThreadPoolExecutor | None = None  # the threads that keep requests in flight
+        self._senders_made = threading.Lock()
         # Retries are ours (they know which errors are worth it); the client's own are switched off.
         self.client = openai.OpenAI(base_url=settings.openai_base_url, api_key=settings.openai_api_key or "EMPTY",
                                     max_retries=0, timeout=openai.Timeout(timeout, connect=connect_timeout))
@@ -77,17 +80,36 @@ class OpenAIEngine:
 
     def complete(self, requests: Sequence[Request]) -> list[Completion]:
         """`generate` with token counts: up to `settings.concurrency` requests in flight, results in order."""
-        if not requests:
-            return []
-        workers = min(self.settings.concurrency, len(requests))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kb-openai") as pool:
-            futures = [pool.submit(self._complete_one, r) for r in requests]
+        return self._gathered(requests).result()
+
+    def submit(self, requests: Sequence[Request]) -> Future[list[str]]:
+        """Hand over a batch while earlier ones are still in flight (`kb.engines.submitter`): its requests queue
+        behind theirs on the same `settings.concurrency` senders, so the server's batch stays full while an earlier
+        batch's longest answers finish, and a run of batches ends in one drained tail, not one per batch. The
+        future holds the texts in request order, or the first error (the batch's requests not yet sent are then
+        dropped); cancelling it drops those not yet sent."""
+        texts: Future[list[str]] = Future()
+        completions = self._gathered(requests)
+
+        def done(whole: Future[list[Completion]]) -> None:
+            if whole.cancelled() or not texts.set_running_or_notify_cancel():
+                return
             try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:  # one failure fails the batch: do not keep the server busy for nothing
-                    f.cancel()
-                raise
+                texts.set_result([c.text for c in whole.result()])
+            except BaseException as err:  # noqa: BLE001 - the batch's error goes to its caller
+                texts.set_exception(err)
+
+        completions.add_done_callback(done)
+        texts.add_done_callback(lambda t: completions.cancel() if t.cancelled() else None)
+        return texts
+
+    def _gathered(self, requests: Sequence[Request]) -> Future[list[Completion]]:
+        """Each request queued on the engine's senders; one future for all of them (`gather`)."""
+        with self._senders_made:
+            if self._senders is None:  # made once and kept: batches handed over back to back share them
+                self._senders = ThreadPoolExecutor(max_workers=self.settings.concurrency,
+                                                   thread_name_prefix="kb-openai")
+        return gather([self._senders.submit(self._complete_one, r) for r in requests])
 
     def stream(self, request: Request) -> Iterator[str]:
         chunks = self._call(lambda: self.client.chat.completions.create(stream=True, **self._params(request)))
@@ -219,6 +241,42 @@ class OpenAIEngine:
                                f"check KB_MODEL against the server's /v1/models list: {served}")
         return EngineError(f"{self.device} has no chat completions endpoint ({detail})",
                            "KB_OPENAI_BASE_URL must be the API root, usually ending in /v1")
+
+
+def gather(parts: list[Future[T]]) -> Future[list[T]]:
+    """One future for several: their results in order once all are done, or the first one's error (the others
+    are then cancelled: those not yet begun are dropped). Cancelling it cancels those not yet begun."""
+    whole: Future[list[T]] = Future()
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def settle(set_it: Callable[[], None]) -> None:
+        try:
+            set_it()
+        except InvalidStateError:  # cancelled, or failed by another part, meanwhile
+            pass
+
+    def part_done(part: Future[T]) -> None:
+        with lock:
+            if whole.done():
+                return
+            if part.cancelled() or part.exception() is not None:
+                problem = part.exception() if not part.cancelled() else InterruptedError("a request was cancelled")
+                settle(lambda: whole.set_exception(problem))
+            else:
+                left[0] -= 1
+                if left[0]:
+                    return
+                settle(lambda: whole.set_result([p.result() for p in parts]))
+        for other in parts:  # after a failure (a no-op for those done)
+            other.cancel()
+
+    whole.add_done_callback(lambda w: [p.cancel() for p in parts] if w.cancelled() else None)
+    if not parts:
+        whole.set_result([])
+    for part in parts:
+        part.add_done_callback(part_done)
+    return whole
 
 
 # ---- payloads ----------------------------------------------------------------------------------------------
