@@ -122,6 +122,30 @@ def test_stream_yields_pieces_of_the_same_answer(engine: OpenAIEngine) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_page_for_transcription_is_sent_pixel_for_pixel(make_settings) -> None:
+    """Small print must reach the model as it was scanned: a page to transcribe goes as PNG (lossless) whatever
+    its compression level; a photo to caption may go as JPEG."""
+    import base64
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    page = Image.fromarray(rng.integers(0, 256, (900, 700, 3), dtype=np.uint8))  # under the pixel budget: not scaled
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing is sent: the message is only built
+    engine = OpenAIEngine(make_settings(engine="openai", model="tiny-qwen3vl", openai_base_url=url))
+
+    def sent(task: str) -> Image.Image:
+        content = engine._messages(ask(task=task, images=[page]))[-1]["content"]
+        uri = next(part["image_url"]["url"] for part in content if part["type"] == "image_url")
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+    transcribed = sent("ocr")
+    assert transcribed.format == "PNG"
+    assert np.array_equal(np.asarray(transcribed.convert("RGB")), np.asarray(page))
+    assert sent("caption").format == "JPEG"
+
+
 def test_server_down_names_the_url(make_settings) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     down = OpenAIEngine(make_settings(engine="openai", model="tiny-qwen3vl", openai_base_url=url),

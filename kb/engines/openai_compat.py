@@ -302,7 +302,9 @@ def encode(image: Image.Image, fmt: str) -> str:
     # JPEG has no alpha or palette; PNG keeps grey and alpha as they are
     if image.mode not in (("RGB",) if fmt == "JPEG" else ("RGB", "RGBA", "L")):
         image = image.convert("RGB")
-    image.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    # zlib level 1, not PNG's default 6: half the CPU on a scanned page (33 against 64 ms at 1.3 MP) for ~10 % more
+    # bytes, and a bulk ingest encodes hundreds of pages a minute for a server that is usually on the same network
+    image.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
