@@ -9,8 +9,10 @@ the same real distribution and set as its token cap. A random model never ends a
 to ignore its end-of-turn token and to write printable characters only (`ignore_eos`, `allowed_token_ids`: vLLM
 sampling fields), so every page costs exactly its drawn length, as in the transformers runs.
 
-The server is started here (`python -m vllm.entrypoints.cli.main serve`, vLLM importable by this Python, e.g. from
-wheels on PYTHONPATH) with the real checkpoint's picture budget in its processor (Qwen3-VL-4B-Instruct's: up to
+The server is started here (`python -m vllm.entrypoints.openai.api_server`, vLLM importable by this Python; on the
+lent host from the wheels `python -m bench.vllm_bundle` makes, installed into a folder on PYTHONPATH beside the
+image's torch, with VLLM_USE_FLASHINFER_SAMPLER=0, after `bash bench/gpu_host.sh install one` and `install two`)
+with the real checkpoint's picture budget in its processor (Qwen3-VL-4B-Instruct's: up to
 16,777,216 pixels), so the pixels a page keeps are the ones the engine sends (`KB_IMAGE_MAX_PIXELS`, as
 `OpenAIEngine` scales pictures before sending), and stopped at the end. `--concurrency 64,256` runs ingest once per
 value (KB_CONCURRENCY: requests in flight), each into a fresh knowledge base, against the one server.
