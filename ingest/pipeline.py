@@ -37,7 +37,7 @@ from ingest.read import kinds_by_extension, read_file, supported_extensions
 from ingest.read_result import ReadResult
 from kb import prompts
 from kb.config import Settings
-from kb.engines import Engine, batch_size_for, load_engine, picture_pixels, rows_in_flight, submitter, why_chosen
+from kb.engines import Engine, batch_size_for, load_engine, picture_pixels, piece_size, submitter, why_chosen
 from kb.engines.asr import SAMPLE_RATE, SpeechEngine, Transcript, main_language
 from kb.engines.guard import trim_repetition
 from kb.errors import EngineError, EngineUnavailable, SeekframeError
@@ -702,7 +702,7 @@ class Ingestor:
         waiting = self._resume(job, new)
         job.waiting += len(waiting)
         self._pending += [(job, window) for window in waiting]
-        piece = STREAM_PIECE or rows_in_flight(self.engine, self.settings)
+        piece = STREAM_PIECE or piece_size(self.engine, self.settings)
         while len(self._pending) >= piece:
             self._in_flight.append(self._hand_over(self._pending[:piece]))
             del self._pending[:piece]
@@ -839,12 +839,12 @@ class Ingestor:
 
     def _hand_over(self, batch: list[tuple[_FileInFlight, Unit]]) -> _Handed:
         """The batch's pictures taken from the loaders (a unit whose picture fails fails now), and its requests
-        submitted where the engine takes them ahead: a piece as soon as a full set of the engine's rows has its
-        pictures, so an idle engine starts on the first rows while the rest of the batch still loads (a fresh
-        process on the H200 waited 7-10 s for its first batch's pictures: docs/benchmarks.md, runs J and L)."""
+        submitted where the engine takes them ahead: a piece (`piece_size`) as soon as its pictures are loaded, so an
+        idle engine starts on the first rows while the rest of the batch still loads (a fresh process on the H200
+        waited 7-10 s for its first batch's pictures: docs/benchmarks.md, runs J and L)."""
         handed = _Handed([])
         submit = None if self._engine_down else submitter(self.engine)
-        submitted, piece = 0, rows_in_flight(self.engine, self.settings)
+        submitted, piece = 0, piece_size(self.engine, self.settings)
         for job, unit in batch:
             loaded = self._ahead.take(unit)
             if loaded.picture is not None:

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from kb.engines import UNITS_PER_ROW, Engine, batch_size_for
 from kb.engines.openai_compat import OpenAIEngine
@@ -185,6 +185,42 @@ def test_bulk_defaults_keep_a_server_busy(make_settings) -> None:
     engine = OpenAIEngine(settings)
     assert settings.concurrency == 64  # vLLM batches what is in flight: tens to hundreds of requests
     assert batch_size_for(settings, engine) == 64 * UNITS_PER_ROW  # ingest hands it enough to keep them in flight
+
+
+def test_ingest_sends_the_first_pages_while_the_rest_still_load(vllm_server: VLLMServer, open_kb, tmp_path,
+                                                                 monkeypatch) -> None:
+    """A server is not kept waiting for a whole batch's pictures: the first pages go out while later ones are still
+    being taken from the loaders (a first piece of 256 waited 6.4 s for its pictures on the GPU host), and every
+    page is still read."""
+    from ingest import pipeline
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(24):  # 48 requests (a caption and a transcription each), fewer than KB_CONCURRENCY (64)
+        photo = picture(LARGE, shade=5 * n)
+        ImageDraw.Draw(photo).text((8, 50), f"photo {n}", fill="black")
+        photo.save(folder / f"photo-{n:02d}.png")
+    store = open_kb(engine="openai", model=vllm_server.model, openai_base_url=vllm_server.base_url,
+                    image_min_pixels=32 * 32, max_page_tokens=16, max_caption_tokens=16)
+    events: list[tuple[str, int]] = []  # ("taken", 1) per picture taken, ("submitted", size) per piece, in order
+    take, submit = pipeline._LoadAhead.take, OpenAIEngine.submit
+
+    def taken(self, unit):
+        events.append(("taken", 1))
+        return take(self, unit)
+
+    def submitted(self, requests):
+        events.append(("submitted", len(requests)))
+        return submit(self, requests)
+
+    monkeypatch.setattr(pipeline._LoadAhead, "take", taken)
+    monkeypatch.setattr(OpenAIEngine, "submit", submitted)
+    report = pipeline.Ingestor(store.settings, store).run([folder])
+    # The tiny random model writes only blank lines, so each photo ends "empty": read, not failed.
+    assert len(report.results) == 24 and "failed" not in {r.status for r in report.results}
+    kinds = [kind for kind, _ in events]
+    assert report.pages_read >= 24 and kinds.count("taken") == sum(n for kind, n in events if kind == "submitted")
+    assert kinds.index("submitted") < len(kinds) - 1 - kinds[::-1].index("taken")  # sent before the last was taken
 
 
 def running_on_server(base_url: str) -> float:

@@ -112,12 +112,19 @@ def submitter(engine: Engine) -> Callable[[Sequence[Request]], Future[list[str]]
     return submit if (engine.slots or engine.server_batched) and callable(submit) else None
 
 
-def rows_in_flight(engine: Engine, settings: Settings) -> int:
-    """Requests the engine works on at once: its own rows, or the requests it keeps in flight to a server (1 for
-    an engine that takes one batch at a time). Ingest hands batches over in pieces of this many."""
+# Requests ingest hands a server at once. Its senders keep KB_CONCURRENCY in flight whatever the pieces, so a small
+# piece only sends the first pages sooner: a first piece of 256 waited 6.4 s for its pictures (docs/benchmarks.md,
+# run AB).
+SERVER_PIECE = 16
+
+
+def piece_size(engine: Engine, settings: Settings) -> int:
+    """Requests ingest hands the engine at once, as soon as their pictures are loaded: a full set of its own rows
+    (`slots`), so its batch starts full; a small piece for a server (`server_batched`); 1 for an engine that takes
+    one batch at a time."""
     if engine.slots:
         return engine.slots
-    return settings.concurrency if engine.server_batched else 1
+    return min(SERVER_PIECE, settings.concurrency) if engine.server_batched else 1
 
 
 def picture_pixels(engine: Engine) -> int:
