@@ -5,14 +5,18 @@ token counts the server reports, order, streaming, and the errors a user gets.
 """
 from __future__ import annotations
 
+import base64
+import io
 import re
 import threading
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from ingest import pipeline
 from kb.engines import UNITS_PER_ROW, Engine, batch_size_for
 from kb.engines.openai_compat import OpenAIEngine
 from kb.errors import EngineError, EngineUnavailable
@@ -121,15 +125,9 @@ def test_stream_yields_pieces_of_the_same_answer(engine: OpenAIEngine) -> None:
     assert "".join(pieces) == engine.generate([request])[0]
 
 
-@pytest.mark.timeout(60)
 def test_a_page_for_transcription_is_sent_pixel_for_pixel(make_settings) -> None:
     """Small print must reach the model as it was scanned: a page to transcribe goes as PNG (lossless) whatever
     its compression level; a photo to caption may go as JPEG."""
-    import base64
-    import io
-
-    import numpy as np
-
     rng = np.random.default_rng(7)
     page = Image.fromarray(rng.integers(0, 256, (900, 700, 3), dtype=np.uint8))  # under the pixel budget: not scaled
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing is sent: the message is only built
@@ -146,6 +144,7 @@ def test_a_page_for_transcription_is_sent_pixel_for_pixel(make_settings) -> None
     assert sent("caption").format == "JPEG"
 
 
+@pytest.mark.timeout(60)
 def test_server_down_names_the_url(make_settings) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     down = OpenAIEngine(make_settings(engine="openai", model="tiny-qwen3vl", openai_base_url=url),
@@ -192,8 +191,6 @@ def test_ingest_sends_the_first_pages_while_the_rest_still_load(vllm_server: VLL
     """A server is not kept waiting for a whole batch's pictures: the first pages go out while later ones are still
     being taken from the loaders (a first piece of 256 waited 6.4 s for its pictures on the GPU host), and every
     page is still read."""
-    from ingest import pipeline
-
     folder = tmp_path / "photos"
     folder.mkdir()
     for n in range(24):  # 48 requests (a caption and a transcription each), fewer than KB_CONCURRENCY (64)
