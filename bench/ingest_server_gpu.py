@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -70,6 +71,27 @@ def as_checkpoint(model_dir: Path) -> list[int]:
     return sorted(printable)
 
 
+STATS_LINE = re.compile(r"Avg prompt throughput: ([\d.]+) tokens/s, Avg generation throughput: ([\d.]+) "
+                        r"tokens/s, Running: (\d+) reqs")
+
+
+def port_answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def stop_on_sigterm() -> None:
+    """`timeout` and the device tool end a run with SIGTERM: raise, so `finally` stops the server's process group
+    (it runs in a session of its own and would outlive this process, holding the GPU and the port)."""
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 @dataclass
 class Server:
     """`vllm serve` in its own process group, its log in a file; stopped with the group."""
@@ -85,6 +107,8 @@ class Server:
         command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                    "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
                    *shlex.split(arguments)]
+        if port_answers(port):  # a server left over (a killed run) would answer for the new one, and run with its args
+            raise RuntimeError(f"port {port} already answers: stop the server there or pass another --port")
         print("starting:", shlex.join(command), flush=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         started = time.perf_counter()
@@ -102,6 +126,22 @@ class Server:
                 time.sleep(1)
         server.stop()
         raise RuntimeError(f"vllm serve not ready in {timeout_s:.0f} s:\n{log.read_text()[-6000:]}")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def steady_state(self, since: int) -> tuple[float, float, int]:
+        """Mean prompt and output tok/s of vLLM's 10-second log lines after byte `since` while its batch was full
+        (running requests within 5 % of the most seen in those lines), and how many lines that was."""
+        with self.log.open("rb") as log:
+            log.seek(since)
+            lines = STATS_LINE.findall(log.read().decode(errors="replace"))
+        stats = [(float(prompt), float(output), int(running)) for prompt, output, running in lines]
+        most = max((running for *_, running in stats), default=0)
+        full = [(prompt, output) for prompt, output, running in stats if running and running >= 0.95 * most]
+        if not full:
+            return 0.0, 0.0, 0
+        return sum(p for p, _ in full) / len(full), sum(o for _, o in full) / len(full), len(full)
 
     def metric(self, name: str) -> float:
         """A counter or gauge from the server's Prometheus /metrics, summed over its labels."""
@@ -162,6 +202,16 @@ def instrument_server(printable: list[int]) -> Answers:
     return answers
 
 
+def steady_cell(steady: tuple[float, float, int], prompt: int, completion: int, requests: int) -> str:
+    """The steady state as tok/s and as the pages/min each side alone would give at this run's tokens a page."""
+    prompt_s, output_s, lines = steady
+    if not lines or not requests:
+        return "no full-batch lines in the server log"
+    per_page_prompt, per_page_output = prompt / requests, completion / requests
+    return (f"{prompt_s:,.0f} / {output_s:,.0f} ({prompt_s * 60 / per_page_prompt:.0f} / "
+            f"{output_s * 60 / per_page_output:.0f}), {lines}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pdfs", type=Path, required=True, help="folder of real PDFs to rasterise")
@@ -195,6 +245,7 @@ def main() -> None:
         build_random_embedder(embed_dir)
     print(f"{pages} scanned pages in {scans}, models ready, {time.perf_counter() - started:.0f} s", flush=True)
 
+    stop_on_sigterm()
     if args.server_url:
         server = Server(None, args.server_url, args.work / "vllm.log")
     else:
@@ -214,25 +265,29 @@ def main() -> None:
     try:
         for number, concurrency in enumerate(concurrencies, 1):
             os.environ["KB_CONCURRENCY"] = str(concurrency)
-            preempted = server.metric("vllm:num_preemptions_total")
+            preempted, log_at = server.metric("vllm:num_preemptions_total"), server.log_size()
             run = ingest_once(number, f"KB_CONCURRENCY={concurrency}", scans, args.work / f"kb-server{number}",
                               stages, calls, loads, busy, pauses, slices)
             requests, prompt, completion, cut = answers.close_run()
             preempted = server.metric("vllm:num_preemptions_total") - preempted
             print(f"run {number}: {run.seconds:.1f} s, {requests} requests, exit {run.code}", flush=True)
-            rows.append((run, concurrency, requests, prompt, completion, cut, preempted))
+            time.sleep(11)  # the server's next 10-second line closes the run's last interval
+            steady = server.steady_state(log_at)
+            rows.append((run, concurrency, requests, prompt, completion, cut, preempted, steady))
     finally:
         server.stop()
 
     table = [[run.number, concurrency, f"{run.seconds:.1f}", f"{pages * 60 / run.seconds:.0f}",
               f"{run.stages.get(ENGINE_STAGE, 0):.1f}", run.at(FIRST_BATCH), run.at(READ_ENDED), requests,
               f"{prompt / max(1, requests):.0f}", completion, f"{completion / run.seconds:.0f}", cut,
-              int(preempted), f"{run.busy:.0%}", run.chunks, run.code]
-             for run, concurrency, requests, prompt, completion, cut, preempted in rows]
+              int(preempted), steady_cell(steady, prompt, completion, requests), f"{run.busy:.0%}", run.chunks,
+              run.code]
+             for run, concurrency, requests, prompt, completion, cut, preempted, steady in rows]
     header = ["run", "requests in flight (KB_CONCURRENCY)", "end to end s", "pages/min", "engine s (main thread "
               "waits)", "first batch handed at s", "reading ended at s", "requests", "prompt tokens a request "
               "(server's count)", "output tokens", "output tok/s end to end", "ended by their cap",
-              "preemptions", "GPU busy", "chunks", "exit code"]
+              "preemptions", "server steady state, batch full: prompt / output tok/s (pages/min), lines",
+              "GPU busy", "chunks", "exit code"]
     body = (f"`python -m bench.ingest_server_gpu --pdfs DIR --pages {args.pages} --concurrency {args.concurrency}"
             + (f" --server-args '{args.server_args}'" if args.server_args else "") + "`: "
             f"{pages} scanned pages (from {len(list(args.pdfs.glob('*.pdf')))} PDFs), `python -m ingest` with "
