@@ -24,6 +24,7 @@ GPU_MODEL, CPU_MODEL = "large-v3-turbo", "small"
 # again at a higher temperature. Each block is decoded without the previous block's text as a prompt: a
 # hallucinated line cannot then repeat itself through the rest of a long recording.
 TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+BEAM_SIZE = 5  # Whisper's beam search at temperature 0, as its paper's results (and faster-whisper's default)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class SpeechEngine:
             return Transcript()
         segments, info = self._whisper.transcribe(
             samples, word_timestamps=True, vad_filter=True, condition_on_previous_text=False,
-            temperature=list(TEMPERATURES))
+            temperature=list(TEMPERATURES), beam_size=BEAM_SIZE)
         words = [Word(offset + float(w.start), offset + float(w.end), w.word)
                  for segment in segments for w in (segment.words or []) if w.word.strip()]
         return Transcript(words, info.language if words else "", float(info.language_probability))
