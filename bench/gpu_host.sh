@@ -11,14 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 E2E=.e2e
 
-# What the image holds already (the device tool's KINDS.md, read 2026-11-17): never carried, so its torch stays.
-IMAGE="absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs build certifi
-charset-normalizer click cloudpickle colorama coverage filelock flatbuffers frozenlist fsspec grpcio h11 hf-xet
-httpcore httpx huggingface-hub idna iniconfig jinja2 joblib lxml markdown markdown-it-py markupsafe mdurl mpmath
-multidict networkx numpy onnx onnxruntime opencv-python-headless packaging pandas pillow pip pluggy propcache protobuf
-psutil pyarrow pygments pyparsing pyproject-hooks pytest python-dateutil pyyaml regex requests rich safetensors
-scipy sentencepiece sentence-transformers setuptools shellingham six sympy tokenizers torch torchvision tqdm
-transformers triton typer typing-extensions urllib3 uvloop wheel wrapt yarl zipp"
+# What the image holds already: never carried, so its torch stays.
+IMAGE=$(grep -v "^#" bench/host_image.txt)
 # The largest go in a second call, so each call carries under 64 MiB.
 SECOND="av decord tantivy pillow-heif"
 

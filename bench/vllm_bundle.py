@@ -81,17 +81,9 @@ TARGET_PLATFORMS = [
 EXTRA_PLATFORMS = {"llguidance": ["manylinux_2_31_x86_64"]}
 
 # Already in the host's image (the device tool's list): never carried, so its torch and friends stay.
-PREINSTALLED = set(map(canonicalize_name, """
-    absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs build certifi
-    charset-normalizer click cloudpickle cmake colorama coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit
-    cupy-cuda13x cython einops filelock flatbuffers frozenlist fsspec grpcio h11 hf-xet httpcore httpx huggingface-hub
-    idna iniconfig jinja2 joblib lxml markdown markdown-it-py markupsafe mdurl mpmath msgpack multidict networkx ninja
-    numba numpy onnx onnxruntime opencv-python-headless packaging pandas pillow pip pluggy prometheus-client propcache
-    protobuf psutil py-cpuinfo pyarrow pybind11 pygments pyparsing pyproject-hooks pytest python-dateutil pyyaml regex
-    requests rich safetensors scipy sentencepiece sentence-transformers setuptools shellingham six sympy tiktoken
-    tokenizers torch torchaudio torchvision tqdm transformers triton typer typing-extensions urllib3 uvloop werkzeug
-    wheel wrapt xxhash yarl zipp llvmlite
-""".split()))
+PREINSTALLED = set(map(canonicalize_name, " ".join(
+    line for line in (Path(__file__).parent / "host_image.txt").read_text().splitlines()
+    if not line.startswith("#")).split()))
 # GPU packages vllm lists but a dense bf16 FLASH_ATTN model never imports (all lazy: inside functions or behind
 # has_*/find_spec), plus any nvidia-*/cupy* wheel: they would be large and could fight the image's CUDA stack.
 LEFT_OUT_GPU = set(map(canonicalize_name, """
