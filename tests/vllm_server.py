@@ -136,14 +136,18 @@ def spawn_server(model_dir: Path, log: Path) -> Starting:
 
 
 def wait_until_ready(starting: Starting) -> VLLMServer:
+    """The server once it answers; asked at least once, however long ago it was spawned (an early start is
+    usually long ready)."""
     port, pid, log = starting.port, starting.pid, starting.log
-    while time.monotonic() - starting.started < READY_TIMEOUT_S:
-        if healthy(port):
-            print(f"\nvLLM server ready on port {port} {time.monotonic() - starting.started:.0f} s after its start")
-            return VLLMServer(f"http://127.0.0.1:{port}/v1", SERVED_NAME, pid, log)
+    while not healthy(port):
         if not alive(pid):
             pytest.fail(f"the vLLM server exited during start-up (log {log}):\n{tail(log, 40)}", pytrace=False)
+        if time.monotonic() - starting.started > READY_TIMEOUT_S:
+            break
         time.sleep(1)
+    else:
+        print(f"\nvLLM server ready on port {port} {time.monotonic() - starting.started:.0f} s after its start")
+        return VLLMServer(f"http://127.0.0.1:{port}/v1", SERVED_NAME, pid, log)
     stop(pid)
     pytest.fail(f"the vLLM server was not ready after {READY_TIMEOUT_S} s (log {log}):\n{tail(log, 40)}",
                 pytrace=False)
