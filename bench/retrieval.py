@@ -141,7 +141,10 @@ def longdoc_store(args):
     work = Path(args.longdoc_home) if args.longdoc_home else CACHE / f"mmlongbench-{key}-{code}"
     corpus = work / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
+    wanted = set(filter(None, args.only_documents.split(",")))
     for pdf in sorted((LONGDOC / "documents").glob("*.pdf")):
+        if wanted and pdf.name not in wanted:
+            continue
         if not (corpus / pdf.name).exists():
             (corpus / pdf.name).symlink_to(pdf)
     (work / "settings.json").write_text(json.dumps({**variant, "code": code}, indent=1))
@@ -421,8 +424,8 @@ def options(chunk_chars: int, embed_model: str) -> list[tuple[str, str | int | b
          "names to this JSON file (for reading the misses)"),
         ("--cached-only", False, "mmlongbench: do not ingest; evaluate the questions of the documents already in "
          "the cached knowledge base"),
-        ("--only-documents", "", "mmlongbench: comma-separated document names to evaluate (default: all that are "
-         "ingested)"),
+        ("--only-documents", "", "mmlongbench: comma-separated document names to build and evaluate (default: all "
+         "that are ingested; with --longdoc-home, a small knowledge base of these alone)"),
         ("--chunk-chars", chunk_chars, "mmlongbench chunk size"),
         ("--engine", "ocr", "ingest engine (ocr reads born-digital PDFs without a model)"),
         ("--embed-model", embed_model, "embedder (id, folder or bundled:NAME)"),
