@@ -280,7 +280,7 @@ def test_slab_decoding_matches_the_models_own_forward(make_settings, tiny_model_
             cache, mask = out.past_key_values, alone.inputs["attention_mask"]
             for n in range(4):
                 mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
-                out = fresh._net(input_ids=feed[row:row + 1, n:n + 1], attention_mask=mask, past_key_values=cache,
+                out = fresh._net(input_ids=feed[row:row + 1, n:n + 1], attention_mask=mask, cache=cache,
                                  position_ids=(alone.next_pos + n).view(1, 1, 1).expand(3, 1, 1), use_cache=True)
                 cache = out.past_key_values
                 assert torch.allclose(out.logits[0, -1], stepped[n][row], atol=1e-4), (row, n)
