@@ -118,12 +118,10 @@ class Server:
         while time.perf_counter() - started < timeout_s:
             if process.poll() is not None:
                 raise RuntimeError(f"vllm serve exited ({process.returncode}):\n{log.read_text()[-6000:]}")
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    server.ready_s = time.perf_counter() - started
-                    return server
-            except OSError:
-                time.sleep(1)
+            if port_answers(port):
+                server.ready_s = time.perf_counter() - started
+                return server
+            time.sleep(1)
         server.stop()
         raise RuntimeError(f"vllm serve not ready in {timeout_s:.0f} s:\n{log.read_text()[-6000:]}")
 

@@ -156,6 +156,7 @@ def wait_until_ready(starting: Starting) -> VLLMServer:
 EARLY = pytest.StashKey[bool]()
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: a run without openai tests starts no server
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     config.stash[EARLY] = any("vllm_server" in getattr(item, "fixturenames", ()) for item in items)
 
@@ -180,13 +181,12 @@ def vllm_server_starting(request: pytest.FixtureRequest, tmp_path_factory: pytes
 def vllm_server(vllm_server_starting: Starting | None, tiny_model_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """A vLLM server serving the tiny Qwen3-VL as `tiny-qwen3vl`, for the whole session."""
-    if vllm_server_starting is not None:
-        yield wait_until_ready(vllm_server_starting)
-        return
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    install_vllm(logs / "install.log")
-    server = wait_until_ready(spawn_server(tiny_model_dir, logs / "server.log"))
+    starting = vllm_server_starting
+    if starting is None:  # not started early: vLLM may still need installing
+        logs = tmp_path_factory.mktemp("vllm-logs")
+        install_vllm(logs / "install.log")
+        starting = spawn_server(tiny_model_dir, logs / "server.log")
     try:
-        yield server
+        yield wait_until_ready(starting)
     finally:
-        stop(server.pid)
+        stop(starting.pid)  # once stopped, stopping again (the early fixture's teardown) finds nothing
